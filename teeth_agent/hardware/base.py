@@ -1,0 +1,178 @@
+"""The hardware-manager interface: the contract vendor plugins implement.
+
+Every touch of the machine goes through a :class:`HardwareManager`. A manager
+says how well it supports the machine it runs on
+(:meth:`HardwareManager.evaluate_hardware_support`); the agent orders the
+supporting managers by that level and, for each call, asks them in turn: the
+first that implements the method answers. A manager that does not implement a
+method, or cannot serve it for this particular argument, raises
+:class:`IncompatibleHardwareMethodError` and the next manager is asked. Every
+method below except ``evaluate_hardware_support`` declines by default, so a
+vendor manager overrides only what its chassis needs and inherits the rest
+from the generic Linux manager.
+
+This module is the one place the interface is documented. Methods may be
+added in later versions, always declining by default, so existing plugins
+keep working.
+
+Shapes used below (every key is present; a value that cannot be read is
+``None``):
+
+``BlockDevice``
+    ``{"path", "name", "size_bytes", "model", "serial", "wwn", "vendor",
+    "rotational", "logical_sector_size", "physical_sector_size",
+    "removable", "read_only", "transport", "partitions" (list of paths),
+    "holders" (list of names), "mounted" (bool), "mountpoints" (list),
+    "is_agent_root" (bool), "by_path" (str or None)}``
+
+``NetworkInterface``
+    ``{"name", "mac", "link" (bool), "speed_mbps", "driver", "pci_address"}``
+"""
+
+import enum
+
+
+class HardwareSupport(enum.IntEnum):
+    """How well a manager supports this machine; higher wins dispatch."""
+
+    NONE = 0
+    GENERIC = 1
+    MAINLINE = 2
+    SERVICE_PROVIDER = 3
+
+
+class IncompatibleHardwareMethodError(Exception):
+    """Raised by a manager to decline a call, letting the next one try."""
+
+
+class HardwareManagerError(Exception):
+    """A manager failed while serving a call (not a decline)."""
+
+
+class HardwareManager:
+    """Base class of every hardware manager.
+
+    The constructor receives the agent's oslo.config object (``self.conf``).
+    Keep it cheap: work that needs the other managers to be evaluated first
+    belongs in :meth:`initialize`.
+    """
+
+    #: Set by the loader from the entry-point name.
+    name = None
+
+    def __init__(self, conf):
+        self.conf = conf
+
+    # -- selection ------------------------------------------------------------
+
+    def evaluate_hardware_support(self):
+        """Return a :class:`HardwareSupport` level for this machine.
+
+        ``NONE`` drops the manager. A vendor manager usually reads the DMI
+        vendor/product and returns ``SERVICE_PROVIDER`` for its models.
+        """
+        raise NotImplementedError(
+            "%s must implement evaluate_hardware_support()"
+            % type(self).__name__)
+
+    def initialize(self):
+        """Called once, after every manager was evaluated and only for the
+        managers that support the machine. May raise to refuse to load."""
+
+    # -- what the machine is --------------------------------------------------
+
+    def get_system_info(self):
+        """Return ``{"vendor", "product", "serial", "uuid", "bios_version",
+        "bios_date"}`` from DMI (values may be None)."""
+        raise IncompatibleHardwareMethodError()
+
+    def get_cpus(self):
+        """Return ``{"count" (logical CPUs), "model", "arch", "sockets",
+        "cores", "threads", "flags" (list)}``."""
+        raise IncompatibleHardwareMethodError()
+
+    def get_memory(self):
+        """Return ``{"total_bytes", "dimms" (list of {"size_bytes",
+        "locator", "type", "speed_mts"}, or None when unknown)}``."""
+        raise IncompatibleHardwareMethodError()
+
+    def list_block_devices(self):
+        """Return every block device as a list of ``BlockDevice`` dicts.
+
+        Return them all, including ones the agent must not touch: the
+        agent applies ``[hardware] device_include/device_exclude`` and its
+        safety rules itself, after this call.
+        """
+        raise IncompatibleHardwareMethodError()
+
+    def list_network_interfaces(self):
+        """Return physical network interfaces as ``NetworkInterface``
+        dicts (loopback and virtual interfaces left out)."""
+        raise IncompatibleHardwareMethodError()
+
+    # -- firmware and BIOS ----------------------------------------------------
+
+    def get_firmware_versions(self):
+        """Return ``{component: version}`` for the components this manager
+        knows. Dispatched to every manager and merged (higher levels win)."""
+        raise IncompatibleHardwareMethodError()
+
+    def update_firmware(self, component, image_path, version):
+        """Flash ``image_path`` (already downloaded and checksum-verified)
+        onto ``component``, which should then report ``version``.
+
+        Return a dict of details for the task result. Raise
+        :class:`IncompatibleHardwareMethodError` for a component this manager
+        cannot update; any other exception fails the update.
+        """
+        raise IncompatibleHardwareMethodError()
+
+    def get_bios_settings(self):
+        """Return ``{name: value}`` of the current BIOS settings."""
+        raise IncompatibleHardwareMethodError()
+
+    def apply_bios_settings(self, settings):
+        """Apply ``{name: value}`` (only the differences are passed).
+        Return ``{name: value}`` as applied (pending values included)."""
+        raise IncompatibleHardwareMethodError()
+
+    def get_secure_boot_state(self):
+        """Return ``{"supported": bool, "enabled": bool or None,
+        "setup_mode": bool or None}``."""
+        raise IncompatibleHardwareMethodError()
+
+    # -- disks ----------------------------------------------------------------
+
+    def get_erase_capabilities(self, device):
+        """Return the erase methods ``device`` (a ``BlockDevice``) supports,
+        strongest first, as a list of method names such as
+        ``"nvme_sanitize_crypto"`` or ``"overwrite"``."""
+        raise IncompatibleHardwareMethodError()
+
+    def erase_block_device(self, device, method, progress):
+        """Erase ``device`` (a ``BlockDevice``) with ``method``.
+
+        ``progress(done, total)`` may be called from this thread at any rate.
+        Return ``{"method", "nist_category" ("Clear" or "Purge"), "bytes"}``.
+        Raise :class:`IncompatibleHardwareMethodError` when this manager
+        cannot apply ``method`` to ``device``.
+        """
+        raise IncompatibleHardwareMethodError()
+
+    def get_os_install_device(self, hints):
+        """Choose the device the OS image is written to.
+
+        ``hints`` is a dict of root-device hints (``size_bytes``, ``model``,
+        ``serial``, ``wwn``, ``name``, ``rotational``, ``by_path``), possibly
+        empty. Return a ``BlockDevice``; raise
+        :class:`HardwareManagerError` when nothing eligible matches.
+        """
+        raise IncompatibleHardwareMethodError()
+
+    # -- quality control -------------------------------------------------------
+
+    def run_qc_checks(self, spec, inventory):
+        """Return a list of ``{"name", "expected", "actual", "pass"}`` checks
+        for the keys of ``spec`` this manager understands (vendor keys).
+        Dispatched to every manager and concatenated."""
+        raise IncompatibleHardwareMethodError()

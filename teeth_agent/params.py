@@ -1,0 +1,275 @@
+"""Declarative parameter checking for commands.
+
+A command declares its parameters with these types; the agent validates a
+command's ``params`` against them before any work starts, and answers
+``InvalidParams`` naming the offending parameter (as a dotted path, e.g.
+``images[2].urls[0]``) when one is missing, of the wrong type, out of range
+or unknown.
+"""
+
+import re
+import urllib.parse
+
+from teeth_agent import protocol
+
+_MISSING = object()
+
+
+def invalid(path, problem):
+    return protocol.InvalidParams("%s: %s" % (path, problem),
+                                  details={"param": path})
+
+
+class Param:
+    """Base of every parameter type.
+
+    ``required`` parameters must be present; optional ones get ``default``
+    (``None`` unless given). ``nullable`` accepts an explicit ``null``.
+    """
+
+    kind = "value"
+
+    def __init__(self, required=False, default=None, nullable=False,
+                 doc=None):
+        self.required = required
+        self.default = default
+        self.nullable = nullable
+        self.doc = doc
+
+    def validate(self, value, path):
+        if value is None:
+            if self.nullable:
+                return None
+            raise invalid(path, "must not be null")
+        return self.check(value, path)
+
+    def check(self, value, path):
+        return value
+
+    def describe(self):
+        return {"type": self.kind, "required": self.required}
+
+
+class String(Param):
+    kind = "string"
+
+    def __init__(self, max_length=4096, min_length=0, pattern=None,
+                 choices=None, **kwargs):
+        super().__init__(**kwargs)
+        self.max_length = max_length
+        self.min_length = min_length
+        self.pattern = re.compile(pattern) if pattern else None
+        self.choices = tuple(choices) if choices else None
+
+    def check(self, value, path):
+        if not isinstance(value, str):
+            raise invalid(path, "must be a string")
+        if len(value) > self.max_length:
+            raise invalid(path, "longer than %d characters" % self.max_length)
+        if len(value) < self.min_length:
+            raise invalid(path, "shorter than %d characters"
+                          % self.min_length)
+        if self.pattern is not None and not self.pattern.fullmatch(value):
+            raise invalid(path, "does not match %s" % self.pattern.pattern)
+        if self.choices is not None and value not in self.choices:
+            raise invalid(path, "must be one of %s" % ", ".join(self.choices))
+        return value
+
+
+class Identifier(String):
+    """An id chosen by the server (task ids): letters, digits and ``._:-``,
+    so it is safe in file names and logs (no path traversal)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("max_length", 128)
+        kwargs.setdefault("min_length", 1)
+        super().__init__(pattern=r"[A-Za-z0-9][A-Za-z0-9._:-]*", **kwargs)
+
+
+class UUID(String):
+    def __init__(self, **kwargs):
+        super().__init__(
+            pattern=r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
+                    r"[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}", **kwargs)
+
+
+class Integer(Param):
+    kind = "integer"
+
+    def __init__(self, minimum=None, maximum=None, **kwargs):
+        super().__init__(**kwargs)
+        self.minimum = minimum
+        self.maximum = maximum
+
+    def check(self, value, path):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise invalid(path, "must be an integer")
+        if self.minimum is not None and value < self.minimum:
+            raise invalid(path, "must be at least %s" % self.minimum)
+        if self.maximum is not None and value > self.maximum:
+            raise invalid(path, "must be at most %s" % self.maximum)
+        return value
+
+
+class Number(Integer):
+    kind = "number"
+
+    def check(self, value, path):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise invalid(path, "must be a number")
+        if self.minimum is not None and value < self.minimum:
+            raise invalid(path, "must be at least %s" % self.minimum)
+        if self.maximum is not None and value > self.maximum:
+            raise invalid(path, "must be at most %s" % self.maximum)
+        return value
+
+
+class Boolean(Param):
+    kind = "boolean"
+
+    def check(self, value, path):
+        if not isinstance(value, bool):
+            raise invalid(path, "must be true or false")
+        return value
+
+
+class Regex(String):
+    """A regular expression the agent will match against inventory text."""
+
+    def check(self, value, path):
+        value = super().check(value, path)
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise invalid(path, "is not a valid regular expression: %s"
+                          % exc) from None
+        return value
+
+
+class URL(String):
+    def __init__(self, schemes=("http", "https"), **kwargs):
+        super().__init__(**kwargs)
+        self.schemes = tuple(schemes)
+
+    def check(self, value, path):
+        value = super().check(value, path)
+        parsed = urllib.parse.urlsplit(value)
+        if parsed.scheme.lower() not in self.schemes:
+            raise invalid(path, "only %s URLs are allowed"
+                          % " and ".join(s + "://" for s in self.schemes))
+        if not parsed.hostname:
+            raise invalid(path, "has no host")
+        return value
+
+
+class DevicePath(String):
+    """A block device path under /dev (globbing characters refused)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(pattern=r"/dev/[A-Za-z0-9._/:-]+", max_length=256,
+                         **kwargs)
+
+    def check(self, value, path):
+        value = super().check(value, path)
+        if {".", ".."} & set(value.split("/")):
+            raise invalid(path, "is not a plain device path")
+        return value
+
+
+class List(Param):
+    kind = "list"
+
+    def __init__(self, item, min_items=0, max_items=1024, unique=False,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.item = item
+        self.min_items = min_items
+        self.max_items = max_items
+        self.unique = unique
+
+    def check(self, value, path):
+        if not isinstance(value, list):
+            raise invalid(path, "must be a list")
+        if len(value) < self.min_items:
+            raise invalid(path, "needs at least %d item(s)" % self.min_items)
+        if len(value) > self.max_items:
+            raise invalid(path, "has more than %d items" % self.max_items)
+        checked = [self.item.validate(item, "%s[%d]" % (path, index))
+                   for index, item in enumerate(value)]
+        if self.unique:
+            seen = set()
+            for index, item in enumerate(checked):
+                key = repr(item)
+                if key in seen:
+                    raise invalid("%s[%d]" % (path, index), "is repeated")
+                seen.add(key)
+        return checked
+
+
+class Object(Param):
+    """An object with declared fields; unknown keys are refused unless
+    ``extra`` is a Param that checks them (or True to accept anything)."""
+
+    kind = "object"
+
+    def __init__(self, fields=None, extra=False, **kwargs):
+        super().__init__(**kwargs)
+        self.fields = dict(fields or {})
+        self.extra = extra
+
+    def check(self, value, path):
+        if not isinstance(value, dict):
+            raise invalid(path, "must be an object")
+        return validate_fields(self.fields, value, path, self.extra)
+
+
+class Map(Param):
+    """An object used as a dictionary: keys and values of one type each."""
+
+    kind = "map"
+
+    def __init__(self, value, key=None, max_items=1024, **kwargs):
+        super().__init__(**kwargs)
+        self.value = value
+        self.key = key or String(max_length=256, min_length=1)
+        self.max_items = max_items
+
+    def check(self, value, path):
+        if not isinstance(value, dict):
+            raise invalid(path, "must be an object")
+        if len(value) > self.max_items:
+            raise invalid(path, "has more than %d keys" % self.max_items)
+        return {self.key.validate(key, "%s key %r" % (path, key[:40])):
+                self.value.validate(item, "%s.%s" % (path, key))
+                for key, item in value.items()}
+
+
+class Any(Param):
+    kind = "any"
+
+
+def validate_fields(fields, values, path="", extra=False):
+    """Check ``values`` (a dict) against ``fields`` (name -> Param).
+
+    Returns a new dict with every declared field, defaults filled in.
+    """
+    prefix = path + "." if path else ""
+    for name in values:
+        if name not in fields and extra is False:
+            raise invalid(prefix + str(name), "unknown parameter")
+    checked = {}
+    for name, param in fields.items():
+        value = values.get(name, _MISSING)
+        if value is _MISSING:
+            if param.required:
+                raise invalid(prefix + name, "is required")
+            checked[name] = param.default
+            continue
+        checked[name] = param.validate(value, prefix + name)
+    if extra is not False:
+        for name, value in values.items():
+            if name in fields:
+                continue
+            checked[name] = value if extra is True else \
+                extra.validate(value, prefix + str(name))
+    return checked

@@ -1,0 +1,453 @@
+"""The teeth-agent wire protocol, v1, without any I/O.
+
+This module turns bytes into typed events and typed messages into bytes. It
+imports no socket and no concurrency library, so it can be driven from tests,
+fuzzers and any transport. The rules it enforces are those of
+``shared/design/PROTOCOL.md``:
+
+* one JSON object per line, ``\\n`` terminated; ``\\r\\n`` accepted and empty
+  lines ignored;
+* a line longer than ``max_line_length`` is fatal;
+* invalid JSON, a non-object, or a command without a string ``id`` is fatal;
+* a command with a non-object ``params`` or an unsupported ``version`` is
+  answered with an error response, the connection stays up;
+* a response whose ``id`` matches no outstanding command is reported as
+  :class:`UnmatchedResponse` so the caller can log and drop it.
+
+Whose fault an error is matters: :class:`RemoteProtocolError` (carried by the
+:class:`ProtocolViolation` event) means the peer sent bad data and the session
+must send a fatal error and close; :class:`LocalProtocolError` means our own
+code misused this API, which is a bug.
+"""
+
+import dataclasses
+import itertools
+import json
+import os
+import typing
+
+VERSION = "v1"
+SUPPORTED_VERSIONS = (VERSION,)
+DEFAULT_MAX_LINE_LENGTH = 1024 * 1024
+
+
+# -- wire errors -------------------------------------------------------------
+
+class WireError(Exception):
+    """An error that is sent to the peer as an error response.
+
+    ``type`` is the stable machine-readable name, ``code`` the JSON-RPC 2.0
+    number (or one from its implementation-defined server range -32000 to
+    -32099 where JSON-RPC has none), ``msg`` a sentence for humans and
+    ``details`` an optional object with structured data.
+    """
+
+    type = "InternalError"
+    code = -32603
+
+    def __init__(self, msg, details=None):
+        super().__init__(msg)
+        self.msg = str(msg)
+        self.details = details
+
+    def to_dict(self):
+        error = {"type": self.type, "code": self.code, "msg": self.msg}
+        if self.details is not None:
+            error["details"] = self.details
+        return error
+
+
+class InvalidRequest(WireError):
+    type = "InvalidRequest"
+    code = -32600
+
+
+class UnknownMethod(WireError):
+    type = "UnknownMethod"
+    code = -32601
+
+
+class InvalidParams(WireError):
+    type = "InvalidParams"
+    code = -32602
+
+
+class InternalError(WireError):
+    type = "InternalError"
+    code = -32603
+
+
+class UnsupportedVersion(WireError):
+    type = "UnsupportedVersion"
+    code = -32001
+
+
+class Busy(WireError):
+    type = "Busy"
+    code = -32002
+
+
+class NotFound(WireError):
+    type = "NotFound"
+    code = -32003
+
+
+class ResponseTooLarge(WireError):
+    type = "ResponseTooLarge"
+    code = -32004
+
+
+class RemoteProtocolError(Exception):
+    """The peer broke the framing or message rules (its fault)."""
+
+
+class LocalProtocolError(Exception):
+    """Our own code used the session wrongly (a bug on this side)."""
+
+
+# -- messages ----------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    id: str
+    method: str
+    params: dict
+    version: str = VERSION
+
+    def to_wire(self):
+        return {"version": self.version, "id": self.id,
+                "method": self.method, "params": self.params}
+
+
+@dataclasses.dataclass(frozen=True)
+class Response:
+    """A success (``error is None``) or error response."""
+
+    id: str
+    result: typing.Optional[dict] = None
+    error: typing.Optional[dict] = None
+    version: typing.Optional[str] = VERSION
+
+    @property
+    def ok(self):
+        return self.error is None
+
+    def to_wire(self):
+        message = {"version": self.version or VERSION, "id": self.id}
+        if self.error is not None:
+            message["error"] = self.error
+        else:
+            message["result"] = self.result if self.result is not None else {}
+        return message
+
+
+@dataclasses.dataclass(frozen=True)
+class FatalError:
+    message: str
+
+    def to_wire(self):
+        return {"fatal_error": self.message}
+
+
+# -- events produced by Session.receive_data ---------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class CommandReceived:
+    """A well-formed command; the application must answer it exactly once."""
+
+    command: Command
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandRejected:
+    """A command the protocol layer itself must answer with ``error``.
+
+    The session has not answered it: send ``session.send_error(id, error)``.
+    """
+
+    id: str
+    error: WireError
+
+
+@dataclasses.dataclass(frozen=True)
+class ResponseReceived:
+    """The answer to a command this side sent and is still waiting for."""
+
+    response: Response
+    method: str
+
+
+@dataclasses.dataclass(frozen=True)
+class UnmatchedResponse:
+    """A response whose id matches no outstanding command: log and drop."""
+
+    response: typing.Any
+
+
+@dataclasses.dataclass(frozen=True)
+class FatalErrorReceived:
+    """The peer sent ``fatal_error`` and will close the connection."""
+
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolViolation:
+    """The peer broke the protocol: send ``session.send_fatal(reason)``."""
+
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectionClosed:
+    """End of stream; ``partial`` is True when an unterminated line was lost."""
+
+    partial: bool = False
+
+
+def _reject_constant(name):
+    raise ValueError("%s is not valid JSON" % name)
+
+
+def decode_json(line):
+    """Decode one line to a Python value; ValueError when it is not JSON."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError("line is not valid UTF-8: %s" % exc) from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def encode_json(message):
+    """Encode one message (a dict) to a terminated line.
+
+    ``ensure_ascii`` keeps the output valid UTF-8 even when a string that was
+    received holds a lone surrogate escape, which a ping may echo back.
+    """
+    return (json.dumps(message, separators=(",", ":"), ensure_ascii=True,
+                       allow_nan=False) + "\n").encode("ascii")
+
+
+class LineSplitter:
+    """Cuts a byte stream into lines, enforcing the maximum line length."""
+
+    def __init__(self, max_line_length=DEFAULT_MAX_LINE_LENGTH):
+        self.max_line_length = max_line_length
+        self._buffer = bytearray()
+        self._scanned = 0
+
+    @property
+    def pending(self):
+        return len(self._buffer)
+
+    def feed(self, data):
+        """Add data; yield complete lines without terminators.
+
+        Raises RemoteProtocolError as soon as a line is known to be too long,
+        without waiting for its end, so a peer cannot make us buffer it.
+        """
+        self._buffer += data
+        while True:
+            index = self._buffer.find(b"\n", self._scanned)
+            if index < 0:
+                self._scanned = len(self._buffer)
+                if self._too_long(len(self._buffer)):
+                    raise RemoteProtocolError(
+                        "line longer than %d bytes" % self.max_line_length)
+                return
+            line = bytes(self._buffer[:index])
+            del self._buffer[:index + 1]
+            self._scanned = 0
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if len(line) > self.max_line_length:
+                raise RemoteProtocolError(
+                    "line longer than %d bytes" % self.max_line_length)
+            yield line
+
+    def _too_long(self, length):
+        # A trailing "\r" may still be followed by "\n"; allow for it.
+        return length > self.max_line_length + 1
+
+
+class Session:
+    """The state of one protocol connection, from this side's point of view.
+
+    Feed received bytes to :meth:`receive_data` and act on the events it
+    returns; use the ``send_*`` methods to get the bytes to write. After a
+    fatal error (sent or received) or the end of the stream the session is
+    closed and further use raises :class:`LocalProtocolError`.
+    """
+
+    def __init__(self, max_line_length=DEFAULT_MAX_LINE_LENGTH,
+                 id_prefix=None):
+        self._lines = LineSplitter(max_line_length)
+        self._outstanding = {}
+        self._prefix = id_prefix or os.urandom(4).hex()
+        self._counter = itertools.count(1)
+        self.closed = False
+        self.close_reason = None
+
+    @property
+    def max_line_length(self):
+        return self._lines.max_line_length
+
+    @property
+    def outstanding(self):
+        """Ids of commands sent and not yet answered, mapped to methods."""
+        return dict(self._outstanding)
+
+    # -- receiving ---------------------------------------------------------
+
+    def receive_data(self, data):
+        """Feed bytes; ``b""`` means the peer closed. Returns a list of events.
+
+        After a :class:`ProtocolViolation` or :class:`FatalErrorReceived`
+        event no further events are produced for the data that followed.
+        """
+        if self.closed:
+            return []
+        if not data:
+            self._close("end of stream")
+            return [ConnectionClosed(partial=self._lines.pending > 0)]
+        events = []
+        try:
+            for line in self._lines.feed(data):
+                if not line.strip():
+                    continue
+                event = self._parse_line(line)
+                events.append(event)
+                if isinstance(event, (ProtocolViolation, FatalErrorReceived)):
+                    self._close(getattr(event, "reason", None)
+                                or getattr(event, "message", None))
+                    break
+        except RemoteProtocolError as exc:
+            events.append(ProtocolViolation(str(exc)))
+            self._close(str(exc))
+        return events
+
+    def _parse_line(self, line):
+        try:
+            message = decode_json(line)
+        except ValueError as exc:
+            return ProtocolViolation("message is not valid JSON: %s" % exc)
+        if not isinstance(message, dict):
+            return ProtocolViolation("message is not a JSON object")
+        if "method" in message:
+            return self._parse_command(message)
+        if "fatal_error" in message:
+            return FatalErrorReceived(str(message["fatal_error"]))
+        if "result" in message or "error" in message:
+            return self._parse_response(message)
+        if isinstance(message.get("id"), str):
+            return CommandRejected(message["id"], InvalidRequest(
+                "message is neither a command nor a response"))
+        return ProtocolViolation(
+            "message is neither a command nor a response and has no id")
+
+    def _parse_command(self, message):
+        command_id = message.get("id")
+        if not isinstance(command_id, str):
+            return ProtocolViolation("command has no string id")
+        version = message.get("version")
+        if version not in SUPPORTED_VERSIONS:
+            return CommandRejected(command_id, UnsupportedVersion(
+                "unsupported protocol version %s; supported: %s"
+                % (json.dumps(version), ", ".join(SUPPORTED_VERSIONS)),
+                details={"supported": list(SUPPORTED_VERSIONS)}))
+        method = message["method"]
+        if not isinstance(method, str) or not method:
+            return CommandRejected(command_id, InvalidRequest(
+                "method must be a non-empty string"))
+        params = message.get("params", {})
+        if not isinstance(params, dict):
+            return CommandRejected(command_id, InvalidParams(
+                "params must be an object", details={"param": "params"}))
+        return CommandReceived(Command(command_id, method, params, version))
+
+    def _parse_response(self, message):
+        response_id = message.get("id")
+        if not isinstance(response_id, str) or \
+                response_id not in self._outstanding:
+            return UnmatchedResponse(message)
+        error = message.get("error")
+        if "error" in message:
+            if not isinstance(error, dict):
+                error = {"type": "InvalidResponse", "code": -32603,
+                         "msg": "peer sent a non-object error: %r" % (error,)}
+            result = None
+        else:
+            result = message.get("result")
+            if not isinstance(result, dict):
+                # The contract says result is an object; keep the value
+                # but mark the answer as an error so callers do not trust it.
+                error = {"type": "InvalidResponse", "code": -32603,
+                         "msg": "peer sent a non-object result",
+                         "details": {"result": result}}
+                result = None
+        method = self._outstanding.pop(response_id)
+        return ResponseReceived(
+            Response(response_id, result, error, message.get("version")),
+            method)
+
+    # -- sending -------------------------------------------------------------
+
+    def new_id(self):
+        return "%s-%d" % (self._prefix, next(self._counter))
+
+    def send_command(self, method, params=None, command_id=None):
+        """Return ``(id, bytes)`` for a new command; it becomes outstanding."""
+        self._check_open()
+        if params is None:
+            params = {}
+        if not isinstance(method, str) or not isinstance(params, dict):
+            raise LocalProtocolError("method must be str and params a dict")
+        command_id = command_id or self.new_id()
+        if command_id in self._outstanding:
+            raise LocalProtocolError("id %s is already outstanding"
+                                     % command_id)
+        data = encode_json(Command(command_id, method, params).to_wire())
+        self._outstanding[command_id] = method
+        return command_id, data
+
+    def forget(self, command_id):
+        """Stop waiting for an answer (a timed-out call); a late one is
+        then reported as :class:`UnmatchedResponse`."""
+        self._outstanding.pop(command_id, None)
+
+    def send_result(self, command_id, result):
+        self._check_open()
+        if not isinstance(result, dict):
+            raise LocalProtocolError("a result must be a dict, not %s"
+                                     % type(result).__name__)
+        data = encode_json(Response(command_id, result=result).to_wire())
+        if len(data) - 1 > self.max_line_length:
+            return self.send_error(command_id, ResponseTooLarge(
+                "the result is larger than the %d-byte line limit"
+                % self.max_line_length))
+        return data
+
+    def send_error(self, command_id, error):
+        self._check_open()
+        if isinstance(error, WireError):
+            error = error.to_dict()
+        return encode_json(Response(command_id, error=error).to_wire())
+
+    def send_fatal(self, reason):
+        """Bytes of a fatal error; the session is closed afterwards."""
+        data = encode_json(FatalError(reason).to_wire())
+        self._close(reason)
+        return data
+
+    def _check_open(self):
+        if self.closed:
+            raise LocalProtocolError("session is closed (%s)"
+                                     % self.close_reason)
+
+    def _close(self, reason):
+        if not self.closed:
+            self.closed = True
+            self.close_reason = reason

@@ -1,0 +1,393 @@
+"""Tasks: long work that reports progress and ends exactly once.
+
+A :class:`Task` runs its body in an OS thread (the body is ordinary blocking
+code: disk I/O, subprocesses). The :class:`TaskRegistry` owns every task the
+agent knows, enforces exclusivity of disk tasks, keeps a bounded history and
+tracks, per task, which state the endpoint has acknowledged, so the final
+state is re-delivered after a reconnect until it is answered.
+
+Nothing here uses eventlet; the registry calls ``on_change(task)`` from
+whichever thread changed a task, and the agent turns that into a wake-up of
+its status reporter on the hub.
+"""
+
+import collections
+import json
+import logging
+import os
+import threading
+import time
+
+from teeth_agent import protocol
+
+LOG = logging.getLogger(__name__)
+
+RUNNING = "running"
+ERROR = "error"
+COMPLETE = "complete"
+TERMINAL = (ERROR, COMPLETE)
+
+
+class TaskFailed(Exception):
+    """Raised by a task body to end the task in ``error``.
+
+    ``msg`` is the human-readable reason; ``result`` an optional object that
+    is sent along (``details``), e.g. per-device results of the devices that
+    did not fail.
+    """
+
+    def __init__(self, msg, result=None):
+        super().__init__(msg)
+        self.msg = str(msg)
+        self.result = result
+
+
+class AfterDelivery:
+    """Returned by a task body whose last act must wait for the endpoint.
+
+    The task completes with ``result``; once the endpoint has acknowledged
+    that final state (or ``timeout`` seconds have passed) ``action()`` runs
+    in the task's thread. ``standbye.run_image`` uses it to kexec or reboot
+    only after the server knows the outcome.
+    """
+
+    def __init__(self, result, action, timeout):
+        self.result = result
+        self.action = action
+        self.timeout = timeout
+
+
+class ProgressEstimator:
+    """Percent and ETA from observed progress.
+
+    Feed it either a percent or ``done``/``total`` units (bytes); the ETA
+    is the remaining work divided by the rate over a sliding window, so a
+    slow start does not skew it forever.
+    """
+
+    def __init__(self, clock=time.monotonic, window=30.0):
+        self._clock = clock
+        self._window = window
+        self._samples = collections.deque()
+        self.started = clock()
+
+    def update(self, fraction):
+        """Record progress ``fraction`` in [0, 1]; return the ETA or None."""
+        now = self._clock()
+        self._samples.append((now, fraction))
+        while len(self._samples) > 2 and \
+                now - self._samples[0][0] > self._window:
+            self._samples.popleft()
+        if fraction >= 1.0:
+            return 0.0
+        first_time, first_fraction = self._samples[0]
+        if now - first_time <= 0 or fraction <= first_fraction:
+            # Only one sample in the window: use the average since start.
+            elapsed = now - self.started
+            if fraction <= 0 or elapsed <= 0:
+                return None
+            return elapsed * (1.0 - fraction) / fraction
+        rate = (fraction - first_fraction) / (now - first_time)
+        return (1.0 - fraction) / rate
+
+
+class Task:
+    """One task. Its public attributes are read-only outside the registry.
+
+    The body receives the task and calls :meth:`progress` as work advances;
+    it may be called from any thread.
+    """
+
+    def __init__(self, registry, task_id, method, exclusive, clock):
+        self._registry = registry
+        self.task_id = task_id
+        self.method = method
+        self.exclusive = exclusive
+        self.state = RUNNING
+        self.percent = 0.0
+        self.eta = None
+        self.msg = None
+        self.result = None
+        self.details = None
+        self.started = time.time()
+        self.finished = None
+        self.version = 0  # bumped on every change, for delivery tracking
+        self._estimator = ProgressEstimator(clock)
+        self.acknowledged = threading.Event()
+        self.acknowledged_version = -1
+
+    @property
+    def terminal(self):
+        return self.state in TERMINAL
+
+    def progress(self, percent=None, done=None, total=None, eta=None):
+        """Report progress: a percent, or ``done`` of ``total`` units.
+
+        The ETA is estimated from the observed rate unless given. Percent
+        never goes backwards and stays below 100 until the task completes.
+        """
+        if done is not None and total:
+            fraction = min(max(done / total, 0.0), 1.0)
+        elif percent is not None:
+            fraction = min(max(percent / 100.0, 0.0), 1.0)
+        else:
+            fraction = self.percent / 100.0
+        estimated = self._estimator.update(fraction)
+        self._registry._update(self, min(fraction * 100.0, 99.9),
+                               eta if eta is not None else estimated)
+
+    def status(self):
+        """The task's state as sent in ``task_status`` (without version)."""
+        status = {"task_id": self.task_id, "state": self.state,
+                  "method": self.method}
+        if self.state == RUNNING:
+            status["percent"] = round(self.percent, 2)
+            status["eta"] = None if self.eta is None else round(self.eta, 1)
+        elif self.state == ERROR:
+            status["msg"] = self.msg
+            if self.details is not None:
+                status["details"] = self.details
+        else:
+            status["result"] = self.result if self.result is not None else {}
+        return status
+
+    def record(self):
+        """The task as kept in the state directory."""
+        return {"task_id": self.task_id, "method": self.method,
+                "state": self.state, "msg": self.msg, "result": self.result,
+                "details": self.details, "started": self.started,
+                "finished": self.finished,
+                "acknowledged": self.acknowledged.is_set()}
+
+
+class TaskRegistry:
+    """Every task the agent knows: start, exclusivity, history, delivery."""
+
+    def __init__(self, history=100, state_dir=None, on_change=None,
+                 clock=time.monotonic):
+        self._lock = threading.RLock()
+        self._tasks = collections.OrderedDict()
+        self._history = history
+        self._state_dir = state_dir or None
+        self._clock = clock
+        self.on_change = on_change
+        if self._state_dir:
+            self._load()
+
+    # -- starting ------------------------------------------------------------
+
+    def start(self, task_id, method, body, exclusive=False):
+        """Start ``body(task)`` in a new thread; return ``(task, created)``.
+
+        An existing ``task_id`` returns that task and does not start work
+        again. Raises :class:`protocol.Busy` when ``exclusive`` and another
+        exclusive task is running.
+        """
+        with self._lock:
+            existing = self._tasks.get(task_id)
+            if existing is not None:
+                return existing, False
+            if exclusive:
+                for other in self._tasks.values():
+                    if other.exclusive and not other.terminal:
+                        raise protocol.Busy(
+                            "task %s (%s) is running and changes disks; "
+                            "wait for it to finish"
+                            % (other.task_id, other.method),
+                            details={"task_id": other.task_id,
+                                     "method": other.method})
+            task = Task(self, task_id, method, exclusive, self._clock)
+            self._tasks[task_id] = task
+            self._persist(task)
+        thread = threading.Thread(target=self._run, args=(task, body),
+                                  name="task-%s" % task_id, daemon=True)
+        thread.start()
+        self._notify(task)
+        return task, True
+
+    def _run(self, task, body):
+        after = None
+        try:
+            result = body(task)
+            if isinstance(result, AfterDelivery):
+                after = result
+                result = after.result
+            if result is None:
+                result = {}
+            if not isinstance(result, dict):
+                raise TypeError("task body returned %s, not a dict"
+                                % type(result).__name__)
+        except TaskFailed as exc:
+            LOG.error("task %s (%s) failed: %s", task.task_id, task.method,
+                      exc.msg)
+            self._finish(task, ERROR, msg=exc.msg, details=exc.result)
+            return
+        except Exception as exc:
+            LOG.exception("task %s (%s) failed", task.task_id, task.method)
+            self._finish(task, ERROR, msg="%s: %s"
+                         % (type(exc).__name__, exc))
+            return
+        self._finish(task, COMPLETE, result=result)
+        if after is not None:
+            if not task.acknowledged.wait(after.timeout):
+                LOG.warning("the endpoint did not acknowledge task %s within "
+                            "%ss; going on", task.task_id, after.timeout)
+            try:
+                after.action()
+            except Exception:
+                LOG.exception("the final action of task %s failed",
+                              task.task_id)
+
+    # -- changes -------------------------------------------------------------
+
+    def _update(self, task, percent, eta):
+        with self._lock:
+            if task.terminal:
+                return
+            task.percent = max(task.percent, percent)
+            task.eta = eta
+            task.version += 1
+        self._notify(task)
+
+    def _finish(self, task, state, msg=None, result=None, details=None):
+        with self._lock:
+            if task.terminal:
+                return
+            task.state = state
+            task.msg = msg
+            task.result = result
+            task.details = details
+            task.eta = None
+            task.finished = time.time()
+            if state == COMPLETE:
+                task.percent = 100.0
+            task.version += 1
+            self._persist(task)
+            self._trim()
+        LOG.info("task %s (%s) ended: %s", task.task_id, task.method, state)
+        self._notify(task)
+
+    def acknowledge(self, task_id, version):
+        """The endpoint answered the update of ``version`` of a task."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or version <= task.acknowledged_version:
+                return
+            task.acknowledged_version = version
+            if task.terminal and version >= task.version:
+                task.acknowledged.set()
+                self._persist(task)
+                self._trim()
+
+    def _notify(self, task):
+        callback = self.on_change
+        if callback is not None:
+            try:
+                callback(task)
+            except Exception:
+                LOG.exception("task change callback failed")
+
+    def _trim(self):
+        finished = [t for t in self._tasks.values()
+                    if t.terminal and t.acknowledged.is_set()]
+        for task in finished[:max(0, len(finished) - self._history)]:
+            del self._tasks[task.task_id]
+            self._forget(task)
+
+    # -- reading -------------------------------------------------------------
+
+    def get(self, task_id):
+        with self._lock:
+            return self._tasks.get(task_id)
+
+    def statuses(self):
+        """Every known task's latest state, oldest first."""
+        with self._lock:
+            return [task.status() for task in self._tasks.values()]
+
+    def undelivered(self):
+        """``(task, version, status)`` for tasks whose latest state the
+        endpoint has not acknowledged."""
+        with self._lock:
+            return [(task, task.version, task.status())
+                    for task in self._tasks.values()
+                    if task.version > task.acknowledged_version]
+
+    def running(self):
+        with self._lock:
+            return [task for task in self._tasks.values()
+                    if not task.terminal]
+
+    # -- persistence ----------------------------------------------------------
+
+    def _path(self, task_id):
+        return os.path.join(self._state_dir, "task-%s.json" % task_id)
+
+    def _persist(self, task):
+        if not self._state_dir:
+            return
+        try:
+            os.makedirs(self._state_dir, mode=0o700, exist_ok=True)
+            path = self._path(task.task_id)
+            tmp = path + ".tmp"
+            with open(tmp, "w") as stream:
+                json.dump(task.record(), stream)
+            os.replace(tmp, path)
+        except OSError as exc:
+            LOG.warning("cannot record task %s in %s: %s", task.task_id,
+                        self._state_dir, exc)
+
+    def _forget(self, task):
+        if self._state_dir:
+            try:
+                os.unlink(self._path(task.task_id))
+            except OSError:
+                pass
+
+    def _load(self):
+        """Read the tasks of the agent's previous life.
+
+        A task recorded as running cannot be trusted half-done: it is
+        reported as ``error``. A final state the endpoint never acknowledged
+        is delivered again.
+        """
+        try:
+            names = sorted(os.listdir(self._state_dir))
+        except OSError:
+            return
+        records = []
+        for name in names:
+            if not (name.startswith("task-") and name.endswith(".json")):
+                continue
+            try:
+                with open(os.path.join(self._state_dir, name)) as stream:
+                    records.append(json.load(stream))
+            except (OSError, ValueError) as exc:
+                LOG.warning("ignoring unreadable task record %s: %s",
+                            name, exc)
+        records.sort(key=lambda record: record.get("started") or 0)
+        for record in records:
+            try:
+                task = Task(self, record["task_id"], record["method"],
+                            False, self._clock)
+            except (KeyError, TypeError):
+                continue
+            task.started = record.get("started") or task.started
+            if record.get("state") in TERMINAL:
+                task.state = record["state"]
+                task.msg = record.get("msg")
+                task.result = record.get("result")
+                task.details = record.get("details")
+                task.finished = record.get("finished")
+            else:
+                task.state = ERROR
+                task.msg = ("the agent stopped while this task was running; "
+                            "its work cannot be trusted and must be redone")
+                task.finished = time.time()
+            task.version = 1
+            if record.get("acknowledged") and record.get("state") in TERMINAL:
+                task.acknowledged_version = 1
+                task.acknowledged.set()
+            self._tasks[task.task_id] = task
+            self._persist(task)
+        self._trim()
