@@ -1,0 +1,418 @@
+"""The agent runtime: connect, handshake, serve commands, report tasks.
+
+:class:`Agent` keeps one connection to an endpoint at a time. It tries the
+configured endpoints in order with exponential backoff and jitter, sends the
+handshake first on every connection, answers the endpoint's commands from a
+method table (core methods plus the loaded extensions), keeps the link alive
+with pings, forwards log records and reports task progress through
+``task_status`` (running updates coalesced and rate-limited; final states
+re-delivered until acknowledged).
+
+The agent runs on the transport's hub (green threads); machine work runs in
+OS threads and reaches the hub through :class:`transport.ThreadBridge`.
+"""
+
+import collections
+import logging
+import os
+import random
+import socket
+import threading
+import time
+
+from teeth_agent import protocol
+from teeth_agent import tasks as tasks_mod
+from teeth_agent import transport
+from teeth_agent.extensions import base as ext_base
+
+LOG = logging.getLogger(__name__)
+
+
+def agent_version():
+    try:
+        from importlib import metadata
+        return metadata.version("teeth-agent")
+    except Exception:
+        return "unknown"
+
+
+def parse_endpoint(text):
+    """``"host:port"`` (or ``"[v6]:port"``) -> ``(host, port)``."""
+    text = text.strip()
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or \
+            not 0 < int(port) < 65536:
+        raise ValueError("endpoint %r is not host:port" % text)
+    return host.strip("[]"), int(port)
+
+
+class Backoff:
+    """Exponential backoff with jitter: each delay is drawn from
+    [d/2, d], d doubling from ``initial`` up to ``maximum``."""
+
+    def __init__(self, initial, maximum, rng=random.random):
+        self.initial = initial
+        self.maximum = max(maximum, initial)
+        self._rng = rng
+        self._current = initial
+
+    def reset(self):
+        self._current = self.initial
+
+    def next_delay(self):
+        delay = self._current * (0.5 + 0.5 * self._rng())
+        self._current = min(self._current * 2, self.maximum)
+        return delay
+
+
+class ForwardingLogHandler(logging.Handler):
+    """Buffers log records for the endpoint (bounded; oldest dropped).
+
+    Records of the transport itself are not forwarded: a failure to send a
+    record would otherwise produce another record to send.
+    """
+
+    def __init__(self, capacity, level=logging.INFO):
+        super().__init__(level)
+        self.records = collections.deque()
+        self.capacity = capacity
+        self.dropped = 0
+        self.lock_ = threading.Lock()
+        self.on_record = None
+
+    def emit(self, record):
+        if record.name.startswith("teeth_agent.transport"):
+            return
+        try:
+            entry = {"level": record.levelname,
+                     "message": record.getMessage(),
+                     "time": record.created,
+                     "logger": record.name,
+                     "thread": record.threadName}
+            if record.exc_info and record.exc_info[1] is not None:
+                entry["exception"] = "%s: %s" % (
+                    type(record.exc_info[1]).__name__, record.exc_info[1])
+            for key in ("task_id", "device"):
+                if hasattr(record, key):
+                    entry[key] = getattr(record, key)
+        except Exception:
+            self.handleError(record)
+            return
+        with self.lock_:
+            if self.capacity <= 0:
+                self.dropped += 1
+                return
+            if len(self.records) >= self.capacity:
+                self.records.popleft()
+                self.dropped += 1
+            self.records.append(entry)
+        callback = self.on_record
+        if callback is not None:
+            callback()
+
+    def pop(self):
+        with self.lock_:
+            if self.dropped:
+                dropped, self.dropped = self.dropped, 0
+                return {"level": "WARNING", "time": time.time(),
+                        "logger": __name__,
+                        "message": "%d log record(s) were dropped while the "
+                                   "endpoint was unreachable" % dropped,
+                        "dropped": dropped}
+            if self.records:
+                return self.records.popleft()
+            return None
+
+    def push_back(self, entry):
+        with self.lock_:
+            if entry.get("dropped"):
+                self.dropped += entry["dropped"]
+            else:
+                self.records.appendleft(entry)
+
+
+class Agent:
+    """One agent: its method table, its tasks and its link to an endpoint."""
+
+    def __init__(self, conf, hardware, extensions, registry, power,
+                 agent_id, hardware_summary=None, tls_context=None):
+        self.conf = conf
+        self.hardware = hardware
+        self.extensions = extensions
+        self.tasks = registry
+        self.power = power
+        self.agent_id = agent_id
+        self.hardware_summary = hardware_summary or {}
+        self.tls_context = tls_context
+        self.started = time.monotonic()
+        self.endpoints = [parse_endpoint(e) for e in conf.endpoints]
+        if not self.endpoints:
+            raise ValueError("no endpoints configured")
+        self.bridge = transport.ThreadBridge()
+        self.connection = None
+        self.connected_endpoint = None
+        self._stopping = False
+        self._status_wake = transport.Event()
+        self._log_wake = transport.Event()
+        self.log_handler = None
+        self.methods = self._build_method_table()
+        self.tasks.on_change = self._task_changed
+
+    # -- method table ---------------------------------------------------------
+
+    def _build_method_table(self):
+        methods = {"ping": self._ping, "status": self._status}
+        for extension in self.extensions.values():
+            for wire_name, (spec, func) in extension.commands().items():
+                if wire_name in methods:
+                    raise ValueError("method %s is defined twice" % wire_name)
+                methods[wire_name] = self._wrap_command(extension, spec, func,
+                                                        wire_name)
+        return methods
+
+    def extension_methods(self):
+        return {name: sorted(extension.commands())
+                for name, extension in self.extensions.items()}
+
+    def _wrap_command(self, extension, spec, func, wire_name):
+        validator = extension.validator(spec)
+
+        if not spec.is_task:
+            def run_sync(params):
+                checked = ext_base.check_params(spec, params)
+                return transport.run_in_thread(func, **checked)
+            return run_sync
+
+        def run_task(params):
+            task_id = params.get("task_id") if isinstance(params, dict) \
+                else None
+            if isinstance(task_id, str):
+                existing = self.tasks.get(task_id)
+                if existing is not None:
+                    return existing.status()
+            checked = ext_base.check_params(spec, params)
+            task_id = checked.pop("task_id")
+            if validator is not None:
+                checked = transport.run_in_thread(validator, **checked) \
+                    or checked
+
+            def body(task):
+                return func(task, **checked)
+
+            task, created = self.tasks.start(task_id, wire_name, body,
+                                             exclusive=spec.exclusive)
+            if not created:
+                return task.status()
+            return {"task_id": task_id, "state": tasks_mod.RUNNING}
+        return run_task
+
+    def dispatch(self, connection, command):
+        handler = self.methods.get(command.method)
+        if handler is None:
+            raise protocol.UnknownMethod(
+                "unknown method %s" % command.method,
+                details={"method": command.method})
+        return handler(command.params)
+
+    def _ping(self, params):
+        return params
+
+    def _status(self, params):
+        return {
+            "agent_id": self.agent_id,
+            "agent_version": agent_version(),
+            "uptime": round(time.monotonic() - self.started, 3),
+            "extensions": self.extension_methods(),
+            "hardware_manager": self.hardware.describe(),
+            "tasks": self.tasks.statuses(),
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "endpoint": "%s:%d" % self.connected_endpoint
+            if self.connected_endpoint else None,
+        }
+
+    def handshake_params(self):
+        return {
+            "agent_id": self.agent_id,
+            "agent_version": agent_version(),
+            "protocol_versions": list(protocol.SUPPORTED_VERSIONS),
+            "hardware": self.hardware_summary,
+            "extensions": self.extension_methods(),
+            "tasks": self.tasks.statuses(),
+        }
+
+    # -- running ---------------------------------------------------------------
+
+    def attach_log_handler(self, handler):
+        self.log_handler = handler
+        handler.on_record = self._log_record_added
+
+    def run(self):
+        """Connect and serve until :meth:`stop` (call from the hub)."""
+        self.bridge.start()
+        backoff = Backoff(self.conf.reconnect_initial_delay,
+                          self.conf.reconnect_max_delay)
+        index = 0
+        while not self._stopping:
+            host, port = self.endpoints[index]
+            handshook = self._serve_one(host, port)
+            if self._stopping:
+                break
+            if handshook:
+                # The link worked: come back quickly, to the same endpoint.
+                backoff.reset()
+            else:
+                index = (index + 1) % len(self.endpoints)
+            delay = backoff.next_delay()
+            LOG.info("reconnecting in %.2fs", delay)
+            transport.sleep(delay)
+        self.bridge.stop()
+
+    def stop(self):
+        self._stopping = True
+        if self.connection is not None:
+            self.connection.close("agent stopping")
+
+    def _serve_one(self, host, port):
+        """One connection's life; True when the handshake succeeded."""
+        try:
+            sock = transport.connect(host, port, self.tls_context,
+                                     timeout=self.conf.connect_timeout)
+        except (OSError, transport.Timeout) as exc:
+            LOG.warning("cannot connect to endpoint %s:%d: %s", host, port,
+                        exc)
+            return False
+        connection = transport.Connection(
+            sock, self.dispatch, name="endpoint %s:%d" % (host, port),
+            max_line_length=self.conf.max_line_length,
+            max_inflight=self.conf.max_inflight_commands,
+            write_timeout=self.conf.keepalive_timeout
+            + self.conf.keepalive_interval)
+        connection.start()
+        try:
+            connection.call("handshake", self.handshake_params(),
+                            timeout=self.conf.call_timeout)
+        except (transport.RemoteError, transport.CallTimeout,
+                transport.ConnectionLost) as exc:
+            LOG.warning("handshake with %s:%d failed: %s", host, port, exc)
+            connection.close("handshake failed")
+            return False
+        LOG.info("connected to endpoint %s:%d as %s", host, port,
+                 self.agent_id)
+        self.connection = connection
+        self.connected_endpoint = (host, port)
+        helpers = [transport.spawn(self._keepalive, connection),
+                   transport.spawn(self._report_tasks, connection),
+                   transport.spawn(self._forward_logs, connection)]
+        connection.wait_closed()
+        for helper in helpers:
+            helper.kill()
+        self.connection = None
+        self.connected_endpoint = None
+        LOG.warning("connection to endpoint %s:%d lost: %s", host, port,
+                    connection.close_reason)
+        return True
+
+    # -- keepalive -------------------------------------------------------------
+
+    def _keepalive(self, connection):
+        interval = self.conf.keepalive_interval
+        while not connection.closed:
+            idle = transport.monotonic() - connection.last_received
+            if idle < interval:
+                transport.sleep(interval - idle)
+                continue
+            try:
+                connection.call("ping", {"keepalive": True},
+                                timeout=self.conf.keepalive_timeout)
+            except transport.CallTimeout:
+                connection.close("keepalive: no answer within %ss"
+                                 % self.conf.keepalive_timeout)
+                return
+            except (transport.ConnectionLost, transport.RemoteError):
+                return
+
+    # -- task status -------------------------------------------------------------
+
+    def _task_changed(self, task):
+        # Any thread: wake the reporter on the hub.
+        if self.bridge.in_hub_thread():
+            self._status_wake.set()
+        else:
+            try:
+                self.bridge.call(self._status_wake.set)
+            except Exception:
+                pass
+
+    def _report_tasks(self, connection):
+        interval = self.conf.task_status_interval
+        last_running_sent = {}
+        in_flight = {}
+        while not connection.closed:
+            self._status_wake.clear()
+            next_due = None
+            now = transport.monotonic()
+            for task, version, status in self.tasks.undelivered():
+                if in_flight.get(task.task_id, -1) >= version:
+                    continue
+                if status["state"] == tasks_mod.RUNNING:
+                    due = last_running_sent.get(task.task_id, -1e9) + interval
+                    if due > now:
+                        next_due = due if next_due is None \
+                            else min(next_due, due)
+                        continue
+                    last_running_sent[task.task_id] = now
+                in_flight[task.task_id] = version
+                connection.call_async(
+                    "task_status", status, timeout=self.conf.call_timeout,
+                    callback=self._acknowledger(task.task_id, version,
+                                                in_flight))
+            wait = None if next_due is None else max(0.0, next_due - now)
+            self._status_wake.wait(wait)
+
+    def _acknowledger(self, task_id, version, in_flight):
+        def callback(result, exc):
+            if exc is None or isinstance(exc, transport.RemoteError):
+                # An error response is an answer too: the endpoint has seen
+                # the update, resending it would only repeat the refusal.
+                if exc is not None:
+                    LOG.warning("endpoint refused task_status of %s: %s",
+                                task_id, exc)
+                self.tasks.acknowledge(task_id, version)
+            else:
+                LOG.debug("task_status %s v%d not acknowledged: %s",
+                          task_id, version, exc)
+                if in_flight.get(task_id) == version:
+                    del in_flight[task_id]
+            self._status_wake.set()
+        return callback
+
+    # -- logs ------------------------------------------------------------------
+
+    def _log_record_added(self):
+        if self.bridge.in_hub_thread():
+            self._log_wake.set()
+        else:
+            try:
+                self.bridge.call(self._log_wake.set)
+            except Exception:
+                pass
+
+    def _forward_logs(self, connection):
+        handler = self.log_handler
+        if handler is None:
+            return
+        while not connection.closed:
+            entry = handler.pop()
+            if entry is None:
+                self._log_wake.clear()
+                self._log_wake.wait()
+                continue
+            try:
+                connection.call("log", entry, timeout=self.conf.call_timeout)
+            except transport.RemoteError as exc:
+                # The endpoint refused this record; do not retry it forever.
+                LOG.debug("endpoint refused a log record: %s", exc)
+            except (transport.CallTimeout, transport.ConnectionLost):
+                handler.push_back(entry)
+                return

@@ -1,0 +1,103 @@
+"""``teeth-agent``: run the agent, or print the machine's inventory.
+
+Start-up order: register options, parse config, set up logging, log the
+option values, load hardware managers and extensions, then serve.
+"""
+
+import logging as std_logging
+import sys
+
+from oslo_config import cfg
+from oslo_log import log
+
+from teeth_agent import agent as agent_mod
+from teeth_agent import conf as teeth_conf
+from teeth_agent import extensions
+from teeth_agent import hardware
+from teeth_agent import power
+from teeth_agent import tasks
+from teeth_agent import transport
+from teeth_agent.extensions import base as ext_base
+
+LOG = log.getLogger(__name__)
+
+cli_opts = [
+    cfg.StrOpt("action", positional=True, default="run",
+               choices=[("run", "connect to the endpoints and serve "
+                                "(the default)"),
+                        ("inventory", "print the machine's inventory and "
+                                      "which hardware manager serves each "
+                                      "interface method, as JSON")],
+               help="What to do."),
+]
+
+
+def prepare(argv=None):
+    """Register options, parse the command line and config files, set up
+    logging; returns the ConfigOpts."""
+    conf = cfg.ConfigOpts()
+    teeth_conf.register_agent_opts(conf)
+    conf.register_cli_opts(cli_opts)
+    log.register_options(conf)
+    conf(sys.argv[1:] if argv is None else argv, project="teeth-agent",
+         prog="teeth-agent")
+    log.setup(conf, "teeth-agent")
+    return conf
+
+
+def tls_context(conf):
+    if not conf.tls.enabled:
+        return None
+    return transport.client_tls_context(
+        ca_file=conf.tls.ca_file, cert_file=conf.tls.cert_file,
+        key_file=conf.tls.key_file, check_hostname=conf.tls.check_hostname)
+
+
+def build_agent(conf):
+    """Load managers and extensions and build the :class:`Agent`."""
+    from teeth_agent.hardware import inventory
+    dispatcher = hardware.load_managers(conf)
+    registry = tasks.TaskRegistry(history=conf.task_history,
+                                  state_dir=conf.state_dir or None)
+    controller = power.PowerController.from_conf(conf)
+    agent_id = conf.agent_id or inventory.derive_agent_id(dispatcher)
+    context = ext_base.ExtensionContext(conf, dispatcher, registry,
+                                        controller, agent_id)
+    loaded = extensions.load_extensions(conf.enabled_extensions, context)
+    summary = inventory.hardware_summary(dispatcher)
+    return agent_mod.Agent(conf, dispatcher, loaded, registry, controller,
+                           agent_id, hardware_summary=summary,
+                           tls_context=tls_context(conf))
+
+
+def main(argv=None):
+    conf = prepare(argv)
+    if conf.action == "inventory":
+        from teeth_agent.cmd import inventory as inventory_cmd
+        return inventory_cmd.main(conf)
+    conf.log_opt_values(LOG, std_logging.DEBUG)
+    try:
+        agent = build_agent(conf)
+    except (extensions.ExtensionLoadError, hardware.HardwareLoadError,
+            ValueError, OSError) as exc:
+        LOG.error("cannot start: %s", exc)
+        print("teeth-agent: cannot start: %s" % exc, file=sys.stderr)
+        return 2
+    if conf.log_forward_level != "OFF":
+        handler = agent_mod.ForwardingLogHandler(
+            conf.log_buffer_size,
+            level=std_logging.getLevelName(conf.log_forward_level))
+        std_logging.getLogger("teeth_agent").addHandler(handler)
+        agent.attach_log_handler(handler)
+    LOG.info("teeth-agent %s starting as %s; endpoints %s",
+             agent_mod.agent_version(), agent.agent_id,
+             ", ".join(conf.endpoints))
+    try:
+        agent.run()
+    except KeyboardInterrupt:
+        agent.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

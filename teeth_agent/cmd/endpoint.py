@@ -1,0 +1,215 @@
+"""``teeth-endpoint``: serve agents, list them, call their methods.
+
+``teeth-endpoint serve`` listens for agents and opens the local control
+socket; ``teeth-endpoint agents`` and ``teeth-endpoint call AGENT METHOD
+[JSON]`` talk to that server through the socket. For task commands ``call``
+follows the task's progress with a live bar (percent and ETA) and exits 1
+when the task ends in error.
+"""
+
+import json
+import sys
+
+from oslo_config import cfg
+from oslo_log import log
+
+from teeth_agent import conf as teeth_conf
+from teeth_agent import control
+from teeth_agent import endpoint as endpoint_mod
+from teeth_agent import protocol
+from teeth_agent import transport
+
+LOG = log.getLogger(__name__)
+
+
+def add_parsers(subparsers):
+    subparsers.add_parser("serve", help="listen for agents")
+    agents = subparsers.add_parser("agents", help="list connected agents")
+    agents.add_argument("--json", action="store_true",
+                        help="print JSON instead of a table")
+    call = subparsers.add_parser("call", help="send a command to an agent")
+    call.add_argument("agent_id")
+    call.add_argument("method")
+    call.add_argument("params", nargs="?", default="{}",
+                      help="the command's params as a JSON object")
+    call.add_argument("--timeout", type=float, default=None,
+                      help="seconds to wait for a task to end")
+    call.add_argument("--no-follow", action="store_true",
+                      help="return at once for task commands")
+
+
+cli_opts = [cfg.SubCommandOpt("command", title="commands",
+                              handler=add_parsers)]
+
+
+def prepare(argv=None):
+    conf = cfg.ConfigOpts()
+    teeth_conf.register_endpoint_opts(conf)
+    conf.register_cli_opts(cli_opts)
+    log.register_options(conf)
+    conf(sys.argv[1:] if argv is None else argv, project="teeth-agent",
+         prog="teeth-endpoint")
+    log.setup(conf, "teeth-endpoint")
+    return conf
+
+
+def serve(conf):
+    endpoint = endpoint_mod.Endpoint.from_conf(conf)
+    endpoint.start()
+    server = control.ControlServer(endpoint, conf.endpoint.control_socket)
+    server.start()
+    print("teeth-endpoint listening on %s:%d, control socket %s"
+          % (endpoint.host, endpoint.port, conf.endpoint.control_socket),
+          flush=True)
+    try:
+        while True:
+            transport.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        endpoint.stop()
+    return 0
+
+
+def _connect(conf, dispatch=None):
+    def refuse(connection, command):
+        if command.method == "ping":
+            return command.params
+        raise protocol.UnknownMethod(command.method)
+    try:
+        sock = transport.connect_unix(conf.endpoint.control_socket)
+    except OSError as exc:
+        raise SystemExit("teeth-endpoint: cannot reach the server at %s: %s"
+                         % (conf.endpoint.control_socket, exc))
+    return transport.Connection(sock, dispatch or refuse,
+                                name="teeth-endpoint server").start()
+
+
+def list_agents(conf):
+    connection = _connect(conf)
+    result = connection.call("agents", {})
+    connection.close()
+    if conf.command.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return 0
+    agents = result["agents"]
+    if not agents:
+        print("no agents")
+        return 0
+    print("%-40s %-10s %-24s %s" % ("AGENT", "STATE", "PEER", "TASKS"))
+    for agent in agents:
+        running = sum(1 for task in agent["tasks"]
+                      if task.get("state") == "running")
+        print("%-40s %-10s %-24s %d (%d running)" % (
+            agent["agent_id"],
+            "connected" if agent["connected"] else "gone",
+            (agent["peer"] or "-").replace("agent at ", ""),
+            len(agent["tasks"]), running))
+    return 0
+
+
+def format_eta(eta):
+    if eta is None:
+        return "--:--"
+    eta = int(round(eta))
+    if eta >= 3600:
+        return "%dh%02dm" % (eta // 3600, eta % 3600 // 60)
+    return "%02d:%02d" % (eta // 60, eta % 60)
+
+
+def progress_line(status, width=30):
+    percent = float(status.get("percent") or 0.0)
+    filled = int(width * percent / 100.0)
+    return "%s [%s%s] %5.1f%%  ETA %s" % (
+        status.get("task_id"), "#" * filled, "." * (width - filled), percent,
+        format_eta(status.get("eta")))
+
+
+class ProgressPrinter:
+    def __init__(self, stream):
+        self.stream = stream
+        self.live = stream.isatty()
+        self.shown = False
+
+    def __call__(self, connection, command):
+        if command.method == "ping":
+            return command.params
+        if command.method != "task_status":
+            raise protocol.UnknownMethod(command.method)
+        status = command.params
+        if status.get("state") == "running":
+            line = progress_line(status)
+            if self.live:
+                self.stream.write("\r" + line)
+            else:
+                self.stream.write(line + "\n")
+            self.stream.flush()
+            self.shown = True
+        return {}
+
+    def finish(self):
+        if self.live and self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def call(conf):
+    args = conf.command
+    try:
+        params = json.loads(args.params)
+    except ValueError as exc:
+        raise SystemExit("teeth-endpoint: params are not JSON: %s" % exc)
+    if not isinstance(params, dict):
+        raise SystemExit("teeth-endpoint: params must be a JSON object")
+    printer = ProgressPrinter(sys.stderr)
+    connection = _connect(conf, printer)
+    try:
+        answer = connection.call("call", {"agent_id": args.agent_id,
+                                          "method": args.method,
+                                          "params": params},
+                                 timeout=conf.endpoint.call_timeout + 5)
+    except transport.RemoteError as exc:
+        print("teeth-endpoint: %s: %s" % (exc.type, exc.msg),
+              file=sys.stderr)
+        return 1
+    result = answer["result"]
+    is_task = isinstance(result, dict) and "task_id" in params and \
+        result.get("state") == "running"
+    if not is_task or args.no_follow:
+        print(json.dumps(result, indent=2, sort_keys=True))
+        connection.close()
+        return 1 if result.get("state") == "error" else 0
+    try:
+        final = connection.call(
+            "watch_task", {"agent_id": args.agent_id,
+                           "task_id": params["task_id"],
+                           "timeout": args.timeout},
+            timeout=(args.timeout or 10 ** 7) + 5)["status"]
+    except transport.RemoteError as exc:
+        printer.finish()
+        print("teeth-endpoint: %s: %s" % (exc.type, exc.msg),
+              file=sys.stderr)
+        return 1
+    printer.finish()
+    connection.close()
+    print(json.dumps(final, indent=2, sort_keys=True))
+    if final.get("state") == "error":
+        print("teeth-endpoint: task %s failed: %s"
+              % (final.get("task_id"), final.get("msg")), file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv=None):
+    conf = prepare(argv)
+    command = conf.command.name
+    if command == "serve":
+        return serve(conf)
+    if command == "agents":
+        return list_agents(conf)
+    return call(conf)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

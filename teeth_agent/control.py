@@ -1,0 +1,142 @@
+"""The endpoint's local control socket.
+
+``teeth-endpoint agents`` and ``teeth-endpoint call`` reach a running
+``teeth-endpoint serve`` through a Unix socket that speaks the same
+line-delimited JSON protocol. The socket is created with mode 0600 in a
+directory of mode 0700, and every connection is checked with SO_PEERCRED:
+only root and the server's own user are served.
+
+Methods served:
+
+``agents``
+    ``{"agents": [...]}``: every agent the endpoint knows.
+``call``  ``{agent_id, method, params, timeout}``
+    Sends the command to the agent; the result is ``{"result": ...}``. An
+    error from the agent is passed through with its type, code and msg.
+``watch_task``  ``{agent_id, task_id, timeout}``
+    Sends each ``task_status`` update of the task to the caller as a
+    ``task_status`` command and answers with the final status.
+"""
+
+import logging
+import os
+
+from teeth_agent import endpoint as endpoint_mod
+from teeth_agent import protocol
+from teeth_agent import tasks as tasks_mod
+from teeth_agent import transport
+
+LOG = logging.getLogger(__name__)
+
+
+class PassedThroughError(protocol.WireError):
+    """An agent's error response, handed on to the control client."""
+
+    def __init__(self, error):
+        super().__init__(error.get("msg") or "error", error.get("details"))
+        self.type = error.get("type") or "InternalError"
+        self.code = error.get("code") or -32603
+
+
+class ControlServer:
+    def __init__(self, endpoint, path):
+        self.endpoint = endpoint
+        self.path = path
+        self._listener = None
+        self._acceptor = None
+
+    def start(self):
+        directory = os.path.dirname(self.path)
+        if directory:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        self._listener = transport.listen_unix(self.path)
+        self._acceptor = transport.spawn(transport.accept_loop,
+                                         self._listener, self._on_socket)
+        LOG.info("control socket at %s", self.path)
+
+    def stop(self):
+        if self._acceptor is not None:
+            self._acceptor.kill()
+        if self._listener is not None:
+            self._listener.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+    def _on_socket(self, sock, address):
+        uid = transport.peer_uid(sock)
+        if uid not in (0, os.getuid()):
+            LOG.warning("refusing control connection from uid %d", uid)
+            sock.close()
+            return
+        transport.Connection(sock, self._dispatch,
+                             name="control client uid %d" % uid).start()
+
+    def _dispatch(self, connection, command):
+        params = command.params
+        if command.method == "ping":
+            return params
+        if command.method == "agents":
+            return {"agents": [agent.describe() for agent in
+                               self.endpoint.agents.values()],
+                    "port": self.endpoint.port}
+        if command.method == "call":
+            return self._call(params)
+        if command.method == "watch_task":
+            return self._watch(connection, params)
+        raise protocol.UnknownMethod("unknown method %s" % command.method)
+
+    @staticmethod
+    def _string(params, name):
+        value = params.get(name)
+        if not isinstance(value, str) or not value:
+            raise protocol.InvalidParams("%s: must be a non-empty string"
+                                         % name, details={"param": name})
+        return value
+
+    def _call(self, params):
+        agent_id = self._string(params, "agent_id")
+        method = self._string(params, "method")
+        call_params = params.get("params") or {}
+        if not isinstance(call_params, dict):
+            raise protocol.InvalidParams("params: must be an object",
+                                         details={"param": "params"})
+        timeout = params.get("timeout") or self.endpoint.call_timeout
+        try:
+            result = self.endpoint.call(agent_id, method, call_params,
+                                        timeout=timeout)
+        except endpoint_mod.AgentNotConnected as exc:
+            raise protocol.NotFound(str(exc)) from None
+        except transport.RemoteError as exc:
+            raise PassedThroughError(exc.error) from None
+        except (transport.CallTimeout, transport.ConnectionLost) as exc:
+            raise protocol.InternalError(str(exc)) from None
+        return {"result": result}
+
+    def _watch(self, connection, params):
+        agent_id = self._string(params, "agent_id")
+        task_id = self._string(params, "task_id")
+        timeout = params.get("timeout")
+        agent = self.endpoint.agents.get(agent_id)
+        if agent is None:
+            raise protocol.NotFound("agent %s is unknown" % agent_id)
+
+        def forward(event, handle, data):
+            if event == "task_status" and handle.agent_id == agent_id and \
+                    data.get("task_id") == task_id and not connection.closed:
+                connection.call_async("task_status", data)
+
+        self.endpoint.subscribe(forward)
+        try:
+            current = agent.tasks.get(task_id)
+            if current is not None and not connection.closed:
+                connection.call_async("task_status", current)
+            final = self.endpoint.wait_for_task(agent_id, task_id, timeout)
+        finally:
+            self.endpoint.unsubscribe(forward)
+        if final is None:
+            raise protocol.InternalError("task %s did not end within %ss"
+                                         % (task_id, timeout))
+        return {"status": final,
+                "terminal": final.get("state") in tasks_mod.TERMINAL}
