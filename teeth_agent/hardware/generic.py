@@ -1,0 +1,631 @@
+"""The generic Linux hardware manager: sysfs, procfs, DMI and a few tools.
+
+It supports every Linux machine at level ``GENERIC``, so vendor managers
+override only what their chassis does differently. Everything is read below
+``[hardware] sysfs_root``, ``procfs_root`` and ``dev_root`` so tests and
+vendor fixtures (:mod:`teeth_agent.hardware.testing`) point it at a faked
+tree. A file or tool that is missing degrades the matching field to ``None``
+(logged at debug level); it never fails the whole call.
+
+udev is optional: when sysfs is the real ``/sys`` and the udev database has
+properties (``ID_SERIAL_SHORT``, ``ID_WWN``, ``ID_PATH``...), they win over
+the raw sysfs attributes; without udevd (the agent's ramdisk may run none)
+the same fields come from sysfs alone.
+"""
+
+import json
+import logging
+import os
+import platform
+import re
+
+from teeth_agent.hardware import base
+from teeth_agent.hardware import safety
+from teeth_agent import processes
+
+LOG = logging.getLogger(__name__)
+
+SECTOR_BYTES = 512
+GIB = 1024 ** 3
+
+#: Devices smaller than this are never chosen as the OS install device
+#: without hints: they are card readers, virtual media and the like.
+MIN_INSTALL_DEVICE_BYTES = 4 * GIB
+
+EFI_GLOBAL_GUID = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
+
+# Kernel name prefixes of block devices that are never disks in their own
+# right: RAM disks, compressed swap, stacked devices (reported as holders
+# of the disks they sit on), optical and floppy drives.
+_NOT_DISK_PREFIXES = ("ram", "zram", "dm-", "md", "sr", "fd", "nbd")
+
+_PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+_PCI_ID = re.compile(r"^0x[0-9a-fA-F]+$")
+
+HINT_TYPES = {
+    "size_bytes": int, "size_gb": int, "model": str, "serial": str,
+    "wwn": str, "vendor": str, "name": str, "by_path": str,
+    "rotational": bool,
+}
+
+
+def _read_text(path):
+    """The stripped content of ``path``, or None (logged) when unreadable."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as stream:
+            value = stream.read().strip()
+    except OSError as exc:
+        LOG.debug("cannot read %s: %s", path, exc)
+        return None
+    return value or None
+
+
+def _read_int(path, base_=10):
+    value = _read_text(path)
+    if value is None:
+        return None
+    try:
+        return int(value, base_)
+    except ValueError:
+        LOG.debug("%s holds %r, not an integer", path, value)
+        return None
+
+
+def _read_bool(path):
+    value = _read_int(path)
+    return None if value is None else value != 0
+
+
+def _listdir(path):
+    try:
+        return sorted(os.listdir(path))
+    except OSError as exc:
+        LOG.debug("cannot list %s: %s", path, exc)
+        return []
+
+
+def _normalize_wwn(wwid):
+    """``naa.``/``eui.`` identifiers as ``0x<hex>``; others unchanged."""
+    if wwid is None:
+        return None
+    wwid = wwid.strip()
+    for prefix in ("naa.", "eui."):
+        if wwid.lower().startswith(prefix):
+            return "0x" + wwid[len(prefix):].lower()
+    return wwid or None
+
+
+def _vpd_serial(path):
+    # VPD page 0x80: 4-byte header (page code in byte 1, length in bytes
+    # 2-3), then the unit serial number in ASCII.
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read()
+    except OSError:
+        return None
+    if len(data) < 4 or data[1] != 0x80:
+        return None
+    length = int.from_bytes(data[2:4], "big")
+    serial = data[4:4 + length].decode("ascii", "replace").strip(" \x00")
+    return serial or None
+
+
+def validate_hints(hints):
+    """Check root-device hints; raise :class:`base.HardwareManagerError`
+    naming an unknown hint or a value of the wrong type."""
+    unknown = sorted(set(hints) - set(HINT_TYPES))
+    if unknown:
+        raise base.HardwareManagerError(
+            "unknown root device hint(s): %s (known: %s)"
+            % (", ".join(unknown), ", ".join(sorted(HINT_TYPES))))
+    for key, value in hints.items():
+        expected = HINT_TYPES[key]
+        # bool is an int subclass: a size of True is a mistake.
+        if not isinstance(value, expected) or (
+                expected is int and isinstance(value, bool)):
+            raise base.HardwareManagerError(
+                "root device hint %s must be %s, not %r"
+                % (key, expected.__name__, value))
+
+
+def device_matches_hints(device, hints):
+    """Whether ``device`` (a ``BlockDevice``) satisfies every hint.
+
+    ``name`` matches the kernel name or the path (``sda`` and
+    ``/dev/sda`` are the same hint); ``by_path`` matches the full link or
+    its last component; ``size_gb`` matches the size in whole GiB
+    (rounded down); other hints compare for equality.
+    """
+    for key, wanted in hints.items():
+        if key == "name":
+            if wanted not in (device.get("name"), device.get("path")) and \
+                    os.path.basename(wanted) != device.get("name"):
+                return False
+        elif key == "by_path":
+            actual = device.get("by_path")
+            if actual is None or wanted not in (
+                    actual, os.path.basename(actual)):
+                return False
+        elif key == "size_gb":
+            size = device.get("size_bytes")
+            if size is None or size // GIB != wanted:
+                return False
+        else:
+            actual = device.get(key)
+            if isinstance(actual, str):
+                actual = actual.strip()
+            if isinstance(wanted, str):
+                wanted = wanted.strip()
+            if actual != wanted:
+                return False
+    return True
+
+
+class GenericHardwareManager(base.HardwareManager):
+    """Any Linux machine, from sysfs, procfs, DMI and standard tools."""
+
+    def evaluate_hardware_support(self):
+        return base.HardwareSupport.GENERIC
+
+    # -- paths ----------------------------------------------------------------
+
+    def _sys(self, *parts):
+        return os.path.join(self.conf.hardware.sysfs_root, *parts)
+
+    def _proc(self, *parts):
+        return os.path.join(self.conf.hardware.procfs_root, *parts)
+
+    def _dev(self, *parts):
+        return os.path.join(self.conf.hardware.dev_root, *parts)
+
+    def _uses_real_sysfs(self):
+        return os.path.realpath(self.conf.hardware.sysfs_root) == "/sys"
+
+    # -- DMI ------------------------------------------------------------------
+
+    def _dmi(self, field):
+        return _read_text(self._sys("class", "dmi", "id", field))
+
+    def get_system_info(self):
+        return {"vendor": self._dmi("sys_vendor"),
+                "product": self._dmi("product_name"),
+                "serial": self._dmi("product_serial"),
+                "uuid": self._dmi("product_uuid"),
+                "bios_version": self._dmi("bios_version"),
+                "bios_date": self._dmi("bios_date")}
+
+    # -- CPUs -----------------------------------------------------------------
+
+    def _cpuinfo(self):
+        text = _read_text(self._proc("cpuinfo")) or ""
+        processors = []
+        current = {}
+        for line in text.splitlines():
+            if not line.strip():
+                if current:
+                    processors.append(current)
+                current = {}
+                continue
+            key, _, value = line.partition(":")
+            current[key.strip()] = value.strip()
+        if current:
+            processors.append(current)
+        return processors
+
+    def get_cpus(self):
+        records = self._cpuinfo()
+        logical = [r for r in records if "processor" in r
+                   and r["processor"].isdigit()]
+        first = logical[0] if logical else (records[0] if records else {})
+        model = None
+        for key in ("model name", "Processor", "cpu model", "cpu"):
+            if first.get(key):
+                model = first[key]
+                break
+        flags = (first.get("flags") or first.get("Features") or "").split()
+        cpu_root = self._sys("devices", "system", "cpu")
+        cpu_dirs = [d for d in _listdir(cpu_root) if re.match(r"^cpu\d+$", d)]
+        count = len(logical) or len(cpu_dirs) or None
+        packages = set()
+        cores = set()
+        for cpu in cpu_dirs:
+            topology = os.path.join(cpu_root, cpu, "topology")
+            package = _read_text(os.path.join(topology, "physical_package_id"))
+            core = _read_text(os.path.join(topology, "core_id"))
+            if package is not None:
+                packages.add(package)
+                if core is not None:
+                    cores.add((package, core))
+        if not packages:
+            # No sysfs topology (some containers): cpuinfo has the same ids
+            # on x86.
+            for record in logical:
+                if "physical id" in record:
+                    packages.add(record["physical id"])
+                    if "core id" in record:
+                        cores.add((record["physical id"], record["core id"]))
+        return {"count": count,
+                "model": model,
+                "arch": platform.machine() or None,
+                "sockets": len(packages) or None,
+                "cores": len(cores) or None,
+                "threads": count,
+                "flags": flags}
+
+    # -- memory ---------------------------------------------------------------
+
+    def _memory_block_bytes(self):
+        root = self._sys("devices", "system", "memory")
+        block_size = _read_int(os.path.join(root, "block_size_bytes"), 16)
+        blocks = [d for d in _listdir(root) if re.match(r"^memory\d+$", d)]
+        if not block_size or not blocks:
+            return None
+        return block_size * len(blocks)
+
+    def _meminfo_total(self):
+        for line in (_read_text(self._proc("meminfo")) or "").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "MemTotal":
+                number, _, unit = value.strip().partition(" ")
+                try:
+                    return int(number) * (1024 if unit.strip() == "kB" else 1)
+                except ValueError:
+                    return None
+        return None
+
+    def _dimms(self):
+        try:
+            out, _ = processes.execute("dmidecode", "--type", "17")
+        except processes.ToolNotFound:
+            LOG.debug("dmidecode is not installed: DIMMs unknown")
+            return None
+        except processes.ProcessError as exc:
+            LOG.debug("dmidecode failed, DIMMs unknown: %s", exc)
+            return None
+        return parse_dmidecode_memory(out)
+
+    def get_memory(self):
+        # Memory blocks count what is installed; MemTotal leaves out what
+        # the kernel reserved at boot, so it is only the fallback.
+        total = self._memory_block_bytes() or self._meminfo_total()
+        return {"total_bytes": total, "dimms": self._dimms()}
+
+    # -- block devices ------------------------------------------------------
+
+    def _udev_disks(self):
+        """``{kernel name: udev properties}`` from pyudev, or None when sysfs
+        is faked or pyudev cannot enumerate."""
+        if not self._uses_real_sysfs():
+            return None
+        try:
+            import pyudev
+            context = pyudev.Context()
+            return {device.sys_name: dict(device.properties)
+                    for device in context.list_devices(subsystem="block",
+                                                       DEVTYPE="disk")}
+        except Exception as exc:
+            LOG.debug("pyudev cannot enumerate block devices: %s", exc)
+            return None
+
+    def _disk_names(self, udev):
+        block = self._sys("class", "block")
+        names = set(_listdir(block))
+        if udev is not None:
+            names |= set(udev)
+        disks = []
+        for name in sorted(names):
+            directory = os.path.join(block, name)
+            if name.startswith(_NOT_DISK_PREFIXES):
+                continue
+            if os.path.exists(os.path.join(directory, "partition")):
+                continue
+            if name.startswith("loop") and _read_text(
+                    os.path.join(directory, "loop", "backing_file")) is None:
+                continue  # a loop device with nothing attached
+            if not _read_int(os.path.join(directory, "size")):
+                continue  # no medium
+            disks.append(name)
+        return disks
+
+    def _transport(self, name, directory):
+        if name.startswith("loop"):
+            return "loop"
+        if name.startswith("nvme"):
+            kind = _read_text(os.path.join(directory, "device", "transport"))
+            return "nvme" if kind in (None, "pcie") else "nvme-%s" % kind
+        if name.startswith("mmcblk"):
+            return "mmc"
+        device = os.path.join(directory, "device")
+        if not os.path.exists(device):
+            return None
+        subsystem = os.path.basename(os.path.realpath(
+            os.path.join(device, "subsystem")))
+        if subsystem == "virtio" or name.startswith("vd"):
+            return "virtio"
+        # Only the part below sysfs says how the disk is attached.
+        real = os.path.relpath(os.path.realpath(device), os.path.realpath(
+            self.conf.hardware.sysfs_root))
+        real = "/" + real
+        if "/usb" in real:
+            return "usb"
+        if re.search(r"/ata\d+/", real):
+            return "sata"
+        if "/end_device-" in real or "/port-" in real:
+            return "sas"
+        if subsystem == "scsi":
+            return "scsi"
+        return subsystem or None
+
+    def _by_path(self, name):
+        links = self._dev("disk", "by-path")
+        target = os.path.realpath(self._dev(name))
+        for link in _listdir(links):
+            full = os.path.join(links, link)
+            if os.path.realpath(full) == target:
+                return full
+        return None
+
+    def _sysfs_serial(self, directory):
+        return (_read_text(os.path.join(directory, "device", "serial"))
+                or _read_text(os.path.join(directory, "serial"))
+                or _vpd_serial(os.path.join(directory, "device", "vpd_pg80")))
+
+    def _block_device(self, name, udev_properties):
+        directory = self._sys("class", "block", name)
+        props = udev_properties or {}
+        path = self._dev(name)
+        device_dir = os.path.join(directory, "device")
+        vendor = _read_text(os.path.join(device_dir, "vendor"))
+        if vendor is not None and _PCI_ID.match(vendor):
+            vendor = None  # a PCI vendor id, not a name
+        wwid = (_read_text(os.path.join(directory, "wwid"))
+                or _read_text(os.path.join(device_dir, "wwid")))
+        by_path = None
+        if props.get("ID_PATH"):
+            by_path = "/dev/disk/by-path/%s" % props["ID_PATH"]
+        else:
+            by_path = self._by_path(name)
+        sectors = _read_int(os.path.join(directory, "size"))
+        partitions = [self._dev(entry) for entry in _listdir(directory)
+                      if os.path.exists(os.path.join(directory, entry,
+                                                     "partition"))]
+        usage = safety.device_usage(name, self.conf)
+        return {
+            "path": path,
+            "name": name,
+            "size_bytes": None if sectors is None else sectors * SECTOR_BYTES,
+            "model": _read_text(os.path.join(device_dir, "model"))
+            or _clean(props.get("ID_MODEL")),
+            "serial": _clean(props.get("ID_SERIAL_SHORT"))
+            or self._sysfs_serial(directory)
+            or _clean(props.get("ID_SERIAL")),
+            "wwn": _normalize_wwn(props.get("ID_WWN_WITH_EXTENSION")
+                                  or props.get("ID_WWN") or wwid),
+            "vendor": _clean(props.get("ID_VENDOR")) or vendor,
+            "rotational": _read_bool(os.path.join(directory, "queue",
+                                                  "rotational")),
+            "logical_sector_size": _read_int(os.path.join(
+                directory, "queue", "logical_block_size")),
+            "physical_sector_size": _read_int(os.path.join(
+                directory, "queue", "physical_block_size")),
+            "removable": _read_bool(os.path.join(directory, "removable")),
+            "read_only": _read_bool(os.path.join(directory, "ro")),
+            "transport": self._transport(name, directory),
+            "partitions": partitions,
+            "holders": _listdir(os.path.join(directory, "holders")),
+            "mounted": bool(usage["mountpoints"]),
+            "mountpoints": usage["mountpoints"],
+            "is_agent_root": usage["is_agent_root"],
+            "by_path": by_path,
+        }
+
+    def list_block_devices(self):
+        udev = self._udev_disks()
+        return [self._block_device(name, (udev or {}).get(name))
+                for name in self._disk_names(udev)]
+
+    # -- network --------------------------------------------------------------
+
+    def _pci_address(self, device_link):
+        real = os.path.realpath(device_link)
+        while real and real != os.path.dirname(real):
+            if _PCI_ADDRESS.match(os.path.basename(real)):
+                return os.path.basename(real)
+            real = os.path.dirname(real)
+        return None
+
+    def list_network_interfaces(self):
+        root = self._sys("class", "net")
+        interfaces = []
+        for name in _listdir(root):
+            directory = os.path.join(root, name)
+            device = os.path.join(directory, "device")
+            if name == "lo" or not os.path.exists(device):
+                continue  # virtual: bridges, bonds, VLANs, tunnels
+            carrier = _read_int(os.path.join(directory, "carrier"))
+            if carrier is None:
+                # carrier cannot be read while the interface is down.
+                operstate = _read_text(os.path.join(directory, "operstate"))
+                link = None if operstate in (None, "unknown") else \
+                    operstate == "up"
+            else:
+                link = carrier == 1
+            speed = _read_int(os.path.join(directory, "speed"))
+            driver = os.path.join(device, "driver")
+            mac = _read_text(os.path.join(directory, "address"))
+            interfaces.append({
+                "name": name,
+                "mac": mac.lower() if mac else None,
+                "link": link,
+                "speed_mbps": speed if speed and speed > 0 else None,
+                "driver": os.path.basename(os.path.realpath(driver))
+                if os.path.exists(driver) else None,
+                "pci_address": self._pci_address(device),
+            })
+        return interfaces
+
+    # -- firmware and BIOS ----------------------------------------------------
+
+    def get_firmware_versions(self):
+        bios = self._dmi("bios_version")
+        return {"bios": bios} if bios else {}
+
+    def _firmware_attribute_dirs(self):
+        """``{setting name: attribute directory}`` from every driver under
+        ``class/firmware-attributes``."""
+        root = self._sys("class", "firmware-attributes")
+        found = {}
+        for driver in _listdir(root):
+            attributes = os.path.join(root, driver, "attributes")
+            for name in _listdir(attributes):
+                directory = os.path.join(attributes, name)
+                if os.path.exists(os.path.join(directory, "current_value")):
+                    found.setdefault(name, directory)
+        return found
+
+    def get_bios_settings(self):
+        attributes = self._firmware_attribute_dirs()
+        if not attributes:
+            raise base.IncompatibleHardwareMethodError(
+                "no firmware-attributes in sysfs")
+        return {name: _read_text(os.path.join(directory, "current_value"))
+                for name, directory in sorted(attributes.items())}
+
+    def apply_bios_settings(self, settings):
+        attributes = self._firmware_attribute_dirs()
+        if not attributes:
+            raise base.IncompatibleHardwareMethodError(
+                "no firmware-attributes in sysfs")
+        unknown = sorted(set(settings) - set(attributes))
+        if unknown:
+            raise base.HardwareManagerError("unknown BIOS setting(s): %s"
+                                            % ", ".join(unknown))
+        applied = {}
+        for name, value in sorted(settings.items()):
+            current = os.path.join(attributes[name], "current_value")
+            wanted = _setting_text(value)
+            try:
+                with open(current, "w", encoding="utf-8") as stream:
+                    stream.write(wanted)
+            except OSError as exc:
+                raise base.HardwareManagerError(
+                    "cannot set BIOS setting %s to %s: %s"
+                    % (name, wanted, exc)) from exc
+            now = _read_text(current)
+            pending = _read_bool(os.path.join(
+                os.path.dirname(attributes[name]), "pending_reboot"))
+            if now != wanted and not pending:
+                raise base.HardwareManagerError(
+                    "BIOS setting %s reads back %r after writing %r"
+                    % (name, now, wanted))
+            LOG.info("BIOS setting %s set to %s", name, wanted)
+            applied[name] = wanted
+        return applied
+
+    def _efi_variable(self, name):
+        path = self._sys("firmware", "efi", "efivars",
+                         "%s-%s" % (name, EFI_GLOBAL_GUID))
+        try:
+            with open(path, "rb") as stream:
+                data = stream.read()
+        except OSError as exc:
+            LOG.debug("cannot read EFI variable %s: %s", name, exc)
+            return None
+        # The first 4 bytes are the variable's attributes; the value follows.
+        return data[4] == 1 if len(data) > 4 else None
+
+    def get_secure_boot_state(self):
+        if not os.path.isdir(self._sys("firmware", "efi")):
+            return {"supported": False, "enabled": None, "setup_mode": None}
+        return {"supported": True,
+                "enabled": self._efi_variable("SecureBoot"),
+                "setup_mode": self._efi_variable("SetupMode")}
+
+    # -- disks ----------------------------------------------------------------
+
+    def get_erase_capabilities(self, device):
+        from teeth_agent.hardware import erase
+        return erase.get_capabilities(self, device)
+
+    def erase_block_device(self, device, method, progress):
+        from teeth_agent.hardware import erase
+        return erase.erase_device(self, device, method, progress)
+
+    def get_os_install_device(self, hints):
+        """Choose among the eligible devices (see
+        :mod:`teeth_agent.hardware.safety`).
+
+        With hints: the devices matching every hint. Without: the
+        non-removable devices of at least 4 GiB. Among the candidates the
+        smallest wins, ties broken by path, so the choice is the same on
+        every boot.
+        """
+        hints = dict(hints or {})
+        validate_hints(hints)
+        devices = self.list_block_devices()
+        eligible = [d for d in devices if safety.eligibility(d, self.conf)[0]]
+        if hints:
+            candidates = [d for d in eligible
+                          if device_matches_hints(d, hints)]
+            wanted = "matching root device hints %s" % json.dumps(
+                hints, sort_keys=True)
+        else:
+            candidates = [d for d in eligible if not d["removable"]
+                          and (d["size_bytes"] or 0)
+                          >= MIN_INSTALL_DEVICE_BYTES]
+            wanted = "non-removable of at least 4 GiB"
+        if not candidates:
+            raise base.HardwareManagerError(
+                "no eligible block device %s (%d device(s), %d eligible)"
+                % (wanted, len(devices), len(eligible)))
+        return min(candidates, key=lambda d: (d["size_bytes"] or 0, d["path"]))
+
+
+def _clean(value):
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
+
+
+def _setting_text(value):
+    if isinstance(value, bool):
+        return "Enabled" if value else "Disabled"
+    return str(value)
+
+
+def _size_bytes(text):
+    number, _, unit = text.partition(" ")
+    multipliers = {"bytes": 1, "kB": 1024, "KB": 1024, "MB": 1024 ** 2,
+                   "GB": 1024 ** 3, "TB": 1024 ** 4}
+    try:
+        return int(number) * multipliers[unit.strip()]
+    except (ValueError, KeyError):
+        return None
+
+
+def parse_dmidecode_memory(text):
+    """The installed DIMMs from ``dmidecode --type 17`` output, as
+    ``[{"size_bytes", "locator", "type", "speed_mts"}]`` (empty slots left
+    out)."""
+    dimms = []
+    for record in re.split(r"\n(?=Handle )", text):
+        if "Memory Device" not in record:
+            continue
+        fields = {}
+        for line in record.splitlines():
+            key, sep, value = line.strip().partition(":")
+            if sep:
+                fields.setdefault(key.strip(), value.strip())
+        size = _size_bytes(fields.get("Size", ""))
+        if size is None:
+            continue  # "No Module Installed" or unreadable
+        speed = re.match(r"^(\d+)\s*(MT/s|MHz)$", fields.get("Speed", ""))
+        dimm_type = fields.get("Type")
+        dimms.append({
+            "size_bytes": size,
+            "locator": fields.get("Locator") or None,
+            "type": None if dimm_type in (None, "", "Unknown") else dimm_type,
+            "speed_mts": int(speed.group(1)) if speed else None,
+        })
+    return dimms

@@ -1,0 +1,267 @@
+"""Which block devices the agent may write to: rules no manager overrides.
+
+Hardware managers describe devices; this module decides. The rules, in the
+order they are applied by :func:`eligibility`:
+
+1. ``[hardware] device_include`` / ``device_exclude`` glob patterns (matched
+   with :func:`fnmatch.fnmatchcase` against the device path);
+2. a read-only device is never written;
+3. the device holding the agent's own root filesystem is never written;
+4. a device that is mounted or used as swap (itself, one of its
+   partitions, or anything stacked on it: dm, md, LVM, recursively) is never
+   written.
+
+Rules 2-4 are intrinsic: no option and no command from the server turns them
+off. :func:`ensure_writable` re-checks a device live, right before a write,
+reading sysfs and mountinfo itself rather than trusting a manager's answer.
+"""
+
+import collections
+import fnmatch
+import logging
+import os
+
+LOG = logging.getLogger(__name__)
+
+SWAP_MOUNTPOINT = "[SWAP]"
+
+#: One line of ``/proc/self/mountinfo``: ``devnum`` is ``"major:minor"``.
+Mount = collections.namedtuple("Mount",
+                               ["devnum", "mountpoint", "fstype", "source"])
+
+
+class DeviceNotEligible(Exception):
+    """The agent refuses to write to ``path``; ``reason`` says why."""
+
+    def __init__(self, path, reason):
+        self.path = path
+        self.reason = reason
+        super().__init__("refusing to write to %s: %s" % (path, reason))
+
+
+def _unescape_mountinfo(field):
+    # The kernel escapes space, tab, newline and backslash as \ooo octal.
+    out = []
+    index = 0
+    while index < len(field):
+        chunk = field[index:index + 4]
+        if (len(chunk) == 4 and chunk[0] == "\\"
+                and all(c in "01234567" for c in chunk[1:])):
+            out.append(chr(int(chunk[1:], 8)))
+            index += 4
+        else:
+            out.append(field[index])
+            index += 1
+    return "".join(out)
+
+
+def read_mounts(conf):
+    """Every mount of the agent's mount namespace, as :class:`Mount`.
+
+    Reads ``<procfs_root>/self/mountinfo``; an unreadable file gives an
+    empty list (logged), which callers must not take as "nothing mounted"
+    for safety decisions on their own: :func:`device_usage` also reads it.
+    """
+    path = os.path.join(conf.hardware.procfs_root, "self", "mountinfo")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as stream:
+            lines = stream.read().splitlines()
+    except OSError as exc:
+        LOG.warning("cannot read %s: %s", path, exc)
+        return []
+    mounts = []
+    for line in lines:
+        fields = line.split()
+        if "-" not in fields[6:]:
+            continue
+        separator = fields.index("-", 6)
+        if len(fields) < separator + 3 or len(fields) < 5:
+            continue
+        mounts.append(Mount(devnum=fields[2],
+                            mountpoint=_unescape_mountinfo(fields[4]),
+                            fstype=fields[separator + 1],
+                            source=_unescape_mountinfo(fields[separator + 2])))
+    return mounts
+
+
+def read_swaps(conf):
+    """Paths listed as active swap in ``<procfs_root>/swaps``."""
+    path = os.path.join(conf.hardware.procfs_root, "swaps")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as stream:
+            lines = stream.read().splitlines()[1:]
+    except OSError as exc:
+        LOG.debug("cannot read %s: %s", path, exc)
+        return []
+    return [_unescape_mountinfo(line.split()[0]) for line in lines
+            if line.split()]
+
+
+def _read_sysfs(path):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as stream:
+            return stream.read().strip()
+    except OSError:
+        return None
+
+
+def _listdir(path):
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
+def device_stack(name, conf):
+    """The kernel names a write to ``name`` would affect.
+
+    Returns ``{kernel name: "major:minor" or None}`` for the device, its
+    partitions, and everything stacked on any of them (``holders/``),
+    recursively.
+    """
+    block = os.path.join(conf.hardware.sysfs_root, "class", "block")
+    stack = {}
+    pending = [name]
+    while pending:
+        current = pending.pop()
+        if current in stack:
+            continue
+        directory = os.path.join(block, current)
+        stack[current] = _read_sysfs(os.path.join(directory, "dev"))
+        for entry in _listdir(directory):
+            if os.path.exists(os.path.join(directory, entry, "partition")):
+                pending.append(entry)
+        pending.extend(_listdir(os.path.join(directory, "holders")))
+    return stack
+
+
+def _source_aliases(names, conf):
+    aliases = set()
+    block = os.path.join(conf.hardware.sysfs_root, "class", "block")
+    for name in names:
+        for dev_dir in {"/dev", conf.hardware.dev_root}:
+            aliases.add(os.path.join(dev_dir, name))
+            mapped = _read_sysfs(os.path.join(block, name, "dm", "name"))
+            if mapped:
+                aliases.add(os.path.join(dev_dir, "mapper", mapped))
+    return aliases
+
+
+def device_usage(name, conf):
+    """How the device ``name`` (a kernel name such as ``sda``) is in use now.
+
+    Returns ``{"mountpoints": sorted list, "is_agent_root": bool}``, read
+    live from sysfs and procfs. A mount counts when its device number or its
+    source matches the device, a partition, or a holder (recursively); a
+    swap area is reported as the mount point ``"[SWAP]"``.
+    """
+    stack = device_stack(name, conf)
+    devnums = {devnum for devnum in stack.values() if devnum}
+    aliases = _source_aliases(stack, conf)
+    mountpoints = set()
+    is_agent_root = False
+    for mount in read_mounts(conf):
+        if mount.devnum in devnums or mount.source in aliases:
+            mountpoints.add(mount.mountpoint)
+            if mount.mountpoint == "/":
+                is_agent_root = True
+    for swap in read_swaps(conf):
+        if swap in aliases:
+            mountpoints.add(SWAP_MOUNTPOINT)
+    return {"mountpoints": sorted(mountpoints),
+            "is_agent_root": is_agent_root}
+
+
+def inclusion(path, conf):
+    """``(True, None)`` when ``[hardware] device_include/device_exclude``
+    let the agent see ``path``, else ``(False, reason)``."""
+    include = [p for p in conf.hardware.device_include if p]
+    exclude = [p for p in conf.hardware.device_exclude if p]
+    if include and not any(fnmatch.fnmatchcase(path, p) for p in include):
+        return False, "not matched by [hardware] device_include"
+    for pattern in exclude:
+        if fnmatch.fnmatchcase(path, pattern):
+            return False, ("matched by [hardware] device_exclude pattern %s"
+                           % pattern)
+    return True, None
+
+
+def eligibility(device, conf):
+    """Whether the agent may write to ``device`` (a ``BlockDevice`` dict).
+
+    Returns ``(True, None)`` or ``(False, reason)``, reason being one
+    human-readable sentence fragment. A flag the manager could not read
+    (``None``) counts against the device: the agent writes only where it
+    knows it is safe.
+    """
+    included, reason = inclusion(device["path"], conf)
+    if not included:
+        return False, reason
+    read_only = device.get("read_only")
+    if read_only is None:
+        return False, "whether it is read-only is unknown"
+    if read_only:
+        return False, "read-only"
+    is_agent_root = device.get("is_agent_root")
+    if is_agent_root is None:
+        return False, "whether it holds the agent's root is unknown"
+    if is_agent_root:
+        return False, "holds the agent's root filesystem"
+    mounted = device.get("mounted")
+    if mounted is None:
+        return False, "whether it is mounted is unknown"
+    if mounted or device.get("mountpoints"):
+        points = device.get("mountpoints") or []
+        if points == [SWAP_MOUNTPOINT]:
+            return False, "in use as swap"
+        return False, "mounted at %s" % (", ".join(points) or "an unknown "
+                                         "mount point")
+    return True, None
+
+
+def _same_device(device, path, conf):
+    if device.get("path") == path:
+        return True
+    name = os.path.basename(path)
+    dev_dirs = {"/dev", conf.hardware.dev_root}
+    return (os.path.dirname(path) in dev_dirs or "/" not in path) and \
+        device.get("name") == name
+
+
+def ensure_writable(path, conf, dispatcher):
+    """Re-check ``path`` live and return its ``BlockDevice`` dict.
+
+    Asks the managers for a fresh device list, then overlays what this
+    module reads itself from sysfs and mountinfo (read-only flag, mounts,
+    agent root), so a stale or careless manager cannot make a busy device
+    look free. The returned dict has ``eligible`` True and
+    ``ineligible_reason`` None.
+
+    Raises :class:`DeviceNotEligible` when the device is unknown or fails
+    any rule of :func:`eligibility`.
+    """
+    devices = dispatcher.dispatch("list_block_devices")
+    matches = [d for d in devices if _same_device(d, path, conf)]
+    if not matches:
+        raise DeviceNotEligible(path, "not a block device of this machine")
+    device = dict(matches[0])
+    name = device.get("name") or os.path.basename(device["path"])
+    usage = device_usage(name, conf)
+    mountpoints = set(device.get("mountpoints") or []) | set(
+        usage["mountpoints"])
+    device["mountpoints"] = sorted(mountpoints)
+    if device.get("mounted") is not None or mountpoints:
+        device["mounted"] = bool(device.get("mounted") or mountpoints)
+    if usage["is_agent_root"]:
+        device["is_agent_root"] = True
+    live_ro = _read_sysfs(os.path.join(conf.hardware.sysfs_root, "class",
+                                       "block", name, "ro"))
+    if live_ro == "1":
+        device["read_only"] = True
+    eligible, reason = eligibility(device, conf)
+    if not eligible:
+        LOG.warning("refusing to write to %s: %s", path, reason)
+        raise DeviceNotEligible(path, reason)
+    device["eligible"] = True
+    device["ineligible_reason"] = None
+    return device

@@ -1,0 +1,458 @@
+"""Test fixtures for hardware managers: a faked machine, no hardware needed.
+
+:class:`FakeMachine` writes a small sysfs, procfs and ``/dev`` tree under a
+directory: DMI ids, block devices with their attributes, partitions,
+holders, mounts, network interfaces, CPUs, memory, BIOS settings and EFI
+variables. :class:`HardwareManagerTestCase` builds one per test, a config
+pointing ``[hardware] sysfs_root/procfs_root/dev_root`` at it, and blocks
+every external tool unless the test gives a canned answer::
+
+    from teeth_agent.hardware import generic
+    from teeth_agent.hardware import testing
+
+    class TestMyManager(testing.HardwareManagerTestCase):
+        def test_selected_on_my_chassis(self):
+            self.machine.set_dmi(sys_vendor="ACME",
+                                 product_name="Roadrunner 9000")
+            self.machine.add_disk("sda", size_bytes=480 * 10**9)
+            dispatcher = self.build_dispatcher([
+                ("generic", generic.GenericHardwareManager),
+                ("mine", MyManager)])
+            self.assertEqual("mine",
+                             dispatcher.implementers("update_firmware")[0])
+
+The tree only holds what the generic manager reads; it is not a complete
+sysfs. Paths reported for devices are under the fake ``dev`` directory (use
+:meth:`FakeMachine.dev_path`).
+"""
+
+import os
+import shutil
+import subprocess
+import tempfile
+import unittest
+
+from oslo_config import cfg
+
+from teeth_agent import conf as teeth_conf
+from teeth_agent import hardware
+from teeth_agent import processes
+
+_MAJORS = {"sata": 8, "sas": 8, "scsi": 8, "usb": 8, "nvme": 259,
+           "virtio": 252, "loop": 7, "mmc": 179, None: 240}
+
+
+def _write(path, content):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    mode = "wb" if isinstance(content, bytes) else "w"
+    with open(path, mode) as stream:
+        stream.write(content)
+
+
+def _symlink(target, link):
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    if os.path.lexists(link):
+        os.unlink(link)
+    os.symlink(target, link)
+
+
+class FakeMachine:
+    """A faked sysfs/procfs/dev tree under ``root``.
+
+    ``sysfs_root``, ``procfs_root`` and ``dev_root`` are the directories to
+    put in ``[hardware]``; :meth:`conf_overrides` gives them as a dict. A
+    new machine has one CPU, 1 GiB of memory, the agent's root on a tmpfs
+    and nothing else.
+    """
+
+    def __init__(self, root):
+        self.root = root
+        self.sysfs_root = os.path.join(root, "sys")
+        self.procfs_root = os.path.join(root, "proc")
+        self.dev_root = os.path.join(root, "dev")
+        for directory in (self.sysfs_root, self.procfs_root, self.dev_root):
+            os.makedirs(directory, exist_ok=True)
+        self._next_minor = 0
+        self._mounts = [("0:20", "/", "tmpfs", "rootfs")]
+        self._swaps = []
+        self._pci_slot = 0
+        self._write_mounts()
+        self.set_cpus()
+        self.set_memory(1024 ** 3)
+
+    def conf_overrides(self):
+        """``{"hardware.sysfs_root": ..., ...}`` for ``make_conf``-style
+        helpers and :meth:`HardwareManagerTestCase.set_config`."""
+        return {"hardware.sysfs_root": self.sysfs_root,
+                "hardware.procfs_root": self.procfs_root,
+                "hardware.dev_root": self.dev_root}
+
+    def sys(self, *parts):
+        return os.path.join(self.sysfs_root, *parts)
+
+    def dev_path(self, name):
+        """The path the generic manager reports for the device ``name``."""
+        return os.path.join(self.dev_root, name)
+
+    # -- DMI, CPUs, memory ----------------------------------------------------
+
+    def set_dmi(self, **fields):
+        """Write ``/sys/class/dmi/id/<field>`` files, for example
+        ``sys_vendor``, ``product_name``, ``product_serial``,
+        ``product_uuid``, ``bios_version``, ``bios_date``. ``None`` removes
+        a field."""
+        for field, value in fields.items():
+            path = self.sys("class", "dmi", "id", field)
+            if value is None:
+                if os.path.exists(path):
+                    os.unlink(path)
+            else:
+                _write(path, "%s\n" % value)
+
+    def set_cpus(self, model="Fake CPU @ 2.00GHz", sockets=1, cores=1,
+                 threads_per_core=1, flags=("fpu", "sse2")):
+        """Write ``/proc/cpuinfo`` and the sysfs topology for
+        ``sockets * cores * threads_per_core`` logical CPUs."""
+        cpu_root = self.sys("devices", "system", "cpu")
+        shutil.rmtree(cpu_root, ignore_errors=True)
+        records = []
+        number = 0
+        for socket in range(sockets):
+            for core in range(cores):
+                for _ in range(threads_per_core):
+                    records.append(
+                        "processor\t: %d\nmodel name\t: %s\nphysical id\t: "
+                        "%d\ncore id\t\t: %d\nflags\t\t: %s\n"
+                        % (number, model, socket, core, " ".join(flags)))
+                    topology = os.path.join(cpu_root, "cpu%d" % number,
+                                            "topology")
+                    _write(os.path.join(topology, "physical_package_id"),
+                           "%d\n" % socket)
+                    _write(os.path.join(topology, "core_id"), "%d\n" % core)
+                    number += 1
+        _write(os.path.join(self.procfs_root, "cpuinfo"),
+               "\n".join(records))
+
+    def set_memory(self, total_bytes, block_bytes=128 * 1024 ** 2,
+                   memtotal_bytes=None):
+        """Write memory blocks adding up to ``total_bytes`` (a multiple of
+        ``block_bytes``; 0 blocks writes none) and ``/proc/meminfo``
+        (``memtotal_bytes``, default a little less than the total)."""
+        root = self.sys("devices", "system", "memory")
+        shutil.rmtree(root, ignore_errors=True)
+        if block_bytes and total_bytes // block_bytes:
+            _write(os.path.join(root, "block_size_bytes"),
+                   "%x\n" % block_bytes)
+            for index in range(total_bytes // block_bytes):
+                _write(os.path.join(root, "memory%d" % index, "state"),
+                       "online\n")
+        if memtotal_bytes is None:
+            memtotal_bytes = total_bytes - total_bytes // 32
+        _write(os.path.join(self.procfs_root, "meminfo"),
+               "MemTotal:       %d kB\nMemFree:        1024 kB\n"
+               % (memtotal_bytes // 1024))
+
+    # -- block devices --------------------------------------------------------
+
+    def _devnum(self, transport):
+        self._next_minor += 16
+        return "%d:%d" % (_MAJORS.get(transport, 240), self._next_minor)
+
+    def _device_dir(self, name, transport, model, serial, vendor, wwid):
+        """Create the sysfs parent device for ``transport``; return its
+        directory (None for loop devices, which have none)."""
+        self._pci_slot += 1
+        pci = self.sys("devices", "pci0000:00",
+                       "0000:00:%02x.0" % self._pci_slot)
+        if transport == "loop":
+            return None
+        if transport == "nvme":
+            directory = os.path.join(pci, "nvme", name.split("n1")[0])
+            _write(os.path.join(directory, "transport"), "pcie\n")
+            _symlink(self.sys("class", "nvme"),
+                     os.path.join(directory, "subsystem"))
+        elif transport == "virtio":
+            directory = os.path.join(pci, "virtio%d" % self._pci_slot)
+            _write(os.path.join(directory, "vendor"), "0x1af4\n")
+            _symlink(self.sys("bus", "virtio"),
+                     os.path.join(directory, "subsystem"))
+        else:
+            host = {"sata": "ata%d/host0" % self._pci_slot,
+                    "sas": "host0/port-0:0/end_device-0:0",
+                    "usb": "usb1/1-1/1-1:1.0/host2",
+                    "scsi": "host0"}.get(transport, "host0")
+            directory = os.path.join(pci, host, "target0:0:0", "0:0:0:0")
+            _symlink(self.sys("bus", "scsi"),
+                     os.path.join(directory, "subsystem"))
+            if serial is not None:
+                # SCSI disks expose their serial only in VPD page 0x80.
+                data = serial.encode("ascii")
+                _write(os.path.join(directory, "vpd_pg80"),
+                       bytes([0, 0x80]) + len(data).to_bytes(2, "big")
+                       + data)
+            if wwid is not None:
+                _write(os.path.join(directory, "wwid"), "%s\n" % wwid)
+        if model is not None:
+            _write(os.path.join(directory, "model"), "%s\n" % model)
+        if vendor is not None:
+            _write(os.path.join(directory, "vendor"), "%s\n" % vendor)
+        if serial is not None and transport == "nvme":
+            _write(os.path.join(directory, "serial"), "%s\n" % serial)
+        return directory
+
+    def add_disk(self, name, size_bytes, model=None, serial=None, wwid=None,
+                 vendor=None, rotational=False, logical_sector_size=512,
+                 physical_sector_size=None, removable=False,
+                 read_only=False, transport="sata", by_path=None,
+                 backing_file=None):
+        """Add a whole block device ``name`` and return its reported path.
+
+        ``transport`` is one of sata, sas, scsi, usb, nvme, virtio, loop
+        and decides where sysfs keeps the model/serial/wwid (as the kernel
+        does); ``wwid`` is the raw sysfs form such as
+        ``"naa.5000c500a1b2c3d4"``. ``by_path`` adds a
+        ``/dev/disk/by-path/<by_path>`` link. Loop devices get
+        ``loop/backing_file`` (default ``/images/<name>.img``).
+        """
+        directory = self.sys("class", "block", name)
+        os.makedirs(os.path.join(directory, "holders"), exist_ok=True)
+        _write(os.path.join(directory, "dev"),
+               "%s\n" % self._devnum(transport))
+        _write(os.path.join(directory, "size"), "%d\n" % (size_bytes // 512))
+        _write(os.path.join(directory, "ro"), "%d\n" % bool(read_only))
+        _write(os.path.join(directory, "removable"), "%d\n" % bool(removable))
+        queue = os.path.join(directory, "queue")
+        _write(os.path.join(queue, "rotational"), "%d\n" % bool(rotational))
+        _write(os.path.join(queue, "logical_block_size"),
+               "%d\n" % logical_sector_size)
+        _write(os.path.join(queue, "physical_block_size"),
+               "%d\n" % (physical_sector_size or logical_sector_size))
+        parent = self._device_dir(name, transport, model, serial, vendor,
+                                  wwid)
+        if parent is not None:
+            _symlink(parent, os.path.join(directory, "device"))
+        if transport == "virtio" and serial is not None:
+            _write(os.path.join(directory, "serial"), "%s\n" % serial)
+        if transport == "nvme" and wwid is not None:
+            _write(os.path.join(directory, "wwid"), "%s\n" % wwid)
+        if transport == "loop":
+            _write(os.path.join(directory, "loop", "backing_file"),
+                   "%s\n" % (backing_file or "/images/%s.img" % name))
+        _write(self.dev_path(name), "")
+        if by_path:
+            _symlink(self.dev_path(name),
+                     os.path.join(self.dev_root, "disk", "by-path", by_path))
+        return self.dev_path(name)
+
+    def add_unattached_loop(self, name):
+        """A loop device node with nothing attached (size 0)."""
+        directory = self.sys("class", "block", name)
+        _write(os.path.join(directory, "dev"), "7:%d\n" % self._next_minor)
+        _write(os.path.join(directory, "size"), "0\n")
+        _write(os.path.join(directory, "ro"), "0\n")
+
+    def add_partition(self, disk, name, size_bytes):
+        """Add partition ``name`` of ``disk``; return its path."""
+        directory = self.sys("class", "block", disk, name)
+        number = len([entry for entry in os.listdir(
+            self.sys("class", "block", disk))
+            if os.path.exists(self.sys("class", "block", disk, entry,
+                                       "partition"))]) + 1
+        major = self.devnum(disk).split(":")[0]
+        self._next_minor += 1
+        _write(os.path.join(directory, "dev"),
+               "%s:%d\n" % (major, self._next_minor))
+        _write(os.path.join(directory, "partition"), "%d\n" % number)
+        _write(os.path.join(directory, "size"), "%d\n" % (size_bytes // 512))
+        _write(os.path.join(directory, "ro"), "0\n")
+        os.makedirs(os.path.join(directory, "holders"), exist_ok=True)
+        _symlink(directory, self.sys("class", "block", name))
+        _write(self.dev_path(name), "")
+        return self.dev_path(name)
+
+    def add_holder(self, lower, holder, dm_name=None):
+        """Stack ``holder`` (for example ``dm-0`` or ``md0``) on ``lower``
+        (a disk or partition name). A holder already added gains another
+        lower device. ``dm_name`` is its device-mapper name."""
+        directory = self.sys("class", "block", holder)
+        if not os.path.exists(os.path.join(directory, "dev")):
+            self._next_minor += 1
+            _write(os.path.join(directory, "dev"),
+                   "253:%d\n" % self._next_minor)
+            _write(os.path.join(directory, "size"), "2048\n")
+            _write(os.path.join(directory, "ro"), "0\n")
+            os.makedirs(os.path.join(directory, "holders"), exist_ok=True)
+            _write(self.dev_path(holder), "")
+        if dm_name:
+            _write(os.path.join(directory, "dm", "name"), "%s\n" % dm_name)
+        _symlink(directory, self.sys("class", "block", lower, "holders",
+                                     holder))
+
+    def devnum(self, name):
+        """``"major:minor"`` of the block device ``name``."""
+        with open(self.sys("class", "block", name, "dev")) as stream:
+            return stream.read().strip()
+
+    # -- mounts ---------------------------------------------------------------
+
+    def _write_mounts(self):
+        lines = []
+        for index, (devnum, mountpoint, fstype, source) in enumerate(
+                self._mounts):
+            escaped = mountpoint.replace("\\", "\\134").replace(" ", "\\040")
+            lines.append("%d 1 %s / %s rw,relatime shared:1 - %s %s rw"
+                         % (20 + index, devnum, escaped, fstype, source))
+        _write(os.path.join(self.procfs_root, "self", "mountinfo"),
+               "\n".join(lines) + "\n")
+        _write(os.path.join(self.procfs_root, "swaps"),
+               "Filename\tType\tSize\tUsed\tPriority\n"
+               + "".join("%s\tpartition\t1024\t0\t-2\n" % path
+                         for path in self._swaps))
+
+    def add_mount(self, name, mountpoint, fstype="ext4", source=None):
+        """Mount block device ``name`` (disk, partition or holder) on
+        ``mountpoint``. Mounting on ``/`` makes it the agent's root
+        (replacing the default tmpfs root)."""
+        if mountpoint == "/":
+            self._mounts = [m for m in self._mounts if m[1] != "/"]
+        self._mounts.append((self.devnum(name), mountpoint, fstype,
+                             source or "/dev/%s" % name))
+        self._write_mounts()
+
+    def remove_mount(self, mountpoint):
+        self._mounts = [m for m in self._mounts if m[1] != mountpoint]
+        self._write_mounts()
+
+    def add_swap(self, name):
+        """Make block device ``name`` an active swap area."""
+        self._swaps.append("/dev/%s" % name)
+        self._write_mounts()
+
+    # -- network --------------------------------------------------------------
+
+    def add_nic(self, name, mac, speed_mbps=None, carrier=True,
+                operstate=None, driver="e1000e", pci_address=None,
+                virtual=False):
+        """Add ``/sys/class/net/<name>``. ``carrier=None`` leaves the
+        carrier file unreadable (an interface that is down);
+        ``speed_mbps=None`` writes -1; ``virtual`` interfaces have no
+        ``device`` link."""
+        directory = self.sys("class", "net", name)
+        _write(os.path.join(directory, "address"), "%s\n" % mac)
+        _write(os.path.join(directory, "speed"),
+               "%d\n" % (speed_mbps if speed_mbps is not None else -1))
+        if carrier is not None:
+            _write(os.path.join(directory, "carrier"), "%d\n" % bool(carrier))
+        _write(os.path.join(directory, "operstate"),
+               "%s\n" % (operstate or ("up" if carrier else "down")))
+        if virtual:
+            return
+        self._pci_slot += 1
+        pci = self.sys("devices", "pci0000:00", pci_address
+                       or "0000:00:%02x.0" % self._pci_slot)
+        os.makedirs(pci, exist_ok=True)
+        if driver:
+            driver_dir = self.sys("bus", "pci", "drivers", driver)
+            os.makedirs(driver_dir, exist_ok=True)
+            _symlink(driver_dir, os.path.join(pci, "driver"))
+        _symlink(pci, os.path.join(directory, "device"))
+
+    # -- firmware -------------------------------------------------------------
+
+    def add_bios_setting(self, name, value, driver="fake-bios",
+                         pending_reboot=False):
+        """A firmware-attributes setting ``name`` with ``current_value``."""
+        attributes = self.sys("class", "firmware-attributes", driver,
+                              "attributes")
+        _write(os.path.join(attributes, name, "current_value"),
+               "%s\n" % value)
+        _write(os.path.join(attributes, "pending_reboot"),
+               "%d\n" % bool(pending_reboot))
+
+    def bios_setting(self, name, driver="fake-bios"):
+        with open(self.sys("class", "firmware-attributes", driver,
+                           "attributes", name, "current_value")) as stream:
+            return stream.read().strip()
+
+    def set_efi(self, secure_boot=None, setup_mode=None):
+        """Boot in UEFI mode; ``secure_boot``/``setup_mode`` (bools) write
+        the EFI variables, ``None`` leaves a variable out."""
+        efivars = self.sys("firmware", "efi", "efivars")
+        os.makedirs(efivars, exist_ok=True)
+        guid = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
+        for name, value in (("SecureBoot", secure_boot),
+                            ("SetupMode", setup_mode)):
+            if value is not None:
+                _write(os.path.join(efivars, "%s-%s" % (name, guid)),
+                       b"\x06\x00\x00\x00" + bytes([int(value)]))
+
+
+class ToolCalls:
+    """Canned answers for external tools, in place of running them.
+
+    A call whose argument list starts with a registered prefix gets that
+    answer; a program registered as missing raises
+    :class:`~teeth_agent.processes.ToolNotFound`; anything else fails the
+    test. Every call is recorded in :attr:`calls`.
+    """
+
+    def __init__(self):
+        self.calls = []
+        self._answers = []
+        self._missing = set()
+
+    def answer(self, argv_prefix, stdout="", stderr="", returncode=0):
+        self._answers.insert(0, (list(argv_prefix), stdout, stderr,
+                                 returncode))
+
+    def missing(self, program):
+        self._missing.add(program)
+
+    def spawn(self, argv, input_data, timeout, env, binary):
+        self.calls.append(list(argv))
+        if argv[0] in self._missing:
+            raise FileNotFoundError(argv[0])
+        for prefix, stdout, stderr, returncode in self._answers:
+            if argv[:len(prefix)] == prefix:
+                return subprocess.CompletedProcess(argv, returncode, stdout,
+                                                   stderr)
+        raise AssertionError("hardware manager tests must not run external "
+                             "tools: %s (give an answer with "
+                             "self.tools.answer())" % " ".join(argv))
+
+
+class HardwareManagerTestCase(unittest.TestCase):
+    """A test case with a :class:`FakeMachine` and a config pointing at it.
+
+    Attributes: ``machine`` (the :class:`FakeMachine`), ``conf`` (an
+    oslo.config object with every agent option registered), ``tools`` (a
+    :class:`ToolCalls`: external tools are blocked unless answered).
+    """
+
+    def setUp(self):
+        super().setUp()
+        root = tempfile.mkdtemp(prefix="teeth-fake-machine-")
+        self.addCleanup(shutil.rmtree, root, ignore_errors=True)
+        self.machine = FakeMachine(root)
+        self.tools = ToolCalls()
+        original = processes._spawn
+        processes._spawn = self.tools.spawn
+        self.addCleanup(setattr, processes, "_spawn", original)
+        self.conf = cfg.ConfigOpts()
+        teeth_conf.register_agent_opts(self.conf)
+        self.conf([], project="teeth-agent", default_config_files=[],
+                  default_config_dirs=[])
+        self.set_config(**self.machine.conf_overrides())
+
+    def set_config(self, **overrides):
+        """Override options: ``set_config(**{"hardware.device_include":
+        ["/dev/sd*"]})``."""
+        for key, value in overrides.items():
+            group, _, name = key.rpartition(".")
+            self.conf.set_override(name, value, group=group or None)
+
+    def build_dispatcher(self, plugins):
+        """A :class:`~teeth_agent.hardware.Dispatcher` from ``(name,
+        class)`` pairs, checked, evaluated and initialised as the agent
+        does at start-up."""
+        return hardware.build_dispatcher(plugins, self.conf)
