@@ -199,10 +199,10 @@ class TaskRegistry:
             task = Task(self, task_id, method, exclusive, self._clock)
             self._tasks[task_id] = task
             self._persist(task)
+        self._notify(task)
         thread = threading.Thread(target=self._run, args=(task, body),
                                   name="task-%s" % task_id, daemon=True)
         thread.start()
-        self._notify(task)
         return task, True
 
     def _run(self, task, body):

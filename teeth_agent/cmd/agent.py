@@ -22,7 +22,7 @@ from teeth_agent.extensions import base as ext_base
 LOG = log.getLogger(__name__)
 
 cli_opts = [
-    cfg.StrOpt("action", positional=True, default="run",
+    cfg.StrOpt("action", positional=True, default="run", required=False,
                choices=[("run", "connect to the endpoints and serve "
                                 "(the default)"),
                         ("inventory", "print the machine's inventory and "
