@@ -10,6 +10,7 @@ by accident (see ``tests/base.py``).
 import logging
 import shutil
 import subprocess
+import tempfile
 
 LOG = logging.getLogger(__name__)
 
@@ -85,3 +86,84 @@ def run(*argv, timeout=600, input_data=None, env=None, binary=False,
         LOG.log(log_level, "%s exited %s: %s", argv[0], completed.returncode,
                 (completed.stderr or "")[-500:])
     return completed.returncode, completed.stdout, completed.stderr
+
+
+def _open(argv, stdin, stdout, stderr):
+    return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr)
+
+
+class Pipe:
+    """A running tool whose stdin and/or stdout the caller streams.
+
+    Made by :func:`open_pipe`; stderr goes to an anonymous temporary file
+    (so a chatty tool cannot block on a full pipe) and is reported by
+    :meth:`finish`.
+    """
+
+    def __init__(self, argv, process, stderr_file, log_level):
+        self.argv = argv
+        self.process = process
+        self.stdin = process.stdin
+        self.stdout = process.stdout
+        self._stderr_file = stderr_file
+        self._log_level = log_level
+
+    def _stderr(self):
+        self._stderr_file.seek(0)
+        return self._stderr_file.read().decode("utf-8", "replace")
+
+    def finish(self, timeout=600, check=True):
+        """Close stdin, wait for the tool; return ``(returncode, stderr)``.
+
+        Raises :class:`ProcessError` when ``check`` and the exit status is
+        not 0, or when the tool does not end within ``timeout``.
+        """
+        if self.stdin is not None and not self.stdin.closed:
+            try:
+                self.stdin.close()
+            except BrokenPipeError:
+                pass
+        try:
+            returncode = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise ProcessError(self.argv, None, "", self._stderr(),
+                               reason="timed out after %ss" % timeout)
+        stderr = self._stderr()
+        self._stderr_file.close()
+        if returncode != 0:
+            LOG.log(self._log_level, "%s exited %s: %s", self.argv[0],
+                    returncode, stderr[-500:])
+            if check:
+                raise ProcessError(self.argv, returncode, "", stderr)
+        return returncode, stderr
+
+    def kill(self):
+        """Stop the tool at once (after a failure elsewhere)."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+def open_pipe(*argv, stdin=True, stdout=True, log_level=logging.DEBUG):
+    """Start ``argv`` with a pipe on stdin and/or stdout.
+
+    Returns a :class:`Pipe`. The caller writes/reads the streams (from
+    separate threads when both are piped) and then calls
+    :meth:`Pipe.finish`.
+
+    Raises :class:`ToolNotFound`.
+    """
+    argv = [str(arg) for arg in argv]
+    if not argv:
+        raise ValueError("no command given")
+    LOG.log(log_level, "running %s (streaming)", " ".join(argv))
+    stderr_file = tempfile.TemporaryFile()
+    try:
+        process = _open(argv, subprocess.PIPE if stdin else subprocess.DEVNULL,
+                        subprocess.PIPE if stdout else subprocess.DEVNULL,
+                        stderr_file)
+    except FileNotFoundError:
+        stderr_file.close()
+        raise ToolNotFound(argv) from None
+    return Pipe(argv, process, stderr_file, log_level)

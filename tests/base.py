@@ -46,3 +46,7 @@ class TestCase(unittest.TestCase):
         patcher = mock.patch.object(processes, "_spawn", _blocked)
         patcher.start()
         self.addCleanup(patcher.stop)
+        pipe_patcher = mock.patch.object(
+            processes, "_open", lambda argv, *args: _blocked(argv))
+        pipe_patcher.start()
+        self.addCleanup(pipe_patcher.stop)

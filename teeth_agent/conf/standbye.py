@@ -17,6 +17,62 @@ opts = [
         min=0,
         help="Bytes of the cache directory's file system that caching leaves "
              "free."),
+    cfg.StrOpt(
+        "work_dir",
+        default="/var/lib/teeth-agent/standbye",
+        help="Directory for files the standbye commands keep between steps: "
+             "the record of the prepared image, qcow2 images downloaded "
+             "before conversion when they are not cached, and kernels "
+             "copied out of an image for kexec. It should not be on a tmpfs "
+             "when large qcow2 images are written without being cached "
+             "first."),
+    cfg.BoolOpt(
+        "allow_md5",
+        default=False,
+        help="Accept images whose only checksum is md5. MD5 is broken for "
+             "collisions, so by default an image must carry a sha256 or "
+             "sha512 checksum."),
+    cfg.IntOpt(
+        "download_retries",
+        default=5,
+        min=0,
+        help="How many times a download is retried after a transient "
+             "failure (connection error, timeout, 5xx answer), across all "
+             "of an image's URLs, before it fails. A 4xx answer, a checksum "
+             "mismatch or a full disk is never retried."),
+    cfg.FloatOpt(
+        "download_backoff",
+        default=1.0,
+        min=0.0,
+        help="Seconds to wait before the first retry of a download; each "
+             "further retry waits twice as long, up to 30 seconds."),
+    cfg.FloatOpt(
+        "download_timeout",
+        default=60.0,
+        min=0.1,
+        help="Seconds a download may wait to connect or for the next bytes "
+             "before the attempt counts as failed and is retried."),
+    cfg.IntOpt(
+        "write_buffer_size",
+        default=4 * 1024 * 1024,
+        min=64 * 1024,
+        help="Bytes per buffer when an image streams to a device. Download, "
+             "checksum and write run on separate threads and hand over "
+             "buffers of this size; write_buffer_count of them bound the "
+             "memory used."),
+    cfg.IntOpt(
+        "write_buffer_count",
+        default=8,
+        min=2,
+        help="How many write buffers an image stream may hold at once."),
+    cfg.IntOpt(
+        "max_config_drive_size",
+        default=64 * 1024 * 1024,
+        min=1024 * 1024,
+        max=64 * 1024 * 1024,
+        help="The largest config drive, in bytes, the agent writes. The "
+             "partition it creates for it is the image rounded up to whole "
+             "MiB and never larger than this."),
 ]
 
 

@@ -1,0 +1,241 @@
+"""The image cache: verified images kept on the chassis ahead of time.
+
+Layout of ``[standbye] image_cache_dir``: ``<id>.image`` holds the image
+as served (compressed images stay compressed) and ``<id>.json`` what was
+verified about it (size, checksum, format). An image counts as cached only
+when both exist and agree; a download goes to a hidden ``.<id>.image.
+partial-*`` name and is renamed only after its checksum matched, and the
+record is written (atomically) after that, so a partial or unverified file
+is never seen as cached. The space budget is the file system's free space
+minus ``[standbye] cache_reserve``.
+"""
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+
+from teeth_agent import download
+from teeth_agent.images import formats
+from teeth_agent.images import qcow2
+
+LOG = logging.getLogger(__name__)
+
+CACHED = "cached"
+ALREADY_CACHED = "already_cached"
+SKIPPED = "skipped"
+FAILED = "failed"
+
+
+def normalise_id(image_id):
+    """The canonical (lowercase, dashed) form of an image UUID."""
+    return str(uuid.UUID(str(image_id)))
+
+
+class ImageCache:
+    """The cache directory; safe to use from several task threads."""
+
+    def __init__(self, directory, reserve, allow_md5=False):
+        self.directory = directory
+        self.reserve = reserve
+        self.allow_md5 = allow_md5
+        self._lock = threading.RLock()
+        self._in_use = {}
+
+    # -- reading ------------------------------------------------------------
+
+    def data_path(self, image_id):
+        return os.path.join(self.directory, "%s.image" % image_id)
+
+    def _record_path(self, image_id):
+        return os.path.join(self.directory, "%s.json" % image_id)
+
+    def entries(self):
+        """``{id: record}`` of every complete cache entry."""
+        found = {}
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return found
+        for name in names:
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            record = self._read(name[:-len(".json")])
+            if record is not None:
+                found[record["id"]] = record
+        return found
+
+    def _read(self, image_id):
+        try:
+            with open(self._record_path(image_id)) as stream:
+                record = json.load(stream)
+            size = os.stat(self.data_path(image_id)).st_size
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or record.get("id") != image_id \
+                or record.get("size") != size:
+            return None
+        record["path"] = self.data_path(image_id)
+        return record
+
+    def lookup(self, image_id, hashes=None):
+        """The record of ``image_id`` when cached and matching ``hashes``.
+
+        With ``hashes`` the cached image is used only when the checksum it
+        was verified with is among them and equal; otherwise (or when the
+        id is not cached) returns None.
+        """
+        record = self._read(normalise_id(image_id))
+        if record is None:
+            return None
+        if hashes:
+            given = {str(k).lower().replace("-", ""): str(v).lower()
+                     for k, v in hashes.items()}
+            if given.get(record["algorithm"]) != record["hexdigest"]:
+                return None
+        return record
+
+    def available(self):
+        """Bytes that may still be cached: free space minus the reserve."""
+        stats = os.statvfs(self.directory)
+        return stats.f_bavail * stats.f_frsize - self.reserve
+
+    @contextlib.contextmanager
+    def using(self, image_id):
+        """Keep ``image_id`` from being evicted while the block runs."""
+        with self._lock:
+            self._in_use[image_id] = self._in_use.get(image_id, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_use[image_id] -= 1
+                if not self._in_use[image_id]:
+                    del self._in_use[image_id]
+
+    # -- changing -----------------------------------------------------------
+
+    def prepare(self):
+        """Create the directory and remove downloads a crash left."""
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        for name in os.listdir(self.directory):
+            if ".partial-" in name and name.startswith("."):
+                LOG.info("removing the partial download %s", name)
+                try:
+                    os.unlink(os.path.join(self.directory, name))
+                except OSError as exc:
+                    LOG.warning("cannot remove %s: %s", name, exc)
+
+    def evict(self, image_id):
+        """Remove a cached image unless a task is using it.
+
+        The record goes first, so the entry is never seen half-removed.
+        """
+        with self._lock:
+            if image_id in self._in_use:
+                return False
+            for path in (self._record_path(image_id),
+                         self.data_path(image_id)):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+        LOG.info("evicted image %s from the cache", image_id)
+        return True
+
+    def _make_room(self, needed, keep):
+        """Evict images not in ``keep`` until ``needed`` bytes are free.
+
+        Oldest first; returns whether the room was made.
+        """
+        if needed <= self.available():
+            return True
+        candidates = sorted(
+            (record for image_id, record in self.entries().items()
+             if image_id not in keep and image_id not in self._in_use),
+            key=lambda record: record.get("cached_at", 0))
+        if needed > self.available() + sum(r["size"] for r in candidates):
+            return False
+        for record in candidates:
+            if needed <= self.available():
+                break
+            self.evict(record["id"])
+        return needed <= self.available()
+
+    def add(self, image, progress=None, keep=(), **fetch_options):
+        """Download ``image`` into the cache; return its result entry.
+
+        ``image`` is ``{"id", "urls", "hashes", "size"?}``. The result is
+        ``{"id", "status", "reason"?, "size"?}`` with status ``cached``,
+        ``already_cached``, ``skipped`` (does not fit) or ``failed``.
+        Images in ``keep`` are never evicted to make room.
+        """
+        image_id = normalise_id(image["id"])
+        if self.lookup(image_id, image["hashes"]) is not None:
+            return {"id": image_id, "status": ALREADY_CACHED}
+        size = image.get("size")
+        with self._lock:
+            if size is not None and not self._make_room(size, keep):
+                return {"id": image_id, "status": SKIPPED, "reason": (
+                    "does not fit: needs %d bytes, %d available after "
+                    "evicting images not in the list"
+                    % (size, max(self._room(keep), 0)))}
+            budget = self.available()
+        if os.path.exists(self.data_path(image_id)):
+            # A stale copy with other checksums: replace it.
+            self.evict(image_id)
+        algorithm, hexdigest = download.select_hash(image["hashes"],
+                                                    self.allow_md5)
+        try:
+            result = download.download_to_file(
+                image["urls"], image["hashes"], self.data_path(image_id),
+                progress=progress, expected_size=size,
+                allow_md5=self.allow_md5, max_size=max(budget, 0),
+                **fetch_options)
+        except download.DownloadError as exc:
+            if exc.no_space or exc.too_large:
+                return {"id": image_id, "status": SKIPPED,
+                        "reason": "does not fit: %s" % exc}
+            return {"id": image_id, "status": FAILED, "reason": str(exc)}
+        fmt, reason = self._check_content(image_id)
+        if reason:
+            os.unlink(self.data_path(image_id))
+            return {"id": image_id, "status": FAILED, "reason": reason}
+        record = {"id": image_id, "size": result["size"],
+                  "algorithm": algorithm, "hexdigest": hexdigest,
+                  "format": fmt, "cached_at": time.time()}
+        self._write_record(record)
+        LOG.info("cached image %s (%s, %d bytes)", image_id, fmt,
+                 result["size"])
+        return {"id": image_id, "status": CACHED, "size": result["size"],
+                "format": fmt}
+
+    def _room(self, keep):
+        return self.available() + sum(
+            record["size"] for image_id, record in self.entries().items()
+            if image_id not in keep and image_id not in self._in_use)
+
+    def _check_content(self, image_id):
+        path = self.data_path(image_id)
+        with open(path, "rb") as stream:
+            head = stream.read(formats.HEAD_SIZE)
+        try:
+            fmt = formats.detect(head)
+            if fmt == formats.QCOW2:
+                qcow2.inspect(path)
+        except (formats.UnsupportedFormat, qcow2.UnsafeImage) as exc:
+            return None, str(exc)
+        return fmt, None
+
+    def _write_record(self, record):
+        path = self._record_path(record["id"])
+        partial = os.path.join(self.directory,
+                               ".%s.json.partial-record" % record["id"])
+        with open(partial, "w") as stream:
+            json.dump(record, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(partial, path)

@@ -1,0 +1,362 @@
+"""Streaming images onto block devices, and wiping what must not boot.
+
+:func:`write_stream` is what ``prepare_image`` uses (and the benchmark
+measures): bytes come from any ``readinto`` source (an HTTP download or a
+cached file) through the pipeline of :func:`teeth_agent.download.stream`,
+so reading, hashing and writing run on separate threads. Raw images go to
+the device as they are; gzip and xz images are decompressed with the
+standard library and zstd images through the ``zstd`` tool, while the
+checksum covers the compressed bytes as served. The device is written with
+``O_DIRECT`` from a page-aligned ``mmap`` buffer (nothing is staged in the
+page cache or on a tmpfs) and the last partial block is written through a
+normal descriptor. Any failure, a checksum mismatch included, wipes the
+device's signatures (:func:`wipe_signatures`) so a partial image can never
+boot.
+"""
+
+import errno
+import fcntl
+import logging
+import lzma
+import mmap
+import os
+import struct
+import threading
+import zlib
+
+from teeth_agent import download
+from teeth_agent.images import formats
+from teeth_agent import processes
+
+LOG = logging.getLogger(__name__)
+
+_BLKSSZGET = 0x1268
+_MIB = 1024 * 1024
+
+
+class ImageTooLarge(Exception):
+    """The image does not fit on the device."""
+
+
+def logical_block_size(fd):
+    """The logical sector size of the block device open as ``fd``."""
+    try:
+        raw = fcntl.ioctl(fd, _BLKSSZGET, struct.pack("i", 0))
+        return struct.unpack("i", raw)[0]
+    except OSError:
+        # Not a block device (a file in tests): 4096 suits O_DIRECT on
+        # every file system.
+        return 4096
+
+
+class DeviceWriter:
+    """Sequential writes to a block device with ``O_DIRECT``.
+
+    ``write(data)`` accepts chunks of any size; full buffers go to the
+    device at once and :meth:`close` writes the rest (the aligned part
+    directly, the unaligned tail through the page cache) and syncs.
+    Writing past the end of the device raises :class:`ImageTooLarge`.
+    """
+
+    def __init__(self, path, buffer_size=4 * _MIB):
+        self.path = path
+        flags = os.O_WRONLY | os.O_CLOEXEC
+        self._fd = os.open(path, flags | os.O_DIRECT)
+        try:
+            self.block_size = logical_block_size(self._fd)
+            self.device_size = os.lseek(self._fd, 0, os.SEEK_END)
+        except OSError:
+            os.close(self._fd)
+            raise
+        buffer_size = max(buffer_size // 4096 * 4096, 4096)
+        self._buffer = mmap.mmap(-1, buffer_size)
+        self._size = buffer_size
+        self._fill = 0
+        self.offset = 0
+
+    def write(self, data):
+        view = memoryview(data).cast("B")
+        while len(view):
+            count = min(len(view), self._size - self._fill)
+            self._buffer[self._fill:self._fill + count] = view[:count]
+            self._fill += count
+            view = view[count:]
+            if self._fill == self._size:
+                self._flush(self._size)
+
+    def _flush(self, length):
+        if self.offset + length > self.device_size:
+            raise ImageTooLarge("the image is larger than %s (%d bytes)"
+                                % (self.path, self.device_size))
+        with memoryview(self._buffer) as buffer:
+            done = 0
+            while done < length:
+                done += os.pwrite(self._fd, buffer[done:length],
+                                  self.offset + done)
+        self.offset += length
+        self._fill = 0
+
+    def close(self):
+        """Write what is buffered, sync, release; return bytes written."""
+        try:
+            tail = self._fill % self.block_size
+            aligned = self._fill - tail
+            if self.offset + self._fill > self.device_size:
+                raise ImageTooLarge("the image is larger than %s (%d bytes)"
+                                    % (self.path, self.device_size))
+            if aligned:
+                with memoryview(self._buffer) as buffer:
+                    remainder = bytes(buffer[aligned:self._fill])
+                self._fill = aligned
+                self._flush(aligned)
+            else:
+                remainder = bytes(self._buffer[:self._fill])
+                self._fill = 0
+            if remainder:
+                # O_DIRECT cannot write less than a block: the tail goes
+                # through a buffered descriptor, synced below.
+                fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.pwrite(fd, remainder, self.offset)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                self.offset += len(remainder)
+            os.fsync(self._fd)
+            return self.offset
+        finally:
+            self.abort()
+
+    def abort(self):
+        """Release the device without writing what is buffered."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self._buffer.close()
+
+
+class _InflateSink:
+    """Decompresses a gzip or xz stream into a writer, bounded chunks."""
+
+    def __init__(self, fmt, target, chunk):
+        self._format = fmt
+        self._target = target
+        self._chunk = chunk
+        self._decompressor = self._new()
+        self.finished = False
+
+    def _new(self):
+        if self._format == formats.GZIP:
+            return zlib.decompressobj(16 + zlib.MAX_WBITS)
+        return lzma.LZMADecompressor()
+
+    def _eof(self):
+        return self._decompressor.eof
+
+    def write(self, data):
+        data = bytes(data)
+        while data:
+            if self._eof():
+                # Concatenated members/streams are legal in both formats:
+                # whatever follows the end of one starts the next.
+                self._decompressor = self._new()
+            data = self._feed(data)
+
+    def _feed(self, data):
+        try:
+            if self._format == formats.GZIP:
+                out = self._decompressor.decompress(data, self._chunk)
+                self._target.write(out)
+                while self._decompressor.unconsumed_tail:
+                    out = self._decompressor.decompress(
+                        self._decompressor.unconsumed_tail, self._chunk)
+                    self._target.write(out)
+            else:
+                out = self._decompressor.decompress(data, self._chunk)
+                self._target.write(out)
+                while not self._decompressor.eof and \
+                        not self._decompressor.needs_input:
+                    self._target.write(
+                        self._decompressor.decompress(b"", self._chunk))
+        except (zlib.error, lzma.LZMAError, EOFError) as exc:
+            raise CorruptImage("cannot decompress the %s image: %s"
+                               % (self._format, exc)) from None
+        if self._eof():
+            return self._decompressor.unused_data
+        return b""
+
+    def close(self):
+        if not self._eof():
+            raise CorruptImage("the %s image ends before its compressed "
+                               "stream does" % self._format)
+
+
+class CorruptImage(Exception):
+    """The image's bytes are not what its format requires."""
+
+
+class _ZstdSink:
+    """Pipes a zstd stream through ``zstd -dc`` into a writer."""
+
+    def __init__(self, target, chunk):
+        self._target = target
+        self._pipe = processes.open_pipe("zstd", "-dc", "-q")
+        self._failure = []
+        self._chunk = chunk
+        self._thread = threading.Thread(target=self._drain,
+                                        name="zstd-output", daemon=True)
+        self._thread.start()
+
+    def _drain(self):
+        try:
+            while True:
+                data = self._pipe.stdout.read(self._chunk)
+                if not data:
+                    return
+                self._target.write(data)
+        except BaseException as exc:
+            self._failure.append(exc)
+            self._pipe.kill()
+
+    def write(self, data):
+        if self._failure:
+            raise self._failure[0]
+        try:
+            self._pipe.stdin.write(data)
+        except BrokenPipeError:
+            self._thread.join()
+            if self._failure:
+                raise self._failure[0] from None
+            try:
+                self._pipe.finish()
+            except processes.ProcessError as exc:
+                raise CorruptImage("cannot decompress the zstd image: %s"
+                                   % exc) from None
+            raise CorruptImage("zstd stopped reading the image") from None
+
+    def close(self):
+        try:
+            self._pipe.stdin.close()
+        except BrokenPipeError:
+            pass
+        self._thread.join()
+        if self._failure:
+            raise self._failure[0]
+        try:
+            self._pipe.finish()
+        except processes.ProcessError as exc:
+            raise CorruptImage("cannot decompress the zstd image: %s"
+                               % exc) from None
+
+    def abort(self):
+        self._pipe.kill()
+        self._thread.join()
+
+
+def _decoder(fmt, target, chunk):
+    if fmt == formats.RAW:
+        return None
+    if fmt in (formats.GZIP, formats.XZ):
+        return _InflateSink(fmt, target, chunk)
+    if fmt == formats.ZSTD:
+        return _ZstdSink(target, chunk)
+    raise formats.UnsupportedFormat("cannot stream a %s image to a device"
+                                    % fmt)
+
+
+def zero_range(path, offset, length):
+    """Write zeros over ``length`` bytes of ``path`` at ``offset``; sync."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        zeros = bytes(min(length, _MIB))
+        while length > 0:
+            count = os.pwrite(fd, zeros[:min(length, len(zeros))], offset)
+            offset += count
+            length -= count
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def device_size(path):
+    """The size in bytes of the block device (or file) at ``path``."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
+def wipe_signatures(path):
+    """Make ``path`` unbootable and unrecognisable, quickly.
+
+    Removes every signature ``wipefs`` knows (partition tables, file
+    systems, RAID) and zeroes the first and last MiB, where partition
+    tables, boot code and backup GPT headers live; then tells the kernel
+    to forget the device's partitions. Errors are logged, not raised:
+    this runs while another error is being reported.
+    """
+    try:
+        processes.execute("wipefs", "--all", "--force", path)
+    except processes.ProcessError as exc:
+        LOG.error("wipefs on %s failed: %s", path, exc)
+    try:
+        size = device_size(path)
+        zero_range(path, 0, min(_MIB, size))
+        if size > _MIB:
+            zero_range(path, size - _MIB, _MIB)
+    except OSError as exc:
+        LOG.error("cannot zero the ends of %s: %s", path, exc)
+    forget_partitions(path)
+    LOG.warning("wiped the signatures of %s", path)
+
+
+def forget_partitions(path):
+    """Drop the kernel's partitions of ``path`` (``partx -d``)."""
+    try:
+        processes.execute("partx", "-d", path, check=False)
+    except processes.ProcessError as exc:
+        LOG.warning("partx -d %s failed: %s", path, exc)
+
+
+def write_stream(source, path, fmt, hasher, progress=None, total=None,
+                 buffer_size=4 * _MIB, buffer_count=8):
+    """Write the image read from ``source`` onto the device ``path``.
+
+    ``fmt`` is the format detected from the image's first bytes (raw,
+    gzip, xz or zstd); ``hasher`` (a :class:`teeth_agent.download.Hasher`)
+    sees every byte read and is verified at the end; ``progress(done,
+    total)`` counts bytes read. Returns ``{"bytes_read",
+    "bytes_written"}``. On any failure the device's signatures are wiped
+    before the exception propagates
+    (:class:`teeth_agent.download.ChecksumMismatch`,
+    :class:`ImageTooLarge`, :class:`CorruptImage`,
+    :class:`teeth_agent.download.DownloadError`, ``OSError``).
+    """
+    if total is not None and fmt == formats.RAW and \
+            total > device_size(path):
+        raise ImageTooLarge("the image (%d bytes) is larger than %s (%d "
+                            "bytes)" % (total, path, device_size(path)))
+    writer = DeviceWriter(path, buffer_size)
+    decoder = None
+    try:
+        decoder = _decoder(fmt, writer, buffer_size)
+        read = download.stream(source, decoder or writer, hasher, progress,
+                               total, buffer_size, buffer_count)
+        if decoder is not None:
+            decoder.close()
+            decoder = None
+        written = writer.close()
+        hasher.verify()
+    except BaseException as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            exc = ImageTooLarge("the image is larger than %s" % path)
+        if decoder is not None and hasattr(decoder, "abort"):
+            decoder.abort()
+        writer.abort()
+        LOG.error("writing the image to %s failed; wiping it", path)
+        wipe_signatures(path)
+        if isinstance(exc, ImageTooLarge):
+            raise exc from None
+        raise
+    return {"bytes_read": read, "bytes_written": written}
