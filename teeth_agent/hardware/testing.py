@@ -35,6 +35,7 @@ import unittest
 from oslo_config import cfg
 
 from teeth_agent import conf as teeth_conf
+from teeth_agent.conf import opts as teeth_opts
 from teeth_agent import hardware
 from teeth_agent import processes
 
@@ -309,13 +310,18 @@ class FakeMachine:
                + "".join("%s\tpartition\t1024\t0\t-2\n" % path
                          for path in self._swaps))
 
-    def add_mount(self, name, mountpoint, fstype="ext4", source=None):
-        """Mount block device ``name`` (disk, partition or holder) on
-        ``mountpoint``. Mounting on ``/`` makes it the agent's root
-        (replacing the default tmpfs root)."""
+    def add_mount(self, name, mountpoint, fstype="ext4", source=None,
+                  devnum=None):
+        """Mount block device ``name`` on ``mountpoint``.
+
+        ``name`` is a disk, partition or holder. Mounting on ``/`` makes it
+        the agent's root (replacing the default tmpfs root). ``devnum``
+        overrides the device number mountinfo shows, as btrfs does with an
+        anonymous ``0:N``.
+        """
         if mountpoint == "/":
             self._mounts = [m for m in self._mounts if m[1] != "/"]
-        self._mounts.append((self.devnum(name), mountpoint, fstype,
+        self._mounts.append((devnum or self.devnum(name), mountpoint, fstype,
                              source or "/dev/%s" % name))
         self._write_mounts()
 
@@ -421,6 +427,25 @@ class ToolCalls:
                              "self.tools.answer())" % " ".join(argv))
 
 
+def make_conf():
+    """A parsed config with every agent option registered, at defaults.
+
+    Each call gets option groups of its own: oslo.config keeps overrides in
+    the group object, and the agent's option modules share one group
+    object per name, so without this an override made in one test would
+    be seen by the next.
+    """
+    conf = cfg.ConfigOpts()
+    for group, _ in teeth_opts.list_opts():
+        if isinstance(group, cfg.OptGroup):
+            conf.register_group(cfg.OptGroup(
+                group.name, title=group.title, help=group.help))
+    teeth_conf.register_agent_opts(conf)
+    conf([], project="teeth-agent", default_config_files=[],
+         default_config_dirs=[])
+    return conf
+
+
 class HardwareManagerTestCase(unittest.TestCase):
     """A test case with a :class:`FakeMachine` and a config pointing at it.
 
@@ -438,10 +463,7 @@ class HardwareManagerTestCase(unittest.TestCase):
         original = processes._spawn
         processes._spawn = self.tools.spawn
         self.addCleanup(setattr, processes, "_spawn", original)
-        self.conf = cfg.ConfigOpts()
-        teeth_conf.register_agent_opts(self.conf)
-        self.conf([], project="teeth-agent", default_config_files=[],
-                  default_config_dirs=[])
+        self.conf = make_conf()
         self.set_config(**self.machine.conf_overrides())
 
     def set_config(self, **overrides):
