@@ -1,0 +1,522 @@
+"""The ``decom`` command group: make a used chassis safe for the next tenant.
+
+``decom.disk_erase`` erases block devices with the strongest method each
+supports and config allows, wipes their signatures and reads them back;
+``decom.firmware_secure`` brings firmware to given versions and BIOS
+settings to given values; ``decom.qc`` compares the chassis with its
+model's spec. Parameters, methods and result shapes: ``docs/decom.md``.
+
+The extension decides and verifies; the hardware managers touch the
+machine (``get_erase_capabilities``, ``erase_block_device``,
+``update_firmware``, ...). Reading a device back after an erase is done
+here, through :mod:`teeth_agent.hardware.erase`, whatever manager erased
+it, so a vendor manager's erase is checked the same way as the generic
+one.
+"""
+
+import concurrent.futures
+import logging
+import os
+import tempfile
+import threading
+import time
+
+from teeth_agent.extensions import base
+from teeth_agent import firmware as firmware_images
+from teeth_agent import hardware
+from teeth_agent.hardware import erase
+from teeth_agent.hardware import inventory
+from teeth_agent.hardware import safety
+from teeth_agent import params
+from teeth_agent import protocol
+from teeth_agent import qc
+from teeth_agent import tasks
+
+LOG = logging.getLogger(__name__)
+
+
+class NoEraseMethod(Exception):
+    """No allowed method can erase a device; ``skipped`` says why not."""
+
+    def __init__(self, msg, skipped):
+        super().__init__(msg)
+        self.skipped = skipped
+
+
+def plan_erase(capabilities, allowed, requested=None, allow_fallback=False):
+    """Choose the methods to try on one device, in order.
+
+    ``capabilities`` is what the managers answered for
+    ``get_erase_capabilities`` (a list of names, possibly an
+    :class:`erase.Capabilities` carrying reasons); ``allowed`` is
+    ``[decom] erase_methods``. Without ``requested``, the candidates are
+    the allowed methods the device supports, in config order. With it, the
+    requested method alone, unless ``allow_fallback``: then the supported
+    allowed methods after it in config order follow it.
+
+    Returns ``(candidates, skipped, downgraded_from)``: ``skipped`` lists
+    ``{"method", "reason"}`` for every allowed method before the first
+    candidate that the device cannot do; ``downgraded_from`` is the
+    requested method when the device cannot do it (else None). Raises
+    :class:`NoEraseMethod` when there is no candidate.
+    """
+    supported = set(capabilities)
+    reasons = getattr(capabilities, "unsupported", None) or {}
+
+    def reason(method):
+        return reasons.get(method, "the device does not support it "
+                           "(no hardware manager offers it)")
+
+    if requested is not None and requested in supported:
+        order = allowed[allowed.index(requested) + 1:] if \
+            requested in allowed else []
+        fallbacks = [m for m in order if m in supported] if \
+            allow_fallback else []
+        return [requested] + fallbacks, [], None
+    if requested is not None:
+        skipped = [{"method": requested, "reason": reason(requested)}]
+        if not allow_fallback:
+            raise NoEraseMethod("the requested method %s is not possible: "
+                                "%s" % (requested, reason(requested)),
+                                skipped)
+        order = allowed[allowed.index(requested) + 1:] if \
+            requested in allowed else list(allowed)
+    else:
+        skipped = []
+        order = list(allowed)
+    candidates = [method for method in order if method in supported]
+    first = order.index(candidates[0]) if candidates else len(order)
+    skipped += [{"method": method, "reason": reason(method)}
+                for method in order[:first]]
+    if not candidates:
+        raise NoEraseMethod("no allowed erase method is possible (%s)"
+                            % "; ".join("%s: %s" % (s["method"], s["reason"])
+                                        for s in skipped) or
+                            "[decom] erase_methods allows none", skipped)
+    return candidates, skipped, requested
+
+
+class CombinedProgress:
+    """One monotonic percent over several devices erased in parallel.
+
+    Each device reports ``(done, total)`` in its own units; they are
+    scaled to the device's size so the task's ``done`` is bytes over all
+    devices. A device's share never goes back (a method that fails and a
+    weaker one that starts over do not lower it).
+    """
+
+    def __init__(self, task, sizes):
+        self._task = task
+        self._sizes = dict(sizes)
+        self._done = {path: 0 for path in self._sizes}
+        self._total = sum(self._sizes.values()) or 1
+        self._lock = threading.Lock()
+        self._reported = -1
+
+    def device(self, path):
+        """The ``progress(done, total)`` callable for one device."""
+        def progress(done, total):
+            size = self._sizes[path]
+            scaled = size * done // total if total else 0
+            self.update(path, scaled)
+        return progress
+
+    def update(self, path, done):
+        with self._lock:
+            done = min(max(done, self._done[path]), self._sizes[path])
+            self._done[path] = done
+            overall = sum(self._done.values())
+            # At most ~1000 updates per task, whatever the write size.
+            step = overall * 1000 // self._total
+            if step == self._reported:
+                return
+            self._reported = step
+        self._task.progress(done=overall, total=self._total)
+
+    def finish(self, path):
+        """Count the whole device as done (erased or given up)."""
+        self.update(path, self._sizes[path])
+
+
+def _setting_text(value):
+    if isinstance(value, bool):
+        return "Enabled" if value else "Disabled"
+    return str(value)
+
+
+def _same_setting(current, wanted):
+    if current is None:
+        return False
+    return str(current).strip().lower() == _setting_text(wanted).lower()
+
+
+class DecomExtension(base.Extension):
+    """``decom.disk_erase``, ``decom.firmware_secure``, ``decom.qc``."""
+
+    # -- disk_erase ----------------------------------------------------------
+
+    @base.task_command(exclusive=True, params={
+        "devices": params.List(params.DevicePath(), min_items=1,
+                               unique=True),
+        "method": params.String(choices=erase.KNOWN_METHODS),
+        "allow_fallback": params.Boolean(default=False),
+    })
+    def disk_erase(self, task, devices, method, allow_fallback):
+        """Erase ``devices`` (default: every eligible device).
+
+        Each device gets the strongest method it supports among ``[decom]
+        erase_methods`` (or ``method``), then its signatures are wiped and
+        it is read back. Devices run in parallel; a failed device does not
+        stop the others, and the task ends in error listing each failure.
+        """
+        sizes = {}
+        for path in devices:
+            try:
+                sizes[path] = erase.device_size(path)
+            except OSError:
+                # The device's own erase reports the failure; it just
+                # weighs nothing in the combined percent.
+                sizes[path] = 0
+        combined = CombinedProgress(task, sizes)
+        workers = max(1, min(self.conf.decom.erase_concurrency,
+                             len(devices)))
+        results = {}
+        with concurrent.futures.ThreadPoolExecutor(
+                max_workers=workers,
+                thread_name_prefix="erase-%s" % task.task_id) as pool:
+            futures = {pool.submit(self._erase_one, path, method,
+                                   allow_fallback, combined): path
+                       for path in devices}
+            for future in concurrent.futures.as_completed(futures):
+                path = futures[future]
+                results[path] = future.result()
+                combined.finish(path)
+        ordered = [results[path] for path in devices]
+        failures = [r for r in ordered if r.get("error")]
+        result = {"devices": ordered}
+        if failures:
+            raise tasks.TaskFailed(
+                "disk erase failed on %d of %d device(s): %s"
+                % (len(failures), len(ordered),
+                   "; ".join("%s: %s" % (r["path"], r["error"])
+                             for r in failures)), result)
+        return result
+
+    def validate_disk_erase(self, devices, method, allow_fallback):
+        """Check the erase against config and the machine, before any work.
+
+        Refuses a method config forbids and any device that is not
+        eligible; resolves the default device list.
+        """
+        allowed = list(self.conf.decom.erase_methods)
+        if method is not None and method not in allowed:
+            raise params.invalid("method", "%s is not allowed by [decom] "
+                                 "erase_methods (%s)"
+                                 % (method, ", ".join(allowed) or "empty"))
+        if not allowed:
+            raise protocol.InvalidParams(
+                "[decom] erase_methods allows no erase method",
+                details={"param": "method"})
+        if devices is None:
+            found = inventory.block_devices(self.hardware, self.conf)
+            devices = [d["path"] for d in found if d["eligible"]]
+            if not devices:
+                raise params.invalid("devices", "no eligible block device "
+                                     "to erase on this machine")
+        resolved = []
+        for index, path in enumerate(devices):
+            try:
+                device = safety.ensure_writable(path, self.conf,
+                                                self.hardware)
+            except safety.DeviceNotEligible as exc:
+                raise protocol.InvalidParams(
+                    "devices[%d]: %s is not eligible for erase: %s"
+                    % (index, path, exc.reason),
+                    details={"param": "devices[%d]" % index,
+                             "device": path, "reason": exc.reason}) from None
+            if device["path"] in resolved:
+                raise params.invalid("devices[%d]" % index,
+                                     "%s is listed twice" % path)
+            resolved.append(device["path"])
+        return {"devices": resolved, "method": method,
+                "allow_fallback": allow_fallback}
+
+    def _erase_one(self, path, requested, allow_fallback, combined):
+        """Erase, wipe and verify one device; never raises.
+
+        Returns the device's result entry; ``error`` is set when it
+        failed.
+        """
+        started = time.monotonic()
+        entry = {"path": path, "method": None, "nist_category": None,
+                 "duration_s": None, "bytes": 0, "verified": False,
+                 "skipped_methods": []}
+        try:
+            self._erase_verified(path, requested, allow_fallback,
+                                 combined.device(path), entry)
+        except NoEraseMethod as exc:
+            entry["skipped_methods"] = exc.skipped
+            entry["error"] = str(exc)
+        except safety.DeviceNotEligible as exc:
+            entry["error"] = "no longer eligible: %s" % exc.reason
+        except (hardware.HardwareManagerError, erase.EraseError,
+                OSError) as exc:
+            entry["error"] = str(exc)
+        except Exception as exc:
+            LOG.exception("erasing %s failed unexpectedly", path)
+            entry["error"] = "%s: %s" % (type(exc).__name__, exc)
+        entry["duration_s"] = round(time.monotonic() - started, 3)
+        if entry.get("error"):
+            LOG.error("erase of %s failed: %s", path, entry["error"])
+        return entry
+
+    def _erase_verified(self, path, requested, allow_fallback, progress,
+                        entry):
+        # Re-checked right before the first write: a device mounted since
+        # the command was accepted is refused now.
+        device = safety.ensure_writable(path, self.conf, self.hardware)
+        capabilities = self.hardware.dispatch("get_erase_capabilities",
+                                              device)
+        candidates, skipped, downgraded_from = plan_erase(
+            capabilities, list(self.conf.decom.erase_methods), requested,
+            allow_fallback)
+        entry["skipped_methods"] = skipped
+        markers = erase.write_markers(path)
+        outcome = None
+        failures = []
+        for method in candidates:
+            try:
+                outcome = self.hardware.dispatch("erase_block_device",
+                                                 device, method, progress)
+                break
+            except hardware.HardwareManagerError as exc:
+                LOG.error("%s failed on %s: %s", method, path, exc)
+                failures.append("%s: %s" % (method, exc))
+                skipped.append({"method": method,
+                                "reason": "failed: %s" % exc})
+                downgraded_from = downgraded_from or method
+        if outcome is None:
+            raise erase.EraseError("every possible method failed: %s"
+                                   % "; ".join(failures))
+        used = outcome.get("method") or method
+        entry["method"] = used
+        entry["nist_category"] = outcome.get(
+            "nist_category") or erase.METHODS[used].nist_category
+        entry["bytes"] = outcome.get("bytes") or 0
+        if downgraded_from and downgraded_from != used:
+            entry["downgraded_from"] = downgraded_from
+        erase.wipe_signatures(device)
+        verification = erase.verify_erased(
+            path, used, markers, self.conf.decom.erase_verify_samples)
+        entry["verified"] = verification["verified"]
+        if not verification["verified"]:
+            entry["verify_problems"] = verification["problems"]
+            entry["error"] = ("read-back verification failed after %s: %s"
+                              % (used, "; ".join(verification["problems"])))
+
+    # -- firmware_secure -----------------------------------------------------
+
+    @base.task_command(exclusive=True, params={
+        "firmware": params.List(params.Object(fields={
+            "component": params.String(required=True, min_length=1,
+                                       max_length=128),
+            "version": params.String(required=True, min_length=1,
+                                     max_length=256),
+            "url": params.URL(required=True),
+            "hashes": params.Map(params.String(max_length=256),
+                                 required=True),
+        }), required=True),
+        "bios_settings": params.Map(params.Any()),
+    })
+    def firmware_secure(self, task, firmware, bios_settings):
+        """Bring firmware and BIOS settings to the given values.
+
+        Also reports the Secure Boot state.
+        """
+        failures = []
+        components = self._update_firmware(task, firmware, failures)
+        settings = self._apply_bios_settings(bios_settings or {}, failures)
+        try:
+            secure_boot = self.hardware.dispatch("get_secure_boot_state")
+        except hardware.NoManagerError:
+            secure_boot = None
+        result = {"firmware": components, "bios_settings": settings,
+                  "secure_boot": secure_boot}
+        if failures:
+            raise tasks.TaskFailed("firmware_secure failed: "
+                                   + "; ".join(failures), result)
+        return result
+
+    def validate_firmware_secure(self, firmware, bios_settings):
+        """Refuse bad checksums, repeated components, odd setting values."""
+        seen = set()
+        for index, entry in enumerate(firmware):
+            path = "firmware[%d]" % index
+            entry["hashes"] = firmware_images.check_hashes(
+                entry["hashes"], path + ".hashes")
+            if entry["component"] in seen:
+                raise params.invalid(path + ".component", "%s is listed "
+                                     "twice" % entry["component"])
+            seen.add(entry["component"])
+        for name, value in (bios_settings or {}).items():
+            if isinstance(value, (dict, list)) or value is None:
+                raise params.invalid("bios_settings.%s" % name,
+                                     "must be a string, number or boolean")
+        return {"firmware": firmware, "bios_settings": bios_settings}
+
+    def _update_firmware(self, task, wanted, failures):
+        before = inventory.firmware_versions(self.hardware)
+        entries = []
+        pending = []
+        for item in wanted:
+            entry = {"component": item["component"],
+                     "before": before.get(item["component"]),
+                     "target": item["version"], "after": None,
+                     "action": None}
+            entries.append(entry)
+            if entry["before"] == item["version"]:
+                entry["action"] = "skipped"
+                entry["after"] = entry["before"]
+            else:
+                pending.append((item, entry))
+        # A component no manager reports can never be verified after an
+        # update: refuse it before anything is flashed.
+        updatable = bool(self.hardware.implementers("update_firmware"))
+        blocked = [item["component"] for item, _ in pending
+                   if not updatable or item["component"] not in before]
+        if blocked:
+            for item, entry in pending:
+                if item["component"] in blocked:
+                    entry["action"] = "failed"
+                    entry["reason"] = ("no hardware manager can update "
+                                       "component %s" % item["component"])
+                    failures.append(entry["reason"])
+                else:
+                    entry["action"] = "not_attempted"
+                    entry["reason"] = ("not updated because another "
+                                       "component cannot be")
+            return entries
+        steps = 2 * len(pending) + 1
+        done = 0
+        with tempfile.TemporaryDirectory(prefix="teeth-firmware-") as tmp:
+            images = {}
+            for index, (item, entry) in enumerate(pending):
+                image = os.path.join(tmp, "image-%d" % index)
+                try:
+                    firmware_images.download(
+                        item["url"], item["hashes"], image,
+                        timeout=self.conf.decom.firmware_download_timeout,
+                        attempts=self.conf.decom.firmware_download_attempts,
+                        max_bytes=self.conf.decom.firmware_max_bytes)
+                    images[item["component"]] = image
+                except firmware_images.DownloadError as exc:
+                    entry["action"] = "failed"
+                    entry["reason"] = str(exc)
+                    failures.append("component %s: %s"
+                                    % (item["component"], exc))
+                done += 1
+                task.progress(done=done, total=steps)
+            if failures:
+                # Nothing is flashed unless every image is good.
+                for item, entry in pending:
+                    if entry["action"] is None:
+                        entry["action"] = "not_attempted"
+                        entry["reason"] = ("not updated because another "
+                                           "image failed to download")
+                return entries
+            for item, entry in pending:
+                component = item["component"]
+                try:
+                    details = self.hardware.dispatch(
+                        "update_firmware", component, images[component],
+                        item["version"])
+                    entry["action"] = "updated"
+                    if details:
+                        entry["details"] = details
+                except hardware.NoManagerError:
+                    entry["action"] = "failed"
+                    entry["reason"] = ("no hardware manager can update "
+                                       "component %s" % component)
+                    failures.append(entry["reason"])
+                except hardware.HardwareManagerError as exc:
+                    entry["action"] = "failed"
+                    entry["reason"] = str(exc)
+                    failures.append("component %s: %s" % (component, exc))
+                done += 1
+                task.progress(done=done, total=steps)
+        after = inventory.firmware_versions(self.hardware)
+        for item, entry in pending:
+            entry["after"] = after.get(item["component"])
+            if entry["action"] == "updated" and \
+                    entry["after"] != item["version"]:
+                entry["action"] = "failed"
+                entry["reason"] = ("component %s reports version %s after the "
+                                   "update, expected %s"
+                                   % (item["component"], entry["after"],
+                                      item["version"]))
+                failures.append(entry["reason"])
+        return entries
+
+    def _apply_bios_settings(self, wanted, failures):
+        if not wanted:
+            return {}
+        try:
+            current = self.hardware.dispatch("get_bios_settings")
+        except hardware.NoManagerError:
+            failures.append("no hardware manager can read BIOS settings")
+            return {}
+        except hardware.HardwareManagerError as exc:
+            failures.append("reading BIOS settings failed: %s" % exc)
+            return {}
+        changes = {name: value for name, value in wanted.items()
+                   if not _same_setting(current.get(name), value)}
+        applied = {}
+        if changes:
+            try:
+                applied = self.hardware.dispatch("apply_bios_settings",
+                                                 changes) or {}
+            except hardware.NoManagerError:
+                failures.append("no hardware manager can change BIOS "
+                                "settings (%s)" % ", ".join(sorted(changes)))
+            except hardware.HardwareManagerError as exc:
+                failures.append("applying BIOS settings failed: %s" % exc)
+        try:
+            after = self.hardware.dispatch("get_bios_settings")
+        except hardware.HardwareManagerError as exc:
+            failures.append("reading BIOS settings back failed: %s" % exc)
+            after = {}
+        report = {}
+        for name, value in sorted(wanted.items()):
+            now = after.get(name)
+            pending = name in applied and not _same_setting(now, value)
+            report[name] = {"before": current.get(name),
+                            "requested": value, "after": now,
+                            "changed": name in changes,
+                            "pending": pending}
+            if not _same_setting(now, value) and not (
+                    pending and _same_setting(applied[name], value)):
+                failures.append("BIOS setting %s reads %r, expected %r"
+                                % (name, now, value))
+        return report
+
+    # -- qc ------------------------------------------------------------------
+
+    @base.task_command(params={"spec": qc.SPEC})
+    def qc(self, task, spec):
+        """Compare the live inventory with ``spec``; fail on a difference."""
+        found = inventory.collect_inventory(self.hardware, self.conf)
+        task.progress(percent=50)
+        checks = qc.core_checks(spec, found)
+        vendor = {key: spec[key] for key in qc.vendor_keys(spec)}
+        if vendor:
+            for _, answer in self.hardware.dispatch_all("run_qc_checks",
+                                                        spec, found):
+                checks.extend(answer or [])
+            checks.extend(qc.unchecked_vendor_keys(spec, checks))
+        result = {"inventory": found, "checks": checks}
+        differences = qc.describe_failures(checks)
+        if differences:
+            raise tasks.TaskFailed("qc found %d difference(s): %s"
+                                   % (len(differences),
+                                      "; ".join(differences)), result)
+        return result
