@@ -298,6 +298,11 @@ def connect_unix(path, timeout=10.0):
     return sock
 
 
+def socketpair():
+    """Two connected green sockets (in-process ends, for tests and tools)."""
+    return green_socket.socketpair()
+
+
 def peer_uid(sock):
     """The uid of the process at the other end of a Unix socket."""
     import struct
