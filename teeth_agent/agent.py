@@ -20,10 +20,10 @@ import socket
 import threading
 import time
 
+from teeth_agent.extensions import base as ext_base
 from teeth_agent import protocol
 from teeth_agent import tasks as tasks_mod
 from teeth_agent import transport
-from teeth_agent.extensions import base as ext_base
 
 LOG = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ class Agent:
             "tasks": self.tasks.statuses(),
         }
 
-    # -- running ---------------------------------------------------------------
+    # -- running --------------------------------------------------------------
 
     def attach_log_handler(self, handler):
         self.log_handler = handler
@@ -313,7 +313,7 @@ class Agent:
                     connection.close_reason)
         return True
 
-    # -- keepalive -------------------------------------------------------------
+    # -- keepalive ------------------------------------------------------------
 
     def _keepalive(self, connection):
         interval = self.conf.keepalive_interval
@@ -332,7 +332,7 @@ class Agent:
             except (transport.ConnectionLost, transport.RemoteError):
                 return
 
-    # -- task status -------------------------------------------------------------
+    # -- task status ----------------------------------------------------------
 
     def _task_changed(self, task):
         # Any thread: wake the reporter on the hub.
@@ -387,7 +387,7 @@ class Agent:
             self._status_wake.set()
         return callback
 
-    # -- logs ------------------------------------------------------------------
+    # -- logs -----------------------------------------------------------------
 
     def _log_record_added(self):
         if self.bridge.in_hub_thread():

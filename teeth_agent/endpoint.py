@@ -89,7 +89,7 @@ class Endpoint:
         self._acceptor = None
         self._reaper = None
 
-    # -- lifecycle -------------------------------------------------------------
+    # -- lifecycle ------------------------------------------------------------
 
     @classmethod
     def from_conf(cls, conf):
@@ -150,7 +150,7 @@ class Endpoint:
                 LOG.exception("endpoint subscriber failed on %s", event)
         self._changed.set()
 
-    # -- connections -------------------------------------------------------------
+    # -- connections ----------------------------------------------------------
 
     def _admit(self, address):
         if not self.max_per_address:
@@ -217,7 +217,7 @@ class Endpoint:
         finally:
             connection.user_data["pinging"] = False
 
-    # -- inbound commands ----------------------------------------------------------
+    # -- inbound commands -----------------------------------------------------
 
     def _dispatch(self, connection, command):
         method = command.method
@@ -312,7 +312,7 @@ class Endpoint:
         self._emit("log", agent, params)
         return {}
 
-    # -- outbound ------------------------------------------------------------------
+    # -- outbound -------------------------------------------------------------
 
     def get_agent(self, agent_id):
         agent = self.agents.get(agent_id)

@@ -200,7 +200,7 @@ class ProtocolViolation:
 
 @dataclasses.dataclass(frozen=True)
 class ConnectionClosed:
-    """End of stream; ``partial`` is True when an unterminated line was lost."""
+    """End of stream; ``partial`` is True when a partial line was lost."""
 
     partial: bool = False
 

@@ -27,13 +27,13 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import eventlet
     import eventlet.event
+    from eventlet.green import socket as green_socket
+    from eventlet.green import ssl as green_ssl
     import eventlet.greenpool
     import eventlet.hubs
     import eventlet.queue
     import eventlet.semaphore
     import eventlet.tpool
-    from eventlet.green import socket as green_socket
-    from eventlet.green import ssl as green_ssl
 
 from teeth_agent import protocol
 

@@ -81,8 +81,8 @@ class Demo:
                 print("   " + line, flush=True)
         elif event == "log":
             self._end_bar()
-            print("   [agent log] %s %s" % (data.get("level"),
-                                           data.get("message")), flush=True)
+            print("   [agent log] %s %s"
+                  % (data.get("level"), data.get("message")), flush=True)
 
     def _end_bar(self):
         if self._bar_live:

@@ -21,19 +21,19 @@ class Cycle:
                       self.devices.create(384 * MIB, fill="random")]
         return self.paths
 
-    def run(self, demo, agent_id):
-        from tools.demo import heading, show
-        heading("decom.qc: check the chassis against its model's spec")
-        final = demo.run_task(agent_id, "decom.qc", {
+    def run(self, runner, agent_id):
+        from tools import demo
+        demo.heading("decom.qc: check the chassis against its model's spec")
+        final = runner.run_task(agent_id, "decom.qc", {
             "task_id": "demo-qc",
             "spec": {"disks": [{"count": 1, "size_bytes": 256 * MIB},
                                {"count": 1, "size_bytes": 384 * MIB}]}})
-        show(final.get("result", {}).get("checks"), limit=30)
+        demo.show(final.get("result", {}).get("checks"), limit=30)
 
-        heading("decom.disk_erase: erase both loop devices")
-        final = demo.run_task(agent_id, "decom.disk_erase", {
+        demo.heading("decom.disk_erase: erase both loop devices")
+        final = runner.run_task(agent_id, "decom.disk_erase", {
             "task_id": "demo-erase", "devices": self.paths})
-        show(final.get("result") or final.get("details"), limit=40)
+        demo.show(final.get("result") or final.get("details"), limit=40)
         for path in self.paths:
             with open(self.devices.backing_file(path), "rb") as stream:
                 head = stream.read(MIB)

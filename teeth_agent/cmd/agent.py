@@ -13,11 +13,11 @@ from oslo_log import log
 from teeth_agent import agent as agent_mod
 from teeth_agent import conf as teeth_conf
 from teeth_agent import extensions
+from teeth_agent.extensions import base as ext_base
 from teeth_agent import hardware
 from teeth_agent import power
 from teeth_agent import tasks
 from teeth_agent import transport
-from teeth_agent.extensions import base as ext_base
 
 LOG = log.getLogger(__name__)
 

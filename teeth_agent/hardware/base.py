@@ -169,7 +169,7 @@ class HardwareManager:
         """
         raise IncompatibleHardwareMethodError()
 
-    # -- quality control -------------------------------------------------------
+    # -- quality control ------------------------------------------------------
 
     def run_qc_checks(self, spec, inventory):
         """Return a list of ``{"name", "expected", "actual", "pass"}`` checks

@@ -5,14 +5,14 @@ import logging
 
 from teeth_agent import agent as agent_mod
 from teeth_agent import endpoint as endpoint_mod
+from teeth_agent import extensions
+from teeth_agent.extensions import base as ext_base
 from teeth_agent import hardware
 from teeth_agent import params
 from teeth_agent import power
 from teeth_agent import protocol
 from teeth_agent import tasks
 from teeth_agent import transport
-from teeth_agent.extensions import base as ext_base
-from teeth_agent import extensions
 from tests import base
 
 

@@ -3,9 +3,9 @@
 from unittest import mock
 
 from teeth_agent import extensions
+from teeth_agent.extensions import base as ext_base
 from teeth_agent import params
 from teeth_agent import protocol
-from teeth_agent.extensions import base as ext_base
 from tests import base
 
 
