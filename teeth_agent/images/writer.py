@@ -55,16 +55,20 @@ class DeviceWriter:
     ``write(data)`` accepts chunks of any size; full buffers go to the
     device at once and :meth:`close` writes the rest (the aligned part
     directly, the unaligned tail through the page cache) and syncs.
-    Writing past the end of the device raises :class:`ImageTooLarge`.
+    Writing past the end of the device (or past ``end``, a byte offset)
+    raises :class:`ImageTooLarge`; writing starts at byte ``start``, which
+    must be a multiple of the logical block size.
     """
 
-    def __init__(self, path, buffer_size=4 * _MIB):
+    def __init__(self, path, buffer_size=4 * _MIB, start=0, end=None):
         self.path = path
         flags = os.O_WRONLY | os.O_CLOEXEC
         self._fd = os.open(path, flags | os.O_DIRECT)
         try:
             self.block_size = logical_block_size(self._fd)
             self.device_size = os.lseek(self._fd, 0, os.SEEK_END)
+            if end is not None:
+                self.device_size = min(self.device_size, end)
         except OSError:
             os.close(self._fd)
             raise
@@ -72,7 +76,8 @@ class DeviceWriter:
         self._buffer = mmap.mmap(-1, buffer_size)
         self._size = buffer_size
         self._fill = 0
-        self.offset = 0
+        self.offset = start
+        self.start = start
 
     def write(self, data):
         view = memoryview(data).cast("B")
@@ -123,7 +128,7 @@ class DeviceWriter:
                     os.close(fd)
                 self.offset += len(remainder)
             os.fsync(self._fd)
-            return self.offset
+            return self.offset - self.start
         finally:
             self.abort()
 

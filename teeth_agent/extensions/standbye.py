@@ -1,0 +1,513 @@
+"""The ``standbye`` command group: cache_images, prepare_image, run_image.
+
+A chassis on standby holds tenant images in its cache; ``prepare_image``
+writes one to the install device, ``run_image`` adds the config drive,
+makes sure the disk can boot, and kexecs into the image (or reboots) once
+the server knows the outcome. Parameters, formats and rules are described
+in ``docs/standbye.md``; the pieces live in :mod:`teeth_agent.images` and
+:mod:`teeth_agent.download`.
+"""
+
+import json
+import logging
+import os
+import shutil
+
+from teeth_agent import download
+from teeth_agent.extensions import base
+from teeth_agent import hardware
+from teeth_agent.hardware import inventory
+from teeth_agent.hardware import safety
+from teeth_agent.images import boot
+from teeth_agent.images import cache as cache_mod
+from teeth_agent.images import configdrive
+from teeth_agent.images import formats
+from teeth_agent.images import partitions
+from teeth_agent.images import qcow2
+from teeth_agent.images import writer
+from teeth_agent import params
+from teeth_agent import processes
+from teeth_agent import protocol
+from teeth_agent import tasks
+
+LOG = logging.getLogger(__name__)
+
+_MAX_TEXT = 128 * 1024 * 1024
+
+
+def _image_param(required_source):
+    return params.Object(fields={
+        "id": params.UUID(required=True),
+        "urls": params.List(params.URL(max_length=8192),
+                            min_items=1 if required_source else 0,
+                            max_items=64, required=required_source),
+        "hashes": params.Map(params.String(max_length=256),
+                             required=required_source),
+        "size": params.Integer(minimum=1),
+    })
+
+
+CONFIG_DRIVE_FIELDS = {
+    "meta_data": params.Object(extra=True, required=True),
+    "user_data": params.String(max_length=_MAX_TEXT),
+    "network_data": params.Object(extra=True),
+    "vendor_data": params.Object(extra=True),
+    "files": params.Map(params.String(max_length=_MAX_TEXT),
+                        key=params.String(max_length=1024, min_length=1)),
+}
+
+# Exceptions that end a standbye task with their message as the reason.
+_EXPECTED_ERRORS = (
+    download.DownloadError, writer.ImageTooLarge, writer.CorruptImage,
+    formats.UnsupportedFormat, qcow2.UnsafeImage, processes.ProcessError,
+    partitions.PartitionError, configdrive.InvalidConfigDrive,
+    boot.UnsafePath, safety.DeviceNotEligible, hardware.HardwareManagerError,
+    OSError)
+
+
+class StandbyeExtension(base.Extension):
+    """Caches, writes and boots tenant images."""
+
+    def __init__(self, context):
+        super().__init__(context)
+        options = self.conf.standbye
+        self.cache = cache_mod.ImageCache(options.image_cache_dir,
+                                          options.cache_reserve,
+                                          options.allow_md5)
+        self.work_dir = options.work_dir
+        self._prepared = self._load_prepared()
+
+    # -- helpers --------------------------------------------------------------
+
+    def _fetch_options(self):
+        options = self.conf.standbye
+        return {"retries": options.download_retries,
+                "backoff": options.download_backoff,
+                "timeout": options.download_timeout,
+                "buffer_size": options.write_buffer_size,
+                "buffer_count": options.write_buffer_count}
+
+    def _check_hashes(self, hashes, path):
+        try:
+            download.select_hash(hashes, self.conf.standbye.allow_md5)
+        except ValueError as exc:
+            raise params.invalid(path, str(exc)) from None
+
+    def _prepared_path(self):
+        return os.path.join(self.work_dir, "prepared.json")
+
+    def _load_prepared(self):
+        try:
+            with open(self._prepared_path()) as stream:
+                record = json.load(stream)
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def _set_prepared(self, record):
+        self._prepared = record
+        path = self._prepared_path()
+        try:
+            if record is None:
+                if os.path.exists(path):
+                    os.unlink(path)
+                return
+            os.makedirs(self.work_dir, mode=0o700, exist_ok=True)
+            with open(path + ".tmp", "w") as stream:
+                json.dump(record, stream)
+            os.replace(path + ".tmp", path)
+        except OSError as exc:
+            LOG.warning("cannot record the prepared image in %s: %s", path,
+                        exc)
+
+    # -- cache_images ---------------------------------------------------------
+
+    def validate_cache_images(self, task_id, images):
+        seen = set()
+        for index, image in enumerate(images):
+            self._check_hashes(image["hashes"], "images[%d].hashes" % index)
+            image_id = cache_mod.normalise_id(image["id"])
+            if image_id in seen:
+                raise params.invalid("images[%d].id" % index,
+                                     "is listed twice")
+            seen.add(image_id)
+        return {"task_id": task_id, "images": images}
+
+    @base.task_command(params={
+        "images": params.List(_image_param(True), required=True,
+                              max_items=256),
+    })
+    def cache_images(self, task, images):
+        """Cache as many of ``images`` as fit, in priority order.
+
+        The result lists every image with ``status`` cached,
+        already_cached, skipped (with the reason) or failed; any failed
+        image ends the task in error with that list in the details.
+        """
+        self.cache.prepare()
+        keep = {cache_mod.normalise_id(image["id"]) for image in images}
+        results = []
+        for index, image in enumerate(images):
+            def progress(done, total, index=index):
+                fraction = min(done / total, 1.0) if total else 0.0
+                task.progress(percent=100.0 * (index + fraction)
+                              / len(images))
+            result = self.cache.add(image, progress=progress, keep=keep,
+                                    **self._fetch_options())
+            LOG.info("image %s: %s %s", result["id"], result["status"],
+                     result.get("reason", ""))
+            results.append(result)
+            task.progress(percent=100.0 * (index + 1) / len(images))
+        failed = [r for r in results if r["status"] == cache_mod.FAILED]
+        if failed:
+            raise tasks.TaskFailed(
+                "could not cache %d image(s): %s" % (len(failed), "; ".join(
+                    "%s: %s" % (r["id"], r["reason"]) for r in failed)),
+                {"images": results})
+        return {"images": results}
+
+    # -- prepare_image --------------------------------------------------------
+
+    def validate_prepare_image(self, task_id, image, root_device_hints):
+        if isinstance(image, str):
+            image = {"id": image}
+        image = _image_param(False).validate(image, "image")
+        image["id"] = cache_mod.normalise_id(image["id"])
+        if image.get("hashes"):
+            self._check_hashes(image["hashes"], "image.hashes")
+        if not image.get("urls"):
+            if self.cache.lookup(image["id"], image.get("hashes")) is None:
+                raise params.invalid(
+                    "image", "image %s is not cached (with these "
+                    "checksums); give its urls and hashes" % image["id"])
+        elif not image.get("hashes"):
+            raise params.invalid("image.hashes", "is required with urls")
+        return {"task_id": task_id, "image": image,
+                "root_device_hints": root_device_hints}
+
+    @base.task_command(exclusive=True, params={
+        "image": params.Any(required=True),
+        "root_device_hints": params.Map(params.Any()),
+    })
+    def prepare_image(self, task, image, root_device_hints):
+        """Write ``image`` (from the cache, else its URLs) to the install
+        device; the result names the device and what was written.
+        """
+        try:
+            device = inventory.choose_install_device(
+                self.hardware, self.conf, root_device_hints or {})
+            path = device["path"]
+            self._set_prepared(None)
+            safety.ensure_writable(path, self.conf, self.hardware)
+            record = self.cache.lookup(image["id"], image.get("hashes"))
+            if record is not None:
+                with self.cache.using(record["id"]):
+                    written = self._write_cached(task, record, path)
+            else:
+                written = self._write_downloaded(task, image, path)
+        except _EXPECTED_ERRORS as exc:
+            raise tasks.TaskFailed("prepare_image failed: %s" % exc) from exc
+        partitions.tell_kernel(path)
+        result = {"image_id": image["id"], "device": path, **written}
+        self._set_prepared(result)
+        LOG.info("image %s written to %s (%s)", image["id"], path,
+                 written["format"])
+        return result
+
+    def _progress(self, task):
+        def progress(done, total):
+            if total:
+                task.progress(done=done, total=total)
+        return progress
+
+    def _write_cached(self, task, record, path):
+        options = self._fetch_options()
+        hasher = download.Hasher(record["algorithm"], record["hexdigest"])
+        with open(record["path"], "rb") as stream:
+            fmt = formats.detect(stream.read(formats.HEAD_SIZE))
+        if fmt == formats.QCOW2:
+            # Re-verify: the bytes qemu-img reads must be the ones whose
+            # checksum the server gave, whatever happened on this disk.
+            with open(record["path"], "rb") as stream:
+                download.stream(stream, lambda chunk: None, hasher,
+                                buffer_size=options["buffer_size"],
+                                buffer_count=options["buffer_count"])
+            hasher.verify()
+            written = self._convert_qcow2(task, record["path"], path)
+            return {"format": fmt, "source": "cache", **written}
+        with open(record["path"], "rb") as stream:
+            written = writer.write_stream(
+                stream, path, fmt, hasher, self._progress(task),
+                record["size"], options["buffer_size"],
+                options["buffer_count"])
+        return {"format": fmt, "source": "cache", **written}
+
+    def _write_downloaded(self, task, image, path):
+        options = self._fetch_options()
+        algorithm, expected = download.select_hash(
+            image["hashes"], self.conf.standbye.allow_md5)
+        head = download.peek(image["urls"], formats.HEAD_SIZE,
+                             retries=options["retries"],
+                             backoff=options["backoff"],
+                             timeout=options["timeout"])
+        fmt = formats.detect(head)
+        if fmt == formats.QCOW2:
+            os.makedirs(self.work_dir, mode=0o700, exist_ok=True)
+            local = os.path.join(self.work_dir, "%s.qcow2" % image["id"])
+            try:
+                download.download_to_file(
+                    image["urls"], image["hashes"], local,
+                    progress=lambda done, total: total and task.progress(
+                        percent=50.0 * done / total),
+                    expected_size=image.get("size"),
+                    allow_md5=self.conf.standbye.allow_md5, **options)
+                written = self._convert_qcow2(task, local, path)
+            finally:
+                if os.path.exists(local):
+                    os.unlink(local)
+            return {"format": fmt, "source": "download", **written}
+        source = download.HTTPSource(
+            image["urls"], expected_size=image.get("size"),
+            retries=options["retries"], backoff=options["backoff"],
+            timeout=options["timeout"])
+        try:
+            written = writer.write_stream(
+                source, path, fmt, download.Hasher(algorithm, expected),
+                lambda done, total: self._progress(task)(
+                    done, total or source.size),
+                image.get("size"), options["buffer_size"],
+                options["buffer_count"])
+        finally:
+            source.close()
+        return {"format": fmt, "source": "download", **written}
+
+    def _convert_qcow2(self, task, image_path, path):
+        virtual_size = qcow2.inspect(image_path)
+        if virtual_size > writer.device_size(path):
+            raise writer.ImageTooLarge(
+                "the image's virtual size (%d bytes) is larger than %s"
+                % (virtual_size, path))
+        safety.ensure_writable(path, self.conf, self.hardware)
+        try:
+            processes.execute("qemu-img", "convert", "-f", "qcow2", "-O",
+                              "raw", "-t", "none", "-n", image_path, path,
+                              timeout=6 * 3600, log_level=logging.INFO)
+        except processes.ProcessError:
+            writer.wipe_signatures(path)
+            raise
+        task.progress(percent=99.0)
+        return {"bytes_written": virtual_size}
+
+    # -- run_image ------------------------------------------------------------
+
+    def validate_run_image(self, task_id, image_id, config_drive):
+        image_id = cache_mod.normalise_id(image_id)
+        prepared = self._prepared
+        if prepared is None or prepared.get("image_id") != image_id:
+            raise params.invalid(
+                "image_id", "image %s is not the prepared image (%s)"
+                % (image_id, "none is prepared" if prepared is None else
+                   "prepared: %s" % prepared.get("image_id")))
+        max_size = self.conf.standbye.max_config_drive_size
+        try:
+            if isinstance(config_drive, str):
+                configdrive.decode_prebuilt(config_drive, max_size)
+            elif isinstance(config_drive, dict):
+                config_drive = params.validate_fields(
+                    CONFIG_DRIVE_FIELDS, config_drive, "config_drive")
+                configdrive.decode_files(config_drive.get("files"))
+            else:
+                raise params.invalid("config_drive", "must be an object or "
+                                     "a gzip+base64 string")
+        except configdrive.InvalidConfigDrive as exc:
+            raise protocol.InvalidParams(
+                "config_drive: %s" % exc,
+                details={"param": "config_drive"}) from None
+        return {"task_id": task_id, "image_id": image_id,
+                "config_drive": config_drive}
+
+    @base.task_command(exclusive=True, params={
+        "image_id": params.UUID(required=True),
+        "config_drive": params.Any(required=True),
+    })
+    def run_image(self, task, image_id, config_drive):
+        """Write the config drive, make the disk bootable, then kexec.
+
+        Completes with ``boot = {method, kernel, initrd, cmdline}`` and
+        only after the server acknowledged it (or the timeout passed)
+        kexecs or reboots through the power interface.
+        """
+        prepared = self._prepared
+        if prepared is None or prepared.get("image_id") != image_id:
+            raise tasks.TaskFailed("image %s is not the prepared image"
+                                   % image_id)
+        path = prepared["device"]
+        try:
+            result, action = self._run(task, path, config_drive)
+        except _EXPECTED_ERRORS as exc:
+            raise tasks.TaskFailed("run_image failed: %s" % exc) from exc
+        result["image_id"] = image_id
+        return tasks.AfterDelivery(result, action,
+                                   self.conf.power.final_status_timeout)
+
+    def _node_of(self, path):
+        def node_of(number):
+            return partitions.partition_node(
+                path, number, self.conf.hardware.sysfs_root,
+                self.conf.hardware.dev_root)
+        return node_of
+
+    def _run(self, task, path, config_drive):
+        safety.ensure_writable(path, self.conf, self.hardware)
+        partitions.tell_kernel(path)
+        table = partitions.read_table(path)
+        if table is None:
+            raise partitions.PartitionError(
+                "%s has no partition table; the image must be a whole-disk "
+                "image" % path)
+        node_of = self._node_of(path)
+        loader = boot.has_boot_loader(path, table, node_of)
+        if loader is None and not processes.which("grub-install"):
+            raise processes.ToolNotFound(["grub-install"])
+        task.progress(percent=10.0)
+        drive = self._write_config_drive(path, config_drive)
+        task.progress(percent=40.0)
+        found = self._find_boot(path, table, node_of,
+                                exclude=drive["partition"])
+        task.progress(percent=70.0)
+        if loader is None:
+            if found is None or found.get("fs_uuid") is None:
+                raise boot.UnsafePath("the image has no boot loader and no "
+                                      "kernel to configure grub for")
+            safety.ensure_writable(path, self.conf, self.hardware)
+            boot.install_grub(path, found["node"], found["fs_type"],
+                              "i386-pc", found)
+            loader_result = {"action": "installed", "loader": "grub"}
+        else:
+            loader_result = {"action": "left alone", "found": loader}
+        boot_result, action = self._stage_kexec(found)
+        result = {"device": path, "config_drive": drive,
+                  "boot_loader": loader_result, "boot": boot_result}
+        return result, action
+
+    def _write_config_drive(self, path, config_drive):
+        max_size = self.conf.standbye.max_config_drive_size
+        if isinstance(config_drive, str):
+            data = configdrive.decode_prebuilt(config_drive, max_size)
+        else:
+            os.makedirs(self.work_dir, mode=0o700, exist_ok=True)
+            iso = os.path.join(self.work_dir, "config-drive.iso")
+            try:
+                configdrive.build(config_drive, iso, max_size)
+                with open(iso, "rb") as stream:
+                    data = stream.read()
+            finally:
+                if os.path.exists(iso):
+                    os.unlink(iso)
+        added = partitions.add_partition_at_end(path, len(data))
+        safety.ensure_writable(path, self.conf, self.hardware)
+        output = writer.DeviceWriter(path, start=added["offset"],
+                                     end=added["offset"] + added["size"])
+        try:
+            output.write(data)
+            # Zero the rest so nothing of an older file system shows.
+            padding = added["size"] - len(data)
+            while padding > 0:
+                chunk = min(padding, 4 * 1024 * 1024)
+                output.write(bytes(chunk))
+                padding -= chunk
+            output.close()
+        except BaseException:
+            output.abort()
+            raise
+        partitions.tell_kernel(path)
+        node = self._node_of(path)(added["number"])
+        label = boot.probe(node).get("LABEL")
+        if label != configdrive.LABEL:
+            raise configdrive.InvalidConfigDrive(
+                "the config drive partition %s reads back with label %r"
+                % (node, label))
+        LOG.info("config drive written to %s (%d bytes)", node, len(data))
+        return {"partition": added["number"], "node": node,
+                "size": len(data)}
+
+    def _find_boot(self, path, table, node_of, exclude):
+        """The kernel to boot, copied out, or None."""
+        found = None
+        root_uuid = None
+        for partition in table["partitions"]:
+            if partition["number"] in (exclude, None):
+                continue
+            node = node_of(partition["number"])
+            props = boot.probe(node)
+            fs_type = props.get("TYPE")
+            if fs_type not in boot.MOUNTABLE:
+                continue
+            try:
+                with boot.mounted_read_only(node, fs_type) as root:
+                    if root_uuid is None and boot.resolve_inside(
+                            root, "/etc") is not None:
+                        root_uuid = props.get("UUID")
+                    if found is None:
+                        entry = boot.find_kernel(root)
+                        if entry is not None:
+                            found = self._copy_boot_files(root, entry)
+                            found.update(node=node, fs_type=fs_type,
+                                         fs_uuid=props.get("UUID"),
+                                         partition=partition["number"])
+            except processes.ProcessError as exc:
+                LOG.warning("cannot look into %s (%s): %s", node, fs_type,
+                            exc)
+        if found is not None:
+            options = found["options"]
+            if not any(word.startswith("root=") for word in options.split()):
+                if root_uuid is None:
+                    LOG.warning("found %s but no root file system to pass "
+                                "to it", found["kernel"])
+                    return None
+                options = ("root=UUID=%s ro %s" % (root_uuid, options)).strip()
+            found["cmdline"] = options
+        return found
+
+    def _copy_boot_files(self, root, entry):
+        directory = os.path.join(self.work_dir, "kexec")
+        shutil.rmtree(directory, ignore_errors=True)
+        os.makedirs(directory, mode=0o700)
+        kernel = boot.copy_out(root, entry["kernel"],
+                               os.path.join(directory, "kernel"))
+        initrd = None
+        if entry["initrds"]:
+            # kexec takes one initrd; initramfs archives concatenate.
+            initrd = os.path.join(directory, "initrd")
+            with open(initrd, "wb") as output:
+                for index, part in enumerate(entry["initrds"]):
+                    piece = boot.copy_out(root, part, initrd + ".%d" % index)
+                    with open(piece, "rb") as stream:
+                        shutil.copyfileobj(stream, output, 1024 * 1024)
+                    os.unlink(piece)
+        return {"kernel": entry["kernel"], "initrd": (
+                    entry["initrds"][0] if len(entry["initrds"]) == 1
+                    else entry["initrds"] or None),
+                "options": entry["options"], "source": entry["source"],
+                "kernel_copy": kernel, "initrd_copy": initrd}
+
+    def _stage_kexec(self, found):
+        power = self.context.power
+        if found is None:
+            LOG.warning("no kernel found in the image; rebooting into it")
+            return ({"method": "reboot", "kernel": None, "initrd": None,
+                     "cmdline": None}, power.reboot)
+        boot_result = {"method": "kexec", "kernel": found["kernel"],
+                       "initrd": found["initrd"],
+                       "cmdline": found["cmdline"],
+                       "partition": found["partition"],
+                       "source": found["source"]}
+        try:
+            power.load_kexec(found["kernel_copy"], found["initrd_copy"],
+                             found["cmdline"])
+        except processes.ProcessError as exc:
+            LOG.warning("kexec cannot load %s (%s); rebooting instead",
+                        found["kernel"], exc)
+            boot_result.update(method="reboot", kexec_error=str(exc))
+            return boot_result, power.reboot
+        return boot_result, power.kexec

@@ -1,0 +1,370 @@
+"""Boot loader detection and kexec target discovery in a written image.
+
+Nothing from the image ever runs: its file systems are mounted read-only
+with ``nosuid,nodev,noexec`` (and without journal replay), files are read
+as data with symbolic links resolved inside the image's own root (an
+absolute link cannot point into the agent's file system), sizes are
+bounded, and the boot loader, when one must be installed, comes from the
+agent's own ``grub-install`` (no chroot).
+
+Discovery order, per file system (ext2/3/4, xfs, btrfs) of the install
+device:
+
+1. Boot Loader Specification entries (``/boot/loader/entries/*.conf`` or
+   ``/loader/entries/*.conf`` on a separate /boot), newest version first;
+2. the first ``menuentry`` of ``grub.cfg`` (``/boot/grub/``,
+   ``/boot/grub2/``, or the same under a separate /boot) with a ``linux``
+   line;
+3. the newest ``/boot/vmlinuz-<version>`` (or ``/vmlinuz-<version>``) with
+   the matching ``initrd.img-``/``initramfs-``/``initrd-`` file.
+
+The command line is the entry's; when it names no ``root=``, ``root=UUID=``
+of the file system holding ``/etc`` and ``ro`` are used.
+"""
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import stat
+import tempfile
+
+from teeth_agent import processes
+
+LOG = logging.getLogger(__name__)
+
+MOUNTABLE = ("ext2", "ext3", "ext4", "xfs", "btrfs")
+ESP_TYPES = ("c12a7328-f81f-11d2-ba4b-00a0c93ec93b", "ef")
+BIOS_BOOT_TYPE = "21686148-6449-6e6f-744e-656564454649"
+
+#: Largest kernel or initrd copied out of an image.
+MAX_BOOT_FILE = 1024 * 1024 * 1024
+#: Largest configuration file (grub.cfg, BLS entry) parsed.
+MAX_CONFIG_FILE = 4 * 1024 * 1024
+_MAX_LINKS = 40
+
+
+class UnsafePath(Exception):
+    """A path in the image leads outside it or loops."""
+
+
+def resolve_inside(root, path):
+    """The real path of ``path`` within the tree mounted at ``root``.
+
+    Symbolic links are followed as the image's own system would (an
+    absolute target starts again at ``root``, ``..`` stops at ``root``).
+    Returns None when the path does not exist; raises :class:`UnsafePath`
+    on a link loop.
+    """
+    pending = [part for part in path.split("/") if part]
+    resolved = []
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        current = os.path.join(root, *resolved, part)
+        try:
+            info = os.lstat(current)
+        except OSError:
+            return None
+        if stat.S_ISLNK(info.st_mode):
+            hops += 1
+            if hops > _MAX_LINKS:
+                raise UnsafePath("too many symbolic links in %s" % path)
+            target = os.readlink(current)
+            if target.startswith("/"):
+                resolved = []
+            pending = [p for p in target.split("/") if p] + pending
+            continue
+        resolved.append(part)
+    return os.path.join(root, *resolved)
+
+
+def read_text(root, path, limit=MAX_CONFIG_FILE):
+    """The text of a regular file of the image, or None."""
+    real = resolve_inside(root, path)
+    if real is None:
+        return None
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as stream:
+        if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+            return None
+        return stream.read(limit).decode("utf-8", "replace")
+
+
+def is_file(root, path):
+    real = resolve_inside(root, path)
+    return real is not None and os.path.isfile(real) and \
+        not os.path.islink(real)
+
+
+def copy_out(root, path, destination, limit=MAX_BOOT_FILE):
+    """Copy the image's regular file ``path`` to ``destination``."""
+    real = resolve_inside(root, path)
+    if real is None:
+        raise UnsafePath("%s does not exist in the image" % path)
+    fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as source:
+        info = os.fstat(source.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafePath("%s is not a regular file" % path)
+        if info.st_size > limit:
+            raise UnsafePath("%s is larger than %d bytes" % (path, limit))
+        with open(destination, "wb") as target:
+            shutil.copyfileobj(source, target, 1024 * 1024)
+    return destination
+
+
+def version_key(text):
+    """Sort key comparing version strings number by number."""
+    return [(1, int(part)) if part.isdigit() else (0, part)
+            for part in re.split(r"(\d+)", text) if part]
+
+
+# -- what the image's configuration says --------------------------------------
+
+def _bls_entries(root):
+    found = []
+    for base in ("/boot", "/"):
+        directory = resolve_inside(root, os.path.join(base, "loader",
+                                                      "entries"))
+        if directory is None or not os.path.isdir(directory):
+            continue
+        for name in sorted(os.listdir(directory)):
+            if not name.endswith(".conf"):
+                continue
+            text = read_text(root, os.path.join(base, "loader", "entries",
+                                                name))
+            if text is None:
+                continue
+            entry = {"initrd": []}
+            for line in text.splitlines():
+                key, _, value = line.strip().partition(" ")
+                value = value.strip()
+                if key == "initrd":
+                    entry["initrd"].append(value)
+                elif key in ("linux", "options", "version", "title"):
+                    entry[key] = value
+            if entry.get("linux"):
+                entry["base"] = base
+                entry["name"] = name
+                found.append(entry)
+    found.sort(key=lambda e: version_key(e.get("version") or e["name"]),
+               reverse=True)
+    return found
+
+
+def _grubenv(root):
+    for path in ("/boot/grub2/grubenv", "/boot/grub/grubenv",
+                 "/grub2/grubenv", "/grub/grubenv"):
+        text = read_text(root, path, 64 * 1024)
+        if text:
+            return dict(line.split("=", 1) for line in text.splitlines()
+                        if "=" in line and not line.startswith("#"))
+    return {}
+
+
+def _strip_device(path):
+    # grub paths may name a device first: (hd0,gpt2)/boot/vmlinuz
+    return re.sub(r"^\([^)]*\)", "", path)
+
+
+def _grub_entries(root):
+    for config in ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg",
+                   "/grub/grub.cfg", "/grub2/grub.cfg"):
+        text = read_text(root, config)
+        if not text:
+            continue
+        base = "/boot" if config.startswith("/boot/") else "/"
+        entry = None
+        depth = 0
+        for line in text.splitlines():
+            words = line.strip().split()
+            if not words:
+                continue
+            if words[0] == "menuentry" and entry is None:
+                entry = {"initrd": [], "base": base, "name": config}
+                depth = line.count("{") - line.count("}")
+                continue
+            if entry is None:
+                continue
+            depth += line.count("{") - line.count("}")
+            if words[0] in ("linux", "linuxefi", "linux16") and \
+                    len(words) > 1:
+                entry["linux"] = _strip_device(words[1])
+                entry["options"] = " ".join(
+                    word for word in words[2:] if "$" not in word)
+            elif words[0] in ("initrd", "initrdefi", "initrd16"):
+                entry["initrd"] = [_strip_device(w) for w in words[1:]]
+            if depth <= 0:
+                if entry.get("linux") and "$" not in entry["linux"]:
+                    yield entry
+                    return
+                entry = None
+
+
+def _glob_entries(root):
+    for base in ("/boot", "/"):
+        directory = resolve_inside(root, base)
+        if directory is None or not os.path.isdir(directory):
+            continue
+        versions = sorted(
+            (name[len("vmlinuz-"):] for name in os.listdir(directory)
+             if name.startswith("vmlinuz-")), key=version_key, reverse=True)
+        for version in versions:
+            kernel = os.path.join(base, "vmlinuz-" + version)
+            if not is_file(root, kernel):
+                continue
+            initrds = [os.path.join(base, pattern % version) for pattern in
+                       ("initrd.img-%s", "initramfs-%s.img", "initrd-%s",
+                        "initrd-%s.img")]
+            initrd = next((p for p in initrds if is_file(root, p)), None)
+            yield {"linux": kernel, "initrd": [initrd] if initrd else [],
+                   "options": "", "base": "/", "name": "vmlinuz"}
+
+
+def _locate(root, base, path):
+    """The image path of a loader path given relative to ``base``."""
+    for candidate in (os.path.join(base, path.lstrip("/")), path):
+        if is_file(root, candidate):
+            return os.path.normpath(candidate)
+    return None
+
+
+def find_kernel(root):
+    """The first bootable entry of the file system mounted at ``root``.
+
+    Returns ``{"kernel", "initrds" (list), "options", "source"}`` with
+    paths inside the image, or None.
+    """
+    env = None
+    for source, entries in (("bls", _bls_entries(root)),
+                            ("grub.cfg", _grub_entries(root)),
+                            ("vmlinuz", _glob_entries(root))):
+        for entry in entries:
+            kernel = _locate(root, entry["base"], entry["linux"])
+            if kernel is None:
+                continue
+            initrds = [_locate(root, entry["base"], path)
+                       for path in entry["initrd"]]
+            if None in initrds:
+                continue
+            options = entry.get("options") or ""
+            if "$" in options:
+                env = env if env is not None else _grubenv(root)
+                options = re.sub(r"\$\{?(\w+)\}?",
+                                 lambda m: env.get(m.group(1), ""), options)
+            return {"kernel": kernel, "initrds": initrds,
+                    "options": " ".join(options.split()), "source": source}
+    return None
+
+
+# -- the device ---------------------------------------------------------------
+
+def probe(node):
+    """``blkid -p`` properties of ``node`` (TYPE, UUID, LABEL, ...)."""
+    returncode, out, _ = processes.run("blkid", "-p", "-o", "export", node)
+    if returncode != 0:
+        return {}
+    return dict(line.split("=", 1) for line in out.splitlines()
+                if "=" in line)
+
+
+@contextlib.contextmanager
+def mounted_read_only(node, fs_type):
+    """Mount ``node`` read-only, without journal replay, at a temp dir."""
+    directory = tempfile.mkdtemp(prefix="teeth-image-")
+    options = "ro,nosuid,nodev,noexec"
+    if fs_type in ("ext3", "ext4"):
+        options += ",noload"
+    elif fs_type == "xfs":
+        options += ",norecovery"
+    try:
+        processes.execute("mount", "-t", fs_type, "-o", options, node,
+                          directory)
+        try:
+            yield directory
+        finally:
+            processes.execute("umount", directory)
+    finally:
+        os.rmdir(directory)
+
+
+def has_boot_loader(path, table, node_of):
+    """Describe the boot loader the image brought, or None.
+
+    Looks for boot code in the MBR, a GPT BIOS boot partition with
+    content, and an EFI system partition holding an ``.efi`` loader
+    (listed with mtools, which reads FAT in user space). ``node_of(n)``
+    gives partition ``n``'s device node.
+    """
+    with open(path, "rb") as stream:
+        head = stream.read(512)
+        if any(head[:440]):
+            return "boot code in the MBR"
+        for partition in table["partitions"]:
+            if partition["type"] == BIOS_BOOT_TYPE:
+                stream.seek(partition["start"] * table["sector_size"])
+                if any(stream.read(512)):
+                    return "a BIOS boot partition"
+    for partition in table["partitions"]:
+        if partition["type"] not in ESP_TYPES:
+            continue
+        returncode, out, _ = processes.run(
+            "mdir", "-/", "-b", "-i", node_of(partition["number"]), "::/",
+            env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
+        if returncode == 0 and any(line.lower().endswith(".efi")
+                                   for line in out.splitlines()):
+            return "an EFI system partition with a loader"
+    return None
+
+
+def install_grub(path, root_node, fs_type, target, boot):
+    """Install the agent's own grub onto the disk ``path``.
+
+    The image's /boot gets grub's modules and, when it has none, a
+    grub.cfg booting ``boot``. ``target`` is ``i386-pc`` (BIOS). Runs
+    only the agent's own ``grub-install``; the image's root is mounted
+    read-write with ``nosuid,nodev,noexec`` just for this.
+    """
+    if not processes.which("grub-install"):
+        raise processes.ToolNotFound(["grub-install"])
+    directory = tempfile.mkdtemp(prefix="teeth-grub-")
+    try:
+        processes.execute("mount", "-t", fs_type, "-o",
+                          "nosuid,nodev,noexec", root_node, directory)
+        try:
+            boot_dir = resolve_inside(directory, "/boot") or os.path.join(
+                directory, "boot")
+            processes.execute("grub-install", "--target=%s" % target,
+                              "--boot-directory=%s" % boot_dir,
+                              "--no-floppy", path, timeout=600)
+            config = os.path.join(boot_dir, "grub", "grub.cfg")
+            if not os.path.lexists(config) and boot:
+                with open(config, "w") as stream:
+                    stream.write(grub_config(boot))
+        finally:
+            processes.execute("umount", directory)
+    finally:
+        os.rmdir(directory)
+
+
+def grub_config(boot):
+    """A minimal grub.cfg booting ``boot`` (kernel, initrd, cmdline)."""
+    lines = ["set timeout=1", "menuentry 'image' {",
+             "    search --no-floppy --fs-uuid --set=root %s"
+             % boot["fs_uuid"],
+             "    linux %s %s" % (boot["kernel"], boot["cmdline"])]
+    if boot.get("initrd"):
+        lines.append("    initrd %s" % boot["initrd"])
+    lines.append("}")
+    return "\n".join(lines) + "\n"
