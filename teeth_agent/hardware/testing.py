@@ -397,15 +397,17 @@ class ToolCalls:
     """Canned answers for external tools, in place of running them.
 
     A call whose argument list starts with a registered prefix gets that
-    answer; a program registered as missing raises
-    :class:`~teeth_agent.processes.ToolNotFound`; anything else fails the
-    test. Every call is recorded in :attr:`calls`.
+    answer (the latest registered wins); otherwise a program registered as
+    missing raises :class:`~teeth_agent.processes.ToolNotFound`; anything
+    else fails the test. ``dmidecode``, which the generic manager only
+    reads optional DIMM details from, starts out missing. Every call is
+    recorded in :attr:`calls`.
     """
 
     def __init__(self):
         self.calls = []
         self._answers = []
-        self._missing = set()
+        self._missing = {"dmidecode"}
 
     def answer(self, argv_prefix, stdout="", stderr="", returncode=0):
         self._answers.insert(0, (list(argv_prefix), stdout, stderr,
@@ -416,12 +418,12 @@ class ToolCalls:
 
     def spawn(self, argv, input_data, timeout, env, binary):
         self.calls.append(list(argv))
-        if argv[0] in self._missing:
-            raise FileNotFoundError(argv[0])
         for prefix, stdout, stderr, returncode in self._answers:
             if argv[:len(prefix)] == prefix:
                 return subprocess.CompletedProcess(argv, returncode, stdout,
                                                    stderr)
+        if argv[0] in self._missing:
+            raise FileNotFoundError(argv[0])
         raise AssertionError("hardware manager tests must not run external "
                              "tools: %s (give an answer with "
                              "self.tools.answer())" % " ".join(argv))

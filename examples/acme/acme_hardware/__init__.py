@@ -1,0 +1,1 @@
+"""teeth-agent hardware manager for ACME chassis (an example vendor plugin)."""
