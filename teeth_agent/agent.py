@@ -175,8 +175,6 @@ class Agent:
                 for name, extension in self.extensions.items()}
 
     def _wrap_command(self, extension, spec, func, wire_name):
-        validator = extension.validator(spec)
-
         if not spec.is_task:
             def run_sync(params):
                 checked = ext_base.check_params(spec, params)
@@ -191,10 +189,9 @@ class Agent:
                 if existing is not None:
                     return existing.status()
             checked = ext_base.check_params(spec, params)
-            task_id = checked.pop("task_id")
-            if validator is not None:
-                checked = transport.run_in_thread(validator, **checked) \
-                    or checked
+            task_id = checked["task_id"]
+            checked = transport.run_in_thread(extension.validate, spec,
+                                              checked)
 
             def body(task):
                 return func(task, **checked)

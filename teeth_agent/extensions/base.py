@@ -131,6 +131,29 @@ class Extension:
     def validator(self, spec):
         return getattr(self, "validate_%s" % spec.name, None)
 
+    def validate(self, spec, checked):
+        """Run the command's ``validate_<name>`` hook, if any.
+
+        ``checked`` are the params after :func:`check_params`. The hook gets
+        them as keyword arguments, ``task_id`` included only when its
+        signature names it; it returns the params to use (or None to keep
+        them). The result never contains ``task_id``.
+        """
+        checked = dict(checked)
+        task_id = checked.pop("task_id", None)
+        hook = self.validator(spec)
+        if hook is None:
+            return checked
+        arguments = dict(checked)
+        if "task_id" in inspect.signature(hook).parameters:
+            arguments["task_id"] = task_id
+        result = hook(**arguments)
+        if result is None:
+            return checked
+        result = dict(result)
+        result.pop("task_id", None)
+        return result
+
 
 def check_params(spec, raw):
     """Validate the raw params of a command against its spec."""

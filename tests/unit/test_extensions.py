@@ -108,3 +108,39 @@ class LoadingTest(base.TestCase):
         self.assertIn("broken (broken_mod:Thing)", str(caught.exception))
         self.assertIn("no module broken_mod", str(caught.exception))
         failing.assert_not_called()
+
+
+class Hooked(ext_base.Extension):
+    @ext_base.task_command(params={"n": params.Integer(required=True)})
+    def plain(self, task, n):
+        return {}
+
+    def validate_plain(self, n):
+        if n == 13:
+            raise protocol.InvalidParams("n: unlucky", details={"param": "n"})
+        return {"n": n * 2}
+
+    @ext_base.task_command(params={"n": params.Integer(required=True)})
+    def named(self, task, n):
+        return {}
+
+    def validate_named(self, task_id, n):
+        return {"task_id": task_id, "n": len(task_id)}
+
+
+class ValidateHookTest(base.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.extension = Hooked(context())
+        self.specs = Hooked.command_specs()
+
+    def test_hook_without_task_id(self):
+        spec = self.specs["plain"]
+        self.assertEqual({"n": 4}, self.extension.validate(
+            spec, {"task_id": "t", "n": 2}))
+        self.assertRaises(protocol.InvalidParams, self.extension.validate,
+                          spec, {"task_id": "t", "n": 13})
+
+    def test_hook_naming_task_id_gets_it_and_result_drops_it(self):
+        self.assertEqual({"n": 5}, self.extension.validate(
+            self.specs["named"], {"task_id": "abcde", "n": 1}))
