@@ -10,6 +10,7 @@ end, also after a failure or Ctrl-C.
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -24,22 +25,10 @@ from teeth_agent.cmd import endpoint as endpoint_cli  # noqa: E402
 from teeth_agent import endpoint as endpoint_mod  # noqa: E402
 from teeth_agent import transport  # noqa: E402
 from tools import demo_cycle  # noqa: E402
+from tools import demo_output  # noqa: E402
 
-BOLD = "\033[1m" if sys.stdout.isatty() else ""
-RESET = "\033[0m" if sys.stdout.isatty() else ""
-
-
-def heading(text):
-    print("\n%s== %s ==%s" % (BOLD, text, RESET), flush=True)
-
-
-def show(obj, limit=40):
-    lines = json.dumps(obj, indent=2, sort_keys=True).splitlines()
-    for line in lines[:limit]:
-        print("   " + line)
-    if len(lines) > limit:
-        print("   ... (%d more lines)" % (len(lines) - limit))
-    sys.stdout.flush()
+heading = demo_output.heading
+show = demo_output.show
 
 
 class Demo:
@@ -65,10 +54,12 @@ class Demo:
                          "final_status_timeout = 10\n"
                          "[hardware]\ndevice_include = %s\n"
                          "[standbye]\nimage_cache_dir = %s\n"
+                         "work_dir = %s\n"
                          "cache_reserve = 0\n"
                          % (port, os.path.join(self.workdir, "state"),
                             ",".join(include),
-                            os.path.join(self.workdir, "cache")))
+                            os.path.join(self.workdir, "cache"),
+                            os.path.join(self.workdir, "work")))
         return path
 
     def on_event(self, event, agent, data):
@@ -173,6 +164,8 @@ class Demo:
 
 
 def main():
+    # The endpoint logs what agents forward; the demo prints those itself.
+    logging.basicConfig(level=logging.ERROR)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-cycle", action="store_true",
                         help="only handshake, ping and status")
