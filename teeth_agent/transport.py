@@ -406,8 +406,9 @@ class Connection:
         Raises :class:`RemoteError`, :class:`CallTimeout` or
         :class:`ConnectionLost`.
         """
-        if self.closed:
-            raise ConnectionLost(self.close_reason)
+        if self.closed or self.session.closed:
+            raise ConnectionLost(self.close_reason
+                                 or self.session.close_reason)
         command_id, data = self.session.send_command(method, params)
         waiter = eventlet.event.Event()
         self._waiters[command_id] = waiter
