@@ -20,6 +20,16 @@ from teeth_agent.hardware import inventory
 LOG = logging.getLogger(__name__)
 
 
+def _keep_logs_off_stdout():
+    # oslo.log's console handler writes to stdout by default; the report
+    # must be the only thing there, so a caller can pipe it to a JSON
+    # parser.
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and \
+                getattr(handler, "stream", None) is sys.stdout:
+            handler.setStream(sys.stderr)
+
+
 def main(conf):
     """Print the inventory report for ``conf``; return the exit status.
 
@@ -27,6 +37,7 @@ def main(conf):
     success, 2 when the hardware managers cannot be loaded or one fails
     while reading the machine (the reason goes to stderr).
     """
+    _keep_logs_off_stdout()
     try:
         dispatcher = hardware.load_managers(conf)
         report = {

@@ -14,8 +14,8 @@ import unittest
 from oslo_config import cfg
 
 from teeth_agent import conf as teeth_conf
-from teeth_agent import hardware
 from teeth_agent.conf import opts as teeth_opts
+from teeth_agent import hardware
 from teeth_agent.hardware import generic
 from teeth_agent.hardware import inventory
 from teeth_agent.hardware import safety

@@ -2,6 +2,8 @@
 
 import io
 import json
+import logging
+import sys
 from unittest import mock
 
 from teeth_agent.cmd import inventory as inventory_cmd
@@ -50,3 +52,20 @@ class TestInventoryCommand(fixtures.FakeMachineTestCase):
         self.assertEqual(2, status)
         self.assertEqual("", out)
         self.assertIn("acme_hardware", err)
+
+    def test_log_records_do_not_mix_with_the_report(self):
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with mock.patch("sys.stdout", stdout), \
+                mock.patch("sys.stderr", stderr):
+            handler = logging.StreamHandler(sys.stdout)
+            root = logging.getLogger()
+            root.addHandler(handler)
+            self.addCleanup(root.removeHandler, handler)
+            load = mock.Mock(side_effect=lambda conf: self.build_dispatcher(
+                [("generic", generic.GenericHardwareManager)]))
+            with mock.patch.object(hardware, "load_managers", load):
+                status = inventory_cmd.main(self.conf)
+            logging.getLogger("teeth_agent.test").warning("after the report")
+        self.assertEqual(0, status)
+        json.loads(stdout.getvalue())
+        self.assertIn("after the report", stderr.getvalue())

@@ -110,10 +110,16 @@ class TestCollectAll(fixtures.FakeMachineTestCase):
     def test_qc_checks_from_every_manager_in_order(self):
         check_a = {"name": "a", "expected": 1, "actual": 1, "pass": True}
         check_b = {"name": "b", "expected": 2, "actual": 3, "pass": False}
-        low = manager_class("Low", LEVEL.GENERIC,
-                            run_qc_checks=lambda self, spec, inventory: [check_a])
+
+        def checks_a(self, spec, inventory):
+            return [check_a]
+
+        def checks_b(self, spec, inventory):
+            return [check_b]
+
+        low = manager_class("Low", LEVEL.GENERIC, run_qc_checks=checks_a)
         high = manager_class("High", LEVEL.SERVICE_PROVIDER,
-                             run_qc_checks=lambda self, spec, inventory: [check_b])
+                             run_qc_checks=checks_b)
         dispatcher = self.build_dispatcher([("low", low), ("high", high)])
         self.assertEqual([("high", [check_b]), ("low", [check_a])],
                          dispatcher.dispatch_all("run_qc_checks", {}, {}))

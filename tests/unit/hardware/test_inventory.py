@@ -42,10 +42,10 @@ class Sparse(hw_base.HardwareManager):
 class TestCollectInventory(fixtures.FakeMachineTestCase):
     def setUp(self):
         super().setUp()
-        self.machine.set_dmi(sys_vendor="Supermicro", product_name="X11",
-                             product_serial="SM123",
-                             product_uuid="00000000-0000-0000-0000-0cc47a000001",
-                             bios_version="3.4")
+        self.machine.set_dmi(
+            sys_vendor="Supermicro", product_name="X11",
+            product_serial="SM123", bios_version="3.4",
+            product_uuid="00000000-0000-0000-0000-0cc47a000001")
         self.machine.set_cpus(model="EPYC", sockets=1, cores=8)
         self.machine.set_memory(64 * 2 ** 30, block_bytes=2 ** 30)
         self.machine.add_disk("sda", 480 * 10 ** 9, model="SSD", serial="A")

@@ -22,8 +22,8 @@ class TestEligibility(fixtures.FakeMachineTestCase):
         self.assertEqual((True, None), self.check(device()))
 
     def test_include_patterns(self):
-        self.set_config(**{"hardware.device_include": ["/dev/loop*",
-                                                      "/dev/sdb"]})
+        self.set_config(**{"hardware.device_include":
+                           ["/dev/loop*", "/dev/sdb"]})
         self.assertEqual((True, None), self.check(device("/dev/loop3")))
         self.assertEqual((True, None), self.check(device("/dev/sdb")))
         eligible, reason = self.check(device("/dev/sda"))
@@ -150,7 +150,8 @@ class TestEnsureWritable(fixtures.FakeMachineTestCase):
         error = safety.DeviceNotEligible("/dev/sda", "read-only")
         self.assertEqual("refusing to write to /dev/sda: read-only",
                          str(error))
-        self.assertNotIsInstance(error, hw_base.IncompatibleHardwareMethodError)
+        self.assertNotIsInstance(error,
+                                 hw_base.IncompatibleHardwareMethodError)
 
 
 class TestMountinfo(fixtures.FakeMachineTestCase):
