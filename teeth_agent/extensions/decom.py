@@ -138,16 +138,22 @@ class CombinedProgress:
         self.update(path, self._sizes[path])
 
 
-def _setting_text(value):
-    if isinstance(value, bool):
-        return "Enabled" if value else "Disabled"
-    return str(value)
+_TRUE_TEXTS = ("enabled", "true", "on", "1", "yes")
+_FALSE_TEXTS = ("disabled", "false", "off", "0", "no")
 
 
 def _same_setting(current, wanted):
+    """Whether a BIOS setting read as ``current`` has the value ``wanted``.
+
+    Firmware reports text; a boolean wanted value matches the usual
+    spellings of on and off.
+    """
     if current is None:
         return False
-    return str(current).strip().lower() == _setting_text(wanted).lower()
+    text = str(current).strip().lower()
+    if isinstance(wanted, bool):
+        return text in (_TRUE_TEXTS if wanted else _FALSE_TEXTS)
+    return text == str(wanted).strip().lower()
 
 
 class DecomExtension(base.Extension):

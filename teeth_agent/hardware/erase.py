@@ -214,7 +214,7 @@ def erase_device(manager, device, method, progress):
                                  _DEFAULT_BLOCK_SIZE))
             details = {}
         else:
-            size = device_size(path)
+            size = device.get("size_bytes") or device_size(path)
             runner = {"nvme": _erase_nvme, "ata": _erase_ata,
                       "scsi": _erase_scsi}[info.family]
             details = runner(manager, device, method, size, progress) or {}
