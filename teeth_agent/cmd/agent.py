@@ -87,7 +87,8 @@ def main(argv=None):
         handler = agent_mod.ForwardingLogHandler(
             conf.log_buffer_size,
             level=std_logging.getLevelName(conf.log_forward_level))
-        std_logging.getLogger("teeth_agent").addHandler(handler)
+        # On the root logger, so vendor plugins' records are forwarded too.
+        std_logging.getLogger().addHandler(handler)
         agent.attach_log_handler(handler)
     LOG.info("teeth-agent %s starting as %s; endpoints %s",
              agent_mod.agent_version(), agent.agent_id,
