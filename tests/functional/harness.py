@@ -572,6 +572,24 @@ def endpoint_sections(control_socket, overrides=None):
     return merge_sections(base, overrides)
 
 
+def endpoint_cli_argv(config_path, *args):
+    """The argv of ``teeth-endpoint --config-file CONFIG ARGS...``."""
+    return [sys.executable, "-m", "teeth_agent.cmd.endpoint",
+            "--config-file", config_path] + list(args)
+
+
+def run_command(argv, timeout=60, cwd="/"):
+    """Run a short command to its end.
+
+    Returns the CompletedProcess with text stdout and stderr. Raises
+    ``subprocess.TimeoutExpired`` (after killing it) when it runs longer
+    than ``timeout``.
+    """
+    return subprocess.run(argv, capture_output=True, text=True,
+                          timeout=timeout, env=plugin_env(), cwd=cwd,
+                          stdin=subprocess.DEVNULL)
+
+
 class EndpointProcess(ManagedProcess):
     """``teeth-endpoint serve`` on a free port, private control socket.
 
@@ -605,20 +623,13 @@ class EndpointProcess(ManagedProcess):
     def address(self):
         return "%s:%d" % (HOST, self.port)
 
-    def cli_argv(self, *args):
-        return [sys.executable, "-m", "teeth_agent.cmd.endpoint",
-                "--config-file", self.config_path] + list(args)
+    def cli(self, *args, timeout=60):
+        """Run ``teeth-endpoint --config-file F ARGS...`` against it.
 
-    def cli(self, *args, timeout=60, prefix=()):
-        """Run ``teeth-endpoint --config-file F ARGS...``.
-
-        Returns the CompletedProcess (text stdout and stderr). ``prefix``
-        is put before the interpreter, e.g. to change the user.
+        Returns the CompletedProcess (text stdout and stderr).
         """
-        return subprocess.run(list(prefix) + self.cli_argv(*args),
-                              capture_output=True, text=True,
-                              timeout=timeout, env=plugin_env(),
-                              cwd=self.workdir, stdin=subprocess.DEVNULL)
+        return run_command(endpoint_cli_argv(self.config_path, *args),
+                           timeout=timeout, cwd=self.workdir)
 
     def agents(self):
         """The connected agents, from ``teeth-endpoint agents --json``."""
@@ -669,3 +680,70 @@ def start_server(testcase, port=0, cls_level=False):
     (testcase.addClassCleanup if cls_level else testcase.addCleanup)(
         server.close)
     return server
+
+
+def unix_exchange_as(uid, gid, path, payload, timeout=MESSAGE_TIMEOUT):
+    """Connect to the Unix socket ``path`` as ``uid``/``gid``, send bytes.
+
+    A forked child drops its privileges before connecting, so the server
+    sees exactly those credentials (SO_PEERCRED) without any interpreter
+    having to be executable by that user. Returns a dict: ``connect_errno``
+    when the connection was refused by the file system, else ``data`` (what
+    arrived up to the first newline or the end) and ``closed`` (the server
+    closed the connection), or ``timed_out``.
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        outcome = {}
+        try:
+            os.close(read_fd)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            outcome = _unix_exchange(path, payload, timeout)
+        except BaseException as exc:
+            outcome = {"child_error": repr(exc)}
+        finally:
+            try:
+                os.write(write_fd, json.dumps(outcome).encode())
+            finally:
+                os._exit(0)
+    os.close(write_fd)
+    chunks = []
+    with os.fdopen(read_fd, "rb") as stream:
+        chunks.append(stream.read())
+    os.waitpid(pid, 0)
+    outcome = json.loads(b"".join(chunks) or b"{}")
+    if "child_error" in outcome:
+        raise AssertionError("the unprivileged client failed: %s"
+                             % outcome["child_error"])
+    return outcome
+
+
+def _unix_exchange(path, payload, timeout):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        return {"connect_errno": exc.errno}
+    data = b""
+    closed = False
+    try:
+        sock.sendall(payload)
+        while b"\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                closed = True
+                break
+            data += chunk
+    except socket.timeout:
+        return {"data": data.decode("utf-8", "replace"), "timed_out": True}
+    except OSError as exc:
+        # A reset is a refusal too: the server closed without reading.
+        return {"data": data.decode("utf-8", "replace"), "closed": True,
+                "errno": exc.errno}
+    finally:
+        sock.close()
+    return {"data": data.decode("utf-8", "replace"), "closed": closed}
