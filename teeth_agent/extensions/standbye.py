@@ -43,7 +43,7 @@ def _image_param(required_source):
                             max_items=64, required=required_source),
         "hashes": params.Map(params.String(max_length=256),
                              required=required_source),
-        "size": params.Integer(minimum=1),
+        "size": params.Integer(minimum=1, nullable=True),
     })
 
 

@@ -1,0 +1,507 @@
+"""standbye end to end on loop devices, with a local HTTP image server.
+
+Real images (GPT, ext4 root with a kernel, initrd and grub.cfg or BLS
+entries) are built by the test, served from 127.0.0.1 as raw, qcow2, gzip,
+xz and zstd, written by prepare_image, configured by run_image (simulated
+power) and compared with ``cmp``. Every device is a loop device created
+here; cleanup detaches them even after a failure.
+"""
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import unittest
+import uuid
+
+from teeth_agent.extensions import base as ext_base
+from teeth_agent.extensions import standbye
+from teeth_agent import hardware
+from teeth_agent.hardware import generic
+from teeth_agent import power
+from teeth_agent import protocol
+from teeth_agent import tasks
+from tests.base import make_conf
+from tests.functional import loopdev
+from tests.functional import standbye_http
+from tests.functional import standbye_images
+
+MIB = 1024 * 1024
+DEVICE_SIZE = 128 * MIB
+TASK_WAIT = 600
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(MIB), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def run(*argv, **kwargs):
+    return subprocess.run(argv, capture_output=True, text=True, **kwargs)
+
+
+class StandbyeTestBase(unittest.TestCase):
+    """Images and the server are built once; devices per test."""
+
+    @classmethod
+    def setUpClass(cls):
+        loopdev.require_root()
+        for tool in ("sgdisk", "sfdisk", "mkfs.ext4", "mkfs.vfat", "mcopy",
+                     "qemu-img", "xorriso", "zstd", "xz", "wipefs", "partx"):
+            if shutil.which(tool) is None:
+                raise unittest.SkipTest("%s is not installed" % tool)
+        cls.tmp = tempfile.mkdtemp(prefix="teeth-standbye-")
+        cls.images = {}
+        built = standbye_images.build_disk_image(cls.tmp)
+        cls.layout = built
+        raw = built["path"]
+        cls._add("raw", raw)
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2",
+                        raw, raw + ".qcow2"], check=True)
+        cls._add("qcow2", raw + ".qcow2")
+        with open(raw, "rb") as source, \
+                gzip.open(raw + ".gz", "wb", compresslevel=1) as target:
+            shutil.copyfileobj(source, target)
+        cls._add("gzip", raw + ".gz")
+        subprocess.run(["xz", "-0", "-k", "-T1", raw], check=True)
+        cls._add("xz", raw + ".xz")
+        subprocess.run(["zstd", "-q", "-1", raw, "-o", raw + ".zst"],
+                       check=True)
+        cls._add("zstd", raw + ".zst")
+        bls = standbye_images.build_disk_image(cls.tmp, bls=True,
+                                               name="bls.img")
+        cls._add("bls", bls["path"])
+        bare = standbye_images.build_disk_image(cls.tmp, esp=False,
+                                                name="bare.img")
+        cls._add("bare", bare["path"])
+        # A gzip image cut short: its checksum matches what is served.
+        with open(raw + ".gz", "rb") as stream:
+            data = stream.read()
+        with open(raw + ".cut.gz", "wb") as stream:
+            stream.write(data[:len(data) // 2])
+        cls._add("cut_gzip", raw + ".cut.gz")
+        cls.server = standbye_http.ImageServer().__enter__()
+        for key, image in cls.images.items():
+            image["url"] = cls.server.add("/%s" % key, image["path"])
+
+    @classmethod
+    def _add(cls, key, path):
+        cls.images[key] = {"id": str(uuid.uuid4()), "path": path,
+                           "sha256": sha256_of(path),
+                           "size": os.path.getsize(path)}
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.__exit__(None, None, None)
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def setUp(self):
+        self.loops = loopdev.LoopDevices()
+        self.addCleanup(self.loops.cleanup)
+        self.work = tempfile.mkdtemp(prefix="teeth-standbye-work-")
+        self.addCleanup(shutil.rmtree, self.work, True)
+        self.device = self.loops.create(DEVICE_SIZE)
+        self.server.statuses.clear()
+        self.server.drop_after.clear()
+        self.server.ignore_range = False
+        self.server.requests.clear()
+
+    def make_extension(self, devices, cache_dir=None, reserve=0, **extra):
+        overrides = {
+            "hardware.device_include": list(devices),
+            "standbye.image_cache_dir": cache_dir or os.path.join(
+                self.work, "cache"),
+            "standbye.cache_reserve": reserve,
+            "standbye.work_dir": os.path.join(self.work, "state"),
+            "standbye.download_backoff": 0.01,
+            "standbye.download_retries": 3,
+            "power.simulate": True,
+            "power.final_status_timeout": 60.0,
+        }
+        overrides.update(extra)
+        self.conf = make_conf(**overrides)
+        dispatcher = hardware.build_dispatcher(
+            [("generic", generic.GenericHardwareManager)], self.conf)
+        self.registry = tasks.TaskRegistry()
+        self.power = power.PowerController(simulate=True)
+        context = ext_base.ExtensionContext(self.conf, dispatcher,
+                                            self.registry, self.power)
+        extension = standbye.StandbyeExtension(context)
+        extension.name = "standbye"
+        return extension
+
+    def call(self, extension, method, **raw):
+        """Validate like the agent does, start the task, wait for it."""
+        spec, bound = extension.commands()["standbye.%s" % method]
+        raw = dict(raw, task_id="t-%s" % uuid.uuid4().hex[:8])
+        checked = ext_base.check_params(spec, raw)
+        validator = extension.validator(spec)
+        if validator is not None:
+            checked = validator(**checked)
+        task_id = checked.pop("task_id")
+        task, _ = self.registry.start(
+            task_id, method, lambda task: bound(task, **checked),
+            spec.exclusive)
+        deadline = time.monotonic() + TASK_WAIT
+        while not task.terminal and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertTrue(task.terminal, "task %s never ended" % method)
+        return task
+
+    def image_param(self, key, **changes):
+        image = self.images[key]
+        param = {"id": image["id"], "urls": [image["url"]],
+                 "hashes": {"sha256": image["sha256"]},
+                 "size": image["size"]}
+        param.update(changes)
+        return param
+
+    def assert_device_holds(self, key):
+        raw = self.images["raw" if key in ("qcow2", "gzip", "xz", "zstd")
+                          else key]
+        result = run("cmp", "-n", str(raw["size"]), raw["path"], self.device)
+        self.assertEqual(0, result.returncode, result.stdout + result.stderr)
+
+    def assert_wiped(self, device):
+        with open(device, "rb") as stream:
+            self.assertEqual(bytes(MIB), stream.read(MIB))
+        probe = run("blkid", "-p", device)
+        self.assertNotEqual(0, probe.returncode, probe.stdout)
+
+
+class PrepareImageTest(StandbyeTestBase):
+
+    def prepare(self, key, **changes):
+        extension = self.make_extension([self.device])
+        task = self.call(extension, "prepare_image",
+                         image=self.image_param(key, **changes),
+                         root_device_hints={"name": self.device})
+        return extension, task
+
+    def test_raw_is_written_exactly(self):
+        _, task = self.prepare("raw")
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        self.assertEqual(self.device, task.result["device"])
+        self.assertEqual("raw", task.result["format"])
+        self.assert_device_holds("raw")
+
+    def test_compressed_and_qcow2_images_are_written_exactly(self):
+        for key in ("qcow2", "gzip", "xz", "zstd"):
+            with self.subTest(key):
+                with open(self.device, "r+b") as stream:
+                    stream.write(os.urandom(MIB))
+                _, task = self.prepare(key, size=None)
+                self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+                self.assertEqual(key, task.result["format"])
+                self.assert_device_holds(key)
+                if key == "qcow2":
+                    compare = run("qemu-img", "compare", "-f", "qcow2",
+                                  "-F", "raw", self.images[key]["path"],
+                                  self.device)
+                    self.assertEqual(0, compare.returncode, compare.stdout)
+
+    def test_interrupted_download_resumes_with_range(self):
+        self.server.drop_after["/raw"] = 5 * MIB
+        _, task = self.prepare("raw")
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        self.assertEqual(["/raw"], self.server.dropped[-1:])
+        self.assertIn(("/raw", "bytes=%d-" % (5 * MIB)),
+                      self.server.requests)
+        self.assert_device_holds("raw")
+
+    def test_interrupted_download_without_range_support(self):
+        self.server.drop_after["/raw"] = 3 * MIB
+        self.server.ignore_range = True
+        _, task = self.prepare("raw")
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        self.assert_device_holds("raw")
+
+    def test_bad_checksum_wipes_the_device(self):
+        _, task = self.prepare("raw", hashes={"sha256": "0" * 64})
+        self.assertEqual(tasks.ERROR, task.state)
+        self.assertIn("checksum mismatch", task.msg)
+        self.assert_wiped(self.device)
+
+    def test_corrupted_image_wipes_the_device(self):
+        _, task = self.prepare("cut_gzip", size=None)
+        self.assertEqual(tasks.ERROR, task.state)
+        self.assertIn("gzip", task.msg)
+        self.assert_wiped(self.device)
+
+    def test_not_found_is_a_clear_error_and_writes_nothing(self):
+        self.server.statuses["/raw"] = 404
+        _, task = self.prepare("raw")
+        self.assertEqual(tasks.ERROR, task.state)
+        self.assertIn("404", task.msg)
+        with open(self.device, "rb") as stream:
+            self.assertEqual(bytes(MIB), stream.read(MIB))
+
+    def test_file_url_is_refused_before_any_task(self):
+        extension = self.make_extension([self.device])
+        with self.assertRaises(protocol.InvalidParams) as caught:
+            self.call(extension, "prepare_image", image=self.image_param(
+                "raw", urls=["file://%s" % self.images["raw"]["path"]]),
+                root_device_hints={"name": self.device})
+        self.assertIn("image.urls[0]", str(caught.exception))
+        self.assertEqual([], self.registry.statuses())
+
+    def test_image_larger_than_the_device_is_refused(self):
+        small = self.loops.create(16 * MIB)
+        self.device = small
+        _, task = self.prepare("raw")
+        self.assertEqual(tasks.ERROR, task.state)
+        self.assertIn("larger than", task.msg)
+
+
+class RunImageTest(StandbyeTestBase):
+
+    def prepare_and_run(self, key, config_drive, device=None):
+        device = device or self.device
+        extension = self.make_extension([device])
+        task = self.call(extension, "prepare_image",
+                         image=self.image_param(key),
+                         root_device_hints={"name": device})
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        task = self.call(extension, "run_image",
+                         image_id=self.images[key]["id"],
+                         config_drive=config_drive)
+        return task
+
+    def read_config_drive_file(self, node, name):
+        out = os.path.join(self.work, os.path.basename(name))
+        result = run("xorriso", "-osirrox", "on", "-indev", "stdio:" + node,
+                     "-extract", name, out)
+        self.assertEqual(0, result.returncode, result.stderr)
+        with open(out, "rb") as stream:
+            return stream.read()
+
+    def test_config_drive_and_kexec_from_grub_cfg(self):
+        meta_data = {"uuid": str(uuid.uuid4()), "hostname": "tenant-1",
+                     "public_keys": {"key": "ssh-ed25519 AAAA test"}}
+        network_data = {"links": [], "networks": [], "services": []}
+        task = self.prepare_and_run("raw", {
+            "meta_data": meta_data, "user_data": "#cloud-config\n{}\n",
+            "network_data": network_data})
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        layout = self.layout
+        boot = task.result["boot"]
+        self.assertEqual("kexec", boot["method"])
+        self.assertEqual(layout["kernel"], boot["kernel"])
+        self.assertEqual(layout["initrd"], boot["initrd"])
+        self.assertEqual(layout["cmdline"], boot["cmdline"])
+        self.assertEqual("left alone", task.result["boot_loader"]["action"])
+        # The config drive: found by label, holding what was sent.
+        node = task.result["config_drive"]["node"]
+        found = run("blkid", "-L", "config-2")
+        probed = run("blkid", "-p", "-o", "value", "-s", "LABEL", node)
+        self.assertIn(node, found.stdout.split() + [probed.stdout.strip()
+                                                    and node])
+        self.assertEqual("config-2", probed.stdout.strip())
+        self.assertEqual(meta_data, json.loads(self.read_config_drive_file(
+            node, "/openstack/latest/meta_data.json")))
+        self.assertEqual(network_data, json.loads(
+            self.read_config_drive_file(
+                node, "/openstack/latest/network_data.json")))
+        self.assertEqual(b"#cloud-config\n{}\n", self.read_config_drive_file(
+            node, "/openstack/latest/user_data"))
+        # The image's partitions are untouched by the new partition (only
+        # the GPT headers, before 1 MiB and after the last partition,
+        # changed).
+        size = self.images["raw"]["size"] - MIB - 34 * 512
+        result = run("cmp", "-i", str(MIB), "-n", str(size),
+                     self.images["raw"]["path"], self.device)
+        self.assertEqual(0, result.returncode, result.stdout)
+        # kexec was staged with the kernel copied out of the image, and
+        # runs only once the server acknowledged the result.
+        self.assertEqual("kexec_load", self.power.actions[0]["action"])
+        self.assertEqual(layout["cmdline"], self.power.actions[0]["cmdline"])
+        with open(self.power.actions[0]["kernel"], "rb") as stream:
+            copied = stream.read()
+        self.assertTrue(copied.startswith(b"MZ"))
+        self.assertEqual(1, len(self.power.actions))
+        task.acknowledged.set()
+        deadline = time.monotonic() + TASK_WAIT
+        while len(self.power.actions) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual("kexec", self.power.actions[1]["action"])
+
+    def test_bls_entry_with_files_in_the_config_drive(self):
+        task = self.prepare_and_run("bls", {
+            "meta_data": {"uuid": "x"},
+            "files": {"/etc/motd": "aGVsbG8K"}})
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        boot = task.result["boot"]
+        self.assertEqual("bls", boot["source"])
+        self.assertEqual("/boot/vmlinuz-%s"
+                         % standbye_images.KERNEL_VERSION, boot["kernel"])
+        self.assertEqual(self.layout["cmdline"], boot["cmdline"])
+        node = task.result["config_drive"]["node"]
+        meta = json.loads(self.read_config_drive_file(
+            node, "/openstack/latest/meta_data.json"))
+        self.assertEqual([{"path": "/etc/motd",
+                           "content_path": "/content/0000"}], meta["files"])
+        self.assertEqual(b"hello\n", self.read_config_drive_file(
+            node, "/openstack/content/0000"))
+
+    def test_prebuilt_config_drive_on_a_4096_byte_sector_disk(self):
+        # The image is copied onto a 4096-byte-sector device as it is;
+        # its GPT then no longer parses, so give it an MBR instead.
+        device = self.loops.create(DEVICE_SIZE, sector_size=4096)
+        self.device = device
+        image = os.path.join(self.work, "mbr4k.img")
+        with open(image, "wb") as stream:
+            stream.truncate(8 * MIB)
+        # MBR entries count sectors: on the 4096-byte-sector device this
+        # partition starts at 1 MiB and spans 2 MiB.
+        subprocess.run(["sfdisk", "-q", image],
+                       input=b"start=256, size=512, type=83\n",
+                       check=True, capture_output=True)
+        self._add("mbr4k", image)
+        self.images["mbr4k"]["url"] = self.server.add("/mbr4k", image)
+        tree = os.path.join(self.work, "tree", "openstack", "latest")
+        os.makedirs(tree)
+        with open(os.path.join(tree, "meta_data.json"), "w") as stream:
+            json.dump({"uuid": "prebuilt"}, stream)
+        iso = os.path.join(self.work, "prebuilt.iso")
+        subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-o", iso,
+                        "-V", "config-2", "-R", "-J",
+                        os.path.join(self.work, "tree")], check=True)
+        with open(iso, "rb") as stream:
+            prebuilt = __import__("base64").b64encode(
+                gzip.compress(stream.read())).decode()
+        extension = self.make_extension([device])
+        task = self.call(extension, "prepare_image",
+                         image=self.image_param("mbr4k"),
+                         root_device_hints={"name": device})
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        # MBR boot code stands in for the image's own loader.
+        with open(device, "r+b") as stream:
+            stream.write(b"\xeb\x63\x90")
+        task = self.call(extension, "run_image",
+                         image_id=self.images["mbr4k"]["id"],
+                         config_drive=prebuilt)
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        self.assertEqual("reboot", task.result["boot"]["method"])
+        node = task.result["config_drive"]["node"]
+        self.assertEqual({"uuid": "prebuilt"}, json.loads(
+            self.read_config_drive_file(
+                node, "/openstack/latest/meta_data.json")))
+        table = json.loads(run("sfdisk", "--json", device).stdout)
+        self.assertEqual("dos", table["partitiontable"]["label"])
+        last = table["partitiontable"]["partitions"][-1]
+        self.assertEqual(DEVICE_SIZE // 4096,
+                         last["start"] + last["size"])
+        task.acknowledged.set()
+        deadline = time.monotonic() + TASK_WAIT
+        while not self.power.actions and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual([{"action": "reboot"}], self.power.actions)
+
+    def test_image_without_loader_needs_grub(self):
+        if shutil.which("grub-install"):
+            self.skipTest("grub-install is installed: this checks the "
+                          "error when it is not")
+        task = self.prepare_and_run("bare", {"meta_data": {}})
+        self.assertEqual(tasks.ERROR, task.state)
+        self.assertIn("grub-install", task.msg)
+        self.assertEqual([], self.power.actions)
+
+    def test_run_image_needs_the_prepared_image(self):
+        extension = self.make_extension([self.device])
+        with self.assertRaises(protocol.InvalidParams) as caught:
+            self.call(extension, "run_image",
+                      image_id=self.images["raw"]["id"],
+                      config_drive={"meta_data": {}})
+        self.assertIn("image_id", str(caught.exception))
+
+
+class CacheImagesTest(StandbyeTestBase):
+
+    def setUp(self):
+        super().setUp()
+        # The cache lives on its own small file system, so the budget is
+        # exact whatever else happens on this machine.
+        cache_device = self.loops.create(256 * MIB, name="cache.img")
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", cache_device],
+                       check=True)
+        self.cache_dir = os.path.join(self.work, "cache")
+        os.makedirs(self.cache_dir)
+        subprocess.run(["mount", cache_device, self.cache_dir], check=True)
+        self.addCleanup(subprocess.run, ["umount", self.cache_dir],
+                        check=False)
+
+    def free(self):
+        stats = os.statvfs(self.cache_dir)
+        return stats.f_bavail * stats.f_frsize
+
+    def test_caches_in_priority_order_within_the_budget(self):
+        raw, qcow, gz = (self.images[k] for k in ("raw", "qcow2", "gzip"))
+        # Room for raw + qcow2 + gzip plus 1 MiB, not for a second raw.
+        room = raw["size"] + qcow["size"] + gz["size"] + MIB
+        extension = self.make_extension(
+            [self.device], cache_dir=self.cache_dir,
+            reserve=self.free() - room)
+        second_raw = self.image_param("raw", id=str(uuid.uuid4()))
+        images = [self.image_param("raw"), self.image_param("qcow2"),
+                  second_raw, self.image_param("gzip", size=None)]
+        task = self.call(extension, "cache_images", images=images)
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        statuses = [r["status"] for r in task.result["images"]]
+        self.assertEqual(["cached", "cached", "skipped", "cached"], statuses)
+        self.assertIn("does not fit", task.result["images"][2]["reason"])
+        # Again: nothing is downloaded twice.
+        self.server.requests.clear()
+        task = self.call(extension, "cache_images", images=images[:2])
+        self.assertEqual(["already_cached", "already_cached"],
+                         [r["status"] for r in task.result["images"]])
+        self.assertEqual([], self.server.requests)
+        # A new list evicts what it does not name, as needed.
+        task = self.call(extension, "cache_images", images=[second_raw])
+        self.assertEqual(["cached"],
+                         [r["status"] for r in task.result["images"]])
+        cached = sorted(name for name in os.listdir(self.cache_dir)
+                        if name.endswith(".image"))
+        self.assertIn("%s.image" % second_raw["id"], cached)
+        self.assertNotIn("%s.image" % images[0]["id"], cached)
+        # prepare_image from the cache by id alone, without the server.
+        self.server.statuses["/raw"] = 500
+        task = self.call(extension, "prepare_image", image=second_raw["id"],
+                         root_device_hints={"name": self.device})
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        self.assertEqual("cache", task.result["source"])
+        self.assert_device_holds("raw")
+
+    def test_bad_checksum_and_404_leave_nothing_in_the_cache(self):
+        extension = self.make_extension([self.device],
+                                        cache_dir=self.cache_dir)
+        self.server.statuses["/gzip"] = 404
+        task = self.call(extension, "cache_images", images=[
+            self.image_param("raw", hashes={"sha512": "ab" * 64}),
+            self.image_param("gzip")])
+        self.assertEqual(tasks.ERROR, task.state)
+        self.assertIn("checksum mismatch", task.msg)
+        self.assertIn("404", task.msg)
+        self.assertEqual(["failed", "failed"],
+                         [r["status"] for r in task.details["images"]])
+        self.assertEqual(["lost+found"], os.listdir(self.cache_dir))
+
+    def test_md5_alone_is_refused_unless_allowed(self):
+        extension = self.make_extension([self.device],
+                                        cache_dir=self.cache_dir)
+        md5 = hashlib.md5(open(self.images["gzip"]["path"], "rb").read(),
+                          usedforsecurity=False).hexdigest()
+        image = self.image_param("gzip", hashes={"md5": md5})
+        with self.assertRaises(protocol.InvalidParams):
+            self.call(extension, "cache_images", images=[image])
+        extension = self.make_extension([self.device],
+                                        cache_dir=self.cache_dir,
+                                        **{"standbye.allow_md5": True})
+        task = self.call(extension, "cache_images", images=[image])
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
