@@ -24,5 +24,9 @@ opts = [
 
 
 def register_opts(conf):
-    conf.register_group(group)
-    conf.register_opts(opts, group=group)
+    # A fresh OptGroup per ConfigOpts: oslo.config copies a group only
+    # shallowly, so sharing this module's object would share overrides
+    # between configurations (tests build many).
+    conf.register_group(cfg.OptGroup(group.name, title=group.title,
+                                      help=group.help))
+    conf.register_opts(opts, group=group.name)
