@@ -28,5 +28,5 @@ def register_opts(conf):
     # shallowly, so sharing this module's object would share overrides
     # between configurations (tests build many).
     conf.register_group(cfg.OptGroup(group.name, title=group.title,
-                                      help=group.help))
+                                     help=group.help))
     conf.register_opts(opts, group=group.name)
