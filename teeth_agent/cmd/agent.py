@@ -15,6 +15,7 @@ from teeth_agent import conf as teeth_conf
 from teeth_agent import extensions
 from teeth_agent.extensions import base as ext_base
 from teeth_agent import hardware
+from teeth_agent import kernel_cmdline
 from teeth_agent import power
 from teeth_agent import tasks
 from teeth_agent import transport
@@ -32,16 +33,24 @@ cli_opts = [
 ]
 
 
-def prepare(argv=None):
+def prepare(argv=None, kernel_cmdline_path=kernel_cmdline.PROC_CMDLINE):
     """Register options, parse the command line and config files, set up
-    logging; returns the ConfigOpts."""
+    logging; returns the ConfigOpts.
+
+    ``teeth_agent.*`` words on the kernel command line (read from
+    ``kernel_cmdline_path``) override the config files; see
+    :mod:`teeth_agent.kernel_cmdline`."""
     conf = cfg.ConfigOpts()
     teeth_conf.register_agent_opts(conf)
     conf.register_cli_opts(cli_opts)
     log.register_options(conf)
-    conf(sys.argv[1:] if argv is None else argv, project="teeth-agent",
-         prog="teeth-agent")
+    boot_options = kernel_cmdline.KernelCommandLine.load(
+        conf, kernel_cmdline_path)
+    args = boot_options.extend_args(
+        sys.argv[1:] if argv is None else argv, "teeth-agent", "teeth-agent")
+    conf(args, project="teeth-agent", prog="teeth-agent")
     log.setup(conf, "teeth-agent")
+    boot_options.log_outcome()
     return conf
 
 

@@ -1,0 +1,199 @@
+"""Agent options from the kernel command line, the way ramdisks are set up.
+
+A ramdisk booted over PXE or from virtual media is configured by the kernel
+command line its boot loader passes, not by editing files inside it. Every
+word of the form::
+
+    teeth_agent.<option>=<value>           an option of [DEFAULT]
+    teeth_agent.<group>.<option>=<value>   an option of [<group>]
+
+becomes that option's value, on top of the configuration files: the words
+are written to an oslo.config file (under ``/run/teeth-agent``, else a
+temporary directory) that is added *after* the other configuration files,
+so it wins over them. Values are written as they are, so they take the
+option's usual file syntax: a list is comma-separated
+(``teeth_agent.endpoints=10.0.2.100:9999,10.0.2.101:9999``), a boolean is
+``true``/``false``. Dashes in names count as underscores. A value with
+spaces is quoted as the kernel allows (``"teeth_agent.x=a b"``). A name
+that matches no registered option is logged and ignored, so a typo never
+stops a ramdisk from coming up.
+
+Nothing happens when the command line has no ``teeth_agent.`` word, which
+is the case on any machine that did not boot the ramdisk.
+"""
+
+import logging
+import os
+import tempfile
+
+from oslo_config import cfg
+
+LOG = logging.getLogger(__name__)
+
+PROC_CMDLINE = "/proc/cmdline"
+RUN_DIR = "/run/teeth-agent"
+FILE_NAME = "kernel-cmdline.conf"
+PREFIX = "teeth_agent."
+
+
+def split_cmdline(text):
+    """The words of a kernel command line: split on whitespace, with
+    double quotes grouping (and removed), as the kernel parses it."""
+    words = []
+    current = []
+    quoted = False
+    started = False
+    for char in text:
+        if char == '"':
+            quoted = not quoted
+            started = True
+        elif char.isspace() and not quoted:
+            if started:
+                words.append("".join(current))
+            current = []
+            started = False
+        else:
+            current.append(char)
+            started = True
+    if started:
+        words.append("".join(current))
+    return words
+
+
+def parse(text):
+    """``[(group or None, name, value)]`` of the ``teeth_agent.`` words of
+    the command line ``text``, in order. A name without ``=`` gets the
+    value ``true`` (a bare flag). Names are not checked here."""
+    found = []
+    for word in split_cmdline(text):
+        if not word.startswith(PREFIX):
+            continue
+        key, sep, value = word[len(PREFIX):].partition("=")
+        if not sep:
+            value = "true"
+        parts = key.replace("-", "_").split(".")
+        if len(parts) == 1:
+            found.append((None, parts[0], value))
+        elif len(parts) == 2:
+            found.append((parts[0], parts[1], value))
+        else:
+            found.append((None, key, value))
+    return found
+
+
+def _is_group(conf, name):
+    try:
+        return isinstance(conf[name], cfg.ConfigOpts.GroupAttr)
+    except (cfg.Error, KeyError, AttributeError):
+        # An option whose value cannot be read before parsing: not a group.
+        return False
+
+
+def _known(conf, group, name):
+    """Whether ``conf`` has an option ``name`` in ``group`` (None: the
+    DEFAULT group)."""
+    if group is None:
+        return name in set(conf) and not _is_group(conf, name)
+    if group not in set(conf) or not _is_group(conf, group):
+        return False
+    return name in set(conf[group])
+
+
+class KernelCommandLine:
+    """The ``teeth_agent.`` options found on a kernel command line.
+
+    ``options`` maps a group name (``"DEFAULT"`` for the default group) to
+    ``{option: value}`` of the recognised words; ``ignored`` lists the
+    words (as ``group.name`` or ``name``) that match no option. Build one
+    with :meth:`load`.
+    """
+
+    def __init__(self, options, ignored, source):
+        self.options = options
+        self.ignored = ignored
+        self.source = source
+        self.path = None
+
+    @classmethod
+    def load(cls, conf, path=PROC_CMDLINE):
+        """Read the command line at ``path`` (missing or unreadable: no
+        options) and sort its words against the options registered on
+        ``conf`` (register them first)."""
+        try:
+            with open(path) as stream:
+                text = stream.read()
+        except OSError:
+            text = ""
+        options = {}
+        ignored = []
+        for group, name, value in parse(text):
+            shown = name if group is None else "%s.%s" % (group, name)
+            if _known(conf, group, name):
+                options.setdefault(group or "DEFAULT", {})[name] = value
+            else:
+                ignored.append(shown)
+        return cls(options, ignored, path)
+
+    def render(self):
+        """The options as the text of an oslo.config file."""
+        lines = ["# Written by teeth-agent from %s; these options override"
+                 % self.source,
+                 "# the configuration files given before this one."]
+        for group in sorted(self.options, key=lambda g: (g != "DEFAULT", g)):
+            lines.append("")
+            lines.append("[%s]" % group)
+            for name, value in self.options[group].items():
+                lines.append("%s = %s" % (name, value))
+        return "\n".join(lines) + "\n"
+
+    def write(self, directory=None):
+        """Write :meth:`render` to ``directory`` (default ``/run/teeth-agent``,
+        else a new temporary directory when that cannot be created) with
+        mode 0600; returns the file's path, also kept as ``self.path``."""
+        if directory is None:
+            try:
+                os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
+                directory = RUN_DIR
+            except OSError:
+                # Not root (a developer trying the agent): any private
+                # directory will do, the file is only read at start-up.
+                directory = tempfile.mkdtemp(prefix="teeth-agent-")
+        else:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        path = os.path.join(directory, FILE_NAME)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                             0o600)
+        with os.fdopen(descriptor, "w") as stream:
+            stream.write(self.render())
+        self.path = path
+        return path
+
+    def extend_args(self, args, project, prog, directory=None):
+        """``args`` (command-line arguments for ``conf()``) plus a
+        ``--config-file`` naming the file written from these options, so
+        that it is read last and overrides the others. When ``args`` name
+        no configuration file or directory, the ones oslo.config would have
+        found by default are named first, so they are still read. Returns
+        ``args`` unchanged when there are no options."""
+        if not self.options:
+            return list(args)
+        path = self.write(directory)
+        extended = list(args)
+        if not any(arg.startswith(("--config-file", "--config-dir"))
+                   for arg in args):
+            for default in cfg.find_config_files(project=project,
+                                                 prog=prog):
+                extended += ["--config-file", default]
+            for default in cfg.find_config_dirs(project=project, prog=prog):
+                extended += ["--config-dir", default]
+        return extended + ["--config-file", path]
+
+    def log_outcome(self):
+        """Log what was applied and what was ignored (call once logging is
+        set up)."""
+        for group, values in sorted(self.options.items()):
+            LOG.info("kernel command line sets [%s] %s (written to %s)",
+                     group, ", ".join(sorted(values)), self.path)
+        for name in self.ignored:
+            LOG.warning("kernel command line: %s%s matches no option; "
+                        "ignored", PREFIX, name)
