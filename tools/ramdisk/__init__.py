@@ -1,0 +1,1 @@
+"""The ramdisk build: see ``tools/build-ramdisk`` and docs/ramdisk.md."""
