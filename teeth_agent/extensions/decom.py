@@ -513,12 +513,11 @@ class DecomExtension(base.Extension):
         found = inventory.collect_inventory(self.hardware, self.conf)
         task.progress(percent=50)
         checks = qc.core_checks(spec, found)
-        vendor = {key: spec[key] for key in qc.vendor_keys(spec)}
-        if vendor:
-            for _, answer in self.hardware.dispatch_all("run_qc_checks",
-                                                        spec, found):
-                checks.extend(answer or [])
-            checks.extend(qc.unchecked_vendor_keys(spec, checks))
+        # Every manager may add checks (managers without any decline).
+        for _, answer in self.hardware.dispatch_all("run_qc_checks", spec,
+                                                    found):
+            checks.extend(answer or [])
+        checks.extend(qc.unchecked_vendor_keys(spec, checks))
         result = {"inventory": found, "checks": checks}
         differences = qc.describe_failures(checks)
         if differences:

@@ -807,11 +807,13 @@ def _ata_release_password(path):
 def _erase_ata(manager, device, method, size, progress, sleep=time.sleep):
     path = device["path"]
     if method.startswith("ata_sanitize_"):
+        # The overwrite pattern is a 32-bit number: 0 writes zeroes, in one
+        # pass (hdparm's default of 0 passes means 16).
         action = {"ata_sanitize_crypto": ["--sanitize-crypto-scramble"],
                   "ata_sanitize_block": ["--sanitize-block-erase"],
                   "ata_sanitize_overwrite": ["--sanitize-overwrite-passes",
                                              "1", "--sanitize-overwrite",
-                                             "hex:00000000"]}[method]
+                                             "0"]}[method]
         processes.execute("hdparm", "--yes-i-know-what-i-am-doing",
                           *action, path)
         return _poll(lambda: _ata_sanitize_state(path), path, method, size,

@@ -442,6 +442,37 @@ class DeviceEraseTest(testing.HardwareManagerTestCase, base.TestCase):
         self.assertEqual("scsi_sanitize_crypto", outcome["method"])
         self.assertEqual([], answers)
 
+    def test_ata_sanitize_polls_the_drive_status(self):
+        device = self.ata_device()
+        device["size_bytes"] = 1024 ** 3
+        statuses = [samples.HDPARM_SANITIZE_RUNNING,
+                    samples.HDPARM_SANITIZE_DONE]
+        calls = []
+
+        def spawn(argv, input_data, timeout, env, binary):
+            calls.append(argv)
+            stdout = statuses.pop(0) if "--sanitize-status" in argv else ""
+            return subprocess.CompletedProcess(argv, 0, stdout, "")
+
+        processes._spawn = spawn
+        outcome = self.erase(device, "ata_sanitize_overwrite")
+        self.assertEqual(["hdparm", "--yes-i-know-what-i-am-doing",
+                          "--sanitize-overwrite-passes", "1",
+                          "--sanitize-overwrite", "0", device["path"]],
+                         calls[0])
+        self.assertEqual("Purge", outcome["nist_category"])
+        self.assertEqual([(256 * 1024 ** 2, 1024 ** 3),
+                          (1024 ** 3, 1024 ** 3)], self.progress)
+
+    def test_frozen_sanitize_is_an_error(self):
+        device = self.ata_device()
+        self.tools.answer(["hdparm", "--yes-i-know-what-i-am-doing"])
+        self.tools.answer(["hdparm", "--sanitize-status"],
+                          stdout="State:    SD1 Sanitize Frozen\n")
+        with self.assertRaises(hw_base.HardwareManagerError) as caught:
+            self.erase(device, "ata_sanitize_crypto")
+        self.assertIn("sanitize is frozen", str(caught.exception))
+
     def test_unknown_method_is_declined(self):
         device = self.ata_device()
         with self.assertRaises(hw_base.IncompatibleHardwareMethodError):
