@@ -89,10 +89,11 @@ def plan_erase(capabilities, allowed, requested=None, allow_fallback=False):
     skipped += [{"method": method, "reason": reason(method)}
                 for method in order[:first]]
     if not candidates:
+        why = "; ".join("%s: %s" % (s["method"], s["reason"])
+                        for s in skipped)
         raise NoEraseMethod("no allowed erase method is possible (%s)"
-                            % "; ".join("%s: %s" % (s["method"], s["reason"])
-                                        for s in skipped) or
-                            "[decom] erase_methods allows none", skipped)
+                            % (why or "[decom] erase_methods allows none"),
+                            skipped)
     return candidates, skipped, requested
 
 

@@ -73,6 +73,9 @@ class PlanTest(base.TestCase):
             decom.plan_erase(caps, ["overwrite"])
         self.assertIn("overwrite: the device is read-only",
                       str(caught.exception))
+        with self.assertRaises(decom.NoEraseMethod) as caught:
+            decom.plan_erase(["overwrite"], [])
+        self.assertIn("erase_methods allows none", str(caught.exception))
 
 
 class FakeTask:
