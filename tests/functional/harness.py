@@ -527,7 +527,7 @@ def agent_sections(state_dir, endpoints, overrides=None):
             "reconnect_initial_delay": 0.05,
             "reconnect_max_delay": 0.5,
             "connect_timeout": 5.0,
-            "keepalive_interval": 30.0,
+            "keepalive_interval": 5.0,
             "keepalive_timeout": 10.0,
             "call_timeout": 10.0,
             "task_status_interval": 0.05,

@@ -86,6 +86,15 @@ class TestHandshakeAndPing(EndpointPeerTestCase):
         error = self.assert_error(response, "InvalidParams", -32602)
         self.assertIn("agent_id", error["msg"])
 
+    def test_handshake_without_a_common_version_is_refused(self):
+        peer = self.connect()
+        response = peer.call("handshake", handshake_params(
+            "raw-hs-v9", protocol_versions=["v9"]))
+        self.assert_error(response, "UnsupportedVersion")
+        # Refused, so this connection is no agent yet.
+        self.assertNotIn("raw-hs-v9",
+                         {a["agent_id"] for a in self.endpoint.agents()})
+
     def test_ping_echoes_params_unchanged(self):
         peer = self.connect_and_handshake()
         for params in ({}, {"u": "Grüße \U0001F980", "n": [1, {"x": None}]},

@@ -87,6 +87,23 @@ class TestEndpointsAndReconnects(unittest.TestCase):
         response = peer.call("ping", {"via": "second"})
         self.assertEqual({"via": "second"}, response["result"])
 
+    def test_refused_handshake_makes_the_agent_retry(self):
+        server = harness.start_server(self)
+        harness.start_agent(self, [server.address])
+        peer = server.accept()
+        self.addCleanup(peer.close)
+        first = peer.take_any()
+        self.assertTrue(harness.is_command(first, "handshake"), first)
+        peer.respond(first, error={"type": "Busy", "code": -32002,
+                                   "msg": "come back later"})
+        self.assertTrue(peer.wait_closed(), "the agent stayed on a "
+                        "connection whose handshake was refused")
+        peer, again = harness.accept_handshake(server)
+        self.addCleanup(peer.close)
+        self.assertEqual(first["params"]["agent_id"],
+                         again["params"]["agent_id"])
+        self.assertEqual({"n": 1}, peer.call("ping", {"n": 1})["result"])
+
     def test_server_restart_costs_one_backoff_period(self):
         server = harness.start_server(self)
         agent = harness.start_agent(self, [server.address], {
