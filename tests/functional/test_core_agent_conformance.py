@@ -494,6 +494,17 @@ class TestTasks(AgentPeerTestCase):
         self.assertEqual("teeth_agent.testing_plugin", params["logger"])
         self.assertEqual("v1", log["version"])
 
+    def test_records_logged_while_disconnected_are_forwarded_later(self):
+        # The agent logs the loss of a connection while it has none; that
+        # record is buffered and must arrive over the next connection.
+        peer, _ = self.reconnect()
+        log = peer.take_command(
+            "log", predicate=lambda m: "lost" in m["params"].get("message",
+                                                                 ""))
+        self.assertEqual("WARNING", log["params"]["level"])
+        self.assertTrue(log["params"]["logger"].startswith("teeth_agent"))
+        self.assertIsInstance(log["params"]["time"], float)
+
 
 if __name__ == "__main__":
     unittest.main()

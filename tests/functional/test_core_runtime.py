@@ -182,5 +182,36 @@ class TestEndpointsAndReconnects(unittest.TestCase):
         self.assertEqual({"ok": 1}, peer.call("ping", {"ok": 1})["result"])
 
 
+class TestTaskStateAcrossRestarts(unittest.TestCase):
+    def test_task_running_when_the_agent_died_is_reported_failed(self):
+        server = harness.start_server(self)
+        workdir = harness.make_workdir(self)
+        agent = harness.start_agent(self, [server.address], workdir=workdir)
+        peer, _ = harness.accept_handshake(server)
+        self.addCleanup(peer.close)
+        response = peer.call("testing.sleep", {"task_id": "killed-1",
+                                               "seconds": 300, "steps": 300})
+        self.assertEqual("running", response["result"]["state"])
+        peer.take(lambda m: harness.is_task_status(m, "killed-1"),
+                  what="a running update of killed-1")
+        # No clean shutdown: the process dies in the middle of the task.
+        agent.process.kill()
+        agent.wait_exit()
+        self.assertTrue(peer.wait_closed())
+        harness.start_agent(self, [server.address], workdir=workdir)
+        peer, handshake = harness.accept_handshake(server)
+        self.addCleanup(peer.close)
+        listed = {t["task_id"]: t for t in handshake["params"]["tasks"]}
+        self.assertIn("killed-1", listed)
+        self.assertEqual("error", listed["killed-1"]["state"])
+        self.assertTrue(listed["killed-1"]["msg"])
+        final = peer.take(lambda m: harness.is_task_status(m, "killed-1"),
+                          what="the final state of killed-1")
+        self.assertEqual("error", final["params"]["state"])
+        status = peer.call("status", {})["result"]
+        states = {t["task_id"]: t["state"] for t in status["tasks"]}
+        self.assertEqual("error", states["killed-1"])
+
+
 if __name__ == "__main__":
     unittest.main()
