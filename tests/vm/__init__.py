@@ -1,0 +1,1 @@
+"""The whole decommission-to-kexec cycle in a qemu virtual machine."""

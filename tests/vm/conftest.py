@@ -1,0 +1,133 @@
+"""Fixtures of the VM test: the ramdisk, test images, endpoint, machines.
+
+The VM test needs root (device nodes in the initramfs, mmdebstrap) and
+qemu. Without them it is skipped with the reason, except under CI
+(``CI`` set), where ``tools/install-system-packages`` provides everything
+and a missing piece is a failure, not a skip.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from teeth_agent import endpoint as endpoint_mod
+from tests.functional import standbye_http
+from tests.vm import images
+from tests.vm import machine
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+BUILD_RAMDISK = os.path.join(REPO_ROOT, "tools", "build-ramdisk")
+TOOLS = ("qemu-system-x86_64", "mmdebstrap", "nc", "busybox", "cpio",
+         "sgdisk", "mkfs.ext4", "xorriso", "depmod", "apt-get")
+
+
+def _missing_requirements():
+    if os.geteuid() != 0:
+        return "the VM test needs root (mmdebstrap, device nodes)"
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        return ("the VM test needs %s (tools/install-system-packages "
+                "installs them)" % ", ".join(missing))
+    return None
+
+
+@pytest.fixture(scope="session")
+def vm_requirements():
+    reason = _missing_requirements()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the VM test, but " + reason)
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def ramdisk(vm_requirements, tmp_path_factory):
+    """The ramdisk built by tools/build-ramdisk (base from the cache when
+    its inputs did not change): the manifest, with ``files``."""
+    output = str(tmp_path_factory.mktemp("ramdisk"))
+    done = subprocess.run([sys.executable, BUILD_RAMDISK, "--output",
+                           output], capture_output=True, text=True,
+                          check=False)
+    sys.stderr.write(done.stderr)
+    assert done.returncode == 0, "build-ramdisk failed:\n" + done.stderr
+    manifest = json.loads(done.stdout)
+    sys.stderr.write("ramdisk: base %s (%s), built in %.1f s\n" % (
+        manifest["key"], "cached" if manifest["base_cached"] else "new",
+        manifest["seconds"]))
+    return manifest
+
+
+@pytest.fixture(scope="session")
+def test_images(ramdisk, tmp_path_factory):
+    """The two images the VM test installs: ``kexec`` (kernel, initrd and
+    BLS entry) and ``no_kernel`` (a root without any kernel)."""
+    directory = str(tmp_path_factory.mktemp("images"))
+    return {
+        "kexec": images.build_disk_image(
+            directory, "kexec.img", kernel=ramdisk["files"]["vmlinuz"],
+            release=ramdisk["kernel_release"]),
+        "no_kernel": images.build_disk_image(directory, "no-kernel.img"),
+    }
+
+
+@pytest.fixture
+def image_server():
+    with standbye_http.ImageServer() as server:
+        yield server
+
+
+@pytest.fixture
+def endpoints():
+    """Start endpoints on 127.0.0.1 (``endpoints.start(port=0)``); all are
+    stopped at the end."""
+    started = []
+
+    class Endpoints:
+        def start(self, port=0):
+            server = endpoint_mod.Endpoint(host="127.0.0.1", port=port,
+                                           call_timeout=60.0,
+                                           handshake_timeout=60.0,
+                                           keepalive_interval=60.0,
+                                           keepalive_timeout=60.0)
+            server.start()
+            started.append(server)
+            return server
+
+    yield Endpoints()
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def machines(tmp_path, request):
+    """Create VMs with ``machines.create(...)``; every one is stopped at the
+    end, and the console of a failed test's VM is printed."""
+    created = []
+
+    class Machines:
+        def create(self, name, **kwargs):
+            directory = os.path.join(str(tmp_path), name)
+            os.makedirs(directory)
+            vm = machine.VirtualMachine(directory, **kwargs)
+            created.append(vm)
+            return vm
+
+    yield Machines()
+    for vm in created:
+        vm.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            sys.stderr.write("\n--- console of %s ---\n%s\n" % (
+                vm.directory, vm.console_tail(200)))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, "rep_" + report.when, report)
+    return report
