@@ -17,7 +17,9 @@ third-party HTTP client. What callers may rely on:
     bytes-like chunk, or an object with ``write``) and verifies the
     checksum. Download, hashing and ``sink`` run on three threads joined by
     a bounded pool of buffers, so they overlap and memory stays bounded;
-    ``sink`` is called from the caller's thread, in order. Transient
+    ``sink`` is called from the caller's thread, in order, with a
+    memoryview that is reused once ``sink`` returns (copy what you keep).
+    Transient
     failures (connection errors, timeouts, 5xx) are retried with
     exponential backoff, resuming with an HTTP ``Range`` request (the
     ``206`` answer and its ``Content-Range`` are checked; a server that
@@ -31,9 +33,10 @@ third-party HTTP client. What callers may rely on:
     after ``sink`` may already have received every byte: a caller that
     writes somewhere visible must undo it on error.
 
-``download_to_file(urls, hashes, path, progress=None, ...)``
-    :func:`fetch` into a temporary file next to ``path``, renamed to
-    ``path`` only once verified; nothing is left behind on failure.
+``download_to_file(urls, hashes, path, progress=None, durable=True, ...)``
+    :func:`fetch` into a temporary file next to ``path``, synced (unless
+    ``durable`` is False) and renamed to ``path`` only once verified;
+    nothing is left behind on failure.
 
 ``peek(urls, length, ...) -> bytes``
     The first ``length`` bytes of the image (a ``Range`` request), to
@@ -603,11 +606,14 @@ def fetch(urls, hashes, sink, progress=None, expected_size=None,
             "url": source.url}
 
 
-def download_to_file(urls, hashes, path, progress=None, **kwargs):
+def download_to_file(urls, hashes, path, progress=None, durable=True,
+                     **kwargs):
     """Download into ``path`` atomically.
 
     Returns what :func:`fetch` returns. The file appears only once
-    verified.
+    verified; with ``durable`` its data is synced to disk before the
+    rename, so a crash cannot leave a verified name on unwritten data
+    (a file used at once and then deleted can skip that).
     """
     directory = os.path.dirname(os.path.abspath(path))
     fd, partial = tempfile.mkstemp(
@@ -616,7 +622,8 @@ def download_to_file(urls, hashes, path, progress=None, **kwargs):
         with os.fdopen(fd, "wb") as output:
             result = fetch(urls, hashes, output, progress=progress, **kwargs)
             output.flush()
-            os.fsync(output.fileno())
+            if durable:
+                os.fsync(output.fileno())
         os.replace(partial, path)
     except BaseException:
         try:

@@ -259,7 +259,7 @@ class StandbyeExtension(base.Extension):
                     image["urls"], image["hashes"], local,
                     progress=lambda done, total: total and task.progress(
                         percent=50.0 * done / total),
-                    expected_size=image.get("size"),
+                    expected_size=image.get("size"), durable=False,
                     allow_md5=self.conf.standbye.allow_md5, **options)
                 written = self._convert_qcow2(task, local, path)
             finally:

@@ -172,7 +172,8 @@ class _InflateSink:
             if self._format == formats.GZIP:
                 out = self._decompressor.decompress(data, self._chunk)
                 self._target.write(out)
-                while self._decompressor.unconsumed_tail:
+                while self._decompressor.unconsumed_tail and \
+                        not self._decompressor.eof:
                     out = self._decompressor.decompress(
                         self._decompressor.unconsumed_tail, self._chunk)
                     self._target.write(out)

@@ -1,0 +1,443 @@
+import base64
+import gzip
+import io
+import json
+import lzma
+import os
+import struct
+import tempfile
+from unittest import mock
+
+from teeth_agent import download
+from teeth_agent.images import boot
+from teeth_agent.images import cache
+from teeth_agent.images import configdrive
+from teeth_agent.images import formats
+from teeth_agent.images import partitions
+from teeth_agent.images import qcow2
+from teeth_agent.images import writer
+from tests import base
+
+MIB = 1024 * 1024
+
+
+class FormatsTest(base.TestCase):
+
+    def test_detects_from_content(self):
+        self.assertEqual("qcow2", formats.detect(b"QFI\xfb\x00\x00\x00\x03"))
+        self.assertEqual("gzip", formats.detect(gzip.compress(b"x")))
+        self.assertEqual("xz", formats.detect(lzma.compress(b"x")))
+        self.assertEqual("zstd", formats.detect(b"\x28\xb5\x2f\xfd\x00"))
+        self.assertEqual("raw", formats.detect(b"\xeb\x63\x90" + bytes(509)))
+        self.assertEqual("raw", formats.detect(b""))
+
+    def test_refuses_other_containers(self):
+        for head in (b"KDMV\x01", b"vhdxfile", b"BZh91AY"):
+            with self.subTest(head):
+                with self.assertRaises(formats.UnsupportedFormat):
+                    formats.detect(head)
+
+
+def qcow2_header(version=3, backing=0, crypt=0, incompatible=0,
+                 extensions=b""):
+    header = struct.pack(">4sIQIIQIIQQIIQ", b"QFI\xfb", version, backing,
+                         0, 16, 10 * MIB, crypt, 1, 0x30000, 0x10000, 1, 0,
+                         0)
+    if version == 3:
+        header += struct.pack(">QQQII", incompatible, 0, 0, 4, 112)
+        header += bytes(112 - len(header))
+    return header + extensions + bytes(8) + bytes(4096)
+
+
+class Qcow2Test(base.TestCase):
+
+    def test_accepts_a_self_contained_image(self):
+        for version in (2, 3):
+            info = qcow2.check_header(qcow2_header(version))
+            self.assertEqual(10 * MIB, info["virtual_size"])
+
+    def test_refuses_references_outside_the_image(self):
+        data_file = struct.pack(">II", 0x44415441, 8) + b"/etc/sha"
+        backing_fmt = struct.pack(">II", 0xE2792ACA, 3) + b"raw\0\0\0\0\0"
+        for header in (qcow2_header(backing=512),
+                       qcow2_header(incompatible=1 << 2),
+                       qcow2_header(extensions=data_file),
+                       qcow2_header(extensions=backing_fmt),
+                       qcow2_header(crypt=1),
+                       qcow2_header(incompatible=1 << 40),
+                       b"QFI\xfb" + bytes(10)):
+            with self.subTest(header[:8]):
+                with self.assertRaises(qcow2.UnsafeImage):
+                    qcow2.check_header(header)
+
+    def test_info(self):
+        good = {"format": "qcow2", "virtual-size": 5,
+                "format-specific": {"type": "qcow2", "data": {}}}
+        self.assertEqual(5, qcow2.check_info(good))
+        for bad in ({"format": "raw", "virtual-size": 5},
+                    dict(good, **{"backing-filename": "/dev/sda"}),
+                    dict(good, **{"format-specific": {"data": {
+                        "data-file": "x"}}}),
+                    dict(good, **{"virtual-size": 0})):
+            with self.assertRaises(qcow2.UnsafeImage):
+                qcow2.check_info(bad)
+
+    @mock.patch("teeth_agent.processes.execute")
+    def test_inspect_forces_the_format(self, execute):
+        execute.return_value = (json.dumps(
+            {"format": "qcow2", "virtual-size": 10 * MIB}), "")
+        with tempfile.NamedTemporaryFile() as image:
+            image.write(qcow2_header())
+            image.flush()
+            self.assertEqual(10 * MIB, qcow2.inspect(image.name))
+        argv = execute.call_args[0]
+        self.assertEqual(("qemu-img", "info", "--output=json", "-f",
+                          "qcow2"), argv[:5])
+
+
+class _Collect:
+    def __init__(self):
+        self.data = io.BytesIO()
+
+    def write(self, data):
+        self.data.write(bytes(data))
+
+
+class DecompressTest(base.TestCase):
+
+    def decode(self, fmt, compressed, step=1000):
+        target = _Collect()
+        sink = writer._decoder(fmt, target, 4096)
+        for offset in range(0, len(compressed), step):
+            sink.write(compressed[offset:offset + step])
+        sink.close()
+        return target.data.getvalue()
+
+    def test_gzip_members_and_xz(self):
+        data = os.urandom(50000) + bytes(100000)
+        twice = gzip.compress(data) + gzip.compress(data)
+        self.assertEqual(data + data, self.decode("gzip", twice))
+        self.assertEqual(data, self.decode("xz", lzma.compress(data)))
+
+    def test_truncated_or_corrupt(self):
+        compressed = gzip.compress(os.urandom(50000))
+        with self.assertRaises(writer.CorruptImage):
+            self.decode("gzip", compressed[:len(compressed) // 2])
+        with self.assertRaises(writer.CorruptImage):
+            self.decode("xz", b"\xfd7zXZ\x00" + bytes(100))
+
+
+class DeviceWriterTest(base.TestCase):
+    """On a regular file; O_DIRECT needs a file system that has it."""
+
+    def make_target(self, size):
+        directory = tempfile.mkdtemp(dir="/var/tmp")
+        self.addCleanup(__import__("shutil").rmtree, directory)
+        path = os.path.join(directory, "device")
+        with open(path, "wb") as stream:
+            stream.truncate(size)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_DIRECT))
+        except OSError:
+            self.skipTest("no O_DIRECT on %s" % directory)
+        return path
+
+    def test_unaligned_tail_and_odd_chunks(self):
+        path = self.make_target(MIB)
+        data = os.urandom(300000 + 7)
+        output = writer.DeviceWriter(path, buffer_size=65536)
+        for offset in range(0, len(data), 9999):
+            output.write(data[offset:offset + 9999])
+        self.assertEqual(len(data), output.close())
+        with open(path, "rb") as stream:
+            self.assertEqual(data, stream.read(len(data)))
+            self.assertEqual(bytes(MIB - len(data)), stream.read())
+
+    def test_refuses_to_write_past_the_end(self):
+        path = self.make_target(65536)
+        output = writer.DeviceWriter(path, buffer_size=65536, start=4096,
+                                     end=65536)
+        with self.assertRaises(writer.ImageTooLarge):
+            output.write(bytes(65536))
+            output.close()
+        output.abort()
+
+    @mock.patch.object(writer, "wipe_signatures")
+    def test_checksum_mismatch_wipes(self, wipe):
+        path = self.make_target(MIB)
+        hasher = download.Hasher("sha256", "0" * 64)
+        with self.assertRaises(download.ChecksumMismatch):
+            writer.write_stream(io.BytesIO(os.urandom(5000)), path, "raw",
+                                hasher, buffer_size=4096)
+        wipe.assert_called_once_with(path)
+
+    def test_write_stream_gzip(self):
+        path = self.make_target(MIB)
+        data = os.urandom(100000)
+        compressed = gzip.compress(data)
+        hasher = download.Hasher(
+            "sha256", __import__("hashlib").sha256(compressed).hexdigest())
+        result = writer.write_stream(io.BytesIO(compressed), path, "gzip",
+                                     hasher, buffer_size=8192)
+        self.assertEqual(len(data), result["bytes_written"])
+        with open(path, "rb") as stream:
+            self.assertEqual(data, stream.read(len(data)))
+
+
+class ConfigDriveTest(base.TestCase):
+
+    def test_layout(self):
+        with tempfile.TemporaryDirectory() as tree:
+            written = configdrive.layout({
+                "meta_data": {"uuid": "u", "files": [{"path": "/a",
+                                                      "content_path": "x"}]},
+                "user_data": "hi", "vendor_data": {"v": 1},
+                "files": {"/etc/b": base64.b64encode(b"B").decode()}}, tree)
+            self.assertIn("openstack/latest/user_data", written)
+            self.assertIn("openstack/latest/vendor_data.json", written)
+            with open(os.path.join(tree, "openstack/latest/"
+                                   "meta_data.json")) as stream:
+                meta = json.load(stream)
+            self.assertEqual([{"path": "/a", "content_path": "x"},
+                              {"path": "/etc/b",
+                               "content_path": "/content/0000"}],
+                             meta["files"])
+            with open(os.path.join(tree, "openstack/content/0000"),
+                      "rb") as stream:
+                self.assertEqual(b"B", stream.read())
+
+    def test_bad_files(self):
+        for files in ({"relative": ""}, {"/a/../b": ""}, {"/a": "%%"}):
+            with self.assertRaises(configdrive.InvalidConfigDrive):
+                configdrive.decode_files(files)
+
+    def iso(self, label):
+        data = bytearray(64 * 1024)
+        data[32768] = 1
+        data[32769:32774] = b"CD001"
+        data[32808:32840] = label.ljust(32).encode()
+        return bytes(data)
+
+    def test_prebuilt(self):
+        text = base64.b64encode(gzip.compress(self.iso("config-2"))).decode()
+        self.assertEqual(self.iso("config-2"),
+                         configdrive.decode_prebuilt(text, MIB))
+        for bad, reason in (
+                ("not base64!", "base64"),
+                (base64.b64encode(b"plain").decode(), "gzip"),
+                (base64.b64encode(gzip.compress(self.iso("other"))).decode(),
+                 "labelled"),
+                (base64.b64encode(gzip.compress(bytes(2 * MIB))).decode(),
+                 "larger")):
+            with self.assertRaisesRegex(configdrive.InvalidConfigDrive,
+                                        reason):
+                configdrive.decode_prebuilt(bad, MIB)
+
+    @mock.patch("teeth_agent.processes.execute")
+    @mock.patch("teeth_agent.processes.which", return_value="/x")
+    def test_build_uses_xorriso_with_the_label(self, which, execute):
+        with tempfile.TemporaryDirectory() as out:
+            iso = os.path.join(out, "cd.iso")
+
+            def fake(*argv, **kwargs):
+                with open(iso, "wb") as stream:
+                    stream.write(bytes(4096))
+                return "", ""
+            execute.side_effect = fake
+            self.assertEqual(4096, configdrive.build({"meta_data": {}}, iso,
+                                                     MIB))
+            argv = execute.call_args[0]
+            self.assertEqual(["xorriso", "-as", "mkisofs"], list(argv[:3]))
+            self.assertIn("config-2", argv)
+            with self.assertRaises(configdrive.InvalidConfigDrive):
+                configdrive.build({"meta_data": {}}, iso, 1024)
+            self.assertFalse(os.path.exists(iso))
+
+
+class BootDiscoveryTest(base.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.root = tempfile.mkdtemp()
+        self.addCleanup(__import__("shutil").rmtree, self.root)
+        os.makedirs(os.path.join(self.root, "boot", "grub"))
+
+    def write(self, path, text="x"):
+        full = os.path.join(self.root, path.lstrip("/"))
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        with open(full, "w") as stream:
+            stream.write(text)
+
+    def test_absolute_links_stay_inside_the_image(self):
+        outside = tempfile.NamedTemporaryFile()
+        self.addCleanup(outside.close)
+        os.symlink(outside.name, os.path.join(self.root, "boot", "vmlinuz"))
+        os.symlink("../../../../..", os.path.join(self.root, "up"))
+        self.assertIsNone(boot.resolve_inside(self.root, "/boot/vmlinuz"))
+        self.assertEqual(self.root + "/boot",
+                         boot.resolve_inside(self.root, "/up/boot"))
+        os.symlink("loop", os.path.join(self.root, "loop"))
+        with self.assertRaises(boot.UnsafePath):
+            boot.resolve_inside(self.root, "/loop")
+
+    def test_grub_cfg_first_entry(self):
+        self.write("/boot/vmlinuz-2", "k")
+        self.write("/boot/initrd.img-2", "i")
+        self.write("/boot/grub/grub.cfg",
+                   "menuentry 'a' {\n linux (hd0,gpt2)/boot/vmlinuz-2 "
+                   "root=/dev/sda2 ro $vt_handoff\n"
+                   " initrd /boot/initrd.img-2\n}\n"
+                   "menuentry 'b' {\n linux /boot/vmlinuz-1\n}\n")
+        found = boot.find_kernel(self.root)
+        self.assertEqual({"kernel": "/boot/vmlinuz-2",
+                          "initrds": ["/boot/initrd.img-2"],
+                          "options": "root=/dev/sda2 ro",
+                          "source": "grub.cfg"}, found)
+
+    def test_bls_newest_with_grubenv(self):
+        self.write("/boot/vmlinuz-5.9", "k")
+        self.write("/boot/vmlinuz-5.10", "k")
+        self.write("/boot/loader/entries/a.conf",
+                   "version 5.9\nlinux /vmlinuz-5.9\noptions root=A\n")
+        self.write("/boot/loader/entries/b.conf",
+                   "version 5.10\nlinux /vmlinuz-5.10\noptions $kernelopts\n")
+        self.write("/boot/grub2/grubenv", "kernelopts=root=B ro\n")
+        found = boot.find_kernel(self.root)
+        self.assertEqual("/boot/vmlinuz-5.10", found["kernel"])
+        self.assertEqual("root=B ro", found["options"])
+        self.assertEqual("bls", found["source"])
+
+    def test_newest_vmlinuz(self):
+        for version in ("5.10.0-9", "5.10.0-10", "4.19"):
+            self.write("/boot/vmlinuz-%s" % version)
+        self.write("/boot/initramfs-5.10.0-10.img")
+        found = boot.find_kernel(self.root)
+        self.assertEqual("/boot/vmlinuz-5.10.0-10", found["kernel"])
+        self.assertEqual(["/boot/initramfs-5.10.0-10.img"], found["initrds"])
+
+    def test_nothing(self):
+        self.assertIsNone(boot.find_kernel(self.root))
+
+    def test_grub_config(self):
+        text = boot.grub_config({"fs_uuid": "U", "kernel": "/boot/k",
+                                 "initrd": "/boot/i", "cmdline": "ro"})
+        self.assertIn("linux /boot/k ro", text)
+        self.assertIn("--set=root U", text)
+
+
+class PartitionsTest(base.TestCase):
+
+    def table(self, label, partitions, lastlba=None):
+        table = {"label": label, "sectorsize": 512, "partitions": [
+            dict(node="/dev/loop3p%d" % n, start=s, size=z, type=t)
+            for n, s, z, t in partitions]}
+        if lastlba:
+            table["lastlba"] = lastlba
+        return json.dumps({"partitiontable": table})
+
+    @mock.patch("teeth_agent.images.writer.device_size",
+                return_value=512 * MIB)
+    @mock.patch("teeth_agent.processes.execute", return_value=("", ""))
+    @mock.patch("teeth_agent.processes.run")
+    def test_gpt_partition_at_the_end(self, run, execute, size):
+        before = self.table("gpt", [(1, 2048, 4096, "x")], lastlba=8191)
+        after = self.table("gpt", [(1, 2048, 4096, "x")],
+                           lastlba=512 * 2048 - 34)
+        run.side_effect = [(0, before, ""), (0, after, ""), (0, "", ""),
+                           (0, "", "")]
+        added = partitions.add_partition_at_end("/dev/loop3", 3 * MIB)
+        self.assertEqual(2, added["number"])
+        self.assertEqual(3 * MIB, added["size"])
+        self.assertEqual(508 * MIB, added["offset"])
+        calls = [c[0] for c in execute.call_args_list]
+        self.assertEqual(("sgdisk", "-e", "/dev/loop3"), calls[0])
+        self.assertIn("2:%d:%d" % (508 * 2048, 511 * 2048 - 1), calls[1])
+        self.assertIn("2:config-2", calls[1])
+        partx = [c[0][:2] for c in run.call_args_list[2:]]
+        self.assertEqual([("partx", "-u"), ("partx", "-a")], partx)
+
+    @mock.patch("teeth_agent.images.writer.device_size",
+                return_value=64 * MIB)
+    @mock.patch("teeth_agent.processes.execute", return_value=("", ""))
+    @mock.patch("teeth_agent.processes.run")
+    def test_mbr(self, run, execute, size):
+        before = self.table("dos", [(1, 2048, 4096, "83")])
+        after = self.table("dos", [(1, 2048, 4096, "83"),
+                                   (2, 63 * 2048, 2048, "83")])
+        run.side_effect = [(0, before, ""), (0, after, ""), (0, "", ""),
+                           (0, "", "")]
+        added = partitions.add_partition_at_end("/dev/loop3", 1000)
+        self.assertEqual({"number": 2, "offset": 63 * MIB, "size": MIB},
+                         added)
+        self.assertEqual("start=%d, size=2048, type=83\n" % (63 * 2048),
+                         execute.call_args[1]["input_data"])
+
+    @mock.patch("teeth_agent.processes.run")
+    def test_full_mbr_and_no_table(self, run):
+        run.return_value = (0, self.table("dos", [
+            (n, n * 2048, 2048, "83") for n in (1, 2, 3, 4)]), "")
+        with self.assertRaisesRegex(partitions.PartitionError, "slot"):
+            partitions.add_partition_at_end("/dev/loop3", 1000)
+        run.return_value = (1, "", "sfdisk: /dev/loop3: does not contain a "
+                            "recognized partition table")
+        self.assertIsNone(partitions.read_table("/dev/loop3"))
+        with self.assertRaises(partitions.PartitionError):
+            partitions.add_partition_at_end("/dev/loop3", 1000)
+
+
+class CacheTest(base.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(__import__("shutil").rmtree, self.dir)
+        self.cache = cache.ImageCache(self.dir, 0)
+        self.cache.prepare()
+
+    def put(self, image_id, size, when):
+        with open(self.cache.data_path(image_id), "wb") as stream:
+            stream.write(bytes(size))
+        self.cache._write_record({"id": image_id, "size": size,
+                                  "algorithm": "sha256",
+                                  "hexdigest": "a" * 64, "format": "raw",
+                                  "cached_at": when})
+
+    def test_lookup_requires_matching_checksum(self):
+        image_id = "0d6a1c04-7b53-4a3e-9c36-8a6b1f7e2d10"
+        self.put(image_id, 10, 1)
+        self.assertIsNotNone(self.cache.lookup(image_id.upper()))
+        self.assertIsNotNone(self.cache.lookup(image_id,
+                                               {"sha256": "A" * 64}))
+        self.assertIsNone(self.cache.lookup(image_id, {"sha256": "b" * 64}))
+        self.assertIsNone(self.cache.lookup(image_id, {"sha512": "a" * 128}))
+        # A data file of the wrong size is not a cache entry.
+        with open(self.cache.data_path(image_id), "ab") as stream:
+            stream.write(b"x")
+        self.assertIsNone(self.cache.lookup(image_id))
+
+    def test_evicts_oldest_unlisted_first_and_never_in_use(self):
+        ids = ["00000000-0000-4000-8000-00000000000%d" % n for n in range(4)]
+        for index, image_id in enumerate(ids):
+            self.put(image_id, 100, index)
+        free = [150]
+        with mock.patch.object(self.cache, "available",
+                               side_effect=lambda: free[0]):
+            original = self.cache.evict
+
+            def evict(image_id):
+                if original(image_id):
+                    free[0] += 100
+                    return True
+                return False
+            with mock.patch.object(self.cache, "evict", side_effect=evict):
+                with self.cache.using(ids[1]):
+                    self.assertTrue(self.cache._make_room(300, {ids[0]}))
+        # 150 free + ids[2] + ids[3] make 350: both go, oldest first.
+        self.assertEqual([ids[0], ids[1]], sorted(self.cache.entries()))
+        self.assertFalse(self.cache._make_room(10 ** 18, set()))
+
+    def test_prepare_removes_partial_downloads(self):
+        partial = os.path.join(self.dir, ".x.image.partial-abc")
+        open(partial, "w").close()
+        self.cache.prepare()
+        self.assertFalse(os.path.exists(partial))
