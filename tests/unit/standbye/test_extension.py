@@ -1,0 +1,185 @@
+import base64
+import gzip
+import json
+import os
+import tempfile
+from unittest import mock
+import uuid
+
+from teeth_agent.extensions import base as ext_base
+from teeth_agent.extensions import standbye
+from teeth_agent import power
+from teeth_agent import protocol
+from teeth_agent import tasks
+from tests import base
+
+IMAGE_ID = "6f1c2a9e-3b7d-4e8f-a0b1-c2d3e4f5a6b7"
+
+
+class ExtensionTestCase(base.TestCase):
+    """An extension with its cache and state under a temp dir."""
+
+    def setUp(self):
+        super().setUp()
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(__import__("shutil").rmtree, self.dir)
+        self.conf = base.make_conf(**{
+            "standbye.image_cache_dir": os.path.join(self.dir, "cache"),
+            "standbye.work_dir": os.path.join(self.dir, "work"),
+            "power.simulate": True})
+        self.power = power.PowerController(simulate=True)
+        context = ext_base.ExtensionContext(self.conf, mock.Mock(),
+                                            tasks.TaskRegistry(), self.power)
+        self.extension = standbye.StandbyeExtension(context)
+        self.extension.name = "standbye"
+
+    def validate(self, method, **raw):
+        spec, _ = self.extension.commands()["standbye.%s" % method]
+        checked = ext_base.check_params(spec, dict(raw, task_id="t1"))
+        return self.extension.validator(spec)(**checked)
+
+    def image(self, **changes):
+        image = {"id": IMAGE_ID, "urls": ["http://127.0.0.1:1/i"],
+                 "hashes": {"sha256": "a" * 64}}
+        image.update(changes)
+        return image
+
+    def assert_invalid(self, param, method, **raw):
+        with self.assertRaises(protocol.InvalidParams) as caught:
+            self.validate(method, **raw)
+        self.assertIn(param, str(caught.exception))
+        return caught.exception
+
+
+class StandbyeValidationTest(ExtensionTestCase):
+
+    def test_commands_are_exposed(self):
+        commands = self.extension.commands()
+        self.assertEqual({"standbye.cache_images", "standbye.prepare_image",
+                          "standbye.run_image"}, set(commands))
+        self.assertFalse(commands["standbye.cache_images"][0].exclusive)
+        self.assertTrue(commands["standbye.prepare_image"][0].exclusive)
+        self.assertTrue(commands["standbye.run_image"][0].exclusive)
+
+    def test_only_http_urls(self):
+        for url in ("file:///etc/shadow", "ftp://h/i", "gopher://h/"):
+            with self.subTest(url):
+                self.assert_invalid("images[0].urls[0]", "cache_images",
+                                    images=[self.image(urls=[url])])
+                self.assert_invalid("image.urls[0]", "prepare_image",
+                                    image=self.image(urls=[url]))
+
+    def test_checksums(self):
+        self.assert_invalid("images[0].hashes", "cache_images",
+                            images=[self.image(hashes={"md5": "a" * 32})])
+        self.assert_invalid("images[0].hashes", "cache_images",
+                            images=[self.image(hashes={})])
+        self.assert_invalid("image.hashes", "prepare_image",
+                            image=self.image(hashes={"sha256": "xyz"}))
+        self.assert_invalid("images[1].id", "cache_images",
+                            images=[self.image(), self.image()])
+        self.assert_invalid("images[0].id", "cache_images",
+                            images=[self.image(id="not-a-uuid")])
+
+    def test_md5_when_allowed(self):
+        self.conf.set_override("allow_md5", True, "standbye")
+        self.validate("cache_images",
+                      images=[self.image(hashes={"md5": "a" * 32})])
+
+    def test_prepare_by_id_needs_a_cached_image(self):
+        error = self.assert_invalid("image", "prepare_image", image=IMAGE_ID)
+        self.assertIn("not cached", str(error))
+        self.assert_invalid("image.hashes", "prepare_image",
+                            image={"id": IMAGE_ID, "urls": ["http://h/i"]})
+        cache = self.extension.cache
+        cache.prepare()
+        with open(cache.data_path(IMAGE_ID), "wb") as stream:
+            stream.write(b"x")
+        cache._write_record({"id": IMAGE_ID, "size": 1, "format": "raw",
+                             "algorithm": "sha256", "hexdigest": "a" * 64})
+        checked = self.validate("prepare_image", image=IMAGE_ID.upper())
+        self.assertEqual({"id": IMAGE_ID, "urls": None, "hashes": None,
+                          "size": None}, checked["image"])
+
+    def test_run_image_needs_the_prepared_image(self):
+        drive = {"meta_data": {}}
+        error = self.assert_invalid("image_id", "run_image",
+                                    image_id=IMAGE_ID, config_drive=drive)
+        self.assertIn("none is prepared", str(error))
+        self.extension._set_prepared({"image_id": str(uuid.uuid4()),
+                                      "device": "/dev/loop9"})
+        error = self.assert_invalid("image_id", "run_image",
+                                    image_id=IMAGE_ID, config_drive=drive)
+        self.assertIn("prepared:", str(error))
+        self.extension._set_prepared({"image_id": IMAGE_ID,
+                                      "device": "/dev/loop9"})
+        self.validate("run_image", image_id=IMAGE_ID, config_drive=drive)
+
+    def test_prepared_image_survives_a_restart(self):
+        self.extension._set_prepared({"image_id": IMAGE_ID,
+                                      "device": "/dev/loop9"})
+        context = self.extension.context
+        again = standbye.StandbyeExtension(context)
+        self.assertEqual(IMAGE_ID, again._prepared["image_id"])
+
+    def test_config_drive_checks(self):
+        self.extension._set_prepared({"image_id": IMAGE_ID,
+                                      "device": "/dev/loop9"})
+        for drive in ({}, {"meta_data": "x"}, {"meta_data": {}, "x": 1},
+                      {"meta_data": {}, "files": {"rel": "aGk="}},
+                      {"meta_data": {}, "files": {"/a": "!!"}},
+                      "not base64!",
+                      base64.b64encode(gzip.compress(b"no fs")).decode(), 7):
+            with self.subTest(drive):
+                self.assert_invalid("config_drive", "run_image",
+                                    image_id=IMAGE_ID, config_drive=drive)
+
+
+class FindBootCmdlineTest(ExtensionTestCase):
+    """How run_image completes the kernel command line."""
+
+    def run_find(self, options, has_etc=True):
+        found_entry = {"kernel": "/boot/k", "initrds": [],
+                       "options": options, "source": "vmlinuz"}
+        table = {"partitions": [{"number": 1}, {"number": 2}]}
+        with mock.patch("teeth_agent.images.boot.probe",
+                        return_value={"TYPE": "ext4", "UUID": "U-1"}), \
+                mock.patch("teeth_agent.images.boot.mounted_read_only") \
+                as mounted, \
+                mock.patch("teeth_agent.images.boot.resolve_inside",
+                           return_value="/x" if has_etc else None), \
+                mock.patch("teeth_agent.images.boot.find_kernel",
+                           return_value=found_entry), \
+                mock.patch("teeth_agent.images.boot.copy_out",
+                           side_effect=lambda root, path, dest: dest):
+            mounted.return_value.__enter__.return_value = "/mnt"
+            return self.extension._find_boot("/dev/loop9", table,
+                                             lambda n: "/dev/loop9p%d" % n,
+                                             exclude=2)
+
+    def test_adds_root_when_missing(self):
+        found = self.run_find("quiet")
+        self.assertEqual("root=UUID=U-1 ro quiet", found["cmdline"])
+        self.assertEqual(1, found["partition"])
+
+    def test_keeps_the_entry_root(self):
+        self.assertEqual("root=/dev/sda1 ro",
+                         self.run_find("root=/dev/sda1 ro")["cmdline"])
+
+    def test_no_root_file_system_means_no_kexec(self):
+        self.assertIsNone(self.run_find("quiet", has_etc=False))
+
+    def test_stage_kexec_and_reboot(self):
+        result, action = self.extension._stage_kexec(None)
+        self.assertEqual("reboot", result["method"])
+        self.assertEqual(self.power.reboot, action)
+        found = {"kernel": "/boot/k", "initrd": "/boot/i", "cmdline": "ro",
+                 "partition": 1, "source": "bls", "kernel_copy": "/w/k",
+                 "initrd_copy": "/w/i"}
+        result, action = self.extension._stage_kexec(found)
+        self.assertEqual("kexec", result["method"])
+        self.assertEqual(self.power.kexec, action)
+        self.assertEqual([{"action": "kexec_load", "kernel": "/w/k",
+                           "initrd": "/w/i", "cmdline": "ro"}],
+                         self.power.actions)
+        self.assertEqual(json.loads(json.dumps(result)), result)
