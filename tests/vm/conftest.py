@@ -1,5 +1,8 @@
 """Fixtures of the VM test: the ramdisk, test images, endpoint, machines.
 
+The ramdisk's base is cached in ``.ramdisk-cache/`` of the checkout, or in
+``$TEETH_RAMDISK_CACHE`` when set (so fresh clones can share one).
+
 The VM test needs root (device nodes in the initramfs, mmdebstrap) and
 qemu. Without them it is skipped with the reason, except under CI
 (``CI`` set), where ``tools/install-system-packages`` provides everything
@@ -50,9 +53,10 @@ def ramdisk(vm_requirements, tmp_path_factory):
     """The ramdisk built by tools/build-ramdisk (base from the cache when
     its inputs did not change): the manifest, with ``files``."""
     output = str(tmp_path_factory.mktemp("ramdisk"))
-    done = subprocess.run([sys.executable, BUILD_RAMDISK, "--output",
-                           output], capture_output=True, text=True,
-                          check=False)
+    argv = [sys.executable, BUILD_RAMDISK, "--output", output]
+    if os.environ.get("TEETH_RAMDISK_CACHE"):
+        argv += ["--cache", os.environ["TEETH_RAMDISK_CACHE"]]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
     sys.stderr.write(done.stderr)
     assert done.returncode == 0, "build-ramdisk failed:\n" + done.stderr
     manifest = json.loads(done.stdout)

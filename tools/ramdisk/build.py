@@ -114,15 +114,25 @@ def apt_mirror():
     return DEFAULT_MIRROR
 
 
+def _kernel_dependency():
+    done = subprocess.run(["apt-cache", "depends", KERNEL_METAPACKAGE],
+                          capture_output=True, text=True, check=False)
+    match = re.search(r"Depends:\s*(linux-image-[0-9]\S*)", done.stdout)
+    return match.group(1) if match else None
+
+
 def kernel_package():
     """``(package, version)`` of the kernel ``linux-image-amd64`` points
-    to, from the host's apt lists (run ``apt-get update`` first)."""
-    out = run("apt-cache", "depends", KERNEL_METAPACKAGE)
-    match = re.search(r"Depends:\s*(linux-image-[0-9][^\s]*)", out)
-    if not match:
-        raise BuildError("apt-cache knows no %s: run apt-get update"
+    to, from the host's apt lists (fetched first when there are none)."""
+    package = _kernel_dependency()
+    if package is None:
+        # A machine whose package lists were never fetched knows nothing.
+        log("apt-cache does not know %s: apt-get update", KERNEL_METAPACKAGE)
+        run("apt-get", "update", "-q")
+        package = _kernel_dependency()
+    if package is None:
+        raise BuildError("apt-cache knows no %s, even after apt-get update"
                          % KERNEL_METAPACKAGE)
-    package = match.group(1)
     out = run("apt-cache", "policy", package)
     candidate = re.search(r"Candidate:\s*(\S+)", out)
     if not candidate or candidate.group(1) == "(none)":
@@ -217,9 +227,19 @@ def install_kernel(unpacked, release, root):
 
 # -- the root ----
 
-def bootstrap(root, suite, mirror):
+def bootstrap(root, suite, mirror, cache):
+    """mmdebstrap the root. The downloaded packages are kept in
+    ``cache/debs/archives`` and offered to the next build, so a rebuild
+    after a change of the init or the lists downloads only what is new."""
+    archives = os.path.join(cache, "debs", "archives")
+    os.makedirs(archives, exist_ok=True)
     argv = ["mmdebstrap", "--mode=root", "--variant=minbase", "--quiet",
-            "--include=" + ",".join(read_list("packages.txt"))]
+            "--include=" + ",".join(read_list("packages.txt")),
+            "--skip=download/empty", "--skip=essential/unlink",
+            "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/",
+            "--setup-hook=sync-in %s /var/cache/apt/archives/" % archives,
+            "--customize-hook=sync-out /var/cache/apt/archives %s"
+            % archives]
     for pattern in DPKG_EXCLUDES:
         argv.append("--dpkgopt=path-exclude=" + pattern)
     for pattern in DPKG_INCLUDES:
@@ -320,7 +340,7 @@ def build_base(cache, suite, mirror, kernel, key):
         root = os.path.join(workdir, "root")
         unpacked, release = fetch_kernel(cache, kernel[0], kernel[1],
                                          workdir)
-        bootstrap(root, suite, mirror)
+        bootstrap(root, suite, mirror, cache)
         install_requirements(root)
         install_kernel(unpacked, release, root)
         install_files(root)
@@ -415,7 +435,7 @@ def build_agent_layer(output, extra_packages):
             log("pip install %s into the agent layer", package)
             run(sys.executable, "-m", "pip", "install", "--quiet",
                 "--disable-pip-version-check", "--no-warn-script-location",
-                "--no-deps", "--no-build-isolation", "--target", site,
+                "--no-deps", "--target", site,
                 package)
         shutil.rmtree(os.path.join(site, "bin"), ignore_errors=True)
         # Byte-compile so the emulated guest does not parse every module at
