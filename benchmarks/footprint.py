@@ -37,7 +37,8 @@ BASELINE = (
     "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n"
     "s.sendall(b'{\"version\":\"v1\",\"id\":\"1\",\"method\":\"handshake\","
     "\"params\":{}}\\n')\n"
-    "s.recv(1)\n")
+    "while s.recv(65536):\n"
+    "    pass\n")
 
 
 def rss_bytes(pid):

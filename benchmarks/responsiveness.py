@@ -55,10 +55,20 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         return
 
 
+class QuietServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        # The downloader closes connections it no longer needs (a peek at
+        # the image's head, a retry); that is not worth a traceback.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 def start_http_server(directory):
     def handler(*args, **kwargs):
         return QuietHandler(*args, directory=directory, **kwargs)
-    server = http.server.ThreadingHTTPServer((harness.HOST, 0), handler)
+    server = QuietServer((harness.HOST, 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
