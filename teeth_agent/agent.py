@@ -290,7 +290,7 @@ class Agent:
             connection.call("handshake", self.handshake_params(),
                             timeout=self.conf.call_timeout)
         except (transport.RemoteError, transport.CallTimeout,
-                transport.ConnectionLost) as exc:
+                transport.ConnectionLost, protocol.LocalProtocolError) as exc:
             LOG.warning("handshake with %s:%d failed: %s", host, port, exc)
             connection.close("handshake failed")
             return False
@@ -369,9 +369,11 @@ class Agent:
 
     def _acknowledger(self, task_id, version, in_flight):
         def callback(result, exc):
-            if exc is None or isinstance(exc, transport.RemoteError):
+            if exc is None or isinstance(exc, (transport.RemoteError,
+                                               protocol.LocalProtocolError)):
                 # An error response is an answer too: the endpoint has seen
-                # the update, resending it would only repeat the refusal.
+                # the update, resending it would only repeat the refusal
+                # (and one that cannot be encoded never will be sent).
                 if exc is not None:
                     LOG.warning("endpoint refused task_status of %s: %s",
                                 task_id, exc)

@@ -77,13 +77,18 @@ class String(Param):
 
 
 class Identifier(String):
-    """An id chosen by the server (task ids): letters, digits and ``._:-``,
-    so it is safe in file names and logs (no path traversal)."""
+    """An id chosen by the server (task ids).
+
+    Any printable text up to 256 characters, except what could climb out of
+    a directory if the id were ever used in a path: no ``/`` or ``\\``, no
+    control characters, no leading ``.``.
+    """
 
     def __init__(self, **kwargs):
-        kwargs.setdefault("max_length", 128)
+        kwargs.setdefault("max_length", 256)
         kwargs.setdefault("min_length", 1)
-        super().__init__(pattern=r"[A-Za-z0-9][A-Za-z0-9._:-]*", **kwargs)
+        super().__init__(pattern=r"[^/\\\x00-\x1f\x7f.][^/\\\x00-\x1f\x7f]*",
+                         **kwargs)
 
 
 class UUID(String):

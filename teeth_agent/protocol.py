@@ -277,9 +277,13 @@ class Session:
     """The state of one protocol connection, from this side's point of view.
 
     Feed received bytes to :meth:`receive_data` and act on the events it
-    returns; use the ``send_*`` methods to get the bytes to write. After a
-    fatal error (sent or received) or the end of the stream the session is
-    closed and further use raises :class:`LocalProtocolError`.
+    returns; use the ``send_*`` methods to get the bytes to write.
+
+    Receiving ends (``receive_closed``) at a protocol violation, a fatal error
+    from the peer or the end of the stream; answers to commands already
+    received may still be encoded then. Once a fatal error has been sent the
+    session is ``closed`` and further sending raises
+    :class:`LocalProtocolError`.
     """
 
     def __init__(self, max_line_length=DEFAULT_MAX_LINE_LENGTH,
@@ -289,6 +293,7 @@ class Session:
         self._prefix = id_prefix or os.urandom(4).hex()
         self._counter = itertools.count(1)
         self.closed = False
+        self.receive_closed = False
         self.close_reason = None
 
     @property
@@ -308,10 +313,10 @@ class Session:
         After a :class:`ProtocolViolation` or :class:`FatalErrorReceived`
         event no further events are produced for the data that followed.
         """
-        if self.closed:
+        if self.receive_closed:
             return []
         if not data:
-            self._close("end of stream")
+            self._stop_receiving("end of stream")
             return [ConnectionClosed(partial=self._lines.pending > 0)]
         events = []
         try:
@@ -321,12 +326,12 @@ class Session:
                 event = self._parse_line(line)
                 events.append(event)
                 if isinstance(event, (ProtocolViolation, FatalErrorReceived)):
-                    self._close(getattr(event, "reason", None)
-                                or getattr(event, "message", None))
+                    self._stop_receiving(getattr(event, "reason", None)
+                                         or getattr(event, "message", None))
                     break
         except RemoteProtocolError as exc:
             events.append(ProtocolViolation(str(exc)))
-            self._close(str(exc))
+            self._stop_receiving(str(exc))
         return events
 
     def _parse_line(self, line):
@@ -409,7 +414,11 @@ class Session:
         if command_id in self._outstanding:
             raise LocalProtocolError("id %s is already outstanding"
                                      % command_id)
-        data = encode_json(Command(command_id, method, params).to_wire())
+        try:
+            data = encode_json(Command(command_id, method, params).to_wire())
+        except (TypeError, ValueError) as exc:
+            raise LocalProtocolError("params of %s cannot be sent as JSON: "
+                                     "%s" % (method, exc)) from None
         self._outstanding[command_id] = method
         return command_id, data
 
@@ -423,7 +432,13 @@ class Session:
         if not isinstance(result, dict):
             raise LocalProtocolError("a result must be a dict, not %s"
                                      % type(result).__name__)
-        data = encode_json(Response(command_id, result=result).to_wire())
+        try:
+            data = encode_json(Response(command_id, result=result).to_wire())
+        except (TypeError, ValueError) as exc:
+            # A value JSON cannot carry (an infinite number the peer sent,
+            # a set from a plugin): the command still gets its one answer.
+            return self.send_error(command_id, InternalError(
+                "the result cannot be sent as JSON: %s" % exc))
         if len(data) - 1 > self.max_line_length:
             return self.send_error(command_id, ResponseTooLarge(
                 "the result is larger than the %d-byte line limit"
@@ -434,7 +449,12 @@ class Session:
         self._check_open()
         if isinstance(error, WireError):
             error = error.to_dict()
-        return encode_json(Response(command_id, error=error).to_wire())
+        try:
+            return encode_json(Response(command_id, error=error).to_wire())
+        except (TypeError, ValueError) as exc:
+            return encode_json(Response(command_id, error=InternalError(
+                "the error cannot be sent as JSON: %s" % exc).to_dict()
+            ).to_wire())
 
     def send_fatal(self, reason):
         """Bytes of a fatal error; the session is closed afterwards."""
@@ -447,7 +467,13 @@ class Session:
             raise LocalProtocolError("session is closed (%s)"
                                      % self.close_reason)
 
+    def _stop_receiving(self, reason):
+        if not self.receive_closed:
+            self.receive_closed = True
+            self.close_reason = self.close_reason or reason
+
     def _close(self, reason):
+        self._stop_receiving(reason)
         if not self.closed:
             self.closed = True
             self.close_reason = reason

@@ -12,6 +12,7 @@ its status reporter on the hub.
 """
 
 import collections
+import hashlib
 import json
 import logging
 import os
@@ -26,6 +27,15 @@ RUNNING = "running"
 ERROR = "error"
 COMPLETE = "complete"
 TERMINAL = (ERROR, COMPLETE)
+
+
+def _check_json(what, value):
+    """Raise TypeError unless ``value`` can be sent on the wire as JSON."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError("the task's %s cannot be sent as JSON: %s"
+                        % (what, exc)) from None
 
 
 class TaskFailed(Exception):
@@ -217,10 +227,18 @@ class TaskRegistry:
             if not isinstance(result, dict):
                 raise TypeError("task body returned %s, not a dict"
                                 % type(result).__name__)
+            _check_json("result", result)
         except TaskFailed as exc:
             LOG.error("task %s (%s) failed: %s", task.task_id, task.method,
                       exc.msg)
-            self._finish(task, ERROR, msg=exc.msg, details=exc.result)
+            details = exc.result
+            try:
+                _check_json("details", details)
+            except TypeError as bad:
+                LOG.error("dropping the details of task %s: %s",
+                          task.task_id, bad)
+                details = None
+            self._finish(task, ERROR, msg=exc.msg, details=details)
             return
         except Exception as exc:
             LOG.exception("task %s (%s) failed", task.task_id, task.method)
@@ -321,7 +339,11 @@ class TaskRegistry:
     # -- persistence ----------------------------------------------------------
 
     def _path(self, task_id):
-        return os.path.join(self._state_dir, "task-%s.json" % task_id)
+        # The file is named after a digest so no task id, however odd, can
+        # name a file outside the state directory.
+        digest = hashlib.sha256(task_id.encode("utf-8", "replace"))
+        return os.path.join(self._state_dir,
+                            "task-%s.json" % digest.hexdigest()[:40])
 
     def _persist(self, task):
         if not self._state_dir:
@@ -333,7 +355,7 @@ class TaskRegistry:
             with open(tmp, "w") as stream:
                 json.dump(task.record(), stream)
             os.replace(tmp, path)
-        except OSError as exc:
+        except (OSError, TypeError, ValueError) as exc:
             LOG.warning("cannot record task %s in %s: %s", task.task_id,
                         self._state_dir, exc)
 

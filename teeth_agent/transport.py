@@ -229,7 +229,7 @@ def connect(host, port, tls_context=None, timeout=10.0):
     """
     sock = None
     last_error = None
-    for family, kind, proto, _, address in _std_socket.getaddrinfo(
+    for family, kind, proto, _, address in green_socket.getaddrinfo(
             host, port, type=_std_socket.SOCK_STREAM):
         try:
             sock = green_socket.socket(family, kind, proto)
@@ -378,6 +378,7 @@ class Connection:
         self._pool = eventlet.greenpool.GreenPool(max_inflight)
         self._write_lock = eventlet.semaphore.Semaphore()
         self._write_timeout = write_timeout
+        self._drain_timeout = 2.0
         self._waiters = {}
         self._closed = Event()
         self.close_reason = None
@@ -406,7 +407,7 @@ class Connection:
         Raises :class:`RemoteError`, :class:`CallTimeout` or
         :class:`ConnectionLost`.
         """
-        if self.closed or self.session.closed:
+        if self.closed or self.session.receive_closed:
             raise ConnectionLost(self.close_reason
                                  or self.session.close_reason)
         command_id, data = self.session.send_command(method, params)
@@ -515,9 +516,13 @@ class Connection:
                 events = self.session.receive_data(data)
                 for event in events:
                     self._handle(event)
-                if not data or self.session.closed:
+                if not data or self.session.receive_closed:
                     if self.session.close_reason and data:
                         reason = self.session.close_reason
+                    if not data:
+                        # The peer may only have shut its writing side:
+                        # commands it already sent still get answers.
+                        self._drain()
                     break
         finally:
             self.close(reason)
@@ -537,6 +542,9 @@ class Connection:
                         event.response)
         elif isinstance(event, protocol.ProtocolViolation):
             LOG.warning("%s broke the protocol: %s", self.name, event.reason)
+            # Commands read before the bad line still get their answers
+            # (bounded: a long-running one is not waited for).
+            self._drain()
             try:
                 self._write(self.session.send_fatal(event.reason),
                             closing=True)
@@ -547,6 +555,11 @@ class Connection:
         elif isinstance(event, protocol.ConnectionClosed):
             if event.partial:
                 LOG.debug("%s closed in the middle of a line", self.name)
+
+    def _drain(self):
+        """Wait (bounded) for the commands being executed to answer."""
+        with Timeout(self._drain_timeout, False):
+            self._pool.waitall()
 
     def _run_command(self, command):
         try:

@@ -51,8 +51,12 @@ class ParamsTest(base.TestCase):
                             "evil")
 
     def test_path_traversal_in_ids(self):
-        for bad in ("../etc", "a/b", "", ".hidden", "x" * 200, "a b"):
+        for bad in ("../etc", "a/b", "", ".hidden", "x" * 300, "a\\b",
+                    "a\nb", "..", "."):
             self.assert_invalid({"task_id": bad, "images": []}, "task_id")
+        for good in ("t1", "task 1", "#7", "a:b.c", "2b1c9f7e-0c5d"):
+            self.assertEqual(good, self.check(
+                {"task_id": good, "images": []})["task_id"])
 
     def test_nested_paths_are_named(self):
         image = dict(GOOD_IMAGE, urls=["file:///etc/shadow"])

@@ -59,7 +59,7 @@ class FramingTest(base.TestCase):
         self.assertEqual(1, len(events))
         self.assertIsInstance(events[0], protocol.ProtocolViolation)
         self.assertIn("longer than 1024", events[0].reason)
-        self.assertTrue(session.closed)
+        self.assertTrue(session.receive_closed)
         self.assertEqual([], session.receive_data(b"\n"))
 
     def test_terminated_line_over_limit_is_fatal(self):
@@ -180,6 +180,21 @@ class SendingTest(base.TestCase):
         data = session.send_result("a", params)
         data.decode("utf-8")
         self.assertEqual(params, json.loads(data)["result"])
+
+    def test_unencodable_result_still_gets_an_answer(self):
+        session = protocol.Session()
+        (event,) = session.receive_data(
+            b'{"id":"a","version":"v1","method":"ping",'
+            b'"params":{"x":1e400}}\n')
+        answer = json.loads(session.send_result(
+            "a", event.command.params))
+        self.assertEqual("InternalError", answer["error"]["type"])
+        self.assertEqual("a", answer["id"])
+        answer = json.loads(session.send_error(
+            "b", {"msg": "x", "details": {1, 2}}))
+        self.assertEqual("InternalError", answer["error"]["type"])
+        self.assertRaises(protocol.LocalProtocolError, session.send_command,
+                          "task_status", {"bad": {1}})
 
     def test_fatal_closes_session(self):
         session = protocol.Session()

@@ -12,6 +12,14 @@ from teeth_agent import tasks
 from tests import base
 
 
+def wait_for(predicate, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.005)
+
+
 def wait_terminal(task, timeout=10):
     deadline = time.monotonic() + timeout
     while not task.terminal:
@@ -36,8 +44,9 @@ class RegistryTest(base.TestCase):
         self.assertEqual({"task_id": "t1", "state": "complete",
                           "method": "x.y", "result": {"answer": 42}},
                          task.status())
+        # The change callback runs after the state is set, outside the lock.
+        wait_for(lambda: self.changes[-1]["state"] == "complete")
         self.assertEqual("running", self.changes[0]["state"])
-        self.assertEqual("complete", self.changes[-1]["state"])
 
     def test_task_failed_and_crash(self):
         def fail(task):
@@ -55,6 +64,18 @@ class RegistryTest(base.TestCase):
         task, _ = self.registry.start("t3", "x.bad", lambda task: [1])
         wait_terminal(task)
         self.assertIn("not a dict", task.msg)
+
+        task, _ = self.registry.start("t4", "x.set",
+                                      lambda task: {"devices": {1, 2}})
+        wait_terminal(task)
+        self.assertIn("cannot be sent as JSON", task.msg)
+
+        def fail_with_junk(task):
+            raise tasks.TaskFailed("broken", result={"x": float("nan")})
+        task, _ = self.registry.start("t5", "x.nan", fail_with_junk)
+        wait_terminal(task)
+        self.assertEqual("broken", task.msg)
+        self.assertIsNone(task.details)
 
     def test_duplicate_id_does_not_restart(self):
         runs = []
@@ -107,6 +128,7 @@ class RegistryTest(base.TestCase):
         self.assertEqual(99.9, task.percent)
         gate.set()
         wait_terminal(task)
+        wait_for(lambda: self.changes[-1]["state"] == "complete")
         self.assertEqual(100.0, task.percent)
         percents = [c["percent"] for c in self.changes
                     if c["state"] == "running"]

@@ -1,0 +1,87 @@
+"""The eventlet connection over an in-process socket pair."""
+
+import json
+
+from teeth_agent import protocol
+from teeth_agent import transport
+from tests import base
+
+
+def echo(connection, command):
+    if command.method == "ping":
+        return command.params
+    if command.method == "slow":
+        transport.sleep(0.2)
+        return {"slow": True}
+    raise protocol.UnknownMethod("unknown method %s" % command.method)
+
+
+class RawPeer:
+    def __init__(self, sock):
+        self.sock = sock
+        self.buffer = b""
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def lines(self, timeout=5):
+        """Every line until the connection closes."""
+        out = []
+        with transport.Timeout(timeout):
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    break
+                self.buffer += data
+        for raw in self.buffer.split(b"\n"):
+            if raw:
+                out.append(json.loads(raw))
+        return out
+
+
+class ConnectionTest(base.TestCase):
+    def setUp(self):
+        super().setUp()
+        ours, theirs = transport.socketpair()
+        self.connection = transport.Connection(ours, echo, name="test")
+        self.connection.start()
+        self.addCleanup(self.connection.close)
+        self.peer = RawPeer(theirs)
+        self.addCleanup(theirs.close)
+
+    def test_commands_before_a_bad_line_are_answered_first(self):
+        self.peer.send(b'{"version":"v1","id":"1","method":"slow"}\n'
+                       b'{"version":"v1","id":"2","method":"ping",'
+                       b'"params":{"a":1}}\n{garbage\n')
+        lines = self.peer.lines()
+        self.assertEqual({"1", "2"}, {line.get("id") for line in lines[:2]})
+        self.assertIn("fatal_error", lines[-1])
+        self.assertTrue(self.connection.wait_closed(5))
+
+    def test_infinite_number_gets_an_error_not_silence(self):
+        self.peer.send(b'{"version":"v1","id":"9","method":"ping",'
+                       b'"params":{"x":1e400}}\n')
+        self.peer.sock.shutdown(1)
+        (line,) = self.peer.lines()
+        self.assertEqual("9", line["id"])
+        self.assertEqual("InternalError", line["error"]["type"])
+
+    def test_call_and_timeout(self):
+        result = {}
+
+        def answer():
+            data = b""
+            while not data.endswith(b"\n"):
+                data += self.peer.sock.recv(4096)
+            command = json.loads(data)
+            result["command"] = command
+            self.peer.send(json.dumps({"id": command["id"],
+                                       "result": {"ok": True}}).encode()
+                           + b"\n")
+        responder = transport.spawn(answer)
+        self.assertEqual({"ok": True},
+                         self.connection.call("status", {}, timeout=5))
+        responder.wait()
+        self.assertEqual("status", result["command"]["method"])
+        self.assertRaises(transport.CallTimeout, self.connection.call,
+                          "status", {}, timeout=0.05)
