@@ -23,7 +23,9 @@ DEFAULT_SIZE_TOLERANCE = 0.0
 CORE_KEYS = ("cpu", "memory", "disks", "nics")
 
 DISK_GROUP = params.Object(fields={
-    "count": params.Integer(required=True, minimum=0),
+    # Every key of the spec is optional (PROTOCOL.md); a group without a
+    # count asks for at least one matching disk.
+    "count": params.Integer(minimum=0),
     "size_bytes": params.Integer(minimum=1),
     "size_tolerance": params.Number(minimum=0, maximum=1,
                                     default=DEFAULT_SIZE_TOLERANCE),
@@ -133,11 +135,13 @@ def _disk_checks(groups, inventory):
             unmatched.append(disk["path"])
     checks = []
     for index, group in enumerate(groups):
+        found = len(assigned[index])
+        wanted = group.get("count")
+        passed = found >= 1 if wanted is None else found == wanted
         checks.append(check("disks[%d].count" % index,
                             _describe_group(group),
-                            {"count": len(assigned[index]),
-                             "paths": assigned[index]},
-                            len(assigned[index]) == group["count"]))
+                            {"count": found, "paths": assigned[index]},
+                            passed))
     checks.append(check("disks.unmatched", [], unmatched, not unmatched))
     return checks
 

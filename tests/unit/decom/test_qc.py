@@ -90,6 +90,19 @@ class ChecksTest(base.TestCase):
         self.assertEqual(["/dev/nvme1n1"],
                          checks["disks.unmatched"]["actual"])
 
+    def test_disk_group_without_count_wants_at_least_one(self):
+        spec = {"disks": [{"model": "NVMe"}, {"rotational": True}]}
+        checks = self.checks(spec)
+        self.assertTrue(checks["disks[0].count"]["pass"])
+        self.assertTrue(checks["disks[1].count"]["pass"])
+        inventory = copy.deepcopy(INVENTORY)
+        inventory["disks"] = [d for d in inventory["disks"]
+                              if not d["rotational"]]
+        checks = self.checks(spec, inventory)
+        self.assertFalse(checks["disks[1].count"]["pass"])
+        self.assertEqual({"count": 0, "paths": []},
+                         checks["disks[1].count"]["actual"])
+
     def test_unknown_speed_fails_a_speed_check(self):
         inventory = copy.deepcopy(INVENTORY)
         inventory["nics"][0]["speed_mbps"] = None
