@@ -13,8 +13,10 @@ temporary directory) that is added *after* the other configuration files,
 so it wins over them. Values are written as they are, so they take the
 option's usual file syntax: a list is comma-separated
 (``teeth_agent.endpoints=10.0.2.100:9999,10.0.2.101:9999``), a boolean is
-``true``/``false``. Dashes in names count as underscores. A value with
-spaces is quoted as the kernel allows (``"teeth_agent.x=a b"``). A name
+``true``/``false``, a JSON option is JSON
+(``teeth_agent.hardware.root_device_hints={"serial":"S3Y1"}``, with no
+space outside its strings). Dashes in names count as underscores. A value
+with spaces is quoted as the kernel allows (``"teeth_agent.x=a b"``). A name
 that matches no registered option is logged and ignored, so a typo never
 stops a ramdisk from coming up.
 
@@ -37,27 +39,42 @@ PREFIX = "teeth_agent."
 
 
 def split_cmdline(text):
-    """The words of a kernel command line: split on whitespace, with
-    double quotes grouping (and removed), as the kernel parses it."""
+    """The words of a kernel command line, as the kernel splits them.
+
+    Words are separated by whitespace outside double quotes. As in the
+    kernel, only the quotes that open the word or its value (and the one
+    that closes the word then) are removed; quotes inside a value stay,
+    so a JSON value (``x={"a":"b"}``) arrives intact.
+    """
     words = []
-    current = []
-    quoted = False
-    started = False
-    for char in text:
-        if char == '"':
-            quoted = not quoted
-            started = True
-        elif char.isspace() and not quoted:
-            if started:
-                words.append("".join(current))
-            current = []
-            started = False
-        else:
-            current.append(char)
-            started = True
-    if started:
-        words.append("".join(current))
-    return words
+    index = 0
+    length = len(text)
+    while True:
+        while index < length and text[index].isspace():
+            index += 1
+        if index >= length:
+            return words
+        quoted = text[index] == '"'
+        if quoted:
+            index += 1
+        in_quote = quoted
+        start = index
+        while index < length and (in_quote or not text[index].isspace()):
+            if text[index] == '"':
+                in_quote = not in_quote
+            index += 1
+        word = text[start:index]
+        param, equals, value = word.partition("=")
+        if equals and value.startswith('"'):
+            value = value[1:]
+            if value.endswith('"'):
+                value = value[:-1]
+        elif quoted and word.endswith('"'):
+            if equals:
+                value = value[:-1]
+            else:
+                param = param[:-1]
+        words.append(param + equals + value)
 
 
 def parse(text):

@@ -1,5 +1,6 @@
 """Agent options from the kernel command line (teeth_agent.kernel_cmdline)."""
 
+import json
 import os
 import shutil
 import stat
@@ -24,12 +25,25 @@ class TestSplit(base.TestCase):
         self.assertEqual(
             ["ro", "teeth_agent.x=a b", "quiet", "y=z"],
             kernel_cmdline.split_cmdline(
-                ' ro  "teeth_agent.x=a b"\tquiet y=""z\n'))
+                ' ro  "teeth_agent.x=a b"\tquiet y="z"\n'))
 
-    def test_quotes_inside_a_word(self):
-        self.assertEqual(["teeth_agent.agent_id=a b"],
+    def test_quoted_value(self):
+        self.assertEqual(["teeth_agent.agent_id=a b", "next"],
                          kernel_cmdline.split_cmdline(
-                             'teeth_agent.agent_id="a b"'))
+                             'teeth_agent.agent_id="a b" next'))
+
+    def test_quotes_inside_a_value_stay(self):
+        # As the kernel does: a JSON value keeps its quotes.
+        self.assertEqual(
+            ['teeth_agent.hardware.root_device_hints={"serial":"S 1"}',
+             "quiet"],
+            kernel_cmdline.split_cmdline(
+                'teeth_agent.hardware.root_device_hints={"serial":"S 1"} '
+                'quiet'))
+
+    def test_quoted_word_without_value(self):
+        self.assertEqual(["a b", "c"],
+                         kernel_cmdline.split_cmdline('"a b" c'))
 
     def test_empty(self):
         self.assertEqual([], kernel_cmdline.split_cmdline("  \n"))
@@ -165,6 +179,12 @@ class TestPrepare(base.TestCase):
     def test_unknown_words_do_not_stop_the_start(self):
         conf = self.prepare("teeth_agent.endpointz=10.0.2.100:9999")
         self.assertEqual(["192.0.2.1:1"], conf.endpoints)
+
+    def test_json_option_from_the_kernel_command_line(self):
+        conf = self.prepare(
+            'teeth_agent.hardware.root_device_hints={"serial":"VDISK0001"}')
+        self.assertEqual({"serial": "VDISK0001"},
+                         json.loads(conf.hardware.root_device_hints))
 
     def test_a_bad_value_is_an_error_like_in_a_file(self):
         self.assertRaises(cfg.ConfigFileValueError,

@@ -66,7 +66,9 @@ class VirtualMachine:
                 GUEST_SERVER, guest_port, self._relay(host_port)))
         argv = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max",
                 "-smp", "1", "-m", str(self.memory_mib),
-                "-nographic", "-no-reboot", "-monitor", "none",
+                # No default CD-ROM, VGA or NIC: only the devices below.
+                "-nodefaults", "-nographic", "-no-reboot",
+                "-monitor", "none",
                 "-serial", "file:%s" % self.console_path,
                 "-kernel", self.kernel, "-initrd", self.initrd,
                 "-append", self.cmdline,

@@ -11,8 +11,9 @@ print their marker on the console. The disk file then holds the image's
 root file system and a config drive with the metadata sent.
 
 ``test_reboot_fallback``: an image without a kernel (qcow2, written
-straight from its URL) and a prebuilt config drive: the agent completes
-with ``boot.method = reboot`` and reboots, which ends qemu
+straight from its URL, to the disk named by root-device hints given as
+JSON on the kernel command line) and a prebuilt config drive: the agent
+completes with ``boot.method = reboot`` and reboots, which ends qemu
 (``-no-reboot``).
 """
 
@@ -298,7 +299,12 @@ def test_reboot_fallback(ramdisk, test_images, image_server, endpoints,
     vm = machines.create(
         "reboot", kernel=ramdisk["files"]["vmlinux"],
         initrd=ramdisk["files"]["initrd.img"],
-        cmdline=machine.ramdisk_cmdline(ENDPOINT_GUEST_PORT),
+        # The disk is smaller than the default install device's 4 GiB:
+        # name it in the ramdisk's configuration, a JSON option on the
+        # kernel command line.
+        cmdline=machine.ramdisk_cmdline(
+            ENDPOINT_GUEST_PORT,
+            ['teeth_agent.hardware.root_device_hints={"serial":"VDISK0001"}']),
         disks=[("virtio", install, "VDISK0001")],
         forwards={ENDPOINT_GUEST_PORT: server.port,
                   IMAGES_GUEST_PORT: image_server.server_address[1]})
@@ -309,9 +315,7 @@ def test_reboot_fallback(ramdisk, test_images, image_server, endpoints,
     final = run_task(server, agent_id, "standbye.prepare_image", {
         "task_id": "prepare", "image": {
             "id": image_id, "urls": [guest_url(server, "/no-kernel.qcow2")],
-            "hashes": {"sha256": sha256_of(qcow2)}},
-        # Smaller than the default install device's 4 GiB: name it.
-        "root_device_hints": {"serial": "VDISK0001"}})
+            "hashes": {"sha256": sha256_of(qcow2)}}})
     assert final["state"] == "complete", final
     assert final["result"]["format"] == "qcow2", final
 
