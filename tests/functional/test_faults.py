@@ -7,14 +7,22 @@ so the tests check what each side was really sent, not what it logged.
 Every wait is bounded and no test asserts how fast anything happened.
 """
 
+import hashlib
+import http.server
 import json
 import os
 import socket
+import threading
 import unittest
+import uuid
+
+from importlib import metadata
 
 from tests.functional import faults_endpoint
 from tests.functional import faults_proxy
+from tests.functional import faults_throttle
 from tests.functional import harness
+from tests.functional import loopdev
 
 AGENT_ID = "fault-agent"
 
@@ -75,6 +83,27 @@ class FaultTestCase(unittest.TestCase):
         # Every repeat of the final state is the same state.
         self.assertEqual({states[finals[0]]}, set(after), states)
 
+    def restart_during(self, endpoint, task_id, times=10):
+        """Kill and restart the endpoint ``times`` times, each time once
+        the running server has learned that the task is still running."""
+        for _ in range(times):
+            endpoint.wait_agent(AGENT_ID)
+            endpoint.wait_task(AGENT_ID, task_id, ("running",))
+            endpoint.restart()
+        endpoint.wait_agent(AGENT_ID)
+
+    def assert_restarts_seen(self, endpoint, proxy, task_id, times=10):
+        handshakes = [m for _, m in tapped_messages(proxy, faults_proxy.UP)
+                      if harness.is_command(m, "handshake")]
+        self.assertGreaterEqual(len(handshakes), times + 1)
+        for handshake in handshakes[1:]:
+            self.assertIn(task_id, [t["task_id"]
+                                    for t in handshake["params"]["tasks"]])
+        outputs = endpoint.outputs()
+        self.assertEqual(times + 1, len(outputs))
+        for output in outputs:
+            self.assertNotIn("after its final state", output)
+
     def assert_never_broke_protocol(self, *outputs):
         for output in outputs:
             self.assertNotIn("broke the protocol", output)
@@ -88,12 +117,7 @@ class TestEndpointRestarts(FaultTestCase):
         self.start_task(endpoint, "testing.disk",
                         {"task_id": "t1", "release_file": release,
                          "seconds": 300})
-        for restart in range(10):
-            # The current server knows the task is running, then dies.
-            endpoint.wait_agent(AGENT_ID)
-            endpoint.wait_task(AGENT_ID, "t1", ("running",))
-            endpoint.restart()
-        endpoint.wait_agent(AGENT_ID)
+        self.restart_during(endpoint, "t1")
         with open(release, "w"):
             pass
         final = endpoint.wait_task(AGENT_ID, "t1", ("complete", "error"))
@@ -101,21 +125,107 @@ class TestEndpointRestarts(FaultTestCase):
         # The task was still holding on when the tenth restart was done.
         self.assertTrue(final["result"]["released"], final)
         # Eleven servers, each greeted by a handshake carrying the task.
-        handshakes = [m for _, m in tapped_messages(proxy, faults_proxy.UP)
-                      if harness.is_command(m, "handshake")]
-        self.assertGreaterEqual(len(handshakes), 11)
-        for handshake in handshakes[1:]:
-            self.assertIn("t1", [t["task_id"]
-                                 for t in handshake["params"]["tasks"]])
+        self.assert_restarts_seen(endpoint, proxy, "t1")
         # Once the final state is acknowledged nothing more is sent: a
         # ping round trip through the agent proves the link is idle-safe.
         endpoint.ask(lambda c: c.call(AGENT_ID, "ping", {"after": 1}))
         self.assert_no_update_after_final(proxy, "t1")
-        outputs = endpoint.outputs()
-        self.assertEqual(11, len(outputs))
-        for output in outputs:
-            self.assertNotIn("after its final state", output)
-        self.assert_never_broke_protocol(agent.output(), *outputs)
+        self.assert_never_broke_protocol(agent.output(), *endpoint.outputs())
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, fmt, *args):
+        return
+
+
+class TestEndpointRestartsDuringDiskTasks(FaultTestCase):
+    """The same ten restarts during a real erase and a real image write.
+
+    The agent's writes to its loop device are throttled (a blkio cgroup)
+    so the task is certainly still running through every restart; the
+    limit is lifted afterwards and the task finishes at full speed.
+    """
+
+    SLOW = 512 * 1024  # bytes per second while the endpoint restarts
+
+    def setUp(self):
+        loopdev.require_root()
+        installed = {entry.name for entry in metadata.entry_points(
+            group="teeth_agent.extensions")}
+        if not {"decom", "standbye"} <= installed:
+            self.skipTest("decom and standbye are not both installed")
+        if not faults_throttle.available():
+            self.skipTest("no cgroup v1 blkio throttling on this machine")
+        self.loops = loopdev.LoopDevices()
+        self.addCleanup(self.loops.cleanup)
+
+    def start_disk_chain(self, device):
+        work = harness.make_workdir(self)
+        endpoint, proxy, agent = self.start_chain({
+            "DEFAULT": {"enabled_extensions": ["decom", "standbye"]},
+            "hardware": {"device_include": [device]},
+            "standbye": {"image_cache_dir": os.path.join(work, "cache"),
+                         "work_dir": os.path.join(work, "standbye")}})
+        throttle = faults_throttle.WriteThrottle(self, [device], self.SLOW)
+        throttle.add(agent.pid)
+        return endpoint, proxy, agent, throttle
+
+    def serve(self, directory):
+        def handler(*args, **kwargs):
+            return _QuietHandler(*args, directory=directory, **kwargs)
+        server = http.server.ThreadingHTTPServer((harness.HOST, 0), handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        return "http://%s:%d/" % (harness.HOST, server.server_address[1])
+
+    def test_erase_survives_ten_endpoint_restarts(self):
+        size = 16 * 1024 * 1024
+        device = self.loops.create(size, fill="random")
+        endpoint, proxy, agent, throttle = self.start_disk_chain(device)
+        self.start_task(endpoint, "decom.disk_erase",
+                        {"task_id": "e1", "devices": [device]})
+        self.restart_during(endpoint, "e1")
+        throttle.limit(0)
+        final = endpoint.wait_task(AGENT_ID, "e1", ("complete", "error"),
+                                   timeout=120)
+        self.assertEqual("complete", final["state"], final)
+        (erased,) = final["result"]["devices"]
+        self.assertTrue(erased["verified"], erased)
+        with open(self.loops.backing_file(device), "rb") as stream:
+            self.assertEqual(bytes(size), stream.read())
+        self.assert_restarts_seen(endpoint, proxy, "e1")
+        self.assert_no_update_after_final(proxy, "e1")
+        self.assert_never_broke_protocol(agent.output(), *endpoint.outputs())
+
+    def test_image_write_survives_ten_endpoint_restarts(self):
+        size = 8 * 1024 * 1024
+        images = harness.make_workdir(self)
+        content = os.urandom(size)
+        with open(os.path.join(images, "image.raw"), "wb") as stream:
+            stream.write(content)
+        base_url = self.serve(images)
+        device = self.loops.create(size + 4 * 1024 * 1024)
+        endpoint, proxy, agent, throttle = self.start_disk_chain(device)
+        self.start_task(endpoint, "standbye.prepare_image", {
+            "task_id": "p1",
+            "image": {"id": str(uuid.uuid4()),
+                      "urls": [base_url + "image.raw"],
+                      "hashes": {"sha256":
+                                 hashlib.sha256(content).hexdigest()},
+                      "size": size},
+            "root_device_hints": {"name": device}})
+        self.restart_during(endpoint, "p1")
+        throttle.limit(0)
+        final = endpoint.wait_task(AGENT_ID, "p1", ("complete", "error"),
+                                   timeout=120)
+        self.assertEqual("complete", final["state"], final)
+        with open(self.loops.backing_file(device), "rb") as stream:
+            self.assertEqual(content, stream.read(size))
+        self.assert_restarts_seen(endpoint, proxy, "p1")
+        self.assert_no_update_after_final(proxy, "p1")
+        self.assert_never_broke_protocol(agent.output(), *endpoint.outputs())
 
 
 class TestBrokenLinks(FaultTestCase):
