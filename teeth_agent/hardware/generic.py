@@ -413,7 +413,8 @@ class GenericHardwareManager(base.HardwareManager):
             "transport": self._transport(name, directory),
             "partitions": partitions,
             "holders": _listdir(os.path.join(directory, "holders")),
-            "mounted": bool(usage["mountpoints"]),
+            "mounted": None if usage["mountpoints"] is None
+            else bool(usage["mountpoints"]),
             "mountpoints": usage["mountpoints"],
             "is_agent_root": usage["is_agent_root"],
             "by_path": by_path,

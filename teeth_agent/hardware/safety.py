@@ -58,9 +58,9 @@ def _unescape_mountinfo(field):
 def read_mounts(conf):
     """Every mount of the agent's mount namespace, as :class:`Mount`.
 
-    Reads ``<procfs_root>/self/mountinfo``; an unreadable file gives an
-    empty list (logged), which callers must not take as "nothing mounted"
-    for safety decisions on their own: :func:`device_usage` also reads it.
+    Reads ``<procfs_root>/self/mountinfo``; an unreadable file gives None
+    (logged), never an empty list: not knowing the mounts must not look
+    like "nothing is mounted".
     """
     path = os.path.join(conf.hardware.procfs_root, "self", "mountinfo")
     try:
@@ -68,7 +68,7 @@ def read_mounts(conf):
             lines = stream.read().splitlines()
     except OSError as exc:
         LOG.warning("cannot read %s: %s", path, exc)
-        return []
+        return None
     mounts = []
     for line in lines:
         fields = line.split()
@@ -153,14 +153,18 @@ def device_usage(name, conf):
     Returns ``{"mountpoints": sorted list, "is_agent_root": bool}``, read
     live from sysfs and procfs. A mount counts when its device number or its
     source matches the device, a partition, or a holder (recursively); a
-    swap area is reported as the mount point ``"[SWAP]"``.
+    swap area is reported as the mount point ``"[SWAP]"``. When the mount
+    table cannot be read both values are None (unknown, hence not safe).
     """
+    mounts = read_mounts(conf)
+    if mounts is None:
+        return {"mountpoints": None, "is_agent_root": None}
     stack = device_stack(name, conf)
     devnums = {devnum for devnum in stack.values() if devnum}
     aliases = _source_aliases(stack, conf)
     mountpoints = set()
     is_agent_root = False
-    for mount in read_mounts(conf):
+    for mount in mounts:
         if mount.devnum in devnums or mount.source in aliases:
             mountpoints.add(mount.mountpoint)
             if mount.mountpoint == "/":
@@ -247,6 +251,9 @@ def ensure_writable(path, conf, dispatcher):
     device = dict(matches[0])
     name = device.get("name") or os.path.basename(device["path"])
     usage = device_usage(name, conf)
+    if usage["mountpoints"] is None:
+        raise DeviceNotEligible(path, "the mount table cannot be read, so "
+                                "whether it is in use is unknown")
     mountpoints = set(device.get("mountpoints") or []) | set(
         usage["mountpoints"])
     device["mountpoints"] = sorted(mountpoints)

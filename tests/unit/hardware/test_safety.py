@@ -1,5 +1,7 @@
 """The eligibility rules and the live check before a write."""
 
+import os
+
 from teeth_agent.hardware import base as hw_base
 from teeth_agent.hardware import generic
 from teeth_agent.hardware import safety
@@ -137,6 +139,20 @@ class TestEnsureWritable(fixtures.FakeMachineTestCase):
                                    self.dispatcher)
         self.assertIn("device_exclude", caught.exception.reason)
 
+    def test_an_unreadable_mount_table_fails_closed(self):
+        os.unlink(os.path.join(self.machine.procfs_root, "self",
+                               "mountinfo"))
+        (record,) = [d for d in self.dispatcher.dispatch(
+            "list_block_devices") if d["name"] == "sdb"]
+        self.assertIsNone(record["mounted"])
+        self.assertIsNone(record["is_agent_root"])
+        self.assertEqual((False, "whether it holds the agent's root is "
+                          "unknown"), safety.eligibility(record, self.conf))
+        with self.assertRaises(safety.DeviceNotEligible) as caught:
+            safety.ensure_writable(self.machine.dev_path("sdb"), self.conf,
+                                   self.dispatcher)
+        self.assertIn("mount table cannot be read", caught.exception.reason)
+
     def test_an_unknown_device_is_refused(self):
         with self.assertRaises(safety.DeviceNotEligible) as caught:
             safety.ensure_writable("/dev/sdq", self.conf, self.dispatcher)
@@ -166,8 +182,8 @@ class TestMountinfo(fixtures.FakeMachineTestCase):
             [safety.Mount("98:0", "/mnt/with space", "ext3", "/dev/root")],
             safety.read_mounts(self.conf))
 
-    def test_unreadable_mountinfo_gives_no_mounts(self):
+    def test_unreadable_mountinfo_is_unknown_not_empty(self):
         self.set_config(**{"hardware.procfs_root":
                            self.machine.root + "/nowhere"})
-        self.assertEqual([], safety.read_mounts(self.conf))
+        self.assertIsNone(safety.read_mounts(self.conf))
         self.assertEqual([], safety.read_swaps(self.conf))
