@@ -292,6 +292,11 @@ class DecomExtension(base.Extension):
         outcome = None
         failures = []
         for method in candidates:
+            # Once more right before each method: device-level tools (nvme,
+            # hdparm, sg_sanitize) do not claim the device the way the
+            # O_EXCL opens of the marker and overwrite code do, so this keeps
+            # the window for a mount to slip in as short as it can be.
+            device = safety.ensure_writable(path, self.conf, self.hardware)
             try:
                 outcome = self.hardware.dispatch("erase_block_device",
                                                  device, method, progress)
