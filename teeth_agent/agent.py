@@ -13,6 +13,7 @@ OS threads and reaches the hub through :class:`transport.ThreadBridge`.
 """
 
 import collections
+import functools
 import logging
 import os
 import random
@@ -28,6 +29,7 @@ from teeth_agent import transport
 LOG = logging.getLogger(__name__)
 
 
+@functools.lru_cache(maxsize=1)
 def agent_version():
     try:
         from importlib import metadata

@@ -317,13 +317,18 @@ def accept_loop(listener, on_socket, tls_context=None, handshake_timeout=10.0,
     a new green thread for each (after the TLS handshake, when a context is
     given). ``accept_filter(address)`` may refuse a connection by returning
     False. Returns when the listener is closed."""
+    last_complaint = -1e9
     while True:
         try:
             sock, address = listener.accept()
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS,
                              errno.ENOMEM):
-                LOG.error("cannot accept a connection: %s", exc)
+                now = time.monotonic()
+                if now - last_complaint > 10:
+                    LOG.error("cannot accept a connection: %s (raise the "
+                              "open-file limit?)", exc)
+                    last_complaint = now
                 eventlet.sleep(0.1)
                 continue
             if exc.errno in (errno.ECONNABORTED, errno.EPROTO):

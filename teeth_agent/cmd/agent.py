@@ -88,7 +88,7 @@ def main(argv=None):
     try:
         agent = build_agent(conf)
     except (extensions.ExtensionLoadError, hardware.HardwareLoadError,
-            ValueError, OSError) as exc:
+            hardware.HardwareManagerError, ValueError, OSError) as exc:
         LOG.error("cannot start: %s", exc)
         print("teeth-agent: cannot start: %s" % exc, file=sys.stderr)
         return 2

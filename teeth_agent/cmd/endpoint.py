@@ -8,6 +8,7 @@ when the task ends in error.
 """
 
 import json
+import resource
 import sys
 
 from oslo_config import cfg
@@ -53,7 +54,24 @@ def prepare(argv=None):
     return conf
 
 
+def raise_file_limit():
+    """Lift the soft open-file limit to the hard one: every agent holds a
+    socket, and the usual soft limit of 1024 would cap the endpoint near a
+    thousand agents."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            LOG.warning("cannot raise the open-file limit to %s: %s",
+                        wanted, exc)
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def serve(conf):
+    limit = raise_file_limit()
+    LOG.info("open-file limit %d (each agent needs one)", limit)
     endpoint = endpoint_mod.Endpoint.from_conf(conf)
     endpoint.start()
     server = control.ControlServer(endpoint, conf.endpoint.control_socket)
@@ -88,8 +106,14 @@ def _connect(conf, dispatch=None):
 
 def list_agents(conf):
     connection = _connect(conf)
-    result = connection.call("agents", {})
-    connection.close()
+    try:
+        result = connection.call("agents", {})
+    except (transport.RemoteError, transport.CallTimeout,
+            transport.ConnectionLost) as exc:
+        print("teeth-endpoint: %s" % exc, file=sys.stderr)
+        return 1
+    finally:
+        connection.close()
     if conf.command.json:
         print(json.dumps(result, indent=2, sort_keys=True))
         return 0
@@ -173,6 +197,10 @@ def call(conf):
         print("teeth-endpoint: %s: %s" % (exc.type, exc.msg),
               file=sys.stderr)
         return 1
+    except (transport.CallTimeout, transport.ConnectionLost) as exc:
+        print("teeth-endpoint: no answer from the server: %s" % exc,
+              file=sys.stderr)
+        return 1
     result = answer["result"]
     is_task = isinstance(result, dict) and "task_id" in params and \
         result.get("state") == "running"
@@ -190,6 +218,11 @@ def call(conf):
         printer.finish()
         print("teeth-endpoint: %s: %s" % (exc.type, exc.msg),
               file=sys.stderr)
+        return 1
+    except (transport.CallTimeout, transport.ConnectionLost) as exc:
+        printer.finish()
+        print("teeth-endpoint: lost the server while following the task: "
+              "%s" % exc, file=sys.stderr)
         return 1
     printer.finish()
     connection.close()
