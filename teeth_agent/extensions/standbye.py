@@ -404,6 +404,7 @@ class StandbyeExtension(base.Extension):
             finally:
                 if os.path.exists(iso):
                     os.unlink(iso)
+        self._remove_old_config_drives(path)
         added = partitions.add_partition_at_end(path, len(data))
         safety.ensure_writable(path, self.conf, self.hardware)
         output = writer.DeviceWriter(path, start=added["offset"],
@@ -430,6 +431,27 @@ class StandbyeExtension(base.Extension):
         LOG.info("config drive written to %s (%d bytes)", node, len(data))
         return {"partition": added["number"], "node": node,
                 "size": len(data)}
+
+    def _remove_old_config_drives(self, path):
+        """Drop config-drive partitions an earlier run_image (or the image)
+        left, so cloud-init finds exactly one ``config-2``."""
+        table = partitions.read_table(path)
+        node_of = self._node_of(path)
+        for partition in reversed(table["partitions"]):
+            number = partition["number"]
+            if number is None:
+                continue
+            named = (partition.get("name") or "") == configdrive.LABEL
+            try:
+                label = boot.probe(node_of(number)).get("LABEL") or ""
+            except partitions.PartitionError as exc:
+                LOG.warning("cannot probe partition %d of %s: %s", number,
+                            path, exc)
+                label = ""
+            if named or label.lower() == configdrive.LABEL:
+                LOG.info("replacing the config drive in partition %d of %s",
+                         number, path)
+                partitions.delete_partition(path, number)
 
     def _find_boot(self, path, table, node_of, exclude):
         """The kernel to boot, copied out, or None."""

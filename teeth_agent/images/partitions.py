@@ -184,3 +184,18 @@ def add_partition_at_end(path, size_bytes, name="config-2"):
              sectors * sector // _MIB, path)
     return {"number": number, "offset": start * sector,
             "size": sectors * sector}
+
+
+def delete_partition(path, number):
+    """Remove partition ``number`` from the table of ``path`` and from the
+    kernel's view of it."""
+    table = read_table(path)
+    if table is None:
+        raise PartitionError("%s has no partition table" % path)
+    if table["type"] == GPT:
+        processes.execute("sgdisk", "-d", str(number), path)
+    else:
+        processes.execute("sfdisk", "--delete", "--no-reread",
+                          "--no-tell-kernel", path, str(number))
+    processes.run("partx", "-d", "--nr", str(number), path)
+    LOG.info("removed partition %d of %s", number, path)

@@ -252,6 +252,25 @@ class PrepareImageTest(StandbyeTestBase):
         self.assertIn("image.urls[0]", str(caught.exception))
         self.assertEqual([], self.registry.statuses())
 
+    def test_qcow2_with_a_backing_file_is_refused(self):
+        unsafe = os.path.join(self.work, "unsafe.qcow2")
+        subprocess.run(["qemu-img", "create", "-f", "qcow2", "-b",
+                        self.images["raw"]["path"], "-F", "raw", unsafe],
+                       check=True, capture_output=True)
+        self._add("unsafe", unsafe)
+        self.images["unsafe"]["url"] = self.server.add("/unsafe", unsafe)
+        _, task = self.prepare("unsafe")
+        self.assertEqual(tasks.ERROR, task.state)
+        self.assertIn("backing file", task.msg)
+        with open(self.device, "rb") as stream:
+            self.assertEqual(bytes(MIB), stream.read(MIB))
+        extension = self.make_extension([self.device])
+        task = self.call(extension, "cache_images",
+                         images=[self.image_param("unsafe")])
+        self.assertEqual(tasks.ERROR, task.state)
+        self.assertIn("backing file", task.msg)
+        self.assertEqual([], os.listdir(self.conf.standbye.image_cache_dir))
+
     def test_image_larger_than_the_device_is_refused(self):
         small = self.loops.create(16 * MIB)
         self.device = small
@@ -264,7 +283,7 @@ class RunImageTest(StandbyeTestBase):
 
     def prepare_and_run(self, key, config_drive, device=None):
         device = device or self.device
-        extension = self.make_extension([device])
+        extension = self.extension = self.make_extension([device])
         task = self.call(extension, "prepare_image",
                          image=self.image_param(key),
                          root_device_hints={"name": device})
@@ -331,6 +350,19 @@ class RunImageTest(StandbyeTestBase):
         while len(self.power.actions) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         self.assertEqual("kexec", self.power.actions[1]["action"])
+        # Running it again replaces the config drive: still exactly one.
+        task = self.call(self.extension, "run_image",
+                         image_id=self.images["raw"]["id"],
+                         config_drive={"meta_data": {"again": True}})
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        table = json.loads(run("sfdisk", "--json", self.device).stdout)
+        names = [p.get("name") for p in
+                 table["partitiontable"]["partitions"]]
+        self.assertEqual(1, names.count("config-2"), names)
+        self.assertEqual({"again": True}, json.loads(
+            self.read_config_drive_file(
+                task.result["config_drive"]["node"],
+                "/openstack/latest/meta_data.json")))
 
     def test_bls_entry_with_files_in_the_config_drive(self):
         task = self.prepare_and_run("bls", {
