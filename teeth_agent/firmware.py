@@ -8,6 +8,7 @@ partial or corrupt image is never visible under its final name.
 """
 
 import hashlib
+import http.client
 import logging
 import os
 import time
@@ -174,6 +175,11 @@ def _download_once(url, hashes, destination, timeout, max_bytes):
         _remove(partial)
         local = getattr(exc, "filename", None) is not None
         raise DownloadError(url, str(exc), final=local) from None
+    except (http.client.HTTPException, ValueError) as exc:
+        # A truncated or malformed HTTP answer: worth another attempt.
+        _remove(partial)
+        raise DownloadError(url, "%s: %s" % (type(exc).__name__, exc)) \
+            from None
     LOG.info("downloaded %s (%d bytes) to %s, checksums verified", url,
              written, directory)
     return written

@@ -352,6 +352,11 @@ class DecomExtension(base.Extension):
             secure_boot = self.hardware.dispatch("get_secure_boot_state")
         except hardware.NoManagerError:
             secure_boot = None
+        except hardware.HardwareManagerError as exc:
+            # The firmware work is done; keep its results and say why the
+            # Secure Boot state is missing.
+            secure_boot = None
+            failures.append("reading the Secure Boot state failed: %s" % exc)
         result = {"firmware": components, "bios_settings": settings,
                   "secure_boot": secure_boot}
         if failures:
