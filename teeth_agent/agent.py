@@ -333,15 +333,19 @@ class Agent:
 
     # -- task status ----------------------------------------------------------
 
-    def _task_changed(self, task):
-        # Any thread: wake the reporter on the hub.
+    def _wake(self, event):
+        """Set a green event from any thread (OS threads go through the
+        bridge, since green events belong to the hub)."""
         if self.bridge.in_hub_thread():
-            self._status_wake.set()
+            event.set()
         else:
             try:
-                self.bridge.call(self._status_wake.set)
-            except Exception:
-                pass
+                self.bridge.call(event.set)
+            except OSError:
+                pass  # the bridge is closed: the agent is stopping
+
+    def _task_changed(self, task):
+        self._wake(self._status_wake)
 
     def _report_tasks(self, connection):
         interval = self.conf.task_status_interval
@@ -391,13 +395,7 @@ class Agent:
     # -- logs -----------------------------------------------------------------
 
     def _log_record_added(self):
-        if self.bridge.in_hub_thread():
-            self._log_wake.set()
-        else:
-            try:
-                self.bridge.call(self._log_wake.set)
-            except Exception:
-                pass
+        self._wake(self._log_wake)
 
     def _forward_logs(self, connection):
         handler = self.log_handler

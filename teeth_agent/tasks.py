@@ -142,7 +142,10 @@ class Task:
             fraction = min(max(percent / 100.0, 0.0), 1.0)
         else:
             fraction = self.percent / 100.0
-        estimated = self._estimator.update(fraction)
+        with self._registry._lock:
+            # Several worker threads may report for one task (parallel
+            # erases); the estimator's window is not thread-safe alone.
+            estimated = self._estimator.update(fraction)
         self._registry._update(self, min(fraction * 100.0, 99.9),
                                eta if eta is not None else estimated)
 

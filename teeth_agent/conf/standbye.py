@@ -2,6 +2,8 @@
 
 from oslo_config import cfg
 
+from teeth_agent.conf import group as conf_group
+
 group = cfg.OptGroup(
     "standbye", title="Standby",
     help="Caching, writing and booting tenant images.")
@@ -77,9 +79,4 @@ opts = [
 
 
 def register_opts(conf):
-    # A fresh OptGroup per ConfigOpts: oslo.config copies a group only
-    # shallowly, so sharing this module's object would share overrides
-    # between configurations (tests build many).
-    conf.register_group(cfg.OptGroup(group.name, title=group.title,
-                                     help=group.help))
-    conf.register_opts(opts, group=group.name)
+    conf_group.register(conf, group, opts)

@@ -88,44 +88,39 @@ class Dispatcher:
         self.managers = [(HardwareSupport(level), manager)
                          for _, (level, manager) in ordered]
 
+    def _answers(self, method, args, kwargs):
+        """Yield ``(name, answer)`` from each manager in order, skipping
+        those that decline; any other exception becomes
+        :class:`DispatchError`."""
+        for _, manager in self.managers:
+            func = getattr(manager, method, None)
+            if func is None:
+                continue
+            try:
+                answer = func(*args, **kwargs)
+            except base.IncompatibleHardwareMethodError:
+                continue
+            except Exception as exc:
+                LOG.error("hardware manager %s failed in %s: %s",
+                          manager.name, method, exc)
+                raise DispatchError(manager.name, method, exc) from exc
+            yield manager.name, answer
+
     def dispatch(self, method, *args, **kwargs):
         """The answer of the first manager that does not decline.
 
         Raises :class:`NoManagerError` when all decline and
         :class:`DispatchError` (naming the manager) when one fails.
         """
-        for _, manager in self.managers:
-            func = getattr(manager, method, None)
-            if func is None:
-                continue
-            try:
-                return func(*args, **kwargs)
-            except base.IncompatibleHardwareMethodError:
-                continue
-            except Exception as exc:
-                LOG.error("hardware manager %s failed in %s: %s",
-                          manager.name, method, exc)
-                raise DispatchError(manager.name, method, exc) from exc
+        for _, answer in self._answers(method, args, kwargs):
+            return answer
         raise NoManagerError("no hardware manager implements %s" % method)
 
     def dispatch_all(self, method, *args, **kwargs):
         """Ask every manager; return ``[(name, answer)]``, highest level
         first, leaving out those that decline. Any other exception stops the
         dispatch as :class:`DispatchError`."""
-        answers = []
-        for _, manager in self.managers:
-            func = getattr(manager, method, None)
-            if func is None:
-                continue
-            try:
-                answers.append((manager.name, func(*args, **kwargs)))
-            except base.IncompatibleHardwareMethodError:
-                continue
-            except Exception as exc:
-                LOG.error("hardware manager %s failed in %s: %s",
-                          manager.name, method, exc)
-                raise DispatchError(manager.name, method, exc) from exc
-        return answers
+        return list(self._answers(method, args, kwargs))
 
     def implementers(self, method):
         """Names of the managers that override ``method``, in dispatch
