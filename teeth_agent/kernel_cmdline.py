@@ -80,9 +80,13 @@ def split_cmdline(text):
 def parse(text):
     """``[(group or None, name, value)]`` of the ``teeth_agent.`` words of
     the command line ``text``, in order. A name without ``=`` gets the
-    value ``true`` (a bare flag). Names are not checked here."""
+    value ``true`` (a bare flag). Names are not checked here. Words after
+    a bare ``--`` are arguments of init, not kernel parameters, and are
+    not read."""
     found = []
     for word in split_cmdline(text):
+        if word == "--":
+            break
         if not word.startswith(PREFIX):
             continue
         key, sep, value = word[len(PREFIX):].partition("=")

@@ -67,6 +67,10 @@ class TestParse(base.TestCase):
         self.assertEqual([(None, "agent_id", "a=b")],
                          kernel_cmdline.parse("teeth_agent.agent_id=a=b"))
 
+    def test_init_arguments_after_double_dash_are_not_read(self):
+        self.assertEqual([(None, "debug", "true")], kernel_cmdline.parse(
+            "teeth_agent.debug -- teeth_agent.endpoints=10.0.2.1:1"))
+
     def test_other_prefixes_are_not_ours(self):
         self.assertEqual([], kernel_cmdline.parse(
             "teeth_agentx.a=1 xteeth_agent.b=2 teeth_ramdisk.shell=1"))
