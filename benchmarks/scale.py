@@ -23,8 +23,9 @@ its growth per agent since it had none, the endpoint's CPU use (percent of
 one core) and this load generator's own CPU use, which says whether the
 figures measure the endpoint or the generator. The generator runs with the
 cyclic garbage collector off, so that its own pauses are not counted as the
-endpoint's latency; the endpoint runs as it would in production. The largest level whose
-p99 stays under 100 ms is reported (target: 10,000 agents).
+endpoint's latency; the endpoint runs as it would in production. The
+largest level whose p99 stays under 100 ms is reported (target: 10,000
+agents).
 
 A process may hold at most 20,000 file descriptors here, so the soft limit
 is raised to the hard limit in both processes; 10,000 client sockets and
