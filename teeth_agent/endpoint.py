@@ -66,6 +66,10 @@ class AgentHandle:
 class Endpoint:
     """Accepts agents and talks to them. See the module docstring."""
 
+    #: Inbound methods answered without a green thread of their own: their
+    #: handlers (and the subscribers they call) never block.
+    INLINE_METHODS = ("ping", "handshake", "task_status", "log")
+
     def __init__(self, host="127.0.0.1", port=9999, tls_context=None,
                  max_line_length=protocol.DEFAULT_MAX_LINE_LENGTH,
                  call_timeout=30.0, handshake_timeout=30.0,
@@ -169,7 +173,7 @@ class Endpoint:
             sock, self._dispatch, name="agent at %s" % name,
             max_line_length=self.max_line_length,
             write_timeout=self.keepalive_interval + self.keepalive_timeout,
-            on_close=self._on_close)
+            on_close=self._on_close, inline_methods=self.INLINE_METHODS)
         connection.user_data["address"] = host
         connection.user_data["agent"] = None
         self._per_address[host] += 1

@@ -374,8 +374,19 @@ class Connection:
 
     def __init__(self, sock, dispatch, name="peer",
                  max_line_length=protocol.DEFAULT_MAX_LINE_LENGTH,
-                 max_inflight=64, write_timeout=30.0, on_close=None):
+                 max_inflight=64, write_timeout=30.0, on_close=None,
+                 inline_methods=()):
         self.sock = sock
+        # Methods whose handlers never block run in the reader itself: no
+        # green thread per message, which matters to an endpoint holding
+        # thousands of agents that ping and report all the time.
+        self._inline = frozenset(inline_methods)
+        # The plain non-blocking socket under a green TCP socket, for
+        # writes that fit in the send buffer (almost all): they need no
+        # timer. TLS sockets always take the green path.
+        raw = getattr(sock, "fd", None)
+        self._raw = raw if isinstance(raw, _std_socket.socket) and \
+            not isinstance(sock, _std_ssl.SSLSocket) else None
         self.name = name
         self.session = protocol.Session(max_line_length=max_line_length)
         self._dispatch = dispatch
@@ -496,8 +507,15 @@ class Connection:
             raise ConnectionLost(self.close_reason)
         with self._write_lock:
             try:
-                with Timeout(self._write_timeout):
-                    self.sock.sendall(data)
+                if self._raw is not None:
+                    try:
+                        sent = self._raw.send(data)
+                    except BlockingIOError:
+                        sent = 0
+                    data = data[sent:]
+                if data:
+                    with Timeout(self._write_timeout):
+                        self.sock.sendall(data)
                 self.last_sent = monotonic()
             except Timeout:
                 self.close("write timed out after %ss" % self._write_timeout)
@@ -534,7 +552,10 @@ class Connection:
 
     def _handle(self, event):
         if isinstance(event, protocol.CommandReceived):
-            self._pool.spawn_n(self._run_command, event.command)
+            if event.command.method in self._inline:
+                self._run_command(event.command)
+            else:
+                self._pool.spawn_n(self._run_command, event.command)
         elif isinstance(event, protocol.ResponseReceived):
             waiter = self._waiters.get(event.response.id)
             if waiter is not None and not waiter.ready():
