@@ -14,7 +14,6 @@ device's signatures (:func:`wipe_signatures`) so a partial image can never
 boot.
 """
 
-import errno
 import fcntl
 import logging
 import lzma
@@ -39,6 +38,18 @@ class ImageTooLarge(Exception):
     """The image does not fit on the device."""
 
 
+class DeviceWriteError(OSError):
+    """The device refused a write or a sync (failed, gone, out of space).
+
+    Its ``errno`` is the device's; its message names the device and the
+    byte offset.
+    """
+
+    def __init__(self, path, offset, cause):
+        super().__init__(cause.errno, "writing %s failed at byte %d: %s"
+                         % (path, offset, cause.strerror or cause))
+
+
 def logical_block_size(fd):
     """The logical sector size of the block device open as ``fd``."""
     try:
@@ -57,7 +68,8 @@ class DeviceWriter:
     device at once and :meth:`close` writes the rest (the aligned part
     directly, the unaligned tail through the page cache) and syncs.
     Writing past the end of the device (or past ``end``, a byte offset)
-    raises :class:`ImageTooLarge`; writing starts at byte ``start``, which
+    raises :class:`ImageTooLarge`, a write or sync the device refuses
+    :class:`DeviceWriteError`; writing starts at byte ``start``, which
     must be a multiple of the logical block size.
     """
 
@@ -97,8 +109,12 @@ class DeviceWriter:
         with memoryview(self._buffer) as buffer:
             done = 0
             while done < length:
-                done += os.pwrite(self._fd, buffer[done:length],
-                                  self.offset + done)
+                try:
+                    done += os.pwrite(self._fd, buffer[done:length],
+                                      self.offset + done)
+                except OSError as exc:
+                    raise DeviceWriteError(self.path, self.offset + done,
+                                           exc) from exc
         self.offset += length
         self._fill = 0
 
@@ -125,10 +141,16 @@ class DeviceWriter:
                 try:
                     os.pwrite(fd, remainder, self.offset)
                     os.fsync(fd)
+                except OSError as exc:
+                    raise DeviceWriteError(self.path, self.offset,
+                                           exc) from exc
                 finally:
                     os.close(fd)
                 self.offset += len(remainder)
-            os.fsync(self._fd)
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                raise DeviceWriteError(self.path, self.offset, exc) from exc
             return self.offset - self.start
         finally:
             self.abort()
@@ -345,7 +367,8 @@ def write_stream(source, path, fmt, hasher, progress=None, total=None,
     before the exception propagates
     (:class:`teeth_agent.download.ChecksumMismatch`,
     :class:`ImageTooLarge`, :class:`CorruptImage`,
-    :class:`teeth_agent.download.DownloadError`, ``OSError``).
+    :class:`teeth_agent.download.DownloadError`, :class:`DeviceWriteError`
+    when the device fails or runs out of space, other ``OSError``).
     """
     if total is not None and fmt == formats.RAW and \
             total > device_size(path):
@@ -362,15 +385,11 @@ def write_stream(source, path, fmt, hasher, progress=None, total=None,
             decoder = None
         written = writer.close()
         hasher.verify()
-    except BaseException as exc:
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            exc = ImageTooLarge("the image is larger than %s" % path)
+    except BaseException:
         if decoder is not None and hasattr(decoder, "abort"):
             decoder.abort()
         writer.abort()
         LOG.error("writing the image to %s failed; wiping it", path)
         wipe_signatures(path)
-        if isinstance(exc, ImageTooLarge):
-            raise exc from None
         raise
     return {"bytes_read": read, "bytes_written": written}
