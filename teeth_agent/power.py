@@ -41,7 +41,13 @@ class PowerController:
             self._record("kexec")
             return
         LOG.warning("executing the staged kernel (kexec -e)")
-        processes.execute("kexec", "-e", log_level=logging.WARNING)
+        try:
+            processes.execute("kexec", "-e", log_level=logging.WARNING)
+        except processes.ProcessError as exc:
+            LOG.error("kexec -e failed (%s); rebooting instead", exc)
+        # A successful kexec never returns; still here means it did not
+        # happen, and the endpoint was told the machine boots its image.
+        self.reboot()
 
     def reboot(self):
         if self.simulate:

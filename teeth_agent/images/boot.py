@@ -283,7 +283,10 @@ def probe(node):
 def mounted_read_only(node, fs_type):
     """Mount ``node`` read-only, without journal replay, at a temp dir."""
     directory = tempfile.mkdtemp(prefix="teeth-image-")
-    options = "ro,nosuid,nodev,noexec"
+    # nosymfollow: the kernel itself refuses to follow the image's links,
+    # so nothing read here can lead out of the image, whatever our own
+    # path handling does.
+    options = "ro,nosuid,nodev,noexec,nosymfollow"
     if fs_type in ("ext3", "ext4"):
         options += ",noload"
     elif fs_type == "xfs":
@@ -340,8 +343,11 @@ def install_grub(path, root_node, fs_type, target, boot):
         raise processes.ToolNotFound(["grub-install"])
     directory = tempfile.mkdtemp(prefix="teeth-grub-")
     try:
+        # nosymfollow: grub-install writes as root under the image's /boot;
+        # a link planted there must not lead its writes out of the image.
         processes.execute("mount", "-t", fs_type, "-o",
-                          "nosuid,nodev,noexec", root_node, directory)
+                          "nosuid,nodev,noexec,nosymfollow", root_node,
+                          directory)
         try:
             boot_dir = resolve_inside(directory, "/boot") or os.path.join(
                 directory, "boot")
