@@ -27,7 +27,7 @@ def _place(image, part_file, start_sector, sector=512):
 
 
 def build_disk_image(directory, size_mib=48, esp=True, bls=False,
-                     name="disk.img"):
+                     name="disk.img", bios_boot=False):
     """Build the image.
 
     Returns ``{"path", "kernel", "initrd", "cmdline", "root_uuid",
@@ -78,13 +78,22 @@ def build_disk_image(directory, size_mib=48, esp=True, bls=False,
         stream.truncate(size_mib * 1024 * 1024)
     esp_sectors = 8 * 2048 if esp else 0
     argv = ["sgdisk", "-U", str(uuid.uuid4())]
+    root_number = 1
+    root_start = 2048
     if esp:
         argv += ["-n", "1:2048:+8M", "-t", "1:EF00", "-c", "1:esp"]
-    root_number = 2 if esp else 1
+        root_number += 1
+        root_start += esp_sectors
+    if bios_boot:
+        # An empty BIOS boot partition: room for grub's core image, no
+        # loader yet (the agent is expected to install one).
+        argv += ["-n", "%d:%d:+1M" % (root_number, root_start),
+                 "-t", "%d:EF02" % root_number, "-c", "%d:bios" % root_number]
+        root_number += 1
+        root_start += 2048
     argv += ["-n", "%d:0:0" % root_number, "-t", "%d:8300" % root_number,
              "-c", "%d:root" % root_number, image]
     _run(*argv)
-    root_start = 2048 + esp_sectors
     table = subprocess.run(["sfdisk", "--json", image], check=True,
                            capture_output=True, text=True).stdout
     parts = json.loads(table)["partitiontable"]["partitions"]
