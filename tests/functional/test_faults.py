@@ -231,8 +231,10 @@ class TestEndpointRestartsDuringDiskTasks(FaultTestCase):
 class TestBrokenLinks(FaultTestCase):
     def test_stalled_link_is_detected_by_keepalive_and_recovers(self):
         endpoint, proxy, agent = self.start_chain(
-            {"DEFAULT": {"keepalive_interval": 0.3,
-                         "keepalive_timeout": 0.6}})
+            # Short enough to keep the test quick, long enough that a loaded
+            # 2-core machine does not drop the link before the stall.
+            {"DEFAULT": {"keepalive_interval": 1.0,
+                         "keepalive_timeout": 2.0}})
         self.assertEqual(1, proxy.stall())
         agent.wait_for_output(r"keepalive: no answer")
         harness.wait_until(lambda: proxy.accepted >= 2, harness.START_TIMEOUT,
