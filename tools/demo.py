@@ -106,7 +106,8 @@ class Demo:
         if self.full_cycle:
             self.cycle = demo_cycle.Cycle(self.workdir)
             include = self.cycle.prepare_devices()
-            print("   loop devices for the agent: %s" % ", ".join(include))
+            print("   loop devices for the agent: %s (files in %s)"
+                  % (", ".join(include), self.cycle.devices.directory))
 
         heading("starting an agent process")
         config = self.agent_config(port, include)
