@@ -28,6 +28,12 @@ opts = [
         default=[],
         help="Glob patterns on block device paths that the agent never shows "
              "or touches, even when they also match device_include."),
+    cfg.BoolOpt(
+        "include_virtual_nics",
+        default=False,
+        help="Also report network interfaces that have no device behind "
+             "them (bridges, bonds, VLANs, tunnels) in the inventory. The "
+             "loopback interface is never reported."),
     cfg.StrOpt(
         "root_device_hints",
         help="Default root-device hints used to choose the OS install device "

@@ -441,7 +441,10 @@ class GenericHardwareManager(base.HardwareManager):
         for name in _listdir(root):
             directory = os.path.join(root, name)
             device = os.path.join(directory, "device")
-            if name == "lo" or not os.path.exists(device):
+            if name == "lo":
+                continue
+            if not os.path.exists(device) and \
+                    not self.conf.hardware.include_virtual_nics:
                 continue  # virtual: bridges, bonds, VLANs, tunnels
             carrier = _read_int(os.path.join(directory, "carrier"))
             if carrier is None:

@@ -334,6 +334,15 @@ class TestNetwork(GenericTestCase):
              "speed_mbps": None, "driver": "ice",
              "pci_address": "0000:3b:00.1"}], nics)
 
+    def test_virtual_interfaces_when_asked_for(self):
+        self.machine.add_nic("lo", "00:00:00:00:00:00", virtual=True)
+        self.machine.add_nic("br0", "52:54:00:00:00:01", virtual=True)
+        self.machine.add_nic("eno1", "3c:ec:ef:00:11:22")
+        self.set_config(**{"hardware.include_virtual_nics": True})
+        names = [nic["name"] for nic in
+                 self.manager.list_network_interfaces()]
+        self.assertEqual(["br0", "eno1"], names)
+
     def test_link_from_carrier_when_readable(self):
         self.machine.add_nic("eth0", "02:00:00:00:00:01", carrier=False,
                              operstate="up")
