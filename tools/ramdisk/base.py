@@ -288,6 +288,10 @@ def trim(root):
             removed += 1
     # Keep only the copyright files of the excluded documentation tree.
     for path in glob.glob(os.path.join(root, "usr/share/doc/*/*")):
+        # Several packages' doc directories may be links to one (grub's
+        # are): its files are gone after the first name was trimmed.
+        if not os.path.lexists(path):
+            continue
         if not fnmatch.fnmatch(path, "*/copyright"):
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path)
