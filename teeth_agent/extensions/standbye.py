@@ -454,7 +454,13 @@ class StandbyeExtension(base.Extension):
                 partitions.delete_partition(path, number)
 
     def _find_boot(self, path, table, node_of, exclude):
-        """The kernel to boot, copied out, or None."""
+        """The kernel to boot, copied out, or None.
+
+        A file system that cannot be mounted or read, or whose boot files
+        are unsafe (links that loop, files that are not regular or too
+        large), counts as holding no kernel: the caller then reboots into
+        the image instead of failing.
+        """
         found = None
         root_uuid = None
         for partition in table["partitions"]:
@@ -467,17 +473,15 @@ class StandbyeExtension(base.Extension):
                 continue
             try:
                 with boot.mounted_read_only(node, fs_type) as root:
-                    if root_uuid is None and boot.resolve_inside(
-                            root, "/etc") is not None:
+                    if root_uuid is None and self._has_etc(root, node):
                         root_uuid = props.get("UUID")
                     if found is None:
-                        entry = boot.find_kernel(root)
-                        if entry is not None:
-                            found = self._copy_boot_files(root, entry)
+                        found = self._kernel_in(root, node)
+                        if found is not None:
                             found.update(node=node, fs_type=fs_type,
                                          fs_uuid=props.get("UUID"),
                                          partition=partition["number"])
-            except processes.ProcessError as exc:
+            except (processes.ProcessError, OSError) as exc:
                 LOG.warning("cannot look into %s (%s): %s", node, fs_type,
                             exc)
         if found is not None:
@@ -491,6 +495,28 @@ class StandbyeExtension(base.Extension):
             found["cmdline"] = options
         return found
 
+    @staticmethod
+    def _has_etc(root, node):
+        try:
+            return boot.resolve_inside(root, "/etc") is not None
+        except (boot.UnsafePath, OSError) as exc:
+            LOG.warning("cannot resolve /etc on %s: %s", node, exc)
+            return False
+
+    def _kernel_in(self, root, node):
+        """The kernel of the file system at ``root``, copied out, or None
+        when it has none that can be read safely."""
+        try:
+            entry = boot.find_kernel(root)
+            if entry is None:
+                return None
+            return self._copy_boot_files(root, entry)
+        except (boot.UnsafePath, OSError) as exc:
+            LOG.warning("no usable kernel on %s: %s", node, exc)
+            shutil.rmtree(os.path.join(self.work_dir, "kexec"),
+                          ignore_errors=True)
+            return None
+
     def _copy_boot_files(self, root, entry):
         directory = os.path.join(self.work_dir, "kexec")
         shutil.rmtree(directory, ignore_errors=True)
@@ -499,11 +525,16 @@ class StandbyeExtension(base.Extension):
                                os.path.join(directory, "kernel"))
         initrd = None
         if entry["initrds"]:
-            # kexec takes one initrd; initramfs archives concatenate.
+            # kexec takes one initrd; initramfs archives concatenate. Their
+            # total is bounded too: the copies live in RAM in the ramdisk.
             initrd = os.path.join(directory, "initrd")
+            remaining = boot.MAX_INITRDS_TOTAL
             with open(initrd, "wb") as output:
                 for index, part in enumerate(entry["initrds"]):
-                    piece = boot.copy_out(root, part, initrd + ".%d" % index)
+                    piece = boot.copy_out(root, part, initrd + ".%d" % index,
+                                          limit=min(remaining,
+                                                    boot.MAX_BOOT_FILE))
+                    remaining -= os.path.getsize(piece)
                     with open(piece, "rb") as stream:
                         shutil.copyfileobj(stream, output, 1024 * 1024)
                     os.unlink(piece)

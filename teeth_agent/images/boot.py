@@ -40,6 +40,10 @@ BIOS_BOOT_TYPE = "21686148-6449-6e6f-744e-656564454649"
 
 #: Largest kernel or initrd copied out of an image.
 MAX_BOOT_FILE = 1024 * 1024 * 1024
+#: Largest total of the initrds of one entry copied out of an image (they
+#: are concatenated in the agent's work directory, which is RAM in the
+#: ramdisk).
+MAX_INITRDS_TOTAL = 1024 * 1024 * 1024
 #: Largest configuration file (grub.cfg, BLS entry) parsed.
 MAX_CONFIG_FILE = 4 * 1024 * 1024
 _MAX_LINKS = 40
@@ -108,7 +112,13 @@ def is_file(root, path):
 
 
 def copy_out(root, path, destination, limit=MAX_BOOT_FILE):
-    """Copy the image's regular file ``path`` to ``destination``."""
+    """Copy the image's regular file ``path`` to ``destination``.
+
+    Returns ``destination``. Raises :class:`UnsafePath` when ``path`` does
+    not exist, is not a regular file or is larger than ``limit`` bytes,
+    and ``OSError`` when it cannot be read (a symbolic link as the last
+    component included: it is opened with ``O_NOFOLLOW``).
+    """
     real = resolve_inside(root, path)
     if real is None:
         raise UnsafePath("%s does not exist in the image" % path)
@@ -279,21 +289,47 @@ def probe(node):
                 if "=" in line)
 
 
-@contextlib.contextmanager
-def mounted_read_only(node, fs_type):
-    """Mount ``node`` read-only, without journal replay, at a temp dir."""
-    directory = tempfile.mkdtemp(prefix="teeth-image-")
+def read_only_mount_options(fs_type):
+    """The ``mount -o`` strings to try, in order, for a read-only mount of
+    a ``fs_type`` file system that writes nothing to the device."""
     # nosymfollow: the kernel itself refuses to follow the image's links,
     # so nothing read here can lead out of the image, whatever our own
     # path handling does.
     options = "ro,nosuid,nodev,noexec,nosymfollow"
     if fs_type in ("ext3", "ext4"):
-        options += ",noload"
-    elif fs_type == "xfs":
-        options += ",norecovery"
+        return [options + ",noload"]
+    if fs_type == "xfs":
+        return [options + ",norecovery"]
+    if fs_type == "btrfs":
+        # A read-only btrfs mount still replays its log tree unless told
+        # not to; kernels before 5.9 spell the option without "rescue=".
+        return [options + ",rescue=nologreplay", options + ",nologreplay"]
+    return [options]
+
+
+def _mount(node, fs_type, directory):
+    attempts = read_only_mount_options(fs_type)
+    for index, options in enumerate(attempts):
+        try:
+            processes.execute("mount", "-t", fs_type, "-o", options, node,
+                              directory)
+            return
+        except processes.ToolNotFound:
+            raise
+        except processes.ProcessError as exc:
+            if index == len(attempts) - 1:
+                raise
+            LOG.info("mounting %s with %s failed (%s); trying %s", node,
+                     options, exc, attempts[index + 1])
+
+
+@contextlib.contextmanager
+def mounted_read_only(node, fs_type):
+    """Mount ``node`` read-only, without journal or log replay, at a
+    temporary directory; unmount and remove it when the block ends."""
+    directory = tempfile.mkdtemp(prefix="teeth-image-")
     try:
-        processes.execute("mount", "-t", fs_type, "-o", options, node,
-                          directory)
+        _mount(node, fs_type, directory)
         try:
             yield directory
         finally:

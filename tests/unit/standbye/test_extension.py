@@ -8,6 +8,7 @@ import uuid
 
 from teeth_agent.extensions import base as ext_base
 from teeth_agent.extensions import standbye
+from teeth_agent.images import boot
 from teeth_agent import power
 from teeth_agent import protocol
 from teeth_agent import tasks
@@ -183,3 +184,83 @@ class FindBootCmdlineTest(ExtensionTestCase):
                            "initrd": "/w/i", "cmdline": "ro"}],
                          self.power.actions)
         self.assertEqual(json.loads(json.dumps(result)), result)
+
+
+class FindBootFailuresTest(ExtensionTestCase):
+    """Unreadable or unsafe boot files mean "no kernel", not an error."""
+
+    table = {"partitions": [{"number": 1}]}
+
+    def find(self, mount_error=None, **patches):
+        defaults = {
+            "probe": mock.Mock(return_value={"TYPE": "ext4", "UUID": "U"}),
+            "resolve_inside": mock.Mock(return_value="/x"),
+            "find_kernel": mock.Mock(return_value={
+                "kernel": "/boot/k", "initrds": [], "options": "ro",
+                "source": "vmlinuz"}),
+            "copy_out": mock.Mock(
+                side_effect=lambda root, path, dest, **kw: dest),
+        }
+        defaults.update(patches)
+        with mock.patch.multiple("teeth_agent.images.boot", **defaults), \
+                mock.patch("teeth_agent.images.boot.mounted_read_only") \
+                as mounted:
+            mounted.return_value.__enter__.return_value = "/mnt"
+            mounted.side_effect = mount_error
+            return self.extension._find_boot(
+                "/dev/loop9", self.table, lambda n: "/dev/loop9p%d" % n,
+                exclude=None)
+
+    def test_unsafe_kernel_path_means_no_kernel(self):
+        self.assertIsNone(self.find(copy_out=mock.Mock(
+            side_effect=boot.UnsafePath("/boot/k is not a regular file"))))
+        self.assertFalse(os.path.exists(os.path.join(
+            self.extension.work_dir, "kexec")))
+
+    def test_link_loop_while_searching_means_no_kernel(self):
+        self.assertIsNone(self.find(find_kernel=mock.Mock(
+            side_effect=boot.UnsafePath("too many symbolic links"))))
+        self.assertIsNone(self.find(resolve_inside=mock.Mock(
+            side_effect=boot.UnsafePath("too many symbolic links"))))
+
+    def test_unreadable_file_means_no_kernel(self):
+        self.assertIsNone(self.find(copy_out=mock.Mock(
+            side_effect=OSError(40, "Too many levels of symbolic links"))))
+
+    def test_mount_point_failure_means_no_kernel(self):
+        self.assertIsNone(self.find(mount_error=OSError(16, "busy")))
+
+    def test_kernel_found_otherwise(self):
+        found = self.find()
+        self.assertEqual("/boot/k", found["kernel"])
+        self.assertEqual("root=UUID=U ro ro", found["cmdline"])
+
+
+class CopyBootFilesTest(ExtensionTestCase):
+    """Kernels and initrds copied out of a (fake) mounted image."""
+
+    def setUp(self):
+        super().setUp()
+        self.root = os.path.join(self.dir, "root")
+        os.makedirs(os.path.join(self.root, "boot"))
+        for name, size in (("k", 10), ("i1", 3000), ("i2", 3000)):
+            with open(os.path.join(self.root, "boot", name), "wb") as out:
+                out.write(os.urandom(size))
+
+    def entry(self, *initrds):
+        return {"kernel": "/boot/k", "options": "", "source": "vmlinuz",
+                "initrds": ["/boot/%s" % name for name in initrds]}
+
+    def test_initrds_are_concatenated(self):
+        found = self.extension._copy_boot_files(self.root,
+                                                self.entry("i1", "i2"))
+        with open(found["initrd_copy"], "rb") as stream:
+            self.assertEqual(6000, len(stream.read()))
+        self.assertEqual(["/boot/i1", "/boot/i2"], found["initrd"])
+
+    def test_initrds_total_is_capped(self):
+        with mock.patch.object(boot, "MAX_INITRDS_TOTAL", 5000):
+            self.extension._copy_boot_files(self.root, self.entry("i1"))
+            with self.assertRaisesRegex(boot.UnsafePath, "larger than"):
+                self.extension._copy_boot_files(self.root,
+                                                self.entry("i1", "i2"))

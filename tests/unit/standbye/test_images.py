@@ -318,6 +318,27 @@ class BootDiscoveryTest(base.TestCase):
     def test_nothing(self):
         self.assertIsNone(boot.find_kernel(self.root))
 
+    @mock.patch("teeth_agent.processes.execute")
+    def test_btrfs_is_mounted_without_log_replay(self, execute):
+        execute.side_effect = [
+            boot.processes.ProcessError(["mount"], 32, "", "bad option"),
+            ("", ""), ("", "")]
+        with boot.mounted_read_only("/dev/loop9p1", "btrfs") as root:
+            self.assertTrue(root.startswith("/"))
+        first, second, unmount = (c[0] for c in execute.call_args_list)
+        self.assertIn("rescue=nologreplay", first[4].split(","))
+        self.assertIn("nologreplay", second[4].split(","))
+        self.assertIn("ro", second[4].split(","))
+        self.assertEqual("umount", unmount[0])
+        self.assertFalse(os.path.exists(root))
+
+    def test_read_only_options_never_replay(self):
+        self.assertIn("noload", boot.read_only_mount_options("ext4")[0])
+        self.assertIn("norecovery", boot.read_only_mount_options("xfs")[0])
+        for options in boot.read_only_mount_options("btrfs"):
+            self.assertIn("nologreplay", options)
+            self.assertTrue(options.startswith("ro,"))
+
     def test_grub_config(self):
         text = boot.grub_config({"fs_uuid": "U", "kernel": "/boot/k",
                                  "initrd": "/boot/i", "cmdline": "ro"})
