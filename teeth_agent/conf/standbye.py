@@ -75,6 +75,14 @@ opts = [
         help="The largest config drive, in bytes, the agent writes. The "
              "partition it creates for it is the image rounded up to whole "
              "MiB and never larger than this."),
+    cfg.IntOpt(
+        "qemu_img_convert_cpu_limit",
+        default=3600,
+        min=1,
+        help="Seconds of CPU time qemu-img may use to convert one qcow2 "
+             "image to the install device (its address space is limited to "
+             "1 GiB). A large, heavily compressed image needs more; the "
+             "limit stops a crafted image from running it forever."),
 ]
 
 

@@ -260,7 +260,8 @@ class StandbyeExtension(base.Extension):
                     progress=lambda done, total: total and task.progress(
                         percent=50.0 * done / total),
                     expected_size=image.get("size"), durable=False,
-                    allow_md5=self.conf.standbye.allow_md5, **options)
+                    allow_md5=self.conf.standbye.allow_md5,
+                    max_size=self._staging_room(), **options)
                 written = self._convert_qcow2(task, local, path)
             finally:
                 if os.path.exists(local):
@@ -281,6 +282,22 @@ class StandbyeExtension(base.Extension):
             source.close()
         return {"format": fmt, "source": "download", **written}
 
+    def _staging_room(self):
+        """Bytes a qcow2 image may take in ``work_dir``: its file system's
+        free space minus ``[standbye] cache_reserve`` (in the ramdisk that
+        is RAM the agent itself needs)."""
+        stats = os.statvfs(self.work_dir)
+        room = stats.f_bavail * stats.f_frsize - \
+            self.conf.standbye.cache_reserve
+        if room <= 0:
+            raise download.DownloadError(
+                "no room to stage the qcow2 image in %s: %d bytes free, "
+                "%d reserved" % (self.work_dir,
+                                 stats.f_bavail * stats.f_frsize,
+                                 self.conf.standbye.cache_reserve),
+                final=True, no_space=True)
+        return room
+
     def _convert_qcow2(self, task, image_path, path):
         virtual_size = qcow2.inspect(image_path)
         if virtual_size > writer.device_size(path):
@@ -289,9 +306,8 @@ class StandbyeExtension(base.Extension):
                 % (virtual_size, path))
         safety.ensure_writable(path, self.conf, self.hardware)
         try:
-            processes.execute("qemu-img", "convert", "-f", "qcow2", "-O",
-                              "raw", "-t", "none", "-n", image_path, path,
-                              timeout=6 * 3600, log_level=logging.INFO)
+            qcow2.convert(image_path, path,
+                          self.conf.standbye.qemu_img_convert_cpu_limit)
         except processes.ProcessError:
             writer.wipe_signatures(path)
             raise

@@ -8,9 +8,16 @@ ways: it parses the qcow2 header itself, then asks
 ``qemu-img info --output=json -f qcow2`` (the format is forced, never
 probed). Callers run it only on an image whose checksum was verified, so
 qemu-img never sees bytes the server did not vouch for.
+
+Every ``qemu-img`` run goes through ``prlimit`` (util-linux): its address
+space is limited to :data:`QEMU_IMG_ADDRESS_SPACE` and its CPU time to
+:data:`INFO_CPU_SECONDS` for ``info`` and to the caller's limit for
+``convert``, so a crafted image cannot make it eat the ramdisk's memory or
+spin forever.
 """
 
 import json
+import logging
 import struct
 
 from teeth_agent import processes
@@ -33,6 +40,13 @@ _EXT_END = 0
 _EXT_BACKING_FORMAT = 0xE2792ACA
 _EXT_ENCRYPTION = 0x0537BE77
 _EXT_DATA_FILE = 0x44415441
+
+#: Address space (bytes) a qemu-img run may use.
+QEMU_IMG_ADDRESS_SPACE = 1024 * 1024 * 1024
+#: CPU seconds ``qemu-img info`` may use.
+INFO_CPU_SECONDS = 30
+#: CPU seconds ``qemu-img convert`` may use unless the caller says.
+CONVERT_CPU_SECONDS = 3600
 
 #: The most of the file :func:`check_header` needs (the first cluster
 #: holds the header and its extensions; clusters are at most 2 MiB).
@@ -134,6 +148,29 @@ def check_info(info):
     return size
 
 
+def limited(cpu_seconds, *argv):
+    """``argv`` (a qemu-img command) run under ``prlimit`` limits: the
+    address space :data:`QEMU_IMG_ADDRESS_SPACE` and ``cpu_seconds`` of
+    CPU time."""
+    return ("prlimit", "--as=%d" % QEMU_IMG_ADDRESS_SPACE,
+            "--cpu=%d" % cpu_seconds) + tuple(argv)
+
+
+def convert(path, device, cpu_seconds=CONVERT_CPU_SECONDS):
+    """Write the inspected qcow2 image ``path`` onto ``device`` as raw.
+
+    The format is forced (``-f qcow2``), the device is written with
+    ``-t none`` (no page cache) and not created (``-n``); qemu-img runs
+    under :func:`limited` with ``cpu_seconds``. Raises
+    :class:`teeth_agent.processes.ProcessError` (the limits exceeded
+    included: the kernel kills qemu-img).
+    """
+    processes.execute(*limited(cpu_seconds, "qemu-img", "convert", "-f",
+                               "qcow2", "-O", "raw", "-t", "none", "-n",
+                               path, device),
+                      timeout=6 * 3600, log_level=logging.INFO)
+
+
 def inspect(path):
     """Check the verified qcow2 image at ``path``; return its virtual size.
 
@@ -142,8 +179,9 @@ def inspect(path):
     """
     with open(path, "rb") as stream:
         header = check_header(stream.read(MAX_HEADER_READ))
-    out, _ = processes.execute("qemu-img", "info", "--output=json",
-                               "-f", "qcow2", path, timeout=120)
+    out, _ = processes.execute(*limited(INFO_CPU_SECONDS, "qemu-img", "info",
+                                        "--output=json", "-f", "qcow2",
+                                        path), timeout=120)
     try:
         info = json.loads(out)
     except ValueError:

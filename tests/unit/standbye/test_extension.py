@@ -6,6 +6,7 @@ import tempfile
 from unittest import mock
 import uuid
 
+from teeth_agent import download
 from teeth_agent.extensions import base as ext_base
 from teeth_agent.extensions import standbye
 from teeth_agent.images import boot
@@ -134,6 +135,35 @@ class StandbyeValidationTest(ExtensionTestCase):
             with self.subTest(drive):
                 self.assert_invalid("config_drive", "run_image",
                                     image_id=IMAGE_ID, config_drive=drive)
+
+
+class Qcow2StagingTest(ExtensionTestCase):
+    """qcow2 images staged in work_dir, converted under limits."""
+
+    def test_staging_room_is_free_space_minus_the_reserve(self):
+        self.conf.set_override("cache_reserve", 1000, "standbye")
+        os.makedirs(self.extension.work_dir)
+        stats = mock.Mock(f_bavail=10, f_frsize=4096)
+        with mock.patch("os.statvfs", return_value=stats) as statvfs:
+            self.assertEqual(40960 - 1000, self.extension._staging_room())
+        statvfs.assert_called_once_with(self.extension.work_dir)
+        self.conf.set_override("cache_reserve", 40960, "standbye")
+        with mock.patch("os.statvfs", return_value=stats):
+            with self.assertRaisesRegex(download.DownloadError, "no room"):
+                self.extension._staging_room()
+
+    @mock.patch("teeth_agent.hardware.safety.ensure_writable")
+    @mock.patch("teeth_agent.images.writer.device_size",
+                return_value=1 << 30)
+    @mock.patch("teeth_agent.images.qcow2.inspect", return_value=1 << 20)
+    @mock.patch("teeth_agent.processes.execute", return_value=("", ""))
+    def test_convert_uses_the_configured_cpu_limit(self, execute, *mocks):
+        self.conf.set_override("qemu_img_convert_cpu_limit", 77, "standbye")
+        self.extension._convert_qcow2(mock.Mock(), "/w/i.qcow2",
+                                      "/dev/loop9")
+        argv = execute.call_args[0]
+        self.assertEqual(("prlimit", "--as=1073741824", "--cpu=77",
+                          "qemu-img", "convert"), argv[:5])
 
 
 class FindBootCmdlineTest(ExtensionTestCase):

@@ -91,8 +91,19 @@ class Qcow2Test(base.TestCase):
             image.flush()
             self.assertEqual(10 * MIB, qcow2.inspect(image.name))
         argv = execute.call_args[0]
-        self.assertEqual(("qemu-img", "info", "--output=json", "-f",
-                          "qcow2"), argv[:5])
+        self.assertEqual(("prlimit", "--as=%d" % (1024 * MIB), "--cpu=30",
+                          "qemu-img", "info", "--output=json", "-f",
+                          "qcow2", image.name), argv)
+
+    @mock.patch("teeth_agent.processes.execute", return_value=("", ""))
+    def test_convert_runs_under_limits(self, execute):
+        qcow2.convert("/w/i.qcow2", "/dev/loop9", 1234)
+        self.assertEqual(("prlimit", "--as=%d" % (1024 * MIB), "--cpu=1234",
+                          "qemu-img", "convert", "-f", "qcow2", "-O", "raw",
+                          "-t", "none", "-n", "/w/i.qcow2", "/dev/loop9"),
+                         execute.call_args[0])
+        qcow2.convert("/w/i.qcow2", "/dev/loop9")
+        self.assertIn("--cpu=3600", execute.call_args[0])
 
 
 class _Collect:
