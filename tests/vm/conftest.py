@@ -68,14 +68,20 @@ def ramdisk(vm_requirements, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def test_images(ramdisk, tmp_path_factory):
-    """The two images the VM test installs: ``kexec`` (kernel, initrd and
-    BLS entry) and ``no_kernel`` (a root without any kernel)."""
+    """The images the VM test installs: ``kexec`` (kernel, initrd and BLS
+    entry), ``no_kernel`` (a root without any kernel) and ``grub`` (kernel,
+    initrd and BLS entry, but no boot loader: an empty BIOS boot
+    partition, no boot code, no grub.cfg)."""
     directory = str(tmp_path_factory.mktemp("images"))
     return {
         "kexec": images.build_disk_image(
             directory, "kexec.img", kernel=ramdisk["files"]["vmlinuz"],
             release=ramdisk["kernel_release"]),
         "no_kernel": images.build_disk_image(directory, "no-kernel.img"),
+        "grub": images.build_disk_image(
+            directory, "grub.img", kernel=ramdisk["files"]["vmlinuz"],
+            release=ramdisk["kernel_release"], boot_loader=False,
+            cmdline_token=images.GRUB_CMDLINE_TOKEN),
     }
 
 

@@ -10,6 +10,12 @@ powers off) and a Boot Loader Specification entry naming them. The first
 bytes of the MBR hold a minimal boot routine (``cli; hlt``) so the agent
 sees an image that brings its own boot loader; the VM test never lets the
 firmware run it.
+
+The image built with ``boot_loader=False`` brings none: no boot code in
+the MBR, and an empty 1 MiB BIOS boot partition (GPT type EF02, number
+:data:`BIOS_BOOT_NUMBER`) ahead of the root, where the agent's
+``grub-install`` embeds grub's core image. It carries no ``grub.cfg``
+either, so the one that boots is the agent's.
 """
 
 import os
@@ -21,8 +27,13 @@ BOOTED_MARKER = "TEETH-TEST-IMAGE-BOOTED"
 #: On the BLS entry's options; the booted image prints its command line,
 #: which proves the agent passed the image's own options to kexec.
 CMDLINE_TOKEN = "teeth_test_image=kexec-entry"
+#: On the BLS entry's options of the image without a boot loader.
+GRUB_CMDLINE_TOKEN = "teeth_test_image=grub-entry"
 MIB = 1024 * 1024
 ROOT_PARTITION_START = MIB
+BIOS_BOOT_NUMBER = 1
+BIOS_BOOT_START = MIB
+BIOS_BOOT_SIZE = MIB
 # cli; hlt; jmp back to hlt: a boot routine that only stops the CPU.
 BOOT_CODE = b"\xfa\xf4\xeb\xfd"
 
@@ -77,17 +88,24 @@ def build_test_initrd(directory):
         subprocess.run(["cpio", "--create", "--format=newc", "--quiet"],
                        input="\n".join(names).encode(), cwd=tree,
                        stdout=stream, check=True)
+    # Gone, so the next image built in the same directory can stage again.
+    shutil.rmtree(tree)
     return output
 
 
 def build_disk_image(directory, name, kernel=None, release=None,
-                     size_mib=64):
+                     size_mib=64, boot_loader=True,
+                     cmdline_token=CMDLINE_TOKEN):
     """A GPT raw disk image at ``directory/name`` with an ext4 root.
 
     With ``kernel`` (a bzImage path) and ``release`` the root also holds
-    the kernel, the test initrd and a BLS entry; without, it holds no
-    kernel at all. Returns ``{"path", "root_offset", "root_size",
-    "root_uuid"}``.
+    the kernel, the test initrd and a BLS entry whose options carry
+    ``cmdline_token``; without, it holds no kernel at all. With
+    ``boot_loader`` the MBR holds :data:`BOOT_CODE` and the root is
+    partition 1; without, the MBR's boot code is all zeroes, partition
+    :data:`BIOS_BOOT_NUMBER` is an empty BIOS boot partition and the root
+    follows it. Returns ``{"path", "root_offset", "root_size",
+    "root_uuid", "root_number"}`` (offsets and sizes in bytes).
     """
     tree = os.path.join(directory, name + "-tree")
     os.makedirs(os.path.join(tree, "etc"))
@@ -107,24 +125,39 @@ def build_disk_image(directory, name, kernel=None, release=None,
                          "linux /boot/vmlinuz-%s\n"
                          "initrd /boot/initrd.img-%s\n"
                          "options console=ttyS0 panic=-1 %s\n"
-                         % (release, release, release, CMDLINE_TOKEN))
-    root_size = (size_mib - 2) * MIB
+                         % (release, release, release, cmdline_token))
+    path = os.path.join(directory, name)
+    with open(path, "wb") as stream:
+        stream.truncate(size_mib * MIB)
+    if boot_loader:
+        root_offset = ROOT_PARTITION_START
+        root_number = 1
+    else:
+        root_offset = BIOS_BOOT_START + BIOS_BOOT_SIZE
+        root_number = BIOS_BOOT_NUMBER + 1
+        _run("sgdisk", "-n", "%d:%d:+%dK" % (
+            BIOS_BOOT_NUMBER, BIOS_BOOT_START // 512,
+            BIOS_BOOT_SIZE // 1024),
+            "-t", "%d:ef02" % BIOS_BOOT_NUMBER,
+            "-c", "%d:bios-boot" % BIOS_BOOT_NUMBER, path)
+    # What is left after the root's start, less 1 MiB for the backup GPT.
+    root_size = size_mib * MIB - root_offset - MIB
     root = os.path.join(directory, name + "-root.ext4")
     root_uuid = str(uuid.uuid4())
     _run("mkfs.ext4", "-q", "-F", "-L", "teeth-test-root", "-U", root_uuid,
          "-d", tree, root, "%dk" % (root_size // 1024))
-    path = os.path.join(directory, name)
-    with open(path, "wb") as stream:
-        stream.truncate(size_mib * MIB)
-    partition = "1:%d:+%dK" % (ROOT_PARTITION_START // 512,
-                               root_size // 1024)
-    _run("sgdisk", "-n", partition, "-t", "1:8300", "-c", "1:root", path)
+    partition = "%d:%d:+%dK" % (root_number, root_offset // 512,
+                                root_size // 1024)
+    _run("sgdisk", "-n", partition, "-t", "%d:8300" % root_number,
+         "-c", "%d:root" % root_number, path)
     with open(path, "r+b") as out, open(root, "rb") as stream:
-        out.seek(ROOT_PARTITION_START)
+        out.seek(root_offset)
         shutil.copyfileobj(stream, out, 4 * MIB)
-        out.seek(0)
-        out.write(BOOT_CODE)
+        if boot_loader:
+            out.seek(0)
+            out.write(BOOT_CODE)
     os.unlink(root)
     shutil.rmtree(tree)
-    return {"path": path, "root_offset": ROOT_PARTITION_START,
-            "root_size": root_size, "root_uuid": root_uuid}
+    return {"path": path, "root_offset": root_offset,
+            "root_size": root_size, "root_uuid": root_uuid,
+            "root_number": root_number}

@@ -34,7 +34,10 @@ class VirtualMachine:
 
     ``disks`` is a list of ``(kind, path, serial)`` with kind ``virtio``,
     ``nvme`` or ``sata``; ``forwards`` maps a guest port on
-    :data:`GUEST_SERVER` to a host port on 127.0.0.1.
+    :data:`GUEST_SERVER` to a host port on 127.0.0.1. With ``kernel``
+    None the firmware (SeaBIOS) boots the first disk instead, through
+    whatever boot loader that disk holds; ``initrd`` and ``cmdline`` are
+    then unused.
     """
 
     def __init__(self, directory, kernel, initrd, cmdline, disks,
@@ -69,17 +72,21 @@ class VirtualMachine:
                 # No default CD-ROM, VGA or NIC: only the devices below.
                 "-nodefaults", "-nographic", "-no-reboot",
                 "-monitor", "none",
-                "-serial", "file:%s" % self.console_path,
-                "-kernel", self.kernel, "-initrd", self.initrd,
-                "-append", self.cmdline,
-                "-netdev", ",".join(netdev),
-                # romfile= (empty): no iPXE option ROM to load and run.
-                "-device", "virtio-net-pci,netdev=n0,romfile="]
+                "-serial", "file:%s" % self.console_path]
+        if self.kernel is not None:
+            argv += ["-kernel", self.kernel, "-initrd", self.initrd,
+                     "-append", self.cmdline]
+        # romfile= (empty): no iPXE option ROM to load and run.
+        argv += ["-netdev", ",".join(netdev),
+                 "-device", "virtio-net-pci,netdev=n0,romfile="]
         ahci = False
         for index, (kind, path, serial) in enumerate(self.disks):
             drive = "d%d" % index
             argv += ["-drive", "file=%s,if=none,id=%s,format=raw"
                      % (path, drive)]
+            if self.kernel is None and index == 0:
+                # The firmware's boot order: this disk first.
+                drive += ",bootindex=0"
             if kind == "virtio":
                 argv += ["-device", "virtio-blk-pci,drive=%s,serial=%s"
                          % (drive, serial)]

@@ -336,3 +336,122 @@ def test_reboot_fallback(ramdisk, test_images, image_server, endpoints,
         original.seek(root["root_offset"])
         assert stream.read(root["root_size"]) == \
             original.read(root["root_size"])
+
+
+def ext4_listing(disk_path, offset, directory):
+    """The names in ``directory`` of the ext4 file system at byte
+    ``offset`` of the disk file, read with debugfs (read-only, from the
+    file: no device is touched); empty when the directory is missing."""
+    done = subprocess.run(
+        ["debugfs", "-R", "ls -p %s" % directory,
+         "%s?offset=%d" % (disk_path, offset)],
+        capture_output=True, text=True, check=True)
+    # -p: one "/inode/mode/uid/gid/name/size/" line per entry.
+    return {line.split("/")[5] for line in done.stdout.splitlines()
+            if line.count("/") >= 6} - {".", ".."}
+
+
+def ext4_text(disk_path, offset, path):
+    done = subprocess.run(
+        ["debugfs", "-R", "cat %s" % path,
+         "%s?offset=%d" % (disk_path, offset)],
+        capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def test_grub_install(ramdisk, test_images, image_server, endpoints,
+                      machines, tmp_path):
+    """An image without a boot loader gets the agent's grub (BIOS), which
+    then boots the disk on its own."""
+    directory = str(tmp_path)
+    image = test_images["grub"]
+    with open(image["path"], "rb") as stream:
+        mbr = stream.read(512)
+        stream.seek(images.BIOS_BOOT_START)
+        bios_boot = stream.read(images.BIOS_BOOT_SIZE)
+    # What the checks below find must come from the agent, not the image.
+    assert not any(mbr[:440]) and not any(bios_boot)
+    assert ext4_listing(image["path"], image["root_offset"],
+                        "/boot/grub") == set()
+    # A zero disk: every non-zero byte outside the image's root and the
+    # config drive was written by grub-install.
+    install = os.path.join(directory, "virtio.img")
+    with open(install, "wb") as stream:
+        stream.truncate(128 * MIB)
+    image_server.add("/grub.img", image["path"])
+    server = endpoints.start()
+    vm = machines.create(
+        "grub", kernel=ramdisk["files"]["vmlinux"],
+        initrd=ramdisk["files"]["initrd.img"],
+        cmdline=machine.ramdisk_cmdline(ENDPOINT_GUEST_PORT),
+        disks=[("virtio", install, "VDISK0001")],
+        forwards={ENDPOINT_GUEST_PORT: server.port,
+                  IMAGES_GUEST_PORT: image_server.server_address[1]})
+    vm.start()
+    agent_id = wait_for_agent(server, vm).agent_id
+
+    image_id = str(uuid.uuid4())
+    final = run_task(server, agent_id, "standbye.prepare_image", {
+        "task_id": "prepare", "image": {
+            "id": image_id, "urls": [guest_url(server, "/grub.img")],
+            "hashes": {"sha256": sha256_of(image["path"])}},
+        "root_device_hints": {"serial": "VDISK0001"}})
+    assert final["state"] == "complete", final
+    console_before = len(vm.console())
+    final = run_task(server, agent_id, "standbye.run_image", {
+        "task_id": "run", "image_id": image_id,
+        "config_drive": {"meta_data": {"uuid": str(uuid.uuid4())}}})
+    assert final["state"] == "complete", final
+    assert final["result"]["boot_loader"] == {
+        "action": "installed", "loader": "grub"}, final
+    boot = final["result"]["boot"]
+    assert boot["method"] == "kexec", boot
+    assert boot["partition"] == image["root_number"], boot
+    vm.wait_for_console(images.BOOTED_MARKER, BOOT_TIMEOUT,
+                        start=console_before)
+    booted = vm.wait_for_console(r"cmdline: ([^\r\n]*)", BOOT_TIMEOUT,
+                                 start=console_before)
+    assert images.GRUB_CMDLINE_TOKEN in booted.group(1)
+    vm.wait_for_exit(BOOT_TIMEOUT)
+    log("kexec done after grub-install")
+
+    # -- the disk file: grub in the MBR, the BIOS boot partition, /boot ----
+    with open(install, "rb") as stream:
+        mbr = stream.read(512)
+        stream.seek(images.BIOS_BOOT_START)
+        bios_boot = stream.read(images.BIOS_BOOT_SIZE)
+    assert any(mbr[:440]), "no boot code in the MBR"
+    assert mbr[510:512] == b"\x55\xaa", mbr[510:512].hex()
+    assert any(bios_boot), "nothing embedded in the BIOS boot partition"
+    table = partitions_of(install)
+    roots = [p for p in table["partitions"] if p.get("name") == "root"]
+    assert len(roots) == 1, table
+    offset = roots[0]["start"] * table.get("sectorsize", 512)
+    assert offset == image["root_offset"], table
+    assert {"i386-pc", "grub.cfg"} <= ext4_listing(install, offset,
+                                                   "/boot/grub")
+    assert {"normal.mod", "core.img"} <= ext4_listing(
+        install, offset, "/boot/grub/i386-pc")
+    config = ext4_text(install, offset, "/boot/grub/grub.cfg")
+    assert image["root_uuid"] in config, config
+    assert "/boot/vmlinuz-%s" % ramdisk["kernel_release"] in config, config
+    assert images.GRUB_CMDLINE_TOKEN in config, config
+
+    # -- the firmware boots the disk: SeaBIOS, grub, the image's kernel -----
+    started = transport.monotonic()
+    firmware = machines.create("grub-boot", kernel=None, initrd=None,
+                               cmdline=None,
+                               disks=[("virtio", install, "VDISK0001")],
+                               forwards={})
+    firmware.start()
+    booted = firmware.wait_for_console(r"cmdline: ([^\r\n]*)", BOOT_TIMEOUT)
+    assert images.BOOTED_MARKER in firmware.console()
+    cmdline = booted.group(1).split()
+    # grub's linux command adds BOOT_IMAGE: the kernel came through grub.
+    assert "BOOT_IMAGE=/boot/vmlinuz-%s" % ramdisk["kernel_release"] \
+        in cmdline, cmdline
+    assert images.GRUB_CMDLINE_TOKEN in cmdline, cmdline
+    assert "root=UUID=%s" % image["root_uuid"] in cmdline, cmdline
+    firmware.wait_for_exit(BOOT_TIMEOUT)
+    log("firmware -> grub -> image kernel: %.1f s",
+        transport.monotonic() - started)
