@@ -76,6 +76,9 @@ class StandbyeExtension(base.Extension):
                                           options.allow_md5)
         self.work_dir = options.work_dir
         self._prepared = self._load_prepared()
+        # What a crash left in the cache must not count as cached, nor
+        # take space, until the next cache_images.
+        self.cache.cleanup()
 
     # -- helpers --------------------------------------------------------------
 
@@ -133,7 +136,9 @@ class StandbyeExtension(base.Extension):
             seen.add(image_id)
         return {"task_id": task_id, "images": images}
 
-    @base.task_command(params={
+    # Exclusive: it competes with prepare_image for the disk and the cache
+    # directory, and two at once would race over the same space budget.
+    @base.task_command(exclusive=True, params={
         "images": params.List(_image_param(True), required=True,
                               max_items=256),
     })

@@ -21,6 +21,7 @@ import uuid
 from teeth_agent import download
 from teeth_agent.images import formats
 from teeth_agent.images import qcow2
+from teeth_agent import processes
 
 LOG = logging.getLogger(__name__)
 
@@ -119,15 +120,53 @@ class ImageCache:
     # -- changing -----------------------------------------------------------
 
     def prepare(self):
-        """Create the directory and remove downloads a crash left."""
+        """Create the directory and clean up what a crash left."""
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        for name in os.listdir(self.directory):
-            if ".partial-" in name and name.startswith("."):
-                LOG.info("removing the partial download %s", name)
-                try:
-                    os.unlink(os.path.join(self.directory, name))
-                except OSError as exc:
-                    LOG.warning("cannot remove %s: %s", name, exc)
+        self.cleanup()
+
+    def cleanup(self):
+        """Remove what an interrupted or failed caching left behind.
+
+        Partial downloads and records (hidden ``.partial-`` names), data
+        files without a valid record (the agent stopped between the
+        rename and the record, or the record does not match the data) and
+        records without their data. Does nothing when the directory does
+        not exist; errors are logged. Runs at agent start-up and before
+        every ``cache_images``, which never overlaps another disk task.
+        """
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            LOG.warning("cannot list the image cache %s: %s",
+                        self.directory, exc)
+            return
+        names = set(names)
+        stale = []
+        for name in sorted(names):
+            if name.startswith(".") and ".partial-" in name:
+                stale.append((name, "partial download"))
+            elif name.endswith(".image") and not name.startswith("."):
+                image_id = name[:-len(".image")]
+                if image_id in self._in_use:
+                    continue
+                if self._read(image_id) is None:
+                    stale.append((name, "image without a valid record"))
+                    if "%s.json" % image_id in names:
+                        stale.append(("%s.json" % image_id,
+                                      "record not matching its image"))
+            elif name.endswith(".json") and not name.startswith(".") \
+                    and "%s.image" % name[:-len(".json")] not in names:
+                stale.append((name, "record without its image"))
+        for name, why in stale:
+            LOG.info("removing %s from the image cache: %s", name, why)
+            try:
+                os.unlink(os.path.join(self.directory, name))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                LOG.warning("cannot remove %s: %s", name, exc)
 
     def evict(self, image_id):
         """Remove a cached image unless a task is using it.
@@ -170,8 +209,14 @@ class ImageCache:
 
         ``image`` is ``{"id", "urls", "hashes", "size"?}``. The result is
         ``{"id", "status", "reason"?, "size"?}`` with status ``cached``,
-        ``already_cached``, ``skipped`` (does not fit) or ``failed``.
-        Images in ``keep`` are never evicted to make room.
+        ``already_cached``, ``skipped`` (does not fit, or an older copy is
+        in use and cannot be replaced) or ``failed``; a failed or skipped
+        image leaves no file behind. Images in ``keep`` are never evicted
+        to make room. Without a ``size``, the download may use the space
+        free now; when it needs more (the budget or the disk runs out),
+        every image not in ``keep`` is evicted and the download is retried
+        once with the space that made: the size is unknown, so a smaller
+        eviction could not be known to be enough.
         """
         image_id = normalise_id(image["id"])
         if self.lookup(image_id, image["hashes"]) is not None:
@@ -183,35 +228,82 @@ class ImageCache:
                     "does not fit: needs %d bytes, %d available after "
                     "evicting images not in the list"
                     % (size, max(self._room(keep), 0)))}
-            budget = self.available()
-        if os.path.exists(self.data_path(image_id)):
-            # A stale copy with other checksums: replace it.
-            self.evict(image_id)
+            if os.path.exists(self.data_path(image_id)) and \
+                    not self.evict(image_id):
+                # A copy with other checksums that a task is reading: it
+                # stays as it is until that task is done with it.
+                return {"id": image_id, "status": SKIPPED, "reason":
+                        "an older copy of this image is in use and cannot "
+                        "be replaced now"}
         algorithm, hexdigest = download.select_hash(image["hashes"],
                                                     self.allow_md5)
         try:
-            result = download.download_to_file(
-                image["urls"], image["hashes"], self.data_path(image_id),
-                progress=progress, expected_size=size,
-                allow_md5=self.allow_md5, max_size=max(budget, 0),
-                **fetch_options)
+            result = self._download(image, progress, keep, **fetch_options)
         except download.DownloadError as exc:
             if exc.no_space or exc.too_large:
                 return {"id": image_id, "status": SKIPPED,
                         "reason": "does not fit: %s" % exc}
             return {"id": image_id, "status": FAILED, "reason": str(exc)}
-        fmt, reason = self._check_content(image_id)
-        if reason:
-            os.unlink(self.data_path(image_id))
+        try:
+            fmt, reason = self._check_content(image_id)
+            if reason is None:
+                record = {"id": image_id, "size": result["size"],
+                          "algorithm": algorithm, "hexdigest": hexdigest,
+                          "format": fmt, "cached_at": time.time()}
+                self._write_record(record)
+        except (processes.ProcessError, OSError) as exc:
+            reason = "cannot check or record the image: %s" % exc
+        if reason is not None:
+            self._discard(image_id)
             return {"id": image_id, "status": FAILED, "reason": reason}
-        record = {"id": image_id, "size": result["size"],
-                  "algorithm": algorithm, "hexdigest": hexdigest,
-                  "format": fmt, "cached_at": time.time()}
-        self._write_record(record)
         LOG.info("cached image %s (%s, %d bytes)", image_id, fmt,
                  result["size"])
         return {"id": image_id, "status": CACHED, "size": result["size"],
                 "format": fmt}
+
+    def _download(self, image, progress, keep, **fetch_options):
+        image_id = normalise_id(image["id"])
+        size = image.get("size")
+        for attempt in (1, 2):
+            try:
+                return download.download_to_file(
+                    image["urls"], image["hashes"], self.data_path(image_id),
+                    progress=progress, expected_size=size,
+                    allow_md5=self.allow_md5,
+                    max_size=max(self.available(), 0), **fetch_options)
+            except download.DownloadError as exc:
+                if attempt == 2 or size is not None or \
+                        not (exc.no_space or exc.too_large):
+                    raise
+                if not self._evict_all_but(keep):
+                    raise
+                LOG.info("image %s needs more than the space that was free "
+                         "(%s); retrying after evicting images not in the "
+                         "list", image_id, exc)
+
+    def _evict_all_but(self, keep):
+        """Evict every cached image not in ``keep`` and not in use,
+        oldest first; return whether any was evicted."""
+        with self._lock:
+            candidates = sorted(
+                (record for image_id, record in self.entries().items()
+                 if image_id not in keep and image_id not in self._in_use),
+                key=lambda record: record.get("cached_at", 0))
+            return sum(1 for record in candidates
+                       if self.evict(record["id"])) > 0
+
+    def _discard(self, image_id):
+        """Remove the data and record of an image that failed its checks,
+        whatever state they are in."""
+        for path in (self._record_path(image_id), self.data_path(image_id),
+                     os.path.join(self.directory,
+                                  ".%s.json.partial-record" % image_id)):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                LOG.error("cannot remove %s: %s", path, exc)
 
     def _room(self, keep):
         return self.available() + sum(

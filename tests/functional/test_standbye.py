@@ -512,6 +512,37 @@ class CacheImagesTest(StandbyeTestBase):
         self.assertEqual("cache", task.result["source"])
         self.assert_device_holds("raw")
 
+    def test_image_without_size_evicts_unlisted_images_when_needed(self):
+        raw, qcow = self.images["raw"], self.images["qcow2"]
+        # Room for the raw image and half of another: the qcow2 image
+        # (smaller than raw, its size not given) fits only once the raw
+        # image, not in the new list, is evicted.
+        room = raw["size"] + max(qcow["size"] // 2, MIB)
+        extension = self.make_extension(
+            [self.device], cache_dir=self.cache_dir,
+            reserve=self.free() - room)
+        task = self.call(extension, "cache_images",
+                         images=[self.image_param("raw")])
+        self.assertEqual(["cached"],
+                         [r["status"] for r in task.result["images"]])
+        task = self.call(extension, "cache_images",
+                         images=[self.image_param("qcow2", size=None)])
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        self.assertEqual(["cached"],
+                         [r["status"] for r in task.result["images"]])
+        self.assertEqual(sorted(["%s.image" % qcow["id"],
+                                 "%s.json" % qcow["id"], "lost+found"]),
+                         sorted(os.listdir(self.cache_dir)))
+
+    def test_leftovers_of_a_crash_are_removed_at_start_up(self):
+        orphan = os.path.join(self.cache_dir, "%s.image" % uuid.uuid4())
+        partial = os.path.join(self.cache_dir, ".x.image.partial-1234")
+        for path in (orphan, partial):
+            with open(path, "wb") as stream:
+                stream.write(os.urandom(MIB))
+        self.make_extension([self.device], cache_dir=self.cache_dir)
+        self.assertEqual(["lost+found"], os.listdir(self.cache_dir))
+
     def test_bad_checksum_and_404_leave_nothing_in_the_cache(self):
         extension = self.make_extension([self.device],
                                         cache_dir=self.cache_dir)

@@ -59,7 +59,7 @@ class StandbyeValidationTest(ExtensionTestCase):
         commands = self.extension.commands()
         self.assertEqual({"standbye.cache_images", "standbye.prepare_image",
                           "standbye.run_image"}, set(commands))
-        self.assertFalse(commands["standbye.cache_images"][0].exclusive)
+        self.assertTrue(commands["standbye.cache_images"][0].exclusive)
         self.assertTrue(commands["standbye.prepare_image"][0].exclusive)
         self.assertTrue(commands["standbye.run_image"][0].exclusive)
 
