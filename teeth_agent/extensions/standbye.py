@@ -8,10 +8,12 @@ in ``docs/standbye.md``; the pieces live in :mod:`teeth_agent.images` and
 :mod:`teeth_agent.download`.
 """
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import time
 
 from teeth_agent import download
 from teeth_agent.extensions import base
@@ -65,6 +67,15 @@ _EXPECTED_ERRORS = (
     OSError)
 
 
+def _sync_directory(path):
+    """Make a rename or removal in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class StandbyeExtension(base.Extension):
     """Caches, writes and boots tenant images."""
 
@@ -76,6 +87,7 @@ class StandbyeExtension(base.Extension):
                                           options.allow_md5)
         self.work_dir = options.work_dir
         self._prepared = self._load_prepared()
+        self._recover_interrupted_write()
         # What a crash left in the cache must not count as cached, nor
         # take space, until the next cache_images.
         self.cache.cleanup()
@@ -122,6 +134,87 @@ class StandbyeExtension(base.Extension):
         except OSError as exc:
             LOG.warning("cannot record the prepared image in %s: %s", path,
                         exc)
+
+    # -- writes the agent may not live to finish ------------------------------
+
+    def _writing_path(self):
+        return os.path.join(self.work_dir, "write-in-progress.json")
+
+    @contextlib.contextmanager
+    def _writing(self, device, command, image_id):
+        """Record that ``device`` is being written while the block runs.
+
+        The record (``work_dir/write-in-progress.json``, written
+        atomically and synced) exists from before the first write until
+        the block ends, however it ends: an exception here means the
+        failure was seen and handled (a failed image write wipes the
+        device itself). Only an agent killed mid-write leaves it, and
+        :meth:`_recover_interrupted_write` acts on it at the next start.
+        Raises ``OSError`` when the record cannot be written: nothing is
+        written to a device without it.
+        """
+        path = self._writing_path()
+        os.makedirs(self.work_dir, mode=0o700, exist_ok=True)
+        partial = path + ".partial"
+        with open(partial, "w") as stream:
+            json.dump({"device": device, "command": command,
+                       "image_id": image_id, "started_at": time.time()},
+                      stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(partial, path)
+        _sync_directory(self.work_dir)
+        try:
+            yield
+        finally:
+            try:
+                os.unlink(path)
+                _sync_directory(self.work_dir)
+            except OSError as exc:
+                LOG.error("cannot remove %s: %s; the next start of the "
+                          "agent will wipe %s", path, exc, device)
+
+    def _recover_interrupted_write(self):
+        """Wipe the device an earlier agent was killed while writing.
+
+        A half-written image may still boot, or boot into something the
+        tenant never asked for; its signatures are wiped so it cannot.
+        A device that is not eligible any more (mounted, excluded, gone)
+        is left alone, with an error in the log. Either way the record
+        and any prepared image on that device are forgotten.
+        """
+        path = self._writing_path()
+        try:
+            with open(path) as stream:
+                record = json.load(stream)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            LOG.error("cannot read %s (%s); a device may hold a half-written "
+                      "image", path, exc)
+            record = None
+        device = record.get("device") if isinstance(record, dict) else None
+        if isinstance(device, str) and device:
+            LOG.error("the agent stopped while %s was writing image %s to %s;"
+                      " wiping it so the partial image cannot boot",
+                      record.get("command"), record.get("image_id"), device)
+            try:
+                safety.ensure_writable(device, self.conf, self.hardware)
+            except (safety.DeviceNotEligible, hardware.HardwareManagerError,
+                    OSError) as exc:
+                LOG.error("NOT wiping %s, which may hold a partial image: %s",
+                          device, exc)
+            else:
+                writer.wipe_signatures(device)
+                LOG.error("wiped %s after the interrupted %s", device,
+                          record.get("command"))
+            if self._prepared is not None and \
+                    self._prepared.get("device") == device:
+                self._set_prepared(None)
+        try:
+            os.unlink(path)
+        except OSError as exc:
+            LOG.error("cannot remove %s: %s", path, exc)
 
     # -- cache_images ---------------------------------------------------------
 
@@ -205,14 +298,15 @@ class StandbyeExtension(base.Extension):
             self._set_prepared(None)
             safety.ensure_writable(path, self.conf, self.hardware)
             record = self.cache.lookup(image["id"], image.get("hashes"))
-            if record is not None:
-                with self.cache.using(record["id"]):
-                    written = self._write_cached(task, record, path)
-            else:
-                written = self._write_downloaded(task, image, path)
+            with self._writing(path, "prepare_image", image["id"]):
+                if record is not None:
+                    with self.cache.using(record["id"]):
+                        written = self._write_cached(task, record, path)
+                else:
+                    written = self._write_downloaded(task, image, path)
+                partitions.tell_kernel(path)
         except _EXPECTED_ERRORS as exc:
             raise tasks.TaskFailed("prepare_image failed: %s" % exc) from exc
-        partitions.tell_kernel(path)
         result = {"image_id": image["id"], "device": path, **written}
         self._set_prepared(result)
         LOG.info("image %s written to %s (%s)", image["id"], path,
@@ -364,7 +458,8 @@ class StandbyeExtension(base.Extension):
                                    % image_id)
         path = prepared["device"]
         try:
-            result, action = self._run(task, path, config_drive)
+            with self._writing(path, "run_image", image_id):
+                result, action = self._run(task, path, config_drive)
         except _EXPECTED_ERRORS as exc:
             raise tasks.TaskFailed("run_image failed: %s" % exc) from exc
         result["image_id"] = image_id

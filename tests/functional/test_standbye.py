@@ -280,6 +280,44 @@ class PrepareImageTest(StandbyeTestBase):
         self.assertIn("larger than", task.msg)
 
 
+class InterruptedWriteTest(StandbyeTestBase):
+    """An agent killed mid-write: the next start wipes the device."""
+
+    def leave_record(self, device):
+        state = os.path.join(self.work, "state")
+        os.makedirs(state, exist_ok=True)
+        with open(os.path.join(state, "write-in-progress.json"),
+                  "w") as stream:
+            json.dump({"device": device, "command": "prepare_image",
+                       "image_id": self.images["raw"]["id"]}, stream)
+        return os.path.join(state, "write-in-progress.json")
+
+    def copy_image(self, device):
+        result = run("dd", "if=%s" % self.images["raw"]["path"],
+                     "of=%s" % device, "bs=4M", "conv=fsync")
+        self.assertEqual(0, result.returncode, result.stderr)
+        self.assertIn("gpt", run("wipefs", "--noheadings", device).stdout)
+
+    def test_start_up_wipes_the_device(self):
+        self.copy_image(self.device)
+        record = self.leave_record(self.device)
+        self.make_extension([self.device])
+        listed = run("wipefs", "--noheadings", self.device)
+        self.assertEqual(0, listed.returncode, listed.stderr)
+        self.assertEqual("", listed.stdout)
+        self.assert_wiped(self.device)
+        self.assertFalse(os.path.exists(record))
+
+    def test_a_device_no_longer_eligible_is_left_alone(self):
+        self.copy_image(self.device)
+        record = self.leave_record(self.device)
+        other = self.loops.create(DEVICE_SIZE)
+        self.make_extension([other])
+        self.assertIn("gpt", run("wipefs", "--noheadings",
+                                 self.device).stdout)
+        self.assertFalse(os.path.exists(record))
+
+
 class RunImageTest(StandbyeTestBase):
 
     def prepare_and_run(self, key, config_drive, device=None):

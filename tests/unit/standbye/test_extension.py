@@ -9,7 +9,9 @@ import uuid
 from teeth_agent import download
 from teeth_agent.extensions import base as ext_base
 from teeth_agent.extensions import standbye
+from teeth_agent.hardware import safety
 from teeth_agent.images import boot
+from teeth_agent.images import writer
 from teeth_agent import power
 from teeth_agent import protocol
 from teeth_agent import tasks
@@ -135,6 +137,99 @@ class StandbyeValidationTest(ExtensionTestCase):
             with self.subTest(drive):
                 self.assert_invalid("config_drive", "run_image",
                                     image_id=IMAGE_ID, config_drive=drive)
+
+
+class InterruptedWriteTest(ExtensionTestCase):
+    """The record of a write in progress, and what start-up does with it."""
+
+    def record_path(self):
+        return os.path.join(self.extension.work_dir,
+                            "write-in-progress.json")
+
+    def test_record_exists_only_while_writing(self):
+        with self.extension._writing("/dev/loop9", "prepare_image",
+                                     IMAGE_ID):
+            with open(self.record_path()) as stream:
+                record = json.load(stream)
+            self.assertEqual({"device": "/dev/loop9",
+                              "command": "prepare_image",
+                              "image_id": IMAGE_ID},
+                             {k: record[k] for k in ("device", "command",
+                                                     "image_id")})
+        self.assertFalse(os.path.exists(self.record_path()))
+        with self.assertRaises(RuntimeError):
+            with self.extension._writing("/dev/loop9", "run_image",
+                                         IMAGE_ID):
+                raise RuntimeError("handled by the task")
+        self.assertEqual([], os.listdir(self.extension.work_dir))
+
+    def test_prepare_image_records_before_writing(self):
+        seen = []
+
+        def write(task, image, path):
+            seen.append(os.path.exists(self.record_path()))
+            raise writer.CorruptImage("truncated")
+        with mock.patch.object(self.extension, "_write_downloaded",
+                               side_effect=write), \
+                mock.patch("teeth_agent.hardware.inventory."
+                           "choose_install_device",
+                           return_value={"path": "/dev/loop9"}), \
+                mock.patch("teeth_agent.hardware.safety.ensure_writable"):
+            with self.assertRaises(tasks.TaskFailed):
+                self.extension.prepare_image(
+                    mock.Mock(), {"id": IMAGE_ID, "urls": ["http://h/i"],
+                                  "hashes": {"sha256": "a" * 64}}, None)
+        self.assertEqual([True], seen)
+        self.assertFalse(os.path.exists(self.record_path()))
+
+    def restart_with_record(self, record, eligible=True):
+        os.makedirs(self.extension.work_dir, exist_ok=True)
+        with open(self.record_path(), "w") as stream:
+            stream.write(record if isinstance(record, str)
+                         else json.dumps(record))
+        error = None if eligible else safety.DeviceNotEligible(
+            "/dev/loop9", "mounted")
+        with mock.patch("teeth_agent.hardware.safety.ensure_writable",
+                        side_effect=error) as ensure, \
+                mock.patch("teeth_agent.images.writer.wipe_signatures") \
+                as wipe:
+            with self.assertLogs("teeth_agent.extensions.standbye",
+                                 "ERROR") as logs:
+                again = standbye.StandbyeExtension(self.extension.context)
+        self.assertFalse(os.path.exists(self.record_path()))
+        return again, ensure, wipe, "\n".join(logs.output)
+
+    def test_start_up_wipes_the_interrupted_device(self):
+        self.extension._set_prepared({"image_id": IMAGE_ID,
+                                      "device": "/dev/loop9"})
+        again, ensure, wipe, logs = self.restart_with_record(
+            {"device": "/dev/loop9", "command": "run_image",
+             "image_id": IMAGE_ID})
+        ensure.assert_called_once_with("/dev/loop9", self.conf,
+                                       self.extension.hardware)
+        wipe.assert_called_once_with("/dev/loop9")
+        self.assertIn("wiping", logs)
+        self.assertIsNone(again._prepared)
+        self.assertFalse(os.path.exists(self.extension._prepared_path()))
+
+    def test_start_up_leaves_a_device_no_longer_eligible(self):
+        _, _, wipe, logs = self.restart_with_record(
+            {"device": "/dev/loop9", "command": "prepare_image",
+             "image_id": IMAGE_ID}, eligible=False)
+        wipe.assert_not_called()
+        self.assertIn("NOT wiping /dev/loop9", logs)
+        self.assertIn("mounted", logs)
+
+    def test_unreadable_record_is_reported(self):
+        _, ensure, wipe, logs = self.restart_with_record("{not json")
+        ensure.assert_not_called()
+        wipe.assert_not_called()
+        self.assertIn("half-written", logs)
+
+    def test_no_record_no_action(self):
+        with mock.patch("teeth_agent.images.writer.wipe_signatures") as wipe:
+            standbye.StandbyeExtension(self.extension.context)
+        wipe.assert_not_called()
 
 
 class Qcow2StagingTest(ExtensionTestCase):
