@@ -15,6 +15,16 @@ straight from its URL, to the disk named by root-device hints given as
 JSON on the kernel command line) and a prebuilt config drive: the agent
 completes with ``boot.method = reboot`` and reboots, which ends qemu
 (``-no-reboot``).
+
+``test_grub_install``: an image with no boot loader (no MBR boot code, an
+empty BIOS boot partition, no grub.cfg) written to a zeroed virtio disk;
+``run_image`` installs the agent's grub (``boot_loader.action =
+installed``) and kexecs. The disk file then holds grub's boot code in the
+MBR, its core image in the BIOS boot partition and ``/boot/grub`` (modules
+and the agent's grub.cfg) in the image's root, read with debugfs; then a
+second qemu without ``-kernel`` boots the disk through SeaBIOS and grub,
+and the image's initrd prints its marker and a command line starting with
+grub's ``BOOT_IMAGE=``.
 """
 
 import base64
@@ -301,10 +311,12 @@ def test_reboot_fallback(ramdisk, test_images, image_server, endpoints,
         initrd=ramdisk["files"]["initrd.img"],
         # The disk is smaller than the default install device's 4 GiB:
         # name it in the ramdisk's configuration, a JSON option on the
-        # kernel command line.
+        # kernel command line. The qcow2 is staged in the guest's RAM,
+        # which must keep only 64 MiB free, not 1 GiB.
         cmdline=machine.ramdisk_cmdline(
             ENDPOINT_GUEST_PORT,
-            ['teeth_agent.hardware.root_device_hints={"serial":"VDISK0001"}']),
+            ['teeth_agent.hardware.root_device_hints={"serial":"VDISK0001"}',
+             "teeth_agent.standbye.cache_reserve=%d" % (64 * MIB)]),
         disks=[("virtio", install, "VDISK0001")],
         forwards={ENDPOINT_GUEST_PORT: server.port,
                   IMAGES_GUEST_PORT: image_server.server_address[1]})
