@@ -38,10 +38,6 @@ third-party HTTP client. What callers may rely on:
     ``durable`` is False) and renamed to ``path`` only once verified;
     nothing is left behind on failure.
 
-``peek(urls, length, ...) -> bytes``
-    The first ``length`` bytes of the image (a ``Range`` request), to
-    detect its format before choosing how to write it.
-
 ``stream(source, sink, hasher, ...)``
     The three-thread pipeline itself over any ``source`` with a
     ``readinto(buffer)`` method (an :class:`HTTPSource` or an open file),
@@ -382,47 +378,6 @@ class HTTPSource:
 
     def close(self):
         self._drop()
-
-    def head(self, length):
-        """The first ``length`` bytes (or fewer, for a shorter image)."""
-        buffer = bytearray(length)
-        view = memoryview(buffer)
-        filled = 0
-        while True:
-            candidates = self._candidates()
-            if not candidates:
-                raise DownloadError(
-                    "no URL could be downloaded: %s"
-                    % "; ".join(self._rejected.values()), final=True)
-            url = candidates[0]
-            try:
-                connection, response, _ = self._open(url, 0, limit=length)
-                try:
-                    while filled < length:
-                        count = response.readinto(view[filled:])
-                        if not count:
-                            break
-                        filled += count
-                finally:
-                    connection.close()
-                return bytes(buffer[:filled])
-            except _UrlRejected as exc:
-                self._rejected[url] = str(exc)
-            except (_Transient, OSError, http.client.HTTPException) as exc:
-                filled = 0
-                self._transient(exc)
-
-
-def peek(urls, length=65536, retries=5, backoff=1.0, timeout=60.0,
-         ssl_context=None, sleep=time.sleep):
-    """The first ``length`` bytes of the image at ``urls``.
-
-    Uses a ``Range`` request; a server that ignores it is read only as far
-    as needed. Raises :class:`DownloadError`.
-    """
-    source = HTTPSource(urls, retries=retries, backoff=backoff,
-                        timeout=timeout, ssl_context=ssl_context, sleep=sleep)
-    return source.head(length)
 
 
 def _fill(source, view):

@@ -321,65 +321,87 @@ class StandbyeExtension(base.Extension):
 
     def _write_cached(self, task, record, path):
         options = self._fetch_options()
-        hasher = download.Hasher(record["algorithm"], record["hexdigest"])
-        with open(record["path"], "rb") as stream:
-            fmt = formats.detect(stream.read(formats.HEAD_SIZE))
-        if fmt == formats.QCOW2:
+        try:
+            with open(record["path"], "rb") as stream:
+                written = writer.write_stream(
+                    stream, path,
+                    download.Hasher(record["algorithm"], record["hexdigest"]),
+                    self._progress(task), record["size"],
+                    options["buffer_size"], options["buffer_count"])
+        except writer.NeedsStaging:
             # Re-verify: the bytes qemu-img reads must be the ones whose
             # checksum the server gave, whatever happened on this disk.
+            hasher = download.Hasher(record["algorithm"],
+                                     record["hexdigest"])
             with open(record["path"], "rb") as stream:
                 download.stream(stream, lambda chunk: None, hasher,
                                 buffer_size=options["buffer_size"],
                                 buffer_count=options["buffer_count"])
             hasher.verify()
-            written = self._convert_qcow2(task, record["path"], path)
-            return {"format": fmt, "source": "cache", **written}
-        with open(record["path"], "rb") as stream:
-            written = writer.write_stream(
-                stream, path, fmt, hasher, self._progress(task),
-                record["size"], options["buffer_size"],
-                options["buffer_count"])
-        return {"format": fmt, "source": "cache", **written}
+            written = self._write_staged(task, record["path"], path,
+                                         record["algorithm"],
+                                         record["hexdigest"])
+        return {"source": "cache", **written}
 
     def _write_downloaded(self, task, image, path):
+        """Stream ``image`` from its URLs to ``path``; a qcow2 image (seen
+        in the stream's first bytes, before anything is written) is
+        downloaded again into ``work_dir`` and converted from there."""
         options = self._fetch_options()
         algorithm, expected = download.select_hash(
             image["hashes"], self.conf.standbye.allow_md5)
-        head = download.peek(image["urls"], formats.HEAD_SIZE,
-                             retries=options["retries"],
-                             backoff=options["backoff"],
-                             timeout=options["timeout"])
-        fmt = formats.detect(head)
-        if fmt == formats.QCOW2:
-            os.makedirs(self.work_dir, mode=0o700, exist_ok=True)
-            local = os.path.join(self.work_dir, "%s.qcow2" % image["id"])
-            try:
-                download.download_to_file(
-                    image["urls"], image["hashes"], local,
-                    progress=lambda done, total: total and task.progress(
-                        percent=50.0 * done / total),
-                    expected_size=image.get("size"), durable=False,
-                    allow_md5=self.conf.standbye.allow_md5,
-                    max_size=self._staging_room(), **options)
-                written = self._convert_qcow2(task, local, path)
-            finally:
-                if os.path.exists(local):
-                    os.unlink(local)
-            return {"format": fmt, "source": "download", **written}
         source = download.HTTPSource(
             image["urls"], expected_size=image.get("size"),
             retries=options["retries"], backoff=options["backoff"],
             timeout=options["timeout"])
         try:
             written = writer.write_stream(
-                source, path, fmt, download.Hasher(algorithm, expected),
+                source, path, download.Hasher(algorithm, expected),
                 lambda done, total: self._progress(task)(
                     done, total or source.size),
                 image.get("size"), options["buffer_size"],
                 options["buffer_count"])
+        except writer.NeedsStaging as staging:
+            LOG.info("image %s is %s: staging it in %s", image["id"],
+                     staging.format, self.work_dir)
+        else:
+            return {"source": "download", **written}
         finally:
             source.close()
-        return {"format": fmt, "source": "download", **written}
+        os.makedirs(self.work_dir, mode=0o700, exist_ok=True)
+        local = os.path.join(self.work_dir, "%s.staged" % image["id"])
+        try:
+            download.download_to_file(
+                image["urls"], image["hashes"], local,
+                progress=lambda done, total: total and task.progress(
+                    percent=50.0 * done / total),
+                expected_size=image.get("size"), durable=False,
+                allow_md5=self.conf.standbye.allow_md5,
+                max_size=self._staging_room(), **options)
+            written = self._write_staged(task, local, path, algorithm,
+                                         expected)
+        finally:
+            if os.path.exists(local):
+                os.unlink(local)
+        return {"source": "download", **written}
+
+    def _write_staged(self, task, image_path, path, algorithm, expected):
+        """Write the verified image file ``image_path`` to ``path``.
+
+        Its format is detected again from the file itself: qcow2 is
+        inspected and converted, anything else streams like a download.
+        """
+        with open(image_path, "rb") as stream:
+            fmt = formats.detect(stream.read(formats.HEAD_SIZE))
+        if fmt == formats.QCOW2:
+            return {"format": fmt,
+                    **self._convert_qcow2(task, image_path, path)}
+        options = self._fetch_options()
+        with open(image_path, "rb") as stream:
+            return writer.write_stream(
+                stream, path, download.Hasher(algorithm, expected),
+                self._progress(task), os.path.getsize(image_path),
+                options["buffer_size"], options["buffer_count"])
 
     def _staging_room(self):
         """Bytes a qcow2 image may take in ``work_dir``: its file system's

@@ -3,15 +3,16 @@
 :func:`write_stream` is what ``prepare_image`` uses (and the benchmark
 measures): bytes come from any ``readinto`` source (an HTTP download or a
 cached file) through the pipeline of :func:`teeth_agent.download.stream`,
-so reading, hashing and writing run on separate threads. Raw images go to
+so reading, hashing and writing run on separate threads. The format is
+detected from the first bytes of that same stream. Raw images go to
 the device as they are; gzip and xz images are decompressed with the
 standard library and zstd images through the ``zstd`` tool, while the
 checksum covers the compressed bytes as served. The device is written with
 ``O_DIRECT`` from a page-aligned ``mmap`` buffer (nothing is staged in the
 page cache or on a tmpfs) and the last partial block is written through a
-normal descriptor. Any failure, a checksum mismatch included, wipes the
-device's signatures (:func:`wipe_signatures`) so a partial image can never
-boot.
+normal descriptor. Any failure once writing began, a checksum mismatch
+included, wipes the device's signatures (:func:`wipe_signatures`) so a
+partial image can never boot.
 """
 
 import fcntl
@@ -91,6 +92,9 @@ class DeviceWriter:
         self._fill = 0
         self.offset = start
         self.start = start
+        #: Whether anything reached the device (a failure before that
+        #: leaves it as it was and needs no wipe).
+        self.touched = False
 
     def write(self, data):
         view = memoryview(data).cast("B")
@@ -106,6 +110,7 @@ class DeviceWriter:
         if self.offset + length > self.device_size:
             raise ImageTooLarge("the image is larger than %s (%d bytes)"
                                 % (self.path, self.device_size))
+        self.touched = True
         with memoryview(self._buffer) as buffer:
             done = 0
             while done < length:
@@ -137,6 +142,7 @@ class DeviceWriter:
             if remainder:
                 # O_DIRECT cannot write less than a block: the tail goes
                 # through a buffered descriptor, synced below.
+                self.touched = True
                 fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
                 try:
                     os.pwrite(fd, remainder, self.offset)
@@ -355,41 +361,114 @@ def forget_partitions(path):
         LOG.warning("partx -d %s failed: %s", path, exc)
 
 
-def write_stream(source, path, fmt, hasher, progress=None, total=None,
+class NeedsStaging(Exception):
+    """The stream holds an image that cannot be written as it arrives.
+
+    ``format`` names it (qcow2: qemu-img needs the whole file). Raised
+    before anything was written to the device.
+    """
+
+    def __init__(self, fmt):
+        super().__init__("a %s image must be staged before it is written"
+                         % fmt)
+        self.format = fmt
+
+
+class _FormatSink:
+    """Chooses how to write an image from its own first bytes.
+
+    The first :data:`teeth_agent.images.formats.HEAD_SIZE` bytes that reach
+    :meth:`write` (the very bytes that were hashed) decide the format;
+    from then on every chunk goes straight to the decoder or the device.
+    """
+
+    def __init__(self, writer, total, chunk):
+        self.format = None
+        self.decoder = None
+        self._writer = writer
+        self._total = total
+        self._chunk = chunk
+        self._head = bytearray()
+        self._forward = self._detect
+
+    def write(self, data):
+        self._forward(data)
+
+    def _detect(self, data):
+        if not self._head and len(data) >= formats.HEAD_SIZE:
+            # The usual case: the first buffer holds the whole head.
+            self._choose(data)
+            self._forward(data)
+            return
+        self._head += data
+        if len(self._head) >= formats.HEAD_SIZE:
+            self._flush_head()
+
+    def _flush_head(self):
+        head, self._head = bytes(self._head), bytearray()
+        self._choose(head)
+        self._forward(head)
+
+    def _choose(self, head):
+        fmt = formats.detect(head)
+        if fmt == formats.QCOW2:
+            raise NeedsStaging(fmt)
+        if fmt == formats.RAW and self._total is not None and \
+                self._total > self._writer.device_size:
+            raise ImageTooLarge("the image (%d bytes) is larger than %s (%d "
+                                "bytes)" % (self._total, self._writer.path,
+                                            self._writer.device_size))
+        self.format = fmt
+        self.decoder = _decoder(fmt, self._writer, self._chunk)
+        self._forward = (self.decoder or self._writer).write
+
+    def close(self):
+        """End of the stream: decide on a short image, finish decoding."""
+        if self.format is None:
+            self._flush_head()
+        if self.decoder is not None:
+            decoder, self.decoder = self.decoder, None
+            decoder.close()
+
+    def abort(self):
+        if self.decoder is not None and hasattr(self.decoder, "abort"):
+            self.decoder.abort()
+
+
+def write_stream(source, path, hasher, progress=None, total=None,
                  buffer_size=4 * _MIB, buffer_count=8):
     """Write the image read from ``source`` onto the device ``path``.
 
-    ``fmt`` is the format detected from the image's first bytes (raw,
-    gzip, xz or zstd); ``hasher`` (a :class:`teeth_agent.download.Hasher`)
-    sees every byte read and is verified at the end; ``progress(done,
-    total)`` counts bytes read. Returns ``{"bytes_read",
-    "bytes_written"}``. On any failure the device's signatures are wiped
-    before the exception propagates
+    The format (raw, gzip, xz or zstd) is detected from the first bytes of
+    this same stream, the bytes ``hasher`` sees, never from a separate
+    read. ``hasher`` (a :class:`teeth_agent.download.Hasher`) sees every
+    byte read and is verified at the end; ``progress(done, total)`` counts
+    bytes read; ``total``, when given, is the image's size as served.
+    Returns ``{"format", "bytes_read", "bytes_written"}``.
+
+    A qcow2 image raises :class:`NeedsStaging` and an unsupported container
+    :class:`teeth_agent.images.formats.UnsupportedFormat`, both before
+    anything is written. Any failure after writing began wipes the
+    device's signatures before the exception propagates
     (:class:`teeth_agent.download.ChecksumMismatch`,
     :class:`ImageTooLarge`, :class:`CorruptImage`,
     :class:`teeth_agent.download.DownloadError`, :class:`DeviceWriteError`
     when the device fails or runs out of space, other ``OSError``).
     """
-    if total is not None and fmt == formats.RAW and \
-            total > device_size(path):
-        raise ImageTooLarge("the image (%d bytes) is larger than %s (%d "
-                            "bytes)" % (total, path, device_size(path)))
     writer = DeviceWriter(path, buffer_size)
-    decoder = None
+    sink = _FormatSink(writer, total, buffer_size)
     try:
-        decoder = _decoder(fmt, writer, buffer_size)
-        read = download.stream(source, decoder or writer, hasher, progress,
-                               total, buffer_size, buffer_count)
-        if decoder is not None:
-            decoder.close()
-            decoder = None
+        read = download.stream(source, sink, hasher, progress, total,
+                               buffer_size, buffer_count)
+        sink.close()
         written = writer.close()
         hasher.verify()
     except BaseException:
-        if decoder is not None and hasattr(decoder, "abort"):
-            decoder.abort()
+        sink.abort()
         writer.abort()
-        LOG.error("writing the image to %s failed; wiping it", path)
-        wipe_signatures(path)
+        if writer.touched:
+            LOG.error("writing the image to %s failed; wiping it", path)
+            wipe_signatures(path)
         raise
-    return {"bytes_read": read, "bytes_written": written}
+    return {"format": sink.format, "bytes_read": read,
+            "bytes_written": written}

@@ -192,6 +192,9 @@ class PrepareImageTest(StandbyeTestBase):
         self.assertEqual(self.device, task.result["device"])
         self.assertEqual("raw", task.result["format"])
         self.assert_device_holds("raw")
+        # One request: the format came from the bytes written and hashed,
+        # not from a separate look at the image's head.
+        self.assertEqual([("/raw", None)], self.server.requests)
 
     def test_compressed_and_qcow2_images_are_written_exactly(self):
         for key in ("qcow2", "gzip", "xz", "zstd"):

@@ -162,11 +162,6 @@ class FetchTest(base.TestCase):
             self.fetch([self.url], expected_size=len(self.data) + 1)
         self.assertTrue(caught.exception.final)
 
-    def test_peek(self):
-        self.assertEqual(self.data[:4096], download.peek([self.url], 4096))
-        self.assertEqual(("/image", "bytes=0-4095"),
-                         self.server.requests[-1])
-
     def test_download_to_file_leaves_nothing_on_failure(self):
         target = os.path.join(self.dir, "out")
         with self.assertRaises(download.ChecksumMismatch):

@@ -261,6 +261,71 @@ class Qcow2StagingTest(ExtensionTestCase):
                           "qemu-img", "convert"), argv[:5])
 
 
+class StreamFormatTest(ExtensionTestCase):
+    """prepare_image picks the way to write from the stream itself."""
+
+    def setUp(self):
+        super().setUp()
+        for target, kwargs in (
+                ("teeth_agent.hardware.safety.ensure_writable", {}),
+                ("teeth_agent.images.writer.device_size",
+                 {"return_value": 1 << 30}),
+                ("teeth_agent.images.qcow2.inspect",
+                 {"return_value": 1 << 20}),
+                ("os.statvfs", {"return_value": mock.Mock(
+                    f_bavail=1 << 20, f_frsize=4096)})):
+            patcher = mock.patch(target, **kwargs)
+            patcher.start()
+            self.addCleanup(patcher.stop)
+
+    def image(self):
+        return {"id": IMAGE_ID, "urls": ["http://127.0.0.1:1/i"],
+                "hashes": {"sha256": "a" * 64}, "size": None}
+
+    @mock.patch("teeth_agent.processes.execute", return_value=("", ""))
+    @mock.patch("teeth_agent.download.download_to_file")
+    @mock.patch("teeth_agent.images.writer.write_stream",
+                side_effect=writer.NeedsStaging("qcow2"))
+    def test_qcow2_in_the_stream_is_staged_and_converted(
+            self, write_stream, download_to_file, execute):
+        def fetched(urls, hashes, path, **kwargs):
+            with open(path, "wb") as stream:
+                stream.write(b"QFI\xfb" + bytes(100))
+        download_to_file.side_effect = fetched
+        written = self.extension._write_downloaded(mock.Mock(), self.image(),
+                                                   "/dev/loop9")
+        self.assertEqual({"format": "qcow2", "source": "download",
+                          "bytes_written": 1 << 20}, written)
+        write_stream.assert_called_once()
+        kwargs = download_to_file.call_args[1]
+        self.assertEqual((1 << 20) * 4096 - self.conf.standbye.cache_reserve,
+                         kwargs["max_size"])
+        staged = download_to_file.call_args[0][2]
+        self.assertEqual(("qemu-img", "convert"), execute.call_args[0][3:5])
+        self.assertIn(staged, execute.call_args[0])
+        self.assertFalse(os.path.exists(staged))
+
+    @mock.patch("teeth_agent.processes.execute")
+    @mock.patch("teeth_agent.download.download_to_file")
+    @mock.patch("teeth_agent.images.writer.write_stream")
+    def test_staged_file_is_detected_again(self, write_stream,
+                                           download_to_file, execute):
+        # The server answered qcow2 first, then something else: what was
+        # downloaded and verified decides, and it is not given to qemu-img.
+        def fetched(urls, hashes, path, **kwargs):
+            with open(path, "wb") as stream:
+                stream.write(gzip.compress(b"raw"))
+        download_to_file.side_effect = fetched
+        write_stream.side_effect = [writer.NeedsStaging("qcow2"),
+                                    {"format": "gzip", "bytes_read": 23,
+                                     "bytes_written": 3}]
+        written = self.extension._write_downloaded(mock.Mock(), self.image(),
+                                                   "/dev/loop9")
+        self.assertEqual("gzip", written["format"])
+        execute.assert_not_called()
+        self.assertEqual(2, write_stream.call_count)
+
+
 class FindBootCmdlineTest(ExtensionTestCase):
     """How run_image completes the kernel command line."""
 

@@ -178,8 +178,8 @@ class DeviceWriterTest(base.TestCase):
         path = self.make_target(MIB)
         hasher = download.Hasher("sha256", "0" * 64)
         with self.assertRaises(download.ChecksumMismatch):
-            writer.write_stream(io.BytesIO(os.urandom(5000)), path, "raw",
-                                hasher, buffer_size=4096)
+            writer.write_stream(io.BytesIO(os.urandom(5000)), path, hasher,
+                                buffer_size=4096)
         wipe.assert_called_once_with(path)
 
     def test_write_stream_gzip(self):
@@ -188,11 +188,80 @@ class DeviceWriterTest(base.TestCase):
         compressed = gzip.compress(data)
         hasher = download.Hasher(
             "sha256", __import__("hashlib").sha256(compressed).hexdigest())
-        result = writer.write_stream(io.BytesIO(compressed), path, "gzip",
-                                     hasher, buffer_size=8192)
+        result = writer.write_stream(io.BytesIO(compressed), path, hasher,
+                                     buffer_size=8192)
+        self.assertEqual("gzip", result["format"])
         self.assertEqual(len(data), result["bytes_written"])
         with open(path, "rb") as stream:
             self.assertEqual(data, stream.read(len(data)))
+
+    def stream_once(self, path, content, **kwargs):
+        """write_stream over a source that can be read only once, as a
+        download is: the format must come from these very bytes."""
+        reads = []
+
+        class OneShot(io.BytesIO):
+            def readinto(self, buffer):
+                reads.append(self.tell())
+                return super().readinto(buffer)
+        hasher = download.Hasher(
+            "sha256", __import__("hashlib").sha256(content).hexdigest())
+        result = writer.write_stream(OneShot(content), path, hasher,
+                                     buffer_size=8192, **kwargs)
+        self.assertEqual(sorted(reads), reads, "the source was re-read")
+        return result
+
+    def test_format_comes_from_the_stream(self):
+        path = self.make_target(MIB)
+        data = os.urandom(50000)
+        for fmt, content in (("xz", lzma.compress(data)),
+                             ("gzip", gzip.compress(data)),
+                             ("raw", data)):
+            with self.subTest(fmt):
+                result = self.stream_once(path, content)
+                self.assertEqual(fmt, result["format"])
+                self.assertEqual(len(content), result["bytes_read"])
+                with open(path, "rb") as stream:
+                    self.assertEqual(data, stream.read(len(data)))
+
+    @mock.patch.object(writer, "wipe_signatures")
+    def test_qcow2_needs_staging_and_writes_nothing(self, wipe):
+        path = self.make_target(MIB)
+        with open(path, "wb") as stream:
+            stream.write(b"previous" * 1000)
+        with self.assertRaises(writer.NeedsStaging) as caught:
+            self.stream_once(path, qcow2_header() + os.urandom(20000))
+        self.assertEqual("qcow2", caught.exception.format)
+        with self.assertRaises(formats.UnsupportedFormat):
+            self.stream_once(path, b"KDMV" + os.urandom(20000))
+        wipe.assert_not_called()
+        with open(path, "rb") as stream:
+            self.assertEqual(b"previous" * 1000, stream.read(8000))
+
+    @mock.patch.object(writer, "wipe_signatures")
+    def test_raw_larger_than_the_device_writes_nothing(self, wipe):
+        path = self.make_target(64 * 1024)
+        content = os.urandom(100000)
+        with self.assertRaises(writer.ImageTooLarge):
+            self.stream_once(path, content, total=len(content))
+        wipe.assert_not_called()
+
+    def test_head_split_over_small_writes(self):
+        target = _Collect()
+        target.device_size = MIB
+        data = os.urandom(3000)
+        compressed = gzip.compress(data)
+        sink = writer._FormatSink(target, None, 4096)
+        for offset in range(0, len(compressed), 100):
+            sink.write(compressed[offset:offset + 100])
+        sink.close()
+        self.assertEqual("gzip", sink.format)
+        self.assertEqual(data, target.data.getvalue())
+        # VDI's magic sits at byte 64: a head cut before it still counts.
+        sink = writer._FormatSink(_Collect(), None, 4096)
+        sink.write(bytes(60))
+        with self.assertRaises(formats.UnsupportedFormat):
+            sink.write(b"\0\0\0\0\x7f\x10\xda\xbe" + bytes(5000))
 
 
 class ConfigDriveTest(base.TestCase):
