@@ -26,7 +26,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 BUILD_RAMDISK = os.path.join(REPO_ROOT, "tools", "build-ramdisk")
 TOOLS = ("qemu-system-x86_64", "mmdebstrap", "nc", "busybox", "cpio",
-         "sgdisk", "mkfs.ext4", "xorriso", "depmod", "apt-get")
+         "sgdisk", "mkfs.ext4", "debugfs", "xorriso", "depmod", "apt-get")
 
 
 def _missing_requirements():
