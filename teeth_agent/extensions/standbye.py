@@ -530,18 +530,23 @@ class StandbyeExtension(base.Extension):
 
     def _write_config_drive(self, path, config_drive):
         max_size = self.conf.standbye.max_config_drive_size
+        # ISO 9660 cannot be mounted on sectors over 2048 bytes: such
+        # disks get a VFAT drive (cloud-init reads both by label).
+        sector = writer.sector_size(path)
         if isinstance(config_drive, str):
-            data = configdrive.decode_prebuilt(config_drive, max_size)
+            data = configdrive.fit_to_sector_size(
+                configdrive.decode_prebuilt(config_drive, max_size), sector,
+                max_size)
         else:
             os.makedirs(self.work_dir, mode=0o700, exist_ok=True)
-            iso = os.path.join(self.work_dir, "config-drive.iso")
+            image = os.path.join(self.work_dir, "config-drive.img")
             try:
-                configdrive.build(config_drive, iso, max_size)
-                with open(iso, "rb") as stream:
+                configdrive.build(config_drive, image, max_size, sector)
+                with open(image, "rb") as stream:
                     data = stream.read()
             finally:
-                if os.path.exists(iso):
-                    os.unlink(iso)
+                if os.path.exists(image):
+                    os.unlink(image)
         self._remove_old_config_drives(path)
         added = partitions.add_partition_at_end(path, len(data))
         safety.ensure_writable(path, self.conf, self.hardware)
@@ -561,14 +566,16 @@ class StandbyeExtension(base.Extension):
             raise
         partitions.tell_kernel(path)
         node = self._node_of(path)(added["number"])
-        label = boot.probe(node).get("LABEL")
-        if label != configdrive.LABEL:
+        props = boot.probe(node)
+        label = props.get("LABEL")
+        if (label or "").lower() != configdrive.LABEL:
             raise configdrive.InvalidConfigDrive(
                 "the config drive partition %s reads back with label %r"
                 % (node, label))
-        LOG.info("config drive written to %s (%d bytes)", node, len(data))
+        LOG.info("config drive written to %s (%s, %d bytes)", node,
+                 props.get("TYPE"), len(data))
         return {"partition": added["number"], "node": node,
-                "size": len(data)}
+                "size": len(data), "type": props.get("TYPE")}
 
     def _remove_old_config_drives(self, path):
         """Drop config-drive partitions an earlier run_image (or the image)

@@ -329,6 +329,16 @@ def device_size(path):
         os.close(fd)
 
 
+def sector_size(path):
+    """The logical sector size in bytes of the block device at ``path``
+    (4096 for a regular file)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return logical_block_size(fd)
+    finally:
+        os.close(fd)
+
+
 def wipe_signatures(path):
     """Make ``path`` unbootable and unrecognisable, quickly.
 

@@ -365,6 +365,7 @@ class RunImageTest(StandbyeTestBase):
         self.assertIn(node, found.stdout.split(), found.stderr)
         probed = run("blkid", "-p", "-o", "value", "-s", "LABEL", node)
         self.assertEqual("config-2", probed.stdout.strip())
+        self.assertEqual("iso9660", task.result["config_drive"]["type"])
         self.assertEqual(meta_data, json.loads(self.read_config_drive_file(
             node, "/openstack/latest/meta_data.json")))
         self.assertEqual(network_data, json.loads(
@@ -424,9 +425,20 @@ class RunImageTest(StandbyeTestBase):
         self.assertEqual(b"hello\n", self.read_config_drive_file(
             node, "/openstack/content/0000"))
 
-    def test_prebuilt_config_drive_on_a_4096_byte_sector_disk(self):
+    def read_vfat_file(self, node, name):
+        out = os.path.join(self.work, os.path.basename(name))
+        result = run("mcopy", "-n", "-i", node, "::" + name, out,
+                     env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
+        self.assertEqual(0, result.returncode, result.stderr)
+        with open(out, "rb") as stream:
+            return stream.read()
+
+    def prepare_on_4k_sectors(self):
+        """An MBR image prepared on a new 4096-byte-sector loop device;
+        returns the extension."""
         # The image is copied onto a 4096-byte-sector device as it is;
-        # its GPT then no longer parses, so give it an MBR instead.
+        # a GPT made for 512-byte sectors no longer parses there, so the
+        # image has an MBR instead.
         device = self.loops.create(DEVICE_SIZE, sector_size=4096)
         self.device = device
         image = os.path.join(self.work, "mbr4k.img")
@@ -439,6 +451,53 @@ class RunImageTest(StandbyeTestBase):
                        check=True, capture_output=True)
         self._add("mbr4k", image)
         self.images["mbr4k"]["url"] = self.server.add("/mbr4k", image)
+        extension = self.make_extension([device])
+        task = self.call(extension, "prepare_image",
+                         image=self.image_param("mbr4k"),
+                         root_device_hints={"name": device})
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        # MBR boot code stands in for the image's own loader.
+        with open(device, "r+b") as stream:
+            stream.write(b"\xeb\x63\x90")
+        return extension
+
+    def assert_vfat_config_drive(self, task):
+        node = task.result["config_drive"]["node"]
+        probed = run("blkid", "-p", "-o", "export", node)
+        props = dict(line.split("=", 1)
+                     for line in probed.stdout.splitlines() if "=" in line)
+        self.assertEqual("vfat", props.get("TYPE"), probed.stdout)
+        self.assertEqual("config-2", props.get("LABEL"), probed.stdout)
+        # The kernel mounts FAT only when its sectors are at least the
+        # disk's.
+        with open(node, "rb") as stream:
+            self.assertEqual(4096, int.from_bytes(stream.read(13)[11:13],
+                                                  "little"))
+        self.assertEqual("vfat", task.result["config_drive"]["type"])
+        return node
+
+    def test_config_drive_on_a_4096_byte_sector_disk_is_vfat(self):
+        extension = self.prepare_on_4k_sectors()
+        meta_data = {"uuid": str(uuid.uuid4()), "hostname": "tenant-4k"}
+        task = self.call(extension, "run_image",
+                         image_id=self.images["mbr4k"]["id"],
+                         config_drive={"meta_data": meta_data,
+                                       "user_data": "#!/bin/sh\n",
+                                       "files": {"/etc/motd": "aGVsbG8K"}})
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        node = self.assert_vfat_config_drive(task)
+        sent = json.loads(self.read_vfat_file(
+            node, "/openstack/latest/meta_data.json"))
+        self.assertEqual(dict(meta_data, files=[
+            {"path": "/etc/motd", "content_path": "/content/0000"}]), sent)
+        self.assertEqual(b"#!/bin/sh\n", self.read_vfat_file(
+            node, "/openstack/latest/user_data"))
+        self.assertEqual(b"hello\n", self.read_vfat_file(
+            node, "/openstack/content/0000"))
+        found = run("blkid", "-c", "/dev/null", "-L", "config-2")
+        self.assertIn(node, found.stdout.split(), found.stderr)
+
+    def test_prebuilt_iso_on_a_4096_byte_sector_disk_becomes_vfat(self):
         tree = os.path.join(self.work, "tree", "openstack", "latest")
         os.makedirs(tree)
         with open(os.path.join(tree, "meta_data.json"), "w") as stream:
@@ -450,23 +509,16 @@ class RunImageTest(StandbyeTestBase):
         with open(iso, "rb") as stream:
             prebuilt = __import__("base64").b64encode(
                 gzip.compress(stream.read())).decode()
-        extension = self.make_extension([device])
-        task = self.call(extension, "prepare_image",
-                         image=self.image_param("mbr4k"),
-                         root_device_hints={"name": device})
-        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
-        # MBR boot code stands in for the image's own loader.
-        with open(device, "r+b") as stream:
-            stream.write(b"\xeb\x63\x90")
+        extension = self.prepare_on_4k_sectors()
+        device = self.device
         task = self.call(extension, "run_image",
                          image_id=self.images["mbr4k"]["id"],
                          config_drive=prebuilt)
         self.assertEqual(tasks.COMPLETE, task.state, task.msg)
         self.assertEqual("reboot", task.result["boot"]["method"])
-        node = task.result["config_drive"]["node"]
+        node = self.assert_vfat_config_drive(task)
         self.assertEqual({"uuid": "prebuilt"}, json.loads(
-            self.read_config_drive_file(
-                node, "/openstack/latest/meta_data.json")))
+            self.read_vfat_file(node, "/openstack/latest/meta_data.json")))
         table = json.loads(run("sfdisk", "--json", device).stdout)
         self.assertEqual("dos", table["partitiontable"]["label"])
         last = table["partitiontable"]["partitions"][-1]

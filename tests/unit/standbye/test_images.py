@@ -334,6 +334,103 @@ class ConfigDriveTest(base.TestCase):
             self.assertFalse(os.path.exists(iso))
 
 
+class VfatConfigDriveTest(base.TestCase):
+    """Disks with sectors over 2048 bytes get a VFAT config drive."""
+
+    def fat(self, sector_size, label=b"config-2   "):
+        data = bytearray(8192)
+        data[11:13] = sector_size.to_bytes(2, "little")
+        data[43:54] = label
+        data[54:62] = b"FAT12   "
+        data[510:512] = b"\x55\xaa"
+        return bytes(data)
+
+    def test_file_system_by_sector_size(self):
+        self.assertEqual("iso9660", configdrive.file_system_for(512))
+        self.assertEqual("iso9660", configdrive.file_system_for(2048))
+        self.assertEqual("vfat", configdrive.file_system_for(4096))
+
+    def test_fat_sector_size(self):
+        self.assertEqual(4096, configdrive.fat_sector_size(self.fat(4096)))
+        self.assertEqual("config-2", configdrive.image_label(self.fat(512)))
+        self.assertIsNone(configdrive.fat_sector_size(bytes(8192)))
+
+    @mock.patch("teeth_agent.processes.execute", return_value=("", ""))
+    def test_build_vfat_with_the_disk_sector_size(self, execute):
+        with tempfile.TemporaryDirectory() as out:
+            image = os.path.join(out, "cd.img")
+            size = configdrive.build({"meta_data": {"a": 1},
+                                      "user_data": "x" * 100000}, image,
+                                     64 * MIB, sector_size=4096)
+            self.assertEqual(0, size % MIB)
+            self.assertGreaterEqual(size, 100000)
+            mkfs, mcopy = (c[0] for c in execute.call_args_list)
+            self.assertEqual(("mkfs.vfat", "-S", "4096", "-s", "1", "-n",
+                              "config-2", image), mkfs)
+            self.assertEqual(("mcopy", "-s", "-i", image), mcopy[:4])
+            self.assertTrue(mcopy[4].endswith("/openstack"))
+            self.assertEqual("::/", mcopy[-1])
+            self.assertEqual("1", execute.call_args_list[1][1]["env"][
+                "MTOOLS_SKIP_CHECK"])
+
+    def iso(self):
+        data = bytearray(64 * 1024)
+        data[32768] = 1
+        data[32769:32774] = b"CD001"
+        data[32808:32840] = b"config-2".ljust(32)
+        return bytes(data)
+
+    @mock.patch("teeth_agent.processes.execute")
+    def test_prebuilt_kept_when_the_disk_reads_it(self, execute):
+        self.assertEqual(self.iso(), configdrive.fit_to_sector_size(
+            self.iso(), 512, MIB))
+        self.assertEqual(self.fat(4096), configdrive.fit_to_sector_size(
+            self.fat(4096), 4096, MIB))
+        execute.assert_not_called()
+
+    def fake_tools(self, execute, extracted):
+        def run(*argv, **kwargs):
+            if argv[0] == "xorriso" or argv[:2] == ("mcopy", "-s") and \
+                    argv[2] == "-n":
+                tree = argv[-1] if argv[0] == "xorriso" else argv[-1][:-1]
+                extracted(tree)
+            elif argv[0] == "mkfs.vfat":
+                with open(argv[-1], "r+b") as stream:
+                    stream.write(self.fat(4096))
+            return "", ""
+        execute.side_effect = run
+
+    @mock.patch("teeth_agent.processes.execute")
+    def test_prebuilt_iso_is_rebuilt_as_vfat(self, execute):
+        def extracted(tree):
+            os.makedirs(os.path.join(tree, "openstack", "latest"))
+            with open(os.path.join(tree, "openstack", "latest",
+                                   "meta_data.json"), "w") as stream:
+                stream.write("{}")
+        self.fake_tools(execute, extracted)
+        rebuilt = configdrive.fit_to_sector_size(self.iso(), 4096, 64 * MIB)
+        self.assertEqual(4096, configdrive.fat_sector_size(rebuilt))
+        tools = [c[0][0] for c in execute.call_args_list]
+        self.assertEqual(["xorriso", "mkfs.vfat", "mcopy"], tools)
+        self.assertIn("-extract", execute.call_args_list[0][0])
+        # A FAT drive made for 512-byte sectors is rebuilt the same way.
+        execute.reset_mock()
+        configdrive.fit_to_sector_size(self.fat(512), 4096, 64 * MIB)
+        self.assertEqual(["mcopy", "mkfs.vfat", "mcopy"],
+                         [c[0][0] for c in execute.call_args_list])
+
+    @mock.patch("teeth_agent.processes.execute")
+    def test_prebuilt_with_a_link_is_refused(self, execute):
+        def extracted(tree):
+            os.symlink("/etc/shadow", os.path.join(tree, "meta_data.json"))
+        self.fake_tools(execute, extracted)
+        with self.assertRaisesRegex(configdrive.InvalidConfigDrive,
+                                    "meta_data.json"):
+            configdrive.fit_to_sector_size(self.iso(), 4096, 64 * MIB)
+        self.assertEqual(["xorriso"],
+                         [c[0][0] for c in execute.call_args_list])
+
+
 class BootDiscoveryTest(base.TestCase):
 
     def setUp(self):
