@@ -21,6 +21,7 @@ import re
 
 from teeth_agent.hardware import base
 from teeth_agent.hardware import safety
+from teeth_agent.hardware import sysfs
 from teeth_agent import processes
 
 LOG = logging.getLogger(__name__)
@@ -47,41 +48,6 @@ HINT_TYPES = {
     "wwn": str, "vendor": str, "name": str, "by_path": str,
     "rotational": bool,
 }
-
-
-def _read_text(path):
-    """The stripped content of ``path``, or None (logged) when unreadable."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as stream:
-            value = stream.read().strip()
-    except OSError as exc:
-        LOG.debug("cannot read %s: %s", path, exc)
-        return None
-    return value or None
-
-
-def _read_int(path, base_=10):
-    value = _read_text(path)
-    if value is None:
-        return None
-    try:
-        return int(value, base_)
-    except ValueError:
-        LOG.debug("%s holds %r, not an integer", path, value)
-        return None
-
-
-def _read_bool(path):
-    value = _read_int(path)
-    return None if value is None else value != 0
-
-
-def _listdir(path):
-    try:
-        return sorted(os.listdir(path))
-    except OSError as exc:
-        LOG.debug("cannot list %s: %s", path, exc)
-        return []
 
 
 def _normalize_wwn(wwid):
@@ -184,7 +150,7 @@ class GenericHardwareManager(base.HardwareManager):
     # -- DMI ------------------------------------------------------------------
 
     def _dmi(self, field):
-        return _read_text(self._sys("class", "dmi", "id", field))
+        return sysfs.read_text(self._sys("class", "dmi", "id", field))
 
     def get_system_info(self):
         return {"vendor": self._dmi("sys_vendor"),
@@ -197,7 +163,7 @@ class GenericHardwareManager(base.HardwareManager):
     # -- CPUs -----------------------------------------------------------------
 
     def _cpuinfo(self):
-        text = _read_text(self._proc("cpuinfo")) or ""
+        text = sysfs.read_text(self._proc("cpuinfo")) or ""
         processors = []
         current = {}
         for line in text.splitlines():
@@ -224,14 +190,16 @@ class GenericHardwareManager(base.HardwareManager):
                 break
         flags = (first.get("flags") or first.get("Features") or "").split()
         cpu_root = self._sys("devices", "system", "cpu")
-        cpu_dirs = [d for d in _listdir(cpu_root) if re.match(r"^cpu\d+$", d)]
+        cpu_dirs = [d for d in sysfs.listdir(cpu_root)
+                    if re.match(r"^cpu\d+$", d)]
         count = len(logical) or len(cpu_dirs) or None
         packages = set()
         cores = set()
         for cpu in cpu_dirs:
             topology = os.path.join(cpu_root, cpu, "topology")
-            package = _read_text(os.path.join(topology, "physical_package_id"))
-            core = _read_text(os.path.join(topology, "core_id"))
+            package = sysfs.read_text(os.path.join(topology,
+                                                   "physical_package_id"))
+            core = sysfs.read_text(os.path.join(topology, "core_id"))
             if package is not None:
                 packages.add(package)
                 if core is not None:
@@ -256,14 +224,16 @@ class GenericHardwareManager(base.HardwareManager):
 
     def _memory_block_bytes(self):
         root = self._sys("devices", "system", "memory")
-        block_size = _read_int(os.path.join(root, "block_size_bytes"), 16)
-        blocks = [d for d in _listdir(root) if re.match(r"^memory\d+$", d)]
+        block_size = sysfs.read_int(os.path.join(root, "block_size_bytes"), 16)
+        blocks = [d for d in sysfs.listdir(root)
+                  if re.match(r"^memory\d+$", d)]
         if not block_size or not blocks:
             return None
         return block_size * len(blocks)
 
     def _meminfo_total(self):
-        for line in (_read_text(self._proc("meminfo")) or "").splitlines():
+        meminfo = sysfs.read_text(self._proc("meminfo")) or ""
+        for line in meminfo.splitlines():
             key, _, value = line.partition(":")
             if key.strip() == "MemTotal":
                 number, _, unit = value.strip().partition(" ")
@@ -309,7 +279,7 @@ class GenericHardwareManager(base.HardwareManager):
 
     def _disk_names(self, udev):
         block = self._sys("class", "block")
-        names = set(_listdir(block))
+        names = set(sysfs.listdir(block))
         if udev is not None:
             names |= set(udev)
         disks = []
@@ -319,10 +289,10 @@ class GenericHardwareManager(base.HardwareManager):
                 continue
             if os.path.exists(os.path.join(directory, "partition")):
                 continue
-            if name.startswith("loop") and _read_text(
+            if name.startswith("loop") and sysfs.read_text(
                     os.path.join(directory, "loop", "backing_file")) is None:
                 continue  # a loop device with nothing attached
-            if not _read_int(os.path.join(directory, "size")):
+            if not sysfs.read_int(os.path.join(directory, "size")):
                 continue  # no medium
             disks.append(name)
         return disks
@@ -331,7 +301,8 @@ class GenericHardwareManager(base.HardwareManager):
         if name.startswith("loop"):
             return "loop"
         if name.startswith("nvme"):
-            kind = _read_text(os.path.join(directory, "device", "transport"))
+            kind = sysfs.read_text(os.path.join(directory, "device",
+                                                "transport"))
             return "nvme" if kind in (None, "pcie") else "nvme-%s" % kind
         if name.startswith("mmcblk"):
             return "mmc"
@@ -359,15 +330,15 @@ class GenericHardwareManager(base.HardwareManager):
     def _by_path(self, name):
         links = self._dev("disk", "by-path")
         target = os.path.realpath(self._dev(name))
-        for link in _listdir(links):
+        for link in sysfs.listdir(links):
             full = os.path.join(links, link)
             if os.path.realpath(full) == target:
                 return full
         return None
 
     def _sysfs_serial(self, directory):
-        return (_read_text(os.path.join(directory, "device", "serial"))
-                or _read_text(os.path.join(directory, "serial"))
+        return (sysfs.read_text(os.path.join(directory, "device", "serial"))
+                or sysfs.read_text(os.path.join(directory, "serial"))
                 or _vpd_serial(os.path.join(directory, "device", "vpd_pg80")))
 
     def _block_device(self, name, udev_properties):
@@ -375,18 +346,18 @@ class GenericHardwareManager(base.HardwareManager):
         props = udev_properties or {}
         path = self._dev(name)
         device_dir = os.path.join(directory, "device")
-        vendor = _read_text(os.path.join(device_dir, "vendor"))
+        vendor = sysfs.read_text(os.path.join(device_dir, "vendor"))
         if vendor is not None and _PCI_ID.match(vendor):
             vendor = None  # a PCI vendor id, not a name
-        wwid = (_read_text(os.path.join(directory, "wwid"))
-                or _read_text(os.path.join(device_dir, "wwid")))
+        wwid = (sysfs.read_text(os.path.join(directory, "wwid"))
+                or sysfs.read_text(os.path.join(device_dir, "wwid")))
         by_path = None
         if props.get("ID_PATH"):
             by_path = "/dev/disk/by-path/%s" % props["ID_PATH"]
         else:
             by_path = self._by_path(name)
-        sectors = _read_int(os.path.join(directory, "size"))
-        partitions = [self._dev(entry) for entry in _listdir(directory)
+        sectors = sysfs.read_int(os.path.join(directory, "size"))
+        partitions = [self._dev(entry) for entry in sysfs.listdir(directory)
                       if os.path.exists(os.path.join(directory, entry,
                                                      "partition"))]
         usage = safety.device_usage(name, self.conf)
@@ -394,7 +365,7 @@ class GenericHardwareManager(base.HardwareManager):
             "path": path,
             "name": name,
             "size_bytes": None if sectors is None else sectors * SECTOR_BYTES,
-            "model": _read_text(os.path.join(device_dir, "model"))
+            "model": sysfs.read_text(os.path.join(device_dir, "model"))
             or _clean(props.get("ID_MODEL")),
             "serial": _clean(props.get("ID_SERIAL_SHORT"))
             or self._sysfs_serial(directory)
@@ -402,17 +373,17 @@ class GenericHardwareManager(base.HardwareManager):
             "wwn": _normalize_wwn(props.get("ID_WWN_WITH_EXTENSION")
                                   or props.get("ID_WWN") or wwid),
             "vendor": _clean(props.get("ID_VENDOR")) or vendor,
-            "rotational": _read_bool(os.path.join(directory, "queue",
-                                                  "rotational")),
-            "logical_sector_size": _read_int(os.path.join(
+            "rotational": sysfs.read_bool(os.path.join(
+                directory, "queue", "rotational")),
+            "logical_sector_size": sysfs.read_int(os.path.join(
                 directory, "queue", "logical_block_size")),
-            "physical_sector_size": _read_int(os.path.join(
+            "physical_sector_size": sysfs.read_int(os.path.join(
                 directory, "queue", "physical_block_size")),
-            "removable": _read_bool(os.path.join(directory, "removable")),
-            "read_only": _read_bool(os.path.join(directory, "ro")),
+            "removable": sysfs.read_bool(os.path.join(directory, "removable")),
+            "read_only": sysfs.read_bool(os.path.join(directory, "ro")),
             "transport": self._transport(name, directory),
             "partitions": partitions,
-            "holders": _listdir(os.path.join(directory, "holders")),
+            "holders": sysfs.listdir(os.path.join(directory, "holders")),
             "mounted": None if usage["mountpoints"] is None
             else bool(usage["mountpoints"]),
             "mountpoints": usage["mountpoints"],
@@ -438,7 +409,7 @@ class GenericHardwareManager(base.HardwareManager):
     def list_network_interfaces(self):
         root = self._sys("class", "net")
         interfaces = []
-        for name in _listdir(root):
+        for name in sysfs.listdir(root):
             directory = os.path.join(root, name)
             device = os.path.join(directory, "device")
             if name == "lo":
@@ -446,17 +417,18 @@ class GenericHardwareManager(base.HardwareManager):
             if not os.path.exists(device) and \
                     not self.conf.hardware.include_virtual_nics:
                 continue  # virtual: bridges, bonds, VLANs, tunnels
-            carrier = _read_int(os.path.join(directory, "carrier"))
+            carrier = sysfs.read_int(os.path.join(directory, "carrier"))
             if carrier is None:
                 # carrier cannot be read while the interface is down.
-                operstate = _read_text(os.path.join(directory, "operstate"))
+                operstate = sysfs.read_text(os.path.join(directory,
+                                                         "operstate"))
                 link = None if operstate in (None, "unknown") else \
                     operstate == "up"
             else:
                 link = carrier == 1
-            speed = _read_int(os.path.join(directory, "speed"))
+            speed = sysfs.read_int(os.path.join(directory, "speed"))
             driver = os.path.join(device, "driver")
-            mac = _read_text(os.path.join(directory, "address"))
+            mac = sysfs.read_text(os.path.join(directory, "address"))
             interfaces.append({
                 "name": name,
                 "mac": mac.lower() if mac else None,
@@ -479,9 +451,9 @@ class GenericHardwareManager(base.HardwareManager):
         ``class/firmware-attributes``."""
         root = self._sys("class", "firmware-attributes")
         found = {}
-        for driver in _listdir(root):
+        for driver in sysfs.listdir(root):
             attributes = os.path.join(root, driver, "attributes")
-            for name in _listdir(attributes):
+            for name in sysfs.listdir(attributes):
                 directory = os.path.join(attributes, name)
                 if os.path.exists(os.path.join(directory, "current_value")):
                     found.setdefault(name, directory)
@@ -492,7 +464,7 @@ class GenericHardwareManager(base.HardwareManager):
         if not attributes:
             raise base.IncompatibleHardwareMethodError(
                 "no firmware-attributes in sysfs")
-        return {name: _read_text(os.path.join(directory, "current_value"))
+        return {name: sysfs.read_text(os.path.join(directory, "current_value"))
                 for name, directory in sorted(attributes.items())}
 
     def apply_bios_settings(self, settings):
@@ -515,8 +487,8 @@ class GenericHardwareManager(base.HardwareManager):
                 raise base.HardwareManagerError(
                     "cannot set BIOS setting %s to %s: %s"
                     % (name, wanted, exc)) from exc
-            now = _read_text(current)
-            pending = _read_bool(os.path.join(
+            now = sysfs.read_text(current)
+            pending = sysfs.read_bool(os.path.join(
                 os.path.dirname(attributes[name]), "pending_reboot"))
             if now != wanted and not pending:
                 raise base.HardwareManagerError(

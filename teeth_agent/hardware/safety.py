@@ -21,6 +21,8 @@ import fnmatch
 import logging
 import os
 
+from teeth_agent.hardware import sysfs
+
 LOG = logging.getLogger(__name__)
 
 SWAP_MOUNTPOINT = "[SWAP]"
@@ -97,21 +99,6 @@ def read_swaps(conf):
             if line.split()]
 
 
-def _read_sysfs(path):
-    try:
-        with open(path, encoding="utf-8", errors="replace") as stream:
-            return stream.read().strip()
-    except OSError:
-        return None
-
-
-def _listdir(path):
-    try:
-        return sorted(os.listdir(path))
-    except OSError:
-        return []
-
-
 def device_stack(name, conf):
     """The kernel names a write to ``name`` would affect.
 
@@ -127,11 +114,11 @@ def device_stack(name, conf):
         if current in stack:
             continue
         directory = os.path.join(block, current)
-        stack[current] = _read_sysfs(os.path.join(directory, "dev"))
-        for entry in _listdir(directory):
+        stack[current] = sysfs.read_text(os.path.join(directory, "dev"))
+        for entry in sysfs.listdir(directory):
             if os.path.exists(os.path.join(directory, entry, "partition")):
                 pending.append(entry)
-        pending.extend(_listdir(os.path.join(directory, "holders")))
+        pending.extend(sysfs.listdir(os.path.join(directory, "holders")))
     return stack
 
 
@@ -141,7 +128,7 @@ def _source_aliases(names, conf):
     for name in names:
         for dev_dir in {"/dev", conf.hardware.dev_root}:
             aliases.add(os.path.join(dev_dir, name))
-            mapped = _read_sysfs(os.path.join(block, name, "dm", "name"))
+            mapped = sysfs.read_text(os.path.join(block, name, "dm", "name"))
             if mapped:
                 aliases.add(os.path.join(dev_dir, "mapper", mapped))
     return aliases
@@ -261,8 +248,8 @@ def ensure_writable(path, conf, dispatcher):
         device["mounted"] = bool(device.get("mounted") or mountpoints)
     if usage["is_agent_root"]:
         device["is_agent_root"] = True
-    live_ro = _read_sysfs(os.path.join(conf.hardware.sysfs_root, "class",
-                                       "block", name, "ro"))
+    live_ro = sysfs.read_text(os.path.join(
+        conf.hardware.sysfs_root, "class", "block", name, "ro"))
     if live_ro == "1":
         device["read_only"] = True
     eligible, reason = eligibility(device, conf)
