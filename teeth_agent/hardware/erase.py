@@ -640,15 +640,25 @@ def _nvme_sanitize_state(path):
     return "waiting", 0.0
 
 
+#: A device-level erase whose progress does not move for this long is
+#: declared stuck (a large disk's overwrite sanitize takes hours, but its
+#: progress counter keeps moving).
+STALL_TIMEOUT = 4 * 3600
+
+
 def _poll(read_state, path, method, size, progress, interval, sleep,
-          max_waiting=12):
+          max_waiting=12, stall_timeout=STALL_TIMEOUT, clock=time.monotonic):
     """Poll ``read_state() -> (state, value)`` until done or failed.
 
     ``state`` is ``"running"`` (value: fraction), ``"done"``,
     ``"failed"`` (value: reason) or ``"waiting"`` (the device does not
-    show the operation yet; allowed ``max_waiting`` times in a row).
+    show the operation yet; allowed ``max_waiting`` times in a row). A
+    ``"running"`` fraction that does not change for ``stall_timeout``
+    seconds fails the erase instead of waiting forever.
     """
     waiting = 0
+    last_value = None
+    last_change = clock()
     while True:
         state, value = read_state()
         if state == "done":
@@ -662,6 +672,12 @@ def _poll(read_state, path, method, size, progress, interval, sleep,
                                  "operation as started" % (method, path))
         else:
             waiting = 0
+            if value != last_value:
+                last_value, last_change = value, clock()
+            elif clock() - last_change > stall_timeout:
+                raise EraseError("%s on %s: no progress for %ds (stuck at "
+                                 "%.1f%%)" % (method, path, stall_timeout,
+                                              100.0 * value))
             progress(int(size * min(value, 0.999)), size)
         sleep(interval)
 

@@ -543,3 +543,46 @@ class OverwriteTest(base.TestCase):
         result = erase.verify_erased(self.path, "nvme_format_user", [])
         self.assertFalse(result["verified"])
         self.assertIn("not zero", result["problems"][0])
+
+
+class PollTest(base.TestCase):
+    """The polling loop shared by the device-level erase methods."""
+
+    def poll(self, states, **kwargs):
+        now = [0.0]
+        reported = []
+        answers = iter(states)
+
+        def sleep(seconds):
+            now[0] += seconds
+
+        return erase._poll(lambda: next(answers), "/dev/x", "m", 100,
+                           lambda done, total: reported.append(done), 60,
+                           sleep, clock=lambda: now[0], **kwargs), reported
+
+    def test_done_after_progress(self):
+        result, reported = self.poll([("waiting", None), ("running", 0.5),
+                                      ("running", 0.9), ("done", None)])
+        self.assertEqual({}, result)
+        self.assertEqual([50, 90], reported)
+
+    def test_failure_is_raised(self):
+        with self.assertRaises(erase.EraseError) as caught:
+            self.poll([("running", 0.1), ("failed", "media error")])
+        self.assertIn("media error", str(caught.exception))
+
+    def test_never_started(self):
+        with self.assertRaises(erase.EraseError) as caught:
+            self.poll([("waiting", None)] * 5, max_waiting=3)
+        self.assertIn("never reported", str(caught.exception))
+
+    def test_stuck_progress_fails_instead_of_waiting_forever(self):
+        with self.assertRaises(erase.EraseError) as caught:
+            self.poll([("running", 0.3)] * 100, stall_timeout=600)
+        self.assertIn("no progress for 600s", str(caught.exception))
+
+    def test_slow_but_moving_progress_is_fine(self):
+        states = [("running", step / 1000.0) for step in range(200)]
+        result, reported = self.poll(states + [("done", None)],
+                                     stall_timeout=120)
+        self.assertEqual({}, result)
