@@ -132,6 +132,10 @@ class ThreadBridge:
         os.set_blocking(self._write_fd, False)
         self._hub_thread = None
         self._worker = None
+        # Guards the pipe against a task thread writing to it while stop()
+        # closes it (the descriptor number could be reused meanwhile).
+        self._pipe_lock = threading.Lock()
+        self._stopped = False
 
     def start(self):
         self._hub_thread = threading.get_ident()
@@ -142,11 +146,14 @@ class ThreadBridge:
 
     def call(self, func, *args, **kwargs):
         future = concurrent.futures.Future()
-        self._queue.put((future, func, args, kwargs))
-        try:
-            os.write(self._write_fd, b"x")
-        except BlockingIOError:
-            pass  # the pipe is full, so the hub is already awake
+        with self._pipe_lock:
+            if self._stopped:
+                raise OSError(errno.ESHUTDOWN, "the thread bridge is stopped")
+            self._queue.put((future, func, args, kwargs))
+            try:
+                os.write(self._write_fd, b"x")
+            except BlockingIOError:
+                pass  # the pipe is full, so the hub is already awake
         return future
 
     def run(self, func, *args, timeout=None, **kwargs):
@@ -183,11 +190,15 @@ class ThreadBridge:
         if self._worker is not None:
             self._worker.kill()
             self._worker = None
-        for fd in (self._read_fd, self._write_fd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        with self._pipe_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            for fd in (self._read_fd, self._write_fd):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
 
 # -- sockets -----------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The eventlet connection over an in-process socket pair."""
 
 import json
+import threading
 
 from teeth_agent import protocol
 from teeth_agent import transport
@@ -85,3 +86,28 @@ class ConnectionTest(base.TestCase):
         self.assertEqual("status", result["command"]["method"])
         self.assertRaises(transport.CallTimeout, self.connection.call,
                           "status", {}, timeout=0.05)
+
+
+class ThreadBridgeTest(base.TestCase):
+    def test_call_from_a_thread_runs_on_the_hub(self):
+        bridge = transport.ThreadBridge()
+        bridge.start()
+        self.addCleanup(bridge.stop)
+        results = {}
+
+        def worker():
+            results["value"] = bridge.run(lambda: threading.get_ident(),
+                                          timeout=5)
+        thread = threading.Thread(target=worker)
+        thread.start()
+        while thread.is_alive():
+            transport.sleep(0.01)
+        self.assertEqual(threading.get_ident(), results["value"])
+
+    def test_call_after_stop_is_refused(self):
+        bridge = transport.ThreadBridge()
+        bridge.start()
+        bridge.stop()
+        bridge.stop()
+        with self.assertRaises(OSError):
+            bridge.call(lambda: None)
