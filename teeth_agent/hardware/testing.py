@@ -26,10 +26,12 @@ sysfs. Paths reported for devices are under the fake ``dev`` directory (use
 :meth:`FakeMachine.dev_path`).
 """
 
+import http.server
 import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import unittest
 
 from oslo_config import cfg
@@ -480,3 +482,65 @@ class HardwareManagerTestCase(unittest.TestCase):
         class)`` pairs, checked, evaluated and initialised as the agent
         does at start-up."""
         return hardware.build_dispatcher(plugins, self.conf)
+
+
+class FileServer:
+    """An HTTP server on 127.0.0.1 serving ``files`` ({path: bytes}).
+
+    For tests of firmware updates and other downloads: the agent accepts
+    only http(s) URLs, and tests must not leave the machine.
+
+    ``status`` ({path: code}) makes a path answer with an error code.
+    Requests are recorded in ``requests``.
+    """
+
+    def __init__(self, files=None, status=None):
+        self.files = dict(files or {})
+        self.status = dict(status or {})
+        self.requests = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests.append(self.path)
+                code = server.status.get(self.path)
+                if code:
+                    self.send_error(code)
+                    return
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                                      Handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever,
+                                        kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join()
+
+    def url(self, path):
+        return "http://127.0.0.1:%d%s" % (self._httpd.server_address[1],
+                                          path)
+
+    def start(self):
+        """Serve without a ``with`` block (pair with :meth:`stop`)."""
+        return self.__enter__()
+
+    def stop(self):
+        self.__exit__(None, None, None)

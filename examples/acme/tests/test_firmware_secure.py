@@ -7,10 +7,8 @@ state file.
 """
 
 import hashlib
-import http.server
 import json
 import os
-import threading
 import time
 
 from acme_hardware import manager as acme
@@ -32,45 +30,6 @@ def image(version, payload=b"\x00payload" * 64):
     return acme.IMAGE_MAGIC + version.encode() + b"\n" + payload
 
 
-class ImageServer:
-    """Serves ``files`` ({path: bytes}) on 127.0.0.1; records requests."""
-
-    def __init__(self, files):
-        self.files = files
-        self.requests = []
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                server.requests.append(self.path)
-                body = server.files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                                     Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever,
-                                       kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
-
-    def url(self, path):
-        return "http://127.0.0.1:%d%s" % (self.httpd.server_address[1], path)
-
-
 class DecomOnAcmeTest(testing.HardwareManagerTestCase):
     def setUp(self):
         super().setUp()
@@ -82,8 +41,9 @@ class DecomOnAcmeTest(testing.HardwareManagerTestCase):
         self.conf.register_opts(acme.opts, group="acme")
         self.set_config(**{"acme.firmware_state_file": self.state_file})
         self.dispatcher = self.build_dispatcher(PLUGINS)
-        self.server = ImageServer({"/bmc-2.0.0.bin": image("2.0.0"),
-                                   "/nic0-21.0.1.bin": image("21.0.1")})
+        self.server = testing.FileServer({
+            "/bmc-2.0.0.bin": image("2.0.0"),
+            "/nic0-21.0.1.bin": image("21.0.1")}).start()
         self.addCleanup(self.server.stop)
         self.registry = tasks.TaskRegistry()
         context = ext_base.ExtensionContext(

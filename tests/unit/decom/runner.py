@@ -6,7 +6,6 @@ then the ``validate_<name>`` hook), starts the task in a
 :class:`FileServer` serves bytes over HTTP on 127.0.0.1 from a thread.
 """
 
-import http.server
 import threading
 import time
 
@@ -71,55 +70,3 @@ def run_command(extension, registry, method, params, task_id="task-1"):
             raise AssertionError("task %s did not end" % task_id)
         time.sleep(0.01)
     return task
-
-
-class FileServer:
-    """An HTTP server on 127.0.0.1 serving ``files`` ({path: bytes}).
-
-    ``status`` ({path: code}) makes a path answer with an error code.
-    Requests are recorded in ``requests``.
-    """
-
-    def __init__(self, files=None, status=None):
-        self.files = dict(files or {})
-        self.status = dict(status or {})
-        self.requests = []
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                server.requests.append(self.path)
-                code = server.status.get(self.path)
-                if code:
-                    self.send_error(code)
-                    return
-                body = server.files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                                      Handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever,
-                                        kwargs={"poll_interval": 0.05},
-                                        daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info):
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
-
-    def url(self, path):
-        return "http://127.0.0.1:%d%s" % (self._httpd.server_address[1],
-                                          path)

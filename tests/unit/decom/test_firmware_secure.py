@@ -8,6 +8,7 @@ import tempfile
 from teeth_agent import firmware
 from teeth_agent import hardware
 from teeth_agent.hardware import base as hw_base
+from teeth_agent.hardware import testing
 from teeth_agent import protocol
 from teeth_agent import tasks
 from tests import base
@@ -100,7 +101,7 @@ class FirmwareSecureTest(base.TestCase):
         self.images = {"/bios-1.1.bin": b"FW1.1", "/bmc-3.0.bin": b"FW3.0"}
 
     def run(self, result=None):
-        with runner.FileServer(getattr(self, "images", {})) as server:
+        with testing.FileServer(getattr(self, "images", {})) as server:
             self.server = server
             return super().run(result)
 
@@ -245,7 +246,7 @@ class DownloadTest(base.TestCase):
 
     def test_verified_image_lands_under_its_name(self):
         data = os.urandom(3 * 1024 * 1024 + 5)
-        with runner.FileServer({"/fw": data}) as server:
+        with testing.FileServer({"/fw": data}) as server:
             written = firmware.download(
                 server.url("/fw"), {"sha512": hashlib.sha512(
                     data).hexdigest(), "sha256": sha256(data)}, self.target)
@@ -255,14 +256,14 @@ class DownloadTest(base.TestCase):
         self.assertEqual(["image"], os.listdir(self.directory))
 
     def test_mismatch_leaves_no_file(self):
-        with runner.FileServer({"/fw": b"data"}) as server:
+        with testing.FileServer({"/fw": b"data"}) as server:
             with self.assertRaises(firmware.ChecksumMismatch):
                 firmware.download(server.url("/fw"),
                                   {"sha256": sha256(b"other")}, self.target)
         self.assertEqual([], os.listdir(self.directory))
 
     def test_oversize_image_is_refused(self):
-        with runner.FileServer({"/fw": b"x" * 100}) as server:
+        with testing.FileServer({"/fw": b"x" * 100}) as server:
             with self.assertRaises(firmware.DownloadError) as caught:
                 firmware.download(server.url("/fw"),
                                   {"sha256": sha256(b"x" * 100)},
