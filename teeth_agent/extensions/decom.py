@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 
+from teeth_agent import blockdev
 from teeth_agent.extensions import base
 from teeth_agent import firmware as firmware_images
 from teeth_agent import hardware
@@ -179,7 +180,7 @@ class DecomExtension(base.Extension):
         sizes = {}
         for path in devices:
             try:
-                sizes[path] = erase.device_size(path)
+                sizes[path] = blockdev.device_size(path)
             except OSError:
                 # The device's own erase reports the failure; it just
                 # weighs nothing in the combined percent.

@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 
+from teeth_agent import blockdev
 from teeth_agent import download
 from teeth_agent.extensions import base
 from teeth_agent import hardware
@@ -421,7 +422,7 @@ class StandbyeExtension(base.Extension):
 
     def _convert_qcow2(self, task, image_path, path):
         virtual_size = qcow2.inspect(image_path)
-        if virtual_size > writer.device_size(path):
+        if virtual_size > blockdev.device_size(path):
             raise writer.ImageTooLarge(
                 "the image's virtual size (%d bytes) is larger than %s"
                 % (virtual_size, path))
@@ -532,7 +533,7 @@ class StandbyeExtension(base.Extension):
         max_size = self.conf.standbye.max_config_drive_size
         # ISO 9660 cannot be mounted on sectors over 2048 bytes: such
         # disks get a VFAT drive (cloud-init reads both by label).
-        sector = writer.sector_size(path)
+        sector = blockdev.sector_size(path, default=4096)
         if isinstance(config_drive, str):
             data = configdrive.fit_to_sector_size(
                 configdrive.decode_prebuilt(config_drive, max_size), sector,

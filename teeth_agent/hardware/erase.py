@@ -18,23 +18,21 @@ command while ``hdparm`` exits 0.
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
-import mmap
 import os
 import random
 import re
-import struct
 import threading
 import time
 
+from teeth_agent import blockdev
 from teeth_agent.hardware import base
 from teeth_agent import processes
 
 LOG = logging.getLogger(__name__)
 
-MIB = 1024 * 1024
+MIB = blockdev.MIB
 CLEAR = "Clear"
 PURGE = "Purge"
 
@@ -43,8 +41,6 @@ PURGE = "Purge"
 #: agent die between setting it and the erase that clears it.
 ATA_PASSWORD = "teeth"
 
-_BLKSSZGET = 0x1268
-_BLKGETSIZE64 = 0x80081272
 _DEFAULT_BLOCK_SIZE = 8 * MIB
 _MARKER_SIZE = 4096
 _MARKER_COUNT = 8
@@ -214,7 +210,7 @@ def erase_device(manager, device, method, progress):
                                  _DEFAULT_BLOCK_SIZE))
             details = {}
         else:
-            size = device.get("size_bytes") or device_size(path)
+            size = device.get("size_bytes") or blockdev.device_size(path)
             runner = {"nvme": _erase_nvme, "ata": _erase_ata,
                       "scsi": _erase_scsi}[info.family]
             details = runner(manager, device, method, size, progress) or {}
@@ -245,68 +241,12 @@ def _poll_interval(manager):
 
 # -- direct I/O helpers -------------------------------------------------------
 
-@contextlib.contextmanager
-def open_direct(path, write=False):
-    """An fd on ``path`` opened with O_DIRECT and O_EXCL, closed on exit.
-
-    A mounted or otherwise claimed device refuses O_EXCL.
-    """
-    flags = (os.O_WRONLY if write else os.O_RDONLY) | os.O_DIRECT | \
-        os.O_EXCL | os.O_CLOEXEC
-    fd = os.open(path, flags)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def device_size(path):
-    """The size of a block device (or a regular file) in bytes."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return _fd_size(fd)
-    finally:
-        os.close(fd)
-
-
-def _fd_size(fd):
-    try:
-        raw = fcntl.ioctl(fd, _BLKGETSIZE64, b"\0" * 8)
-        return struct.unpack("Q", raw)[0]
-    except OSError:
-        return os.fstat(fd).st_size
-
-
-def _sector_size(fd):
-    """The logical sector size (O_DIRECT's unit); 512 for regular files."""
-    try:
-        raw = fcntl.ioctl(fd, _BLKSSZGET, b"\0" * 4)
-        return struct.unpack("i", raw)[0]
-    except OSError:
-        return 512
-
-
-def _aligned_buffer(size):
-    # Anonymous mmap memory is page aligned (what O_DIRECT needs) and
-    # starts zero-filled.
-    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-
-
-def _write_all(fd, view, offset):
-    while len(view):
-        written = os.pwrite(fd, view, offset)
-        if written <= 0:
-            raise OSError("short write at offset %d" % offset)
-        view = view[written:]
-        offset += written
-
-
 def _read_direct(fd, offset, length):
     """``length`` bytes at ``offset``, read with O_DIRECT.
 
     Both must be multiples of the sector size.
     """
-    buffer = _aligned_buffer(length)
+    buffer = blockdev.aligned_buffer(length)
     try:
         count = os.preadv(fd, [buffer], offset)
         if count != length:
@@ -325,48 +265,28 @@ def overwrite(path, progress, block_size=_DEFAULT_BLOCK_SIZE):
     ``progress(done, total)`` is called after every write. This is the
     speed-critical path: one aligned buffer, no copies, no page cache.
     """
-    with open_direct(path, write=True) as fd:
-        size = _fd_size(fd)
-        sector = _sector_size(fd)
+    with blockdev.open_direct(path, write=True) as fd:
+        size = blockdev.fd_size(fd)
+        sector = blockdev.logical_block_size(fd)
         block_size = max(sector, block_size - block_size % sector)
-        buffer = _aligned_buffer(block_size)
+        buffer = blockdev.aligned_buffer(block_size)
         try:
             with memoryview(buffer) as view:
                 offset = 0
                 progress(0, size)
                 while offset < size:
                     length = min(block_size, size - offset)
-                    _write_all(fd, view[:length] if length < block_size
-                               else view, offset)
+                    # A temporary slice: a named one would outlive the view
+                    # and keep the mmap from closing.
+                    blockdev.write_all(
+                        fd, view[:length] if length < block_size else view,
+                        offset)
                     offset += length
                     progress(offset, size)
             os.fsync(fd)
         finally:
             buffer.close()
     return size
-
-
-def _zero_range(fd, offset, length, sector):
-    buffer = _aligned_buffer(max(length, sector))
-    try:
-        with memoryview(buffer) as view:
-            _write_all(fd, view[:length], offset)
-    finally:
-        buffer.close()
-
-
-def _edges(size, sector, span=MIB):
-    """``[(offset, length)]`` of the first and last ``span`` bytes.
-
-    Sector-aligned, merged when they overlap.
-    """
-    head = min(span, size)
-    head -= head % sector
-    tail_start = max(0, size - span)
-    tail_start += (-tail_start) % sector
-    if tail_start <= head:
-        return [(0, size - size % sector)]
-    return [(0, head), (tail_start, size - tail_start)]
 
 
 def _marker_offsets(size, count=_MARKER_COUNT):
@@ -396,16 +316,16 @@ def write_markers(path, count=_MARKER_COUNT):
     that a device-level erase really removed them.
     """
     markers = []
-    with open_direct(path, write=True) as fd:
-        size = _fd_size(fd)
-        buffer = _aligned_buffer(_MARKER_SIZE)
+    with blockdev.open_direct(path, write=True) as fd:
+        size = blockdev.fd_size(fd)
+        buffer = blockdev.aligned_buffer(_MARKER_SIZE)
         try:
             for offset in _marker_offsets(size, count):
                 data = os.urandom(_MARKER_SIZE)
                 buffer.seek(0)
                 buffer.write(data)
                 with memoryview(buffer) as view:
-                    _write_all(fd, view, offset)
+                    blockdev.write_all(fd, view, offset)
                 markers.append((offset, data))
             os.fsync(fd)
         finally:
@@ -414,25 +334,11 @@ def write_markers(path, count=_MARKER_COUNT):
 
 
 def wipe_signatures(device):
-    """Remove partition-table and file-system signatures from ``device``.
-
-    ``wipefs --all --force`` erases what it recognises; the first and last
-    MiB are then zeroed directly, which covers both GPT copies and the MBR
-    even when wipefs does not know a format. Partitions the kernel still
-    knows are dropped with ``partx -d`` (never a re-read, which on some
-    kernels removes and on others re-adds them).
-    """
-    path = device["path"]
-    processes.execute("wipefs", "--all", "--force", path)
-    with open_direct(path, write=True) as fd:
-        size = _fd_size(fd)
-        sector = _sector_size(fd)
-        for offset, length in _edges(size, sector):
-            _zero_range(fd, offset, length, sector)
-        os.fsync(fd)
-    if device.get("partitions"):
-        # partx exits 1 when the kernel knows no partition; that is fine.
-        processes.run("partx", "-d", path)
+    """Remove partition-table and file-system signatures from ``device``
+    (a ``BlockDevice``); raises when a step fails. See
+    :func:`teeth_agent.blockdev.wipe_signatures`."""
+    blockdev.wipe_signatures(device["path"],
+                             forget_partitions=bool(device.get("partitions")))
 
 
 def verify_erased(path, method, markers, samples=64, rng=None):
@@ -448,10 +354,10 @@ def verify_erased(path, method, markers, samples=64, rng=None):
     problems = []
     checked = 0
     zero_block = bytes(_MARKER_SIZE)
-    with open_direct(path) as fd:
-        size = _fd_size(fd)
-        sector = _sector_size(fd)
-        for offset, length in _edges(size, sector):
+    with blockdev.open_direct(path) as fd:
+        size = blockdev.fd_size(fd)
+        sector = blockdev.logical_block_size(fd)
+        for offset, length in blockdev.edges(size, sector):
             position = offset
             while position < offset + length:
                 chunk = min(MIB, offset + length - position)

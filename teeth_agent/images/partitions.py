@@ -15,7 +15,7 @@ import os
 import re
 import time
 
-from teeth_agent.images import writer
+from teeth_agent import blockdev
 from teeth_agent import processes
 
 LOG = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def read_table(path):
     if not sector_size:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            sector_size = writer.logical_block_size(fd)
+            sector_size = blockdev.logical_block_size(fd, default=4096)
         finally:
             os.close(fd)
     return {"type": table.get("label"), "sector_size": int(sector_size),
@@ -159,7 +159,7 @@ def add_partition_at_end(path, size_bytes, name="config-2"):
         if len(primaries) >= 4:
             raise PartitionError("the MBR of %s has no free primary slot"
                                  % path)
-        total = writer.device_size(path) // sector
+        total = blockdev.device_size(path) // sector
         limit = min(total, 2 ** 32)
         start = _align_down(limit - sectors, align)
         if start <= last_end:

@@ -20,17 +20,16 @@ import logging
 import lzma
 import mmap
 import os
-import struct
 import threading
 import zlib
 
+from teeth_agent import blockdev
 from teeth_agent import download
 from teeth_agent.images import formats
 from teeth_agent import processes
 
 LOG = logging.getLogger(__name__)
 
-_BLKSSZGET = 0x1268
 _F_SETPIPE_SZ = 1031
 _MIB = 1024 * 1024
 
@@ -51,17 +50,6 @@ class DeviceWriteError(OSError):
                          % (path, offset, cause.strerror or cause))
 
 
-def logical_block_size(fd):
-    """The logical sector size of the block device open as ``fd``."""
-    try:
-        raw = fcntl.ioctl(fd, _BLKSSZGET, struct.pack("i", 0))
-        return struct.unpack("i", raw)[0]
-    except OSError:
-        # Not a block device (a file in tests): 4096 suits O_DIRECT on
-        # every file system.
-        return 4096
-
-
 class DeviceWriter:
     """Sequential writes to a block device with ``O_DIRECT``.
 
@@ -79,7 +67,8 @@ class DeviceWriter:
         flags = os.O_WRONLY | os.O_CLOEXEC
         self._fd = os.open(path, flags | os.O_DIRECT)
         try:
-            self.block_size = logical_block_size(self._fd)
+            self.block_size = blockdev.logical_block_size(self._fd,
+                                                          default=4096)
             self.device_size = os.lseek(self._fd, 0, os.SEEK_END)
             if end is not None:
                 self.device_size = min(self.device_size, end)
@@ -306,69 +295,14 @@ def _decoder(fmt, target, chunk):
                                     % fmt)
 
 
-def zero_range(path, offset, length):
-    """Write zeros over ``length`` bytes of ``path`` at ``offset``; sync."""
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        zeros = bytes(min(length, _MIB))
-        while length > 0:
-            count = os.pwrite(fd, zeros[:min(length, len(zeros))], offset)
-            offset += count
-            length -= count
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def device_size(path):
-    """The size in bytes of the block device (or file) at ``path``."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.lseek(fd, 0, os.SEEK_END)
-    finally:
-        os.close(fd)
-
-
-def sector_size(path):
-    """The logical sector size in bytes of the block device at ``path``
-    (4096 for a regular file)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return logical_block_size(fd)
-    finally:
-        os.close(fd)
-
-
 def wipe_signatures(path):
-    """Make ``path`` unbootable and unrecognisable, quickly.
+    """Make ``path`` unbootable and unrecognisable after a failed write.
 
-    Removes every signature ``wipefs`` knows (partition tables, file
-    systems, RAID) and zeroes the first and last MiB, where partition
-    tables, boot code and backup GPT headers live; then tells the kernel
-    to forget the device's partitions. Errors are logged, not raised:
-    this runs while another error is being reported.
+    :func:`teeth_agent.blockdev.wipe_signatures` in its lenient form:
+    failures are logged, not raised, since this runs while another error
+    is being reported.
     """
-    try:
-        processes.execute("wipefs", "--all", "--force", path)
-    except processes.ProcessError as exc:
-        LOG.error("wipefs on %s failed: %s", path, exc)
-    try:
-        size = device_size(path)
-        zero_range(path, 0, min(_MIB, size))
-        if size > _MIB:
-            zero_range(path, size - _MIB, _MIB)
-    except OSError as exc:
-        LOG.error("cannot zero the ends of %s: %s", path, exc)
-    forget_partitions(path)
-    LOG.warning("wiped the signatures of %s", path)
-
-
-def forget_partitions(path):
-    """Drop the kernel's partitions of ``path`` (``partx -d``)."""
-    try:
-        processes.execute("partx", "-d", path, check=False)
-    except processes.ProcessError as exc:
-        LOG.warning("partx -d %s failed: %s", path, exc)
+    blockdev.wipe_signatures(path, strict=False)
 
 
 class NeedsStaging(Exception):

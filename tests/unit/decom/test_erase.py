@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import tempfile
 
+from teeth_agent import blockdev
 from teeth_agent.hardware import base as hw_base
 from teeth_agent.hardware import erase
 from teeth_agent.hardware import generic
@@ -302,19 +303,19 @@ class ParsersTest(base.TestCase):
             "ata_security_erase_enhanced"].nist_category)
 
     def test_marker_offsets_avoid_the_wiped_edges(self):
-        size = 64 * erase.MIB
+        size = 64 * blockdev.MIB
         offsets = erase._marker_offsets(size)
         self.assertEqual(8, len(offsets))
         for offset in offsets:
-            self.assertGreaterEqual(offset, erase.MIB)
-            self.assertLessEqual(offset + 4096, size - erase.MIB)
+            self.assertGreaterEqual(offset, blockdev.MIB)
+            self.assertLessEqual(offset + 4096, size - blockdev.MIB)
             self.assertEqual(0, offset % 4096)
 
     def test_edges_merge_on_small_devices(self):
-        self.assertEqual([(0, erase.MIB), (9 * erase.MIB, erase.MIB)],
-                         erase._edges(10 * erase.MIB, 512))
+        self.assertEqual([(0, blockdev.MIB), (9 * blockdev.MIB, blockdev.MIB)],
+                         blockdev.edges(10 * blockdev.MIB, 512))
         self.assertEqual([(0, 1536 * 1024)],
-                         erase._edges(1536 * 1024, 512))
+                         blockdev.edges(1536 * 1024, 512))
 
 
 class DeviceEraseTest(testing.HardwareManagerTestCase, base.TestCase):
@@ -489,7 +490,7 @@ class OverwriteTest(base.TestCase):
         self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
         self.path = os.path.join(directory, "disk.img")
         with open(self.path, "wb") as stream:
-            stream.write(os.urandom(5 * erase.MIB + 4096))
+            stream.write(os.urandom(5 * blockdev.MIB + 4096))
         try:
             os.close(os.open(self.path, os.O_RDONLY | os.O_DIRECT))
         except OSError:
@@ -499,8 +500,8 @@ class OverwriteTest(base.TestCase):
     def test_overwrite_zeroes_everything_and_reports_progress(self):
         progress = []
         written = erase.overwrite(self.path, lambda d, t: progress.append(
-            (d, t)), block_size=2 * erase.MIB)
-        self.assertEqual(5 * erase.MIB + 4096, written)
+            (d, t)), block_size=2 * blockdev.MIB)
+        self.assertEqual(5 * blockdev.MIB + 4096, written)
         with open(self.path, "rb") as stream:
             data = stream.read()
         self.assertEqual(len(data), data.count(0))
@@ -509,16 +510,16 @@ class OverwriteTest(base.TestCase):
 
     def test_verify_finds_a_nonzero_block_after_overwrite(self):
         erase.overwrite(self.path, lambda d, t: None)
-        markers = [(2 * erase.MIB, os.urandom(4096))]
+        markers = [(2 * blockdev.MIB, os.urandom(4096))]
         self.assertTrue(erase.verify_erased(self.path, "overwrite", markers,
                                             samples=8)["verified"])
         with open(self.path, "r+b") as stream:
-            stream.seek(2 * erase.MIB)
+            stream.seek(2 * blockdev.MIB)
             stream.write(b"\x01")
         result = erase.verify_erased(self.path, "overwrite", markers,
                                      samples=0)
         self.assertFalse(result["verified"])
-        self.assertEqual(["block at %d is not zero" % (2 * erase.MIB)],
+        self.assertEqual(["block at %d is not zero" % (2 * blockdev.MIB)],
                          result["problems"])
 
     def test_surviving_marker_fails_a_device_level_erase(self):

@@ -248,7 +248,7 @@ class Qcow2StagingTest(ExtensionTestCase):
                 self.extension._staging_room()
 
     @mock.patch("teeth_agent.hardware.safety.ensure_writable")
-    @mock.patch("teeth_agent.images.writer.device_size",
+    @mock.patch("teeth_agent.blockdev.device_size",
                 return_value=1 << 30)
     @mock.patch("teeth_agent.images.qcow2.inspect", return_value=1 << 20)
     @mock.patch("teeth_agent.processes.execute", return_value=("", ""))
@@ -268,7 +268,7 @@ class StreamFormatTest(ExtensionTestCase):
         super().setUp()
         for target, kwargs in (
                 ("teeth_agent.hardware.safety.ensure_writable", {}),
-                ("teeth_agent.images.writer.device_size",
+                ("teeth_agent.blockdev.device_size",
                  {"return_value": 1 << 30}),
                 ("teeth_agent.images.qcow2.inspect",
                  {"return_value": 1 << 20}),

@@ -533,7 +533,7 @@ class PartitionsTest(base.TestCase):
             table["lastlba"] = lastlba
         return json.dumps({"partitiontable": table})
 
-    @mock.patch("teeth_agent.images.writer.device_size",
+    @mock.patch("teeth_agent.blockdev.device_size",
                 return_value=512 * MIB)
     @mock.patch("teeth_agent.processes.execute", return_value=("", ""))
     @mock.patch("teeth_agent.processes.run")
@@ -554,7 +554,7 @@ class PartitionsTest(base.TestCase):
         partx = [c[0][:2] for c in run.call_args_list[2:]]
         self.assertEqual([("partx", "-u"), ("partx", "-a")], partx)
 
-    @mock.patch("teeth_agent.images.writer.device_size",
+    @mock.patch("teeth_agent.blockdev.device_size",
                 return_value=64 * MIB)
     @mock.patch("teeth_agent.processes.execute", return_value=("", ""))
     @mock.patch("teeth_agent.processes.run")
