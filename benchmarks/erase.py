@@ -24,6 +24,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
+from benchmarks import benchstats  # noqa: E402
 from teeth_agent.hardware import erase  # noqa: E402
 
 MIB = 1024 * 1024
@@ -58,10 +59,6 @@ def time_dd(device, size):
     finally:
         os.close(fd)
     return time.perf_counter() - started
-
-
-def spread(values):
-    return (max(values) - min(values)) / statistics.median(values)
 
 
 def main(argv=None):
@@ -109,14 +106,14 @@ def main(argv=None):
     ratio = dd_median / ours_median
     print("ours: median %.3fs spread %.1f%%; dd: median %.3fs spread %.1f%%; "
           "ratio dd/ours %.3f (target >= 0.95)"
-          % (ours_median, 100 * spread(ours), dd_median, 100 * spread(dds),
-             ratio))
+          % (ours_median, 100 * benchstats.spread(ours), dd_median,
+             100 * benchstats.spread(dds), ratio))
     print(json.dumps({"size_mib": args.size_mib, "runs": args.runs,
                       "block_mib": args.block_mib,
                       "ours_median_s": round(ours_median, 4),
                       "dd_median_s": round(dd_median, 4),
-                      "ours_spread": round(spread(ours), 4),
-                      "dd_spread": round(spread(dds), 4),
+                      "ours_spread": round(benchstats.spread(ours), 4),
+                      "dd_spread": round(benchstats.spread(dds), 4),
                       "ratio": round(ratio, 4),
                       "target_met": ratio >= 0.95}))
     return 0

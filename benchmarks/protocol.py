@@ -40,6 +40,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
+from benchmarks import benchstats  # noqa: E402
 from teeth_agent import protocol  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -157,30 +158,21 @@ def pipelined(port, count):
     return count / elapsed
 
 
-def percentile(values, fraction):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def spread(values):
-    median = statistics.median(values)
-    return (max(values) - min(values)) / median if median else 0.0
-
-
 def measure_server(kind, runs, pings, pipelined_count):
     server = Server(kind)
     figures = {"p50_ms": [], "p99_ms": [], "msgs_per_s": []}
     try:
         for _ in range(runs):
             latencies = round_trips(server.port, pings)
-            figures["p50_ms"].append(1000 * percentile(latencies, 0.50))
-            figures["p99_ms"].append(1000 * percentile(latencies, 0.99))
+            for key, fraction in (("p50_ms", 0.50), ("p99_ms", 0.99)):
+                figures[key].append(
+                    1000 * benchstats.percentile(latencies, fraction))
             figures["msgs_per_s"].append(pipelined(server.port,
                                                    pipelined_count))
     finally:
         server.stop()
     return {name: {"median": statistics.median(values),
-                   "spread": spread(values), "runs": values}
+                   "spread": benchstats.spread(values), "runs": values}
             for name, values in figures.items()}
 
 
@@ -219,7 +211,7 @@ def codec_costs(runs, count=20000):
         results["json_decode_us"].append(
             1e6 * (time.perf_counter() - started) / count)
     return {name: {"median": statistics.median(values),
-                   "spread": spread(values)}
+                   "spread": benchstats.spread(values)}
             for name, values in results.items()}
 
 

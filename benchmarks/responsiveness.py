@@ -43,6 +43,7 @@ import uuid
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
+from benchmarks import benchstats  # noqa: E402
 from tests.functional import harness  # noqa: E402
 from tests.functional import loopdev  # noqa: E402
 
@@ -85,11 +86,6 @@ def make_image(path, size):
     return digest.hexdigest()
 
 
-def percentile(values, fraction):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
 def ping_while(peer, interval, running=None, count=200):
     """Ping every ``interval`` s, ``count`` times or, given ``running``,
     while ``running()`` is true; returns the round trips in ms."""
@@ -130,8 +126,8 @@ def run_task(peer, interval, method, params):
 
 
 def summarise(per_run):
-    p50s = [percentile(run, 0.50) for run in per_run]
-    p99s = [percentile(run, 0.99) for run in per_run]
+    p50s = [benchstats.percentile(run, 0.50) for run in per_run]
+    p99s = [benchstats.percentile(run, 0.99) for run in per_run]
 
     def figure(values):
         median = statistics.median(values)
@@ -217,7 +213,8 @@ def main(argv=None):
                 {"task_id": "erase-%s" % uuid.uuid4().hex[:8],
                  "devices": [erase_device]}))
             print("run %d: %s" % (run + 1, ", ".join(
-                "%s p99 %.2f ms" % (name, percentile(values[-1], 0.99))
+                "%s p99 %.2f ms"
+                % (name, benchstats.percentile(values[-1], 0.99))
                 for name, values in phases.items())), flush=True)
     finally:
         if http_server is not None:

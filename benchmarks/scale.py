@@ -49,6 +49,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
+from benchmarks import benchstats  # noqa: E402
 HOST = "127.0.0.1"
 TARGET_P99_MS = 100.0
 TARGET_AGENTS = 10000
@@ -304,15 +305,6 @@ class LoadGenerator:
 
 # -- measuring -------------------------------------------------------------
 
-def percentile(values, fraction):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def spread(values):
-    median = statistics.median(values)
-    return (max(values) - min(values)) / median if median else 0.0
-
 
 def measure_level(generator, pid, count, warmup, window, base_rss):
     grow_started = time.monotonic()
@@ -328,8 +320,8 @@ def measure_level(generator, pid, count, warmup, window, base_rss):
         generator.run_for(window / 3.0)
         latencies, generator.latencies = generator.latencies, None
         samples += len(latencies)
-        p50s.append(1000 * percentile(latencies, 0.50))
-        p99s.append(1000 * percentile(latencies, 0.99))
+        p50s.append(1000 * benchstats.percentile(latencies, 0.50))
+        p99s.append(1000 * benchstats.percentile(latencies, 0.99))
     elapsed = time.monotonic() - started
     endpoint_cpu = 100 * (process_cpu_seconds(pid) - cpu_before) / elapsed
     own_cpu = 100 * (own_cpu_seconds() - own_before) / elapsed
@@ -340,9 +332,9 @@ def measure_level(generator, pid, count, warmup, window, base_rss):
         "ramp_s": round(grow_seconds, 2),
         "pings_measured": samples,
         "p50_ms": round(statistics.median(p50s), 3),
-        "p50_spread": round(spread(p50s), 3),
+        "p50_spread": round(benchstats.spread(p50s), 3),
         "p99_ms": round(statistics.median(p99s), 3),
-        "p99_spread": round(spread(p99s), 3),
+        "p99_spread": round(benchstats.spread(p99s), 3),
         "endpoint_rss_mib": round(rss / 2 ** 20, 1),
         "rss_per_agent_kib": round((rss - base_rss) / count / 1024, 2),
         "endpoint_cpu_pct": round(endpoint_cpu, 1),
