@@ -10,7 +10,6 @@ built by the same helpers the functional tests use, and served from an HTTP
 server on 127.0.0.1.
 """
 
-import hashlib
 import os
 import subprocess
 import uuid
@@ -21,14 +20,6 @@ from tests.functional import standbye_images
 from tools import demo_output as demo
 
 MIB = 1024 * 1024
-
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(4 * MIB), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Cycle:
@@ -58,7 +49,9 @@ class Cycle:
         for info, name in ((built, "tenant.img"), (spare, "spare.img")):
             url = self.server.add("/" + name, info["path"])
             images.append({"id": str(uuid.uuid4()), "urls": [url],
-                           "hashes": {"sha256": sha256_of(info["path"])},
+                           "hashes": {
+                               "sha256": standbye_images.sha256_of(
+                                   info["path"])},
                            "size": os.path.getsize(info["path"])})
         return built, images
 

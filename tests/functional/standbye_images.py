@@ -7,6 +7,7 @@ partition holding ``/boot/vmlinuz-<version>``, an initrd and a grub.cfg
 ``mcopy`` on partition-sized files, then ``dd`` into place.
 """
 
+import hashlib
 import json
 import os
 import subprocess
@@ -14,6 +15,15 @@ import uuid
 
 KERNEL_VERSION = "6.1.0-teeth"
 ROOT_FS_UUID = "4f3c2d1e-0a9b-4c8d-9e7f-112233445566"
+
+
+def sha256_of(path):
+    """The hex sha256 of a file, read 4 MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(4 * 1024 * 1024), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _run(*argv, **kwargs):

@@ -35,14 +35,6 @@ DEVICE_SIZE = 128 * MIB
 TASK_WAIT = 600
 
 
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(MIB), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def run(*argv, **kwargs):
     return subprocess.run(argv, capture_output=True, text=True, **kwargs)
 
@@ -95,7 +87,7 @@ class StandbyeTestBase(unittest.TestCase):
     @classmethod
     def _add(cls, key, path):
         cls.images[key] = {"id": str(uuid.uuid4()), "path": path,
-                           "sha256": sha256_of(path),
+                           "sha256": standbye_images.sha256_of(path),
                            "size": os.path.getsize(path)}
 
     @classmethod

@@ -37,6 +37,7 @@ import sys
 import uuid
 
 from teeth_agent import transport
+from tests.functional import standbye_images
 from tests.vm import images
 from tests.vm import machine
 
@@ -79,14 +80,6 @@ def nonzero_offset(path):
             if chunk != zeroes[:len(chunk)]:
                 return offset + next(i for i, b in enumerate(chunk) if b)
             offset += len(chunk)
-
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(MIB), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def guest_url(server, name):
@@ -226,7 +219,7 @@ def test_decommission_to_kexec(ramdisk, test_images, image_server, endpoints,
 
     # -- standbye: cache, prepare on the virtio disk, run with kexec --------
     image_id = str(uuid.uuid4())
-    digest = sha256_of(image["path"])
+    digest = standbye_images.sha256_of(image["path"])
     final = run_task(server, agent_id, "standbye.cache_images", {
         "task_id": "cache", "images": [{
             "id": image_id, "urls": [guest_url(server, "/kexec.img")],
@@ -327,7 +320,7 @@ def test_reboot_fallback(ramdisk, test_images, image_server, endpoints,
     final = run_task(server, agent_id, "standbye.prepare_image", {
         "task_id": "prepare", "image": {
             "id": image_id, "urls": [guest_url(server, "/no-kernel.qcow2")],
-            "hashes": {"sha256": sha256_of(qcow2)}}})
+            "hashes": {"sha256": standbye_images.sha256_of(qcow2)}}})
     assert final["state"] == "complete", final
     assert final["result"]["format"] == "qcow2", final
 
@@ -406,7 +399,7 @@ def test_grub_install(ramdisk, test_images, image_server, endpoints,
     final = run_task(server, agent_id, "standbye.prepare_image", {
         "task_id": "prepare", "image": {
             "id": image_id, "urls": [guest_url(server, "/grub.img")],
-            "hashes": {"sha256": sha256_of(image["path"])}},
+            "hashes": {"sha256": standbye_images.sha256_of(image["path"])}},
         "root_device_hints": {"serial": "VDISK0001"}})
     assert final["state"] == "complete", final
     console_before = len(vm.console())
