@@ -8,8 +8,17 @@ only root and the server's own user are served.
 
 Methods served:
 
-``agents``
-    ``{"agents": [...]}``: every agent the endpoint knows.
+``agents``  ``{after, limit}``
+    One page of the agents the endpoint knows, in agent_id order:
+    ``{"agents": [...], "total": n, "next": cursor or null, "port": p}``.
+    A page starts after the agent_id ``after`` (from the start without
+    it), holds at most ``limit`` agents (default and ceiling
+    :data:`PAGE_LIMIT`) and stays well below the line limit, so a fleet of
+    any size is listed page by page; ``next`` is the ``after`` of the next
+    page. Tasks are listed as summaries.
+``forget``  ``{agent_id}``
+    Forget a disconnected agent, its session token included, so that it
+    may make a first handshake again (an agent that lost its token).
 ``call``  ``{agent_id, method, params, timeout}``
     Sends the command to the agent; the result is ``{"result": ...}``. An
     error from the agent is passed through with its type, code and msg.
@@ -18,6 +27,8 @@ Methods served:
     ``task_status`` command and answers with the final status.
 """
 
+import bisect
+import json
 import logging
 import os
 
@@ -27,6 +38,9 @@ from teeth_agent import tasks as tasks_mod
 from teeth_agent import transport
 
 LOG = logging.getLogger(__name__)
+
+#: The most agents one ``agents`` page holds.
+PAGE_LIMIT = 500
 
 
 class PassedThroughError(protocol.WireError):
@@ -78,9 +92,9 @@ class ControlServer:
         if command.method == "ping":
             return params
         if command.method == "agents":
-            return {"agents": [agent.describe() for agent in
-                               self.endpoint.agents.values()],
-                    "port": self.endpoint.port}
+            return self._agents(connection, params)
+        if command.method == "forget":
+            return self._forget(params)
         if command.method == "call":
             return self._call(params)
         if command.method == "watch_task":
@@ -94,6 +108,53 @@ class ControlServer:
             raise protocol.InvalidParams("%s: must be a non-empty string"
                                          % name, details={"param": name})
         return value
+
+    def _agents(self, connection, params):
+        after = params.get("after")
+        if after is not None and not isinstance(after, str):
+            raise protocol.InvalidParams("after: must be a string",
+                                         details={"param": "after"})
+        limit = params.get("limit", PAGE_LIMIT)
+        if not isinstance(limit, int) or isinstance(limit, bool) or \
+                limit < 1:
+            raise protocol.InvalidParams("limit: must be a positive integer",
+                                         details={"param": "limit"})
+        limit = min(limit, PAGE_LIMIT)
+        ids = sorted(self.endpoint.agents)
+        start = 0 if after is None else bisect.bisect_right(ids, after)
+        # Half the line limit: room for the envelope and for an agent whose
+        # description alone is large.
+        budget = connection.session.max_line_length // 2
+        page, used, index = [], 0, start
+        while index < len(ids) and len(page) < limit:
+            entry = self.endpoint.agents[ids[index]].describe(full=False)
+            size = len(json.dumps(entry, default=str))
+            if size > budget:
+                entry = {key: entry[key] for key in (
+                    "agent_id", "connected", "peer", "tls", "identity",
+                    "connected_at", "agent_version")}
+                entry["truncated"] = True
+                size = len(json.dumps(entry, default=str))
+            if page and used + size > budget:
+                break
+            page.append(entry)
+            used += size
+            index += 1
+        more = index < len(ids)
+        return {"agents": page, "total": len(ids),
+                "next": page[-1]["agent_id"] if more and page else None,
+                "port": self.endpoint.port}
+
+    def _forget(self, params):
+        agent_id = self._string(params, "agent_id")
+        if agent_id not in self.endpoint.agents and \
+                agent_id not in self.endpoint.tokens:
+            raise protocol.NotFound("agent %s is unknown" % agent_id)
+        try:
+            self.endpoint.forget(agent_id, "forgotten by the operator")
+        except ValueError as exc:
+            raise protocol.InvalidRequest(str(exc)) from None
+        return {"forgotten": agent_id}
 
     def _call(self, params):
         agent_id = self._string(params, "agent_id")

@@ -1,11 +1,19 @@
 """The endpoint: the server side of the protocol, as a library.
 
 An :class:`Endpoint` accepts agents (plaintext, TLS or mutual TLS), tracks
-them by ``agent_id`` (a reconnect replaces the old connection), answers
-``ping``, ``handshake``, ``log`` and ``task_status``, calls methods on agents
-with timeouts, and lets callers subscribe to events or wait for a task to
-end. It runs on the transport's hub: one process holds thousands of agents,
-each costing one green thread and a socket.
+them by ``agent_id``, answers ``ping``, ``handshake``, ``log`` and
+``task_status``, calls methods on agents with timeouts, and lets callers
+subscribe to events or wait for a task to end. It runs on the transport's
+hub: one process holds thousands of agents, each costing one green thread
+and a socket.
+
+Identity (``agent_identity``): with ``certificate`` the agent_id comes from
+the client certificate of a mutual-TLS link; with ``token`` the first
+handshake of an agent_id is answered with a ``session_token`` that every
+later handshake of that id must present (only its SHA-256 is kept). A link
+that cannot prove the identity never replaces a live one, and task states
+are recorded only from the link that owns the agent. Everything an agent can
+make the endpoint remember is bounded (tasks, logs, agents, connections).
 
 Use from green threads (the console script, tests running on the hub)::
 
@@ -17,7 +25,14 @@ Use from green threads (the console script, tests running on the hub)::
 """
 
 import collections
+import hashlib
+import hmac
+import json
 import logging
+import os
+import secrets
+import ssl
+import tempfile
 import time
 
 from teeth_agent import protocol
@@ -27,39 +42,391 @@ from teeth_agent import transport
 LOG = logging.getLogger(__name__)
 
 TASK_STATES = ("running", "error", "complete")
+IDENTITY_TOKEN = "token"
+IDENTITY_CERTIFICATE = "certificate"
+IDENTITIES = (IDENTITY_TOKEN, IDENTITY_CERTIFICATE)
+#: The SAN URI scheme of an agent's client certificate.
+CERT_URI_PREFIX = "teeth-agent:"
+#: The file in ``state_dir`` that keeps the session-token hashes.
+TOKEN_FILE = "agent-tokens.json"
+#: Bytes of randomness in a session token (256 bits).
+TOKEN_BYTES = 32
+#: Kept violations per agent (the newest ones).
+MAX_VIOLATIONS = 100
+#: Agent-supplied text longer than this is cut in the endpoint's log.
+LOG_TEXT_LIMIT = 4096
+
+DEFAULTS = {
+    "agent_identity": IDENTITY_TOKEN,
+    "task_history": 100,
+    "running_task_limit": 256,
+    "log_history": 1000,
+    "log_history_bytes": 4 * 1024 * 1024,
+    "forget_after": 86400.0,
+    "max_agents": 50000,
+    "max_connections": 16000,
+    "max_connections_per_address": 64,
+    "line_idle_timeout": 60.0,
+}
 
 
 class AgentNotConnected(Exception):
     """No agent with that id is connected."""
 
 
-class AgentHandle:
-    """What the endpoint knows about one agent."""
+class EndpointConfigError(ValueError):
+    """The endpoint's configuration cannot work (it refuses to start)."""
 
-    def __init__(self, agent_id, connection, handshake):
+
+class HandshakeRefused(Exception):
+    """A handshake the endpoint does not accept: the link gets a
+    ``fatal_error`` with this text and is closed."""
+
+
+class HandshakeRepeated(HandshakeRefused):
+    """A second handshake on a connection that already made one."""
+
+
+class TokenMismatch(HandshakeRefused):
+    """The agent_id has a session token and the handshake did not present
+    it (or presented another)."""
+
+
+class CertificateMismatch(HandshakeRefused):
+    """The client certificate names another agent_id than the handshake
+    (or none at all)."""
+
+
+class IdentityHeld(HandshakeRefused):
+    """A live link holds the agent_id and this one did not prove it."""
+
+
+class TooManyAgents(HandshakeRefused):
+    """A new agent_id while the endpoint already knows ``max_agents``
+    agents, all of them connected."""
+
+
+def printable(value, limit=LOG_TEXT_LIMIT):
+    """``value`` as one line of text safe for a log or a terminal.
+
+    Agent-supplied text may carry newlines (a forged log line), escape
+    sequences (which recolour or rewrite an operator's terminal) or other
+    control characters. Backslashes and every non-printable character are
+    written as escapes (``\\n``, ``\\x1b``, ``\\u2028``), so what is shown
+    is always one line and nothing in it is interpreted. Text longer than
+    ``limit`` characters is cut and marked with ``...``.
+    """
+    text = value if isinstance(value, str) else str(value)
+    cut = limit is not None and len(text) > limit
+    if cut:
+        text = text[:limit]
+    out = []
+    for char in text:
+        if char == "\\":
+            out.append("\\\\")
+        elif char == "\n":
+            out.append("\\n")
+        elif char == "\r":
+            out.append("\\r")
+        elif char == "\t":
+            out.append("\\t")
+        elif char.isprintable():
+            out.append(char)
+        elif ord(char) < 0x100:
+            out.append("\\x%02x" % ord(char))
+        elif ord(char) < 0x10000:
+            out.append("\\u%04x" % ord(char))
+        else:
+            out.append("\\U%08x" % ord(char))
+    if cut:
+        out.append("...")
+    return "".join(out)
+
+
+def agent_id_from_certificate(peercert):
+    """The agent_id a client certificate names, or None.
+
+    ``peercert`` is what ``SSLSocket.getpeercert()`` returns. A SAN URI
+    ``teeth-agent:<agent_id>`` wins; without one the subject's common name
+    is taken. Two different SAN URIs make the certificate ambiguous: None.
+    """
+    if not peercert:
+        return None
+    names = {value[len(CERT_URI_PREFIX):]
+             for kind, value in peercert.get("subjectAltName") or ()
+             if kind == "URI" and value.startswith(CERT_URI_PREFIX)}
+    names.discard("")
+    if len(names) == 1:
+        return names.pop()
+    if names:
+        return None
+    for rdn in peercert.get("subject") or ():
+        for key, value in rdn:
+            if key == "commonName" and value:
+                return value
+    return None
+
+
+def hash_token(token):
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class TokenStore:
+    """The session tokens of agents, kept as SHA-256 hashes only.
+
+    With a ``path`` the hashes are loaded at start and saved (atomically,
+    mode 0600) by :meth:`flush` when they changed, so identities survive an
+    endpoint restart; without one they live in memory only.
+    """
+
+    def __init__(self, path=None):
+        self.path = path
+        self._hashes = {}
+        self.dirty = False
+
+    def __len__(self):
+        return len(self._hashes)
+
+    def __contains__(self, agent_id):
+        return agent_id in self._hashes
+
+    def issue(self, agent_id):
+        """A new random token for ``agent_id`` (replacing any old one)."""
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        self._hashes[agent_id] = hash_token(token)
+        self.dirty = True
+        return token
+
+    def verify(self, agent_id, token):
+        """True when ``token`` is the agent's token (constant time)."""
+        known = self._hashes.get(agent_id)
+        if known is None or not isinstance(token, str):
+            return False
+        return hmac.compare_digest(known, hash_token(token))
+
+    def forget(self, agent_id):
+        if self._hashes.pop(agent_id, None) is not None:
+            self.dirty = True
+
+    def load(self):
+        """Read the saved hashes; a missing file is an empty store."""
+        if self.path is None:
+            return
+        try:
+            with open(self.path, encoding="utf-8") as stream:
+                data = json.load(stream)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            raise EndpointConfigError("cannot read the agent tokens in %s: "
+                                      "%s" % (self.path, exc)) from None
+        hashes = data.get("tokens") if isinstance(data, dict) else None
+        if not isinstance(hashes, dict):
+            raise EndpointConfigError("%s holds no agent tokens" % self.path)
+        self._hashes = {str(key): str(value)
+                        for key, value in hashes.items()}
+        self.dirty = False
+
+    def flush(self):
+        """Save the hashes when they changed since the last save."""
+        if self.path is None or not self.dirty:
+            return
+        directory = os.path.dirname(self.path) or "."
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=".tokens-", dir=directory)
+        try:
+            os.fchmod(handle, 0o600)
+            with os.fdopen(handle, "w", encoding="utf-8") as stream:
+                json.dump({"version": 1, "tokens": self._hashes}, stream)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(temporary, self.path)
+        except BaseException:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+            raise
+        self.dirty = False
+
+
+def task_summary(status):
+    """The summary form of a task status (what lists and handshakes carry)."""
+    summary = {"task_id": status.get("task_id"),
+               "state": status.get("state")}
+    for key in ("method", "percent"):
+        if key in status:
+            summary[key] = status[key]
+    if status.get("state") == tasks_mod.ERROR:
+        summary["msg"] = status.get("msg")
+    return summary
+
+
+def same_final(one, other):
+    """Whether two final statuses of a task say the same thing."""
+    return (one.get("state") == other.get("state")
+            and one.get("result") == other.get("result")
+            and one.get("msg") == other.get("msg"))
+
+
+class TaskBook:
+    """The task states of one agent, bounded.
+
+    Finished tasks (``error``/``complete``) are kept up to ``history``, the
+    oldest dropped first; running ones up to ``running_limit``, past which
+    a new running task id is refused. A final state never changes once
+    recorded, except that a summary (from a handshake) gives way to the full
+    status of the same state.
+    """
+
+    def __init__(self, history=DEFAULTS["task_history"],
+                 running_limit=DEFAULTS["running_task_limit"]):
+        self.history = history
+        self.running_limit = running_limit
+        self.tasks = {}
+        self._finished = collections.OrderedDict()
+        self._summaries = set()
+        self.running = 0
+
+    def __len__(self):
+        return len(self.tasks)
+
+    def get(self, task_id):
+        return self.tasks.get(task_id)
+
+    def values(self):
+        return self.tasks.values()
+
+    def record(self, status, summary=False):
+        """Record ``status``; returns one of "recorded", "duplicate",
+        "late_running", "conflict", "summary_ignored" or "over_limit"."""
+        task_id = status["task_id"]
+        state = status.get("state")
+        known = self.tasks.get(task_id)
+        final = state in tasks_mod.TERMINAL
+        if known is not None and known.get("state") in tasks_mod.TERMINAL:
+            if not final:
+                return "summary_ignored" if summary else "late_running"
+            if summary:
+                return ("summary_ignored" if known.get("state") == state
+                        else "conflict")
+            if task_id in self._summaries and known.get("state") == state:
+                self._summaries.discard(task_id)
+                self.tasks[task_id] = dict(status)
+                return "recorded"
+            return "duplicate" if same_final(known, status) else "conflict"
+        if known is None and not final and \
+                self.running >= self.running_limit:
+            return "over_limit"
+        if known is not None and summary and not final:
+            # A summary has no eta; keep what the last update said.
+            merged = dict(known)
+            merged.update(status)
+            status = merged
+        self.tasks[task_id] = dict(status)
+        if known is None and not final:
+            self.running += 1
+        if final:
+            if known is not None:
+                self.running -= 1
+            if summary:
+                self._summaries.add(task_id)
+            self._finished[task_id] = None
+            while len(self._finished) > self.history:
+                oldest, _ = self._finished.popitem(last=False)
+                self.tasks.pop(oldest, None)
+                self._summaries.discard(oldest)
+        return "recorded"
+
+
+class LogBook:
+    """The latest log records of one agent, bounded by count and bytes."""
+
+    def __init__(self, max_records=DEFAULTS["log_history"],
+                 max_bytes=DEFAULTS["log_history_bytes"]):
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self._records = collections.deque()
+        self.bytes = 0
+        self.dropped = 0
+
+    def __len__(self):
+        return len(self._records)
+
+    def __iter__(self):
+        return (record for record, _ in self._records)
+
+    def append(self, record, size):
+        """Keep ``record`` (``size`` bytes); the oldest ones make room."""
+        if size > self.max_bytes:
+            self.dropped += 1
+            return False
+        self._records.append((record, size))
+        self.bytes += size
+        while len(self._records) > self.max_records or \
+                self.bytes > self.max_bytes:
+            _, old_size = self._records.popleft()
+            self.bytes -= old_size
+            self.dropped += 1
+        return True
+
+
+class AgentHandle:
+    """What the endpoint knows about one agent (kept across its links)."""
+
+    def __init__(self, agent_id, connection, handshake, identity=None,
+                 task_history=DEFAULTS["task_history"],
+                 running_task_limit=DEFAULTS["running_task_limit"],
+                 log_history=DEFAULTS["log_history"],
+                 log_history_bytes=DEFAULTS["log_history_bytes"]):
         self.agent_id = agent_id
         self.connection = connection
         self.handshake = handshake
+        self.identity = identity or IDENTITY_TOKEN
         self.connected_at = time.time()
-        self.tasks = {}
+        self.disconnected_at = None
+        self.book = TaskBook(task_history, running_task_limit)
         self.task_updates = collections.Counter()
-        self.violations = []
-        self.logs = collections.deque(maxlen=1000)
+        self.violations = collections.deque(maxlen=MAX_VIOLATIONS)
+        self.logs = LogBook(log_history, log_history_bytes)
+        self.refused_running = 0
+
+    @property
+    def tasks(self):
+        """task_id -> latest status (bounded, see :class:`TaskBook`)."""
+        return self.book.tasks
 
     @property
     def connected(self):
         return self.connection is not None and not self.connection.closed
 
-    def describe(self):
+    @property
+    def tls(self):
+        return bool(self.connection is not None
+                    and self.connection.user_data.get("tls"))
+
+    def violation(self, text):
+        self.violations.append(text)
+        LOG.warning("agent %s: %s", printable(self.agent_id),
+                    printable(text))
+
+    def describe(self, full=True):
+        """A JSON-able description; ``full=False`` lists tasks as
+        summaries (what the control socket's listing sends)."""
+        tasks = list(self.book.values())
+        if not full:
+            tasks = [task_summary(status) for status in tasks]
         return {
             "agent_id": self.agent_id,
             "connected": self.connected,
             "peer": self.connection.name if self.connection else None,
+            "tls": self.tls,
+            "identity": self.identity,
             "connected_at": self.connected_at,
             "agent_version": self.handshake.get("agent_version"),
             "hardware": self.handshake.get("hardware"),
             "extensions": self.handshake.get("extensions"),
-            "tasks": list(self.tasks.values()),
+            "tasks": tasks,
         }
 
 
@@ -74,7 +441,29 @@ class Endpoint:
                  max_line_length=protocol.DEFAULT_MAX_LINE_LENGTH,
                  call_timeout=30.0, handshake_timeout=30.0,
                  keepalive_interval=30.0, keepalive_timeout=30.0,
-                 max_connections_per_address=0):
+                 max_connections_per_address=DEFAULTS[
+                     "max_connections_per_address"],
+                 max_connections=DEFAULTS["max_connections"],
+                 agent_identity=DEFAULTS["agent_identity"],
+                 state_dir=None,
+                 task_history=DEFAULTS["task_history"],
+                 running_task_limit=DEFAULTS["running_task_limit"],
+                 log_history=DEFAULTS["log_history"],
+                 log_history_bytes=DEFAULTS["log_history_bytes"],
+                 forget_after=DEFAULTS["forget_after"],
+                 max_agents=DEFAULTS["max_agents"],
+                 line_idle_timeout=DEFAULTS["line_idle_timeout"]):
+        if agent_identity not in IDENTITIES:
+            raise EndpointConfigError("agent_identity must be one of %s"
+                                      % ", ".join(IDENTITIES))
+        if agent_identity == IDENTITY_CERTIFICATE and (
+                tls_context is None
+                or tls_context.verify_mode != ssl.CERT_REQUIRED):
+            raise EndpointConfigError(
+                "agent_identity = certificate needs mutual TLS: set "
+                "[endpoint] tls_enabled and tls_require_client_cert (with "
+                "tls_ca_file naming the authority of the agents' "
+                "certificates)")
         self.host = host
         self.port = port
         self.tls_context = tls_context
@@ -84,14 +473,27 @@ class Endpoint:
         self.keepalive_interval = keepalive_interval
         self.keepalive_timeout = keepalive_timeout
         self.max_per_address = max_connections_per_address
+        self.max_connections = max_connections
+        self.agent_identity = agent_identity
+        self.task_history = task_history
+        self.running_task_limit = running_task_limit
+        self.log_history = log_history
+        self.log_history_bytes = log_history_bytes
+        self.forget_after = forget_after
+        self.max_agents = max_agents
+        self.line_idle_timeout = line_idle_timeout
+        self.tokens = TokenStore(
+            os.path.join(state_dir, TOKEN_FILE) if state_dir else None)
         self.agents = {}
         self.connections = set()
+        self._admitted = 0
         self._per_address = collections.Counter()
         self._subscribers = []
         self._changed = transport.Event()
         self._listener = None
         self._acceptor = None
         self._reaper = None
+        self._last_sweep = transport.monotonic()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -114,18 +516,28 @@ class Endpoint:
                    keepalive_interval=group.keepalive_interval,
                    keepalive_timeout=group.keepalive_timeout,
                    max_connections_per_address=(
-                       group.max_connections_per_address))
+                       group.max_connections_per_address),
+                   **trust_options(group))
 
     def start(self):
         """Listen and accept in the background; returns the bound port."""
+        self.tokens.load()
         self._listener = transport.listen(self.host, self.port)
         self.port = self._listener.getsockname()[1]
+        # The TLS handshake runs in _on_socket, after the connection has
+        # been counted against the limits, so a flood of half-done TLS
+        # handshakes is bounded too.
         self._acceptor = transport.spawn(
             transport.accept_loop, self._listener, self._on_socket,
-            self.tls_context, self.handshake_timeout, self._admit)
+            None, self.handshake_timeout, self._admit)
         self._reaper = transport.spawn(self._keepalive_loop)
-        LOG.info("endpoint listening on %s:%d%s", self.host, self.port,
-                 " (TLS)" if self.tls_context else "")
+        LOG.info("endpoint listening on %s:%d%s, agent identity: %s%s",
+                 self.host, self.port,
+                 " (TLS)" if self.tls_context else " (plaintext)",
+                 self.agent_identity,
+                 "" if self.tokens.path or
+                 self.agent_identity != IDENTITY_TOKEN else
+                 " (no state_dir: session tokens are lost on restart)")
         return self.port
 
     def stop(self):
@@ -136,10 +548,14 @@ class Endpoint:
             self._listener.close()
         for connection in list(self.connections):
             connection.close("endpoint stopping")
+        self._flush_tokens()
 
     def subscribe(self, callback):
         """``callback(event, agent, data)`` for every event: ``handshake``,
-        ``task_status``, ``log``, ``disconnect``. Called on the hub; keep it
+        ``task_status``, ``log``, ``disconnect``, ``refused`` (a link
+        refused at its handshake: ``agent`` is the agent it claimed, or
+        None when unknown; ``data`` has ``agent_id``, ``reason``, ``peer``
+        and ``live_peer``) and ``forgotten``. Called on the hub; keep it
         short and non-blocking."""
         self._subscribers.append(callback)
 
@@ -154,45 +570,92 @@ class Endpoint:
                 LOG.exception("endpoint subscriber failed on %s", event)
         self._changed.set()
 
+    def _flush_tokens(self):
+        try:
+            self.tokens.flush()
+        except OSError as exc:
+            LOG.error("cannot save the agent tokens to %s: %s",
+                      self.tokens.path, exc)
+
     # -- connections ----------------------------------------------------------
 
     def _admit(self, address):
-        if not self.max_per_address:
-            return True
         host = address[0] if isinstance(address, tuple) else address
-        if self._per_address[host] >= self.max_per_address:
-            LOG.warning("refusing a connection from %s: it already holds %d",
+        if self.max_connections and self._admitted >= self.max_connections:
+            LOG.warning("refusing a connection from %s: the endpoint holds "
+                        "%d connections (max_connections)", host,
+                        self._admitted)
+            return False
+        if self.max_per_address and \
+                self._per_address[host] >= self.max_per_address:
+            LOG.warning("refusing a connection from %s: it already holds %d "
+                        "(max_connections_per_address)",
                         host, self._per_address[host])
             return False
+        # Counted from here, before any TLS handshake.
+        self._per_address[host] += 1
+        self._admitted += 1
         return True
+
+    def _release(self, host):
+        self._admitted -= 1
+        self._per_address[host] -= 1
+        if self._per_address[host] <= 0:
+            del self._per_address[host]
 
     def _on_socket(self, sock, address):
         host = address[0] if isinstance(address, tuple) else str(address)
         name = "%s:%s" % address[:2] if isinstance(address, tuple) else host
+        if not isinstance(address, tuple):
+            # In-process links (tests, tools) are not admitted by the
+            # accept loop; count them here so the books stay balanced.
+            self._per_address[host] += 1
+            self._admitted += 1
+        peercert = None
+        if self.tls_context is not None:
+            try:
+                with transport.Timeout(self.handshake_timeout):
+                    sock = self.tls_context.wrap_socket(sock,
+                                                        server_side=True)
+                peercert = sock.getpeercert()
+            except (OSError, transport.Timeout) as exc:
+                LOG.warning("TLS handshake with %s failed: %s", name,
+                            exc if not isinstance(exc, transport.Timeout)
+                            else "timed out")
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+                self._release(host)
+                return
         connection = transport.Connection(
             sock, self._dispatch, name="agent at %s" % name,
             max_line_length=self.max_line_length,
             write_timeout=self.keepalive_interval + self.keepalive_timeout,
-            on_close=self._on_close, inline_methods=self.INLINE_METHODS)
+            on_close=self._on_close, inline_methods=self.INLINE_METHODS,
+            line_idle_timeout=self.line_idle_timeout)
         connection.user_data["address"] = host
+        connection.user_data["peer"] = name
         connection.user_data["agent"] = None
-        self._per_address[host] += 1
+        connection.user_data["tls"] = self.tls_context is not None
+        connection.user_data["cert_agent_id"] = \
+            agent_id_from_certificate(peercert)
         self.connections.add(connection)
         connection.start()
 
     def _on_close(self, connection, reason):
         self.connections.discard(connection)
-        host = connection.user_data.get("address")
-        self._per_address[host] -= 1
-        if self._per_address[host] <= 0:
-            del self._per_address[host]
+        self._release(connection.user_data.get("address"))
         agent = connection.user_data.get("agent")
         if agent is not None and agent.connection is connection:
-            LOG.info("agent %s disconnected: %s", agent.agent_id, reason)
+            agent.disconnected_at = transport.monotonic()
+            LOG.info("agent %s disconnected: %s", printable(agent.agent_id),
+                     reason)
             self._emit("disconnect", agent, {"reason": reason})
 
     def _keepalive_loop(self):
-        """Close connections that never handshake, ping idle agents."""
+        """Close connections that never handshake, ping idle agents, save
+        new tokens, forget agents gone for ``forget_after``."""
         while True:
             transport.sleep(min(1.0, self.handshake_timeout / 4))
             now = transport.monotonic()
@@ -207,6 +670,34 @@ class Endpoint:
                 if idle > self.keepalive_interval and \
                         not connection.user_data.get("pinging"):
                     transport.spawn(self._ping_idle, connection)
+            if now - self._last_sweep >= min(60.0, self.forget_after / 4):
+                self._last_sweep = now
+                self.forget_gone(now)
+            self._flush_tokens()
+
+    def forget_gone(self, now=None):
+        """Forget agents disconnected for more than ``forget_after``
+        seconds; returns how many."""
+        now = transport.monotonic() if now is None else now
+        gone = [agent for agent in self.agents.values()
+                if not agent.connected and agent.disconnected_at is not None
+                and now - agent.disconnected_at > self.forget_after]
+        for agent in gone:
+            self.forget(agent.agent_id, "disconnected for more than %ss"
+                        % self.forget_after)
+        return len(gone)
+
+    def forget(self, agent_id, reason="forgotten"):
+        """Drop everything known about a disconnected agent, its session
+        token included (its next handshake is a first use again)."""
+        agent = self.agents.get(agent_id)
+        if agent is not None and agent.connected:
+            raise ValueError("agent %s is connected" % agent_id)
+        self.agents.pop(agent_id, None)
+        self.tokens.forget(agent_id)
+        LOG.info("forgot agent %s: %s", printable(agent_id), reason)
+        if agent is not None:
+            self._emit("forgotten", agent, {"reason": reason})
 
     def _ping_idle(self, connection):
         connection.user_data["pinging"] = True
@@ -225,10 +716,16 @@ class Endpoint:
 
     def _dispatch(self, connection, command):
         method = command.method
+        if connection.closed:
+            return {}
         if method == "ping":
             return command.params
         if method == "handshake":
-            return self._handshake(connection, command.params)
+            try:
+                return self._handshake(connection, command.params)
+            except HandshakeRefused as exc:
+                self._refuse(connection, command.params, exc)
+                return {}
         agent = connection.user_data.get("agent")
         if agent is None:
             if method in ("log", "task_status"):
@@ -236,6 +733,13 @@ class Endpoint:
                     "%s before handshake: send handshake first" % method)
             raise protocol.UnknownMethod("unknown method %s" % method,
                                          details={"method": method})
+        if agent.connection is not connection:
+            # Replaced by a newer link of the agent; only the owner speaks.
+            LOG.warning("dropping %s for agent %s from %s: another link "
+                        "owns the agent", method, printable(agent.agent_id),
+                        connection.name)
+            raise protocol.InvalidRequest(
+                "this connection does not own agent %s" % agent.agent_id)
         if method == "task_status":
             return self._task_status(agent, command.params)
         if method == "log":
@@ -243,7 +747,91 @@ class Endpoint:
         raise protocol.UnknownMethod("unknown method %s" % method,
                                      details={"method": method})
 
+    def _refuse(self, connection, params, exc):
+        claimed = params.get("agent_id")
+        claimed = claimed if isinstance(claimed, str) else None
+        agent = self.agents.get(claimed) if claimed is not None else None
+        live = agent.connection if agent is not None and agent.connected \
+            and agent.connection is not connection else None
+        peer = connection.user_data.get("peer") or connection.name
+        live_peer = live.user_data.get("peer") if live is not None else None
+        reason = str(exc)
+        LOG.warning("refused handshake from %s (agent_id %s; live link: %s): "
+                    "%s", peer, printable(claimed), live_peer or "none",
+                    printable(reason))
+        if agent is not None:
+            agent.violations.append("refused a link from %s: %s"
+                                    % (peer, reason))
+        connection.fatal(reason)
+        self._emit("refused", agent, {
+            "agent_id": claimed, "reason": reason,
+            "type": type(exc).__name__, "peer": peer,
+            "live_peer": live_peer})
+
+    def _prove(self, connection, agent_id, params, agent):
+        """Check the link's claim to ``agent_id``.
+
+        Returns ``(proven, new_token)``: ``proven`` when the link proved
+        the identity (certificate or token), ``new_token`` when this is a
+        first use and a token is issued. Raises :class:`HandshakeRefused`.
+        """
+        live = agent is not None and agent.connected and \
+            agent.connection is not connection
+        live_peer = agent.connection.user_data.get("peer") if live else None
+        if self.agent_identity == IDENTITY_CERTIFICATE:
+            named = connection.user_data.get("cert_agent_id")
+            if named is None:
+                raise CertificateMismatch(
+                    "handshake refused: the client certificate names no "
+                    "agent_id, handshake claims %s" % agent_id)
+            if named != agent_id:
+                raise CertificateMismatch(
+                    "handshake refused: certificate names agent_id %s, "
+                    "handshake claims %s" % (named, agent_id))
+            return True, None
+        token = params.get("session_token")
+        if agent_id in self.tokens:
+            if self.tokens.verify(agent_id, token):
+                return True, None
+            if live:
+                raise IdentityHeld(
+                    "handshake refused: agent_id %s is held by a live "
+                    "connection from %s and this link did not prove the "
+                    "identity" % (agent_id, live_peer))
+            raise TokenMismatch(
+                "handshake refused: session_token %s for agent_id %s"
+                % ("missing" if token is None else "mismatch", agent_id))
+        if live:
+            # A live link without a token (agent_identity was changed or
+            # the token was forgotten): never let a newcomer take it.
+            raise IdentityHeld(
+                "handshake refused: agent_id %s is held by a live "
+                "connection from %s and this link did not prove the "
+                "identity" % (agent_id, live_peer))
+        return False, self.tokens.issue(agent_id)
+
+    def _make_room(self, agent_id):
+        """Before a new agent_id is remembered: at ``max_agents`` forget
+        the agent disconnected longest ago, or refuse when all are up."""
+        if not self.max_agents or len(self.agents) < self.max_agents:
+            return
+        gone = [agent for agent in self.agents.values()
+                if not agent.connected]
+        if not gone:
+            raise TooManyAgents(
+                "handshake refused: the endpoint already holds %d connected "
+                "agents (max_agents)" % len(self.agents))
+        oldest = min(gone, key=lambda agent: agent.disconnected_at or 0.0)
+        LOG.warning("max_agents (%d) reached: forgetting agent %s, the one "
+                    "disconnected longest ago, for new agent %s",
+                    self.max_agents, printable(oldest.agent_id),
+                    printable(agent_id))
+        self.forget(oldest.agent_id, "max_agents reached")
+
     def _handshake(self, connection, params):
+        if connection.user_data.get("handshaken"):
+            raise HandshakeRepeated("handshake already done on this "
+                                    "connection")
         agent_id = params.get("agent_id")
         if not isinstance(agent_id, str) or not agent_id:
             raise protocol.InvalidParams("agent_id: is required",
@@ -253,28 +841,52 @@ class Endpoint:
             raise protocol.UnsupportedVersion(
                 "no common protocol version: %r" % (versions,),
                 details={"supported": list(protocol.SUPPORTED_VERSIONS)})
-        previous = self.agents.get(agent_id)
-        agent = AgentHandle(agent_id, connection, params)
-        if previous is not None:
-            agent.tasks = previous.tasks
-            agent.task_updates = previous.task_updates
-            agent.violations = previous.violations
-            agent.logs = previous.logs
-            old = previous.connection
+        agent = self.agents.get(agent_id)
+        if agent is None:
+            self._make_room(agent_id)
+        proven, new_token = self._prove(connection, agent_id, params, agent)
+        # Never keep the token in what describe() and subscribers see.
+        params = {key: value for key, value in params.items()
+                  if key != "session_token"}
+        if agent is None:
+            agent = AgentHandle(agent_id, connection, params,
+                                identity=self.agent_identity,
+                                task_history=self.task_history,
+                                running_task_limit=self.running_task_limit,
+                                log_history=self.log_history,
+                                log_history_bytes=self.log_history_bytes)
+            self.agents[agent_id] = agent
+        else:
+            old = agent.connection
             if old is not None and old is not connection and not old.closed:
-                LOG.info("agent %s reconnected; closing its old connection",
-                         agent_id)
+                LOG.info("agent %s reconnected from %s and proved its "
+                         "identity; closing its old connection from %s",
+                         printable(agent_id), connection.name, old.name)
                 old.user_data["agent"] = None
                 old.close("replaced by a new connection of the same agent")
+            agent.connection = connection
+            agent.handshake = params
+            agent.identity = self.agent_identity
+            agent.connected_at = time.time()
+            agent.disconnected_at = None
+        connection.user_data["handshaken"] = True
+        connection.user_data["agent"] = agent
         for status in params.get("tasks") or []:
             if isinstance(status, dict) and \
-                    isinstance(status.get("task_id"), str):
+                    isinstance(status.get("task_id"), str) and \
+                    status.get("state") in TASK_STATES:
                 self._record_task(agent, status, from_handshake=True)
-        connection.user_data["agent"] = agent
-        self.agents[agent_id] = agent
-        LOG.info("agent %s connected from %s", agent_id, connection.name)
+        LOG.info("agent %s connected from %s (%s, %s)", printable(agent_id),
+                 connection.name,
+                 "TLS" if connection.user_data.get("tls") else "plaintext",
+                 "identity proven" if proven else
+                 "first use: session token issued")
         self._emit("handshake", agent, params)
-        return {"agent_id": agent_id, "protocol_version": protocol.VERSION}
+        answer = {"agent_id": agent_id, "protocol_version": protocol.VERSION,
+                  "max_line_length": self.max_line_length}
+        if new_token is not None:
+            answer["session_token"] = new_token
+        return answer
 
     def _task_status(self, agent, params):
         task_id = params.get("task_id")
@@ -286,33 +898,56 @@ class Endpoint:
             raise protocol.InvalidParams(
                 "state: must be one of %s" % ", ".join(TASK_STATES),
                 details={"param": "state"})
-        self._record_task(agent, params)
-        self._emit("task_status", agent, params)
+        outcome = self._record_task(agent, params)
+        if outcome == "over_limit":
+            raise protocol.InvalidRequest(
+                "too many running tasks: %d already (running_task_limit)"
+                % agent.book.running_limit)
+        if outcome == "recorded":
+            self._emit("task_status", agent, params)
         return {}
 
     def _record_task(self, agent, status, from_handshake=False):
         task_id = status["task_id"]
-        known = agent.tasks.get(task_id)
-        if known is not None and known.get("state") in tasks_mod.TERMINAL:
-            if status.get("state") == tasks_mod.RUNNING:
-                agent.violations.append(
-                    "running update for %s after its final state" % task_id)
-                LOG.warning("agent %s sent a running update for task %s "
-                            "after its final state", agent.agent_id, task_id)
-            return
-        agent.tasks[task_id] = dict(status)
-        if not from_handshake:
+        known = agent.book.get(task_id)
+        outcome = agent.book.record(status, summary=from_handshake)
+        if outcome == "late_running":
+            agent.violation("running update for %s after its final state"
+                            % task_id)
+        elif outcome == "conflict":
+            agent.violation(
+                "conflicting final state for task %s: %s after %s; the "
+                "first is kept" % (task_id, status.get("state"),
+                                   known.get("state")))
+        elif outcome == "over_limit":
+            agent.refused_running += 1
+            if agent.refused_running == 1 or \
+                    agent.refused_running % 1000 == 0:
+                agent.violation(
+                    "running task %s refused: %d running tasks already "
+                    "(running_task_limit); %d refused so far"
+                    % (task_id, agent.book.running_limit,
+                       agent.refused_running))
+        elif outcome == "recorded" and not from_handshake:
             agent.task_updates[task_id] += 1
+            if len(agent.task_updates) > len(agent.book):
+                # Counters of dropped tasks go with them.
+                for stale in [key for key in agent.task_updates
+                              if key not in agent.book.tasks]:
+                    del agent.task_updates[stale]
+        return outcome
 
     def _log(self, agent, params):
-        agent.logs.append(params)
+        size = len(json.dumps(params, default=str))
+        agent.logs.append(params, size)
         level = params.get("level")
         numeric = logging.getLevelName(level) if isinstance(level, str) \
             else logging.INFO
         if not isinstance(numeric, int):
             numeric = logging.INFO
-        LOG.log(numeric, "[%s] %s: %s", agent.agent_id, params.get("logger"),
-                params.get("message"))
+        LOG.log(numeric, "[%s] %s: %s", printable(agent.agent_id),
+                printable(params.get("logger")),
+                printable(params.get("message")))
         self._emit("log", agent, params)
         return {}
 
@@ -371,3 +1006,18 @@ class Endpoint:
                 return status
             return None
         return self.wait_for(finished, timeout) or None
+
+
+def trust_options(group):
+    """The constructor arguments of :class:`Endpoint` that come from the
+    [endpoint] identity and bounds options."""
+    return {"agent_identity": group.agent_identity,
+            "state_dir": group.state_dir,
+            "max_connections": group.max_connections,
+            "task_history": group.task_history,
+            "running_task_limit": group.running_task_limit,
+            "log_history": group.log_history,
+            "log_history_bytes": group.log_history_bytes,
+            "forget_after": group.forget_after,
+            "max_agents": group.max_agents,
+            "line_idle_timeout": group.line_idle_timeout}

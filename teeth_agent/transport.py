@@ -386,8 +386,11 @@ class Connection:
     def __init__(self, sock, dispatch, name="peer",
                  max_line_length=protocol.DEFAULT_MAX_LINE_LENGTH,
                  max_inflight=64, write_timeout=30.0, on_close=None,
-                 inline_methods=()):
+                 inline_methods=(), line_idle_timeout=None):
         self.sock = sock
+        # A peer that sent part of a line and then nothing for this long
+        # is dropped, so half-written lines cannot pin connections forever.
+        self._line_idle_timeout = line_idle_timeout
         # Methods whose handlers never block run in the reader itself: no
         # green thread per message, which matters to an endpoint holding
         # thousands of agents that ping and report all the time.
@@ -538,13 +541,23 @@ class Connection:
 
     def _read_loop(self):
         reason = "closed by peer"
+        partial = False
         try:
             while not self.closed:
+                idle_limit = self._line_idle_timeout if partial else None
                 try:
-                    data = self.sock.recv(65536)
+                    with Timeout(idle_limit):
+                        data = self.sock.recv(65536)
+                except Timeout:
+                    reason = ("a partial line was left unfinished for %ss"
+                              % idle_limit)
+                    LOG.warning("%s: %s", self.name, reason)
+                    self.fatal(reason)
+                    break
                 except OSError as exc:
                     reason = "read failed: %s" % exc
                     break
+                partial = bool(data) and not data.endswith(b"\n")
                 if data:
                     self.last_received = monotonic()
                 events = self.session.receive_data(data)

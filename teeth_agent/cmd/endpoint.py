@@ -25,9 +25,17 @@ LOG = log.getLogger(__name__)
 
 def add_parsers(subparsers):
     subparsers.add_parser("serve", help="listen for agents")
-    agents = subparsers.add_parser("agents", help="list connected agents")
+    agents = subparsers.add_parser(
+        "agents", help="list the agents the endpoint knows")
     agents.add_argument("--json", action="store_true",
-                        help="print JSON instead of a table")
+                        help="print one JSON object per agent, one a line, "
+                             "instead of a table")
+    agents.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="list at most N agents")
+    agents.add_argument("--forget", default=None, metavar="AGENT_ID",
+                        help="forget a disconnected agent and its session "
+                             "token (for an agent that lost its token) "
+                             "instead of listing")
     call = subparsers.add_parser("call", help="send a command to an agent")
     call.add_argument("agent_id")
     call.add_argument("method")
@@ -72,8 +80,12 @@ def raise_file_limit():
 def serve(conf):
     limit = raise_file_limit()
     LOG.info("open-file limit %d (each agent needs one)", limit)
-    endpoint = endpoint_mod.Endpoint.from_conf(conf)
-    endpoint.start()
+    try:
+        endpoint = endpoint_mod.Endpoint.from_conf(conf)
+        endpoint.start()
+    except endpoint_mod.EndpointConfigError as exc:
+        LOG.error("cannot start: %s", exc)
+        raise SystemExit("teeth-endpoint: cannot start: %s" % exc)
     server = control.ControlServer(endpoint, conf.endpoint.control_socket)
     server.start()
     print("teeth-endpoint listening on %s:%d, control socket %s"
@@ -104,32 +116,79 @@ def _connect(conf, dispatch=None):
                                 name="teeth-endpoint server").start()
 
 
-def list_agents(conf):
+def _agent_pages(connection, limit=None):
+    """Every agent the server knows, fetched page by page, so no single
+    answer grows with the fleet."""
+    after, listed = None, 0
+    while True:
+        params = {} if after is None else {"after": after}
+        if limit is not None:
+            params["limit"] = min(limit - listed, control.PAGE_LIMIT)
+        page = connection.call("agents", params)
+        for agent in page["agents"]:
+            yield agent
+            listed += 1
+        after = page.get("next")
+        if after is None or (limit is not None and listed >= limit):
+            return
+
+
+def _forget_agent(conf, agent_id):
     connection = _connect(conf)
     try:
-        result = connection.call("agents", {})
-    except (transport.RemoteError, transport.CallTimeout,
-            transport.ConnectionLost) as exc:
+        connection.call("forget", {"agent_id": agent_id})
+    except transport.RemoteError as exc:
+        print("teeth-endpoint: %s: %s" % (exc.type,
+                                          endpoint_mod.printable(exc.msg)),
+              file=sys.stderr)
+        return 1
+    except (transport.CallTimeout, transport.ConnectionLost) as exc:
         print("teeth-endpoint: %s" % exc, file=sys.stderr)
         return 1
     finally:
         connection.close()
-    if conf.command.json:
-        print(json.dumps(result, indent=2, sort_keys=True))
-        return 0
-    agents = result["agents"]
-    if not agents:
+    print("forgot agent %s" % endpoint_mod.printable(agent_id))
+    return 0
+
+
+def list_agents(conf):
+    args = conf.command
+    if args.forget is not None:
+        return _forget_agent(conf, args.forget)
+    if args.limit is not None and args.limit < 1:
+        raise SystemExit("teeth-endpoint: --limit must be a positive number")
+    show = endpoint_mod.printable
+    connection = _connect(conf)
+    shown = 0
+    try:
+        for agent in _agent_pages(connection, args.limit):
+            if args.json:
+                # ensure_ascii: control characters arrive escaped as \uXXXX.
+                print(json.dumps(agent, sort_keys=True, ensure_ascii=True))
+                shown += 1
+                continue
+            if not shown:
+                print("%-40s %-10s %-9s %-24s %s" % (
+                    "AGENT", "STATE", "LINK", "PEER", "TASKS"))
+            shown += 1
+            tasks = agent.get("tasks") or []
+            running = sum(1 for task in tasks
+                          if task.get("state") == "running")
+            link = "tls" if agent.get("tls") else "PLAINTEXT"
+            print("%-40s %-10s %-9s %-24s %d (%d running)" % (
+                show(agent["agent_id"]),
+                "connected" if agent["connected"] else "gone",
+                link if agent["connected"] else "-",
+                show((agent["peer"] or "-").replace("agent at ", "")),
+                len(tasks), running))
+    except (transport.RemoteError, transport.CallTimeout,
+            transport.ConnectionLost) as exc:
+        print("teeth-endpoint: %s" % show(exc), file=sys.stderr)
+        return 1
+    finally:
+        connection.close()
+    if not shown and not args.json:
         print("no agents")
-        return 0
-    print("%-40s %-10s %-24s %s" % ("AGENT", "STATE", "PEER", "TASKS"))
-    for agent in agents:
-        running = sum(1 for task in agent["tasks"]
-                      if task.get("state") == "running")
-        print("%-40s %-10s %-24s %d (%d running)" % (
-            agent["agent_id"],
-            "connected" if agent["connected"] else "gone",
-            (agent["peer"] or "-").replace("agent at ", ""),
-            len(agent["tasks"]), running))
     return 0
 
 
@@ -194,7 +253,8 @@ def call(conf):
                                           "params": params},
                                  timeout=conf.endpoint.call_timeout + 5)
     except transport.RemoteError as exc:
-        print("teeth-endpoint: %s: %s" % (exc.type, exc.msg),
+        print("teeth-endpoint: %s: %s"
+              % (exc.type, endpoint_mod.printable(exc.msg)),
               file=sys.stderr)
         return 1
     except (transport.CallTimeout, transport.ConnectionLost) as exc:
@@ -216,7 +276,8 @@ def call(conf):
             timeout=(args.timeout or 10 ** 7) + 5)["status"]
     except transport.RemoteError as exc:
         printer.finish()
-        print("teeth-endpoint: %s: %s" % (exc.type, exc.msg),
+        print("teeth-endpoint: %s: %s"
+              % (exc.type, endpoint_mod.printable(exc.msg)),
               file=sys.stderr)
         return 1
     except (transport.CallTimeout, transport.ConnectionLost) as exc:
@@ -229,7 +290,8 @@ def call(conf):
     print(json.dumps(final, indent=2, sort_keys=True))
     if final.get("state") == "error":
         print("teeth-endpoint: task %s failed: %s"
-              % (final.get("task_id"), final.get("msg")), file=sys.stderr)
+              % (endpoint_mod.printable(final.get("task_id")),
+                 endpoint_mod.printable(final.get("msg"))), file=sys.stderr)
         return 1
     return 0
 

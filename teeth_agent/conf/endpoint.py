@@ -54,11 +54,89 @@ opts = [
              "A longer line is a fatal protocol error."),
     cfg.IntOpt(
         "max_connections_per_address",
-        default=0,
+        default=64,
         min=0,
         help="How many connections one remote address may hold at once; "
-             "further ones are closed at once. 0 means no limit (many "
-             "agents behind one NAT address need that)."),
+             "further ones are closed at once, before any TLS handshake. "
+             "Agents behind one NAT address or proxy share this limit, so "
+             "raise it for such networks; 0 means no limit."),
+    cfg.IntOpt(
+        "max_connections",
+        default=16000,
+        min=0,
+        help="How many agent connections the endpoint holds at once, in "
+             "all; further ones are closed at once. Keep it below the "
+             "process's open-file limit, leaving room for the files and "
+             "control connections the endpoint needs itself. 0 means no "
+             "limit."),
+    cfg.StrOpt(
+        "agent_identity",
+        default="token",
+        choices=[("token", "The first handshake of an agent_id is answered "
+                           "with a session token that every later handshake "
+                           "of that agent_id must present."),
+                 ("certificate", "The agent_id is taken from the agent's "
+                                 "client certificate (SAN URI "
+                                 "teeth-agent:<agent_id>, else the subject "
+                                 "CN); needs tls_enabled and "
+                                 "tls_require_client_cert.")],
+        help="How an agent proves its agent_id. A link that cannot prove "
+             "it is refused, and never replaces a live link of that "
+             "agent."),
+    cfg.StrOpt(
+        "state_dir",
+        help="A directory where the endpoint keeps the SHA-256 hashes of "
+             "the session tokens it issued (file agent-tokens.json, mode "
+             "0600), so agents keep their identities across endpoint "
+             "restarts. Without it the tokens are lost on restart and the "
+             "first handshake of each agent_id afterwards is trusted on "
+             "first use."),
+    cfg.IntOpt(
+        "task_history",
+        default=100,
+        min=1,
+        help="How many finished tasks (error or complete) the endpoint "
+             "keeps per agent; the oldest finished ones are dropped "
+             "first."),
+    cfg.IntOpt(
+        "running_task_limit",
+        default=256,
+        min=1,
+        help="How many running tasks the endpoint tracks per agent; a "
+             "running update for a further task is refused and logged."),
+    cfg.IntOpt(
+        "log_history",
+        default=1000,
+        min=0,
+        help="How many log records the endpoint keeps per agent (the "
+             "newest ones)."),
+    cfg.IntOpt(
+        "log_history_bytes",
+        default=4 * 1024 * 1024,
+        min=0,
+        help="How many bytes of log records (as JSON) the endpoint keeps "
+             "per agent; the oldest records make room for new ones."),
+    cfg.FloatOpt(
+        "forget_after",
+        default=86400.0,
+        min=1.0,
+        help="Seconds after which a disconnected agent is forgotten: its "
+             "tasks, logs and session token are dropped, and its next "
+             "handshake is a first use again."),
+    cfg.IntOpt(
+        "max_agents",
+        default=50000,
+        min=0,
+        help="How many agents (connected or not) the endpoint remembers. "
+             "When a new agent_id comes at this limit the agent "
+             "disconnected longest ago is forgotten; when all are "
+             "connected the newcomer is refused. 0 means no limit."),
+    cfg.FloatOpt(
+        "line_idle_timeout",
+        default=60.0,
+        min=0.1,
+        help="Seconds a connection may stay silent in the middle of a "
+             "message line before it is closed."),
     cfg.FloatOpt(
         "handshake_timeout",
         default=30.0,
