@@ -69,8 +69,10 @@ def serve():
     raise_fd_limit()
     from teeth_agent import endpoint
     from teeth_agent import transport
+    # Every simulated agent comes from 127.0.0.1: no per-address limit.
     server = endpoint.Endpoint(host=HOST, port=0, handshake_timeout=600,
-                               keepalive_interval=3600, call_timeout=60)
+                               keepalive_interval=3600, call_timeout=60,
+                               max_connections_per_address=0)
     port = server.start()
     print(port, flush=True)
     while True:

@@ -427,6 +427,8 @@ class AgentHandle:
             "hardware": self.handshake.get("hardware"),
             "extensions": self.handshake.get("extensions"),
             "tasks": tasks,
+            "log_records": len(self.logs),
+            "violations": list(self.violations),
         }
 
 

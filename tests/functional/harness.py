@@ -572,6 +572,11 @@ def endpoint_sections(control_socket, overrides=None):
     return merge_sections(base, overrides)
 
 
+def parse_json_lines(text):
+    """The objects of ``teeth-endpoint agents --json``: one a line."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def endpoint_cli_argv(config_path, *args):
     """The argv of ``teeth-endpoint --config-file CONFIG ARGS...``."""
     return [sys.executable, "-m", "teeth_agent.cmd.endpoint",
@@ -637,7 +642,7 @@ class EndpointProcess(ManagedProcess):
         if done.returncode != 0:
             raise AssertionError("agents --json failed (%d): %s"
                                  % (done.returncode, done.stderr))
-        return [agent for agent in json.loads(done.stdout)["agents"]
+        return [agent for agent in parse_json_lines(done.stdout)
                 if agent["connected"]]
 
 

@@ -59,7 +59,8 @@ class TestEndpointCli(unittest.TestCase):
     def test_agents_json_describes_the_agent(self):
         done = self.endpoint.cli("agents", "--json")
         self.assertEqual(0, done.returncode, done.stderr)
-        agents = {a["agent_id"]: a for a in json.loads(done.stdout)["agents"]}
+        agents = {a["agent_id"]: a
+                  for a in harness.parse_json_lines(done.stdout)}
         self.assertIn(AGENT_ID, agents)
         agent = agents[AGENT_ID]
         self.assertTrue(agent["connected"])

@@ -247,8 +247,14 @@ class TestFatalErrors(EndpointPeerTestCase):
 
 class TestAgentIdentity(EndpointPeerTestCase):
     def test_second_connection_with_same_agent_id_replaces_the_first(self):
-        first = self.connect_and_handshake("raw-same-agent")
-        second = self.connect_and_handshake("raw-same-agent")
+        first = self.connect()
+        answer = first.call("handshake", handshake_params("raw-same-agent"))
+        token = answer["result"]["session_token"]
+        # The second link proves the identity with the session token.
+        second = self.connect()
+        response = second.call("handshake", handshake_params(
+            "raw-same-agent", session_token=token))
+        self.assertIsInstance(response.get("result"), dict, response)
         self.assertTrue(first.wait_closed(), "the replaced connection of "
                         "the agent stayed open")
         self.assert_alive(second)
