@@ -1,0 +1,382 @@
+"""The endpoint's trust decisions and bounds, without sockets."""
+
+import json
+import os
+import shutil
+import stat
+import tempfile
+from unittest import mock
+
+from teeth_agent import endpoint as endpoint_mod
+from tests import base
+
+
+class FakeConnection:
+    """What the endpoint reads from a connection, and what it does to it."""
+
+    def __init__(self, peer="10.0.0.1:1000", cert_agent_id=None, tls=False):
+        self.name = "agent at %s" % peer
+        self.closed = False
+        self.fatal_reason = None
+        self.user_data = {"address": peer.split(":")[0], "peer": peer,
+                          "agent": None, "tls": tls,
+                          "cert_agent_id": cert_agent_id}
+
+    def fatal(self, reason):
+        self.fatal_reason = reason
+        self.closed = True
+
+    def close(self, reason="closed"):
+        self.closed = True
+
+
+def handshake(agent_id, token=None, tasks=()):
+    params = {"agent_id": agent_id, "protocol_versions": ["v1"],
+              "tasks": list(tasks)}
+    if token is not None:
+        params["session_token"] = token
+    return params
+
+
+class Command:
+    def __init__(self, method, params):
+        self.method = method
+        self.params = params
+
+
+class TestPrintable(base.TestCase):
+    def test_control_characters_are_escaped(self):
+        self.assertEqual("a\\nb\\r\\tc\\x1b[31m\\x07\\x00",
+                         endpoint_mod.printable("a\nb\r\tc\x1b[31m\x07\x00"))
+
+    def test_backslash_and_unicode_separators(self):
+        self.assertEqual("\\\\n \\u2028 \\x85 \\U000e0001",
+                         endpoint_mod.printable("\\n \u2028 \x85 \U000e0001"))
+
+    def test_printable_text_is_unchanged(self):
+        self.assertEqual("Grüße 🦀 ok", endpoint_mod.printable("Grüße 🦀 ok"))
+
+    def test_non_strings_and_limit(self):
+        self.assertEqual("None", endpoint_mod.printable(None))
+        self.assertEqual("xxx...", endpoint_mod.printable("x" * 10, limit=3))
+
+
+class TestCertificateIdentity(base.TestCase):
+    def test_san_uri_wins_over_the_common_name(self):
+        cert = {"subject": ((("commonName", "cn-name"),),),
+                "subjectAltName": (("DNS", "x.example"),
+                                   ("URI", "teeth-agent:machine-a"))}
+        self.assertEqual("machine-a",
+                         endpoint_mod.agent_id_from_certificate(cert))
+
+    def test_common_name_without_san_uri(self):
+        cert = {"subject": ((("organizationName", "o"),),
+                            (("commonName", "machine-cn"),),)}
+        self.assertEqual("machine-cn",
+                         endpoint_mod.agent_id_from_certificate(cert))
+
+    def test_two_san_uris_are_ambiguous(self):
+        cert = {"subject": ((("commonName", "cn"),),),
+                "subjectAltName": (("URI", "teeth-agent:a"),
+                                   ("URI", "teeth-agent:b"))}
+        self.assertIsNone(endpoint_mod.agent_id_from_certificate(cert))
+
+    def test_no_certificate(self):
+        self.assertIsNone(endpoint_mod.agent_id_from_certificate(None))
+        self.assertIsNone(endpoint_mod.agent_id_from_certificate({}))
+
+
+class TestTokenStore(base.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.directory)
+        self.path = os.path.join(self.directory, "state", "tokens.json")
+
+    def test_issue_and_verify(self):
+        store = endpoint_mod.TokenStore()
+        token = store.issue("a")
+        self.assertGreaterEqual(len(token), 22)
+        self.assertTrue(store.verify("a", token))
+        self.assertFalse(store.verify("a", token + "x"))
+        self.assertFalse(store.verify("a", None))
+        self.assertFalse(store.verify("b", token))
+        self.assertNotEqual(token, store.issue("b"))
+
+    def test_saved_file_holds_hashes_only_with_mode_0600(self):
+        store = endpoint_mod.TokenStore(self.path)
+        token = store.issue("a")
+        store.flush()
+        self.assertEqual(0o600, stat.S_IMODE(os.stat(self.path).st_mode))
+        with open(self.path) as stream:
+            text = stream.read()
+        self.assertNotIn(token, text)
+        self.assertEqual({"a": endpoint_mod.hash_token(token)},
+                         json.loads(text)["tokens"])
+        self.assertEqual(["tokens.json"],
+                         os.listdir(os.path.dirname(self.path)))
+        again = endpoint_mod.TokenStore(self.path)
+        again.load()
+        self.assertTrue(again.verify("a", token))
+        again.forget("a")
+        again.flush()
+        third = endpoint_mod.TokenStore(self.path)
+        third.load()
+        self.assertNotIn("a", third)
+
+    def test_a_failed_write_keeps_the_old_file(self):
+        store = endpoint_mod.TokenStore(self.path)
+        token = store.issue("a")
+        store.flush()
+        store.issue("b")
+        with mock.patch.object(os, "fsync", side_effect=OSError("disk")):
+            self.assertRaises(OSError, store.flush)
+        again = endpoint_mod.TokenStore(self.path)
+        again.load()
+        self.assertTrue(again.verify("a", token))
+        self.assertNotIn("b", again)
+        self.assertEqual(["tokens.json"],
+                         os.listdir(os.path.dirname(self.path)))
+
+    def test_unreadable_file_is_a_config_error(self):
+        os.makedirs(os.path.dirname(self.path))
+        with open(self.path, "w") as stream:
+            stream.write("not json")
+        store = endpoint_mod.TokenStore(self.path)
+        self.assertRaises(endpoint_mod.EndpointConfigError, store.load)
+
+
+class TestTaskBook(base.TestCase):
+    def test_finished_tasks_are_bounded_oldest_first(self):
+        book = endpoint_mod.TaskBook(history=3, running_limit=10)
+        for n in range(5):
+            book.record({"task_id": "t%d" % n, "state": "complete"})
+        self.assertEqual(["t2", "t3", "t4"], sorted(book.tasks))
+
+    def test_running_tasks_are_bounded(self):
+        book = endpoint_mod.TaskBook(history=3, running_limit=2)
+        outcomes = [book.record({"task_id": "r%d" % n, "state": "running"})
+                    for n in range(4)]
+        self.assertEqual(["recorded", "recorded", "over_limit",
+                          "over_limit"], outcomes)
+        # Updates of known running tasks and finals still go through.
+        self.assertEqual("recorded", book.record(
+            {"task_id": "r0", "state": "running", "percent": 50.0}))
+        self.assertEqual("recorded", book.record(
+            {"task_id": "r0", "state": "complete"}))
+        self.assertEqual("recorded", book.record(
+            {"task_id": "r9", "state": "running"}))
+        self.assertEqual(2, book.running)
+
+    def test_final_state_is_never_changed(self):
+        book = endpoint_mod.TaskBook()
+        book.record({"task_id": "t", "state": "complete", "result": {"n": 1}})
+        self.assertEqual("duplicate", book.record(
+            {"task_id": "t", "state": "complete", "result": {"n": 1}}))
+        self.assertEqual("conflict", book.record(
+            {"task_id": "t", "state": "error", "msg": "x"}))
+        self.assertEqual("conflict", book.record(
+            {"task_id": "t", "state": "complete", "result": {"n": 2}}))
+        self.assertEqual("late_running", book.record(
+            {"task_id": "t", "state": "running"}))
+        self.assertEqual({"task_id": "t", "state": "complete",
+                          "result": {"n": 1}}, book.get("t"))
+
+    def test_summary_never_overwrites_a_full_final(self):
+        book = endpoint_mod.TaskBook()
+        book.record({"task_id": "t", "state": "complete", "result": {"n": 1}})
+        self.assertEqual("summary_ignored", book.record(
+            {"task_id": "t", "state": "complete", "percent": 100.0},
+            summary=True))
+        self.assertEqual({"n": 1}, book.get("t")["result"])
+
+    def test_full_final_replaces_a_summary_final(self):
+        book = endpoint_mod.TaskBook()
+        book.record({"task_id": "t", "state": "running", "percent": 10.0})
+        book.record({"task_id": "t", "state": "complete"}, summary=True)
+        self.assertEqual("recorded", book.record(
+            {"task_id": "t", "state": "complete", "result": {"n": 1}}))
+        self.assertEqual({"n": 1}, book.get("t")["result"])
+        self.assertEqual("duplicate", book.record(
+            {"task_id": "t", "state": "complete", "result": {"n": 1}}))
+        self.assertEqual(0, book.running)
+
+
+class TestLogBook(base.TestCase):
+    def test_bounded_by_records_and_bytes(self):
+        logs = endpoint_mod.LogBook(max_records=3, max_bytes=100)
+        for n in range(5):
+            logs.append({"n": n}, 10)
+        self.assertEqual([2, 3, 4], [record["n"] for record in logs])
+        logs.append({"n": 5}, 90)
+        self.assertEqual([4, 5], [record["n"] for record in logs])
+        self.assertLessEqual(logs.bytes, 100)
+        self.assertFalse(logs.append({"n": 6}, 101))
+
+
+class TestIdentityDecisions(base.TestCase):
+    def make(self, **kwargs):
+        endpoint = endpoint_mod.Endpoint(port=0, **kwargs)
+        self.events = []
+        endpoint.subscribe(lambda event, agent, data:
+                           self.events.append((event, data)))
+        return endpoint
+
+    def handshake(self, endpoint, connection, params):
+        return endpoint._dispatch(connection, Command("handshake", params))
+
+    def test_first_use_issues_a_token_then_requires_it(self):
+        endpoint = self.make()
+        first = FakeConnection("10.0.0.1:1")
+        answer = self.handshake(endpoint, first, handshake("a"))
+        token = answer["session_token"]
+        first.closed = True
+        impostor = FakeConnection("10.0.0.9:9")
+        self.handshake(endpoint, impostor, handshake("a"))
+        self.assertIn("session_token missing for agent_id a",
+                      impostor.fatal_reason)
+        wrong = FakeConnection("10.0.0.9:10")
+        self.handshake(endpoint, wrong, handshake("a", "nope"))
+        self.assertIn("session_token mismatch", wrong.fatal_reason)
+        back = FakeConnection("10.0.0.1:2")
+        again = self.handshake(endpoint, back, handshake("a", token))
+        self.assertNotIn("session_token", again)
+        self.assertIs(back, endpoint.agents["a"].connection)
+        refused = [data for event, data in self.events if event == "refused"]
+        self.assertEqual(["10.0.0.9:9", "10.0.0.9:10"],
+                         [data["peer"] for data in refused])
+
+    def test_live_link_is_kept_against_an_impostor(self):
+        endpoint = self.make()
+        live = FakeConnection("10.0.0.1:1")
+        token = self.handshake(endpoint, live, handshake("a"))[
+            "session_token"]
+        impostor = FakeConnection("10.0.0.9:9")
+        self.handshake(endpoint, impostor, handshake("a"))
+        self.assertIn("held by a live connection from 10.0.0.1:1",
+                      impostor.fatal_reason)
+        self.assertFalse(live.closed)
+        self.assertIs(live, endpoint.agents["a"].connection)
+        (refused,) = [data for event, data in self.events
+                      if event == "refused"]
+        self.assertEqual("10.0.0.1:1", refused["live_peer"])
+        # The real agent's new link (half-open case) replaces the old one.
+        new = FakeConnection("10.0.0.1:2")
+        self.handshake(endpoint, new, handshake("a", token))
+        self.assertTrue(live.closed)
+        self.assertIs(new, endpoint.agents["a"].connection)
+
+    def test_certificate_identity(self):
+        context = mock.Mock(verify_mode=endpoint_mod.ssl.CERT_REQUIRED)
+        endpoint = self.make(tls_context=context,
+                             agent_identity="certificate")
+        good = FakeConnection(cert_agent_id="machine-a", tls=True)
+        answer = self.handshake(endpoint, good, handshake("machine-a"))
+        self.assertNotIn("session_token", answer)
+        bad = FakeConnection(cert_agent_id="machine-a", tls=True)
+        self.handshake(endpoint, bad, handshake("machine-b"))
+        self.assertEqual("handshake refused: certificate names agent_id "
+                         "machine-a, handshake claims machine-b",
+                         bad.fatal_reason)
+        # A link proving machine-a by its certificate replaces the old one.
+        again = FakeConnection(cert_agent_id="machine-a", tls=True)
+        self.handshake(endpoint, again, handshake("machine-a"))
+        self.assertTrue(good.closed)
+
+    def test_certificate_identity_needs_mutual_tls(self):
+        self.assertRaises(endpoint_mod.EndpointConfigError,
+                          endpoint_mod.Endpoint, port=0,
+                          agent_identity="certificate")
+        one_way = mock.Mock(verify_mode=endpoint_mod.ssl.CERT_NONE)
+        self.assertRaises(endpoint_mod.EndpointConfigError,
+                          endpoint_mod.Endpoint, port=0, tls_context=one_way,
+                          agent_identity="certificate")
+
+    def test_one_handshake_per_connection(self):
+        endpoint = self.make()
+        link = FakeConnection()
+        token = self.handshake(endpoint, link, handshake("a"))[
+            "session_token"]
+        self.handshake(endpoint, link, handshake("a", token))
+        self.assertEqual("handshake already done on this connection",
+                         link.fatal_reason)
+
+    def test_only_the_owner_records_task_states(self):
+        endpoint = self.make()
+        old = FakeConnection("10.0.0.1:1")
+        token = self.handshake(endpoint, old, handshake("a"))[
+            "session_token"]
+        new = FakeConnection("10.0.0.1:2")
+        self.handshake(endpoint, new, handshake("a", token))
+        # The replaced link still has the agent in user_data in this fake.
+        old.closed = False
+        old.user_data["agent"] = endpoint.agents["a"]
+        with self.assertRaises(endpoint_mod.protocol.InvalidRequest):
+            endpoint._dispatch(old, Command("task_status", {
+                "task_id": "t", "state": "complete"}))
+        self.assertIsNone(endpoint.agents["a"].tasks.get("t"))
+
+    def test_handshake_summaries_do_not_overwrite(self):
+        endpoint = self.make()
+        link = FakeConnection()
+        token = self.handshake(endpoint, link, handshake("a"))[
+            "session_token"]
+        endpoint._dispatch(link, Command("task_status", {
+            "task_id": "t", "state": "complete", "result": {"full": 1}}))
+        link.closed = True
+        self.handshake(endpoint, FakeConnection(), handshake(
+            "a", token, tasks=[{"task_id": "t", "state": "complete",
+                                "method": "x"}]))
+        self.assertEqual({"full": 1},
+                         endpoint.agents["a"].tasks["t"]["result"])
+
+    def test_token_never_reaches_subscribers_or_listings(self):
+        endpoint = self.make()
+        link = FakeConnection()
+        token = self.handshake(endpoint, link, handshake("a"))[
+            "session_token"]
+        link.closed = True
+        self.handshake(endpoint, FakeConnection(), handshake("a", token))
+        self.assertNotIn(token, json.dumps(
+            endpoint.agents["a"].describe(), default=str))
+        self.assertNotIn(token, json.dumps(self.events, default=str))
+
+    def test_forget_after_drops_the_agent_and_its_token(self):
+        endpoint = self.make(forget_after=100.0)
+        link = FakeConnection()
+        self.handshake(endpoint, link, handshake("a"))
+        link.closed = True
+        endpoint._on_close(link, "gone")
+        gone_at = endpoint.agents["a"].disconnected_at
+        self.assertEqual(0, endpoint.forget_gone(gone_at + 99))
+        self.assertEqual(1, endpoint.forget_gone(gone_at + 101))
+        self.assertNotIn("a", endpoint.agents)
+        self.assertNotIn("a", endpoint.tokens)
+        # The next handshake is a first use again.
+        answer = self.handshake(endpoint, FakeConnection(), handshake("a"))
+        self.assertIn("session_token", answer)
+
+    def test_max_agents_forgets_the_longest_gone(self):
+        endpoint = self.make(max_agents=2)
+        links = {}
+        for name in ("a", "b"):
+            links[name] = FakeConnection()
+            self.handshake(endpoint, links[name], handshake(name))
+        refused = FakeConnection()
+        self.handshake(endpoint, refused, handshake("c"))
+        self.assertIn("max_agents", refused.fatal_reason)
+        links["a"].closed = True
+        endpoint.agents["a"].disconnected_at = 1.0
+        self.handshake(endpoint, FakeConnection(), handshake("c"))
+        self.assertEqual({"b", "c"}, set(endpoint.agents))
+
+    def test_connection_limits(self):
+        endpoint = self.make(max_connections_per_address=2,
+                             max_connections=3)
+        self.assertTrue(endpoint._admit(("10.0.0.1", 1)))
+        self.assertTrue(endpoint._admit(("10.0.0.1", 2)))
+        self.assertFalse(endpoint._admit(("10.0.0.1", 3)))
+        self.assertTrue(endpoint._admit(("10.0.0.2", 1)))
+        self.assertFalse(endpoint._admit(("10.0.0.3", 1)))
+        endpoint._release("10.0.0.1")
+        self.assertTrue(endpoint._admit(("10.0.0.3", 1)))
