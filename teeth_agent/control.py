@@ -15,7 +15,9 @@ Methods served:
     it), holds at most ``limit`` agents (default and ceiling
     :data:`PAGE_LIMIT`) and stays well below the line limit, so a fleet of
     any size is listed page by page; ``next`` is the ``after`` of the next
-    page. Tasks are listed as summaries.
+    page. An agent whose entry alone would be too large has its tasks
+    listed as summaries (``task_summaries``: true) or, failing that, only
+    its identity and link (``truncated``: true).
 ``forget``  ``{agent_id}``
     Forget a disconnected agent, its session token included, so that it
     may make a first handshake again (an agent that lost its token).
@@ -127,8 +129,14 @@ class ControlServer:
         budget = connection.session.max_line_length // 2
         page, used, index = [], 0, start
         while index < len(ids) and len(page) < limit:
-            entry = self.endpoint.agents[ids[index]].describe(full=False)
+            agent = self.endpoint.agents[ids[index]]
+            entry = agent.describe()
             size = len(json.dumps(entry, default=str))
+            if size > budget:
+                # Full task results are what make an entry big.
+                entry = agent.describe(full=False)
+                entry["task_summaries"] = True
+                size = len(json.dumps(entry, default=str))
             if size > budget:
                 entry = {key: entry[key] for key in (
                     "agent_id", "connected", "peer", "tls", "identity",
