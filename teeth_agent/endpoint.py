@@ -53,12 +53,19 @@ TOKEN_FILE = "agent-tokens.json"
 TOKEN_BYTES = 32
 #: Kept violations per agent (the newest ones).
 MAX_VIOLATIONS = 100
+#: What the endpoint keeps of one agent's handshake, at most (bytes).
+HANDSHAKE_KEEP_BYTES = 64 * 1024
+#: The longest task_id accepted (the agent's own rule, PROTOCOL.md).
+MAX_TASK_ID_LENGTH = 128
+#: The fields of a running status that are kept.
+RUNNING_FIELDS = ("task_id", "state", "percent", "eta", "method")
 #: Agent-supplied text longer than this is cut in the endpoint's log.
 LOG_TEXT_LIMIT = 4096
 
 DEFAULTS = {
     "agent_identity": IDENTITY_TOKEN,
     "task_history": 100,
+    "task_history_bytes": 16 * 1024 * 1024,
     "running_task_limit": 256,
     "log_history": 1000,
     "log_history_bytes": 4 * 1024 * 1024,
@@ -250,6 +257,19 @@ class TokenStore:
         self.dirty = False
 
 
+def stored_handshake(params):
+    """What the endpoint keeps of a handshake: no ``tasks`` (they are in
+    the task book), and only the agent's version when the rest is larger
+    than :data:`HANDSHAKE_KEEP_BYTES`."""
+    kept = {key: value for key, value in params.items() if key != "tasks"}
+    if len(json.dumps(kept, default=str)) > HANDSHAKE_KEEP_BYTES:
+        kept = {"agent_id": params.get("agent_id"),
+                "agent_version": printable(params.get("agent_version"),
+                                           limit=128),
+                "truncated": True}
+    return kept
+
+
 def task_summary(status):
     """The summary form of a task status (what lists and handshakes carry)."""
     summary = {"task_id": status.get("task_id"),
@@ -269,24 +289,44 @@ def same_final(one, other):
             and one.get("msg") == other.get("msg"))
 
 
+def running_status(status):
+    """The part of a running status the endpoint keeps: known fields of
+    known types, so a running update cannot carry bulk."""
+    kept = {"task_id": status["task_id"], "state": status.get("state")}
+    for key in ("percent", "eta"):
+        value = status.get(key)
+        if value is None or (isinstance(value, (int, float))
+                             and not isinstance(value, bool)):
+            if key in status:
+                kept[key] = value
+    method = status.get("method")
+    if isinstance(method, str) and len(method) <= MAX_TASK_ID_LENGTH:
+        kept["method"] = method
+    return kept
+
+
 class TaskBook:
     """The task states of one agent, bounded.
 
-    Finished tasks (``error``/``complete``) are kept up to ``history``, the
-    oldest dropped first; running ones up to ``running_limit``, past which
-    a new running task id is refused. A final state never changes once
-    recorded, except that a summary (from a handshake) gives way to the full
-    status of the same state.
+    Finished tasks (``error``/``complete``) are kept up to ``history`` and
+    ``max_bytes`` (their JSON size), the oldest dropped first, the newest
+    always kept; running ones up to ``running_limit``, past which a new
+    running task id is refused, and only their known small fields. A final
+    state never changes once recorded, except that a summary (from a
+    handshake) gives way to the full status of the same state.
     """
 
     def __init__(self, history=DEFAULTS["task_history"],
-                 running_limit=DEFAULTS["running_task_limit"]):
+                 running_limit=DEFAULTS["running_task_limit"],
+                 max_bytes=DEFAULTS["task_history_bytes"]):
         self.history = history
         self.running_limit = running_limit
+        self.max_bytes = max_bytes
         self.tasks = {}
         self._finished = collections.OrderedDict()
         self._summaries = set()
         self.running = 0
+        self.bytes = 0
 
     def __len__(self):
         return len(self.tasks)
@@ -312,31 +352,41 @@ class TaskBook:
                         else "conflict")
             if task_id in self._summaries and known.get("state") == state:
                 self._summaries.discard(task_id)
-                self.tasks[task_id] = dict(status)
+                self._keep_final(task_id, dict(status))
                 return "recorded"
             return "duplicate" if same_final(known, status) else "conflict"
-        if known is None and not final and \
-                self.running >= self.running_limit:
-            return "over_limit"
-        if known is not None and summary and not final:
-            # A summary has no eta; keep what the last update said.
-            merged = dict(known)
-            merged.update(status)
-            status = merged
-        self.tasks[task_id] = dict(status)
-        if known is None and not final:
-            self.running += 1
-        if final:
-            if known is not None:
-                self.running -= 1
-            if summary:
-                self._summaries.add(task_id)
-            self._finished[task_id] = None
-            while len(self._finished) > self.history:
-                oldest, _ = self._finished.popitem(last=False)
-                self.tasks.pop(oldest, None)
-                self._summaries.discard(oldest)
+        if not final:
+            if known is None and self.running >= self.running_limit:
+                return "over_limit"
+            kept = running_status(status)
+            if known is not None and summary:
+                # A summary has no eta; keep what the last update said.
+                merged = dict(known)
+                merged.update(kept)
+                kept = merged
+            self.tasks[task_id] = kept
+            if known is None:
+                self.running += 1
+            return "recorded"
+        if known is not None:
+            self.running -= 1
+        if summary:
+            self._summaries.add(task_id)
+        self._keep_final(task_id, dict(status))
         return "recorded"
+
+    def _keep_final(self, task_id, status):
+        size = len(json.dumps(status, default=str))
+        self.bytes += size - self._finished.pop(task_id, 0)
+        self._finished[task_id] = size
+        self.tasks[task_id] = status
+        while len(self._finished) > 1 and (
+                len(self._finished) > self.history
+                or self.bytes > self.max_bytes):
+            oldest, old_size = self._finished.popitem(last=False)
+            self.bytes -= old_size
+            self.tasks.pop(oldest, None)
+            self._summaries.discard(oldest)
 
 
 class LogBook:
@@ -378,14 +428,16 @@ class AgentHandle:
                  task_history=DEFAULTS["task_history"],
                  running_task_limit=DEFAULTS["running_task_limit"],
                  log_history=DEFAULTS["log_history"],
-                 log_history_bytes=DEFAULTS["log_history_bytes"]):
+                 log_history_bytes=DEFAULTS["log_history_bytes"],
+                 task_history_bytes=DEFAULTS["task_history_bytes"]):
         self.agent_id = agent_id
         self.connection = connection
         self.handshake = handshake
         self.identity = identity or IDENTITY_TOKEN
         self.connected_at = time.time()
         self.disconnected_at = None
-        self.book = TaskBook(task_history, running_task_limit)
+        self.book = TaskBook(task_history, running_task_limit,
+                             task_history_bytes)
         self.task_updates = collections.Counter()
         self.violations = collections.deque(maxlen=MAX_VIOLATIONS)
         self.logs = LogBook(log_history, log_history_bytes)
@@ -449,6 +501,7 @@ class Endpoint:
                  agent_identity=DEFAULTS["agent_identity"],
                  state_dir=None,
                  task_history=DEFAULTS["task_history"],
+                 task_history_bytes=DEFAULTS["task_history_bytes"],
                  running_task_limit=DEFAULTS["running_task_limit"],
                  log_history=DEFAULTS["log_history"],
                  log_history_bytes=DEFAULTS["log_history_bytes"],
@@ -478,6 +531,7 @@ class Endpoint:
         self.max_connections = max_connections
         self.agent_identity = agent_identity
         self.task_history = task_history
+        self.task_history_bytes = task_history_bytes
         self.running_task_limit = running_task_limit
         self.log_history = log_history
         self.log_history_bytes = log_history_bytes
@@ -487,6 +541,8 @@ class Endpoint:
         self.tokens = TokenStore(
             os.path.join(state_dir, TOKEN_FILE) if state_dir else None)
         self.agents = {}
+        # Disconnected agents, the one gone longest first.
+        self._gone = collections.OrderedDict()
         self.connections = set()
         self._admitted = 0
         self._per_address = collections.Counter()
@@ -651,6 +707,8 @@ class Endpoint:
         agent = connection.user_data.get("agent")
         if agent is not None and agent.connection is connection:
             agent.disconnected_at = transport.monotonic()
+            self._gone.pop(agent.agent_id, None)
+            self._gone[agent.agent_id] = None
             LOG.info("agent %s disconnected: %s", printable(agent.agent_id),
                      reason)
             self._emit("disconnect", agent, {"reason": reason})
@@ -681,13 +739,20 @@ class Endpoint:
         """Forget agents disconnected for more than ``forget_after``
         seconds; returns how many."""
         now = transport.monotonic() if now is None else now
-        gone = [agent for agent in self.agents.values()
-                if not agent.connected and agent.disconnected_at is not None
-                and now - agent.disconnected_at > self.forget_after]
-        for agent in gone:
-            self.forget(agent.agent_id, "disconnected for more than %ss"
+        forgotten = 0
+        for agent_id in list(self._gone):
+            agent = self.agents.get(agent_id)
+            if agent is not None and (
+                    agent.connected or agent.disconnected_at is None):
+                self._gone.pop(agent_id)
+                continue
+            if agent is not None and \
+                    now - agent.disconnected_at <= self.forget_after:
+                break
+            self.forget(agent_id, "disconnected for more than %ss"
                         % self.forget_after)
-        return len(gone)
+            forgotten += 1
+        return forgotten
 
     def forget(self, agent_id, reason="forgotten"):
         """Drop everything known about a disconnected agent, its session
@@ -696,6 +761,7 @@ class Endpoint:
         if agent is not None and agent.connected:
             raise ValueError("agent %s is connected" % agent_id)
         self.agents.pop(agent_id, None)
+        self._gone.pop(agent_id, None)
         self.tokens.forget(agent_id)
         LOG.info("forgot agent %s: %s", printable(agent_id), reason)
         if agent is not None:
@@ -817,13 +883,14 @@ class Endpoint:
         the agent disconnected longest ago, or refuse when all are up."""
         if not self.max_agents or len(self.agents) < self.max_agents:
             return
-        gone = [agent for agent in self.agents.values()
-                if not agent.connected]
-        if not gone:
+        self.forget_gone()
+        if len(self.agents) < self.max_agents:
+            return
+        if not self._gone:
             raise TooManyAgents(
                 "handshake refused: the endpoint already holds %d connected "
                 "agents (max_agents)" % len(self.agents))
-        oldest = min(gone, key=lambda agent: agent.disconnected_at or 0.0)
+        oldest = self.agents[next(iter(self._gone))]
         LOG.warning("max_agents (%d) reached: forgetting agent %s, the one "
                     "disconnected longest ago, for new agent %s",
                     self.max_agents, printable(oldest.agent_id),
@@ -850,13 +917,15 @@ class Endpoint:
         # Never keep the token in what describe() and subscribers see.
         params = {key: value for key, value in params.items()
                   if key != "session_token"}
+        kept = stored_handshake(params)
         if agent is None:
-            agent = AgentHandle(agent_id, connection, params,
+            agent = AgentHandle(agent_id, connection, kept,
                                 identity=self.agent_identity,
                                 task_history=self.task_history,
                                 running_task_limit=self.running_task_limit,
                                 log_history=self.log_history,
-                                log_history_bytes=self.log_history_bytes)
+                                log_history_bytes=self.log_history_bytes,
+                                task_history_bytes=self.task_history_bytes)
             self.agents[agent_id] = agent
         else:
             old = agent.connection
@@ -867,15 +936,17 @@ class Endpoint:
                 old.user_data["agent"] = None
                 old.close("replaced by a new connection of the same agent")
             agent.connection = connection
-            agent.handshake = params
+            agent.handshake = kept
             agent.identity = self.agent_identity
             agent.connected_at = time.time()
             agent.disconnected_at = None
+            self._gone.pop(agent_id, None)
         connection.user_data["handshaken"] = True
         connection.user_data["agent"] = agent
         for status in params.get("tasks") or []:
             if isinstance(status, dict) and \
                     isinstance(status.get("task_id"), str) and \
+                    0 < len(status["task_id"]) <= MAX_TASK_ID_LENGTH and \
                     status.get("state") in TASK_STATES:
                 self._record_task(agent, status, from_handshake=True)
         LOG.info("agent %s connected from %s (%s, %s)", printable(agent_id),
@@ -893,9 +964,11 @@ class Endpoint:
     def _task_status(self, agent, params):
         task_id = params.get("task_id")
         state = params.get("state")
-        if not isinstance(task_id, str):
-            raise protocol.InvalidParams("task_id: must be a string",
-                                         details={"param": "task_id"})
+        if not isinstance(task_id, str) or not task_id or \
+                len(task_id) > MAX_TASK_ID_LENGTH:
+            raise protocol.InvalidParams(
+                "task_id: must be a string of 1 to %d characters"
+                % MAX_TASK_ID_LENGTH, details={"param": "task_id"})
         if state not in TASK_STATES:
             raise protocol.InvalidParams(
                 "state: must be one of %s" % ", ".join(TASK_STATES),
@@ -1017,6 +1090,7 @@ def trust_options(group):
             "state_dir": group.state_dir,
             "max_connections": group.max_connections,
             "task_history": group.task_history,
+            "task_history_bytes": group.task_history_bytes,
             "running_task_limit": group.running_task_limit,
             "log_history": group.log_history,
             "log_history_bytes": group.log_history_bytes,

@@ -99,6 +99,13 @@ opts = [
              "keeps per agent; the oldest finished ones are dropped "
              "first."),
     cfg.IntOpt(
+        "task_history_bytes",
+        default=16 * 1024 * 1024,
+        min=0,
+        help="How many bytes (as JSON) of finished task statuses the "
+             "endpoint keeps per agent; the oldest finished ones are "
+             "dropped first, the newest is always kept."),
+    cfg.IntOpt(
         "running_task_limit",
         default=256,
         min=1,

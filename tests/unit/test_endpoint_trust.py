@@ -30,9 +30,10 @@ class FakeConnection:
         self.closed = True
 
 
-def handshake(agent_id, token=None, tasks=()):
+def handshake(agent_id, token=None, tasks=(), **extra):
     params = {"agent_id": agent_id, "protocol_versions": ["v1"],
               "tasks": list(tasks)}
+    params.update(extra)
     if token is not None:
         params["session_token"] = token
     return params
@@ -202,6 +203,32 @@ class TestTaskBook(base.TestCase):
         self.assertEqual(0, book.running)
 
 
+class TestTaskBookSizes(base.TestCase):
+    def test_finished_tasks_are_bounded_by_bytes_newest_kept(self):
+        book = endpoint_mod.TaskBook(history=100, running_limit=10,
+                                     max_bytes=1200)
+        for n in range(10):
+            book.record({"task_id": "t%d" % n, "state": "complete",
+                         "result": {"pad": "x" * 300}})
+        self.assertLessEqual(book.bytes, 1200)
+        self.assertEqual(["t7", "t8", "t9"], sorted(book.tasks))
+        book.record({"task_id": "big", "state": "complete",
+                     "result": {"pad": "x" * 5000}})
+        self.assertEqual(["big"], sorted(book.tasks))
+
+    def test_running_statuses_keep_only_small_known_fields(self):
+        book = endpoint_mod.TaskBook()
+        book.record({"task_id": "r", "state": "running", "percent": 5.0,
+                     "eta": None, "method": "m" * 500, "bulk": "x" * 10000,
+                     "msg": "x"})
+        self.assertEqual({"task_id": "r", "state": "running",
+                          "percent": 5.0, "eta": None}, book.get("r"))
+        book.record({"task_id": "r", "state": "running",
+                     "percent": {"not": "a number"}})
+        self.assertEqual({"task_id": "r", "state": "running"},
+                         book.get("r"))
+
+
 class TestLogBook(base.TestCase):
     def test_bounded_by_records_and_bytes(self):
         logs = endpoint_mod.LogBook(max_records=3, max_bytes=100)
@@ -366,7 +393,7 @@ class TestIdentityDecisions(base.TestCase):
         self.handshake(endpoint, refused, handshake("c"))
         self.assertIn("max_agents", refused.fatal_reason)
         links["a"].closed = True
-        endpoint.agents["a"].disconnected_at = 1.0
+        endpoint._on_close(links["a"], "gone")
         self.handshake(endpoint, FakeConnection(), handshake("c"))
         self.assertEqual({"b", "c"}, set(endpoint.agents))
 
@@ -380,3 +407,42 @@ class TestIdentityDecisions(base.TestCase):
         self.assertFalse(endpoint._admit(("10.0.0.3", 1)))
         endpoint._release("10.0.0.1")
         self.assertTrue(endpoint._admit(("10.0.0.3", 1)))
+
+    def test_long_task_ids_are_invalid(self):
+        endpoint = self.make()
+        link = FakeConnection()
+        self.handshake(endpoint, link, handshake("a"))
+        with self.assertRaises(endpoint_mod.protocol.InvalidParams):
+            endpoint._dispatch(link, Command("task_status", {
+                "task_id": "x" * 129, "state": "running"}))
+        self.assertEqual({}, endpoint.agents["a"].tasks)
+
+    def test_stored_handshake_is_bounded_and_has_no_tasks(self):
+        endpoint = self.make()
+        link = FakeConnection()
+        self.handshake(endpoint, link, handshake("a", tasks=[
+            {"task_id": "t", "state": "running"}]))
+        self.assertNotIn("tasks", endpoint.agents["a"].handshake)
+        self.assertIn("t", endpoint.agents["a"].tasks)
+        big = FakeConnection()
+        self.handshake(endpoint, big, handshake(
+            "b", hardware={"pad": "x" * 100000}, agent_version="1\n2"))
+        self.assertEqual({"agent_id": "b", "agent_version": "1\\n2",
+                          "truncated": True},
+                         endpoint.agents["b"].handshake)
+
+    def test_forget_gone_takes_the_longest_gone_first(self):
+        endpoint = self.make(forget_after=10.0)
+        links = {}
+        for name in ("a", "b", "c"):
+            links[name] = FakeConnection()
+            self.handshake(endpoint, links[name], handshake(name))
+        for name, when in (("b", 1.0), ("a", 5.0)):
+            links[name].closed = True
+            with mock.patch.object(endpoint_mod.transport, "monotonic",
+                                   return_value=when):
+                endpoint._on_close(links[name], "gone")
+        self.assertEqual(1, endpoint.forget_gone(12.0))
+        self.assertEqual({"a", "c"}, set(endpoint.agents))
+        self.assertEqual(1, endpoint.forget_gone(16.0))
+        self.assertEqual({"c"}, set(endpoint.agents))
