@@ -30,6 +30,7 @@ import hmac
 import json
 import logging
 import os
+import resource
 import secrets
 import ssl
 import tempfile
@@ -59,6 +60,8 @@ HANDSHAKE_KEEP_BYTES = 64 * 1024
 MAX_TASK_ID_LENGTH = 128
 #: The fields of a running status that are kept.
 RUNNING_FIELDS = ("task_id", "state", "percent", "eta", "method")
+#: Open files the endpoint needs besides its agents' sockets.
+FILE_HEADROOM = 256
 #: Agent-supplied text longer than this is cut in the endpoint's log.
 LOG_TEXT_LIMIT = 4096
 
@@ -589,6 +592,13 @@ class Endpoint:
             transport.accept_loop, self._listener, self._on_socket,
             None, self.handshake_timeout, self._admit)
         self._reaper = transport.spawn(self._keepalive_loop)
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if self.max_connections and soft != resource.RLIM_INFINITY and \
+                soft < self.max_connections + FILE_HEADROOM:
+            LOG.warning("max_connections is %d but the open-file limit is "
+                        "%d: agents past about %d will fail to connect "
+                        "(lower max_connections or raise the limit)",
+                        self.max_connections, soft, soft - FILE_HEADROOM)
         LOG.info("endpoint listening on %s:%d%s, agent identity: %s%s",
                  self.host, self.port,
                  " (TLS)" if self.tls_context else " (plaintext)",
