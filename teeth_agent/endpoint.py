@@ -555,6 +555,7 @@ class Endpoint:
         self._acceptor = None
         self._reaper = None
         self._last_sweep = transport.monotonic()
+        self._state_loaded = False
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -578,11 +579,21 @@ class Endpoint:
                    keepalive_timeout=group.keepalive_timeout,
                    max_connections_per_address=(
                        group.max_connections_per_address),
-                   **trust_options(group))
+                   **trust_options(group)).load_state()
+
+    def load_state(self):
+        """Read the saved session-token hashes (once); returns self.
+
+        Raises :class:`EndpointConfigError` when the file is unreadable.
+        """
+        if not self._state_loaded:
+            self.tokens.load()
+            self._state_loaded = True
+        return self
 
     def start(self):
         """Listen and accept in the background; returns the bound port."""
-        self.tokens.load()
+        self.load_state()
         self._listener = transport.listen(self.host, self.port)
         self.port = self._listener.getsockname()[1]
         # The TLS handshake runs in _on_socket, after the connection has

@@ -80,12 +80,8 @@ def raise_file_limit():
 def serve(conf):
     limit = raise_file_limit()
     LOG.info("open-file limit %d (each agent needs one)", limit)
-    try:
-        endpoint = endpoint_mod.Endpoint.from_conf(conf)
-        endpoint.start()
-    except endpoint_mod.EndpointConfigError as exc:
-        LOG.error("cannot start: %s", exc)
-        raise SystemExit("teeth-endpoint: cannot start: %s" % exc)
+    endpoint = endpoint_mod.Endpoint.from_conf(conf)
+    endpoint.start()
     server = control.ControlServer(endpoint, conf.endpoint.control_socket)
     server.start()
     print("teeth-endpoint listening on %s:%d, control socket %s"
