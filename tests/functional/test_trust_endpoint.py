@@ -16,7 +16,6 @@ import time
 import unittest
 
 from tests.functional import harness
-from tests.functional import test_core_tls
 
 PLAINTEXT = {"endpoint": {"tls_enabled": "false"}}
 AGENT_PLAINTEXT = {"tls": {"enabled": "false"}}
@@ -487,6 +486,53 @@ class TestConnectionLimits(unittest.TestCase):
         self.assert_usable(busy)
 
 
+def _openssl(directory, *args):
+    done = subprocess.run(["openssl"] + list(args), capture_output=True,
+                          text=True, timeout=60, cwd=directory)
+    if done.returncode != 0:
+        raise AssertionError("openssl %s failed: %s"
+                             % (" ".join(args), done.stderr))
+
+
+def _openssl_key(directory, name):
+    key = os.path.join(directory, name + ".key")
+    _openssl(directory, "genpkey", "-algorithm", "EC", "-pkeyopt",
+             "ec_paramgen_curve:P-256", "-out", key)
+    return key
+
+
+def openssl_authority(directory, name):
+    """A throwaway CA made with the openssl command: ``(cert, key)``."""
+    key = _openssl_key(directory, name)
+    cert = os.path.join(directory, name + ".pem")
+    _openssl(directory, "req", "-x509", "-new", "-key", key, "-out", cert,
+             "-days", "2", "-subj", "/CN=%s" % name,
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    return cert, key
+
+
+def openssl_issue(directory, name, authority, alt_names, usage):
+    """A certificate with subject CN ``name``, the subjectAltName entries
+    ``alt_names`` and extended key usage ``usage``: ``(cert, key)``."""
+    key = _openssl_key(directory, name)
+    request = os.path.join(directory, name + ".csr")
+    _openssl(directory, "req", "-new", "-key", key, "-out", request,
+             "-subj", "/CN=%s" % name)
+    extensions = os.path.join(directory, name + ".ext")
+    with open(extensions, "w") as stream:
+        stream.write("basicConstraints=CA:FALSE\n"
+                     "keyUsage=critical,digitalSignature\n"
+                     "extendedKeyUsage=%s\n" % usage)
+        if alt_names:
+            stream.write("subjectAltName=%s\n" % ",".join(alt_names))
+    cert = os.path.join(directory, name + ".pem")
+    _openssl(directory, "x509", "-req", "-in", request, "-CA", authority[0],
+             "-CAkey", authority[1], "-CAcreateserial", "-out", cert,
+             "-days", "2", "-extfile", extensions)
+    return cert, key
+
+
 class TestCertificateIdentity(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -494,15 +540,16 @@ class TestCertificateIdentity(unittest.TestCase):
         if shutil.which("openssl") is None:
             raise unittest.SkipTest("the openssl command is not installed")
         certdir = harness.make_workdir(cls, cls_level=True)
-        factory = test_core_tls.CertificateFactory(certdir)
-        cls.ca = factory.authority("trust-ca")
-        server = factory.issue("trust-endpoint", cls.ca,
+        cls.ca = openssl_authority(certdir, "trust-ca")
+        server = openssl_issue(certdir, "trust-endpoint", cls.ca,
                                ["IP:127.0.0.1", "DNS:localhost"],
                                "serverAuth")
-        cls.machine_a = factory.issue("machine-a", cls.ca,
+        cls.machine_a = openssl_issue(certdir, "machine-a", cls.ca,
                                       ["URI:teeth-agent:machine-a"],
                                       "clientAuth")
-        cls.cn_only = factory.issue("machine-cn", cls.ca, [], "clientAuth")
+        # A certificate naming the agent by its subject CN only.
+        cls.cn_only = openssl_issue(certdir, "machine-cn", cls.ca, [],
+                                    "clientAuth")
         cls.tls_options = {
             "tls_enabled": True, "tls_cert_file": server[0],
             "tls_key_file": server[1], "tls_ca_file": cls.ca[0],
