@@ -237,17 +237,23 @@ class TokenStore:
                         for key, value in hashes.items()}
         self.dirty = False
 
-    def flush(self):
-        """Save the hashes when they changed since the last save."""
-        if self.path is None or not self.dirty:
-            return
+    def snapshot(self):
+        """A copy of the hashes to :meth:`write`; the store counts as saved
+        from here on (set ``dirty`` again when the write fails)."""
+        self.dirty = False
+        return dict(self._hashes)
+
+    def write(self, hashes):
+        """Save ``hashes`` atomically (temporary file, fsync, rename), mode
+        0600. Safe to run in another thread: it touches only its argument.
+        """
         directory = os.path.dirname(self.path) or "."
         os.makedirs(directory, mode=0o700, exist_ok=True)
         handle, temporary = tempfile.mkstemp(prefix=".tokens-", dir=directory)
         try:
             os.fchmod(handle, 0o600)
             with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                json.dump({"version": 1, "tokens": self._hashes}, stream)
+                json.dump({"version": 1, "tokens": hashes}, stream)
                 stream.flush()
                 os.fsync(stream.fileno())
             os.replace(temporary, self.path)
@@ -257,7 +263,16 @@ class TokenStore:
             except OSError:
                 pass
             raise
-        self.dirty = False
+
+    def flush(self):
+        """Save the hashes when they changed since the last save."""
+        if self.path is None or not self.dirty:
+            return
+        try:
+            self.write(self.snapshot())
+        except BaseException:
+            self.dirty = True
+            raise
 
 
 def stored_handshake(params):
@@ -649,10 +664,19 @@ class Endpoint:
                 LOG.exception("endpoint subscriber failed on %s", event)
         self._changed.set()
 
-    def _flush_tokens(self):
+    def _flush_tokens(self, in_thread=False):
+        """Save new or forgotten tokens; ``in_thread`` writes from an OS
+        thread so a large file never stalls the hub."""
+        if self.tokens.path is None or not self.tokens.dirty:
+            return
+        hashes = self.tokens.snapshot()
         try:
-            self.tokens.flush()
+            if in_thread:
+                transport.run_in_thread(self.tokens.write, hashes)
+            else:
+                self.tokens.write(hashes)
         except OSError as exc:
+            self.tokens.dirty = True
             LOG.error("cannot save the agent tokens to %s: %s",
                       self.tokens.path, exc)
 
@@ -754,7 +778,7 @@ class Endpoint:
             if now - self._last_sweep >= min(60.0, self.forget_after / 4):
                 self._last_sweep = now
                 self.forget_gone(now)
-            self._flush_tokens()
+            self._flush_tokens(in_thread=True)
 
     def forget_gone(self, now=None):
         """Forget agents disconnected for more than ``forget_after``

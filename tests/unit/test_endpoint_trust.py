@@ -132,6 +132,8 @@ class TestTokenStore(base.TestCase):
         store.issue("b")
         with mock.patch.object(os, "fsync", side_effect=OSError("disk")):
             self.assertRaises(OSError, store.flush)
+        # Still unsaved: the next flush tries again.
+        self.assertTrue(store.dirty)
         again = endpoint_mod.TokenStore(self.path)
         again.load()
         self.assertTrue(again.verify("a", token))
