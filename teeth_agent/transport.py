@@ -601,7 +601,7 @@ class Connection:
             except Exception:
                 pass
         elif isinstance(event, protocol.FatalErrorReceived):
-            LOG.warning("%s sent a fatal error: %s", self.name, event.message)
+            LOG.warning("%s sent a fatal error: %r", self.name, event.message)
         elif isinstance(event, protocol.ConnectionClosed):
             if event.partial:
                 LOG.debug("%s closed in the middle of a line", self.name)
