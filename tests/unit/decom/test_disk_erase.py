@@ -23,20 +23,19 @@ class PlanTest(base.TestCase):
              "overwrite"],
             {"nvme_sanitize_crypto": "not NVMe",
              "nvme_format_user": "not NVMe"})
-        candidates, skipped, downgraded = decom.plan_erase(caps, ALLOWED)
+        plan = decom.plan_erase(caps, ALLOWED, minimum=erase.CLEAR)
         self.assertEqual(["ata_security_erase_enhanced", "ata_security_erase",
-                          "overwrite"], candidates)
+                          "overwrite"], plan.candidates)
         self.assertEqual([{"method": "nvme_sanitize_crypto",
                            "reason": "not NVMe"},
                           {"method": "nvme_format_user",
-                           "reason": "not NVMe"}], skipped)
-        self.assertIsNone(downgraded)
+                           "reason": "not NVMe"}], plan.skipped)
+        self.assertIsNone(plan.downgraded_from)
 
     def test_config_order_wins_over_capability_order(self):
         caps = ["ata_security_erase_enhanced", "overwrite"]
-        candidates, _, _ = decom.plan_erase(caps, ["overwrite",
-                                                   "ata_security_erase"])
-        self.assertEqual(["overwrite"], candidates)
+        plan = decom.plan_erase(caps, ["overwrite", "ata_security_erase"])
+        self.assertEqual(["overwrite"], plan.candidates)
 
     def test_requested_method_the_device_cannot_do_fails(self):
         caps = erase.Capabilities(["overwrite"], {
@@ -51,20 +50,21 @@ class PlanTest(base.TestCase):
     def test_fallback_is_explicit_and_recorded(self):
         caps = erase.Capabilities(["overwrite"], {
             "ata_security_erase": "the drive is frozen"})
-        candidates, skipped, downgraded = decom.plan_erase(
+        plan = decom.plan_erase(
             caps, ALLOWED, requested="ata_security_erase",
             allow_fallback=True)
-        self.assertEqual(["overwrite"], candidates)
-        self.assertEqual("ata_security_erase", downgraded)
+        self.assertEqual(["overwrite"], plan.candidates)
+        self.assertEqual("ata_security_erase", plan.downgraded_from)
         self.assertEqual({"method": "ata_security_erase",
-                          "reason": "the drive is frozen"}, skipped[0])
+                          "reason": "the drive is frozen"}, plan.skipped[0])
 
     def test_requested_weaker_method_is_used_as_asked(self):
         caps = ["ata_security_erase_enhanced", "overwrite"]
-        candidates, skipped, downgraded = decom.plan_erase(
-            caps, ALLOWED, requested="overwrite")
+        plan = decom.plan_erase(caps, ALLOWED, requested="overwrite",
+                                minimum=erase.CLEAR)
         self.assertEqual((["overwrite"], [], None),
-                         (candidates, skipped, downgraded))
+                         (plan.candidates, plan.skipped,
+                          plan.downgraded_from))
 
     def test_no_allowed_method_names_every_reason(self):
         caps = erase.Capabilities([], {"overwrite": "the device is "
@@ -151,14 +151,14 @@ class DiskEraseTest(testing.HardwareManagerTestCase, base.TestCase):
         self.assertIn(["wipefs", "--all", "--force", first],
                       self.tools.calls)
 
-    def test_default_is_every_eligible_device(self):
-        path = self.add_device("loop0")
+    def test_default_is_decided_when_the_task_starts(self):
+        self.add_device("loop0")
         self.machine.add_disk("loop1", size_bytes=self.SIZE,
                               transport="loop", read_only=True)
         extension, _, _ = self.extension()
         checked = runner.validate(extension, "disk_erase",
                                   {"task_id": "t"})
-        self.assertEqual([path], checked["devices"])
+        self.assertIsNone(checked["devices"])
 
     def test_mounted_device_is_refused_before_any_work(self):
         free = self.add_device("loop0")
