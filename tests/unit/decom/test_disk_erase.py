@@ -111,6 +111,15 @@ class DefaultOrderTest(base.TestCase):
                               "ata_sanitize_overwrite", "nvme_format_user",
                               "nvme_sanitize_crypto"]))
 
+    def test_the_documented_table_is_in_the_default_order(self):
+        path = os.path.join(os.path.dirname(__file__), "..", "..", "..",
+                            "docs", "decom.md")
+        with open(path) as stream:
+            rows = [line.split("`")[1] for line in stream
+                    if line.startswith("| `") and line.count("|") == 4
+                    and line.split("`")[1] in erase.METHODS]
+        self.assertEqual(list(erase.DEFAULT_METHOD_ORDER), rows)
+
     def test_the_operators_order_is_kept(self):
         allowed = ["nvme_format_user", "nvme_sanitize_overwrite"]
         plan = decom.plan_erase(["nvme_sanitize_overwrite",
