@@ -341,8 +341,12 @@ class DecomExtension(base.Extension):
         mounted, holder, read-only, agent root, ...), the latter two with
         ``reason`` (a word) and ``detail`` (a sentence).
         """
+        try:
+            listed = self.hardware.dispatch("list_block_devices") or []
+        except hardware.NoManagerError:
+            listed = []
         entries = {}
-        for device in self.hardware.dispatch("list_block_devices") or []:
+        for device in listed:
             path = device["path"]
             if path in entries:
                 continue
