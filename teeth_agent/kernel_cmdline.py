@@ -142,6 +142,16 @@ def _hint(suggestion):
     return "; did you mean %s%s.%s?" % (PREFIX, section, option)
 
 
+class Label(strict.Label):
+    """How configuration errors name the file written from the kernel
+    command line: by the words that set its values."""
+
+    def setting(self, section, option, value):
+        word = PREFIX + (option if section == "DEFAULT"
+                         else "%s.%s" % (section, option))
+        return word if value is None else "%s=%s" % (word, value)
+
+
 class KernelCommandLine:
     """The ``teeth_agent.`` options found on a kernel command line.
 
@@ -212,6 +222,12 @@ class KernelCommandLine:
             lines.append("%s: %s matches no option%s"
                          % (where, word, _hint(suggestion)))
         raise strict.UnknownOptionError(lines, entries)
+
+    def label(self):
+        """The :class:`Label` naming the written file in configuration
+        errors (call after :meth:`write`)."""
+        return Label("kernel command line (%s, written to %s)"
+                     % (self.source, self.path))
 
     def render(self):
         """The options as the text of an oslo.config file."""

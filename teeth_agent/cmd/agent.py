@@ -60,9 +60,7 @@ def prepare(argv=None, kernel_cmdline_path=kernel_cmdline.PROC_CMDLINE):
         sys.argv[1:] if argv is None else argv, "teeth-agent", "teeth-agent")
     labels = {}
     if boot_options.path:
-        labels[os.path.abspath(boot_options.path)] = (
-            "kernel command line (%s, written to %s)"
-            % (boot_options.source, boot_options.path))
+        labels[os.path.abspath(boot_options.path)] = boot_options.label()
     strict.load(conf, args, project="teeth-agent", prog="teeth-agent",
                 known=known, labels=labels)
     strict.setup_logging(conf, "teeth-agent")

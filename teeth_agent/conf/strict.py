@@ -373,7 +373,8 @@ def check_files(paths, known, labels=None):
 
     Returns ``[(path, sections)]`` as read. Raises
     :class:`UnknownOptionError` listing every unknown name of every file.
-    ``labels`` maps a path to how messages name it (default: the path).
+    ``labels`` maps a path to how messages name it, a :class:`Label`
+    (default: the path).
     """
     labels = labels or {}
     parsed = []
@@ -388,20 +389,31 @@ def check_files(paths, known, labels=None):
     return parsed
 
 
-def _where(parsed, section, option, labels):
-    """Where the value of ``[section] option`` comes from, as a message
-    prefix: an environment variable (oslo.config reads those before the
-    files), else the last file that sets it."""
-    variable = "OS_%s__%s" % ((section or "DEFAULT").upper(), option.upper())
+class Label(str):
+    """How messages name a configuration source (a ``str``: its name)."""
+
+    def setting(self, section, option, value):
+        """How messages show ``[section] option = value`` from here."""
+        shown = "[%s] %s" % (section, option)
+        return shown if value is None else "%s = %s" % (shown, value)
+
+
+def _describe_value(parsed, section, option, labels):
+    """Where the value of ``[section] option`` comes from and what it is:
+    an environment variable (oslo.config reads those before the files),
+    else the last file that sets it."""
+    section = section or "DEFAULT"
+    variable = "OS_%s__%s" % (section.upper(), option.upper())
     if variable in os.environ:
-        return "environment variable %s: " % variable, \
-            os.environ[variable]
+        return "environment variable %s=%s" % (variable,
+                                               os.environ[variable])
     for path, sections in reversed(parsed):
         for name, options in sections.items():
-            if _normalize_section(name) == (section or "DEFAULT") and \
-                    option in options:
-                return "%s: " % labels.get(path, path), options[option][-1]
-    return "", None
+            if _normalize_section(name) == section and option in options:
+                label = labels.get(path) or Label(path)
+                return "%s: %s" % (label, label.setting(
+                    section, option, options[option][-1]))
+    return Label("").setting(section, option, None)
 
 
 def _reason(exc):
@@ -424,12 +436,9 @@ def check_values(conf, parsed, labels=None):
         try:
             getter()
         except (cfg.Error, ValueError) as exc:
-            prefix, value = _where(parsed, section, option, labels)
-            shown = "[%s] %s" % (section or "DEFAULT", option)
-            if value is not None:
-                shown += " = %s" % value
-            problems.append("%s%s is not valid: %s"
-                            % (prefix, shown, _reason(exc)))
+            problems.append("%s is not valid: %s" % (
+                _describe_value(parsed, section, option, labels),
+                _reason(exc)))
 
     for key in conf:
         try:
