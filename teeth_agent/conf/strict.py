@@ -29,12 +29,15 @@ See :class:`KnownOptions` for how that data is obtained.
 
 import argparse
 import collections
+import contextlib
 import difflib
 import glob
 import importlib.metadata
 import io
 import json
 import os
+import re
+import sys
 
 from oslo_config import cfg
 from oslo_config import generator
@@ -139,10 +142,13 @@ def plugin_namespaces():
         for entry_point in importlib.metadata.entry_points(group=group):
             plugins.add(_distribution_name(entry_point))
     plugins.discard(_OWN_DISTRIBUTION)
+    # teeth-agent's own namespaces are never a plugin's, whatever its
+    # metadata says: the endpoint's options are not the agent's.
+    ours = set(AGENT_NAMESPACES) | set(ENDPOINT_NAMESPACES)
     return sorted(
         ep.name for ep in
         importlib.metadata.entry_points(group="oslo.config.opts")
-        if _distribution_name(ep) in plugins)
+        if _distribution_name(ep) in plugins and ep.name not in ours)
 
 
 def namespace_opt_data(namespaces):
@@ -326,13 +332,20 @@ def describe_unknown(entry):
         _describe_suggestion(entry.section, entry.suggestion))
 
 
-def _config_dirs(conf, args):
-    """The configuration directories oslo.config read for ``args``: every
-    ``--config-dir`` given, else the default ones that exist."""
+def _given(args):
+    """The ``--config-file`` and ``--config-dir`` arguments of ``args``
+    (every one, in order; argparse reads them as oslo.config's own
+    argparse parser does)."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--config-dir", action="append", default=[])
     parser.add_argument("--config-file", action="append", default=[])
-    given, _ = parser.parse_known_args(list(args))
+    return parser.parse_known_args(list(args))[0]
+
+
+def _config_dirs(conf, args):
+    """The configuration directories oslo.config read for ``args``: every
+    ``--config-dir`` given, else the default ones that exist."""
+    given = _given(args)
     if given.config_dir:
         return given.config_dir
     return [path for path in conf.default_config_dirs
@@ -454,6 +467,49 @@ def check_values(conf, parsed, labels=None):
         raise BadValueError(problems)
 
 
+# What oslo.config writes to stderr before it exits with status 1 when a
+# command-line option (oslo.log's debug, use_syslog, ...) has a bad value
+# in a configuration file.
+_CLI_VALUE_ERROR = re.compile(
+    r"argument --(?P<dest>\S+): Invalid (?P<type>.+?) value: (?P<value>.*)")
+
+
+def _given_files(conf, args):
+    """The files oslo.config was reading for ``args`` when it failed."""
+    return _given(args).config_file or [
+        path for path in conf.default_config_files if os.path.isfile(path)]
+
+
+def _parse(conf, args, project, prog, labels, kwargs):
+    """``conf(args, ...)``, with the exit oslo.config takes on a bad value
+    of a command-line option given in a file turned into a
+    :class:`BadValueError`. What oslo.config and argparse write to stderr
+    is passed on otherwise (usage errors exit as argparse does)."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            conf(args, project=project, prog=prog, **kwargs)
+    except SystemExit as exc:
+        bad = _CLI_VALUE_ERROR.search(captured.getvalue())
+        if exc.code != 1 or bad is None:
+            sys.stderr.write(captured.getvalue())
+            raise
+        parsed = []
+        for path in _given_files(conf, args):
+            try:
+                parsed.append((os.path.abspath(os.path.expanduser(path)),
+                               parse_file(path)))
+            except ConfigSourceError:
+                continue
+        raise BadValueError("%s is not valid: not a %s value" % (
+            _describe_value(parsed, None, bad.group("dest"), labels),
+            bad.group("type"))) from None
+    except BaseException:
+        sys.stderr.write(captured.getvalue())
+        raise
+    sys.stderr.write(captured.getvalue())
+
+
 def load(conf, args, project, prog, known, labels=None, **kwargs):
     """Parse ``args`` and the configuration files into ``conf`` and check
     them strictly; returns ``conf``.
@@ -464,7 +520,7 @@ def load(conf, args, project, prog, known, labels=None, **kwargs):
     configuration that has a missing file, an unknown name or a bad value.
     """
     try:
-        conf(args, project=project, prog=prog, **kwargs)
+        _parse(conf, args, project, prog, labels or {}, kwargs)
     except cfg.ConfigFilesNotFoundError as exc:
         raise ConfigSourceError("configuration file not found: %s"
                                 % ", ".join(exc.config_files))
