@@ -100,6 +100,12 @@ class BadValueError(ConfigError):
     """A value that does not fit its option's type or choices."""
 
 
+class NamespaceLoadError(ConfigError):
+    """The options of an ``oslo.config.opts`` namespace (teeth-agent's, or
+    an installed plugin's) cannot be loaded, so the configuration cannot
+    be checked."""
+
+
 def _normalize_section(section):
     # As oslo.config does: only "DEFAULT" is kept as written, every other
     # section name is compared in lower case.
@@ -173,7 +179,14 @@ def namespace_opt_data(namespaces):
     generator_conf(args, project="teeth-agent-strict-config",
                    default_config_files=[], default_config_dirs=[])
     output = io.StringIO()
-    generator.generate(generator_conf, output_file=output)
+    try:
+        generator.generate(generator_conf, output_file=output)
+    except Exception as exc:
+        # A plugin's list_opts (third-party code) that fails to import or
+        # run: the agent cannot tell its options from typos.
+        raise NamespaceLoadError(
+            "cannot load the options of %s: %s: %s"
+            % (", ".join(wanted), type(exc).__name__, exc)) from exc
     return json.loads(output.getvalue())
 
 

@@ -258,6 +258,18 @@ class TestPluginNamespaces(TempDirCase):
         self.assertEqual(("strictvendor", "flash_tool"),
                          known.suggest_option("strictvendor", "flash_tol"))
 
+    def test_a_broken_plugin_namespace_is_one_error(self):
+        self.install("strictbroken", "[teeth_agent.extensions]\n"
+                     "strictbroken = strictbroken_missing:Extension\n"
+                     "[oslo.config.opts]\n"
+                     "strictbroken = strictbroken_missing:list_opts\n")
+        self.forget_entry_points()
+        with self.assertRaises(strict.NamespaceLoadError) as caught:
+            strict.KnownOptions.for_conf(
+                agent_conf(), strict.AGENT_NAMESPACES, plugins=True)
+        self.assertIn("cannot load the options of", str(caught.exception))
+        self.assertIn("ModuleNotFoundError", str(caught.exception))
+
     def test_without_plugins_the_section_is_refused(self):
         known = strict.KnownOptions.for_conf(
             agent_conf(), strict.AGENT_NAMESPACES, plugins=False)
