@@ -225,9 +225,10 @@ class KnownOptions:
     it finds and ignores sections without options, and a start-up needs
     the findings as data to refuse with a suggestion. On top of the
     namespaces, whatever is registered on the command's ConfigOpts is
-    accepted (oslo.config's own ``config_file``/``config_dir``/
-    ``config_source``, the command-line options), so the check never
-    refuses an option the command really reads.
+    accepted (the command-line options, oslo.config's own
+    ``config_source`` and the groups it registers while parsing for the
+    sources it names), so the check never refuses an option the command
+    really reads.
     """
 
     def __init__(self, options):
@@ -549,10 +550,14 @@ def load(conf, args, project, prog, known, labels=None, **kwargs):
                                 % (exc.config_file, exc.msg))
     except cfg.RequiredOptError as exc:
         raise ConfigSourceError(str(exc))
-    except (cfg.ConfigSourceValueError, cfg.Error) as exc:
+    except cfg.ConfigSourceValueError as exc:
         # A bad value of a command-line option given in a file (the only
         # values oslo.config converts while parsing).
         raise BadValueError(str(exc))
+    except cfg.Error as exc:
+        raise ConfigSourceError(str(exc))
+    # Parsing registers the groups of the [DEFAULT] config_source drivers.
+    known.add(registered_options(conf))
     parsed = check_files(config_files(conf, args), known, labels)
     check_values(conf, parsed, labels)
     return conf
