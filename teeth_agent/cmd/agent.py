@@ -5,6 +5,7 @@ option values, load hardware managers and extensions, then serve.
 """
 
 import logging as std_logging
+import os
 import sys
 
 from oslo_config import cfg
@@ -12,6 +13,7 @@ from oslo_log import log
 
 from teeth_agent import agent as agent_mod
 from teeth_agent import conf as teeth_conf
+from teeth_agent.conf import strict
 from teeth_agent import extensions
 from teeth_agent.extensions import base as ext_base
 from teeth_agent import hardware
@@ -39,17 +41,29 @@ def prepare(argv=None, kernel_cmdline_path=kernel_cmdline.PROC_CMDLINE):
 
     ``teeth_agent.*`` words on the kernel command line (read from
     ``kernel_cmdline_path``) override the config files; see
-    :mod:`teeth_agent.kernel_cmdline`."""
+    :mod:`teeth_agent.kernel_cmdline`.
+
+    The configuration is strict (:mod:`teeth_agent.conf.strict`): a
+    missing file, an unknown section, option or kernel command line word,
+    or a bad value raises :class:`~teeth_agent.conf.strict.ConfigError`
+    before anything else happens."""
     conf = cfg.ConfigOpts()
     teeth_conf.register_agent_opts(conf)
     conf.register_cli_opts(cli_opts)
     log.register_options(conf)
+    known = strict.KnownOptions.for_conf(conf, strict.AGENT_NAMESPACES,
+                                         plugins=True)
     boot_options = kernel_cmdline.KernelCommandLine.load(
-        conf, kernel_cmdline_path)
+        conf, kernel_cmdline_path, known=known)
+    boot_options.check(known)
     args = boot_options.extend_args(
         sys.argv[1:] if argv is None else argv, "teeth-agent", "teeth-agent")
-    conf(args, project="teeth-agent", prog="teeth-agent")
-    log.setup(conf, "teeth-agent")
+    labels = {}
+    if boot_options.path:
+        labels[os.path.abspath(boot_options.path)] = boot_options.label()
+    strict.load(conf, args, project="teeth-agent", prog="teeth-agent",
+                known=known, labels=labels)
+    strict.setup_logging(conf, "teeth-agent")
     boot_options.log_outcome()
     return conf
 
@@ -80,7 +94,10 @@ def build_agent(conf):
 
 
 def main(argv=None):
-    conf = prepare(argv)
+    try:
+        conf = prepare(argv)
+    except strict.ConfigError as exc:
+        return strict.exit_status(exc, "teeth-agent", sys.stderr)
     if conf.action == "inventory":
         from teeth_agent.cmd import inventory as inventory_cmd
         return inventory_cmd.main(conf)

@@ -15,6 +15,7 @@ from oslo_config import cfg
 from oslo_log import log
 
 from teeth_agent import conf as teeth_conf
+from teeth_agent.conf import strict
 from teeth_agent import control
 from teeth_agent import endpoint as endpoint_mod
 from teeth_agent import protocol
@@ -44,13 +45,20 @@ cli_opts = [cfg.SubCommandOpt("command", title="commands",
 
 
 def prepare(argv=None):
+    """Register options, parse the command line and config files, set up
+    logging; returns the ConfigOpts.
+
+    The configuration is strict (:mod:`teeth_agent.conf.strict`), for
+    every subcommand: a missing file, an unknown section or option or a
+    bad value raises :class:`~teeth_agent.conf.strict.ConfigError`."""
     conf = cfg.ConfigOpts()
     teeth_conf.register_endpoint_opts(conf)
     conf.register_cli_opts(cli_opts)
     log.register_options(conf)
-    conf(sys.argv[1:] if argv is None else argv, project="teeth-agent",
-         prog="teeth-endpoint")
-    log.setup(conf, "teeth-endpoint")
+    known = strict.KnownOptions.for_conf(conf, strict.ENDPOINT_NAMESPACES)
+    strict.load(conf, sys.argv[1:] if argv is None else argv,
+                project="teeth-agent", prog="teeth-endpoint", known=known)
+    strict.setup_logging(conf, "teeth-endpoint")
     return conf
 
 
@@ -235,7 +243,10 @@ def call(conf):
 
 
 def main(argv=None):
-    conf = prepare(argv)
+    try:
+        conf = prepare(argv)
+    except strict.ConfigError as exc:
+        return strict.exit_status(exc, "teeth-endpoint", sys.stderr)
     command = conf.command.name
     if command == "serve":
         return serve(conf)
