@@ -466,7 +466,7 @@ class Agent:
                       protocol.printable(connection.fatal_error_received))
         else:
             LOG.warning("connection to endpoint %s:%d lost: %s", host, port,
-                        protocol.printable(connection.close_reason))
+                        connection.close_reason)
         return True
 
     def _accept_handshake_answer(self, connection, endpoint, answer):
