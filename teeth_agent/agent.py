@@ -470,8 +470,14 @@ class Agent:
         return True
 
     def _accept_handshake_answer(self, connection, endpoint, answer):
-        """Act on the handshake answer's ``max_line_length`` and
-        ``session_token``; False when the limit is unusable."""
+        """Act on the handshake answer's ``session_token`` and
+        ``max_line_length``; False when the limit is unusable."""
+        # The token first: an endpoint that issued one holds it whatever
+        # becomes of this link.
+        if "session_token" in answer:
+            if self.session_tokens.set(endpoint, answer["session_token"]):
+                LOG.info("endpoint %s issued a session token for %s",
+                         endpoint, self.agent_id)
         limit = answer.get("max_line_length")
         if limit is not None:
             if isinstance(limit, bool) or not isinstance(limit, int) or \
@@ -483,10 +489,6 @@ class Agent:
                 return False
             connection.session.limit_sent_lines(limit)
             self.peer_line_limits[endpoint] = limit
-        if "session_token" in answer:
-            if self.session_tokens.set(endpoint, answer["session_token"]):
-                LOG.info("endpoint %s issued a session token for %s",
-                         endpoint, self.agent_id)
         return True
 
     # -- keepalive ------------------------------------------------------------

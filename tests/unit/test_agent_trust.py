@@ -512,6 +512,12 @@ class HandshakeAnswerTest(TempDirMixin, base.TestCase):
                 self.assertFalse(self.agent._accept_handshake_answer(
                     self.connection, "h:1", {"max_line_length": bad}))
         self.assertIsNone(self.connection.session.peer_max_line_length)
+        # A token issued with an unusable limit is still kept.
+        with self.assertLogs("teeth_agent.agent", "ERROR"):
+            self.agent._accept_handshake_answer(
+                self.connection, "h:1", {"max_line_length": 10,
+                                         "session_token": "tok-9"})
+        self.assertEqual("tok-9", self.agent.session_tokens.get("h:1"))
 
     def test_oversized_final_state_gets_a_stand_in(self):
         self.connection.session.limit_sent_lines(8192)
