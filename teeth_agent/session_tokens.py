@@ -75,6 +75,14 @@ class SessionTokens:
     def _load(self):
         try:
             with open(self.path, "rb") as stream:
+                mode = os.fstat(stream.fileno()).st_mode
+                if mode & 0o077:
+                    # Copied with the wrong mode (by hand, from a backup):
+                    # the token may have been read; keep it from now on.
+                    LOG.warning("the session token file %s was readable by "
+                                "other users (mode %o); restricting it to "
+                                "0600", self.path, mode & 0o777)
+                    os.fchmod(stream.fileno(), 0o600)
                 data = json.loads(stream.read().decode("utf-8"))
         except FileNotFoundError:
             return

@@ -444,6 +444,16 @@ class SessionTokensTest(TempDirMixin, base.TestCase):
                 store = session_tokens.SessionTokens("agent-1", state_dir)
             self.assertIsNone(store.get("h:1"))
 
+    def test_file_readable_by_others_is_restricted(self):
+        state_dir = self.make_dir()
+        session_tokens.SessionTokens("agent-1", state_dir).set("h:1", "tok")
+        path = os.path.join(state_dir, session_tokens.FILE_NAME)
+        os.chmod(path, 0o644)
+        with self.assertLogs("teeth_agent.session_tokens", "WARNING"):
+            store = session_tokens.SessionTokens("agent-1", state_dir)
+        self.assertEqual("tok", store.get("h:1"))
+        self.assertEqual(0o600, stat.S_IMODE(os.stat(path).st_mode))
+
     def test_bad_tokens_are_refused(self):
         store = session_tokens.SessionTokens("agent-1")
         for bad in (None, 5, "", "a b", "x" * 5000, "tok\n"):
