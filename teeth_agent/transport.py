@@ -409,6 +409,8 @@ class Connection:
         self._waiters = {}
         self._closed = Event()
         self.close_reason = None
+        # The text of a fatal_error the peer sent (its reason for closing).
+        self.fatal_error_received = None
         self.last_received = monotonic()
         self.last_sent = monotonic()
         self.created = monotonic()
@@ -588,7 +590,9 @@ class Connection:
             except Exception:
                 pass
         elif isinstance(event, protocol.FatalErrorReceived):
-            LOG.warning("%s sent a fatal error: %s", self.name, event.message)
+            self.fatal_error_received = event.message
+            LOG.warning("%s sent a fatal error: %s", self.name,
+                        protocol.printable(event.message))
         elif isinstance(event, protocol.ConnectionClosed):
             if event.partial:
                 LOG.debug("%s closed in the middle of a line", self.name)

@@ -19,6 +19,7 @@ from teeth_agent.extensions import base as ext_base
 from teeth_agent import hardware
 from teeth_agent import kernel_cmdline
 from teeth_agent import power
+from teeth_agent import session_tokens
 from teeth_agent import tasks
 from teeth_agent import transport
 
@@ -88,9 +89,11 @@ def build_agent(conf):
                                         controller, agent_id)
     loaded = extensions.load_extensions(conf.enabled_extensions, context)
     summary = inventory.hardware_summary(dispatcher)
+    tokens = session_tokens.SessionTokens(agent_id, conf.state_dir or None)
     return agent_mod.Agent(conf, dispatcher, loaded, registry, controller,
                            agent_id, hardware_summary=summary,
-                           tls_context=tls_context(conf))
+                           tls_context=tls_context(conf),
+                           session_tokens=tokens)
 
 
 def main(argv=None):
