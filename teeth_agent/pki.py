@@ -75,6 +75,9 @@ def _name(common_name):
 
 
 def _builder(subject, issuer, public_key, days):
+    if days < 1:
+        raise PKIError("a certificate must be valid for at least one day, "
+                       "not %d" % days)
     now = datetime.datetime.now(datetime.timezone.utc)
     return (x509.CertificateBuilder()
             .subject_name(subject)

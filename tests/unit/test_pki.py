@@ -127,6 +127,11 @@ class TestLeafCertificates(PKITestCase):
             self.assertRaises(pki.PKIError, pki.create_agent_certificate,
                               self.ca, bad)
 
+    def test_validity_must_be_positive(self):
+        self.assertRaisesRegex(pki.PKIError, "at least one day",
+                               pki.create_agent_certificate, self.ca, "m",
+                               days=0)
+
     def test_server_needs_a_host(self):
         self.assertRaises(pki.PKIError, pki.create_server_certificate,
                           self.ca, [])
