@@ -28,6 +28,14 @@ anything: the ramdisk changes nothing on the machine, the one-line reason
 the fix is in the boot loader configuration the typo came from, read again
 at the next boot.
 
+TLS material is named the same way, by path: ``teeth_agent.tls.ca_file=``,
+``teeth_agent.tls.cert_file=`` and ``teeth_agent.tls.key_file=`` point at
+files some boot step put in place (the ramdisk's init copies a machine's
+certificate from virtual media with ``teeth_ramdisk.tls_media=``, see
+docs/ramdisk.md); ``teeth_agent.tls.enabled=false`` turns TLS off (with
+the start-up WARNING). The certificates themselves never travel on the
+command line, which any local user can read.
+
 Nothing happens when the command line has no ``teeth_agent.`` word, which
 is the case on any machine that did not boot the ramdisk.
 """

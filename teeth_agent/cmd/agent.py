@@ -14,6 +14,7 @@ from oslo_log import log
 from teeth_agent import agent as agent_mod
 from teeth_agent import conf as teeth_conf
 from teeth_agent.conf import strict
+from teeth_agent.conf import tls as conf_tls
 from teeth_agent import extensions
 from teeth_agent.extensions import base as ext_base
 from teeth_agent import hardware
@@ -70,16 +71,21 @@ def prepare(argv=None, kernel_cmdline_path=kernel_cmdline.PROC_CMDLINE):
 
 
 def tls_context(conf):
-    if not conf.tls.enabled:
+    """The agent's TLS context, None for an explicit plaintext link.
+
+    Raises ValueError (:class:`conf_tls.TLSConfigError`,
+    :class:`transport.TLSContextError`) for settings that do not fit."""
+    settings = conf_tls.agent_settings(conf)
+    if settings is None:
         return None
-    return transport.client_tls_context(
-        ca_file=conf.tls.ca_file, cert_file=conf.tls.cert_file,
-        key_file=conf.tls.key_file, check_hostname=conf.tls.check_hostname)
+    return transport.client_tls_context(**settings)
 
 
 def build_agent(conf):
     """Load managers and extensions and build the :class:`Agent`."""
     from teeth_agent.hardware import inventory
+    # First: a TLS mistake is reported before any hardware is touched.
+    tls = tls_context(conf)
     dispatcher = hardware.load_managers(conf)
     registry = tasks.TaskRegistry(history=conf.task_history,
                                   state_dir=conf.state_dir or None)
@@ -92,8 +98,7 @@ def build_agent(conf):
     tokens = session_tokens.SessionTokens(agent_id, conf.state_dir or None)
     return agent_mod.Agent(conf, dispatcher, loaded, registry, controller,
                            agent_id, hardware_summary=summary,
-                           tls_context=tls_context(conf),
-                           session_tokens=tokens)
+                           tls_context=tls, session_tokens=tokens)
 
 
 def main(argv=None):
