@@ -8,7 +8,8 @@ Usage::
 Each run starts ``python -m teeth_agent.cmd.agent`` with the real command
 groups (``decom``, ``standbye``), simulated power, no visible disk and a
 temporary state directory, pointed at a socket listening on 127.0.0.1 in
-this process. The time is taken from just before the process is spawned to
+this process, in plaintext (``[tls] enabled = false``, like the
+baseline). The time is taken from just before the process is spawned to
 the moment its handshake line has arrived; after ``--idle`` seconds
 connected and idle, its resident memory (VmRSS) is read.
 
@@ -58,6 +59,9 @@ def write_agent_config(directory, port):
             "enabled_extensions = decom,standbye",
             "state_dir = %s" % os.path.join(directory, "state"),
             "keepalive_interval = 60",
+            # Plaintext, explicitly: the baseline sends one plaintext line,
+            # so the agent is measured without its TLS handshake too.
+            "[tls]", "enabled = false",
             "[power]", "simulate = true",
             "[hardware]", "device_include = /nonexistent",
             "[standbye]",

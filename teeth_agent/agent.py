@@ -8,6 +8,14 @@ with pings, forwards log records and reports task progress through
 ``task_status`` (running updates coalesced and rate-limited; final states
 re-delivered until acknowledged).
 
+What the agent sends is bounded: the handshake and ``status`` list task
+summaries, never results, and drop the oldest summaries (counting them in
+``tasks_omitted``) when the list would not fit; once the endpoint announced
+``max_line_length`` no line longer than that is sent (oversized results are
+replaced by a stand-in, oversized log messages cut). A ``session_token`` the
+endpoint hands out is kept (:mod:`teeth_agent.session_tokens`) and sent
+back in every later handshake to that endpoint.
+
 The agent runs on the transport's hub (green threads); machine work runs in
 OS threads and reaches the hub through :class:`transport.ThreadBridge`.
 """
@@ -23,10 +31,20 @@ import time
 
 from teeth_agent.extensions import base as ext_base
 from teeth_agent import protocol
+from teeth_agent import session_tokens as session_tokens_mod
 from teeth_agent import tasks as tasks_mod
 from teeth_agent import transport
 
 LOG = logging.getLogger(__name__)
+
+#: Until an endpoint has announced its ``max_line_length`` the handshake is
+#: kept within this many bytes: every endpoint is expected to accept lines
+#: of this size.
+HANDSHAKE_LINE_BUDGET = 64 * 1024
+
+#: An announced ``max_line_length`` below this leaves no room for a task's
+#: final state or a log record; such an endpoint is treated as broken.
+MIN_PEER_LINE_LENGTH = 4096
 
 
 @functools.lru_cache(maxsize=1)
@@ -50,21 +68,103 @@ def parse_endpoint(text):
 
 class Backoff:
     """Exponential backoff with jitter: each delay is drawn from
-    [d/2, d], d doubling from ``initial`` up to ``maximum``."""
+    [d/2, d], d doubling from ``initial`` up to ``maximum``.
 
-    def __init__(self, initial, maximum, rng=random.random):
+    A link only resets the backoff once it has stayed up for
+    ``stable_after`` seconds: an endpoint that answers the handshake and
+    drops the link at once (or refuses it with a fatal error) is retried no
+    faster than one that cannot be reached. Call :meth:`link_up` when a
+    handshake succeeds and :meth:`link_down` when that link ends.
+    """
+
+    def __init__(self, initial, maximum, rng=random.random,
+                 clock=time.monotonic, stable_after=0.0):
         self.initial = initial
         self.maximum = max(maximum, initial)
+        self.stable_after = stable_after
         self._rng = rng
+        self._clock = clock
         self._current = initial
+        self._up_since = None
 
     def reset(self):
         self._current = self.initial
+
+    def link_up(self):
+        self._up_since = self._clock()
+
+    def link_down(self):
+        """The link ended; True (and the backoff reset) when it had been
+        up for at least ``stable_after`` seconds."""
+        up_since, self._up_since = self._up_since, None
+        if up_since is None or \
+                self._clock() - up_since < self.stable_after:
+            return False
+        self.reset()
+        return True
 
     def next_delay(self):
         delay = self._current * (0.5 + 0.5 * self._rng())
         self._current = min(self._current * 2, self.maximum)
         return delay
+
+
+def fit_task_summaries(message, summaries, room):
+    """Put ``summaries`` in ``message["tasks"]`` within ``room`` bytes.
+
+    ``room`` is the largest :func:`protocol.encoded_size` the whole
+    ``message`` may have (None: no limit). When not all fit, running tasks
+    come first, then the newest; the ones left out are counted in
+    ``message["tasks_omitted"]`` (absent when none is). The listed ones keep
+    their order (oldest first). Returns ``message``.
+    """
+    message["tasks"] = list(summaries)
+    message.pop("tasks_omitted", None)
+    if room is None or protocol.encoded_size(message) <= room:
+        return message
+    # Priority: running first, then newest first.
+    order = sorted(range(len(summaries)),
+                   key=lambda i: (summaries[i].get("state")
+                                  != tasks_mod.RUNNING, -i))
+    message["tasks"] = []
+    message["tasks_omitted"] = len(summaries)
+    used = protocol.encoded_size(message)
+    chosen = []
+    for index in order:
+        # One comma per entry after the first.
+        cost = protocol.encoded_size(summaries[index]) + (1 if chosen else 0)
+        if used + cost > room:
+            continue
+        used += cost
+        chosen.append(index)
+    chosen.sort()
+    message["tasks"] = [summaries[i] for i in chosen]
+    message["tasks_omitted"] = len(summaries) - len(chosen)
+    while message["tasks"] and protocol.encoded_size(message) > room:
+        # Fewer omitted tasks can only shorten the count; this is a guard.
+        message["tasks"].pop(0)
+        message["tasks_omitted"] += 1
+    if not message["tasks_omitted"]:
+        del message["tasks_omitted"]
+    return message
+
+
+def fit_log_record(entry, room):
+    """A log record that fits ``room`` bytes: the message (then the
+    exception text) cut to fit; None when even that does not help."""
+    if room is None or protocol.encoded_size(entry) <= room:
+        return entry
+    entry = dict(entry)
+    entry["truncated"] = True
+    if isinstance(entry.get("exception"), str):
+        without = dict(entry, exception="")
+        shorter = protocol.shorten_to_fit(without, "message", room)
+        if shorter is not None and shorter.get("message") == \
+                entry.get("message"):
+            # The message fits on its own: cut the exception instead.
+            return protocol.shorten_to_fit(entry, "exception", room)
+        entry = without
+    return protocol.shorten_to_fit(entry, "message", room)
 
 
 class ForwardingLogHandler(logging.Handler):
@@ -137,7 +237,8 @@ class Agent:
     """One agent: its method table, its tasks and its link to an endpoint."""
 
     def __init__(self, conf, hardware, extensions, registry, power,
-                 agent_id, hardware_summary=None, tls_context=None):
+                 agent_id, hardware_summary=None, tls_context=None,
+                 session_tokens=None):
         self.conf = conf
         self.hardware = hardware
         self.extensions = extensions
@@ -146,6 +247,12 @@ class Agent:
         self.agent_id = agent_id
         self.hardware_summary = hardware_summary or {}
         self.tls_context = tls_context
+        # Memory only unless the caller gives a store with a state dir.
+        self.session_tokens = session_tokens or \
+            session_tokens_mod.SessionTokens(agent_id)
+        # The max_line_length each endpoint announced last, for the size
+        # of the next handshake to it.
+        self.peer_line_limits = {}
         self.started = time.monotonic()
         self.endpoints = [parse_endpoint(e) for e in conf.endpoints]
         if not self.endpoints:
@@ -186,12 +293,21 @@ class Agent:
         def run_task(params):
             task_id = params.get("task_id") if isinstance(params, dict) \
                 else None
-            if isinstance(task_id, str):
-                existing = self.tasks.get(task_id)
+            if isinstance(task_id, str) and \
+                    self.tasks.get(task_id) is not None:
+                # A repeat answers the current state without new work; the
+                # id reused for other work is a Conflict (raised here).
+                try:
+                    digest = tasks_mod.params_digest(
+                        wire_name, ext_base.check_params(spec, params))
+                except protocol.InvalidParams:
+                    digest = "invalid params"  # not those the task ran with
+                existing = self.tasks.existing(task_id, wire_name, digest)
                 if existing is not None:
                     return existing.status()
             checked = ext_base.check_params(spec, params)
             task_id = checked["task_id"]
+            digest = tasks_mod.params_digest(wire_name, checked)
             checked = transport.run_in_thread(extension.validate, spec,
                                               checked)
 
@@ -199,7 +315,8 @@ class Agent:
                 return func(task, **checked)
 
             task, created = self.tasks.start(task_id, wire_name, body,
-                                             exclusive=spec.exclusive)
+                                             exclusive=spec.exclusive,
+                                             params_digest=digest)
             if not created:
                 return task.status()
             return {"task_id": task_id, "state": tasks_mod.RUNNING}
@@ -211,34 +328,50 @@ class Agent:
             raise protocol.UnknownMethod(
                 "unknown method %s" % command.method,
                 details={"method": command.method})
+        if command.method == "status" and connection is not None:
+            return self._status(command.params, room=connection.session
+                                .room_for_result(command.id))
         return handler(command.params)
 
     def _ping(self, params):
         return params
 
-    def _status(self, params):
-        return {
+    def _status(self, params, room=None):
+        """The agent's status; ``tasks`` are summaries fitted to ``room``
+        bytes (see :func:`fit_task_summaries`)."""
+        status = {
             "agent_id": self.agent_id,
             "agent_version": agent_version(),
             "uptime": round(time.monotonic() - self.started, 3),
             "extensions": self.extension_methods(),
             "hardware_manager": self.hardware.describe(),
-            "tasks": self.tasks.statuses(),
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
             "endpoint": "%s:%d" % self.connected_endpoint
             if self.connected_endpoint else None,
         }
+        return fit_task_summaries(status, self.tasks.summaries(), room)
 
-    def handshake_params(self):
-        return {
+    def handshake_params(self, endpoint=None, room=None):
+        """The handshake for ``endpoint`` (``"host:port"``): its session
+        token when one is held; task summaries fitted to ``room`` bytes."""
+        params = {
             "agent_id": self.agent_id,
             "agent_version": agent_version(),
             "protocol_versions": list(protocol.SUPPORTED_VERSIONS),
             "hardware": self.hardware_summary,
             "extensions": self.extension_methods(),
-            "tasks": self.tasks.statuses(),
         }
+        token = self.session_tokens.get(endpoint) if endpoint else None
+        if token is not None:
+            params["session_token"] = token
+        return fit_task_summaries(params, self.tasks.summaries(), room)
+
+    def _handshake_room(self, connection, endpoint):
+        """Bytes the handshake params may take on ``connection``: what the
+        endpoint announced last time, else :data:`HANDSHAKE_LINE_BUDGET`."""
+        limit = self.peer_line_limits.get(endpoint, HANDSHAKE_LINE_BUDGET)
+        return connection.session.room_for_params("handshake", limit)
 
     # -- running --------------------------------------------------------------
 
@@ -250,17 +383,18 @@ class Agent:
         """Connect and serve until :meth:`stop` (call from the hub)."""
         self.bridge.start()
         backoff = Backoff(self.conf.reconnect_initial_delay,
-                          self.conf.reconnect_max_delay)
+                          self.conf.reconnect_max_delay,
+                          stable_after=self.conf.keepalive_interval)
         index = 0
         while not self._stopping:
             host, port = self.endpoints[index]
-            handshook = self._serve_one(host, port)
+            self._serve_one(host, port, backoff)
             if self._stopping:
                 break
-            if handshook:
-                # The link worked: come back quickly, to the same endpoint.
-                backoff.reset()
-            else:
+            if not backoff.link_down():
+                # No link, or one that did not last: try the next endpoint,
+                # waiting longer each time. A link that lasted brings the
+                # agent back quickly, to the same endpoint.
                 index = (index + 1) % len(self.endpoints)
             delay = backoff.next_delay()
             LOG.info("reconnecting in %.2fs", delay)
@@ -272,8 +406,9 @@ class Agent:
         if self.connection is not None:
             self.connection.close("agent stopping")
 
-    def _serve_one(self, host, port):
-        """One connection's life; True when the handshake succeeded."""
+    def _serve_one(self, host, port, backoff=None):
+        """One connection's life; True when the handshake succeeded
+        (``backoff.link_up()`` is called then)."""
         try:
             sock = transport.connect(host, port, self.tls_context,
                                      timeout=self.conf.connect_timeout)
@@ -288,14 +423,31 @@ class Agent:
             write_timeout=self.conf.keepalive_timeout
             + self.conf.keepalive_interval)
         connection.start()
+        endpoint = "%s:%d" % (host, port)
         try:
-            connection.call("handshake", self.handshake_params(),
-                            timeout=self.conf.call_timeout)
+            answer = connection.call(
+                "handshake", self.handshake_params(
+                    endpoint, self._handshake_room(connection, endpoint)),
+                timeout=self.conf.call_timeout)
         except (transport.RemoteError, transport.CallTimeout,
                 transport.ConnectionLost, protocol.LocalProtocolError) as exc:
-            LOG.warning("handshake with %s:%d failed: %s", host, port, exc)
+            # The endpoint may have lowered its limit since it last
+            # announced it: the next handshake keeps to the default budget.
+            self.peer_line_limits.pop(endpoint, None)
+            refusal = connection.fatal_error_received
+            if refusal is not None:
+                LOG.error("endpoint %s:%d refused the handshake: %s", host,
+                          port, protocol.printable(refusal))
+            else:
+                LOG.warning("handshake with %s:%d failed: %s", host, port,
+                            exc)
             connection.close("handshake failed")
             return False
+        if not self._accept_handshake_answer(connection, endpoint, answer):
+            connection.close("unusable handshake answer")
+            return False
+        if backoff is not None:
+            backoff.link_up()
         LOG.info("connected to endpoint %s:%d as %s", host, port,
                  self.agent_id)
         self.connection = connection
@@ -308,8 +460,35 @@ class Agent:
             helper.kill()
         self.connection = None
         self.connected_endpoint = None
-        LOG.warning("connection to endpoint %s:%d lost: %s", host, port,
-                    connection.close_reason)
+        if connection.fatal_error_received is not None:
+            LOG.error("endpoint %s:%d ended the connection with a fatal "
+                      "error: %s", host, port,
+                      protocol.printable(connection.fatal_error_received))
+        else:
+            LOG.warning("connection to endpoint %s:%d lost: %s", host, port,
+                        connection.close_reason)
+        return True
+
+    def _accept_handshake_answer(self, connection, endpoint, answer):
+        """Act on the handshake answer's ``session_token`` and
+        ``max_line_length``; False when the limit is unusable."""
+        # The token first: an endpoint that issued one holds it whatever
+        # becomes of this link.
+        if "session_token" in answer:
+            if self.session_tokens.set(endpoint, answer["session_token"]):
+                LOG.info("endpoint %s issued a session token for %s",
+                         endpoint, self.agent_id)
+        limit = answer.get("max_line_length")
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int) or \
+                    limit < MIN_PEER_LINE_LENGTH:
+                LOG.error("endpoint %s announced max_line_length %s; the "
+                          "agent needs an integer of at least %d",
+                          endpoint, protocol.printable(limit, 40),
+                          MIN_PEER_LINE_LENGTH)
+                return False
+            connection.session.limit_sent_lines(limit)
+            self.peer_line_limits[endpoint] = limit
         return True
 
     # -- keepalive ------------------------------------------------------------
@@ -366,12 +545,31 @@ class Agent:
                         continue
                     last_running_sent[task.task_id] = now
                 in_flight[task.task_id] = version
+                status = self._fit_task_status(connection, status)
                 connection.call_async(
                     "task_status", status, timeout=self.conf.call_timeout,
                     callback=self._acknowledger(task.task_id, version,
                                                 in_flight))
             wait = None if next_due is None else max(0.0, next_due - now)
             self._status_wake.wait(wait)
+
+    def _fit_task_status(self, connection, status):
+        room = connection.session.room_for_params("task_status")
+        if room is None:
+            return status
+        fitted = tasks_mod.shrink_status(status, room)
+        if fitted is None:
+            # Cannot happen with MIN_PEER_LINE_LENGTH and bounded task ids;
+            # sending it would fail with LineTooLong (and be dropped).
+            LOG.error("the status of task %s cannot be made to fit the "
+                      "endpoint's line limit", status.get("task_id"))
+            return status
+        if fitted is not status:
+            LOG.warning("the final state of task %s is too large for the "
+                        "endpoint's %d-byte line limit; sending a stand-in",
+                        status.get("task_id"),
+                        connection.session.peer_max_line_length)
+        return fitted
 
     def _acknowledger(self, task_id, version, in_flight):
         def callback(result, exc):
@@ -407,6 +605,10 @@ class Agent:
                 self._log_wake.clear()
                 self._log_wake.wait()
                 continue
+            entry = fit_log_record(
+                entry, connection.session.room_for_params("log"))
+            if entry is None:
+                continue  # no room even for an empty message
             try:
                 connection.call("log", entry, timeout=self.conf.call_timeout)
             except transport.RemoteError as exc:

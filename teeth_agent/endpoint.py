@@ -36,6 +36,7 @@ import ssl
 import tempfile
 import time
 
+from teeth_agent.conf import tls as conf_tls
 from teeth_agent import protocol
 from teeth_agent import tasks as tasks_mod
 from teeth_agent import transport
@@ -577,14 +578,9 @@ class Endpoint:
     @classmethod
     def from_conf(cls, conf):
         group = conf.endpoint
-        tls_context = None
-        if group.tls_enabled:
-            if not (group.tls_cert_file and group.tls_key_file):
-                raise ValueError("[endpoint] tls_enabled needs tls_cert_file "
-                                 "and tls_key_file")
-            tls_context = transport.server_tls_context(
-                group.tls_cert_file, group.tls_key_file, group.tls_ca_file,
-                require_client_cert=group.tls_require_client_cert)
+        tls_settings = conf_tls.endpoint_settings(conf)
+        tls_context = (transport.server_tls_context(**tls_settings)
+                       if tls_settings is not None else None)
         return cls(host=group.listen_host, port=group.listen_port,
                    tls_context=tls_context,
                    max_line_length=group.max_line_length,

@@ -16,9 +16,25 @@ option's usual file syntax: a list is comma-separated
 ``true``/``false``, a JSON option is JSON
 (``teeth_agent.hardware.root_device_hints={"serial":"S3Y1"}``, with no
 space outside its strings). Dashes in names count as underscores. A value
-with spaces is quoted as the kernel allows (``"teeth_agent.x=a b"``). A name
-that matches no registered option is logged and ignored, so a typo never
-stops a ramdisk from coming up.
+with spaces is quoted as the kernel allows (``"teeth_agent.x=a b"``).
+
+A name that matches no option stops the agent before it does anything,
+like an unknown option in a file (:meth:`KernelCommandLine.check`, see
+:mod:`teeth_agent.conf.strict`): ignoring ``teeth_agent.power.simulat=true``
+or ``teeth_agent.hardware.device_includes=...`` would let the ramdisk
+really reboot the machine or show it every disk. Refusing does not brick
+anything: the ramdisk changes nothing on the machine, the one-line reason
+(with the closest option name) is on the console and in the journal, and
+the fix is in the boot loader configuration the typo came from, read again
+at the next boot.
+
+TLS material is named the same way, by path: ``teeth_agent.tls.ca_file=``,
+``teeth_agent.tls.cert_file=`` and ``teeth_agent.tls.key_file=`` point at
+files some boot step put in place (the ramdisk's init copies a machine's
+certificate from virtual media with ``teeth_ramdisk.tls_media=``, see
+docs/ramdisk.md); ``teeth_agent.tls.enabled=false`` turns TLS off (with
+the start-up WARNING). The certificates themselves never travel on the
+command line, which any local user can read.
 
 Nothing happens when the command line has no ``teeth_agent.`` word, which
 is the case on any machine that did not boot the ramdisk.
@@ -29,6 +45,8 @@ import os
 import tempfile
 
 from oslo_config import cfg
+
+from teeth_agent.conf import strict
 
 LOG = logging.getLogger(__name__)
 
@@ -120,40 +138,104 @@ def _known(conf, group, name):
     return name in set(conf[group])
 
 
+def _hint(suggestion):
+    """The "did you mean" of a kernel command line word."""
+    if suggestion is None:
+        return ""
+    section, option = suggestion
+    if option is None:
+        return "; did you mean %s%s.<option>?" % (PREFIX, section)
+    if section == "DEFAULT":
+        return "; did you mean %s%s?" % (PREFIX, option)
+    return "; did you mean %s%s.%s?" % (PREFIX, section, option)
+
+
+class Label(strict.Label):
+    """How configuration errors name the file written from the kernel
+    command line: by the words that set its values."""
+
+    def setting(self, section, option, value):
+        word = PREFIX + (option if section == "DEFAULT"
+                         else "%s.%s" % (section, option))
+        return word if value is None else "%s=%s" % (word, value)
+
+
 class KernelCommandLine:
     """The ``teeth_agent.`` options found on a kernel command line.
 
     ``options`` maps a group name (``"DEFAULT"`` for the default group) to
-    ``{option: value}`` of the recognised words; ``ignored`` lists the
-    words (as ``group.name`` or ``name``) that match no option. Build one
-    with :meth:`load`.
+    ``{option: value}`` of the recognised words; ``unknown`` lists the
+    ``(group or None, name)`` of the words that match no option, and
+    ``ignored`` the same as ``group.name`` or ``name``; :meth:`check`
+    refuses them. Build one with :meth:`load`.
     """
 
-    def __init__(self, options, ignored, source):
+    def __init__(self, options, unknown, source):
         self.options = options
-        self.ignored = ignored
+        self.unknown = unknown
         self.source = source
         self.path = None
 
+    @property
+    def ignored(self):
+        return [name if group is None else "%s.%s" % (group, name)
+                for group, name in self.unknown]
+
     @classmethod
-    def load(cls, conf, path=PROC_CMDLINE):
+    def load(cls, conf, path=PROC_CMDLINE, known=None):
         """Read the command line at ``path`` (missing or unreadable: no
         options) and sort its words against the options registered on
-        ``conf`` (register them first)."""
+        ``conf`` (register them first) or, when given, the
+        :class:`~teeth_agent.conf.strict.KnownOptions` ``known``."""
         try:
             with open(path) as stream:
                 text = stream.read()
         except OSError:
             text = ""
         options = {}
-        ignored = []
+        unknown = []
         for group, name, value in parse(text):
-            shown = name if group is None else "%s.%s" % (group, name)
-            if _known(conf, group, name):
+            if known is not None:
+                found = known.has_option(group, name)
+            else:
+                found = _known(conf, group, name)
+            if found:
                 options.setdefault(group or "DEFAULT", {})[name] = value
             else:
-                ignored.append(shown)
-        return cls(options, ignored, path)
+                unknown.append((group, name))
+        return cls(options, unknown, path)
+
+    def check(self, known):
+        """Raise :class:`~teeth_agent.conf.strict.UnknownOptionError` when
+        a word matches no option, naming it and the closest option of
+        ``known`` (a :class:`~teeth_agent.conf.strict.KnownOptions`)."""
+        if not self.unknown:
+            return
+        where = "kernel command line (%s)" % self.source
+        lines = []
+        entries = []
+        for group, name in self.unknown:
+            word = PREFIX + (name if group is None
+                             else "%s.%s" % (group, name))
+            if group is not None and not known.has_section(group):
+                guess = known.suggest_section(group)
+                if guess is not None and known.has_option(guess, name):
+                    suggestion = (guess, name)
+                else:
+                    suggestion = (guess, None) if guess else None
+            else:
+                suggestion = known.suggest_option(group, name)
+            entries.append(strict.Unknown(where, group or "DEFAULT", name,
+                                          suggestion, ()))
+            lines.append("%s: %s matches no option%s"
+                         % (where, word, _hint(suggestion)))
+        raise strict.UnknownOptionError(lines, entries)
+
+    def label(self):
+        """The :class:`Label` naming the written file in configuration
+        errors (call after :meth:`write`)."""
+        return Label("kernel command line (%s, written to %s)"
+                     % (self.source, self.path))
 
     def render(self):
         """The options as the text of an oslo.config file."""

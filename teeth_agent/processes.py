@@ -49,38 +49,49 @@ def _spawn(argv, input_data, timeout, env, binary):
                           check=False)
 
 
+def _hidden(argv, hide):
+    """``argv`` as it may be logged: every argument in ``hide`` (secrets
+    such as a drive password) replaced by a placeholder."""
+    hide = {str(secret) for secret in hide}
+    return [("<hidden>" if arg in hide else arg) for arg in argv]
+
+
 def execute(*argv, check=True, timeout=600, input_data=None, env=None,
-            binary=False, log_level=logging.DEBUG):
+            binary=False, log_level=logging.DEBUG, hide=()):
     """Run ``argv``; return ``(stdout, stderr)``.
 
     ``check`` raises :class:`ProcessError` on a non-zero exit; otherwise the
     caller gets the output and must look at it (use :func:`run` to also get
-    the exit status).
+    the exit status). Arguments listed in ``hide`` never appear in a log
+    line or an error.
     """
     returncode, stdout, stderr = run(*argv, timeout=timeout,
                                      input_data=input_data, env=env,
-                                     binary=binary, log_level=log_level)
+                                     binary=binary, log_level=log_level,
+                                     hide=hide)
     if check and returncode != 0:
-        raise ProcessError(argv, returncode, stdout, stderr)
+        raise ProcessError(_hidden(argv, hide), returncode, stdout, stderr)
     return stdout, stderr
 
 
 def run(*argv, timeout=600, input_data=None, env=None, binary=False,
-        log_level=logging.DEBUG):
+        log_level=logging.DEBUG, hide=()):
     """Run ``argv``; return ``(returncode, stdout, stderr)``.
 
     Raises :class:`ToolNotFound` and, on timeout, :class:`ProcessError`.
+    Arguments listed in ``hide`` never appear in a log line or an error.
     """
     argv = [str(arg) for arg in argv]
     if not argv:
         raise ValueError("no command given")
-    LOG.log(log_level, "running %s", " ".join(argv))
+    shown = _hidden(argv, hide)
+    LOG.log(log_level, "running %s", " ".join(shown))
     try:
         completed = _spawn(argv, input_data, timeout, env, binary)
     except FileNotFoundError:
-        raise ToolNotFound(argv) from None
+        raise ToolNotFound(shown) from None
     except subprocess.TimeoutExpired as exc:
-        raise ProcessError(argv, None, exc.stdout or "", exc.stderr or "",
+        raise ProcessError(shown, None, exc.stdout or "", exc.stderr or "",
                            reason="timed out after %ss" % timeout) from None
     if completed.returncode != 0:
         LOG.log(log_level, "%s exited %s: %s", argv[0], completed.returncode,

@@ -97,12 +97,37 @@ class ResponseTooLarge(WireError):
     code = -32004
 
 
+class Conflict(WireError):
+    """A ``task_id`` sent again with another method or other parameters.
+
+    ``details`` carries ``task_id`` and ``method``, the method of the task
+    that already holds the id.
+    """
+
+    type = "Conflict"
+    code = -32005
+
+
 class RemoteProtocolError(Exception):
     """The peer broke the framing or message rules (its fault)."""
 
 
 class LocalProtocolError(Exception):
     """Our own code used the session wrongly (a bug on this side)."""
+
+
+class LineTooLong(LocalProtocolError):
+    """A message of ours is longer than the peer accepts.
+
+    Raised before anything is written: the caller must send something
+    smaller (or nothing). ``size`` and ``limit`` are in bytes, without the
+    line terminator.
+    """
+
+    def __init__(self, msg, size, limit):
+        super().__init__(msg)
+        self.size = size
+        self.limit = limit
 
 
 # -- messages ----------------------------------------------------------------
@@ -231,6 +256,60 @@ def encode_json(message):
                        allow_nan=False) + "\n").encode("ascii")
 
 
+def encoded_size(value):
+    """Bytes of ``value`` as :func:`encode_json` writes it inside a message.
+
+    The compact encoding puts nothing between the parts of a message, so the
+    size of a message is the sum of the sizes of its parts and their
+    punctuation; callers use it to budget a list against a line limit.
+    """
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=True,
+                          allow_nan=False))
+
+
+def printable(text, limit=500):
+    """Peer-supplied text made safe for a log line.
+
+    The result is a quoted JSON string: control characters, newlines and
+    non-ASCII are escaped, so a peer cannot forge log lines; text beyond
+    ``limit`` characters is cut and the cut is marked.
+    """
+    text = str(text)
+    if len(text) > limit:
+        return json.dumps(text[:limit]) + "... (%d characters)" % len(text)
+    return json.dumps(text)
+
+
+def shorten_to_fit(message, field, room, marker=" [truncated]"):
+    """A copy of ``message`` whose string ``field`` is cut to fit ``room``.
+
+    ``room`` is the largest :func:`encoded_size` the whole message may
+    have. The text is cut at a character boundary and ends with
+    ``marker``. Returns None when even an empty ``field`` does not fit.
+    """
+    text = message.get(field)
+    if encoded_size(message) <= room:
+        return message
+    if not isinstance(text, str):
+        return None
+    shorter = dict(message)
+    low, high = 0, len(text)
+    best = None
+    while low <= high:
+        middle = (low + high) // 2
+        shorter[field] = text[:middle] + marker
+        if encoded_size(shorter) <= room:
+            best = middle
+            low = middle + 1
+        else:
+            high = middle - 1
+    if best is None:
+        shorter[field] = ""
+        return shorter if encoded_size(shorter) <= room else None
+    shorter[field] = text[:best] + marker
+    return shorter
+
+
 class LineSplitter:
     """Cuts a byte stream into lines, enforcing the maximum line length."""
 
@@ -295,10 +374,51 @@ class Session:
         self.closed = False
         self.receive_closed = False
         self.close_reason = None
+        self.peer_max_line_length = None
 
     @property
     def max_line_length(self):
         return self._lines.max_line_length
+
+    def limit_sent_lines(self, limit):
+        """From now on send no line longer than ``limit`` bytes.
+
+        The peer announced the longest line it accepts. Commands that do
+        not fit raise :class:`LineTooLong`; results that do not fit become
+        ``ResponseTooLarge`` error responses.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or \
+                limit < 1:
+            raise LocalProtocolError("a line limit must be a positive int, "
+                                     "not %r" % (limit,))
+        self.peer_max_line_length = limit
+
+    @property
+    def response_limit(self):
+        """The longest response line sent: the peer's announced limit, else
+        our own (a peer that announced none is assumed to match it)."""
+        if self.peer_max_line_length is not None:
+            return self.peer_max_line_length
+        return self.max_line_length
+
+    def room_for_params(self, method, limit=None):
+        """The largest :func:`encoded_size` the params of a ``method``
+        command may have in a line of ``limit`` bytes (default: the peer's
+        announced limit); None when there is no limit."""
+        if limit is None:
+            limit = self.peer_max_line_length
+        if limit is None:
+            return None
+        # The longest id new_id() can produce: prefix, "-", 20 digits.
+        envelope = Command("x" * (len(self._prefix) + 21), method, {})
+        return limit - (len(encode_json(envelope.to_wire())) - 1) + 2
+
+    def room_for_result(self, command_id):
+        """The largest :func:`encoded_size` the result of the answer to
+        ``command_id`` may have."""
+        envelope = Response(command_id, result={})
+        return self.response_limit - (
+            len(encode_json(envelope.to_wire())) - 1) + 2
 
     @property
     def outstanding(self):
@@ -419,6 +539,12 @@ class Session:
         except (TypeError, ValueError) as exc:
             raise LocalProtocolError("params of %s cannot be sent as JSON: "
                                      "%s" % (method, exc)) from None
+        limit = self.peer_max_line_length
+        if limit is not None and len(data) - 1 > limit:
+            raise LineTooLong("a %s command of %d bytes is longer than the "
+                              "%d bytes the peer accepts"
+                              % (method, len(data) - 1, limit),
+                              len(data) - 1, limit)
         self._outstanding[command_id] = method
         return command_id, data
 
@@ -439,26 +565,57 @@ class Session:
             # a set from a plugin): the command still gets its one answer.
             return self.send_error(command_id, InternalError(
                 "the result cannot be sent as JSON: %s" % exc))
-        if len(data) - 1 > self.max_line_length:
+        limit = self.response_limit
+        if len(data) - 1 > limit:
             return self.send_error(command_id, ResponseTooLarge(
-                "the result is larger than the %d-byte line limit"
-                % self.max_line_length))
+                "the result of %d bytes is larger than the %d-byte line "
+                "limit" % (len(data) - 1, limit),
+                details={"size": len(data) - 1, "limit": limit}))
         return data
 
     def send_error(self, command_id, error):
+        """Bytes of an error response.
+
+        An error that does not fit the line limit is replaced by a short
+        ``ResponseTooLarge`` naming its type; raises :class:`LineTooLong`
+        when not even that fits (an id longer than the limit).
+        """
         self._check_open()
         if isinstance(error, WireError):
             error = error.to_dict()
         try:
-            return encode_json(Response(command_id, error=error).to_wire())
+            data = encode_json(Response(command_id, error=error).to_wire())
         except (TypeError, ValueError) as exc:
-            return encode_json(Response(command_id, error=InternalError(
+            data = encode_json(Response(command_id, error=InternalError(
                 "the error cannot be sent as JSON: %s" % exc).to_dict()
             ).to_wire())
+        limit = self.response_limit
+        if len(data) - 1 > limit:
+            kind = error.get("type") if isinstance(error, dict) else None
+            if not isinstance(kind, str) or len(kind) > 64:
+                kind = "original"
+            too_large = ResponseTooLarge(
+                "the %s error response of %d bytes is larger than the "
+                "%d-byte line limit" % (kind, len(data) - 1, limit))
+            data = encode_json(Response(
+                command_id, error=too_large.to_dict()).to_wire())
+            if len(data) - 1 > limit:
+                raise LineTooLong("the id of command %.64s... is too long "
+                                  "to answer" % command_id, len(data) - 1,
+                                  limit)
+        return data
 
     def send_fatal(self, reason):
-        """Bytes of a fatal error; the session is closed afterwards."""
-        data = encode_json(FatalError(reason).to_wire())
+        """Bytes of a fatal error; the session is closed afterwards.
+
+        A reason too long for the peer's line limit is cut to fit.
+        """
+        message = FatalError(reason).to_wire()
+        limit = self.peer_max_line_length
+        if limit is not None:
+            message = shorten_to_fit(message, "fatal_error", limit) or \
+                {"fatal_error": ""}
+        data = encode_json(message)
         self._close(reason)
         return data
 

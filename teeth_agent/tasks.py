@@ -28,6 +28,49 @@ ERROR = "error"
 COMPLETE = "complete"
 TERMINAL = (ERROR, COMPLETE)
 
+#: The longest ``msg`` a task summary carries, in characters; the full
+#: message travels in the final ``task_status``.
+SUMMARY_MSG_LENGTH = 256
+
+
+def params_digest(method, params):
+    """The sha256 (hex) of a command's method and checked params.
+
+    Canonical JSON (sorted keys, no spaces, ASCII) so that equal parameters
+    give equal digests however the endpoint ordered or spaced them.
+    """
+    canonical = json.dumps({"method": method, "params": params},
+                           sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=True, default=repr)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def shrink_status(status, room):
+    """A ``task_status`` params object whose size fits ``room`` bytes.
+
+    An oversized ``result`` (of ``complete``) or ``details`` (of
+    ``error``) is replaced by the stand-in ``{"truncated": true, "size": N,
+    "limit": L, "msg": ...}``, N being the size of what was left out; a
+    ``msg`` still too long is cut. Returns None when nothing fits (a room
+    smaller than the task's id).
+    """
+    if protocol.encoded_size(status) <= room:
+        return status
+    status = dict(status)
+    for key in ("result", "details"):
+        if key in status:
+            size = protocol.encoded_size(status[key])
+            status[key] = {
+                "truncated": True, "size": size, "limit": room,
+                "msg": "the %s of %d bytes does not fit the endpoint's "
+                       "line limit; the agent keeps it in its state "
+                       "directory" % (key, size)}
+    if protocol.encoded_size(status) <= room:
+        return status
+    if isinstance(status.get("msg"), str):
+        return protocol.shorten_to_fit(status, "msg", room)
+    return None
+
 
 def _check_json(what, value):
     """Raise TypeError unless ``value`` can be sent on the wire as JSON."""
@@ -36,6 +79,12 @@ def _check_json(what, value):
     except (TypeError, ValueError) as exc:
         raise TypeError("the task's %s cannot be sent as JSON: %s"
                         % (what, exc)) from None
+
+
+def _started_key(record):
+    started = record.get("started")
+    return started if isinstance(started, (int, float)) and \
+        not isinstance(started, bool) else 0
 
 
 class TaskFailed(Exception):
@@ -108,10 +157,14 @@ class Task:
     it may be called from any thread.
     """
 
-    def __init__(self, registry, task_id, method, exclusive, clock):
+    def __init__(self, registry, task_id, method, exclusive, clock,
+                 params_digest=None):
         self._registry = registry
         self.task_id = task_id
         self.method = method
+        # None for a task restored from a record written before digests
+        # were kept: then only the method can be compared.
+        self.params_digest = params_digest
         self.exclusive = exclusive
         self.state = RUNNING
         self.percent = 0.0
@@ -164,9 +217,31 @@ class Task:
             status["result"] = self.result if self.result is not None else {}
         return status
 
+    def summary(self):
+        """The task as listed in the handshake and ``status``: no result,
+        no details, a bounded ``msg``; its size does not depend on what
+        the task produced."""
+        summary = {"task_id": self.task_id, "method": self.method,
+                   "state": self.state, "percent": round(self.percent, 2)}
+        if self.state == ERROR:
+            msg = self.msg or ""
+            if len(msg) > SUMMARY_MSG_LENGTH:
+                msg = msg[:SUMMARY_MSG_LENGTH] + " [truncated]"
+            summary["msg"] = msg
+        return summary
+
+    def matches(self, method, digest):
+        """True when ``method`` with params of ``digest`` is this task's
+        command (a repeat, not a reuse of the id for other work)."""
+        if method != self.method:
+            return False
+        return self.params_digest is None or digest is None or \
+            digest == self.params_digest
+
     def record(self):
         """The task as kept in the state directory."""
         return {"task_id": self.task_id, "method": self.method,
+                "params_digest": self.params_digest,
                 "state": self.state, "msg": self.msg, "result": self.result,
                 "details": self.details, "started": self.started,
                 "finished": self.finished,
@@ -189,15 +264,18 @@ class TaskRegistry:
 
     # -- starting ------------------------------------------------------------
 
-    def start(self, task_id, method, body, exclusive=False):
+    def start(self, task_id, method, body, exclusive=False,
+              params_digest=None):
         """Start ``body(task)`` in a new thread; return ``(task, created)``.
 
-        An existing ``task_id`` returns that task and does not start work
-        again. Raises :class:`protocol.Busy` when ``exclusive`` and another
-        exclusive task is running.
+        An existing ``task_id`` of the same method and params (see
+        :meth:`existing`) returns that task and does not start work again.
+        Raises :class:`protocol.Conflict` when the id belongs to other work,
+        :class:`protocol.Busy` when ``exclusive`` and another exclusive task
+        is running.
         """
         with self._lock:
-            existing = self._tasks.get(task_id)
+            existing = self.existing(task_id, method, params_digest)
             if existing is not None:
                 return existing, False
             if exclusive:
@@ -209,7 +287,8 @@ class TaskRegistry:
                             % (other.task_id, other.method),
                             details={"task_id": other.task_id,
                                      "method": other.method})
-            task = Task(self, task_id, method, exclusive, self._clock)
+            task = Task(self, task_id, method, exclusive, self._clock,
+                        params_digest=params_digest)
             self._tasks[task_id] = task
             self._persist(task)
         self._notify(task)
@@ -321,10 +400,35 @@ class TaskRegistry:
         with self._lock:
             return self._tasks.get(task_id)
 
+    def existing(self, task_id, method, params_digest):
+        """The task holding ``task_id`` when it is this very command.
+
+        Returns None when the id is free. Raises :class:`protocol.Conflict`
+        when the id belongs to a task of another method, or of the same
+        method with other params (by digest; a task restored from an older
+        record without one is compared by method only).
+        """
+        with self._lock:
+            task = self._tasks.get(task_id)
+        if task is None or task.matches(method, params_digest):
+            return task
+        other = "other parameters" if method == task.method else \
+            "another method"
+        raise protocol.Conflict(
+            "task_id %s is already used by a %s task (%s); it was sent "
+            "again with %s" % (task_id, task.method, task.state, other),
+            details={"task_id": task_id, "method": task.method})
+
     def statuses(self):
-        """Every known task's latest state, oldest first."""
+        """Every known task's latest full state, oldest first."""
         with self._lock:
             return [task.status() for task in self._tasks.values()]
+
+    def summaries(self):
+        """Every known task's summary (:meth:`Task.summary`), oldest
+        first."""
+        with self._lock:
+            return [task.summary() for task in self._tasks.values()]
 
     def undelivered(self):
         """``(task, version, status)`` for tasks whose latest state the
@@ -386,16 +490,28 @@ class TaskRegistry:
                 continue
             try:
                 with open(os.path.join(self._state_dir, name)) as stream:
-                    records.append(json.load(stream))
+                    record = json.load(stream)
             except (OSError, ValueError) as exc:
                 LOG.warning("ignoring unreadable task record %s: %s",
                             name, exc)
-        records.sort(key=lambda record: record.get("started") or 0)
+                continue
+            if not isinstance(record, dict):
+                LOG.warning("ignoring task record %s: not an object", name)
+                continue
+            records.append(record)
+        records.sort(key=_started_key)
         for record in records:
             try:
                 task = Task(self, record["task_id"], record["method"],
-                            False, self._clock)
-            except (KeyError, TypeError):
+                            False, self._clock,
+                            params_digest=record.get("params_digest"))
+            except (KeyError, TypeError, AttributeError):
+                continue
+            if not isinstance(task.task_id, str) or \
+                    not isinstance(task.method, str) or \
+                    not isinstance(task.params_digest, (str, type(None))):
+                LOG.warning("ignoring a task record with bad fields: %.200r",
+                            record)
                 continue
             task.started = record.get("started") or task.started
             if record.get("state") in TERMINAL:
@@ -404,6 +520,8 @@ class TaskRegistry:
                 task.result = record.get("result")
                 task.details = record.get("details")
                 task.finished = record.get("finished")
+                if task.state == COMPLETE:
+                    task.percent = 100.0
             else:
                 task.state = ERROR
                 task.msg = ("the agent stopped while this task was running; "

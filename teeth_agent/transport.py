@@ -203,33 +203,71 @@ class ThreadBridge:
 
 # -- sockets -----------------------------------------------------------------
 
-def client_tls_context(ca_file=None, cert_file=None, key_file=None,
-                       check_hostname=True):
-    """A TLS context for the agent: verifies the server, never plaintext."""
+TLS_VERSIONS = {"1.2": _std_ssl.TLSVersion.TLSv1_2,
+                "1.3": _std_ssl.TLSVersion.TLSv1_3}
+
+
+class TLSContextError(ValueError):
+    """A TLS context cannot be built: a file is missing, unreadable or
+    not what it should be."""
+
+
+def _load(what, path, loader):
+    try:
+        loader()
+    except (OSError, ValueError) as exc:
+        # ssl.SSLError is an OSError; a wrong password or format a
+        # ValueError or SSLError. One line naming the file.
+        raise TLSContextError("cannot load the %s %s: %s"
+                              % (what, path, exc)) from None
+
+
+def _minimum(version):
+    try:
+        return TLS_VERSIONS[version]
+    except KeyError:
+        raise TLSContextError("unknown TLS version %r (choose from %s)"
+                              % (version, ", ".join(sorted(TLS_VERSIONS))))
+
+
+def client_tls_context(ca_file, cert_file=None, key_file=None,
+                       check_hostname=True, minimum_version="1.2"):
+    """A TLS context for the agent: it verifies the server against
+    ``ca_file`` only (never the system's store) and never goes below
+    ``minimum_version``. Raises :class:`TLSContextError`."""
+    if not ca_file:
+        raise TLSContextError("a TLS client needs a CA file to verify the "
+                              "endpoint with")
     context = green_ssl.SSLContext(_std_ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = _std_ssl.TLSVersion.TLSv1_2
+    context.minimum_version = _minimum(minimum_version)
     context.check_hostname = check_hostname
     context.verify_mode = _std_ssl.CERT_REQUIRED
-    if ca_file:
-        context.load_verify_locations(cafile=ca_file)
-    else:
-        context.load_default_certs()
+    _load("CA file", ca_file,
+          lambda: context.load_verify_locations(cafile=ca_file))
     if cert_file:
-        context.load_cert_chain(cert_file, key_file)
+        _load("client certificate", cert_file,
+              lambda: context.load_cert_chain(cert_file, key_file))
     return context
 
 
-def server_tls_context(cert_file, key_file, ca_file=None,
-                       require_client_cert=False):
-    """A TLS context for the endpoint; with ``require_client_cert`` only
-    agents presenting a certificate signed by ``ca_file`` get through."""
+def server_tls_context(cert_file, key_file=None, ca_file=None,
+                       require_client_cert=False, minimum_version="1.2"):
+    """A TLS context for the endpoint. With ``ca_file`` agents are asked
+    for a certificate signed by it (one that does not verify is refused);
+    with ``require_client_cert`` only agents presenting one get through.
+    Raises :class:`TLSContextError`."""
+    if require_client_cert and not ca_file:
+        raise TLSContextError("requiring client certificates needs a CA "
+                              "file to verify them with")
     context = green_ssl.SSLContext(_std_ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = _std_ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert_file, key_file)
+    context.minimum_version = _minimum(minimum_version)
+    _load("server certificate", cert_file,
+          lambda: context.load_cert_chain(cert_file, key_file))
     if ca_file:
-        context.load_verify_locations(cafile=ca_file)
-    if require_client_cert:
-        context.verify_mode = _std_ssl.CERT_REQUIRED
+        _load("client CA file", ca_file,
+              lambda: context.load_verify_locations(cafile=ca_file))
+        context.verify_mode = (_std_ssl.CERT_REQUIRED if require_client_cert
+                               else _std_ssl.CERT_OPTIONAL)
     return context
 
 
@@ -412,6 +450,8 @@ class Connection:
         self._waiters = {}
         self._closed = Event()
         self.close_reason = None
+        # The text of a fatal_error the peer sent (its reason for closing).
+        self.fatal_error_received = None
         self.last_received = monotonic()
         self.last_sent = monotonic()
         self.created = monotonic()
@@ -601,7 +641,9 @@ class Connection:
             except Exception:
                 pass
         elif isinstance(event, protocol.FatalErrorReceived):
-            LOG.warning("%s sent a fatal error: %r", self.name, event.message)
+            self.fatal_error_received = event.message
+            LOG.warning("%s sent a fatal error: %s", self.name,
+                        protocol.printable(event.message))
         elif isinstance(event, protocol.ConnectionClosed):
             if event.partial:
                 LOG.debug("%s closed in the middle of a line", self.name)

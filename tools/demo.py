@@ -1,9 +1,11 @@
 """The teeth-agent demo: an endpoint and an agent on 127.0.0.1.
 
-Starts an endpoint (in this process) and a real agent process, shows the
-handshake, a ping and the status, then, as root, runs a decommission and
-standby cycle on loop devices the demo creates: quality control, secure
-erase, image caching, image write, config drive and a simulated kexec.
+Starts an endpoint (in this process) and a real agent process talking TLS,
+as they do by default, with a throwaway certificate authority made for the
+run (:mod:`teeth_agent.pki`), shows the handshake, a ping and the status,
+then, as root, runs a decommission and standby cycle on loop devices the
+demo creates: quality control, secure erase, image caching, image write,
+config drive and a simulated kexec.
 Everything it creates (processes, loop devices, files) is removed at the
 end, also after a failure or Ctrl-C.
 """
@@ -23,6 +25,7 @@ sys.path.insert(0, ROOT)
 
 from teeth_agent.cmd import endpoint as endpoint_cli  # noqa: E402
 from teeth_agent import endpoint as endpoint_mod  # noqa: E402
+from teeth_agent import pki  # noqa: E402
 from teeth_agent import transport  # noqa: E402
 from tools import demo_cycle  # noqa: E402
 from tools import demo_output  # noqa: E402
@@ -40,9 +43,10 @@ class Demo:
         self.cycle = None
         self._bar_live = False
 
-    def agent_config(self, port, include):
+    def agent_config(self, port, include, ca_file):
         path = os.path.join(self.workdir, "agent.conf")
         with open(path, "w") as stream:
+            stream.write("[tls]\nca_file = %s\n" % ca_file)
             stream.write("[DEFAULT]\n"
                          "endpoints = 127.0.0.1:%d\n"
                          "state_dir = %s\n"
@@ -97,10 +101,14 @@ class Demo:
 
     def run(self):
         heading("starting an endpoint on 127.0.0.1")
-        self.endpoint = endpoint_mod.Endpoint(host="127.0.0.1", port=0)
+        ca, server = pki.make_throwaway(os.path.join(self.workdir, "pki"))
+        self.endpoint = endpoint_mod.Endpoint(
+            host="127.0.0.1", port=0, tls_context=transport.server_tls_context(
+                server.cert_path, server.key_path))
         self.endpoint.subscribe(self.on_event)
         port = self.endpoint.start()
-        print("   listening on 127.0.0.1:%d" % port)
+        print("   listening on 127.0.0.1:%d over TLS (certificate from a "
+              "throwaway CA: %s)" % (port, ca.cert_path))
 
         include = ["/nonexistent"]
         if self.full_cycle:
@@ -110,7 +118,7 @@ class Demo:
                   % (", ".join(include), self.cycle.devices.directory))
 
         heading("starting an agent process")
-        config = self.agent_config(port, include)
+        config = self.agent_config(port, include, ca.cert_path)
         log_path = os.path.join(self.workdir, "agent.log")
         self.agent_process = subprocess.Popen(
             [sys.executable, "-m", "teeth_agent.cmd.agent",
@@ -125,9 +133,9 @@ class Demo:
             with open(log_path) as stream:
                 print(stream.read()[-3000:])
             raise RuntimeError("the agent did not connect")
-        print("   agent %s connected after %.2fs (pid %d)"
+        print("   agent %s connected after %.2fs (pid %d) over %s"
               % (agent.agent_id, time.monotonic() - started,
-                 self.agent_process.pid))
+                 self.agent_process.pid, agent.connection.sock.version()))
 
         heading("handshake (agent -> endpoint)")
         show(agent.handshake)

@@ -5,6 +5,7 @@ option values, load hardware managers and extensions, then serve.
 """
 
 import logging as std_logging
+import os
 import sys
 
 from oslo_config import cfg
@@ -12,11 +13,14 @@ from oslo_log import log
 
 from teeth_agent import agent as agent_mod
 from teeth_agent import conf as teeth_conf
+from teeth_agent.conf import strict
+from teeth_agent.conf import tls as conf_tls
 from teeth_agent import extensions
 from teeth_agent.extensions import base as ext_base
 from teeth_agent import hardware
 from teeth_agent import kernel_cmdline
 from teeth_agent import power
+from teeth_agent import session_tokens
 from teeth_agent import tasks
 from teeth_agent import transport
 
@@ -39,32 +43,49 @@ def prepare(argv=None, kernel_cmdline_path=kernel_cmdline.PROC_CMDLINE):
 
     ``teeth_agent.*`` words on the kernel command line (read from
     ``kernel_cmdline_path``) override the config files; see
-    :mod:`teeth_agent.kernel_cmdline`."""
+    :mod:`teeth_agent.kernel_cmdline`.
+
+    The configuration is strict (:mod:`teeth_agent.conf.strict`): a
+    missing file, an unknown section, option or kernel command line word,
+    or a bad value raises :class:`~teeth_agent.conf.strict.ConfigError`
+    before anything else happens."""
     conf = cfg.ConfigOpts()
     teeth_conf.register_agent_opts(conf)
     conf.register_cli_opts(cli_opts)
     log.register_options(conf)
+    known = strict.KnownOptions.for_conf(conf, strict.AGENT_NAMESPACES,
+                                         plugins=True)
     boot_options = kernel_cmdline.KernelCommandLine.load(
-        conf, kernel_cmdline_path)
+        conf, kernel_cmdline_path, known=known)
+    boot_options.check(known)
     args = boot_options.extend_args(
         sys.argv[1:] if argv is None else argv, "teeth-agent", "teeth-agent")
-    conf(args, project="teeth-agent", prog="teeth-agent")
-    log.setup(conf, "teeth-agent")
+    labels = {}
+    if boot_options.path:
+        labels[os.path.abspath(boot_options.path)] = boot_options.label()
+    strict.load(conf, args, project="teeth-agent", prog="teeth-agent",
+                known=known, labels=labels)
+    strict.setup_logging(conf, "teeth-agent")
     boot_options.log_outcome()
     return conf
 
 
 def tls_context(conf):
-    if not conf.tls.enabled:
+    """The agent's TLS context, None for an explicit plaintext link.
+
+    Raises ValueError (:class:`conf_tls.TLSConfigError`,
+    :class:`transport.TLSContextError`) for settings that do not fit."""
+    settings = conf_tls.agent_settings(conf)
+    if settings is None:
         return None
-    return transport.client_tls_context(
-        ca_file=conf.tls.ca_file, cert_file=conf.tls.cert_file,
-        key_file=conf.tls.key_file, check_hostname=conf.tls.check_hostname)
+    return transport.client_tls_context(**settings)
 
 
 def build_agent(conf):
     """Load managers and extensions and build the :class:`Agent`."""
     from teeth_agent.hardware import inventory
+    # First: a TLS mistake is reported before any hardware is touched.
+    tls = tls_context(conf)
     dispatcher = hardware.load_managers(conf)
     registry = tasks.TaskRegistry(history=conf.task_history,
                                   state_dir=conf.state_dir or None)
@@ -74,13 +95,17 @@ def build_agent(conf):
                                         controller, agent_id)
     loaded = extensions.load_extensions(conf.enabled_extensions, context)
     summary = inventory.hardware_summary(dispatcher)
+    tokens = session_tokens.SessionTokens(agent_id, conf.state_dir or None)
     return agent_mod.Agent(conf, dispatcher, loaded, registry, controller,
                            agent_id, hardware_summary=summary,
-                           tls_context=tls_context(conf))
+                           tls_context=tls, session_tokens=tokens)
 
 
 def main(argv=None):
-    conf = prepare(argv)
+    try:
+        conf = prepare(argv)
+    except strict.ConfigError as exc:
+        return strict.exit_status(exc, "teeth-agent", sys.stderr)
     if conf.action == "inventory":
         from teeth_agent.cmd import inventory as inventory_cmd
         return inventory_cmd.main(conf)

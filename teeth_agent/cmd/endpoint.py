@@ -15,8 +15,10 @@ from oslo_config import cfg
 from oslo_log import log
 
 from teeth_agent import conf as teeth_conf
+from teeth_agent.conf import strict
 from teeth_agent import control
 from teeth_agent import endpoint as endpoint_mod
+from teeth_agent import pki
 from teeth_agent import protocol
 from teeth_agent import transport
 
@@ -45,6 +47,35 @@ def add_parsers(subparsers):
                       help="seconds to wait for a task to end")
     call.add_argument("--no-follow", action="store_true",
                       help="return at once for task commands")
+    issue_ca = subparsers.add_parser(
+        "issue-ca", help="create a certificate authority (ca.pem, "
+                         "ca-key.pem) for the endpoint and agents")
+    issue_ca.add_argument("directory", help="where to write it (created)")
+    issue_ca.add_argument("--name", dest="ca_name", default="teeth-agent CA",
+                          help="the CA's common name")
+    issue_ca.add_argument("--days", type=int, default=pki.DEFAULT_CA_DAYS,
+                          help="validity in days")
+    issue = subparsers.add_parser(
+        "issue-cert", help="issue the endpoint's server certificate "
+                           "(--server) or one machine's client certificate "
+                           "(--agent-id) with a CA from issue-ca")
+    issue.add_argument("--ca-cert", required=True, help="the CA's ca.pem")
+    issue.add_argument("--ca-key", required=True,
+                       help="the CA's ca-key.pem")
+    issue.add_argument("--out", required=True,
+                       help="the directory to write the certificate and its "
+                            "key (mode 0600) to")
+    which = issue.add_mutually_exclusive_group(required=True)
+    which.add_argument("--agent-id",
+                       help="a client certificate naming this agent "
+                            "(SAN URI teeth-agent:ID): agent.pem, "
+                            "agent-key.pem")
+    which.add_argument("--server", action="append", metavar="HOST",
+                       help="a server certificate for this DNS name or IP "
+                            "address (repeatable): endpoint.pem, "
+                            "endpoint-key.pem")
+    issue.add_argument("--days", type=int, default=pki.DEFAULT_DAYS,
+                       help="validity in days")
 
 
 cli_opts = [cfg.SubCommandOpt("command", title="commands",
@@ -52,13 +83,20 @@ cli_opts = [cfg.SubCommandOpt("command", title="commands",
 
 
 def prepare(argv=None):
+    """Register options, parse the command line and config files, set up
+    logging; returns the ConfigOpts.
+
+    The configuration is strict (:mod:`teeth_agent.conf.strict`), for
+    every subcommand: a missing file, an unknown section or option or a
+    bad value raises :class:`~teeth_agent.conf.strict.ConfigError`."""
     conf = cfg.ConfigOpts()
     teeth_conf.register_endpoint_opts(conf)
     conf.register_cli_opts(cli_opts)
     log.register_options(conf)
-    conf(sys.argv[1:] if argv is None else argv, project="teeth-agent",
-         prog="teeth-endpoint")
-    log.setup(conf, "teeth-endpoint")
+    known = strict.KnownOptions.for_conf(conf, strict.ENDPOINT_NAMESPACES)
+    strict.load(conf, sys.argv[1:] if argv is None else argv,
+                project="teeth-agent", prog="teeth-endpoint", known=known)
+    strict.setup_logging(conf, "teeth-endpoint")
     return conf
 
 
@@ -77,10 +115,38 @@ def raise_file_limit():
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+def issue(conf):
+    """``issue-ca`` and ``issue-cert``: exit 2 with one line on failure."""
+    args = conf.command
+    try:
+        if args.name == "issue-ca":
+            made = pki.make_ca(args.directory, common_name=args.ca_name,
+                               days=args.days)
+        else:
+            ca = pki.load(args.ca_cert, args.ca_key)
+            if args.agent_id:
+                made = pki.make_agent_certificate(ca, args.agent_id,
+                                                  args.out, days=args.days)
+            else:
+                made = pki.make_server_certificate(ca, args.server, args.out,
+                                                   days=args.days)
+    except pki.PKIError as exc:
+        print("teeth-endpoint: %s" % exc, file=sys.stderr)
+        return 2
+    print(made.cert_path)
+    print(made.key_path)
+    return 0
+
+
 def serve(conf):
     limit = raise_file_limit()
     LOG.info("open-file limit %d (each agent needs one)", limit)
-    endpoint = endpoint_mod.Endpoint.from_conf(conf)
+    try:
+        endpoint = endpoint_mod.Endpoint.from_conf(conf)
+    except ValueError as exc:
+        LOG.error("cannot start: %s", exc)
+        print("teeth-endpoint: cannot start: %s" % exc, file=sys.stderr)
+        return 2
     endpoint.start()
     server = control.ControlServer(endpoint, conf.endpoint.control_socket)
     server.start()
@@ -293,12 +359,17 @@ def call(conf):
 
 
 def main(argv=None):
-    conf = prepare(argv)
+    try:
+        conf = prepare(argv)
+    except strict.ConfigError as exc:
+        return strict.exit_status(exc, "teeth-endpoint", sys.stderr)
     command = conf.command.name
     if command == "serve":
         return serve(conf)
     if command == "agents":
         return list_agents(conf)
+    if command in ("issue-ca", "issue-cert"):
+        return issue(conf)
     return call(conf)
 
 

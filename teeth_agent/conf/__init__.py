@@ -2,7 +2,9 @@
 
 Options are registered on a :class:`oslo_config.cfg.ConfigOpts` that the
 caller owns (the console scripts build one; tests build their own), never on
-a module-level global.
+a module-level global. The console scripts load them through
+:mod:`teeth_agent.conf.strict`, which refuses unknown sections and options,
+bad values and missing files before anything starts.
 """
 
 from teeth_agent.conf import agent

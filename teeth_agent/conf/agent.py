@@ -32,7 +32,9 @@ opts = [
         help="Seconds to wait before the first reconnection attempt after a "
              "connection is lost or refused. Each further failed attempt "
              "doubles the delay, with random jitter, up to "
-             "reconnect_max_delay."),
+             "reconnect_max_delay. A link counts as failed unless it stayed "
+             "up, handshake done, for keepalive_interval seconds; only such "
+             "a link resets the delay."),
     cfg.FloatOpt(
         "reconnect_max_delay",
         default=30.0,
@@ -96,8 +98,10 @@ opts = [
         default="/var/lib/teeth-agent",
         help="Directory where the agent keeps the state of its tasks, so that "
              "after a restart it can report a task that was running when it "
-             "stopped as failed instead of forgetting it. An empty value "
-             "keeps the state in memory only."),
+             "stopped as failed instead of forgetting it, and the session "
+             "tokens endpoints issued to it (session-tokens.json, mode "
+             "0600), so that it can prove its identity after a restart. An "
+             "empty value keeps the state in memory only."),
     cfg.StrOpt(
         "log_forward_level",
         default="INFO",

@@ -15,17 +15,28 @@ opts = [
     cfg.ListOpt(
         "erase_methods",
         item_type=types.String(choices=erase.KNOWN_METHODS),
-        default=["nvme_sanitize_crypto", "nvme_sanitize_block",
-                 "nvme_format_crypto", "nvme_format_user",
-                 "ata_sanitize_crypto", "ata_sanitize_block",
-                 "ata_security_erase_enhanced", "ata_security_erase",
-                 "scsi_sanitize_crypto", "scsi_sanitize_block",
-                 "nvme_sanitize_overwrite", "ata_sanitize_overwrite",
-                 "scsi_sanitize_overwrite", "overwrite"],
+        default=list(erase.DEFAULT_METHOD_ORDER),
         help="The erase methods the agent may use, in order of preference. "
              "For each device the first method in this list that the device "
-             "supports is used. Remove a method to forbid it; keep "
-             "overwrite last as the universal fallback."),
+             "supports (and that meets minimum_nist_category) is used; a "
+             "list given here is used in the order given. The default is "
+             "every known method, strongest first: the NIST SP 800-88 Purge "
+             "methods before the Clear ones, overwrite last as the universal "
+             "fallback. Remove a method to forbid it."),
+    cfg.StrOpt(
+        "minimum_nist_category",
+        default="purge",
+        choices=[("purge", "A device that supports a Purge method must be "
+                  "purged: if no allowed Purge method succeeds, the device "
+                  "fails. A device that supports no Purge method (a loop or "
+                  "virtual disk) gets its best Clear method, and its result "
+                  "says that no Purge was offered."),
+                 ("clear", "Any method in erase_methods is acceptable, also "
+                  "a Clear method on a device that could be purged.")],
+        help="The weakest NIST SP 800-88 category an erase may reach. A "
+             "device that cannot reach it fails instead of silently getting "
+             "less; the result of decom.disk_erase says which category each "
+             "device got."),
     cfg.IntOpt(
         "erase_concurrency",
         default=4,

@@ -3,6 +3,7 @@
 from oslo_config import cfg
 
 from teeth_agent.conf import group as conf_group
+from teeth_agent.conf import tls as conf_tls
 from teeth_agent import protocol
 
 group = cfg.OptGroup(
@@ -29,23 +30,36 @@ opts = [
              "root) are served."),
     cfg.BoolOpt(
         "tls_enabled",
-        default=False,
-        help="Accept agents over TLS only."),
+        default=True,
+        help="Accept agents over TLS only, with tls_cert_file and "
+             "tls_key_file. Turning it off accepts agents in plaintext: "
+             "anyone on the network can read and forge their traffic; the "
+             "endpoint logs a WARNING at start-up when it is off."),
     cfg.StrOpt(
         "tls_cert_file",
-        help="The endpoint's PEM certificate (required with tls_enabled)."),
+        help="The endpoint's PEM certificate, naming the host names and "
+             "addresses agents connect to (teeth-endpoint issue-cert "
+             "--server makes one). Required with tls_enabled."),
     cfg.StrOpt(
         "tls_key_file",
-        help="The PEM private key of tls_cert_file."),
+        help="The PEM private key of tls_cert_file. Required unless the key "
+             "is in tls_cert_file itself."),
     cfg.StrOpt(
         "tls_ca_file",
         help="A PEM file of the authorities that sign agents' client "
-             "certificates, used with tls_require_client_cert."),
+             "certificates. With tls_require_client_cert every agent must "
+             "present one; without it a certificate is asked for but "
+             "optional, and one that does not verify is refused."),
     cfg.BoolOpt(
         "tls_require_client_cert",
         default=False,
         help="Mutual TLS: refuse agents that do not present a certificate "
-             "signed by tls_ca_file."),
+             "signed by tls_ca_file (which it requires)."),
+    cfg.StrOpt(
+        "tls_minimum_version",
+        default="1.2",
+        choices=conf_tls.MINIMUM_VERSIONS,
+        help="The oldest TLS version the endpoint accepts from agents."),
     cfg.IntOpt(
         "max_line_length",
         default=protocol.DEFAULT_MAX_LINE_LENGTH,

@@ -15,6 +15,7 @@ one.
 """
 
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import tempfile
@@ -44,8 +45,36 @@ class NoEraseMethod(Exception):
         self.skipped = skipped
 
 
-def plan_erase(capabilities, allowed, requested=None, allow_fallback=False):
-    """Choose the methods to try on one device, in order.
+#: ``[decom] minimum_nist_category`` values and the categories they name.
+_MINIMUM = {"clear": erase.CLEAR, "purge": erase.PURGE}
+
+
+def _category(method):
+    known = erase.METHODS.get(method)
+    return known.nist_category if known else None
+
+
+@dataclasses.dataclass
+class ErasePlan:
+    """The methods to try on one device, in order, and why.
+
+    ``skipped`` lists ``{"method", "reason"}`` for every allowed method
+    before the first candidate that is not used; ``downgraded_from`` is the
+    requested method when the device cannot do it (else None);
+    ``required`` the NIST category the erase must reach; ``purge_offered``
+    the Purge methods the device supports (allowed or not).
+    """
+
+    candidates: list
+    skipped: list
+    downgraded_from: str
+    required: str
+    purge_offered: list
+
+
+def plan_erase(capabilities, allowed, requested=None, allow_fallback=False,
+               minimum=erase.CLEAR):
+    """Choose the methods to try on one device: an :class:`ErasePlan`.
 
     ``capabilities`` is what the managers answered for
     ``get_erase_capabilities`` (a list of names, possibly an
@@ -55,25 +84,42 @@ def plan_erase(capabilities, allowed, requested=None, allow_fallback=False):
     requested method alone, unless ``allow_fallback``: then the supported
     allowed methods after it in config order follow it.
 
-    Returns ``(candidates, skipped, downgraded_from)``: ``skipped`` lists
-    ``{"method", "reason"}`` for every allowed method before the first
-    candidate that the device cannot do; ``downgraded_from`` is the
-    requested method when the device cannot do it (else None). Raises
-    :class:`NoEraseMethod` when there is no candidate.
+    ``minimum`` is the weakest acceptable NIST category where the device
+    offers a method of that category: with :data:`erase.PURGE`, a device
+    that supports any Purge method may only get a Purge method (Clear ones
+    are skipped, saying why), and a device that supports none gets its best
+    Clear method. Raises :class:`NoEraseMethod` when there is no candidate.
     """
     supported = set(capabilities)
     reasons = getattr(capabilities, "unsupported", None) or {}
+    purge_offered = [method for method in capabilities
+                     if _category(method) == erase.PURGE]
+    required = erase.PURGE if minimum == erase.PURGE and purge_offered \
+        else erase.CLEAR
+
+    def too_weak(method):
+        return erase.category_rank(_category(method)) < \
+            erase.category_rank(required)
+
+    def usable(method):
+        return method in supported and not too_weak(method)
 
     def reason(method):
+        if method in supported:
+            return ("it reaches only %s, and the device offers Purge (%s) "
+                    "while [decom] minimum_nist_category is purge"
+                    % (_category(method) or "an unknown NIST category",
+                       ", ".join(purge_offered)))
         return reasons.get(method, "the device does not support it "
                            "(no hardware manager offers it)")
 
-    if requested is not None and requested in supported:
+    if requested is not None and usable(requested):
         order = allowed[allowed.index(requested) + 1:] if \
             requested in allowed else []
-        fallbacks = [m for m in order if m in supported] if \
+        fallbacks = [m for m in order if usable(m)] if \
             allow_fallback else []
-        return [requested] + fallbacks, [], None
+        return ErasePlan([requested] + fallbacks, [], None, required,
+                         purge_offered)
     if requested is not None:
         skipped = [{"method": requested, "reason": reason(requested)}]
         if not allow_fallback:
@@ -85,17 +131,22 @@ def plan_erase(capabilities, allowed, requested=None, allow_fallback=False):
     else:
         skipped = []
         order = list(allowed)
-    candidates = [method for method in order if method in supported]
+    candidates = [method for method in order if usable(method)]
     first = order.index(candidates[0]) if candidates else len(order)
     skipped += [{"method": method, "reason": reason(method)}
                 for method in order[:first]]
     if not candidates:
         why = "; ".join("%s: %s" % (s["method"], s["reason"])
                         for s in skipped)
+        forbidden = [m for m in purge_offered if m not in allowed]
+        if required == erase.PURGE and forbidden:
+            why += ("%sthe Purge methods %s are not in [decom] "
+                    "erase_methods" % ("; " if why else "",
+                                       ", ".join(forbidden)))
         raise NoEraseMethod("no allowed erase method is possible (%s)"
                             % (why or "[decom] erase_methods allows none"),
                             skipped)
-    return candidates, skipped, requested
+    return ErasePlan(candidates, skipped, requested, required, purge_offered)
 
 
 class CombinedProgress:
@@ -140,6 +191,30 @@ class CombinedProgress:
         self.update(path, self._sizes[path])
 
 
+#: ``outcome`` of a ``decom.disk_erase`` result entry.
+ERASED = "erased"
+FAILED = "failed"
+SKIPPED = "skipped"
+EXCLUDED = "excluded"
+#: An accounted disk that is about to be erased (never in a result).
+ERASE = "erase"
+
+
+def _skipped_entry(path, refused):
+    """The result entry of a disk refused by :mod:`safety` before any
+    write (:class:`safety.DeviceNotEligible` ``refused``)."""
+    return {"path": path, "outcome": SKIPPED, "reason": refused.kind,
+            "detail": refused.reason}
+
+
+def _failure_text(entry):
+    """One device of a failed erase, as the task's ``msg`` lists it."""
+    if entry["outcome"] == SKIPPED:
+        return "%s: skipped (%s): %s" % (entry["path"], entry["reason"],
+                                         entry["detail"])
+    return "%s: %s" % (entry["path"], entry.get("error") or "not erased")
+
+
 _TRUE_TEXTS = ("enabled", "true", "on", "1", "yes")
 _FALSE_TEXTS = ("disabled", "false", "off", "0", "no")
 
@@ -170,51 +245,51 @@ class DecomExtension(base.Extension):
         "allow_fallback": params.Boolean(default=False),
     })
     def disk_erase(self, task, devices, method, allow_fallback):
-        """Erase ``devices`` (default: every eligible device).
+        """Erase ``devices`` (default: every disk of the machine in scope).
 
         Each device gets the strongest method it supports among ``[decom]
-        erase_methods`` (or ``method``), then its signatures are wiped and
-        it is read back. Devices run in parallel; a failed device does not
-        stop the others, and the task ends in error listing each failure.
+        erase_methods`` (or ``method``) that reaches ``[decom]
+        minimum_nist_category``, then its signatures are wiped and it is
+        read back. Devices run in parallel; a failed device does not stop
+        the others, and the task ends in error listing each failure.
+        Without ``devices`` the result accounts for every disk: erased,
+        skipped (and why) or excluded by config; a disk in scope that could
+        not be erased fails the task after the others are done.
         """
-        sizes = {}
-        for path in devices:
-            try:
-                sizes[path] = blockdev.device_size(path)
-            except OSError:
-                # The device's own erase reports the failure; it just
-                # weighs nothing in the combined percent.
-                sizes[path] = 0
-        combined = CombinedProgress(task, sizes)
-        workers = max(1, min(self.conf.decom.erase_concurrency,
-                             len(devices)))
-        results = {}
-        with concurrent.futures.ThreadPoolExecutor(
-                max_workers=workers,
-                thread_name_prefix="erase-%s" % task.task_id) as pool:
-            futures = {pool.submit(self._erase_one, path, method,
-                                   allow_fallback, combined): path
-                       for path in devices}
-            for future in concurrent.futures.as_completed(futures):
-                path = futures[future]
-                results[path] = future.result()
-                combined.finish(path)
-        ordered = [results[path] for path in devices]
-        failures = [r for r in ordered if r.get("error")]
+        if devices is None:
+            accounted = self._account_disks()
+            targets = [entry["path"] for entry in accounted
+                       if entry["outcome"] == ERASE]
+        else:
+            accounted = None
+            targets = list(devices)
+        results = self._erase_all(task, targets, method, allow_fallback)
+        if accounted is None:
+            ordered = [results[path] for path in targets]
+        else:
+            ordered = [results.get(entry["path"], entry)
+                       for entry in accounted]
+        in_scope = [entry for entry in ordered
+                    if entry["outcome"] != EXCLUDED]
+        failures = [entry for entry in in_scope
+                    if entry["outcome"] != ERASED]
         result = {"devices": ordered}
         if failures:
+            result["not_erased"] = [entry["path"] for entry in failures]
             raise tasks.TaskFailed(
                 "disk erase failed on %d of %d device(s): %s"
-                % (len(failures), len(ordered),
-                   "; ".join("%s: %s" % (r["path"], r["error"])
-                             for r in failures)), result)
+                % (len(failures), len(in_scope),
+                   "; ".join(_failure_text(entry) for entry in failures)),
+                result)
         return result
 
     def validate_disk_erase(self, devices, method, allow_fallback):
         """Check the erase against config and the machine, before any work.
 
-        Refuses a method config forbids and any device that is not
-        eligible; resolves the default device list.
+        Refuses a method config forbids and any listed device that is not
+        eligible. Without ``devices``, refuses a machine where no disk can
+        be erased; which disks are erased is decided again when the task
+        starts.
         """
         allowed = list(self.conf.decom.erase_methods)
         if method is not None and method not in allowed:
@@ -226,11 +301,17 @@ class DecomExtension(base.Extension):
                 "[decom] erase_methods allows no erase method",
                 details={"param": "method"})
         if devices is None:
-            found = inventory.block_devices(self.hardware, self.conf)
-            devices = [d["path"] for d in found if d["eligible"]]
-            if not devices:
-                raise params.invalid("devices", "no eligible block device "
-                                     "to erase on this machine")
+            accounted = self._account_disks()
+            if not any(entry["outcome"] == ERASE for entry in accounted):
+                refused = [entry for entry in accounted
+                           if entry["outcome"] == SKIPPED]
+                raise protocol.InvalidParams(
+                    "devices: no eligible block device to erase on this "
+                    "machine%s" % ("".join(
+                        "; %s" % _failure_text(entry) for entry in refused)),
+                    details={"param": "devices", "devices": refused})
+            return {"devices": None, "method": method,
+                    "allow_fallback": allow_fallback}
         resolved = []
         for index, path in enumerate(devices):
             try:
@@ -241,7 +322,8 @@ class DecomExtension(base.Extension):
                     "devices[%d]: %s is not eligible for erase: %s"
                     % (index, path, exc.reason),
                     details={"param": "devices[%d]" % index,
-                             "device": path, "reason": exc.reason}) from None
+                             "device": path, "reason": exc.reason,
+                             "kind": exc.kind}) from None
             if device["path"] in resolved:
                 raise params.invalid("devices[%d]" % index,
                                      "%s is listed twice" % path)
@@ -249,18 +331,85 @@ class DecomExtension(base.Extension):
         return {"devices": resolved, "method": method,
                 "allow_fallback": allow_fallback}
 
+    def _account_disks(self):
+        """Every disk the managers list, sorted by path, with what the
+        erase will do to it.
+
+        Each entry has ``path`` and ``outcome``: :data:`ERASE` (to be
+        erased), :data:`EXCLUDED` (by ``[hardware] device_include`` /
+        ``device_exclude``) or :data:`SKIPPED` (refused by the safety rules:
+        mounted, holder, read-only, agent root, ...), the latter two with
+        ``reason`` (a word) and ``detail`` (a sentence).
+        """
+        try:
+            listed = self.hardware.dispatch("list_block_devices") or []
+        except hardware.NoManagerError:
+            listed = []
+        entries = {}
+        for device in listed:
+            path = device["path"]
+            if path in entries:
+                continue
+            included, why = safety.inclusion(path, self.conf)
+            if not included:
+                entries[path] = {"path": path, "outcome": EXCLUDED,
+                                 "reason": safety.EXCLUDED, "detail": why}
+                continue
+            try:
+                safety.check_live(device, self.conf)
+            except safety.DeviceNotEligible as exc:
+                entries[path] = _skipped_entry(path, exc)
+                continue
+            entries[path] = {"path": path, "outcome": ERASE}
+        return [entries[path] for path in sorted(entries)]
+
+    def _erase_all(self, task, targets, method, allow_fallback):
+        """Erase ``targets`` in parallel; ``{path: result entry}``."""
+        sizes = {}
+        for path in targets:
+            try:
+                sizes[path] = blockdev.device_size(path)
+            except OSError:
+                # The device's own erase reports the failure; it just
+                # weighs nothing in the combined percent.
+                sizes[path] = 0
+        combined = CombinedProgress(task, sizes)
+        workers = max(1, min(self.conf.decom.erase_concurrency,
+                             len(targets) or 1))
+        results = {}
+        with concurrent.futures.ThreadPoolExecutor(
+                max_workers=workers,
+                thread_name_prefix="erase-%s" % task.task_id) as pool:
+            futures = {pool.submit(self._erase_one, path, method,
+                                   allow_fallback, combined): path
+                       for path in targets}
+            for future in concurrent.futures.as_completed(futures):
+                path = futures[future]
+                results[path] = future.result()
+                combined.finish(path)
+        return results
+
     def _erase_one(self, path, requested, allow_fallback, combined):
         """Erase, wipe and verify one device; never raises.
 
-        Returns the device's result entry; ``error`` is set when it
-        failed.
+        Returns the device's result entry: ``outcome`` is :data:`ERASED`,
+        :data:`FAILED` (with ``error``) or :data:`SKIPPED` (the device was
+        refused before anything was written to it).
         """
         started = time.monotonic()
-        entry = {"path": path, "method": None, "nist_category": None,
-                 "duration_s": None, "bytes": 0, "verified": False,
-                 "skipped_methods": []}
         try:
-            self._erase_verified(path, requested, allow_fallback,
+            # Re-checked right before the first write: a device mounted
+            # since the command was accepted is refused now.
+            device = safety.ensure_writable(path, self.conf, self.hardware)
+        except safety.DeviceNotEligible as exc:
+            LOG.error("not erasing %s: %s", path, exc.reason)
+            return _skipped_entry(path, exc)
+        entry = {"path": path, "outcome": FAILED, "method": None,
+                 "nist_category": None, "required_nist_category": None,
+                 "purge_offered": None, "duration_s": None, "bytes": 0,
+                 "verified": False, "skipped_methods": []}
+        try:
+            self._erase_verified(device, requested, allow_fallback,
                                  combined.device(path), entry)
         except NoEraseMethod as exc:
             entry["skipped_methods"] = exc.skipped
@@ -276,23 +425,31 @@ class DecomExtension(base.Extension):
         entry["duration_s"] = round(time.monotonic() - started, 3)
         if entry.get("error"):
             LOG.error("erase of %s failed: %s", path, entry["error"])
+        else:
+            entry["outcome"] = ERASED
         return entry
 
-    def _erase_verified(self, path, requested, allow_fallback, progress,
+    def _erase_verified(self, device, requested, allow_fallback, progress,
                         entry):
-        # Re-checked right before the first write: a device mounted since
-        # the command was accepted is refused now.
-        device = safety.ensure_writable(path, self.conf, self.hardware)
+        path = device["path"]
         capabilities = self.hardware.dispatch("get_erase_capabilities",
                                               device)
-        candidates, skipped, downgraded_from = plan_erase(
+        plan = plan_erase(
             capabilities, list(self.conf.decom.erase_methods), requested,
-            allow_fallback)
-        entry["skipped_methods"] = skipped
+            allow_fallback,
+            minimum=_MINIMUM[self.conf.decom.minimum_nist_category])
+        entry["required_nist_category"] = plan.required
+        entry["purge_offered"] = bool(plan.purge_offered)
+        if self.conf.decom.minimum_nist_category == "purge" and \
+                not plan.purge_offered:
+            entry["category_note"] = ("the device offers no Purge method; "
+                                      "its best allowed Clear method is used")
+        skipped = entry["skipped_methods"] = plan.skipped
+        downgraded_from = plan.downgraded_from
         markers = erase.write_markers(path)
         outcome = None
         failures = []
-        for method in candidates:
+        for method in plan.candidates:
             # Once more right before each method: device-level tools (nvme,
             # hdparm, sg_sanitize) do not claim the device the way the
             # O_EXCL opens of the marker and overwrite code do, so this keeps
@@ -322,10 +479,18 @@ class DecomExtension(base.Extension):
         verification = erase.verify_erased(
             path, used, markers, self.conf.decom.erase_verify_samples)
         entry["verified"] = verification["verified"]
+        entry["blocks_checked"] = verification["blocks_checked"]
         if not verification["verified"]:
             entry["verify_problems"] = verification["problems"]
             entry["error"] = ("read-back verification failed after %s: %s"
                               % (used, "; ".join(verification["problems"])))
+        elif erase.category_rank(entry["nist_category"]) < \
+                erase.category_rank(plan.required):
+            # A manager's own answer is checked too: it may have done less
+            # than the method promises.
+            entry["error"] = ("%s reached only %s, below the required %s"
+                              % (used, entry["nist_category"],
+                                 plan.required))
 
     # -- firmware_secure -----------------------------------------------------
 

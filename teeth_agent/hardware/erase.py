@@ -18,11 +18,13 @@ command while ``hdparm`` exits 0.
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
 import random
 import re
+import secrets
 import threading
 import time
 
@@ -35,11 +37,6 @@ LOG = logging.getLogger(__name__)
 MIB = blockdev.MIB
 CLEAR = "Clear"
 PURGE = "Purge"
-
-#: The password set for an ATA security erase. It is fixed and documented
-#: (docs/decom.md) so that an operator can unlock a drive by hand should the
-#: agent die between setting it and the erase that clears it.
-ATA_PASSWORD = "teeth"
 
 _DEFAULT_BLOCK_SIZE = 8 * MIB
 _MARKER_SIZE = 4096
@@ -101,6 +98,33 @@ METHODS = _methods(
 )
 
 KNOWN_METHODS = tuple(METHODS)
+
+#: NIST SP 800-88 categories, weakest first.
+CATEGORIES = (CLEAR, PURGE)
+
+
+def category_rank(category):
+    """The strength of a NIST category: higher is stronger; an unknown
+    category ranks below Clear."""
+    return CATEGORIES.index(category) if category in CATEGORIES else -1
+
+
+def strongest_first(names):
+    """``names`` (method names) ordered Purge before Clear, each category in
+    catalogue order; unknown names last, in the order given."""
+    known = list(METHODS)
+
+    def key(name):
+        method = METHODS.get(name)
+        if method is None:
+            return (1, 0, 0)
+        return (0, -category_rank(method.nist_category), known.index(name))
+
+    return sorted(names, key=key)
+
+
+#: The default of ``[decom] erase_methods``: every method, strongest first.
+DEFAULT_METHOD_ORDER = tuple(strongest_first(METHODS))
 
 
 class EraseError(base.HardwareManagerError):
@@ -595,6 +619,7 @@ class AtaState:
     """What ``hdparm -I`` says about a drive's erase features."""
 
     is_ata: bool = False
+    serial: str = ""
     security: bool = False
     enabled: bool = False
     locked: bool = False
@@ -612,6 +637,8 @@ def parse_hdparm_identify(text):
     """Parse ``hdparm -I`` output into an :class:`AtaState`."""
     state = AtaState()
     state.is_ata = bool(re.search(r"^ATA device", text, re.M))
+    serial = re.search(r"^\s*Serial Number:\s*(\S.*?)\s*$", text, re.M)
+    state.serial = serial.group(1) if serial else ""
     section = None
     for line in text.splitlines():
         if line and not line[0].isspace():
@@ -675,10 +702,15 @@ def _probe_sd(manager, device):
                                "this operation")
         else:
             supported.add(method)
-    if state.security and state.enabled and not state.frozen:
-        # A password left by an agent that died mid-erase is ours: remove
-        # it, then judge the drive again.
-        _ata_release_password(path)
+    store = _password_store(manager)
+    if state.security and state.enabled and not state.frozen and \
+            store is not None:
+        # A password left by an agent that died mid-erase is in the state
+        # directory: remove it from the drive, then judge the drive again.
+        # A drive whose password the agent never stored is left alone.
+        found = store.lookup(state.serial, path)
+        if found is not None and _ata_release_password(path, found):
+            store.remove(state.serial, path)
         state = _ata_state(path)
     reason = None
     if not state.security:
@@ -688,6 +720,10 @@ def _probe_sd(manager, device):
                   "boot; a suspend/resume or hot-plug unfreezes it)")
     elif state.locked or state.enabled:
         reason = "the drive's security is enabled with an unknown password"
+    elif store is None:
+        reason = ("[DEFAULT] state_dir is empty: without a place to keep "
+                  "the drive's password the agent could not unlock the drive "
+                  "after a restart")
     if reason:
         reasons["ata_security_erase"] = reason
         reasons["ata_security_erase_enhanced"] = reason
@@ -701,27 +737,143 @@ def _probe_sd(manager, device):
     return supported, reasons
 
 
-def _ata_release_password(path):
-    """Try to remove the agent's own password from a drive.
+#: Bytes of randomness in an ATA password; as hex it is 24 characters,
+#: within the 32 bytes of the ATA password field.
+ATA_PASSWORD_BYTES = 12
+
+
+class AtaPasswordStore:
+    """The agent's ATA security passwords, one file per drive.
+
+    Files live in ``<state_dir>/ata-passwords`` (directory 0700, files
+    0600, written and fsynced before the password is set on the drive).
+    A drive is known by the serial number it reports, else by its path;
+    the file name is a digest of that key, so no serial can name a file
+    outside the directory. The password is removed once the drive's
+    security is disabled again, so an agent that dies mid-erase finds it
+    on its next run and unlocks the drive, and no password outlives the
+    erase that needed it.
+    """
+
+    DIRECTORY = "ata-passwords"
+
+    def __init__(self, state_dir):
+        self.directory = os.path.join(state_dir, self.DIRECTORY)
+
+    @staticmethod
+    def _keys(serial, path):
+        return (["serial:%s" % serial] if serial else []) + \
+            ["path:%s" % path]
+
+    def path_of(self, serial, path):
+        """The file that holds (or would hold) the drive's password."""
+        return self._file(self._keys(serial, path)[0])
+
+    def _file(self, key):
+        digest = hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()
+        return os.path.join(self.directory, "drive-%s.json" % digest[:40])
+
+    def _sync_directory(self):
+        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def create(self, serial, path):
+        """Make, store and return a new random password for the drive.
+
+        Raises OSError when it cannot be stored (then nothing may be set
+        on the drive).
+        """
+        password = secrets.token_hex(ATA_PASSWORD_BYTES)
+        key = self._keys(serial, path)[0]
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        os.chmod(self.directory, 0o700)
+        final = self._file(key)
+        temporary = final + ".tmp"
+        data = json.dumps({"key": key, "serial": serial or None,
+                           "path": path, "password": password,
+                           "created": time.time()}).encode("utf-8")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                     | os.O_NOFOLLOW, 0o600)
+        try:
+            # An old file of that name may have had another mode.
+            os.fchmod(fd, 0o600)
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, final)
+        self._sync_directory()
+        return password
+
+    def lookup(self, serial, path):
+        """The stored password of the drive, or None."""
+        for key in self._keys(serial, path):
+            try:
+                with open(self._file(key), encoding="utf-8") as stream:
+                    record = json.load(stream)
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as exc:
+                LOG.error("cannot read the stored ATA password of %s: %s",
+                          path, exc)
+                continue
+            password = record.get("password") if \
+                isinstance(record, dict) else None
+            if isinstance(password, str) and password:
+                return password
+        return None
+
+    def remove(self, serial, path):
+        """Forget the drive's password (every key it may be stored under)."""
+        removed = False
+        for key in self._keys(serial, path):
+            try:
+                os.unlink(self._file(key))
+                removed = True
+            except FileNotFoundError:
+                pass
+        if removed:
+            self._sync_directory()
+
+
+def _password_store(manager):
+    """The :class:`AtaPasswordStore` under ``[DEFAULT] state_dir``, or None
+    when the agent keeps no state on disk."""
+    try:
+        state_dir = manager.conf.state_dir
+    except AttributeError:
+        # Managers built without the agent's options.
+        return None
+    return AtaPasswordStore(state_dir) if state_dir else None
+
+
+def _ata_release_password(path, password):
+    """Try to remove the agent's ``password`` from a drive.
 
     Never raises. Returns True when the drive's security ends up disabled.
+    The password is never logged.
     """
     state = _ata_state(path)
     try:
         if state.locked:
             processes.run("hdparm", "--user-master", "u",
-                          "--security-unlock", ATA_PASSWORD, path)
+                          "--security-unlock", password, path,
+                          hide=[password])
         if state.enabled or state.locked:
             processes.run("hdparm", "--user-master", "u",
-                          "--security-disable", ATA_PASSWORD, path)
+                          "--security-disable", password, path,
+                          hide=[password])
         state = _ata_state(path)
     except processes.ProcessError as exc:
         LOG.error("could not remove the security password of %s: %s",
                   path, exc)
         return False
     if state.enabled or state.locked:
-        LOG.error("%s still has security enabled; the agent's password "
-                  "(see docs/decom.md) did not unlock it", path)
+        LOG.error("%s still has security enabled; the agent's stored "
+                  "password did not unlock it", path)
         return False
     return True
 
@@ -740,7 +892,11 @@ def _erase_ata(manager, device, method, size, progress, sleep=time.sleep):
                           *action, path)
         return _poll(lambda: _ata_sanitize_state(path), path, method, size,
                      progress, _poll_interval(manager), sleep)
-    return _ata_security_erase(path, method, size, progress)
+    store = _password_store(manager)
+    if store is None:
+        raise EraseError("%s needs [DEFAULT] state_dir to keep the drive's "
+                         "password during the erase" % method)
+    return _ata_security_erase(store, path, method, size, progress)
 
 
 def parse_hdparm_sanitize_status(text):
@@ -762,7 +918,7 @@ def _ata_sanitize_state(path):
     return parse_hdparm_sanitize_status(out or "")
 
 
-def _ata_security_erase(path, method, size, progress):
+def _ata_security_erase(store, path, method, size, progress):
     enhanced = method == "ata_security_erase_enhanced"
     state = _ata_state(path)
     if state.frozen:
@@ -774,9 +930,12 @@ def _ata_security_erase(path, method, size, progress):
                          % (path, state.security, state.enabled,
                             state.locked))
     minutes = state.enhanced_minutes if enhanced else state.erase_minutes
-    processes.run("hdparm", "--user-master", "u", "--security-set-pass",
-                  ATA_PASSWORD, path)
+    # Stored before it is set: an agent that dies from here on finds it on
+    # its next run (see _probe_sd).
+    password = store.create(state.serial, path)
     try:
+        processes.run("hdparm", "--user-master", "u", "--security-set-pass",
+                      password, path, hide=[password])
         if not _ata_state(path).enabled:
             raise EraseError("%s did not accept the security password "
                              "(security is still disabled)" % path)
@@ -786,16 +945,21 @@ def _ata_security_erase(path, method, size, progress):
             "--security-erase"
         with _estimated_progress(progress, size, 60 * minutes):
             processes.run("hdparm", "--user-master", "u", flag,
-                          ATA_PASSWORD, path, timeout=timeout)
+                          password, path, timeout=timeout, hide=[password])
         after = _ata_state(path)
         if after.enabled or after.locked:
             raise EraseError("%s still has security enabled after the "
                              "erase: the drive did not erase" % path)
     except BaseException:
-        if not _ata_release_password(path):
-            LOG.error("%s may be left locked with password %r", path,
-                      ATA_PASSWORD)
+        if _ata_release_password(path, password):
+            store.remove(state.serial, path)
+        else:
+            LOG.error("%s may be left with security enabled; its password "
+                      "stays in %s so that the agent's next run (or an "
+                      "operator) can unlock it", path,
+                      store.path_of(state.serial, path))
         raise
+    store.remove(state.serial, path)
     return {"estimated_minutes": minutes or None}
 
 

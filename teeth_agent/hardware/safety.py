@@ -32,12 +32,28 @@ Mount = collections.namedtuple("Mount",
                                ["devnum", "mountpoint", "fstype", "source"])
 
 
-class DeviceNotEligible(Exception):
-    """The agent refuses to write to ``path``; ``reason`` says why."""
+#: Why a device is refused, as one word a program can act on
+#: (:attr:`DeviceNotEligible.kind`, ``decom.disk_erase`` results).
+EXCLUDED = "excluded"
+READ_ONLY = "read_only"
+AGENT_ROOT = "agent_root"
+MOUNTED = "mounted"
+HOLDER = "holder"
+SWAP = "swap"
+UNKNOWN = "unknown"
+NOT_FOUND = "not_found"
 
-    def __init__(self, path, reason):
+
+class DeviceNotEligible(Exception):
+    """The agent refuses to write to ``path``; ``reason`` says why.
+
+    ``kind`` is one of the words above (:data:`MOUNTED`, ...).
+    """
+
+    def __init__(self, path, reason, kind=UNKNOWN):
         self.path = path
         self.reason = reason
+        self.kind = kind
         super().__init__("refusing to write to %s: %s" % (path, reason))
 
 
@@ -177,6 +193,34 @@ def inclusion(path, conf):
     return True, None
 
 
+def refusal(device, conf):
+    """Why the agent may not write to ``device``: ``(kind, reason)``, or
+    None when it may (see :func:`eligibility`)."""
+    included, reason = inclusion(device["path"], conf)
+    if not included:
+        return EXCLUDED, reason
+    read_only = device.get("read_only")
+    if read_only is None:
+        return UNKNOWN, "whether it is read-only is unknown"
+    if read_only:
+        return READ_ONLY, "read-only"
+    is_agent_root = device.get("is_agent_root")
+    if is_agent_root is None:
+        return UNKNOWN, "whether it holds the agent's root is unknown"
+    if is_agent_root:
+        return AGENT_ROOT, "holds the agent's root filesystem"
+    mounted = device.get("mounted")
+    if mounted is None:
+        return UNKNOWN, "whether it is mounted is unknown"
+    if mounted or device.get("mountpoints"):
+        points = device.get("mountpoints") or []
+        if points == [SWAP_MOUNTPOINT]:
+            return SWAP, "in use as swap"
+        return MOUNTED, "mounted at %s" % (", ".join(points) or "an unknown "
+                                           "mount point")
+    return None
+
+
 def eligibility(device, conf):
     """Whether the agent may write to ``device`` (a ``BlockDevice`` dict).
 
@@ -185,29 +229,20 @@ def eligibility(device, conf):
     (``None``) counts against the device: the agent writes only where it
     knows it is safe.
     """
-    included, reason = inclusion(device["path"], conf)
-    if not included:
-        return False, reason
-    read_only = device.get("read_only")
-    if read_only is None:
-        return False, "whether it is read-only is unknown"
-    if read_only:
-        return False, "read-only"
-    is_agent_root = device.get("is_agent_root")
-    if is_agent_root is None:
-        return False, "whether it holds the agent's root is unknown"
-    if is_agent_root:
-        return False, "holds the agent's root filesystem"
-    mounted = device.get("mounted")
-    if mounted is None:
-        return False, "whether it is mounted is unknown"
-    if mounted or device.get("mountpoints"):
-        points = device.get("mountpoints") or []
-        if points == [SWAP_MOUNTPOINT]:
-            return False, "in use as swap"
-        return False, "mounted at %s" % (", ".join(points) or "an unknown "
-                                         "mount point")
-    return True, None
+    refused = refusal(device, conf)
+    if refused is None:
+        return True, None
+    return False, refused[1]
+
+
+def _stacked_on(name, conf):
+    """The names of the devices stacked on ``name`` or its partitions."""
+    directory = os.path.join(conf.hardware.sysfs_root, "class", "block",
+                             name)
+    own = {name} | {entry for entry in sysfs.listdir(directory)
+                    if os.path.exists(os.path.join(directory, entry,
+                                                   "partition"))}
+    return sorted(set(device_stack(name, conf)) - own)
 
 
 def _same_device(device, path, conf):
@@ -234,13 +269,26 @@ def ensure_writable(path, conf, dispatcher):
     devices = dispatcher.dispatch("list_block_devices")
     matches = [d for d in devices if _same_device(d, path, conf)]
     if not matches:
-        raise DeviceNotEligible(path, "not a block device of this machine")
-    device = dict(matches[0])
+        raise DeviceNotEligible(path, "not a block device of this machine",
+                                NOT_FOUND)
+    return check_live(matches[0], conf, path)
+
+
+def check_live(device, conf, path=None):
+    """Check one ``BlockDevice`` a manager just listed, live; return it.
+
+    The part of :func:`ensure_writable` after the device was found (the
+    sysfs and mountinfo overlay, then the rules), for a caller that already
+    holds a fresh device list. ``path`` names the device in errors (default:
+    its reported path). Raises :class:`DeviceNotEligible`.
+    """
+    path = path or device["path"]
+    device = dict(device)
     name = device.get("name") or os.path.basename(device["path"])
     usage = device_usage(name, conf)
     if usage["mountpoints"] is None:
         raise DeviceNotEligible(path, "the mount table cannot be read, so "
-                                "whether it is in use is unknown")
+                                "whether it is in use is unknown", UNKNOWN)
     mountpoints = set(device.get("mountpoints") or []) | set(
         usage["mountpoints"])
     device["mountpoints"] = sorted(mountpoints)
@@ -252,10 +300,16 @@ def ensure_writable(path, conf, dispatcher):
         conf.hardware.sysfs_root, "class", "block", name, "ro"))
     if live_ro == "1":
         device["read_only"] = True
-    eligible, reason = eligibility(device, conf)
-    if not eligible:
+    refused = refusal(device, conf)
+    if refused is not None:
+        kind, reason = refused
+        stacked = _stacked_on(name, conf)
+        if kind in (MOUNTED, SWAP) and stacked:
+            # Something built on the device (dm, md, LVM) is in use: an
+            # operator must stop that first, not just unmount a partition.
+            kind = HOLDER
         LOG.warning("refusing to write to %s: %s", path, reason)
-        raise DeviceNotEligible(path, reason)
+        raise DeviceNotEligible(path, reason, kind)
     device["eligible"] = True
     device["ineligible_reason"] = None
     return device

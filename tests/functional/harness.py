@@ -16,23 +16,39 @@ The core functional tests talk to a real ``teeth-agent`` and a real
   ``start_*`` helpers register as test cleanup so a failing test never
   leaves one behind.
 
+Everything speaks TLS by default, as the shipped defaults do: a
+session-wide throwaway CA (:func:`tls_material`, made with
+:mod:`teeth_agent.pki`) signs a certificate for 127.0.0.1 that endpoints
+started here serve and that agents started here verify. A test that needs
+plaintext says so with the overrides :data:`PLAINTEXT_AGENT` (``{"tls":
+{"enabled": "false"}}``) and :data:`PLAINTEXT_ENDPOINT` (``{"endpoint":
+{"tls_enabled": "false"}}``). :func:`connect_peer` wraps its socket in TLS
+when the port belongs to a TLS endpoint started here, and
+:class:`ListeningServer` answers a TLS ClientHello with TLS and plaintext
+with plaintext, so raw-socket tests work either way.
+
 Agents started here never see a real disk (``[hardware] device_include`` is
 a pattern nothing matches), never reboot or kexec (``[power] simulate``)
 and keep their task state in a temporary directory. Only 127.0.0.1 is used.
 """
 
+import atexit
 import collections
 import ctypes
 import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
+
+from teeth_agent import pki
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -44,6 +60,13 @@ START_TIMEOUT = 30.0
 MESSAGE_TIMEOUT = 15.0
 
 _PR_SET_PDEATHSIG = 1
+
+
+#: Overrides for a test that needs a plaintext agent or endpoint.
+PLAINTEXT_AGENT = {"tls": {"enabled": "false"}}
+PLAINTEXT_ENDPOINT = {"endpoint": {"tls_enabled": "false"}}
+
+_TLS_HANDSHAKE_RECORD = 0x16  # the first byte of a TLS ClientHello
 
 
 class PeerTimeout(AssertionError):
@@ -158,6 +181,63 @@ def answer_core(message):
 def answer_nothing(message):
     """An answer policy for a peer that reads but never replies."""
     return None
+
+
+# -- TLS ----------------------------------------------------------------------
+
+class TLSMaterial:
+    """The session's throwaway CA and the endpoint certificate it signed
+    for 127.0.0.1 (and localhost), in a directory removed at exit."""
+
+    def __init__(self):
+        self.directory = tempfile.mkdtemp(prefix="teeth-func-tls-")
+        atexit.register(shutil.rmtree, self.directory, True)
+        self.ca, self.server = pki.make_throwaway(self.directory)
+        self.ca_file = self.ca.cert_path
+        self.cert_file = self.server.cert_path
+        self.key_file = self.server.key_path
+
+    def client_context(self, cert=None):
+        """An ``ssl.SSLContext`` trusting the session CA (``cert``: an
+        optional ``(cert_file, key_file)`` to present)."""
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if cert is not None:
+            context.load_cert_chain(*cert)
+        return context
+
+    def server_context(self):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+    def agent_certificate(self, agent_id):
+        """A client certificate for ``agent_id`` signed by the session CA;
+        returns ``(cert_file, key_file)``."""
+        directory = os.path.join(self.directory, "agents", agent_id)
+        if not os.path.exists(os.path.join(directory, pki.AGENT_CERT)):
+            pki.make_agent_certificate(self.ca, agent_id, directory)
+        return (os.path.join(directory, pki.AGENT_CERT),
+                os.path.join(directory, pki.AGENT_KEY))
+
+
+_material = None
+
+
+def tls_material():
+    """The session-wide :class:`TLSMaterial`, made on first use."""
+    global _material
+    if _material is None:
+        _material = TLSMaterial()
+    return _material
+
+
+def _is_false(value):
+    return str(value).strip().lower() in ("false", "0", "no", "off")
+
+
+#: Ports of the endpoints started here that serve TLS with the session's
+#: certificate: :func:`connect_peer` wraps connections to them.
+_tls_ports = {}
 
 
 # -- the raw peer -----------------------------------------------------------
@@ -349,20 +429,35 @@ def connect_peer(port, name="endpoint", answer=answer_core, tls=None,
                  server_hostname=None, timeout=MESSAGE_TIMEOUT):
     """A :class:`JsonLinePeer` connected to 127.0.0.1:``port``.
 
-    ``tls`` is an ``ssl.SSLContext`` to wrap the socket with.
+    ``tls`` is an ``ssl.SSLContext`` to wrap the socket with, False for
+    plaintext; by default a connection to an endpoint started here with
+    the session's TLS certificate is wrapped, any other is plaintext.
     """
+    if tls is None and _tls_ports.get(port):
+        tls = tls_material().client_context()
     sock = socket.create_connection((HOST, port), timeout=timeout)
+    if tls is False:
+        tls = None
     if tls is not None:
         sock = tls.wrap_socket(sock, server_hostname=server_hostname or HOST)
     return JsonLinePeer(sock, name=name, answer=answer)
 
 
 class ListeningServer:
-    """A socket listening on 127.0.0.1, standing in for the endpoint."""
+    """A socket listening on 127.0.0.1, standing in for the endpoint.
 
-    def __init__(self, port=0):
+    ``tls`` None (the default) serves whatever the agent speaks: a
+    connection that opens with a TLS ClientHello is answered with the
+    session's endpoint certificate, one that opens with anything else is
+    plaintext. An ``ssl.SSLContext`` wraps every connection with it; False
+    never wraps.
+    """
+
+    def __init__(self, port=0, tls=None):
         self.port = port
+        self.tls = tls
         self.sock = None
+        self.accepted_tls = []  # per accepted connection: True for TLS
         self.listen()
 
     def listen(self):
@@ -386,9 +481,34 @@ class ListeningServer:
         except socket.timeout:
             raise PeerTimeout("no connection to %s within %ss"
                               % (self.address, timeout)) from None
+        try:
+            sock = self._secure(sock, timeout)
+        except (OSError, PeerTimeout):
+            sock.close()
+            raise
         sock.settimeout(None)
         return JsonLinePeer(sock, name="agent at %s:%d" % address,
                             answer=answer)
+
+    def _secure(self, sock, timeout):
+        context = self.tls
+        if context is None:
+            sock.settimeout(timeout)
+            try:
+                first = sock.recv(1, socket.MSG_PEEK)
+            except socket.timeout:
+                raise PeerTimeout("the agent connected to %s but sent "
+                                  "nothing within %ss"
+                                  % (self.address, timeout)) from None
+            if first and first[0] == _TLS_HANDSHAKE_RECORD:
+                context = tls_material().server_context()
+        if not context:
+            self.accepted_tls.append(False)
+            return sock
+        sock.settimeout(timeout)
+        secured = context.wrap_socket(sock, server_side=True)
+        self.accepted_tls.append(True)
+        return secured
 
     def close(self):
         if self.sock is not None:
@@ -517,7 +637,8 @@ def agent_sections(state_dir, endpoints, overrides=None):
     """The config sections of a test agent.
 
     The ``testing`` extension, simulated power, no visible disk, short
-    timers; ``overrides`` is merged over that.
+    timers, TLS trusting the session CA (unless ``overrides`` turn TLS
+    off); ``overrides`` is merged over that.
     """
     base = {
         "DEFAULT": {
@@ -537,7 +658,11 @@ def agent_sections(state_dir, endpoints, overrides=None):
         "power": {"simulate": True},
         "hardware": {"device_include": ["/nonexistent"]},
     }
-    return merge_sections(base, overrides)
+    sections = merge_sections(base, overrides)
+    tls = sections.setdefault("tls", {})
+    if not _is_false(tls.get("enabled", True)):
+        tls.setdefault("ca_file", tls_material().ca_file)
+    return sections
 
 
 class AgentProcess(ManagedProcess):
@@ -569,7 +694,13 @@ def endpoint_sections(control_socket, overrides=None):
             "call_timeout": 15.0,
         },
     }
-    return merge_sections(base, overrides)
+    sections = merge_sections(base, overrides)
+    endpoint = sections["endpoint"]
+    if not _is_false(endpoint.get("tls_enabled", True)) and \
+            not endpoint.get("tls_cert_file"):
+        endpoint["tls_cert_file"] = tls_material().cert_file
+        endpoint["tls_key_file"] = tls_material().key_file
+    return sections
 
 
 def parse_json_lines(text):
@@ -608,8 +739,12 @@ class EndpointProcess(ManagedProcess):
                                            "control.sock")
         self.config_path = os.path.join(
             workdir, "endpoint-%d.conf" % time.monotonic_ns())
-        write_config(self.config_path,
-                     endpoint_sections(self.control_socket, overrides))
+        sections = endpoint_sections(self.control_socket, overrides)
+        write_config(self.config_path, sections)
+        self.tls = not _is_false(sections["endpoint"].get("tls_enabled",
+                                                          True))
+        self.session_tls = self.tls and sections["endpoint"].get(
+            "tls_cert_file") == tls_material().cert_file
         self.port = None
         super().__init__([sys.executable, "-m", "teeth_agent.cmd.endpoint",
                           "--config-file", self.config_path, "serve"],
@@ -620,6 +755,7 @@ class EndpointProcess(ManagedProcess):
         match = self.wait_for_output(
             r"teeth-endpoint listening on [^\s:]+:(\d+)", timeout)
         self.port = int(match.group(1))
+        _tls_ports[self.port] = self.session_tls
         wait_until(lambda: os.path.exists(self.control_socket), timeout,
                    what="control socket")
         return self.port
@@ -680,8 +816,9 @@ def start_endpoint(testcase, overrides=None, workdir=None, cls_level=False):
     return endpoint
 
 
-def start_server(testcase, port=0, cls_level=False):
-    server = ListeningServer(port)
+def start_server(testcase, port=0, cls_level=False, tls=None):
+    """A :class:`ListeningServer` closed at (class) cleanup."""
+    server = ListeningServer(port, tls=tls)
     (testcase.addClassCleanup if cls_level else testcase.addCleanup)(
         server.close)
     return server

@@ -374,10 +374,15 @@ class TestTasks(AgentPeerTestCase):
                       ("running", "complete"), again)
         self.wait_terminal("dup-1")
         after = self.peer.call("testing.sleep", {
-            "task_id": "dup-1", "seconds": 5, "steps": 1})
+            "task_id": "dup-1", "steps": 3, "seconds": 0.6})
         self.assertEqual("complete", after["result"]["state"], after)
         self.assertEqual({"slept": 0.6, "steps": 3},
                          after["result"]["result"])
+        # The same id with other parameters is other work: Conflict.
+        other = self.peer.call("testing.sleep", {
+            "task_id": "dup-1", "seconds": 5, "steps": 1})
+        error = self.assert_error(other, "Conflict", -32005)
+        self.assertEqual("testing.sleep", error["details"]["method"])
         self.assert_alive()
         terminal = [u for u in self.statuses_of("dup-1")
                     if u["state"] != "running"]

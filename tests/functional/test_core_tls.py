@@ -1,111 +1,75 @@
-"""TLS and mutual TLS between a real agent and a real endpoint.
+"""TLS by default, and TLS and mutual TLS between a real agent and a real
+endpoint.
 
-Certificates are made for each test run with the ``openssl`` command in a
+Certificates are made for each test run with :mod:`teeth_agent.pki` in a
 temporary directory: a CA, an endpoint certificate for 127.0.0.1 signed by
-it, a client certificate, a certificate with a name the agent does not
-connect to, and a second, unrelated CA with its own endpoint certificate.
+it, a per-machine client certificate, a certificate with a name the agent
+does not connect to, and a second, unrelated CA with its own endpoint
+certificate. The tests of :class:`TestTlsByDefault` use nothing but the
+harness's defaults (its session CA), as every other functional test does.
 """
 
 import os
-import shutil
 import ssl
-import subprocess
 import unittest
 
+from teeth_agent import pki
 from tests.functional import harness
 
 # The agent logs one of these for every refused attempt.
 FAILED_ATTEMPT = r"cannot connect to endpoint|handshake with .* failed"
+PLAINTEXT_WARNING = r"WARNING .*PLAINTEXT"
 
 
 class CertificateFactory:
-    """Keys and certificates made with the openssl command line."""
+    """Keys and certificates made with teeth_agent.pki."""
 
     def __init__(self, directory):
         self.directory = directory
 
-    def path(self, name):
-        return os.path.join(self.directory, name)
-
-    def _openssl(self, *args):
-        done = subprocess.run(["openssl"] + list(args), capture_output=True,
-                              text=True, timeout=60, cwd=self.directory)
-        if done.returncode != 0:
-            raise AssertionError("openssl %s failed: %s"
-                                 % (" ".join(args), done.stderr))
-
-    def _key(self, name):
-        key = self.path(name + ".key")
-        self._openssl("genpkey", "-algorithm", "EC", "-pkeyopt",
-                      "ec_paramgen_curve:P-256", "-out", key)
-        return key
-
     def authority(self, name):
-        """A self-signed CA; returns the paths ``(cert, key)``."""
-        key = self._key(name)
-        cert = self.path(name + ".pem")
-        self._openssl("req", "-x509", "-new", "-key", key, "-out", cert,
-                      "-days", "2", "-subj", "/CN=%s" % name,
-                      "-addext", "basicConstraints=critical,CA:TRUE",
-                      "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-        return cert, key
+        ca = pki.make_ca(os.path.join(self.directory, name), common_name=name)
+        return ca.cert_path, ca.key_path
 
-    def issue(self, name, authority, alt_names, usage):
-        """A certificate signed by ``authority``, a ``(cert, key)`` pair.
+    def server(self, name, ca, hosts):
+        made = pki.make_server_certificate(
+            pki.load(*ca), hosts, os.path.join(self.directory, name))
+        return made.cert_path, made.key_path
 
-        ``alt_names`` are subjectAltName entries such as "IP:127.0.0.1";
-        ``usage`` is serverAuth or clientAuth. Returns ``(cert, key)``.
-        """
-        key = self._key(name)
-        request = self.path(name + ".csr")
-        self._openssl("req", "-new", "-key", key, "-out", request,
-                      "-subj", "/CN=%s" % name)
-        extensions = self.path(name + ".ext")
-        with open(extensions, "w") as stream:
-            stream.write("basicConstraints=CA:FALSE\n"
-                         "keyUsage=critical,digitalSignature\n"
-                         "extendedKeyUsage=%s\n" % usage)
-            if alt_names:
-                stream.write("subjectAltName=%s\n" % ",".join(alt_names))
-        cert = self.path(name + ".pem")
-        ca_cert, ca_key = authority
-        self._openssl("x509", "-req", "-in", request, "-CA", ca_cert,
-                      "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
-                      "-days", "2", "-extfile", extensions)
-        return cert, key
+    def agent(self, agent_id, ca):
+        made = pki.make_agent_certificate(
+            pki.load(*ca), agent_id, os.path.join(self.directory, agent_id))
+        return made.cert_path, made.key_path
 
 
 class TlsTestCase(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        if shutil.which("openssl") is None:
-            raise unittest.SkipTest("the openssl command is not installed")
         cls.certdir = harness.make_workdir(cls, cls_level=True)
         factory = CertificateFactory(cls.certdir)
         cls.ca = factory.authority("teeth-test-ca")
         cls.other_ca = factory.authority("unrelated-ca")
-        cls.server = factory.issue("endpoint", cls.ca,
-                                   ["IP:127.0.0.1", "DNS:localhost"],
-                                   "serverAuth")
-        cls.server_other_ca = factory.issue("endpoint-other-ca",
-                                            cls.other_ca,
-                                            ["IP:127.0.0.1", "DNS:localhost"],
-                                            "serverAuth")
-        cls.server_wrong_name = factory.issue("endpoint-wrong-name", cls.ca,
-                                              ["DNS:other.example"],
-                                              "serverAuth")
-        cls.client = factory.issue("agent-client", cls.ca, [], "clientAuth")
+        cls.server = factory.server("endpoint", cls.ca,
+                                    ["127.0.0.1", "localhost"])
+        cls.server_other_ca = factory.server("endpoint-other-ca",
+                                             cls.other_ca,
+                                             ["127.0.0.1", "localhost"])
+        cls.server_wrong_name = factory.server("endpoint-wrong-name", cls.ca,
+                                               ["other.example"])
+        cls.client = factory.agent("mtls-agent-2", cls.ca)
 
-    def start_tls_endpoint(self, certificate, require_client_cert=False):
+    def start_tls_endpoint(self, certificate, require_client_cert=False,
+                           **options):
         cert, key = certificate
-        return harness.start_endpoint(self, {"endpoint": {
+        options.update({
             "tls_enabled": True, "tls_cert_file": cert,
             "tls_key_file": key, "tls_ca_file": self.ca[0],
-            "tls_require_client_cert": require_client_cert}})
+            "tls_require_client_cert": require_client_cert})
+        return harness.start_endpoint(self, {"endpoint": options})
 
-    def start_tls_agent(self, address, agent_id, client_cert=None):
-        tls = {"enabled": True, "ca_file": self.ca[0]}
+    def start_tls_agent(self, address, agent_id, client_cert=None, **tls):
+        tls.update({"enabled": True, "ca_file": self.ca[0]})
         if client_cert is not None:
             tls.update(cert_file=client_cert[0], key_file=client_cert[1])
         return harness.start_agent(self, [address], {
@@ -134,6 +98,115 @@ class TlsTestCase(unittest.TestCase):
         return context
 
 
+class TestTlsByDefault(TlsTestCase):
+    """Nothing but the defaults (and a CA file): TLS, and no warning."""
+
+    def test_default_agent_and_endpoint_talk_tls(self):
+        endpoint = harness.start_endpoint(self)
+        agent = harness.start_agent(self, [endpoint.address], {
+            "DEFAULT": {"agent_id": "default-tls"}})
+        self.wait_connected(endpoint, "default-tls")
+        self.assertRegex(endpoint.output(), r"listening on .* \(TLS\)")
+        for output in (endpoint.output(), agent.output()):
+            self.assertNotRegex(output, PLAINTEXT_WARNING)
+        # The port really speaks TLS: a plaintext line gets no answer.
+        plain = harness.connect_peer(endpoint.port, tls=False)
+        self.addCleanup(plain.close)
+        plain.send_command("ping", {}, command_id="p")
+        self.assertTrue(plain.wait_closed())
+        self.assertEqual([], [m for m in plain.received if "_raw" not in m])
+
+    def test_harness_peers_speak_tls_by_default(self):
+        # What every raw-socket functional test gets without asking.
+        endpoint = harness.start_endpoint(self)
+        peer = harness.connect_peer(endpoint.port)
+        self.addCleanup(peer.close)
+        self.assertIsInstance(peer.sock, ssl.SSLSocket)
+        self.assertEqual({"n": 1}, peer.call("ping", {"n": 1})["result"])
+        server = harness.start_server(self)
+        harness.start_agent(self, [server.address])
+        agent_peer, _ = harness.accept_handshake(server)
+        self.addCleanup(agent_peer.close)
+        self.assertEqual([True], server.accepted_tls)
+        self.assertIsInstance(agent_peer.sock, ssl.SSLSocket)
+
+    def test_explicit_plaintext_is_announced_on_both_sides(self):
+        endpoint = harness.start_endpoint(self, harness.PLAINTEXT_ENDPOINT)
+        agent = harness.start_agent(
+            self, [endpoint.address], harness.merge_sections(
+                harness.PLAINTEXT_AGENT,
+                {"DEFAULT": {"agent_id": "plain-agent"}}))
+        self.wait_connected(endpoint, "plain-agent")
+        self.assertRegex(endpoint.output(),
+                         r"WARNING .*tls_enabled is false.*PLAINTEXT")
+        self.assertRegex(agent.output(),
+                         r"WARNING .*\[tls\] enabled is false.*PLAINTEXT")
+
+    def test_agent_without_ca_file_does_not_start(self):
+        agent = harness.start_agent(self, ["127.0.0.1:1"],
+                                    {"tls": {"ca_file": ""}})
+        self.assertEqual(2, agent.wait_exit())
+        lines = [line for line in agent.output().splitlines()
+                 if line.startswith("teeth-agent:")]
+        self.assertEqual(1, len(lines), agent.output())
+        self.assertIn("[tls] enabled needs [tls] ca_file", lines[0])
+
+    def test_endpoint_without_certificate_does_not_start(self):
+        workdir = harness.make_workdir(self)
+        config = harness.write_config(
+            os.path.join(workdir, "endpoint.conf"),
+            {"endpoint": {"listen_host": harness.HOST, "listen_port": 0,
+                          "control_socket": os.path.join(workdir, "c.sock")}})
+        done = harness.run_command(harness.endpoint_cli_argv(config, "serve"),
+                                   timeout=harness.START_TIMEOUT)
+        self.assertEqual(2, done.returncode, done.stderr)
+        lines = [line for line in done.stderr.splitlines()
+                 if line.startswith("teeth-endpoint:")]
+        self.assertEqual(1, len(lines), done.stderr)
+        self.assertIn("tls_enabled needs tls_cert_file", lines[0])
+
+    def test_endpoint_refuses_client_certs_without_tls(self):
+        endpoint = harness.EndpointProcess(
+            harness.make_workdir(self), {"endpoint": {
+                "tls_enabled": "false", "tls_require_client_cert": "true"}})
+        self.addCleanup(endpoint.stop)
+        self.assertEqual(2, endpoint.wait_exit())
+        self.assertIn("tls_require_client_cert is true but tls_enabled is "
+                      "false", endpoint.output())
+
+
+class TestMinimumVersion(TlsTestCase):
+    def test_tls_1_2_client_refused_by_a_1_3_endpoint(self):
+        endpoint = self.start_tls_endpoint(self.server,
+                                           tls_minimum_version="1.3")
+        old = self.client_context()
+        old.maximum_version = ssl.TLSVersion.TLSv1_2
+        with self.assertRaises((ssl.SSLError, OSError)):
+            peer = harness.connect_peer(endpoint.port, tls=old)
+            peer.close()
+        modern = harness.connect_peer(endpoint.port,
+                                      tls=self.client_context())
+        self.addCleanup(modern.close)
+        self.assertEqual("TLSv1.3", modern.sock.version())
+        self.assertEqual({"v": 3}, modern.call("ping", {"v": 3})["result"])
+
+    def test_agent_with_1_3_minimum_connects_to_a_1_3_endpoint(self):
+        endpoint = self.start_tls_endpoint(self.server,
+                                           tls_minimum_version="1.3")
+        self.start_tls_agent(endpoint.address, "tls13-agent",
+                             minimum_version="1.3")
+        self.wait_connected(endpoint, "tls13-agent")
+
+
+class TestHostnameCheck(TlsTestCase):
+    def test_check_hostname_off_accepts_another_name_with_a_warning(self):
+        endpoint = self.start_tls_endpoint(self.server_wrong_name)
+        agent = self.start_tls_agent(endpoint.address, "no-name-check",
+                                     check_hostname=False)
+        self.wait_connected(endpoint, "no-name-check")
+        self.assertRegex(agent.output(), r"WARNING .*check_hostname is false")
+
+
 class TestAgentOverTls(TlsTestCase):
     def test_agent_connects_to_a_tls_endpoint(self):
         endpoint = self.start_tls_endpoint(self.server)
@@ -157,7 +230,7 @@ class TestAgentOverTls(TlsTestCase):
 
     def test_agent_never_falls_back_to_plaintext(self):
         # A plaintext server: the agent must only ever open TLS there.
-        server = harness.start_server(self)
+        server = harness.start_server(self, tls=False)
         self.start_tls_agent(server.address, "tls-agent-4")
         for _ in range(2):
             peer = server.accept()
@@ -211,7 +284,7 @@ class TestMutualTls(TlsTestCase):
 class TestPlaintextClientToTlsEndpoint(TlsTestCase):
     def test_plaintext_client_gets_no_protocol_answer(self):
         endpoint = self.start_tls_endpoint(self.server)
-        peer = harness.connect_peer(endpoint.port)
+        peer = harness.connect_peer(endpoint.port, tls=False)
         self.addCleanup(peer.close)
         peer.send_raw(b'{"version":"v1","id":"plain","method":"handshake",'
                       b'"params":{"agent_id":"plain"}}\n', ignore_errors=True)

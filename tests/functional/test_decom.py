@@ -10,6 +10,7 @@ import copy
 import mmap
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import unittest
@@ -56,6 +57,9 @@ class DecomOnLoopDevicesTest(unittest.TestCase):
 
     def extension(self, devices, **overrides):
         overrides.setdefault("hardware.device_include", list(devices))
+        state_dir = tempfile.mkdtemp(prefix="teeth-decom-state-")
+        self.addCleanup(shutil.rmtree, state_dir, ignore_errors=True)
+        overrides.setdefault("state_dir", state_dir)
         conf = base.make_conf(**overrides)
         dispatcher = hardware.build_dispatcher(
             [("generic", generic.GenericHardwareManager)], conf)
@@ -118,8 +122,44 @@ class DecomOnLoopDevicesTest(unittest.TestCase):
         extension, registry, _ = self.extension([device])
         task = runner.run_command(extension, registry, "disk_erase", {})
         self.assertEqual(tasks.COMPLETE, task.state, task.msg)
-        self.assertEqual([device],
-                         [e["path"] for e in task.result["devices"]])
+        outcomes = {e["path"]: e["outcome"] for e in task.result["devices"]}
+        self.assertEqual("erased", outcomes.pop(device))
+        # Every other disk of this machine is accounted for, untouched.
+        self.assertEqual([], [path for path, outcome in outcomes.items()
+                              if outcome != "excluded"])
+
+    def test_default_scope_fails_naming_the_mounted_device(self):
+        """Issue 11.2: without devices, a mounted disk in scope is not
+        silently left out: the others are erased, the task fails."""
+        free = self.random_device()
+        mounted = self.random_device()
+        run("mkfs.ext4", "-q", "-F", mounted)
+        mountpoint = tempfile.mkdtemp(prefix="teeth-decom-mnt-")
+        self.addCleanup(os.rmdir, mountpoint)
+        run("mount", mounted, mountpoint)
+        self.addCleanup(subprocess.run, ["umount", mountpoint],
+                        capture_output=True)
+        mounted_before = read_direct(mounted)
+        extension, registry, _ = self.extension([free, mounted])
+        task = runner.run_command(extension, registry, "disk_erase", {})
+        self.assertEqual(tasks.ERROR, task.state)
+        entries = {e["path"]: e for e in task.details["devices"]}
+        self.assertEqual("erased", entries[free]["outcome"])
+        self.assertTrue(entries[free]["verified"])
+        self.assertEqual("overwrite", entries[free]["method"])
+        self.assertEqual("Clear", entries[free]["nist_category"])
+        data = read_direct(free)
+        self.assertEqual(len(data), data.count(0))
+        self.assertEqual({"path": mounted, "outcome": "skipped",
+                          "reason": "mounted",
+                          "detail": "mounted at %s" % mountpoint},
+                         entries[mounted])
+        self.assertEqual([mounted], task.details["not_erased"])
+        self.assertIn("disk erase failed on 1 of 2 device(s): %s: skipped "
+                      "(mounted): mounted at %s" % (mounted, mountpoint),
+                      task.msg)
+        self.assertEqual(mounted_before, read_direct(mounted))
+        self.assertTrue(os.path.ismount(mountpoint))
 
     def test_mounted_and_excluded_devices_are_refused_before_work(self):
         free = self.random_device()

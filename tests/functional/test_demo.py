@@ -41,6 +41,8 @@ class DemoTest(unittest.TestCase):
         for task in ("demo-qc", "demo-erase", "demo-cache", "demo-prepare",
                      "demo-run"):
             self.assertRegex(output, r"%s: complete" % re.escape(task))
+        self.assertRegex(output, r"listening on 127\.0\.0\.1:\d+ over TLS")
+        self.assertRegex(output, r"connected after .* over TLSv1\.[23]")
         self.assertIn("first MiB reads back as zeroes: True", output)
         self.assertIn("device content equals the image: True", output)
         self.assertIn('"method": "kexec"', output)

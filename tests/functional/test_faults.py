@@ -26,11 +26,14 @@ from tests.functional import loopdev
 
 AGENT_ID = "fault-agent"
 
-# Short timers so a broken link is noticed and left quickly.
-FAST_AGENT = {"DEFAULT": {"agent_id": AGENT_ID,
-                          "reconnect_initial_delay": 0.05,
-                          "reconnect_max_delay": 0.3,
-                          "task_status_interval": 0.05}}
+# Short timers so a broken link is noticed and left quickly. Plaintext,
+# explicitly: the proxy reads and cuts the lines going through, and the
+# limits below are about raw bytes on the endpoint's port.
+FAST_AGENT = harness.merge_sections(harness.PLAINTEXT_AGENT, {
+    "DEFAULT": {"agent_id": AGENT_ID,
+                "reconnect_initial_delay": 0.05,
+                "reconnect_max_delay": 0.3,
+                "task_status_interval": 0.05}})
 
 
 def tapped_messages(proxy, direction):
@@ -54,7 +57,8 @@ class FaultTestCase(unittest.TestCase):
     def start_chain(self, agent_overrides=None, endpoint_overrides=None):
         """endpoint <- proxy <- agent; returns (endpoint, proxy, agent)."""
         endpoint = faults_endpoint.RestartableEndpoint(
-            self, endpoint_overrides)
+            self, harness.merge_sections(harness.PLAINTEXT_ENDPOINT,
+                                         endpoint_overrides))
         proxy = faults_proxy.FaultProxy(endpoint.port)
         self.addCleanup(proxy.close)
         agent = harness.start_agent(
@@ -322,7 +326,7 @@ class TestBrokenLinks(FaultTestCase):
 
 class TestEndpointLimits(unittest.TestCase):
     def test_two_mib_line_is_fatal(self):
-        endpoint = harness.start_endpoint(self)
+        endpoint = harness.start_endpoint(self, harness.PLAINTEXT_ENDPOINT)
         peer = harness.connect_peer(endpoint.port)
         self.addCleanup(peer.close)
         line = b'{"id":"big","version":"v1","method":"ping","params":{"x":"'
@@ -339,8 +343,9 @@ class TestEndpointLimits(unittest.TestCase):
         self.assertEqual({"n": 1}, other.call("ping", {"n": 1})["result"])
 
     def test_connections_per_address_are_limited(self):
-        endpoint = harness.start_endpoint(
-            self, {"endpoint": {"max_connections_per_address": 3}})
+        endpoint = harness.start_endpoint(self, harness.merge_sections(
+            harness.PLAINTEXT_ENDPOINT,
+            {"endpoint": {"max_connections_per_address": 3}}))
         peers = []
         for number in range(3):
             peer = harness.connect_peer(endpoint.port)
@@ -376,8 +381,9 @@ class TestEndpointLimits(unittest.TestCase):
         self.assertEqual({"n": "later"}, response["result"])
 
     def test_connection_without_handshake_is_closed(self):
-        endpoint = harness.start_endpoint(
-            self, {"endpoint": {"handshake_timeout": 1.0}})
+        endpoint = harness.start_endpoint(self, harness.merge_sections(
+            harness.PLAINTEXT_ENDPOINT,
+            {"endpoint": {"handshake_timeout": 1.0}}))
         silent = harness.connect_peer(endpoint.port)
         self.addCleanup(silent.close)
         agent = harness.connect_peer(endpoint.port)
@@ -401,8 +407,9 @@ class TestEndpointLimits(unittest.TestCase):
     def test_half_open_tcp_connection_is_closed_too(self):
         # A client that sends part of a line and nothing more is still an
         # unauthenticated connection: the same limit applies.
-        endpoint = harness.start_endpoint(
-            self, {"endpoint": {"handshake_timeout": 1.0}})
+        endpoint = harness.start_endpoint(self, harness.merge_sections(
+            harness.PLAINTEXT_ENDPOINT,
+            {"endpoint": {"handshake_timeout": 1.0}}))
         sock = socket.create_connection((harness.HOST, endpoint.port),
                                         timeout=harness.MESSAGE_TIMEOUT)
         peer = harness.JsonLinePeer(sock, name="half a line")

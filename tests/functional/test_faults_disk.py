@@ -63,10 +63,13 @@ class DiskFaultTestCase(unittest.TestCase):
     def start_agent(self, devices, cache_dir=None):
         """Start endpoint <- proxy <- agent; devices must exist already
         (the agent is stopped before they are detached)."""
-        self.endpoint = faults_endpoint.RestartableEndpoint(self)
+        # Plaintext, explicitly: the proxy reads the lines going through.
+        self.endpoint = faults_endpoint.RestartableEndpoint(
+            self, harness.PLAINTEXT_ENDPOINT)
         self.proxy = faults_proxy.FaultProxy(self.endpoint.port)
         self.addCleanup(self.proxy.close)
         self.agent = harness.start_agent(self, [self.proxy.address], {
+            "tls": {"enabled": "false"},
             "DEFAULT": {"agent_id": AGENT_ID,
                         "enabled_extensions": ["decom", "standbye"]},
             "hardware": {"device_include": list(devices)},

@@ -73,7 +73,8 @@ class TestKilledAgent(unittest.TestCase):
         self.assertEqual("error", update["params"]["state"])
         self.assertIn(LOST, update["params"]["msg"])
         # The same task id does not start the work again.
-        again = peer.call("testing.sleep", {"task_id": "k1", "seconds": 1})
+        again = peer.call("testing.sleep", {"task_id": "k1",
+                                            "seconds": 120, "steps": 600})
         self.assertEqual("error", again["result"]["state"])
         status = peer.call("status", {})["result"]
         self.assertEqual(["error"], [t["state"] for t in status["tasks"]

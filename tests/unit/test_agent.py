@@ -166,10 +166,15 @@ class InMemoryLinkTest(base.TestCase):
         self.assertEqual({"task_id": "t1", "state": "running"}, result)
         final = self.endpoint.wait_for_task("agent-1", "t1", timeout=10)
         self.assertEqual({"steps": 20}, final["result"])
-        # Duplicate id: current state, no new work.
+        # Duplicate id, same params: current state, no new work.
         again = self.endpoint.call("agent-1", "work.grind",
-                                   {"task_id": "t1", "steps": 3})
+                                   {"task_id": "t1", "steps": 20})
         self.assertEqual("complete", again["state"])
+        # The same id with other params is another command: Conflict.
+        with self.assertRaises(transport.RemoteError) as caught:
+            self.endpoint.call("agent-1", "work.grind",
+                               {"task_id": "t1", "steps": 3})
+        self.assertEqual("Conflict", caught.exception.type)
         statuses = [data for event, data in self.updates
                     if event == "task_status"]
         states = [s["state"] for s in statuses]

@@ -10,6 +10,7 @@ from oslo_config import cfg
 
 from teeth_agent.cmd import agent as agent_cmd
 from teeth_agent import conf as teeth_conf
+from teeth_agent.conf import strict
 from teeth_agent import kernel_cmdline
 from tests import base
 
@@ -180,9 +181,16 @@ class TestPrepare(base.TestCase):
         self.assertEqual([self.config_file], conf.config_file)
         self.assertFalse(os.path.exists(self.run_dir))
 
-    def test_unknown_words_do_not_stop_the_start(self):
-        conf = self.prepare("teeth_agent.endpointz=10.0.2.100:9999")
-        self.assertEqual(["192.0.2.1:1"], conf.endpoints)
+    def test_an_unknown_word_stops_the_start(self):
+        # It used to be logged and ignored: a misspelt
+        # teeth_agent.power.simulate would really reboot the machine.
+        with self.assertRaises(strict.UnknownOptionError) as caught:
+            self.prepare("teeth_agent.endpointz=10.0.2.100:9999")
+        error = caught.exception
+        self.assertEqual(1, len(error.lines))
+        self.assertIn("teeth_agent.endpointz matches no option; did you "
+                      "mean teeth_agent.endpoints?", error.lines[0])
+        self.assertFalse(os.path.exists(self.run_dir))
 
     def test_json_option_from_the_kernel_command_line(self):
         conf = self.prepare(
@@ -191,7 +199,11 @@ class TestPrepare(base.TestCase):
                          json.loads(conf.hardware.root_device_hints))
 
     def test_a_bad_value_is_an_error_like_in_a_file(self):
-        self.assertRaises(cfg.ConfigFileValueError,
-                          lambda: self.prepare(
-                              "teeth_agent.power.final_status_timeout=soon"
-                          ).power.final_status_timeout)
+        with self.assertRaises(strict.BadValueError) as caught:
+            self.prepare("teeth_agent.power.final_status_timeout=soon")
+        error = caught.exception
+        self.assertEqual(1, len(error.lines))
+        self.assertIn("kernel command line (", error.lines[0])
+        self.assertIn("teeth_agent.power.final_status_timeout=soon is not "
+                      "valid: could not convert string to float: 'soon'",
+                      error.lines[0])

@@ -3,6 +3,13 @@
 The ramdisk's base is cached in ``.ramdisk-cache/`` of the checkout, or in
 ``$TEETH_RAMDISK_CACHE`` when set (so fresh clones can share one).
 
+Everything runs over TLS, as the shipped defaults do: a session CA made
+with :mod:`teeth_agent.pki` goes into the ramdisk (``build-ramdisk
+--ca-file``), the endpoints serve a certificate for the address the guest
+reaches them at (``10.0.2.100``) and ask for (optional, or with
+``require_client_cert`` mandatory) client certificates signed by the same
+CA, which a machine gets from virtual media (:func:`images.tls_media`).
+
 The VM test needs root (device nodes in the initramfs, mmdebstrap) and
 qemu. Without them it is skipped with the reason, except under CI
 (``CI`` set), where ``tools/install-system-packages`` provides everything
@@ -18,6 +25,8 @@ import sys
 import pytest
 
 from teeth_agent import endpoint as endpoint_mod
+from teeth_agent import pki
+from teeth_agent import transport
 from tests.functional import standbye_http
 from tests.vm import images
 from tests.vm import machine
@@ -48,12 +57,43 @@ def vm_requirements():
         pytest.skip(reason)
 
 
+class VMTLS:
+    """The session's CA, the endpoint's certificate and per-machine
+    client certificates."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        self.ca = pki.make_ca(directory, common_name="teeth VM test CA",
+                              days=2)
+        self.server = pki.make_server_certificate(
+            self.ca, [machine.GUEST_SERVER, "127.0.0.1"],
+            os.path.join(directory, "endpoint"), days=2)
+
+    def agent_certificate(self, agent_id):
+        return pki.make_agent_certificate(
+            self.ca, agent_id, os.path.join(self.directory, agent_id),
+            days=2)
+
+    def server_context(self, require_client_cert=False):
+        return transport.server_tls_context(
+            self.server.cert_path, self.server.key_path,
+            ca_file=self.ca.cert_path,
+            require_client_cert=require_client_cert)
+
+
 @pytest.fixture(scope="session")
-def ramdisk(vm_requirements, tmp_path_factory):
+def vm_tls(tmp_path_factory):
+    return VMTLS(str(tmp_path_factory.mktemp("tls")))
+
+
+@pytest.fixture(scope="session")
+def ramdisk(vm_requirements, vm_tls, tmp_path_factory):
     """The ramdisk built by tools/build-ramdisk (base from the cache when
-    its inputs did not change): the manifest, with ``files``."""
+    its inputs did not change) trusting the session CA: the manifest, with
+    ``files``."""
     output = str(tmp_path_factory.mktemp("ramdisk"))
-    argv = [sys.executable, BUILD_RAMDISK, "--output", output]
+    argv = [sys.executable, BUILD_RAMDISK, "--output", output,
+            "--ca-file", vm_tls.ca.cert_path]
     if os.environ.get("TEETH_RAMDISK_CACHE"):
         argv += ["--cache", os.environ["TEETH_RAMDISK_CACHE"]]
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -92,14 +132,16 @@ def image_server():
 
 
 @pytest.fixture
-def endpoints():
-    """Start endpoints on 127.0.0.1 (``endpoints.start(port=0)``); all are
-    stopped at the end."""
+def endpoints(vm_tls):
+    """Start TLS endpoints on 127.0.0.1 (``endpoints.start(port=0,
+    require_client_cert=False)``); all are stopped at the end."""
     started = []
 
     class Endpoints:
-        def start(self, port=0):
+        def start(self, port=0, require_client_cert=False):
             server = endpoint_mod.Endpoint(host="127.0.0.1", port=port,
+                                           tls_context=vm_tls.server_context(
+                                               require_client_cert),
                                            call_timeout=60.0,
                                            handshake_timeout=60.0,
                                            keepalive_interval=60.0,

@@ -161,3 +161,25 @@ def build_disk_image(directory, name, kernel=None, release=None,
     return {"path": path, "root_offset": root_offset,
             "root_size": root_size, "root_uuid": root_uuid,
             "root_number": root_number}
+
+
+TLS_MEDIA_LABEL = "TEETHTLS"
+
+
+def tls_media(directory, certificate):
+    """An ISO 9660 image labelled :data:`TLS_MEDIA_LABEL` holding one
+    machine's ``agent.pem`` and ``agent-key.pem`` (``certificate``: a
+    :class:`teeth_agent.pki.Issued`), as a BMC's virtual media would carry
+    them; the ramdisk reads it with ``teeth_ramdisk.tls_media=LABEL=...``.
+    """
+    content = os.path.join(directory, "tls-media")
+    os.makedirs(content)
+    shutil.copyfile(certificate.cert_path,
+                    os.path.join(content, "agent.pem"))
+    shutil.copyfile(certificate.key_path,
+                    os.path.join(content, "agent-key.pem"))
+    iso = os.path.join(directory, "tls-media.iso")
+    _run("xorriso", "-as", "mkisofs", "-quiet", "-V", TLS_MEDIA_LABEL,
+         "-o", iso, content)
+    shutil.rmtree(content)
+    return iso

@@ -33,8 +33,9 @@ class VirtualMachine:
     """One qemu process; :meth:`stop` always ends it.
 
     ``disks`` is a list of ``(kind, path, serial)`` with kind ``virtio``,
-    ``nvme`` or ``sata``; ``forwards`` maps a guest port on
-    :data:`GUEST_SERVER` to a host port on 127.0.0.1. With ``kernel``
+    ``nvme``, ``sata`` or ``cdrom`` (an ISO image, read-only);
+    ``forwards`` maps a guest port on :data:`GUEST_SERVER` to a host port
+    on 127.0.0.1. With ``kernel``
     None the firmware (SeaBIOS) boots the first disk instead, through
     whatever boot loader that disk holds; ``initrd`` and ``cmdline`` are
     then unused.
@@ -82,8 +83,10 @@ class VirtualMachine:
         ahci = False
         for index, (kind, path, serial) in enumerate(self.disks):
             drive = "d%d" % index
-            argv += ["-drive", "file=%s,if=none,id=%s,format=raw"
-                     % (path, drive)]
+            argv += ["-drive", "file=%s,if=none,id=%s,format=raw%s"
+                     % (path, drive,
+                        ",media=cdrom,readonly=on" if kind == "cdrom"
+                        else "")]
             if self.kernel is None and index == 0:
                 # The firmware's boot order: this disk first.
                 drive += ",bootindex=0"
@@ -93,12 +96,14 @@ class VirtualMachine:
             elif kind == "nvme":
                 argv += ["-device", "nvme,drive=%s,serial=%s"
                          % (drive, serial)]
-            elif kind == "sata":
+            elif kind in ("sata", "cdrom"):
+                # cdrom: read-only virtual media, as a BMC attaches it.
                 if not ahci:
                     argv += ["-device", "ahci,id=ahci0"]
                     ahci = True
-                argv += ["-device", "ide-hd,drive=%s,bus=ahci0.%d,serial=%s"
-                         % (drive, index, serial)]
+                argv += ["-device", "%s,drive=%s,bus=ahci0.%d,serial=%s"
+                         % ("ide-hd" if kind == "sata" else "ide-cd",
+                            drive, index, serial)]
             else:
                 raise ValueError("unknown disk kind %r" % kind)
         return argv

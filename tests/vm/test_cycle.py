@@ -1,7 +1,10 @@
 """The whole cycle on (virtual) hardware: the ramdisk under qemu, driven by
 the endpoint library in this process over the protocol.
 
-``test_decommission_to_kexec``: handshake, ``decom.qc`` (the three disks
+Every link is TLS (see ``conftest``). ``test_decommission_to_kexec``:
+the machine's client certificate comes from virtual media (an ISO on a
+CD-ROM, ``teeth_ramdisk.tls_media=LABEL=TEETHTLS``) and the endpoint
+requires it; handshake, ``decom.qc`` (the three disks
 with their real transports), ``decom.disk_erase`` across an endpoint
 restart (NVMe by Format NVM, SATA by overwrite with the reasons recorded,
 every disk file zero afterwards), ``standbye.cache_images``,
@@ -141,16 +144,18 @@ def by_serial(disks, serial):
 
 
 def test_decommission_to_kexec(ramdisk, test_images, image_server, endpoints,
-                               machines, tmp_path):
+                               machines, vm_tls, tmp_path):
     directory = str(tmp_path)
     disks = {
         "virtio": make_disk(directory, "virtio.img", 256 * MIB),
         "nvme": make_disk(directory, "nvme.img", 128 * MIB),
         "sata": make_disk(directory, "sata.img", 128 * MIB),
     }
+    media = images.tls_media(directory,
+                             vm_tls.agent_certificate("vm-cycle"))
     image = test_images["kexec"]
     image_server.add("/kexec.img", image["path"])
-    server = endpoints.start()
+    server = endpoints.start(require_client_cert=True)
     port = server.port
     vm = machines.create(
         "cycle", kernel=ramdisk["files"]["vmlinux"],
@@ -158,18 +163,25 @@ def test_decommission_to_kexec(ramdisk, test_images, image_server, endpoints,
         # The cache lives in the guest's RAM: leave 64 MiB free, not 1 GiB.
         cmdline=machine.ramdisk_cmdline(
             ENDPOINT_GUEST_PORT,
-            ["teeth_agent.standbye.cache_reserve=%d" % (64 * MIB)]),
+            ["teeth_agent.standbye.cache_reserve=%d" % (64 * MIB),
+             "teeth_agent.agent_id=vm-cycle",
+             "teeth_ramdisk.tls_media=LABEL=%s" % images.TLS_MEDIA_LABEL]),
         disks=[("virtio", disks["virtio"], "VDISK0001"),
                ("nvme", disks["nvme"], "NVME0001"),
-               ("sata", disks["sata"], "SATA0001")],
+               ("sata", disks["sata"], "SATA0001"),
+               ("cdrom", media, "TLSMEDIA01")],
         forwards={ENDPOINT_GUEST_PORT: port,
                   IMAGES_GUEST_PORT: image_server.server_address[1]})
     vm.start()
 
-    # -- handshake ---------------------------------------------------------
+    # -- handshake, over TLS with the certificate from the media ------------
     agent = wait_for_agent(server, vm)
     agent_id = agent.agent_id
     log("boot to handshake: %.1f s", transport.monotonic() - vm.started_at)
+    assert agent_id == "vm-cycle"
+    assert "client certificate from TLS media" in vm.console()
+    peer = agent.connection.sock.getpeercert()
+    assert ("URI", "teeth-agent:vm-cycle") in peer["subjectAltName"], peer
     methods = json.dumps(agent.handshake["extensions"])
     for method in ("disk_erase", "qc", "cache_images", "run_image"):
         assert method in methods, agent.handshake["extensions"]
@@ -194,7 +206,7 @@ def test_decommission_to_kexec(ramdisk, test_images, image_server, endpoints,
     assert answer["state"] == "running", answer
     server.stop()
     log("endpoint stopped while the erase runs; restarting on port %d", port)
-    server = endpoints.start(port=port)
+    server = endpoints.start(port=port, require_client_cert=True)
     assert server.port == port
     agent = wait_for_agent(server, vm, agent_id)
     final = server.wait_for_task(agent_id, "erase", timeout=TASK_TIMEOUT)

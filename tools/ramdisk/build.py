@@ -4,8 +4,9 @@ The initramfs is two uncompressed cpio archives, concatenated:
 
 * the **agent layer**, rebuilt on every run (a second or two): this
   checkout's ``teeth_agent`` package, compiled, with an installed-package
-  record (``dist-info``) carrying the entry points from ``setup.cfg``, and
-  any ``--extra-package`` (a vendor's hardware-manager package);
+  record (``dist-info``) carrying the entry points from ``setup.cfg``, any
+  ``--extra-package`` (a vendor's hardware-manager package) and the TLS
+  inputs (``--ca-file``, optionally ``--agent-cert``/``--agent-key``);
 * the **base**, cached under ``.ramdisk-cache/base-<hash>/``: a Debian root
   made by ``mmdebstrap --variant=minbase`` with the packages of
   ``packages.txt``, the agent's Python dependencies (``requirements.txt``,
@@ -50,9 +51,13 @@ def concatenate(parts, output):
 
 
 def build(output=None, cache=base.DEFAULT_CACHE, suite=base.DEFAULT_SUITE,
-          mirror=None, extra_packages=(), compress=None):
+          mirror=None, extra_packages=(), compress=None, tls=None):
     """Build (or reuse) the ramdisk; returns the manifest (a dict) also
-    written to ``output/manifest.json``."""
+    written to ``output/manifest.json``. ``tls`` is an
+    :class:`agent_layer.TLSInputs` (a CA file is required unless it says
+    plaintext)."""
+    tls = tls or agent_layer.TLSInputs()
+    agent_layer.check_tls(tls)
     if os.geteuid() != 0:
         raise BuildError("run as root: mmdebstrap and device nodes need it")
     started = time.monotonic()
@@ -64,7 +69,7 @@ def build(output=None, cache=base.DEFAULT_CACHE, suite=base.DEFAULT_SUITE,
     key = base.base_key(suite, mirror, kernel)
     base_dir, built = base.build_base(cache, suite, mirror, kernel, key)
     agent_cpio = os.path.join(output, "agent.cpio")
-    agent_layer.build_agent_layer(agent_cpio, extra_packages)
+    agent_layer.build_agent_layer(agent_cpio, extra_packages, tls)
     initrd = os.path.join(output, "initrd.img")
     concatenate([agent_cpio, os.path.join(base_dir, "base.cpio")], initrd)
     os.unlink(agent_cpio)
@@ -83,6 +88,10 @@ def build(output=None, cache=base.DEFAULT_CACHE, suite=base.DEFAULT_SUITE,
         "base_cached": not built,
         "agent_version": agent_layer.agent_version(),
         "extra_packages": list(extra_packages),
+        "tls": ("plaintext" if tls.plaintext else
+                {"ca_file": os.path.abspath(tls.ca_file),
+                 "agent_cert": (os.path.abspath(tls.agent_cert)
+                                if tls.agent_cert else None)}),
         "initrd_bytes": os.path.getsize(initrd),
         "initrd_compression": compress or "none",
         "seconds": round(time.monotonic() - started, 1),
@@ -119,12 +128,35 @@ def main(argv=None):
     parser.add_argument("--compress", choices=["gzip", "zstd"],
                         help="compress initrd.img (for network boot; "
                              "qemu boots the uncompressed one as fast)")
+    tls_args = parser.add_argument_group(
+        "TLS", "The agent talks TLS to its endpoint: the image carries the "
+               "CA it trusts, and optionally one machine's client "
+               "certificate. Per-machine certificates are better delivered "
+               "at boot (teeth_ramdisk.tls_media=, see docs/ramdisk.md).")
+    tls_args.add_argument("--ca-file",
+                          help="the PEM CA that signs the endpoint's "
+                               "certificate (required unless --plaintext)")
+    tls_args.add_argument("--agent-cert",
+                          help="a client certificate (PEM) every machine "
+                               "booting this image presents: for an image "
+                               "made for one machine")
+    tls_args.add_argument("--agent-key",
+                          help="the private key of --agent-cert")
+    tls_args.add_argument("--plaintext", action="store_true",
+                          help="build an image whose agent talks to its "
+                               "endpoint without TLS (unencrypted, "
+                               "unauthenticated)")
     args = parser.parse_args(argv)
     try:
         manifest = build(output=args.output, cache=args.cache,
                          suite=args.suite, mirror=args.mirror,
                          extra_packages=args.extra_packages,
-                         compress=args.compress)
+                         compress=args.compress,
+                         tls=agent_layer.TLSInputs(
+                             ca_file=args.ca_file,
+                             agent_cert=args.agent_cert,
+                             agent_key=args.agent_key,
+                             plaintext=args.plaintext))
     except BuildError as exc:
         log("failed: %s", exc)
         return 1

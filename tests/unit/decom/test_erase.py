@@ -1,8 +1,10 @@
 """Erase method selection and tool-output parsing, with tools faked."""
 
 import json
+import logging
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 
@@ -20,6 +22,25 @@ def _manager(conf):
     manager = generic.GenericHardwareManager(conf)
     manager.name = "generic"
     return manager
+
+
+class StateDirMixin:
+    """A temporary ``[DEFAULT] state_dir`` (ATA passwords are kept there)."""
+
+    def setUp(self):
+        super().setUp()
+        self.state_dir = tempfile.mkdtemp(prefix="teeth-erase-state-")
+        self.addCleanup(shutil.rmtree, self.state_dir, ignore_errors=True)
+        self.set_config(state_dir=self.state_dir)
+
+    def store(self):
+        return erase.AtaPasswordStore(self.state_dir)
+
+    def stored_files(self):
+        directory = os.path.join(self.state_dir, "ata-passwords")
+        if not os.path.isdir(directory):
+            return []
+        return sorted(os.listdir(directory))
 
 
 class FakeAtaDrive:
@@ -71,7 +92,8 @@ class FakeAtaDrive:
         return subprocess.CompletedProcess(argv, 0, stdout, "")
 
 
-class CapabilitiesTest(testing.HardwareManagerTestCase, base.TestCase):
+class CapabilitiesTest(StateDirMixin, testing.HardwareManagerTestCase,
+                       base.TestCase):
     def device(self, name, **kwargs):
         path = self.machine.add_disk(name, size_bytes=1024 ** 3, **kwargs)
         return {"path": path, "name": name, "read_only": False,
@@ -152,18 +174,23 @@ class CapabilitiesTest(testing.HardwareManagerTestCase, base.TestCase):
         self.assertNotIn("ata_security_erase", caps)
         self.assertEqual("the drive's security is enabled with an unknown "
                          "password", caps.unsupported["ata_security_erase"])
-        # The agent tried its own password, which did not fit.
-        self.assertTrue(any("--security-unlock" in call
-                            for call in drive.calls))
+        # The agent stored no password for this drive: it guesses none.
+        self.assertFalse(any("--security-unlock" in call
+                             or "--security-disable" in call
+                             for call in drive.calls))
 
     def test_drive_left_with_the_agents_password_is_recovered(self):
         device = self.device("sdb")
-        drive = FakeAtaDrive(device["path"], enabled=True)
-        drive.password = erase.ATA_PASSWORD
+        drive = FakeAtaDrive(device["path"], enabled=True, locked=True)
+        # An agent died mid-erase: the password it set is in state_dir.
+        drive.password = self.store().create("ACME0000SSD42",
+                                             device["path"])
         processes._spawn = drive.spawn
         caps = self.capabilities(device)
         self.assertIn("ata_security_erase_enhanced", caps)
         self.assertFalse(drive.state["enabled"])
+        self.assertFalse(drive.state["locked"])
+        self.assertEqual([], self.stored_files())
 
     def test_scsi_disk_sanitize_from_sg_opcodes(self):
         device = self.device("sdc", transport="sas")
@@ -318,7 +345,8 @@ class ParsersTest(base.TestCase):
                          blockdev.edges(1536 * 1024, 512))
 
 
-class DeviceEraseTest(testing.HardwareManagerTestCase, base.TestCase):
+class DeviceEraseTest(StateDirMixin, testing.HardwareManagerTestCase,
+                      base.TestCase):
     """The device-level erase flows against faked tools."""
 
     def setUp(self):
@@ -479,6 +507,142 @@ class DeviceEraseTest(testing.HardwareManagerTestCase, base.TestCase):
         with self.assertRaises(hw_base.IncompatibleHardwareMethodError):
             erase.erase_device(_manager(self.conf), device, "shred",
                                self.record)
+
+
+class AtaPasswordTest(StateDirMixin, testing.HardwareManagerTestCase,
+                      base.TestCase):
+    """The ATA security password: random per drive, stored 0600 in
+    ``state_dir`` while the erase runs, removed when it ends."""
+
+    SERIAL = "ACME0000SSD42"  # what samples.hdparm_ssd reports
+
+    def setUp(self):
+        super().setUp()
+        path = self.machine.add_disk("sdb", size_bytes=1024 ** 3)
+        self.device = {"path": path, "name": "sdb", "read_only": False}
+
+    def drive(self, **kwargs):
+        drive = FakeAtaDrive(self.device["path"], **kwargs)
+        processes._spawn = drive.spawn
+        return drive
+
+    def erase(self, method="ata_security_erase"):
+        return _manager(self.conf).erase_block_device(
+            self.device, method, lambda done, total: None)
+
+    def passwords_set(self, drive):
+        return [call[4] for call in drive.calls
+                if "--security-set-pass" in call]
+
+    def test_each_erase_sets_a_new_random_password(self):
+        drive = self.drive()
+        self.erase()
+        self.erase("ata_security_erase_enhanced")
+        first, second = self.passwords_set(drive)
+        self.assertNotEqual(first, second)
+        for password in (first, second):
+            self.assertNotEqual("teeth", password)
+            self.assertRegex(password, r"^[0-9a-f]{24}$")
+        # Every later command used the password of its own erase.
+        erases = [call[4] for call in drive.calls
+                  if "--security-erase" in call
+                  or "--security-erase-enhanced" in call]
+        self.assertEqual([first, second], erases)
+
+    def test_password_is_stored_0600_while_the_erase_runs(self):
+        drive = self.drive()
+        seen = []
+        spawn = drive.spawn
+
+        def spawn_and_look(argv, *args):
+            if "--security-erase" in argv:
+                [name] = self.stored_files()
+                directory = os.path.join(self.state_dir, "ata-passwords")
+                path = os.path.join(directory, name)
+                seen.append((stat.S_IMODE(os.stat(directory).st_mode),
+                             stat.S_IMODE(os.stat(path).st_mode),
+                             self.store().lookup(self.SERIAL, "/dev/other"),
+                             drive.password))
+            return spawn(argv, *args)
+
+        processes._spawn = spawn_and_look
+        self.erase()
+        [(dir_mode, file_mode, stored, on_drive)] = seen
+        self.assertEqual(0o700, dir_mode)
+        self.assertEqual(0o600, file_mode)
+        # Found by the drive's serial, whatever its path is after a reboot.
+        self.assertEqual(on_drive, stored)
+        self.assertEqual([], self.stored_files())
+
+    def test_password_is_removed_after_a_failed_erase(self):
+        drive = self.drive(erase_works=False)
+        with self.assertRaises(hw_base.HardwareManagerError):
+            self.erase()
+        self.assertFalse(drive.state["enabled"])
+        self.assertEqual([], self.stored_files())
+
+    def test_password_stays_stored_while_the_drive_keeps_it(self):
+        drive = self.drive(erase_works=False)
+        original = drive.spawn
+
+        def no_disable(argv, *args):
+            if "--security-disable" in argv:
+                return subprocess.CompletedProcess(argv, 0, "", "")
+            return original(argv, *args)
+
+        processes._spawn = no_disable
+        with self.assertRaises(hw_base.HardwareManagerError):
+            self.erase()
+        self.assertTrue(drive.state["enabled"])
+        self.assertEqual(drive.password,
+                         self.store().lookup(self.SERIAL,
+                                             self.device["path"]))
+        # The agent's next run unlocks the drive with it and forgets it.
+        processes._spawn = original
+        caps = _manager(self.conf).get_erase_capabilities(self.device)
+        self.assertIn("ata_security_erase", caps)
+        self.assertFalse(drive.state["enabled"])
+        self.assertEqual([], self.stored_files())
+
+    def test_password_never_reaches_logs_or_errors(self):
+        drive = self.drive()
+        original = drive.spawn
+
+        def timing_out(argv, *args):
+            if "--security-erase" in argv:
+                original(argv, *args)
+                raise subprocess.TimeoutExpired(argv, 1)
+            return original(argv, *args)
+
+        processes._spawn = timing_out
+        with self.assertLogs("teeth_agent", level=logging.DEBUG) as logs:
+            with self.assertRaises(hw_base.HardwareManagerError) as caught:
+                self.erase()
+        [password] = self.passwords_set(drive)
+        self.assertIn("timed out", str(caught.exception))
+        self.assertNotIn(password, str(caught.exception))
+        self.assertIn("<hidden>", str(caught.exception))
+        self.assertFalse([line for line in logs.output if password in line])
+
+    def test_no_state_dir_means_no_security_erase(self):
+        self.set_config(state_dir="")
+        drive = self.drive()
+        caps = _manager(self.conf).get_erase_capabilities(self.device)
+        self.assertNotIn("ata_security_erase", caps)
+        self.assertIn("state_dir is empty",
+                      caps.unsupported["ata_security_erase_enhanced"])
+        with self.assertRaises(hw_base.HardwareManagerError) as caught:
+            self.erase()
+        self.assertIn("needs [DEFAULT] state_dir", str(caught.exception))
+        self.assertEqual([], self.passwords_set(drive))
+
+    def test_store_files_are_named_by_digest(self):
+        store = self.store()
+        store.create("../../etc/passwd", "/dev/sdb")
+        [name] = self.stored_files()
+        self.assertRegex(name, r"^drive-[0-9a-f]{40}\.json$")
+        store.remove("../../etc/passwd", "/dev/sdb")
+        self.assertEqual([], self.stored_files())
 
 
 class OverwriteTest(base.TestCase):
