@@ -121,37 +121,17 @@ def printable(value, limit=LOG_TEXT_LIMIT):
     """``value`` as one line of text safe for a log or a terminal.
 
     Agent-supplied text may carry newlines (a forged log line), escape
-    sequences (which recolour or rewrite an operator's terminal) or other
-    control characters. Backslashes and every non-printable character are
-    written as escapes (``\\n``, ``\\x1b``, ``\\u2028``), so what is shown
-    is always one line and nothing in it is interpreted. Text longer than
-    ``limit`` characters is cut and marked with ``...``.
+    sequences (which recolour or rewrite an operator's terminal), bidi
+    overrides or other control characters. Text made only of printable
+    characters is shown as it is; anything else is shown in
+    :func:`protocol.printable`'s quoted form, in which every such character
+    is escaped (``\\n``, ``\\u001b``), so what is shown is always one line
+    and nothing in it is interpreted. Longer than ``limit``: cut, marked.
     """
     text = value if isinstance(value, str) else str(value)
-    cut = limit is not None and len(text) > limit
-    if cut:
-        text = text[:limit]
-    out = []
-    for char in text:
-        if char == "\\":
-            out.append("\\\\")
-        elif char == "\n":
-            out.append("\\n")
-        elif char == "\r":
-            out.append("\\r")
-        elif char == "\t":
-            out.append("\\t")
-        elif char.isprintable():
-            out.append(char)
-        elif ord(char) < 0x100:
-            out.append("\\x%02x" % ord(char))
-        elif ord(char) < 0x10000:
-            out.append("\\u%04x" % ord(char))
-        else:
-            out.append("\\U%08x" % ord(char))
-    if cut:
-        out.append("...")
-    return "".join(out)
+    if len(text) <= limit and text.isprintable():
+        return text
+    return protocol.printable(text, limit)
 
 
 def agent_id_from_certificate(peercert):

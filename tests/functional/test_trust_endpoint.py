@@ -273,19 +273,19 @@ class TestEscaping(TrustTestCase):
                   "[-] forged line\x1b[31m red")
         peer.call("log", {"level": "WARNING", "message": forged,
                           "time": 1.0, "logger": "raw\x07"})
-        match = self.wait_log(r"esc-\\x1b\[2J-agent\] raw\\x07: hello\\n"
-                              r"2026-01-01")
+        match = self.wait_log(r'\["esc-\\u001b\[2J-agent"\] "raw\\u0007": '
+                              r'"hello\\n2026-01-01')
         output = self.endpoint.output()
         self.assertNotIn("\x1b", output)
         self.assertNotIn("\x07", output)
         self.assertNotIn("\nforged", output)
-        self.assertIn("forged line\\x1b[31m red", match.string)
+        self.assertIn("forged line\\u001b[31m red", match.string)
         self.assertEqual(0, len(re.findall(r"^2026-01-01 00:00:00.000 1 "
                                            r"CRITICAL", output, re.M)))
         table = self.endpoint.cli("agents")
         self.assertEqual(0, table.returncode, table.stderr)
         self.assertNotIn("\x1b", table.stdout)
-        self.assertIn("esc-\\x1b[2J-agent", table.stdout)
+        self.assertIn('"esc-\\u001b[2J-agent"', table.stdout)
         listing = self.endpoint.cli("agents", "--json")
         self.assertNotIn("\x1b", listing.stdout)
         self.assertIn(agent_id, [a["agent_id"] for a in

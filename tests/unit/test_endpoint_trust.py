@@ -47,19 +47,24 @@ class Command:
 
 class TestPrintable(base.TestCase):
     def test_control_characters_are_escaped(self):
-        self.assertEqual("a\\nb\\r\\tc\\x1b[31m\\x07\\x00",
+        self.assertEqual('"a\\nb\\r\\tc\\u001b[31m\\u0007\\u0000"',
                          endpoint_mod.printable("a\nb\r\tc\x1b[31m\x07\x00"))
 
-    def test_backslash_and_unicode_separators(self):
-        self.assertEqual("\\\\n \\u2028 \\x85 \\U000e0001",
-                         endpoint_mod.printable("\\n \u2028 \x85 \U000e0001"))
+    def test_unicode_separators_and_bidi_overrides(self):
+        for text in ("a\u2028b", "a\u202eb", "a\x85b"):
+            shown = endpoint_mod.printable(text)
+            self.assertTrue(shown.isprintable(), shown)
+            self.assertTrue(shown.startswith('"'), shown)
 
     def test_printable_text_is_unchanged(self):
-        self.assertEqual("Grüße 🦀 ok", endpoint_mod.printable("Grüße 🦀 ok"))
+        self.assertEqual("Grüße 🦀 ok \\n",
+                         endpoint_mod.printable("Grüße 🦀 ok \\n"))
 
     def test_non_strings_and_limit(self):
         self.assertEqual("None", endpoint_mod.printable(None))
-        self.assertEqual("xxx...", endpoint_mod.printable("x" * 10, limit=3))
+        shown = endpoint_mod.printable("x" * 10, limit=3)
+        self.assertTrue(shown.startswith('"xxx"'), shown)
+        self.assertNotIn("xxxx", shown)
 
 
 class TestCertificateIdentity(base.TestCase):
@@ -429,7 +434,7 @@ class TestIdentityDecisions(base.TestCase):
         big = FakeConnection()
         self.handshake(endpoint, big, handshake(
             "b", hardware={"pad": "x" * 100000}, agent_version="1\n2"))
-        self.assertEqual({"agent_id": "b", "agent_version": "1\\n2",
+        self.assertEqual({"agent_id": "b", "agent_version": '"1\\n2"',
                           "truncated": True},
                          endpoint.agents["b"].handshake)
 
