@@ -117,8 +117,8 @@ opts = [
         "allowed_redirect_networks",
         default=[],
         item_type=_network,
-        help="Networks (CIDRs, e.g. 10.20.0.0/16) that image and firmware "
-             "download redirects may lead to although their addresses are "
+        help="Networks (CIDRs, e.g. 10.20.0.0/16) that image download "
+             "redirects may lead to although their addresses are "
              "loopback, link-local, private, multicast, unspecified or "
              "otherwise not global. The first URL of an image is always "
              "used as given; a redirect to any such address outside these "
