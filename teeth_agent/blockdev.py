@@ -100,19 +100,20 @@ def path_devnum(path):
     return "%d:%d" % (os.major(info.st_rdev), os.minor(info.st_rdev))
 
 
-def zero_range(fd, start, end, chunk=4 * MIB):
+def zero_range(fd, start, end, chunk=4 * MIB, block_size=None):
     """Make bytes ``[start, end)`` of the device open as ``fd`` read back
     as zeros, and sync.
 
-    The range is widened to whole logical blocks (capped at the device's
-    size). The kernel's ``BLKZEROOUT`` is tried first: it offloads to the
-    device (WRITE ZEROES) or to the backing file of a loop device where it
-    can, and writes zeros itself where it cannot. When the ioctl is not
+    The range is widened to whole logical blocks (``block_size``, by
+    default the device's; capped at the device's size). The kernel's
+    ``BLKZEROOUT`` is tried first: it offloads to the device (WRITE
+    ZEROES) or to the backing file of a loop device where it can, and
+    writes zeros itself where it cannot. When the ioctl is not
     available (a regular file) zeros are written from an aligned buffer,
     which also suits an ``O_DIRECT`` descriptor. Returns the ``(start,
     end)`` actually zeroed.
     """
-    sector = logical_block_size(fd)
+    sector = block_size or logical_block_size(fd)
     size = fd_size(fd)
     start -= start % sector
     end = min(end + (-end) % sector, size)

@@ -403,10 +403,12 @@ class HTTPSource:
                 return None
             received = self._attempt_bytes
         return AttemptTooSlow(
-            "%s: the attempt ran past its deadline (%.0fs plus 1s per %d "
-            "bytes received; %d bytes received)"
-            % (redact_url(self._attempt_url),
-               self._attempt_timeout, self._min_rate or 0, received))
+            "%s: the attempt ran past its deadline of %gs plus 1s per %d "
+            "bytes received ([standbye] download_attempt_timeout and "
+            "download_min_rate): %d bytes in %.0fs"
+            % (redact_url(self._attempt_url), self._attempt_timeout,
+               self._min_rate or 0, received,
+               self._clock() - self._attempt_start))
 
     def _track(self, connection):
         with self._lock:

@@ -200,7 +200,8 @@ class DeviceWriter:
         ``(start, end)`` zeroed."""
         if self._fd is None:
             raise ValueError("%s is closed" % self.path)
-        return blockdev.zero_range(self._fd, self.start, self.high)
+        return blockdev.zero_range(self._fd, self.start, self.high,
+                                   block_size=self.block_size)
 
     def abort(self):
         """Release the device without writing what is buffered."""
@@ -345,7 +346,8 @@ class _ZstdSink:
             raise CorruptImage("zstd stopped reading the image") from None
 
     def _error(self, exc):
-        if "memory" in str(exc).lower():
+        said = (exc.stderr or "").lower()
+        if "too much memory" in said or "window size larger" in said:
             return DecompressionLimitExceeded(
                 "the zstd image needs more than %d MiB of memory to be "
                 "decompressed (its window is larger than [standbye] "
