@@ -119,6 +119,11 @@ class StandbyeExtension(base.Extension):
                 raise writer.DeviceChanged(
                     path, "it was device %s when it was checked and is %s "
                     "now" % (devnum, device.get("devnum")))
+            node = blockdev.path_devnum(path)
+            if devnum is not None and node != devnum:
+                raise writer.DeviceChanged(
+                    path, "the node names device %s, not the %s that was "
+                    "checked" % (node, devnum))
         return {"devnum": devnum, "recheck": recheck,
                 "memory_limit": self.conf.standbye.decompression_memory_limit}
 
