@@ -139,7 +139,8 @@ def loop_backing(name, conf):
     """
     block = os.path.join(conf.hardware.sysfs_root, "class", "block")
     loop_dir = os.path.join(block, name, "loop")
-    if not os.path.isdir(loop_dir):
+    if not os.path.exists(os.path.join(loop_dir, "backing_file")):
+        # No loop device, or one with nothing attached.
         return None
     backing = sysfs.read_text(os.path.join(loop_dir, "backing_file"))
     if backing is None:
