@@ -391,6 +391,13 @@ class HTTPSource:
             except OSError:
                 pass
 
+    def credit(self, seconds):
+        """Do not count ``seconds`` the consumer made the stream wait (no
+        free buffer: a slow disk or decoder) against the attempt."""
+        with self._lock:
+            if self._attempt_start is not None:
+                self._attempt_start += seconds
+
     def _count(self, count):
         if self._attempt_timeout is not None:
             with self._lock:
@@ -719,12 +726,19 @@ class _Pipeline:
 
     def read(self):
         received = 0
+        # Time spent waiting for the sink is not the source's slowness.
+        credit = getattr(self.source, "credit", None)
         try:
             while not self.abort.is_set():
+                waited = time.monotonic()
                 try:
                     slot = self.free.get(timeout=0.5)
                 except queue.Empty:
+                    if credit is not None:
+                        credit(time.monotonic() - waited)
                     continue
+                if credit is not None:
+                    credit(time.monotonic() - waited)
                 count = _fill(self.source, memoryview(slot.buffer))
                 received += count
                 if self.max_size is not None and received > self.max_size:

@@ -930,8 +930,10 @@ class LoopBackingTest(StandbyeTestBase):
         self.assert_device_holds("raw")
 
 
-class PartitionEditRecheckTest(RunImageTest):
+class PartitionEditRecheckTest(StandbyeTestBase):
     """run_image re-checks the device after sgdisk/sfdisk."""
+
+    prepare_and_run = RunImageTest.prepare_and_run
 
     def test_device_changed_after_the_partition_edit_fails_the_task(self):
         other = self.loops.create(DEVICE_SIZE)

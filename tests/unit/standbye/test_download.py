@@ -394,3 +394,14 @@ class FetchLimitsTest(base.TestCase):
         self.fetch([url])
         self.assertEqual("Basic b3A6cHc=",
                          self.server.headers[-1].get("Authorization"))
+
+    def test_waiting_for_the_sink_does_not_count_against_the_attempt(self):
+        now = [0.0]
+        source = download.HTTPSource([self.url], attempt_timeout=10.0,
+                                     min_rate=1000, clock=lambda: now[0])
+        self.addCleanup(source.close)
+        source._begin_attempt(self.url)
+        now[0] = 30.0
+        source.credit(25.0)
+        source.check_deadline()
+        self.assertIsNone(source._too_slow())
