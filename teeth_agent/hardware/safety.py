@@ -325,7 +325,7 @@ def _same_device(device, path, conf):
         device.get("name") == name
 
 
-def ensure_writable(path, conf, dispatcher, _depth=0):
+def ensure_writable(path, conf, dispatcher):
     """Re-check ``path`` live and return its ``BlockDevice`` dict.
 
     Asks the managers for a fresh device list, then overlays what this
@@ -345,16 +345,19 @@ def ensure_writable(path, conf, dispatcher, _depth=0):
     if not matches:
         raise DeviceNotEligible(path, "not a block device of this machine",
                                 NOT_FOUND)
-    return check_live(matches[0], conf, path)
+    return check_live(matches[0], conf, path, devices)
 
 
-def check_live(device, conf, path=None):
+def check_live(device, conf, path=None, devices=None, _depth=0):
     """Check one ``BlockDevice`` a manager just listed, live; return it.
 
     The part of :func:`ensure_writable` after the device was found (the
     sysfs and mountinfo overlay, then the rules), for a caller that already
     holds a fresh device list. ``path`` names the device in errors (default:
-    its reported path). Raises :class:`DeviceNotEligible`.
+    its reported path). A loop device backed by a block device is checked
+    as that device too (rule 5): found in ``devices`` (the managers' list)
+    when given, else described from sysfs alone. Raises
+    :class:`DeviceNotEligible`.
     """
     path = path or device["path"]
     device = dict(device)
@@ -376,7 +379,7 @@ def check_live(device, conf, path=None):
         device["read_only"] = True
     refused = refusal(device, conf)
     if refused is None:
-        refused = _backing_refusal(name, conf, dispatcher, _depth)
+        refused = _backing_refusal(name, conf, devices, _depth)
     if refused is not None:
         kind, reason = refused
         stacked = _stacked_on(name, conf)
@@ -393,7 +396,7 @@ def check_live(device, conf, path=None):
     return device
 
 
-def _backing_refusal(name, conf, dispatcher, depth):
+def _backing_refusal(name, conf, devices, depth):
     """Why the loop device ``name`` may not be written because of what
     backs it (rule 5): ``(kind, reason)``, or None."""
     try:
@@ -406,8 +409,22 @@ def _backing_refusal(name, conf, dispatcher, depth):
         return UNKNOWN, ("a chain of more than %d loop devices"
                          % _MAX_LOOP_DEPTH)
     backing_path = os.path.join(conf.hardware.dev_root, backing)
+    if devices is None:
+        # No managers' list: the live overlay of check_live decides.
+        ro = sysfs.read_text(os.path.join(conf.hardware.sysfs_root, "class",
+                                          "block", backing, "ro"))
+        device = {"path": backing_path, "name": backing,
+                  "read_only": None if ro is None else ro == "1",
+                  "is_agent_root": False, "mounted": False}
+    else:
+        matches = [d for d in devices
+                   if _same_device(d, backing_path, conf)]
+        if not matches:
+            return NOT_FOUND, ("a loop device backed by %s, which is not a "
+                               "block device of this machine" % backing_path)
+        device = matches[0]
     try:
-        ensure_writable(backing_path, conf, dispatcher, depth + 1)
+        check_live(device, conf, backing_path, devices, depth + 1)
     except DeviceNotEligible as exc:
         return exc.kind, ("a loop device backed by %s, which may not be "
                           "written: %s" % (backing_path, exc.reason))

@@ -219,7 +219,8 @@ class LoopBackingRuleTest(base.TestCase):
                               backing_file="/nonexistent/backing.img")
         with self.assertRaises(safety.BackingUnknown):
             safety.loop_backing("loop0", self.conf)
-        reason = safety._backing_reason("loop0", self.conf, None, 0)
+        kind, reason = safety._backing_refusal("loop0", self.conf, None, 0)
+        self.assertEqual(safety.UNKNOWN, kind)
         self.assertIn("backing is unknown", reason)
 
     def test_block_device_backing_is_named_by_its_kernel_name(self):
