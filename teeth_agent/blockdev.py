@@ -12,6 +12,7 @@ import fcntl
 import logging
 import mmap
 import os
+import stat
 import struct
 
 from teeth_agent import processes
@@ -22,6 +23,7 @@ MIB = 1024 * 1024
 
 _BLKSSZGET = 0x1268
 _BLKGETSIZE64 = 0x80081272
+_BLKZEROOUT = 0x127f
 
 
 @contextlib.contextmanager
@@ -74,6 +76,72 @@ def sector_size(path, default=512):
         return logical_block_size(fd, default)
     finally:
         os.close(fd)
+
+
+def devnum(fd):
+    """``"major:minor"`` of the block device open as ``fd`` (the form
+    sysfs' ``dev`` files use), or None when ``fd`` is not a block
+    device."""
+    info = os.fstat(fd)
+    if not stat.S_ISBLK(info.st_mode):
+        return None
+    return "%d:%d" % (os.major(info.st_rdev), os.minor(info.st_rdev))
+
+
+def path_devnum(path):
+    """:func:`devnum` of what ``path`` names now (None when it is no
+    block device or does not exist)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISBLK(info.st_mode):
+        return None
+    return "%d:%d" % (os.major(info.st_rdev), os.minor(info.st_rdev))
+
+
+def zero_range(fd, start, end, chunk=4 * MIB, block_size=None):
+    """Make bytes ``[start, end)`` of the device open as ``fd`` read back
+    as zeros, and sync.
+
+    The range is widened to whole logical blocks (``block_size``, by
+    default the device's; capped at the device's size). The kernel's
+    ``BLKZEROOUT`` is tried first: it offloads to the device (WRITE
+    ZEROES) or to the backing file of a loop device where it can, and
+    writes zeros itself where it cannot. When the ioctl is not
+    available (a regular file) zeros are written from an aligned buffer,
+    which also suits an ``O_DIRECT`` descriptor. Returns the ``(start,
+    end)`` actually zeroed.
+    """
+    sector = block_size or logical_block_size(fd)
+    size = fd_size(fd)
+    start -= start % sector
+    end = min(end + (-end) % sector, size)
+    if end <= start:
+        return start, start
+    try:
+        fcntl.ioctl(fd, _BLKZEROOUT, struct.pack("QQ", start, end - start))
+    except OSError as exc:
+        LOG.debug("BLKZEROOUT is not available (%s); writing zeros", exc)
+        if (end - start) % sector:
+            # A regular file's unaligned end: O_DIRECT cannot write it.
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+        buffer = aligned_buffer(min(chunk, end - start))
+        try:
+            with memoryview(buffer) as view:
+                offset = start
+                while offset < end:
+                    length = min(len(view), end - offset)
+                    write_all(fd, view[:length], offset)
+                    offset += length
+        finally:
+            try:
+                buffer.close()
+            except BufferError:
+                pass
+    os.fsync(fd)
+    return start, end
 
 
 def aligned_buffer(size):

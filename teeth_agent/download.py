@@ -12,6 +12,23 @@ third-party HTTP client. What callers may rely on:
     Raises :class:`ValueError` unless ``url`` is ``http://`` or
     ``https://`` with a host.
 
+``redact_url(url) -> str``
+    ``url`` as it may be logged or put in a task message: user
+    information becomes ``***`` and so does the value of every query
+    parameter whose name looks like a credential (signatures, tokens,
+    keys, passwords: ``temp_url_sig``, ``X-Amz-Signature``, ``sig``,
+    ``access_token``, ...). Every URL this module logs or raises goes
+    through it, and so must every other place that logs one.
+
+``RedirectPolicy(allowed_networks=(), max_hops=MAX_REDIRECTS)``
+    Where a download may be redirected to. The first URL is the
+    server's (operator's) choice and is used as given; a redirect may
+    not downgrade https to http, and its host is resolved and every
+    address checked: loopback, link-local, private, multicast,
+    unspecified and other non-global addresses are refused unless an
+    ``allowed_networks`` CIDR contains them. The connection then goes to
+    an address that was checked (no second resolution).
+
 ``fetch(urls, hashes, sink, progress=None, expected_size=None, ...)``
     Streams the first URL that works into ``sink`` (a callable taking a
     bytes-like chunk, or an object with ``write``) and verifies the
@@ -19,8 +36,11 @@ third-party HTTP client. What callers may rely on:
     a bounded pool of buffers, so they overlap and memory stays bounded;
     ``sink`` is called from the caller's thread, in order, with a
     memoryview that is reused once ``sink`` returns (copy what you keep).
+    Every attempt (one connection) has a deadline (``attempt_timeout``
+    seconds plus one second per ``min_rate`` bytes it received), so a
+    server that sends a byte now and then cannot hold a task forever.
     Transient
-    failures (connection errors, timeouts, 5xx) are retried with
+    failures (connection errors, timeouts, deadlines, 5xx) are retried with
     exponential backoff, resuming with an HTTP ``Range`` request (the
     ``206`` answer and its ``Content-Range`` are checked; a server that
     ignores ``Range`` is read from the start and the bytes already
@@ -44,13 +64,16 @@ third-party HTTP client. What callers may rely on:
     used to write cached images the same way as downloaded ones.
 """
 
+import base64
 import errno
 import hashlib
 import http.client
+import ipaddress
 import logging
 import os
 import queue
 import re
+import socket
 import ssl
 import tempfile
 import threading
@@ -62,7 +85,14 @@ LOG = logging.getLogger(__name__)
 #: Checksums accepted, strongest-and-fastest first.
 PREFERRED_ALGORITHMS = ("sha256", "sha512")
 _HEX_LENGTHS = {"md5": 32, "sha256": 64, "sha512": 128}
-_MAX_REDIRECTS = 5
+#: Redirects followed per request, at most.
+MAX_REDIRECTS = 5
+#: How often (seconds) the deadline of a running attempt is looked at.
+_WATCH_INTERVAL = 0.2
+# Query parameter names whose values are credentials (matched anywhere in
+# the name, case-insensitively): over-redacting costs nothing.
+_SENSITIVE_PARAM = re.compile(
+    r"sig|token|secret|passw|credential|key|auth|session|policy", re.I)
 _MAX_BACKOFF = 30.0
 DEFAULT_BUFFER_SIZE = 4 * 1024 * 1024
 DEFAULT_BUFFER_COUNT = 8
@@ -81,6 +111,11 @@ class DownloadError(Exception):
         self.final = final
         self.no_space = no_space
         self.too_large = too_large
+
+
+class AttemptTooSlow(Exception):
+    """A download attempt ran past its deadline (a slow or stalled
+    server); the attempt is retried, another URL tried."""
 
 
 class ChecksumMismatch(DownloadError):
@@ -125,9 +160,98 @@ def check_url(url):
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme.lower() not in ("http", "https"):
         raise ValueError("only http:// and https:// URLs are allowed: %s"
-                         % url)
+                         % redact_url(url))
     if not parsed.hostname:
-        raise ValueError("URL has no host: %s" % url)
+        raise ValueError("URL has no host: %s" % redact_url(url))
+
+
+def redact_url(url):
+    """``url`` with its credentials replaced by ``***`` (see the module
+    documentation); what cannot be parsed is not shown at all."""
+    try:
+        parts = urllib.parse.urlsplit(str(url))
+    except ValueError:
+        return "<a URL that cannot be parsed>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    fields = []
+    for field in parts.query.split("&") if parts.query else ():
+        name, equals, value = field.partition("=")
+        if equals and value and _SENSITIVE_PARAM.search(
+                urllib.parse.unquote_plus(name)):
+            field = name + "=***"
+        elif not equals and _SENSITIVE_PARAM.search(
+                urllib.parse.unquote_plus(name)):
+            field = "***"
+        fields.append(field)
+    return urllib.parse.urlunsplit((
+        parts.scheme, netloc, parts.path, "&".join(fields),
+        "***" if parts.fragment else ""))
+
+
+def _resolve(host, port):
+    """Every address ``host`` resolves to, as ``ipaddress`` objects."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise ValueError("cannot resolve %s: %s" % (host, exc)) from None
+    addresses = []
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+def _restriction(address):
+    """Why ``address`` is not a plain public address, or None."""
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    for test, reason in (("is_unspecified", "unspecified"),
+                         ("is_loopback", "loopback"),
+                         ("is_link_local", "link-local"),
+                         ("is_multicast", "multicast"),
+                         ("is_private", "private")):
+        if getattr(address, test):
+            return reason
+    if not address.is_global:
+        return "not globally routable"
+    return None
+
+
+class RedirectPolicy:
+    """Where redirects may lead; see the module documentation."""
+
+    def __init__(self, allowed_networks=(), max_hops=MAX_REDIRECTS,
+                 resolve=_resolve):
+        self.allowed_networks = [ipaddress.ip_network(str(n), strict=False)
+                                 for n in allowed_networks]
+        self.max_hops = max_hops
+        self._resolve = resolve
+
+    def check(self, source, target):
+        """The addresses to connect to for the redirect from ``source`` to
+        ``target``; raises :class:`ValueError` saying why it is refused.
+        """
+        check_url(target)
+        parsed = urllib.parse.urlsplit(target)
+        if urllib.parse.urlsplit(source).scheme.lower() == "https" and \
+                parsed.scheme.lower() != "https":
+            raise ValueError("an https URL may not redirect to http")
+        port = parsed.port or (443 if parsed.scheme.lower() == "https"
+                               else 80)
+        addresses = self._resolve(parsed.hostname, port)
+        if not addresses:
+            raise ValueError("%s resolves to no address" % parsed.hostname)
+        for address in addresses:
+            reason = _restriction(address)
+            if reason is not None and not any(
+                    address in network for network in self.allowed_networks):
+                raise ValueError(
+                    "%s is a %s address (allow it with [standbye] "
+                    "allowed_redirect_networks)" % (address, reason))
+        return [str(address) for address in addresses]
 
 
 class Hasher:
@@ -173,11 +297,20 @@ class HTTPSource:
 
     :meth:`readinto` hides retries, resumption and fail-over: the caller
     sees one continuous stream from byte 0. ``size`` is the total length
-    once a server announced it.
+    once a server announced it. Redirects are checked by ``redirects`` (a
+    :class:`RedirectPolicy`; by default one that allows no restricted
+    address). With ``attempt_timeout``, an attempt (one connection, from
+    the request on) fails once it has run longer than ``attempt_timeout``
+    seconds plus ``received / min_rate`` (``received`` being the bytes it
+    brought): a watchdog thread then shuts the connection down, so even a
+    read that blocks on a server sending a byte a second ends.
+    :meth:`close` must be called.
     """
 
     def __init__(self, urls, expected_size=None, retries=5, backoff=1.0,
-                 timeout=60.0, ssl_context=None, sleep=time.sleep):
+                 timeout=60.0, ssl_context=None, sleep=time.sleep,
+                 redirects=None, attempt_timeout=None, min_rate=None,
+                 clock=time.monotonic):
         if not urls:
             raise ValueError("no URL given")
         for url in urls:
@@ -192,14 +325,108 @@ class HTTPSource:
         self._timeout = timeout
         self._ssl_context = ssl_context
         self._sleep = sleep
+        self._redirects = redirects or RedirectPolicy()
+        self._attempt_timeout = attempt_timeout
+        self._min_rate = min_rate
+        self._clock = clock
         self._rejected = {}
         self._index = 0
         self._connection = None
         self._response = None
+        # The attempt under way: when it started, what it received, the
+        # connection the watchdog may shut, and whether it did.
+        self._lock = threading.Lock()
+        self._attempt_start = None
+        self._attempt_bytes = 0
+        self._live = None
+        self._attempt_url = None
+        self._expired = False
+        self._closed = threading.Event()
+        self._watchdog = None
+
+    # -- the attempt deadline -------------------------------------------------
+
+    def _deadline(self):
+        extra = self._attempt_bytes / self._min_rate if self._min_rate \
+            else 0.0
+        return self._attempt_start + self._attempt_timeout + extra
+
+    def _begin_attempt(self, url):
+        self._attempt_url = url
+        if self._attempt_timeout is None:
+            return
+        with self._lock:
+            self._attempt_start = self._clock()
+            self._attempt_bytes = 0
+            self._expired = False
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(
+                target=self._watch, name="download-deadline", daemon=True)
+            self._watchdog.start()
+
+    def _watch(self):
+        while not self._closed.wait(_WATCH_INTERVAL):
+            self.check_deadline()
+
+    def check_deadline(self):
+        """Shut the running attempt's connection down once it is past its
+        deadline (the watchdog calls this; tests may too)."""
+        with self._lock:
+            if self._attempt_start is None or self._expired or \
+                    self._clock() <= self._deadline():
+                return
+            self._expired = True
+            connection = self._live
+        LOG.warning("download attempt at %s is past its deadline (%d "
+                    "bytes in %.0fs); dropping it",
+                    redact_url(self._attempt_url),
+                    self._attempt_bytes,
+                    self._clock() - self._attempt_start)
+        sock = getattr(connection, "sock", None)
+        if sock is not None:
+            try:
+                # The plain socket's shutdown (also for TLS): it ends a
+                # recv blocked in another thread.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def credit(self, seconds):
+        """Do not count ``seconds`` the consumer made the stream wait (no
+        free buffer: a slow disk or decoder) against the attempt."""
+        with self._lock:
+            if self._attempt_start is not None:
+                self._attempt_start += seconds
+
+    def _count(self, count):
+        if self._attempt_timeout is not None:
+            with self._lock:
+                self._attempt_bytes += count
+
+    def _too_slow(self):
+        """An :class:`AttemptTooSlow` for the expired attempt, or None."""
+        with self._lock:
+            if not self._expired:
+                return None
+            received = self._attempt_bytes
+        return AttemptTooSlow(
+            "%s: the attempt ran past its deadline of %gs plus 1s per %d "
+            "bytes received ([standbye] download_attempt_timeout and "
+            "download_min_rate): %d bytes in %.0fs"
+            % (redact_url(self._attempt_url), self._attempt_timeout,
+               self._min_rate or 0, received,
+               self._clock() - self._attempt_start))
+
+    def _track(self, connection):
+        with self._lock:
+            self._live = connection
+            expired = self._expired
+        if expired and connection is not None:
+            connection.close()
 
     # -- connecting -----------------------------------------------------------
 
-    def _request(self, url, offset, limit=None):
+    def _request(self, url, offset, limit=None, addresses=None):
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme.lower() == "https":
             context = self._ssl_context or ssl.create_default_context()
@@ -209,20 +436,32 @@ class HTTPSource:
         else:
             connection = http.client.HTTPConnection(
                 parsed.hostname, parsed.port, timeout=self._timeout)
+        if addresses is not None:
+            connection._create_connection = _pinned(addresses)
         target = parsed.path or "/"
         if parsed.query:
             target += "?" + parsed.query
         headers = {"User-Agent": "teeth-agent", "Accept-Encoding":
                    "identity"}
+        if parsed.username is not None or parsed.password is not None:
+            # http.client ignores user information; send it as HTTP basic
+            # authentication, which is what such a URL means.
+            credentials = "%s:%s" % (
+                urllib.parse.unquote(parsed.username or ""),
+                urllib.parse.unquote(parsed.password or ""))
+            headers["Authorization"] = "Basic " + base64.b64encode(
+                credentials.encode("utf-8")).decode("ascii")
         if offset or limit:
             headers["Range"] = "bytes=%d-%s" % (
                 offset, "" if limit is None else offset + limit - 1)
+        self._track(connection)
         try:
             connection.request("GET", target, headers=headers)
             response = connection.getresponse()
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
-            raise _Transient("%s: %s" % (url, exc)) from None
+            raise self._too_slow() or _Transient(
+                "%s: %s" % (redact_url(url), exc)) from None
         return connection, response
 
     def _open(self, url, offset, limit=None):
@@ -230,19 +469,29 @@ class HTTPSource:
 
         Returns ``(connection, response, bytes to skip)``.
         """
-        for _ in range(_MAX_REDIRECTS + 1):
-            connection, response = self._request(url, offset, limit)
+        first = url
+        secure = False
+        addresses = None
+        for _ in range(self._redirects.max_hops + 1):
+            secure = secure or url.lower().startswith("https:")
+            connection, response = self._request(url, offset, limit,
+                                                 addresses)
             status = response.status
             if status in (301, 302, 303, 307, 308):
                 location = response.getheader("Location")
                 connection.close()
                 if not location:
-                    raise _UrlRejected("%s: redirect without Location" % url)
-                url = urllib.parse.urljoin(url, location)
+                    raise _UrlRejected("%s: redirect without Location"
+                                       % redact_url(url))
+                target = urllib.parse.urljoin(url, location)
                 try:
-                    check_url(url)
+                    addresses = self._redirects.check(
+                        "https:" if secure else url, target)
                 except ValueError as exc:
-                    raise _UrlRejected(str(exc)) from None
+                    raise _UrlRejected("redirect from %s to %s refused: %s"
+                                       % (redact_url(url),
+                                          redact_url(target), exc)) from None
+                url = target
                 continue
             if status == 200:
                 length = response.getheader("Content-Length")
@@ -254,8 +503,9 @@ class HTTPSource:
                 if parsed is None or parsed[0] != offset:
                     connection.close()
                     raise _Transient("%s: partial answer for the wrong range "
-                                     "(%s)" % (url, response.getheader(
-                                         "Content-Range")))
+                                     "(%s)" % (redact_url(url),
+                                               response.getheader(
+                                                   "Content-Range")))
                 if parsed[2] is not None:
                     self._learn_size(parsed[2], url)
                 return connection, response, 0
@@ -266,17 +516,22 @@ class HTTPSource:
             connection.close()
             if 400 <= status < 500:
                 raise _UrlRejected("%s: HTTP %d %s"
-                                   % (url, status, response.reason))
-            raise _Transient("%s: HTTP %d %s" % (url, status, response.reason))
-        raise _UrlRejected("%s: too many redirects" % url)
+                                   % (redact_url(url), status,
+                                      response.reason))
+            raise _Transient("%s: HTTP %d %s" % (redact_url(url), status,
+                                                 response.reason))
+        raise _UrlRejected("%s: more than %d redirects"
+                           % (redact_url(first), self._redirects.max_hops))
 
     def _learn_size(self, size, url):
         if self.expected_size is not None and size != self.expected_size:
             raise DownloadError("%s is %d bytes, expected %d"
-                                % (url, size, self.expected_size), final=True)
+                                % (redact_url(url), size, self.expected_size),
+                                final=True)
         if self.size is not None and size != self.size:
             raise DownloadError("%s is %d bytes but an earlier answer said %d"
-                                % (url, size, self.size), final=True)
+                                % (redact_url(url), size, self.size),
+                                final=True)
         self.size = size
 
     def _candidates(self):
@@ -292,20 +547,22 @@ class HTTPSource:
                     "no URL could be downloaded: %s"
                     % "; ".join(self._rejected.values()), final=True)
             url = candidates[0]
+            self._begin_attempt(url)
             try:
                 connection, response, skip = self._open(url, self.offset)
             except _UrlRejected as exc:
-                LOG.warning("not downloading from %s: %s", url, exc)
+                LOG.warning("not downloading from %s: %s", redact_url(url),
+                            exc)
                 self._rejected[url] = str(exc)
                 continue
-            except _Transient as exc:
+            except (_Transient, AttemptTooSlow) as exc:
                 self._transient(exc)
                 continue
             self.url = url
             self._connection, self._response = connection, response
             if response is not None and skip:
                 LOG.info("%s ignores Range; skipping %d bytes already "
-                         "received", url, skip)
+                         "received", redact_url(url), skip)
                 self._discard(skip)
             return
 
@@ -317,11 +574,14 @@ class HTTPSource:
                 read = self._response.readinto(view)
             except (OSError, http.client.HTTPException) as exc:
                 self._drop()
-                raise _Transient("%s: %s" % (self.url, exc)) from None
+                raise self._too_slow() or _Transient(
+                    "%s: %s" % (redact_url(self.url), exc)) from None
+            self._count(read or 0)
             if not read:
                 self._drop()
-                raise _Transient("%s: stream ended before the resume point"
-                                 % self.url)
+                raise self._too_slow() or _Transient(
+                    "%s: stream ended before the resume point"
+                    % redact_url(self.url))
             count -= read
 
     def _transient(self, exc):
@@ -337,6 +597,7 @@ class HTTPSource:
         self._sleep(delay)
 
     def _drop(self):
+        self._track(None)
         if self._connection is not None:
             self._connection.close()
         self._connection = self._response = None
@@ -352,7 +613,7 @@ class HTTPSource:
                     return 0
                 try:
                     self._connect()
-                except _Transient as exc:
+                except (_Transient, AttemptTooSlow) as exc:
                     self._transient(exc)
                     continue
                 if self._response is None:
@@ -360,24 +621,53 @@ class HTTPSource:
             try:
                 count = self._response.readinto(buffer)
             except (OSError, http.client.HTTPException) as exc:
-                self._transient(_Transient("%s: %s" % (self.url, exc)))
+                self._transient(self._too_slow() or _Transient(
+                    "%s: %s" % (redact_url(self.url), exc)))
+                continue
+            self._count(count or 0)
+            too_slow = self._too_slow()
+            if too_slow is not None and not count:
+                # A shut-down connection reads as the end of the stream;
+                # it is not one.
+                self._transient(too_slow)
                 continue
             if count:
                 self.offset += count
                 if self.size is not None and self.offset > self.size:
                     raise DownloadError("%s sent more than %d bytes"
-                                        % (self.url, self.size), final=True)
+                                        % (redact_url(self.url), self.size),
+                                        final=True)
                 return count
             if self.size is not None and self.offset < self.size:
                 self._transient(_Transient(
                     "%s: connection closed at byte %d of %d"
-                    % (self.url, self.offset, self.size)))
+                    % (redact_url(self.url), self.offset, self.size)))
                 continue
             self._drop()
             return 0
 
     def close(self):
+        self._closed.set()
         self._drop()
+        if self._watchdog is not None:
+            self._watchdog.join()
+            self._watchdog = None
+
+
+def _pinned(addresses):
+    """A ``create_connection`` for http.client that connects only to
+    ``addresses`` (checked by a :class:`RedirectPolicy`), never to what a
+    second resolution of the host name might give."""
+    def create_connection(address, timeout, source_address=None):
+        failure = None
+        for host in addresses:
+            try:
+                return socket.create_connection((host, address[1]), timeout,
+                                                source_address)
+            except OSError as exc:
+                failure = exc
+        raise failure
+    return create_connection
 
 
 def _fill(source, view):
@@ -436,12 +726,19 @@ class _Pipeline:
 
     def read(self):
         received = 0
+        # Time spent waiting for the sink is not the source's slowness.
+        credit = getattr(self.source, "credit", None)
         try:
             while not self.abort.is_set():
+                waited = time.monotonic()
                 try:
                     slot = self.free.get(timeout=0.5)
                 except queue.Empty:
+                    if credit is not None:
+                        credit(time.monotonic() - waited)
                     continue
+                if credit is not None:
+                    credit(time.monotonic() - waited)
                 count = _fill(self.source, memoryview(slot.buffer))
                 received += count
                 if self.max_size is not None and received > self.max_size:
@@ -528,15 +825,19 @@ def stream(source, sink, hasher, progress=None, total=None,
 def fetch(urls, hashes, sink, progress=None, expected_size=None,
           allow_md5=False, retries=5, backoff=1.0, timeout=60.0,
           buffer_size=DEFAULT_BUFFER_SIZE, buffer_count=DEFAULT_BUFFER_COUNT,
-          max_size=None, ssl_context=None, sleep=time.sleep):
+          max_size=None, ssl_context=None, sleep=time.sleep, redirects=None,
+          attempt_timeout=None, min_rate=None):
     """Download ``urls`` into ``sink`` and verify ``hashes``.
 
-    See the module documentation.
+    See the module documentation; ``redirects``, ``attempt_timeout`` and
+    ``min_rate`` are those of :class:`HTTPSource`.
     """
     algorithm, expected = select_hash(hashes, allow_md5)
     source = HTTPSource(urls, expected_size=expected_size, retries=retries,
                         backoff=backoff, timeout=timeout,
-                        ssl_context=ssl_context, sleep=sleep)
+                        ssl_context=ssl_context, sleep=sleep,
+                        redirects=redirects, attempt_timeout=attempt_timeout,
+                        min_rate=min_rate)
     hasher = Hasher(algorithm, expected)
 
     def report(done, total):

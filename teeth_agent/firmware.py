@@ -16,6 +16,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from teeth_agent import download as image_download
 from teeth_agent import params
 
 LOG = logging.getLogger(__name__)
@@ -32,7 +33,8 @@ class DownloadError(Exception):
     """A download failed; ``final`` is True when retrying cannot help."""
 
     def __init__(self, url, reason, final=False):
-        super().__init__("cannot download %s: %s" % (url, reason))
+        super().__init__("cannot download %s: %s"
+                         % (image_download.redact_url(url), reason))
         self.url = url
         self.reason = reason
         self.final = final
@@ -115,7 +117,8 @@ def download(url, hashes, destination, timeout=60.0, attempts=3,
             if exc.final:
                 raise
             LOG.warning("firmware download attempt %d/%d of %s failed: %s",
-                        attempt, attempts, url, exc.reason)
+                        attempt, attempts, image_download.redact_url(url),
+                        exc.reason)
             if attempt < attempts:
                 sleep(min(2 ** (attempt - 1), 30))
     raise last
@@ -180,8 +183,8 @@ def _download_once(url, hashes, destination, timeout, max_bytes):
         _remove(partial)
         raise DownloadError(url, "%s: %s" % (type(exc).__name__, exc)) \
             from None
-    LOG.info("downloaded %s (%d bytes) to %s, checksums verified", url,
-             written, directory)
+    LOG.info("downloaded %s (%d bytes) to %s, checksums verified",
+             image_download.redact_url(url), written, directory)
     return written
 
 

@@ -3,7 +3,7 @@
 This module turns bytes into typed events and typed messages into bytes. It
 imports no socket and no concurrency library, so it can be driven from tests,
 fuzzers and any transport. The rules it enforces are those of
-``shared/design/PROTOCOL.md``:
+``docs/protocol.md``:
 
 * one JSON object per line, ``\\n`` terminated; ``\\r\\n`` accepted and empty
   lines ignored;

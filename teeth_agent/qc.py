@@ -1,6 +1,6 @@
 """Quality control: the live inventory against a chassis model's spec.
 
-The spec's shape is PROTOCOL.md's (every key optional)::
+The spec's shape is docs/protocol.md's (every key optional)::
 
     {"cpu": {"count": int, "model": regex},
      "memory": {"total_bytes": int, "tolerance": fraction (default 0.05)},
@@ -23,7 +23,7 @@ DEFAULT_SIZE_TOLERANCE = 0.0
 CORE_KEYS = ("cpu", "memory", "disks", "nics")
 
 DISK_GROUP = params.Object(fields={
-    # Every key of the spec is optional (PROTOCOL.md); a group without a
+    # Every key of the spec is optional (docs/protocol.md); a group without a
     # count asks for at least one matching disk.
     "count": params.Integer(minimum=0),
     "size_bytes": params.Integer(minimum=1),

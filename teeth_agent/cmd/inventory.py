@@ -2,7 +2,7 @@
 
 The output is one JSON object on stdout::
 
-    {"inventory": <PROTOCOL.md inventory>,
+    {"inventory": <docs/protocol.md inventory>,
      "hardware_managers": [{"name", "support", "class"}, ...],
      "dispatch": {interface method: [manager names in dispatch order]}}
 

@@ -1,8 +1,17 @@
 """[standbye] options: the image cache and image writes."""
 
+import ipaddress
+
 from oslo_config import cfg
 
 from teeth_agent.conf import group as conf_group
+
+
+def _network(value):
+    """A CIDR, normalised; ValueError (so oslo.config refuses the file)
+    when it is not one."""
+    return str(ipaddress.ip_network(value.strip(), strict=False))
+
 
 group = cfg.OptGroup(
     "standbye", title="Standby",
@@ -83,6 +92,46 @@ opts = [
              "image to the install device (its address space is limited to "
              "1 GiB). A large, heavily compressed image needs more; the "
              "limit stops a crafted image from running it forever."),
+    # -- download and write limits (issue 11) --
+    cfg.FloatOpt(
+        "download_attempt_timeout",
+        default=600.0,
+        min=1.0,
+        help="Seconds every download attempt (one connection to one URL) "
+             "may take whatever the size of the image; it may run longer "
+             "only while it keeps receiving at download_min_rate on "
+             "average: an attempt that has received N bytes fails once it "
+             "has run for more than download_attempt_timeout + N / "
+             "download_min_rate seconds, and is retried (on the next URL) "
+             "like a dropped connection. This stops a server that sends a "
+             "byte now and then from holding the disk task forever, while "
+             "a large image over a slow but steady link is never cut off."),
+    cfg.IntOpt(
+        "download_min_rate",
+        default=1024 * 1024,
+        min=1,
+        help="Bytes per second a download attempt must average, beyond "
+             "the download_attempt_timeout it always has (see there). The "
+             "default, 1 MiB/s, gives a 20 GiB image about 6 hours."),
+    cfg.ListOpt(
+        "allowed_redirect_networks",
+        default=[],
+        item_type=_network,
+        help="Networks (CIDRs, e.g. 10.20.0.0/16) that image download "
+             "redirects may lead to although their addresses are "
+             "loopback, link-local, private, multicast, unspecified or "
+             "otherwise not global. The first URL of an image is always "
+             "used as given; a redirect to any such address outside these "
+             "networks is refused, as is a redirect from https to http."),
+    cfg.IntOpt(
+        "decompression_memory_limit",
+        default=256 * 1024 * 1024,
+        min=16 * 1024 * 1024,
+        help="Bytes of memory an xz or zstd image may need to be "
+             "decompressed (its dictionary or window size). An image that "
+             "declares more is refused before the memory is allocated; the "
+             "agent runs from RAM. gzip needs 32 KiB at most and needs no "
+             "limit."),
 ]
 
 

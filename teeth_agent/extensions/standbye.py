@@ -101,7 +101,31 @@ class StandbyeExtension(base.Extension):
                 "backoff": options.download_backoff,
                 "timeout": options.download_timeout,
                 "buffer_size": options.write_buffer_size,
-                "buffer_count": options.write_buffer_count}
+                "buffer_count": options.write_buffer_count,
+                "redirects": download.RedirectPolicy(
+                    options.allowed_redirect_networks),
+                "attempt_timeout": options.download_attempt_timeout,
+                "min_rate": options.download_min_rate}
+
+    def _pin(self, path, devnum):
+        """What pins a write to the device the safety check examined:
+        ``devnum`` and a re-check (run once the ``O_EXCL`` descriptor is
+        held, and after partition-table edits), as keyword arguments of
+        :func:`writer.write_stream`. The ``_write_*`` helpers take it as
+        ``pin``; only unit tests call them without one."""
+        def recheck():
+            device = safety.ensure_writable(path, self.conf, self.hardware)
+            if device.get("devnum") != devnum:
+                raise writer.DeviceChanged(
+                    path, "it was device %s when it was checked and is %s "
+                    "now" % (devnum, device.get("devnum")))
+            node = blockdev.path_devnum(path)
+            if devnum is not None and node != devnum:
+                raise writer.DeviceChanged(
+                    path, "the node names device %s, not the %s that was "
+                    "checked" % (node, devnum))
+        return {"devnum": devnum, "recheck": recheck,
+                "memory_limit": self.conf.standbye.decompression_memory_limit}
 
     def _check_hashes(self, hashes, path):
         try:
@@ -297,17 +321,20 @@ class StandbyeExtension(base.Extension):
                 self.hardware, self.conf, root_device_hints or {})
             path = device["path"]
             self._set_prepared(None)
-            safety.ensure_writable(path, self.conf, self.hardware)
+            pin = self._pin(path, safety.ensure_writable(
+                path, self.conf, self.hardware).get("devnum"))
             record = self.cache.lookup(image["id"], image.get("hashes"))
             with self._writing(path, "prepare_image", image["id"]):
                 if record is not None:
                     with self.cache.using(record["id"]):
-                        written = self._write_cached(task, record, path)
+                        written = self._write_cached(task, record, path, pin)
                 else:
-                    written = self._write_downloaded(task, image, path)
+                    written = self._write_downloaded(task, image, path, pin)
                 partitions.tell_kernel(path)
+                pin["recheck"]()
         except _EXPECTED_ERRORS as exc:
-            raise tasks.TaskFailed("prepare_image failed: %s" % exc) from exc
+            raise tasks.TaskFailed("prepare_image failed: %s"
+                                   % writer.describe_failure(exc)) from exc
         result = {"image_id": image["id"], "device": path, **written}
         self._set_prepared(result)
         LOG.info("image %s written to %s (%s)", image["id"], path,
@@ -320,7 +347,7 @@ class StandbyeExtension(base.Extension):
                 task.progress(done=done, total=total)
         return progress
 
-    def _write_cached(self, task, record, path):
+    def _write_cached(self, task, record, path, pin=None):
         options = self._fetch_options()
         try:
             with open(record["path"], "rb") as stream:
@@ -328,7 +355,8 @@ class StandbyeExtension(base.Extension):
                     stream, path,
                     download.Hasher(record["algorithm"], record["hexdigest"]),
                     self._progress(task), record["size"],
-                    options["buffer_size"], options["buffer_count"])
+                    options["buffer_size"], options["buffer_count"],
+                    **(pin or {}))
         except writer.NeedsStaging:
             # Re-verify: the bytes qemu-img reads must be the ones whose
             # checksum the server gave, whatever happened on this disk.
@@ -341,10 +369,10 @@ class StandbyeExtension(base.Extension):
             hasher.verify()
             written = self._write_staged(task, record["path"], path,
                                          record["algorithm"],
-                                         record["hexdigest"])
+                                         record["hexdigest"], pin)
         return {"source": "cache", **written}
 
-    def _write_downloaded(self, task, image, path):
+    def _write_downloaded(self, task, image, path, pin=None):
         """Stream ``image`` from its URLs to ``path``; a qcow2 image (seen
         in the stream's first bytes, before anything is written) is
         downloaded again into ``work_dir`` and converted from there."""
@@ -354,14 +382,16 @@ class StandbyeExtension(base.Extension):
         source = download.HTTPSource(
             image["urls"], expected_size=image.get("size"),
             retries=options["retries"], backoff=options["backoff"],
-            timeout=options["timeout"])
+            timeout=options["timeout"], redirects=options["redirects"],
+            attempt_timeout=options["attempt_timeout"],
+            min_rate=options["min_rate"])
         try:
             written = writer.write_stream(
                 source, path, download.Hasher(algorithm, expected),
                 lambda done, total: self._progress(task)(
                     done, total or source.size),
                 image.get("size"), options["buffer_size"],
-                options["buffer_count"])
+                options["buffer_count"], **(pin or {}))
         except writer.NeedsStaging as staging:
             LOG.info("image %s is %s: staging it in %s", image["id"],
                      staging.format, self.work_dir)
@@ -380,13 +410,14 @@ class StandbyeExtension(base.Extension):
                 allow_md5=self.conf.standbye.allow_md5,
                 max_size=self._staging_room(), **options)
             written = self._write_staged(task, local, path, algorithm,
-                                         expected)
+                                         expected, pin)
         finally:
             if os.path.exists(local):
                 os.unlink(local)
         return {"source": "download", **written}
 
-    def _write_staged(self, task, image_path, path, algorithm, expected):
+    def _write_staged(self, task, image_path, path, algorithm, expected,
+                      pin=None):
         """Write the verified image file ``image_path`` to ``path``.
 
         Its format is detected again from the file itself: qcow2 is
@@ -396,13 +427,14 @@ class StandbyeExtension(base.Extension):
             fmt = formats.detect(stream.read(formats.HEAD_SIZE))
         if fmt == formats.QCOW2:
             return {"format": fmt,
-                    **self._convert_qcow2(task, image_path, path)}
+                    **self._convert_qcow2(task, image_path, path, pin)}
         options = self._fetch_options()
         with open(image_path, "rb") as stream:
             return writer.write_stream(
                 stream, path, download.Hasher(algorithm, expected),
                 self._progress(task), os.path.getsize(image_path),
-                options["buffer_size"], options["buffer_count"])
+                options["buffer_size"], options["buffer_count"],
+                **(pin or {}))
 
     def _staging_room(self):
         """Bytes a qcow2 image may take in ``work_dir``: its file system's
@@ -420,19 +452,30 @@ class StandbyeExtension(base.Extension):
                 final=True, no_space=True)
         return room
 
-    def _convert_qcow2(self, task, image_path, path):
+    def _convert_qcow2(self, task, image_path, path, pin=None):
         virtual_size = qcow2.inspect(image_path)
         if virtual_size > blockdev.device_size(path):
             raise writer.ImageTooLarge(
                 "the image's virtual size (%d bytes) is larger than %s"
                 % (virtual_size, path))
-        safety.ensure_writable(path, self.conf, self.hardware)
+        # qemu-img opens the device itself; an O_EXCL descriptor held
+        # meanwhile keeps it from being mounted or claimed, and its
+        # identity is compared before and after.
+        holder = None if pin is None else writer.DeviceWriter(
+            path, devnum=pin["devnum"], recheck=pin["recheck"])
         try:
             qcow2.convert(image_path, path,
                           self.conf.standbye.qemu_img_convert_cpu_limit)
         except processes.ProcessError:
+            if holder is not None:
+                holder.abort()
             writer.wipe_signatures(path)
             raise
+        finally:
+            if holder is not None:
+                holder.abort()
+        if pin is not None:
+            pin["recheck"]()
         task.progress(percent=99.0)
         return {"bytes_written": virtual_size}
 
@@ -548,11 +591,17 @@ class StandbyeExtension(base.Extension):
             finally:
                 if os.path.exists(image):
                     os.unlink(image)
+        pin = self._pin(path, safety.ensure_writable(
+            path, self.conf, self.hardware).get("devnum"))
         self._remove_old_config_drives(path)
         added = partitions.add_partition_at_end(path, len(data))
-        safety.ensure_writable(path, self.conf, self.hardware)
+        # sgdisk/sfdisk opened the device by its name: it must still be
+        # the one checked, and still be eligible.
+        pin["recheck"]()
         output = writer.DeviceWriter(path, start=added["offset"],
-                                     end=added["offset"] + added["size"])
+                                     end=added["offset"] + added["size"],
+                                     devnum=pin["devnum"],
+                                     recheck=pin["recheck"])
         try:
             output.write(data)
             # Zero the rest so nothing of an older file system shows.

@@ -2,8 +2,8 @@
 
 Every function takes the :class:`~teeth_agent.hardware.Dispatcher` (and the
 config where device filtering applies); nothing here touches the machine
-directly. Shapes follow PROTOCOL.md: a field that cannot be read is ``None``,
-never missing.
+directly. Shapes follow docs/protocol.md: a field that cannot be read is
+``None``, never missing.
 """
 
 import hashlib
@@ -100,7 +100,7 @@ def firmware_versions(dispatcher):
 
 
 def collect_inventory(dispatcher, conf):
-    """The inventory in PROTOCOL.md's shape: ``system``, ``cpu``,
+    """The inventory in docs/protocol.md's shape: ``system``, ``cpu``,
     ``memory``, ``disks`` (see :func:`block_devices`), ``nics``.
 
     Devices excluded by config do not appear at all. Raises

@@ -9,7 +9,10 @@ order they are applied by :func:`eligibility`:
 3. the device holding the agent's own root filesystem is never written;
 4. a device that is mounted or used as swap (itself, one of its
    partitions, or anything stacked on it: dm, md, LVM, recursively) is never
-   written.
+   written;
+5. a loop device backed by a block device is that device: it is written
+   only when the backing device may be (rules 1-4, recursively), and a
+   device that backs a loop device counts the loop's mounts as its own.
 
 Rules 2-4 are intrinsic: no option and no command from the server turns them
 off. :func:`ensure_writable` re-checks a device live, right before a write,
@@ -20,6 +23,7 @@ import collections
 import fnmatch
 import logging
 import os
+import stat
 
 from teeth_agent.hardware import sysfs
 
@@ -115,12 +119,70 @@ def read_swaps(conf):
             if line.split()]
 
 
+#: How many loop devices deep a backing chain is followed.
+_MAX_LOOP_DEPTH = 8
+
+
+class BackingUnknown(Exception):
+    """What backs a loop device cannot be found out."""
+
+
+def loop_backing(name, conf):
+    """The kernel name of the block device backing the loop device
+    ``name``, or None when ``name`` is no loop device or is backed by a
+    regular file.
+
+    Reads ``<sysfs>/class/block/<name>/loop/backing_file`` and stats that
+    file: a block device node is mapped to its kernel name through
+    ``<sysfs>/dev/block/<major>:<minor>``. Raises :class:`BackingUnknown`
+    when the loop device has a backing file that cannot be looked at.
+    """
+    block = os.path.join(conf.hardware.sysfs_root, "class", "block")
+    loop_dir = os.path.join(block, name, "loop")
+    if not os.path.exists(os.path.join(loop_dir, "backing_file")):
+        # No loop device, or one with nothing attached.
+        return None
+    backing = sysfs.read_text(os.path.join(loop_dir, "backing_file"))
+    if backing is None:
+        raise BackingUnknown("its backing file cannot be read from sysfs")
+    try:
+        info = os.stat(backing)
+    except OSError as exc:
+        raise BackingUnknown("its backing file %s cannot be looked at: %s"
+                             % (backing, exc.strerror or exc)) from None
+    if not stat.S_ISBLK(info.st_mode):
+        return None
+    link = os.path.join(conf.hardware.sysfs_root, "dev", "block", "%d:%d" % (
+        os.major(info.st_rdev), os.minor(info.st_rdev)))
+    if not os.path.exists(link):
+        raise BackingUnknown("its backing device %s is not in sysfs"
+                             % backing)
+    return os.path.basename(os.path.realpath(link))
+
+
+def _loops_backed_by(names, conf):
+    """Loop devices whose backing device is one of ``names``."""
+    block = os.path.join(conf.hardware.sysfs_root, "class", "block")
+    found = []
+    for entry in sysfs.listdir(block):
+        if not entry.startswith("loop"):
+            continue
+        try:
+            backing = loop_backing(entry, conf)
+        except BackingUnknown:
+            continue
+        if backing in names:
+            found.append(entry)
+    return found
+
+
 def device_stack(name, conf):
     """The kernel names a write to ``name`` would affect.
 
     Returns ``{kernel name: "major:minor" or None}`` for the device, its
-    partitions, and everything stacked on any of them (``holders/``),
-    recursively.
+    partitions, and everything stacked on any of them (``holders/``, and
+    loop devices backed by one of them, which sysfs does not list as
+    holders), recursively; for a loop device, also the device backing it.
     """
     block = os.path.join(conf.hardware.sysfs_root, "class", "block")
     stack = {}
@@ -135,6 +197,15 @@ def device_stack(name, conf):
             if os.path.exists(os.path.join(directory, entry, "partition")):
                 pending.append(entry)
         pending.extend(sysfs.listdir(os.path.join(directory, "holders")))
+        try:
+            backing = loop_backing(current, conf)
+        except BackingUnknown:
+            backing = None  # ensure_writable refuses such a loop itself
+        if backing is not None:
+            pending.append(backing)
+        if not pending:
+            pending.extend(entry for entry in _loops_backed_by(stack, conf)
+                           if entry not in stack)
     return stack
 
 
@@ -260,27 +331,33 @@ def ensure_writable(path, conf, dispatcher):
     Asks the managers for a fresh device list, then overlays what this
     module reads itself from sysfs and mountinfo (read-only flag, mounts,
     agent root), so a stale or careless manager cannot make a busy device
-    look free. The returned dict has ``eligible`` True and
-    ``ineligible_reason`` None.
+    look free. The returned dict has ``eligible`` True,
+    ``ineligible_reason`` None and ``devnum``, the ``"major:minor"`` that
+    was examined (sysfs' ``dev``; None when unreadable), which a writer
+    compares with what it opens.
 
     Raises :class:`DeviceNotEligible` when the device is unknown or fails
-    any rule of :func:`eligibility`.
+    any rule of :func:`eligibility`, or is a loop device backed by a device
+    that does (rule 5) or by something that cannot be looked at.
     """
     devices = dispatcher.dispatch("list_block_devices")
     matches = [d for d in devices if _same_device(d, path, conf)]
     if not matches:
         raise DeviceNotEligible(path, "not a block device of this machine",
                                 NOT_FOUND)
-    return check_live(matches[0], conf, path)
+    return check_live(matches[0], conf, path, devices)
 
 
-def check_live(device, conf, path=None):
+def check_live(device, conf, path=None, devices=None, _depth=0):
     """Check one ``BlockDevice`` a manager just listed, live; return it.
 
     The part of :func:`ensure_writable` after the device was found (the
     sysfs and mountinfo overlay, then the rules), for a caller that already
     holds a fresh device list. ``path`` names the device in errors (default:
-    its reported path). Raises :class:`DeviceNotEligible`.
+    its reported path). A loop device backed by a block device is checked
+    as that device too (rule 5): found in ``devices`` (the managers' list)
+    when given, else described from sysfs alone. Raises
+    :class:`DeviceNotEligible`.
     """
     path = path or device["path"]
     device = dict(device)
@@ -301,6 +378,8 @@ def check_live(device, conf, path=None):
     if live_ro == "1":
         device["read_only"] = True
     refused = refusal(device, conf)
+    if refused is None:
+        refused = _backing_refusal(name, conf, devices, _depth)
     if refused is not None:
         kind, reason = refused
         stacked = _stacked_on(name, conf)
@@ -310,6 +389,43 @@ def check_live(device, conf, path=None):
             kind = HOLDER
         LOG.warning("refusing to write to %s: %s", path, reason)
         raise DeviceNotEligible(path, reason, kind)
+    device["devnum"] = sysfs.read_text(os.path.join(
+        conf.hardware.sysfs_root, "class", "block", name, "dev"))
     device["eligible"] = True
     device["ineligible_reason"] = None
     return device
+
+
+def _backing_refusal(name, conf, devices, depth):
+    """Why the loop device ``name`` may not be written because of what
+    backs it (rule 5): ``(kind, reason)``, or None."""
+    try:
+        backing = loop_backing(name, conf)
+    except BackingUnknown as exc:
+        return UNKNOWN, "a loop device whose backing is unknown: %s" % exc
+    if backing is None:
+        return None
+    if depth >= _MAX_LOOP_DEPTH:
+        return UNKNOWN, ("a chain of more than %d loop devices"
+                         % _MAX_LOOP_DEPTH)
+    backing_path = os.path.join(conf.hardware.dev_root, backing)
+    if devices is None:
+        # No managers' list: the live overlay of check_live decides.
+        ro = sysfs.read_text(os.path.join(conf.hardware.sysfs_root, "class",
+                                          "block", backing, "ro"))
+        device = {"path": backing_path, "name": backing,
+                  "read_only": None if ro is None else ro == "1",
+                  "is_agent_root": False, "mounted": False}
+    else:
+        matches = [d for d in devices
+                   if _same_device(d, backing_path, conf)]
+        if not matches:
+            return NOT_FOUND, ("a loop device backed by %s, which is not a "
+                               "block device of this machine" % backing_path)
+        device = matches[0]
+    try:
+        check_live(device, conf, backing_path, devices, depth + 1)
+    except DeviceNotEligible as exc:
+        return exc.kind, ("a loop device backed by %s, which may not be "
+                          "written: %s" % (backing_path, exc.reason))
+    return None

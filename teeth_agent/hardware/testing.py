@@ -215,7 +215,8 @@ class FakeMachine:
         does); ``wwid`` is the raw sysfs form such as
         ``"naa.5000c500a1b2c3d4"``. ``by_path`` adds a
         ``/dev/disk/by-path/<by_path>`` link. Loop devices get
-        ``loop/backing_file`` (default ``/images/<name>.img``).
+        ``loop/backing_file`` (default: an empty file ``images/<name>.img`` in
+        the fake root).
         """
         directory = self.sys("class", "block", name)
         os.makedirs(os.path.join(directory, "holders"), exist_ok=True)
@@ -239,8 +240,13 @@ class FakeMachine:
         if transport == "nvme" and wwid is not None:
             _write(os.path.join(directory, "wwid"), "%s\n" % wwid)
         if transport == "loop":
+            if backing_file is None:
+                # A real (empty) regular file: the safety rules stat it.
+                backing_file = os.path.join(self.root, "images",
+                                            "%s.img" % name)
+                _write(backing_file, "")
             _write(os.path.join(directory, "loop", "backing_file"),
-                   "%s\n" % (backing_file or "/images/%s.img" % name))
+                   "%s\n" % backing_file)
         _write(self.dev_path(name), "")
         if by_path:
             _symlink(self.dev_path(name),

@@ -9,10 +9,13 @@ the device as they are; gzip and xz images are decompressed with the
 standard library and zstd images through the ``zstd`` tool, while the
 checksum covers the compressed bytes as served. The device is written with
 ``O_DIRECT`` from a page-aligned ``mmap`` buffer (nothing is staged in the
-page cache or on a tmpfs) and the last partial block is written through a
-normal descriptor. Any failure once writing began, a checksum mismatch
-included, wipes the device's signatures (:func:`wipe_signatures`) so a
-partial image can never boot.
+page cache or on a tmpfs) through one descriptor opened with ``O_EXCL``
+and checked to be the device the safety check examined; the last partial
+block goes through the page cache on that same descriptor. The xz and
+zstd decoders are bounded by a memory limit. Any failure once writing
+began, a checksum mismatch included, zeroes every byte written and wipes
+the device's signatures (:func:`wipe_signatures`), so neither a partial
+image nor unverified bytes stay on the disk.
 """
 
 import fcntl
@@ -25,6 +28,7 @@ import zlib
 
 from teeth_agent import blockdev
 from teeth_agent import download
+from teeth_agent.hardware import safety
 from teeth_agent.images import formats
 from teeth_agent import processes
 
@@ -32,6 +36,12 @@ LOG = logging.getLogger(__name__)
 
 _F_SETPIPE_SZ = 1031
 _MIB = 1024 * 1024
+
+#: Memory an xz or zstd image may need to be decompressed, unless the
+#: caller says otherwise (``[standbye] decompression_memory_limit``). The
+#: stream's header declares it (the xz dictionary, the zstd window); a
+#: larger one is refused before anything is allocated.
+DECOMPRESSION_MEMORY_LIMIT = 256 * _MIB
 
 
 class ImageTooLarge(Exception):
@@ -50,30 +60,56 @@ class DeviceWriteError(OSError):
                          % (path, offset, cause.strerror or cause))
 
 
+class DeviceChanged(safety.DeviceNotEligible):
+    """The device at the path is not the one the safety check examined
+    (another device node, or a regular file, took its name)."""
+
+
 class DeviceWriter:
     """Sequential writes to a block device with ``O_DIRECT``.
 
     ``write(data)`` accepts chunks of any size; full buffers go to the
     device at once and :meth:`close` writes the rest (the aligned part
-    directly, the unaligned tail through the page cache) and syncs.
+    directly, the unaligned tail with ``O_DIRECT`` cleared on the same
+    descriptor) and syncs.
     Writing past the end of the device (or past ``end``, a byte offset)
     raises :class:`ImageTooLarge`, a write or sync the device refuses
     :class:`DeviceWriteError`; writing starts at byte ``start``, which
     must be a multiple of the logical block size.
+
+    One descriptor, opened with ``O_EXCL``, is used from the first write
+    to the last and for :meth:`zero_written`: while it is open the device
+    cannot be mounted or claimed by anything else, and a name swapped
+    under ``path`` changes nothing. With ``devnum`` (``"major:minor"``, as
+    recorded by the safety check) the device opened must be that one, or
+    :class:`DeviceChanged` is raised before anything is written;
+    ``recheck`` (a callable) is then called with the descriptor held, so
+    the check it makes holds for the whole write.
     """
 
-    def __init__(self, path, buffer_size=4 * _MIB, start=0, end=None):
+    def __init__(self, path, buffer_size=4 * _MIB, start=0, end=None,
+                 devnum=None, recheck=None):
         self.path = path
-        flags = os.O_WRONLY | os.O_CLOEXEC
+        flags = os.O_WRONLY | os.O_CLOEXEC | os.O_EXCL
         self._fd = os.open(path, flags | os.O_DIRECT)
         try:
+            found = blockdev.devnum(self._fd)
+            if devnum is not None and found != devnum:
+                raise DeviceChanged(path, "it is device %s now, not the %s "
+                                    "that was checked" % (found or "(none: "
+                                                          "not a block "
+                                                          "device)", devnum))
+            self.devnum = found
+            if recheck is not None:
+                recheck()
             self.block_size = blockdev.logical_block_size(self._fd,
                                                           default=4096)
             self.device_size = os.lseek(self._fd, 0, os.SEEK_END)
             if end is not None:
                 self.device_size = min(self.device_size, end)
-        except OSError:
+        except BaseException:
             os.close(self._fd)
+            self._fd = None
             raise
         buffer_size = max(buffer_size // 4096 * 4096, 4096)
         self._buffer = mmap.mmap(-1, buffer_size)
@@ -81,6 +117,9 @@ class DeviceWriter:
         self._fill = 0
         self.offset = start
         self.start = start
+        #: One past the highest byte a write was issued for (a failed
+        #: write may have reached the device in part).
+        self.high = start
         #: Whether anything reached the device (a failure before that
         #: leaves it as it was and needs no wipe).
         self.touched = False
@@ -100,6 +139,7 @@ class DeviceWriter:
             raise ImageTooLarge("the image is larger than %s (%d bytes)"
                                 % (self.path, self.device_size))
         self.touched = True
+        self.high = max(self.high, self.offset + length)
         with memoryview(self._buffer) as buffer:
             done = 0
             while done < length:
@@ -112,43 +152,56 @@ class DeviceWriter:
         self.offset += length
         self._fill = 0
 
+    def finish(self):
+        """Write what is buffered and sync, keeping the descriptor (so a
+        failed verification can still :meth:`zero_written`); return the
+        bytes written."""
+        tail = self._fill % self.block_size
+        aligned = self._fill - tail
+        if self.offset + self._fill > self.device_size:
+            raise ImageTooLarge("the image is larger than %s (%d bytes)"
+                                % (self.path, self.device_size))
+        if aligned:
+            with memoryview(self._buffer) as buffer:
+                remainder = bytes(buffer[aligned:self._fill])
+            self._fill = aligned
+            self._flush(aligned)
+        else:
+            remainder = bytes(self._buffer[:self._fill])
+            self._fill = 0
+        if remainder:
+            # O_DIRECT cannot write less than a block: the tail goes
+            # through the page cache, on this same descriptor.
+            self.touched = True
+            self.high = max(self.high, self.offset + len(remainder))
+            try:
+                flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
+                fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+                blockdev.write_all(self._fd, remainder, self.offset)
+            except OSError as exc:
+                raise DeviceWriteError(self.path, self.offset, exc) from exc
+            self.offset += len(remainder)
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise DeviceWriteError(self.path, self.offset, exc) from exc
+        return self.offset - self.start
+
     def close(self):
         """Write what is buffered, sync, release; return bytes written."""
         try:
-            tail = self._fill % self.block_size
-            aligned = self._fill - tail
-            if self.offset + self._fill > self.device_size:
-                raise ImageTooLarge("the image is larger than %s (%d bytes)"
-                                    % (self.path, self.device_size))
-            if aligned:
-                with memoryview(self._buffer) as buffer:
-                    remainder = bytes(buffer[aligned:self._fill])
-                self._fill = aligned
-                self._flush(aligned)
-            else:
-                remainder = bytes(self._buffer[:self._fill])
-                self._fill = 0
-            if remainder:
-                # O_DIRECT cannot write less than a block: the tail goes
-                # through a buffered descriptor, synced below.
-                self.touched = True
-                fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
-                try:
-                    os.pwrite(fd, remainder, self.offset)
-                    os.fsync(fd)
-                except OSError as exc:
-                    raise DeviceWriteError(self.path, self.offset,
-                                           exc) from exc
-                finally:
-                    os.close(fd)
-                self.offset += len(remainder)
-            try:
-                os.fsync(self._fd)
-            except OSError as exc:
-                raise DeviceWriteError(self.path, self.offset, exc) from exc
-            return self.offset - self.start
+            return self.finish()
         finally:
             self.abort()
+
+    def zero_written(self):
+        """Zero every byte a write was issued for (``[start, high)``,
+        widened to whole blocks) through the descriptor held; return the
+        ``(start, end)`` zeroed."""
+        if self._fd is None:
+            raise ValueError("%s is closed" % self.path)
+        return blockdev.zero_range(self._fd, self.start, self.high,
+                                   block_size=self.block_size)
 
     def abort(self):
         """Release the device without writing what is buffered."""
@@ -159,19 +212,27 @@ class DeviceWriter:
 
 
 class _InflateSink:
-    """Decompresses a gzip or xz stream into a writer, bounded chunks."""
+    """Decompresses a gzip or xz stream into a writer, bounded chunks.
 
-    def __init__(self, fmt, target, chunk):
+    xz is decoded with ``memory_limit``: a header that declares a bigger
+    dictionary raises :class:`DecompressionLimitExceeded` before liblzma
+    allocates it. gzip's window is 32 KiB by the format.
+    """
+
+    def __init__(self, fmt, target, chunk,
+                 memory_limit=DECOMPRESSION_MEMORY_LIMIT):
         self._format = fmt
         self._target = target
         self._chunk = chunk
+        self._memory_limit = memory_limit
         self._decompressor = self._new()
         self.finished = False
 
     def _new(self):
         if self._format == formats.GZIP:
             return zlib.decompressobj(16 + zlib.MAX_WBITS)
-        return lzma.LZMADecompressor()
+        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ,
+                                     memlimit=self._memory_limit)
 
     def _eof(self):
         return self._decompressor.eof
@@ -202,7 +263,16 @@ class _InflateSink:
                         not self._decompressor.needs_input:
                     self._target.write(
                         self._decompressor.decompress(b"", self._chunk))
-        except (zlib.error, lzma.LZMAError, EOFError) as exc:
+        except lzma.LZMAError as exc:
+            if "memory usage limit" in str(exc).lower():
+                raise DecompressionLimitExceeded(
+                    "the xz image needs more than %d MiB of memory to be "
+                    "decompressed (its dictionary is larger than [standbye] "
+                    "decompression_memory_limit allows)"
+                    % (self._memory_limit // _MIB)) from None
+            raise CorruptImage("cannot decompress the %s image: %s"
+                               % (self._format, exc)) from None
+        except (zlib.error, EOFError) as exc:
             raise CorruptImage("cannot decompress the %s image: %s"
                                % (self._format, exc)) from None
         if self._eof():
@@ -219,12 +289,23 @@ class CorruptImage(Exception):
     """The image's bytes are not what its format requires."""
 
 
-class _ZstdSink:
-    """Pipes a zstd stream through ``zstd -dc`` into a writer."""
+class DecompressionLimitExceeded(CorruptImage):
+    """The compressed image needs more memory to be decompressed than the
+    agent allows (a huge xz dictionary or zstd window)."""
 
-    def __init__(self, target, chunk):
+
+class _ZstdSink:
+    """Pipes a zstd stream through ``zstd -dc`` into a writer.
+
+    ``zstd --memory`` refuses a frame whose window needs more than
+    ``memory_limit`` bytes (:class:`DecompressionLimitExceeded`).
+    """
+
+    def __init__(self, target, chunk, memory_limit=DECOMPRESSION_MEMORY_LIMIT):
         self._target = target
-        self._pipe = processes.open_pipe("zstd", "-dc", "-q")
+        self._memory_limit = memory_limit
+        self._pipe = processes.open_pipe(
+            "zstd", "-dc", "-q", "--memory=%d" % memory_limit)
         for stream in (self._pipe.stdin, self._pipe.stdout):
             try:
                 # Bigger pipes mean fewer switches between the threads and
@@ -261,9 +342,18 @@ class _ZstdSink:
             try:
                 self._pipe.finish()
             except processes.ProcessError as exc:
-                raise CorruptImage("cannot decompress the zstd image: %s"
-                                   % exc) from None
+                raise self._error(exc) from None
             raise CorruptImage("zstd stopped reading the image") from None
+
+    def _error(self, exc):
+        said = (exc.stderr or "").lower()
+        if "too much memory" in said or "window size larger" in said:
+            return DecompressionLimitExceeded(
+                "the zstd image needs more than %d MiB of memory to be "
+                "decompressed (its window is larger than [standbye] "
+                "decompression_memory_limit allows)"
+                % (self._memory_limit // _MIB))
+        return CorruptImage("cannot decompress the zstd image: %s" % exc)
 
     def close(self):
         try:
@@ -276,21 +366,20 @@ class _ZstdSink:
         try:
             self._pipe.finish()
         except processes.ProcessError as exc:
-            raise CorruptImage("cannot decompress the zstd image: %s"
-                               % exc) from None
+            raise self._error(exc) from None
 
     def abort(self):
         self._pipe.kill()
         self._thread.join()
 
 
-def _decoder(fmt, target, chunk):
+def _decoder(fmt, target, chunk, memory_limit=DECOMPRESSION_MEMORY_LIMIT):
     if fmt == formats.RAW:
         return None
     if fmt in (formats.GZIP, formats.XZ):
-        return _InflateSink(fmt, target, chunk)
+        return _InflateSink(fmt, target, chunk, memory_limit)
     if fmt == formats.ZSTD:
-        return _ZstdSink(target, chunk)
+        return _ZstdSink(target, chunk, memory_limit)
     raise formats.UnsupportedFormat("cannot stream a %s image to a device"
                                     % fmt)
 
@@ -326,12 +415,14 @@ class _FormatSink:
     from then on every chunk goes straight to the decoder or the device.
     """
 
-    def __init__(self, writer, total, chunk):
+    def __init__(self, writer, total, chunk,
+                 memory_limit=DECOMPRESSION_MEMORY_LIMIT):
         self.format = None
         self.decoder = None
         self._writer = writer
         self._total = total
         self._chunk = chunk
+        self._memory_limit = memory_limit
         self._head = bytearray()
         self._forward = self._detect
 
@@ -363,7 +454,8 @@ class _FormatSink:
                                 "bytes)" % (self._total, self._writer.path,
                                             self._writer.device_size))
         self.format = fmt
-        self.decoder = _decoder(fmt, self._writer, self._chunk)
+        self.decoder = _decoder(fmt, self._writer, self._chunk,
+                                self._memory_limit)
         self._forward = (self.decoder or self._writer).write
 
     def close(self):
@@ -380,7 +472,8 @@ class _FormatSink:
 
 
 def write_stream(source, path, hasher, progress=None, total=None,
-                 buffer_size=4 * _MIB, buffer_count=8):
+                 buffer_size=4 * _MIB, buffer_count=8, devnum=None,
+                 recheck=None, memory_limit=DECOMPRESSION_MEMORY_LIMIT):
     """Write the image read from ``source`` onto the device ``path``.
 
     The format (raw, gzip, xz or zstd) is detected from the first bytes of
@@ -388,31 +481,67 @@ def write_stream(source, path, hasher, progress=None, total=None,
     read. ``hasher`` (a :class:`teeth_agent.download.Hasher`) sees every
     byte read and is verified at the end; ``progress(done, total)`` counts
     bytes read; ``total``, when given, is the image's size as served.
+    ``devnum`` and ``recheck`` pin the device (see :class:`DeviceWriter`:
+    one ``O_EXCL`` descriptor from the first write to the verification);
+    ``memory_limit`` bounds what an xz or zstd decoder may allocate.
     Returns ``{"format", "bytes_read", "bytes_written"}``.
 
     A qcow2 image raises :class:`NeedsStaging` and an unsupported container
     :class:`teeth_agent.images.formats.UnsupportedFormat`, both before
-    anything is written. Any failure after writing began wipes the
-    device's signatures before the exception propagates
+    anything is written. Any failure after writing began (a checksum
+    mismatch included) zeroes every byte written, through the same
+    descriptor, then wipes the device's signatures, before the exception
+    propagates with a note (``exc.__notes__``, see
+    :func:`describe_failure`) saying what was undone
     (:class:`teeth_agent.download.ChecksumMismatch`,
     :class:`ImageTooLarge`, :class:`CorruptImage`,
     :class:`teeth_agent.download.DownloadError`, :class:`DeviceWriteError`
     when the device fails or runs out of space, other ``OSError``).
     """
-    writer = DeviceWriter(path, buffer_size)
-    sink = _FormatSink(writer, total, buffer_size)
+    writer = DeviceWriter(path, buffer_size, devnum=devnum, recheck=recheck)
+    sink = _FormatSink(writer, total, buffer_size, memory_limit)
     try:
         read = download.stream(source, sink, hasher, progress, total,
                                buffer_size, buffer_count)
         sink.close()
-        written = writer.close()
+        written = writer.finish()
         hasher.verify()
-    except BaseException:
+    except BaseException as exc:
         sink.abort()
-        writer.abort()
         if writer.touched:
-            LOG.error("writing the image to %s failed; wiping it", path)
-            wipe_signatures(path)
+            exc.add_note(_undo(writer, path))
+        writer.abort()
         raise
+    writer.abort()
     return {"format": sink.format, "bytes_read": read,
             "bytes_written": written}
+
+
+def _undo(writer, path):
+    """Zero what ``writer`` wrote, then wipe signatures; return a sentence
+    saying what was done (for the task's message)."""
+    LOG.error("writing the image to %s failed; zeroing the bytes written "
+              "(up to byte %d)", path, writer.high)
+    try:
+        start, end = writer.zero_written()
+    except OSError as exc:
+        LOG.error("cannot zero what was written to %s: %s", path, exc)
+        zeroed = ("zeroing the bytes written to %s failed (%s); its "
+                  "signatures were wiped" % (path, exc))
+    else:
+        zeroed = ("every byte written to %s (bytes %d-%d) was zeroed"
+                  % (path, start, end))
+    pinned = writer.devnum
+    writer.abort()
+    if pinned is None or blockdev.path_devnum(path) == pinned:
+        wipe_signatures(path)
+    else:
+        LOG.error("%s is not device %s any more; not wiping its signatures",
+                  path, pinned)
+    return zeroed
+
+
+def describe_failure(exc):
+    """``str(exc)`` followed by its notes (what a failed write undid)."""
+    notes = [str(note) for note in getattr(exc, "__notes__", ())]
+    return "; ".join([str(exc)] + notes)

@@ -2,7 +2,7 @@
 
 The core functional tests talk to a real ``teeth-agent`` and a real
 ``teeth-endpoint serve`` with nothing but sockets and the rules of
-``PROTOCOL.md``; this module gives them the pieces:
+``docs/protocol.md``; this module gives them the pieces:
 
 * :class:`JsonLinePeer`: one side of a connection, speaking JSON lines over a
   plain (or TLS) socket with bounded waits everywhere. It answers the

@@ -3,13 +3,15 @@
 Serves files from a dict of URL path -> file path, honours ``Range``
 (``bytes=a-`` and ``bytes=a-b``, answering 206 with ``Content-Range``),
 and can be told to misbehave: answer a status code, drop the connection
-after some bytes (once), or ignore ``Range``.
+after some bytes (once), ignore ``Range``, redirect (``redirects``: URL
+path -> Location) or send a body one byte every ``drip`` seconds.
 """
 
 import http.server
 import os
 import re
 import threading
+import time
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -21,6 +23,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         server = self.server
         server.requests.append((self.path, self.headers.get("Range")))
+        server.headers.append(dict(self.headers))
+        location = server.redirects.get(self.path)
+        if location is not None:
+            self.send_response(302)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         status = server.statuses.get(self.path)
         path = server.files.get(self.path)
         if status is not None or path is None:
@@ -50,6 +60,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(end - start + 1))
         self.end_headers()
         limit = server.drop_after.get(self.path)
+        if server.drip.get(self.path):
+            self._drip(path, start, end, server.drip[self.path])
+            return
         with open(path, "rb") as stream:
             stream.seek(start)
             remaining = end - start + 1
@@ -70,6 +83,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 sent += len(chunk)
                 remaining -= len(chunk)
 
+    def _drip(self, path, start, end, interval):
+        with open(path, "rb") as stream:
+            stream.seek(start)
+            data = stream.read(end - start + 1)
+        for index in range(len(data)):
+            try:
+                self.wfile.write(data[index:index + 1])
+                self.wfile.flush()
+            except OSError:
+                return
+            time.sleep(interval)
+
 
 class ImageServer(http.server.ThreadingHTTPServer):
     """Serves ``files`` on 127.0.0.1; ``url(path)`` names one."""
@@ -83,7 +108,10 @@ class ImageServer(http.server.ThreadingHTTPServer):
         self.drop_after = {}
         self.dropped = []
         self.ignore_range = False
+        self.redirects = {}
+        self.drip = {}
         self.requests = []
+        self.headers = []
         self.log = []
         self._thread = threading.Thread(target=self.serve_forever,
                                         daemon=True)

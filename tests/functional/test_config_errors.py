@@ -189,7 +189,8 @@ class TestInventory(ConfigCase):
         self.addCleanup(sys.path.remove, harness.REPO_ROOT)
         from tools import demo
         path = demo.Demo(self.workdir, full_cycle=False).agent_config(
-            self.server.port, ["/nonexistent"])
+            self.server.port, ["/nonexistent"],
+            harness.tls_material().ca_file)
         report = self.inventory(path)
         self.assertEqual([], report["inventory"]["disks"])
 

@@ -1,4 +1,4 @@
-"""A real agent process against a raw-socket server following PROTOCOL.md.
+"""A real agent process against a raw-socket server following docs/protocol.md.
 
 The test is the endpoint: it listens on 127.0.0.1, a real ``teeth-agent``
 (with the test-only ``testing`` extension) connects to it, and every exchange

@@ -1,7 +1,7 @@
 """A real ``teeth-endpoint serve`` against raw-socket agents.
 
 The test plays the agent: it connects to the endpoint process on 127.0.0.1
-with a plain socket and writes PROTOCOL.md messages by hand.
+with a plain socket and writes docs/protocol.md messages by hand.
 """
 
 import json

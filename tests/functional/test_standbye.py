@@ -7,21 +7,30 @@ power) and compared with ``cmp``. Every device is a loop device created
 here; cleanup detaches them even after a failure.
 """
 
+import errno
 import gzip
 import hashlib
 import json
+import logging
 import os
+import resource
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
 import unittest
+from unittest import mock
 import uuid
 
+from teeth_agent import agent as agent_mod
 from teeth_agent.extensions import base as ext_base
 from teeth_agent.extensions import standbye
 from teeth_agent import hardware
 from teeth_agent.hardware import generic
+from teeth_agent.hardware import safety
+from teeth_agent.images import partitions
+from teeth_agent.images import writer
 from teeth_agent import power
 from teeth_agent import protocol
 from teeth_agent import tasks
@@ -655,3 +664,300 @@ class CacheImagesTest(StandbyeTestBase):
                                         **{"standbye.allow_md5": True})
         task = self.call(extension, "cache_images", images=[image])
         self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+
+
+class _Guard:
+    """socket.create_connection that refuses any address but 127.0.0.1:
+    a refused redirect must not connect anywhere."""
+
+    def __init__(self):
+        self.calls = []
+        self._real = socket.create_connection
+
+    def __call__(self, address, *args, **kwargs):
+        self.calls.append(address[0])
+        if address[0] != "127.0.0.1":
+            raise AssertionError("connected to %s" % (address,))
+        return self._real(address, *args, **kwargs)
+
+
+def _devnum(path):
+    info = os.stat(path)
+    return "%d:%d" % (os.major(info.st_rdev), os.minor(info.st_rdev))
+
+
+def _read_is_zero(test, device, length):
+    with open(device, "rb") as stream:
+        offset = 0
+        while offset < length:
+            chunk = stream.read(min(4 * MIB, length - offset))
+            test.assertEqual(bytes(len(chunk)), chunk,
+                             "non-zero bytes near offset %d" % offset)
+            offset += len(chunk)
+
+
+class WriteLimitsTest(StandbyeTestBase):
+    """Issue 11: decoder memory, the pinned exclusive descriptor, zeroing
+    after a failure, redirects, redaction and slow servers."""
+
+    def setUp(self):
+        super().setUp()
+        self.server.redirects.clear()
+        self.server.drip.clear()
+
+    def prepare(self, image, device=None, **conf):
+        device = device or self.device
+        extension = self.make_extension([device], **conf)
+        return extension, self.call(extension, "prepare_image", image=image,
+                                    root_device_hints={"name": device})
+
+    def serve(self, name, path):
+        key = "extra-" + name
+        if key not in self.images:
+            self._add(key, path)
+            self.images[key]["url"] = self.server.add("/" + key, path)
+        return self.image_param(key, size=None)
+
+    def test_xz_with_a_1gib_dictionary_is_refused(self):
+        tiny = os.path.join(self.tmp, "tiny")
+        with open(tiny, "wb") as stream:
+            stream.write(b"hello\n")
+        subprocess.run(["xz", "-kf", "--lzma2=dict=1GiB", tiny], check=True)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        _, task = self.prepare(self.serve("xz-1gib", tiny + ".xz"))
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        self.assertEqual(tasks.ERROR, task.state)
+        self.assertIn("decompression_memory_limit", task.msg)
+        self.assertLess(after - before, 128 * 1024)  # KiB: RSS stays bounded
+
+    def test_zstd_with_a_1gib_window_is_refused(self):
+        path = os.path.join(self.tmp, "window.zst")
+        with open(path, "wb") as stream:
+            subprocess.run(["zstd", "--long=30", "-q", "-c"], input=bytes(64),
+                           stdout=stream, check=True)
+        _, task = self.prepare(self.serve("zstd-1gib", path))
+        self.assertEqual(tasks.ERROR, task.state)
+        self.assertIn("decompression_memory_limit", task.msg)
+
+    def test_checksum_mismatch_zeroes_the_whole_written_range(self):
+        raw = self.images["raw"]
+        _, task = self.prepare(self.image_param(
+            "raw", hashes={"sha256": "0" * 64}))
+        self.assertEqual(tasks.ERROR, task.state)
+        self.assertIn("checksum mismatch", task.msg)
+        self.assertIn("every byte written to %s" % self.device, task.msg)
+        self.assertIn("was zeroed", task.msg)
+        _read_is_zero(self, self.device, raw["size"])
+
+    def test_the_write_holds_the_device_exclusively(self):
+        seen = []
+        real_write = writer.DeviceWriter.write
+
+        def write(output, data):
+            if not seen:
+                try:
+                    os.close(os.open(self.device, os.O_RDONLY | os.O_EXCL))
+                    seen.append("opened")
+                except OSError as exc:
+                    seen.append(exc.errno)
+            return real_write(output, data)
+        with mock.patch.object(writer.DeviceWriter, "write", write):
+            _, task = self.prepare(self.image_param("raw"))
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        self.assertEqual([errno.EBUSY], seen)
+
+    def test_a_device_swapped_after_the_check_is_not_written(self):
+        other = self.loops.create(DEVICE_SIZE, fill="random")
+        with open(other, "rb") as stream:
+            before = hashlib.sha256(stream.read()).hexdigest()
+        dev_root = tempfile.mkdtemp(prefix="teeth-dev-")
+        self.addCleanup(shutil.rmtree, dev_root, True)
+        name = os.path.basename(self.device)
+        node = os.path.join(dev_root, name)
+        os.mknod(node, 0o600 | 0o060000, os.stat(self.device).st_rdev)
+        real_check = safety.ensure_writable
+        calls = []
+
+        def check_then_swap(path, *args, **kwargs):
+            device = real_check(path, *args, **kwargs)
+            if not calls:
+                # The name now leads to another device node.
+                os.unlink(node)
+                os.mknod(node, 0o600 | 0o060000, os.stat(other).st_rdev)
+            calls.append(path)
+            return device
+        extension = self.make_extension([node], **{
+            "hardware.dev_root": dev_root})
+        with mock.patch.object(safety, "ensure_writable", check_then_swap):
+            task = self.call(extension, "prepare_image",
+                             image=self.image_param("raw"),
+                             root_device_hints={"name": node})
+        self.assertEqual(tasks.ERROR, task.state)
+        self.assertIn("not the %s that was checked" % _devnum(self.device),
+                      task.msg)
+        with open(other, "rb") as stream:
+            self.assertEqual(before, hashlib.sha256(stream.read()).hexdigest())
+
+    def test_redirect_to_loopback_or_link_local_is_refused(self):
+        port = self.server.server_address[1]
+        for target in ("http://127.0.0.2:%d/raw" % port,
+                       "http://169.254.169.254/latest/meta-data/"):
+            with self.subTest(target):
+                self.server.redirects["/redirect"] = target
+                guard = _Guard()
+                with mock.patch("socket.create_connection", guard):
+                    _, task = self.prepare(self.image_param(
+                        "raw", urls=[self.server.url("/redirect")]))
+                self.assertEqual(tasks.ERROR, task.state)
+                self.assertIn("refused", task.msg)
+                self.assertIn("allowed_redirect_networks", task.msg)
+                self.assertEqual(["127.0.0.1"], guard.calls)
+                _read_is_zero(self, self.device, MIB)
+
+    def test_redirect_allowed_by_allowed_redirect_networks(self):
+        self.server.redirects["/redirect"] = self.images["raw"]["url"]
+        _, task = self.prepare(
+            self.image_param("raw", urls=[self.server.url("/redirect")]),
+            **{"standbye.allowed_redirect_networks": ["127.0.0.0/8"]})
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        self.assert_device_holds("raw")
+
+    def test_credentials_in_urls_never_reach_logs_or_messages(self):
+        port = self.server.server_address[1]
+        secret_path = "/raw?temp_url_sig=S1GNATURE&temp_url_expires=1"
+        self.server.redirects[secret_path] = (
+            "http://127.0.0.2:%d/x?X-Amz-Signature=AMZS1G" % port)
+        urls = ["http://op:pa55word@127.0.0.1:%d/missing?token=T0KEN" % port,
+                "http://op:pa55word@127.0.0.1:%d%s" % (port, secret_path)]
+        handler = agent_mod.ForwardingLogHandler(10000, logging.DEBUG)
+        logger = logging.getLogger("teeth_agent")
+        old_level = logger.level
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(handler)
+        try:
+            _, task = self.prepare(self.image_param(
+                "raw", urls=urls, hashes={"sha256": "1" * 64}))
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(old_level)
+        self.assertEqual(tasks.ERROR, task.state)
+        forwarded = json.dumps(list(handler.records))
+        for shown in ("temp_url_sig=***", "token=***", "X-Amz-Signature=***",
+                      "http://***@127.0.0.1"):
+            self.assertIn(shown, task.msg)
+            self.assertIn(shown, forwarded)
+        for secret in ("pa55word", "S1GNATURE", "T0KEN", "AMZS1G", "op:"):
+            self.assertNotIn(secret, task.msg)
+            self.assertNotIn(secret, forwarded)
+
+    def test_slow_drip_server_ends_the_task_and_frees_the_disk(self):
+        self.server.drip["/raw"] = 1.0
+        started = time.monotonic()
+        extension, task = self.prepare(
+            self.image_param("raw"),
+            **{"standbye.download_attempt_timeout": 1.0,
+               "standbye.download_retries": 1})
+        self.assertEqual(tasks.ERROR, task.state)
+        self.assertIn("ran past its deadline", task.msg)
+        # Two attempts of about a second each, far from any TCP timeout.
+        self.assertLess(time.monotonic() - started, 30)
+        self.server.drip.clear()
+        task = self.call(extension, "prepare_image",
+                         image=self.image_param("raw"),
+                         root_device_hints={"name": self.device})
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        self.assert_device_holds("raw")
+
+
+class LoopBackingTest(StandbyeTestBase):
+    """A loop device over a block device writes that device (rule 5)."""
+
+    def mount(self, device):
+        result = run("mkfs.ext4", "-q", "-F", device)
+        self.assertEqual(0, result.returncode, result.stderr)
+        point = tempfile.mkdtemp(prefix="teeth-mnt-")
+        result = run("mount", device, point)
+        self.assertEqual(0, result.returncode, result.stderr)
+        self.addCleanup(os.rmdir, point)
+        self.addCleanup(run, "umount", point)
+        return point
+
+    def loop_over(self, device):
+        loop = loopdev.attach(device)
+        self.addCleanup(loopdev.detach, loop)
+        return loop
+
+    def prepare_on(self, target, include):
+        extension = self.make_extension(include)
+        self.extension_hw = extension.hardware
+        return self.call(extension, "prepare_image",
+                         image=self.image_param("raw"),
+                         root_device_hints={"name": target})
+
+    def refused(self, target, include):
+        """prepare_image onto ``target`` fails (the inventory already
+        counts it as not eligible) and the live check says why."""
+        task = self.prepare_on(target, include)
+        self.assertEqual(tasks.ERROR, task.state)
+        self.assertIn("no eligible block device", task.msg)
+        with self.assertRaises(safety.DeviceNotEligible) as caught:
+            safety.ensure_writable(target, self.conf, self.extension_hw)
+        return caught.exception.reason
+
+    def test_loop_over_a_mounted_device_is_refused(self):
+        point = self.mount(self.device)
+        stacked = self.loop_over(self.device)
+        reason = self.refused(stacked, [self.device, stacked])
+        self.assertIn("mounted at %s" % point, reason)
+
+    def test_loop_over_an_excluded_device_is_refused(self):
+        stacked = self.loop_over(self.device)
+        task = self.prepare_on(stacked, [stacked])
+        self.assertEqual(tasks.ERROR, task.state)
+        self.assertIn("backed by %s" % self.device, task.msg)
+        self.assertIn("device_include", task.msg)
+
+    def test_device_under_a_mounted_loop_is_refused(self):
+        stacked = self.loop_over(self.device)
+        point = self.mount(stacked)
+        reason = self.refused(self.device, [self.device])
+        self.assertIn("mounted at %s" % point, reason)
+
+    def test_loop_over_a_free_device_is_written(self):
+        stacked = self.loop_over(self.device)
+        task = self.prepare_on(stacked, [self.device, stacked])
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        self.assert_device_holds("raw")
+
+
+class PartitionEditRecheckTest(StandbyeTestBase):
+    """run_image re-checks the device after sgdisk/sfdisk."""
+
+    prepare_and_run = RunImageTest.prepare_and_run
+
+    def test_device_changed_after_the_partition_edit_fails_the_task(self):
+        other = self.loops.create(DEVICE_SIZE)
+        real_add = partitions.add_partition_at_end
+        real_check = safety.ensure_writable
+        swapped = []
+
+        def add_then_swap(path, *args, **kwargs):
+            added = real_add(path, *args, **kwargs)
+            swapped.append(path)
+            return added
+
+        def check(path, *args, **kwargs):
+            device = real_check(path, *args, **kwargs)
+            if swapped:
+                # After the edit the name stands for another device (a
+                # hot-swapped disk that took its kernel name).
+                device = dict(device, devnum=_devnum(other))
+            return device
+        with mock.patch.object(partitions, "add_partition_at_end",
+                               add_then_swap), \
+                mock.patch.object(safety, "ensure_writable", check):
+            task = self.prepare_and_run("raw", {"meta_data": {"uuid": "x"}})
+        self.assertEqual(tasks.ERROR, task.state)
+        self.assertEqual([self.device], swapped)
+        self.assertIn("when it was checked and is %s now" % _devnum(other),
+                      task.msg)

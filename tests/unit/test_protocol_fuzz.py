@@ -30,7 +30,7 @@ message_like = st.fixed_dictionaries(
 
 
 def expected_kind(message):
-    """What PROTOCOL.md says the receiver does with one decoded line."""
+    """What docs/protocol.md says the receiver does with one decoded line."""
     if not isinstance(message, dict):
         return protocol.ProtocolViolation
     if "method" in message:

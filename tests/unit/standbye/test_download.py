@@ -2,6 +2,7 @@ import hashlib
 import io
 import os
 import tempfile
+from unittest import mock
 
 from teeth_agent import download
 from tests import base
@@ -171,3 +172,236 @@ class FetchTest(base.TestCase):
         download.download_to_file([self.url], self.digest, target)
         with open(target, "rb") as stream:
             self.assertEqual(self.data, stream.read())
+
+
+class RedactUrlTest(base.TestCase):
+
+    def test_credentials_are_hidden(self):
+        for url, expected in (
+                ("http://user:s3cret@h:8080/i.img",
+                 "http://***@h:8080/i.img"),
+                ("https://h/v1/AUTH_x/c/i?temp_url_sig=abc&temp_url_expires=9",
+                 "https://h/v1/AUTH_x/c/i?temp_url_sig=***&"
+                 "temp_url_expires=9"),
+                ("https://b.s3/i?X-Amz-Credential=AK%2F1&X-Amz-Date=2026"
+                 "&X-Amz-Signature=ff&X-Amz-Security-Token=tt",
+                 "https://b.s3/i?X-Amz-Credential=***&X-Amz-Date=2026"
+                 "&X-Amz-Signature=***&X-Amz-Security-Token=***"),
+                ("https://a.blob/i?sv=2020&sig=zz%3D&se=1",
+                 "https://a.blob/i?sv=2020&sig=***&se=1"),
+                ("http://h/i?access_token=t&api_key=k&name=x#frag",
+                 "http://h/i?access_token=***&api_key=***&name=x#***"),
+                ("http://h/plain.img", "http://h/plain.img")):
+            with self.subTest(url):
+                self.assertEqual(expected, download.redact_url(url))
+
+    def test_unparsable_url_is_not_shown(self):
+        self.assertNotIn("secret", download.redact_url("http://[secret/x"))
+
+    def test_check_url_does_not_echo_credentials(self):
+        with self.assertRaises(ValueError) as caught:
+            download.check_url("ftp://u:pw@h/x?sig=s1")
+        self.assertNotIn("pw", str(caught.exception))
+        self.assertNotIn("s1", str(caught.exception))
+
+
+def _resolver(table):
+    def resolve(host, port):
+        return [download.ipaddress.ip_address(a) for a in table[host]]
+    return resolve
+
+
+class RedirectPolicyTest(base.TestCase):
+
+    def test_restricted_targets_are_refused(self):
+        policy = download.RedirectPolicy()
+        for target, reason in (
+                ("http://127.0.0.2/x", "loopback"),
+                ("http://169.254.169.254/latest/meta-data", "link-local"),
+                ("http://10.1.2.3/x", "private"),
+                ("http://192.168.0.1/x", "private"),
+                ("http://[fe80::1]/x", "link-local"),
+                ("http://[::1]/x", "loopback"),
+                ("http://[::ffff:127.0.0.1]/x", "loopback"),
+                ("http://224.0.0.1/x", "multicast"),
+                ("http://0.0.0.0/x", "unspecified"),
+                ("http://100.64.0.1/x", "not globally routable")):
+            with self.subTest(target):
+                with self.assertRaisesRegex(ValueError, reason):
+                    policy.check("http://8.8.8.8/i", target)
+
+    def test_allowed_networks(self):
+        policy = download.RedirectPolicy(["127.0.0.0/8", "fd00::/8"])
+        self.assertEqual(["127.0.0.2"],
+                         policy.check("http://h/i", "http://127.0.0.2:81/"))
+        self.assertEqual(["fd00::5"],
+                         policy.check("http://h/i", "http://[fd00::5]/"))
+        with self.assertRaisesRegex(ValueError, "link-local"):
+            policy.check("http://h/i", "http://169.254.1.1/")
+
+    def test_every_resolved_address_is_checked(self):
+        policy = download.RedirectPolicy(resolve=_resolver(
+            {"mirror.example": ["93.184.216.34", "127.0.0.1"],
+             "good.example": ["93.184.216.34"]}))
+        with self.assertRaisesRegex(ValueError, "127.0.0.1 is a loopback"):
+            policy.check("http://h/i", "http://mirror.example/i")
+        self.assertEqual(["93.184.216.34"],
+                         policy.check("http://h/i", "http://good.example/i"))
+
+    def test_https_never_downgrades(self):
+        policy = download.RedirectPolicy(["0.0.0.0/0"])
+        with self.assertRaisesRegex(ValueError, "https URL may not redirect"):
+            policy.check("https://h/i", "http://93.184.216.34/i")
+        policy.check("http://h/i", "https://93.184.216.34/i")
+        with self.assertRaises(ValueError):
+            policy.check("http://h/i", "file:///etc/shadow")
+
+
+class _NoConnections:
+    """Replaces socket.create_connection; records, and refuses anything
+    outside 127.0.0.1 (no test may reach another address)."""
+
+    def __init__(self):
+        self.calls = []
+        self._real = download.socket.create_connection
+
+    def __call__(self, address, *args, **kwargs):
+        self.calls.append(address[0])
+        if address[0] != "127.0.0.1":
+            raise AssertionError("connected to %s" % (address,))
+        return self._real(address, *args, **kwargs)
+
+
+class FetchLimitsTest(base.TestCase):
+    """Redirects, attempt deadlines and redaction against a local
+    server."""
+
+    def setUp(self):
+        super().setUp()
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(__import__("shutil").rmtree, self.dir)
+        self.data = os.urandom(200000)
+        self.path = os.path.join(self.dir, "image")
+        with open(self.path, "wb") as stream:
+            stream.write(self.data)
+        self.digest = {"sha256": hashlib.sha256(self.data).hexdigest()}
+        self.server = standbye_http.ImageServer().__enter__()
+        self.addCleanup(self.server.__exit__, None, None, None)
+        self.url = self.server.add("/image", self.path)
+        self.port = self.server.server_address[1]
+        self.connections = _NoConnections()
+        patcher = mock.patch("socket.create_connection",
+                             side_effect=self.connections)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+    def fetch(self, urls, hashes=None, **kwargs):
+        out = io.BytesIO()
+        kwargs.setdefault("sleep", lambda delay: None)
+        result = download.fetch(urls, hashes or self.digest, out.write,
+                                buffer_size=65536, **kwargs)
+        return result, out.getvalue()
+
+    def test_redirect_to_loopback_is_refused_without_connecting(self):
+        for target in ("http://127.0.0.2:%d/image" % self.port,
+                       "http://169.254.169.254/latest/meta-data/",
+                       "http://[::1]:%d/image" % self.port):
+            with self.subTest(target):
+                self.server.redirects["/r"] = target
+                self.connections.calls.clear()
+                with self.assertRaises(download.DownloadError) as caught:
+                    self.fetch([self.server.url("/r")])
+                self.assertIn("refused", str(caught.exception))
+                self.assertTrue(caught.exception.final)
+                # Only the redirecting server was ever connected to.
+                self.assertEqual(["127.0.0.1"], self.connections.calls)
+
+    def test_redirect_allowed_by_allowed_networks(self):
+        self.server.redirects["/r"] = self.url
+        result, data = self.fetch([self.server.url("/r")],
+                                  redirects=download.RedirectPolicy(
+                                      ["127.0.0.0/8"]))
+        self.assertEqual(self.data, data)
+        self.assertEqual(["/r", "/image"],
+                         [path for path, _ in self.server.requests])
+
+    def test_refused_redirect_fails_over_to_the_next_url(self):
+        self.server.redirects["/r"] = "http://127.0.0.2:%d/x" % self.port
+        result, data = self.fetch([self.server.url("/r"), self.url])
+        self.assertEqual(self.data, data)
+
+    def test_redirect_hops_are_bounded(self):
+        for index in range(4):
+            self.server.redirects["/r%d" % index] = self.server.url(
+                "/r%d" % (index + 1))
+        with self.assertRaisesRegex(download.DownloadError,
+                                    "more than 2 redirects"):
+            self.fetch([self.server.url("/r0")],
+                       redirects=download.RedirectPolicy(["127.0.0.0/8"],
+                                                         max_hops=2))
+
+    def test_slow_drip_server_fails_the_attempt_and_the_download(self):
+        self.server.drip["/image"] = 0.2
+        with self.assertRaises(download.DownloadError) as caught:
+            self.fetch([self.url], retries=1, attempt_timeout=0.5,
+                       min_rate=MIB)
+        self.assertIn("ran past its deadline", str(caught.exception))
+        self.assertIn("download_attempt_timeout", str(caught.exception))
+        # One retry: two attempts, each cut off by its deadline.
+        self.assertEqual(2, len(self.server.requests))
+
+    def test_slow_drip_fails_over_to_a_good_mirror(self):
+        slow = self.server.add("/slow", self.path)
+        self.server.drip["/slow"] = 0.2
+        result, data = self.fetch([slow, self.url], retries=2,
+                                  attempt_timeout=0.5, min_rate=MIB)
+        self.assertEqual(self.data, data)
+        self.assertEqual(self.url, result["url"])
+
+    def test_deadline_grows_with_the_bytes_received(self):
+        now = [100.0]
+        source = download.HTTPSource([self.url], attempt_timeout=10.0,
+                                     min_rate=1000, clock=lambda: now[0])
+        self.addCleanup(source.close)
+        source._begin_attempt(self.url)
+        source._count(5000)
+        now[0] = 114.9
+        source.check_deadline()
+        self.assertIsNone(source._too_slow())
+        now[0] = 115.1
+        source.check_deadline()
+        self.assertIsInstance(source._too_slow(), download.AttemptTooSlow)
+
+    def test_credentials_never_reach_logs_or_errors(self):
+        secret_url = ("http://operator:pa55word@127.0.0.1:%d/missing"
+                      "?temp_url_sig=S1GNATURE&temp_url_expires=1"
+                      % self.port)
+        self.server.redirects["/r"] = (
+            "http://127.0.0.2:%d/x?X-Amz-Signature=AMZS1G" % self.port)
+        redirecting = "http://u:pa55word@127.0.0.1:%d/r?sig=S1GNATURE" \
+            % self.port
+        with self.assertLogs("teeth_agent", "DEBUG") as logs:
+            with self.assertRaises(download.DownloadError) as caught:
+                self.fetch([secret_url, redirecting])
+        text = "\n".join(logs.output) + str(caught.exception)
+        for secret in ("pa55word", "S1GNATURE", "AMZS1G", "operator"):
+            self.assertNotIn(secret, text)
+        self.assertIn("temp_url_sig=***", text)
+        self.assertIn("http://***@127.0.0.1", text)
+
+    def test_user_information_is_sent_as_basic_authentication(self):
+        url = "http://op:pw@127.0.0.1:%d/image" % self.port
+        self.fetch([url])
+        self.assertEqual("Basic b3A6cHc=",
+                         self.server.headers[-1].get("Authorization"))
+
+    def test_waiting_for_the_sink_does_not_count_against_the_attempt(self):
+        now = [0.0]
+        source = download.HTTPSource([self.url], attempt_timeout=10.0,
+                                     min_rate=1000, clock=lambda: now[0])
+        self.addCleanup(source.close)
+        source._begin_attempt(self.url)
+        now[0] = 30.0
+        source.credit(25.0)
+        source.check_deadline()
+        self.assertIsNone(source._too_slow())

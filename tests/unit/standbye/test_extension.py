@@ -166,7 +166,7 @@ class InterruptedWriteTest(ExtensionTestCase):
     def test_prepare_image_records_before_writing(self):
         seen = []
 
-        def write(task, image, path):
+        def write(task, image, path, pin=None):
             seen.append(os.path.exists(self.record_path()))
             raise writer.CorruptImage("truncated")
         with mock.patch.object(self.extension, "_write_downloaded",

@@ -1,0 +1,244 @@
+"""The image write path's limits (issue 11): decoder memory, the pinned
+descriptor, zeroing what a failed write left, loop devices' backing."""
+
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+from unittest import mock
+
+from teeth_agent import blockdev
+from teeth_agent import download
+from teeth_agent.hardware import safety
+from teeth_agent.hardware import testing
+from teeth_agent.images import formats
+from teeth_agent.images import writer
+from tests import base
+
+MIB = 1024 * 1024
+
+#: ``echo hello | xz --lzma2=dict=1GiB``: 64 bytes whose block header
+#: declares a 1 GiB dictionary (liblzma would need 1025 MiB to decode it).
+XZ_1GIB_DICTIONARY = bytes.fromhex(
+    "fd377a585a000004e6d6b44602002101240000005e1fc7f901000568656c6c6f0a00"
+    "0000a56097f194f6fde000011e06c12fa41d1fb6f37d010000000004595a")
+
+
+class _Collect:
+    def __init__(self):
+        self.data = bytearray()
+
+    def write(self, data):
+        self.data += data
+
+
+class DecoderMemoryLimitTest(base.TestCase):
+
+    def test_xz_with_a_1gib_dictionary_is_refused_before_decoding(self):
+        target = _Collect()
+        sink = writer._InflateSink(formats.XZ, target, 4096)
+        with self.assertRaises(writer.DecompressionLimitExceeded) as caught:
+            sink.write(XZ_1GIB_DICTIONARY)
+        self.assertIn("256 MiB", str(caught.exception))
+        self.assertIn("decompression_memory_limit", str(caught.exception))
+        self.assertEqual(b"", bytes(target.data))
+        # It is a CorruptImage: prepare_image reports it like one.
+        self.assertIsInstance(caught.exception, writer.CorruptImage)
+
+    def test_xz_within_the_limit_decodes(self):
+        target = _Collect()
+        sink = writer._InflateSink(formats.XZ, target, 4096,
+                                   memory_limit=2048 * MIB)
+        sink.write(XZ_1GIB_DICTIONARY)
+        sink.close()
+        self.assertEqual(b"hello\n", bytes(target.data))
+
+    def test_write_stream_passes_the_limit(self):
+        hasher = download.Hasher(
+            "sha256", hashlib.sha256(XZ_1GIB_DICTIONARY).hexdigest())
+        with tempfile.NamedTemporaryFile() as target:
+            target.truncate(MIB)
+            with mock.patch("os.open", side_effect=_no_direct(os.open)):
+                with self.assertRaises(writer.DecompressionLimitExceeded):
+                    writer.write_stream(io.BytesIO(XZ_1GIB_DICTIONARY),
+                                        target.name, hasher,
+                                        buffer_size=4096,
+                                        memory_limit=64 * MIB)
+
+    def test_zstd_gets_the_limit(self):
+        with mock.patch("teeth_agent.processes.open_pipe") as open_pipe, \
+                mock.patch("fcntl.fcntl"):
+            open_pipe.return_value.stdout.read1.return_value = b""
+            sink = writer._ZstdSink(_Collect(), 4096, memory_limit=128 * MIB)
+            sink._thread.join()
+        self.assertIn("--memory=%d" % (128 * MIB), open_pipe.call_args[0])
+
+    def test_zstd_memory_error_is_a_limit_error(self):
+        sink = writer._ZstdSink.__new__(writer._ZstdSink)
+        sink._memory_limit = 256 * MIB
+        error = sink._error(mock.Mock(
+            stderr="Window size larger than maximum : 1073741824 > "
+                   "268435456"))
+        self.assertIsInstance(error, writer.DecompressionLimitExceeded)
+        # The argv (which names --memory) does not make every failure one.
+        error = sink._error(mock.Mock(stderr="Unknown frame descriptor",
+                                      __str__=lambda self: "--memory=1"))
+        self.assertNotIsInstance(error, writer.DecompressionLimitExceeded)
+
+
+def _no_direct(real_open):
+    """``os.open`` without O_DIRECT, for file systems without it."""
+    def fake(path, flags, *args):
+        return real_open(path, flags & ~os.O_DIRECT, *args)
+    return fake
+
+
+class PinnedWriterTest(base.TestCase):
+    """On regular files (``O_DIRECT`` dropped where the file system has
+    none); the device cases are in tests/functional/test_standbye.py."""
+
+    def setUp(self):
+        super().setUp()
+        self.dir = tempfile.mkdtemp(dir="/var/tmp")
+        self.addCleanup(shutil.rmtree, self.dir)
+        self.path = os.path.join(self.dir, "device")
+        with open(self.path, "wb") as stream:
+            stream.write(b"\xaa" * (4 * MIB))
+        try:
+            os.close(os.open(self.path, os.O_WRONLY | os.O_DIRECT))
+        except OSError:
+            patcher = mock.patch("os.open", side_effect=_no_direct(os.open))
+            patcher.start()
+            self.addCleanup(patcher.stop)
+
+    def test_a_different_device_is_refused_before_writing(self):
+        recheck = mock.Mock()
+        with self.assertRaises(writer.DeviceChanged) as caught:
+            writer.DeviceWriter(self.path, devnum="7:12", recheck=recheck)
+        self.assertIn("not the 7:12 that was checked", str(caught.exception))
+        self.assertIsInstance(caught.exception, safety.DeviceNotEligible)
+        recheck.assert_not_called()
+
+    def test_recheck_runs_with_the_descriptor_held_and_can_refuse(self):
+        opened = []
+        real_open = os.open
+
+        def tracking(path, flags, *args):
+            fd = real_open(path, flags & ~os.O_DIRECT, *args)
+            opened.append((path, flags))
+            return fd
+
+        def recheck():
+            self.assertEqual(1, len(opened))
+            raise safety.DeviceNotEligible(self.path, "mounted at /mnt")
+        with mock.patch("os.open", side_effect=tracking):
+            with self.assertRaises(safety.DeviceNotEligible):
+                writer.DeviceWriter(self.path, recheck=recheck)
+        self.assertTrue(opened[0][1] & os.O_EXCL)
+
+    @mock.patch.object(writer, "wipe_signatures")
+    def test_checksum_mismatch_zeroes_every_byte_written(self, wipe):
+        data = os.urandom(3 * MIB + 1234)
+        hasher = download.Hasher("sha256", "0" * 64)
+        with self.assertRaises(download.ChecksumMismatch) as caught:
+            writer.write_stream(io.BytesIO(data), self.path, hasher,
+                                buffer_size=65536)
+        message = writer.describe_failure(caught.exception)
+        self.assertIn("checksum mismatch", message)
+        self.assertIn("every byte written to %s (bytes 0-%d) was zeroed"
+                      % (self.path, 3 * MIB + 4096), message)
+        with open(self.path, "rb") as stream:
+            content = stream.read()
+        self.assertEqual(bytes(3 * MIB + 4096), content[:3 * MIB + 4096])
+        # What lies beyond was never written and is left alone.
+        self.assertEqual(b"\xaa" * (MIB - 4096), content[3 * MIB + 4096:])
+        wipe.assert_called_once_with(self.path)
+
+    @mock.patch.object(writer, "wipe_signatures")
+    def test_a_failed_download_zeroes_too(self, wipe):
+        data = os.urandom(MIB)
+
+        class Failing(io.BytesIO):
+            def readinto(self, buffer):
+                if self.tell() >= len(data) // 2:
+                    raise download.DownloadError("connection lost")
+                return super().readinto(buffer)
+        with self.assertRaises(download.DownloadError) as caught:
+            writer.write_stream(Failing(data), self.path,
+                                download.Hasher("sha256", "0" * 64),
+                                buffer_size=65536)
+        self.assertIn("was zeroed", writer.describe_failure(caught.exception))
+        with open(self.path, "rb") as stream:
+            content = stream.read()
+        # Zeros where anything was written, the old bytes after that.
+        written = content.rstrip(b"\xaa")
+        self.assertGreater(len(written), 0)
+        self.assertEqual(bytes(len(written)), written)
+
+    def test_a_verified_write_is_kept(self):
+        data = os.urandom(MIB + 5)
+        hasher = download.Hasher("sha256", hashlib.sha256(data).hexdigest())
+        result = writer.write_stream(io.BytesIO(data), self.path, hasher,
+                                     buffer_size=65536)
+        self.assertEqual(len(data), result["bytes_written"])
+        with open(self.path, "rb") as stream:
+            self.assertEqual(data, stream.read(len(data)))
+
+    def test_zero_range_falls_back_to_writes_on_a_file(self):
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            self.assertEqual((0, 8192), blockdev.zero_range(
+                fd, 100, 5000, block_size=4096))
+            self.assertEqual((8192, 8704), blockdev.zero_range(
+                fd, 8200, 8300))
+        finally:
+            os.close(fd)
+        with open(self.path, "rb") as stream:
+            self.assertEqual(bytes(8704) + b"\xaa", stream.read(8705))
+
+
+class LoopBackingRuleTest(base.TestCase):
+    """Rule 5 on a fake machine (the block-device case needs real device
+    nodes: tests/functional/test_standbye.py::LoopBackingTest)."""
+
+    def setUp(self):
+        super().setUp()
+        self.root = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.root)
+        self.machine = testing.FakeMachine(self.root)
+        self.conf = base.make_conf(**self.machine.conf_overrides())
+
+    def test_file_backed_loop_is_not_device_backed(self):
+        self.machine.add_disk("loop0", 64 * MIB, transport="loop")
+        self.assertIsNone(safety.loop_backing("loop0", self.conf))
+        self.assertIsNone(safety.loop_backing("sda", self.conf))
+
+    def test_unknown_backing_makes_the_loop_ineligible(self):
+        self.machine.add_disk("loop0", 64 * MIB, transport="loop",
+                              backing_file="/nonexistent/backing.img")
+        with self.assertRaises(safety.BackingUnknown):
+            safety.loop_backing("loop0", self.conf)
+        kind, reason = safety._backing_refusal("loop0", self.conf, None, 0)
+        self.assertEqual(safety.UNKNOWN, kind)
+        self.assertIn("backing is unknown", reason)
+
+    def test_block_device_backing_is_named_by_its_kernel_name(self):
+        self.machine.add_disk("loop1", 64 * MIB, transport="loop",
+                              backing_file="/dev/fake-sdb")
+        sys_dir = os.path.join(self.conf.hardware.sysfs_root, "dev", "block")
+        os.makedirs(os.path.join(self.conf.hardware.sysfs_root, "class",
+                                 "block", "sdb"), exist_ok=True)
+        os.makedirs(sys_dir, exist_ok=True)
+        os.symlink(os.path.join(self.conf.hardware.sysfs_root, "class",
+                                "block", "sdb"),
+                   os.path.join(sys_dir, "8:16"))
+        block_node = mock.Mock(st_mode=0o60600, st_rdev=os.makedev(8, 16))
+        real_stat = os.stat
+        with mock.patch("os.stat", side_effect=lambda path, *a, **k: (
+                block_node if path == "/dev/fake-sdb"
+                else real_stat(path, *a, **k))):
+            self.assertEqual("sdb", safety.loop_backing("loop1", self.conf))
+            stack = safety.device_stack("sdb", self.conf)
+        # The loop device stacked on sdb counts for sdb's usage.
+        self.assertIn("loop1", stack)
