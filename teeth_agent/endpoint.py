@@ -57,8 +57,8 @@ TOKEN_BYTES = 32
 MAX_VIOLATIONS = 100
 #: What the endpoint keeps of one agent's handshake, at most (bytes).
 HANDSHAKE_KEEP_BYTES = 64 * 1024
-#: The longest task_id accepted (the agent's own rule, PROTOCOL.md).
-MAX_TASK_ID_LENGTH = 128
+#: The longest task_id accepted (the agent's own rule, docs/protocol.md).
+MAX_TASK_ID_LENGTH = 256
 #: The fields of a running status that are kept.
 RUNNING_FIELDS = ("task_id", "state", "percent", "eta", "method")
 #: Open files the endpoint needs besides its agents' sockets.

@@ -421,7 +421,7 @@ class TestIdentityDecisions(base.TestCase):
         self.handshake(endpoint, link, handshake("a"))
         with self.assertRaises(endpoint_mod.protocol.InvalidParams):
             endpoint._dispatch(link, Command("task_status", {
-                "task_id": "x" * 129, "state": "running"}))
+                "task_id": "x" * 257, "state": "running"}))
         self.assertEqual({}, endpoint.agents["a"].tasks)
 
     def test_stored_handshake_is_bounded_and_has_no_tasks(self):
