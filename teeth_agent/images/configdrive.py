@@ -421,7 +421,8 @@ def _inflate(text, max_size, keep):
     """Decompress gzip+base64 ``text`` a chunk at a time.
 
     Returns ``(head, size)``: the first ``keep`` bytes of the data (a
-    ``bytearray``) and its size; no more than ``keep`` plus one chunk is held at once. Raises
+    ``bytearray``) and its size; no more than ``keep`` plus one chunk is
+    held at once. Raises
     :class:`InvalidConfigDrive` before decoding anything when ``text`` is
     longer than a gzip stream of ``max_size`` bytes can be, and as soon as
     the data passes ``max_size`` bytes.
