@@ -357,30 +357,31 @@ def check_mdir_listing(listing, max_size):
     """Check ``mdir -/ -a`` output of a FAT drive before extraction.
 
     mcopy writes each file's size as its directory entry gives it, so the
-    total mdir prints bounds what extraction writes whatever the clusters
-    hold. Raises :class:`InvalidConfigDrive` when it is missing, above
+    total mdir prints (after "Total files listed:" when it lists several
+    directories, else the one directory's summary line) bounds what
+    extraction writes, whatever the clusters hold. Raises
+    :class:`InvalidConfigDrive` when there is no total, or it is above
     ``max_size`` bytes or counts more than :data:`MAX_EXTRACTED_FILES`
     entries.
     """
     lines = listing.splitlines()
-    for index, line in enumerate(lines):
-        if line.strip() != "Total files listed:" or index + 1 >= len(lines):
-            continue
-        match = _MDIR_TOTAL.match(lines[index + 1])
-        if match is None:
-            break
-        files, total = (int(group.replace(" ", ""))
-                        for group in match.groups())
-        if files > MAX_EXTRACTED_FILES:
-            raise InvalidConfigDrive(
-                "the prebuilt config drive holds more than %d files"
-                % MAX_EXTRACTED_FILES)
-        if total > max_size:
-            raise InvalidConfigDrive(
-                "the prebuilt config drive's files total %d bytes, more than"
-                " %d" % (total, max_size))
-        return total
-    raise InvalidConfigDrive("the prebuilt FAT config drive cannot be listed")
+    summaries = [match for match in map(_MDIR_TOTAL.match, lines) if match]
+    if "Total files listed:" in (line.strip() for line in lines):
+        summaries = summaries[-1:]
+    if len(summaries) != 1:
+        raise InvalidConfigDrive(
+            "the prebuilt FAT config drive cannot be listed")
+    files, total = (int(group.replace(" ", ""))
+                    for group in summaries[0].groups())
+    if files > MAX_EXTRACTED_FILES:
+        raise InvalidConfigDrive(
+            "the prebuilt config drive holds more than %d files"
+            % MAX_EXTRACTED_FILES)
+    if total > max_size:
+        raise InvalidConfigDrive(
+            "the prebuilt config drive's files total %d bytes, more than %d"
+            % (total, max_size))
+    return total
 
 
 def _check_tree(tree):

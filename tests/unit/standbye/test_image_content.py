@@ -427,3 +427,8 @@ class IsoReportTest(base.TestCase):
         with self.assertRaisesRegex(configdrive.InvalidConfigDrive,
                                     "cannot be listed"):
             configdrive.check_mdir_listing("garbage\n", MIB)
+        # One directory: no "Total files listed", its summary is the total.
+        flat = ("Directory for ::/\n\ncraft    py       1635 2026-12-01\n"
+                "        1 file                1 635 bytes\n"
+                "                          2 074 624 bytes free\n")
+        self.assertEqual(1635, configdrive.check_mdir_listing(flat, MIB))
