@@ -4,8 +4,10 @@ Nothing from the image ever runs: its file systems are mounted read-only
 with ``nosuid,nodev,noexec`` (and without journal replay), files are read
 as data with symbolic links resolved inside the image's own root (an
 absolute link cannot point into the agent's file system), sizes are
-bounded, and the boot loader, when one must be installed, comes from the
-agent's own ``grub-install`` (no chroot).
+bounded, sparse boot files are refused (a hole would become RAM in the
+agent's work directory), and the boot loader, when one must be installed,
+comes from the agent's own ``grub-install`` (no chroot), which writes only
+into a ``/boot/grub`` the agent made (see :func:`install_grub`).
 
 Discovery order, per file system (ext2/3/4, xfs, btrfs) of the install
 device:

@@ -20,10 +20,11 @@ Linux cannot mount ISO 9660 there ("unsupported/invalid hardware sector
 size"), so the drive is VFAT instead (``mkfs.vfat`` on a file, filled with
 mtools, nothing mounted), with FAT sectors as large as the disk's. A
 prebuilt drive arrives gzip-compressed and base64-encoded;
-:func:`decode_prebuilt` checks that it is an ISO 9660 or FAT file system
+:func:`check_prebuilt` (in bounded memory, for validation) and
+:func:`decode_prebuilt` check that it is an ISO 9660 or FAT file system
 labelled ``config-2`` and no larger than allowed, and
 :func:`fit_to_sector_size` rebuilds it as VFAT when the disk cannot read
-it as it is.
+it as it is, after checking that what extraction would write is bounded.
 """
 
 import base64
