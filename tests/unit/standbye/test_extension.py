@@ -431,6 +431,8 @@ class CopyBootFilesTest(ExtensionTestCase):
 
     def setUp(self):
         super().setUp()
+        # The copies check the work directory's room against the reserve.
+        self.conf.set_override("cache_reserve", 0, "standbye")
         self.root = os.path.join(self.dir, "root")
         os.makedirs(os.path.join(self.root, "boot"))
         for name, size in (("k", 10), ("i1", 3000), ("i2", 3000)):
