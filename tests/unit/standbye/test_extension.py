@@ -330,6 +330,7 @@ class FindBootCmdlineTest(ExtensionTestCase):
     """How run_image completes the kernel command line."""
 
     def run_find(self, options, has_etc=True):
+        self.conf.set_override("cache_reserve", 0, "standbye")
         found_entry = {"kernel": "/boot/k", "initrds": [],
                        "options": options, "source": "vmlinuz"}
         table = {"partitions": [{"number": 1}, {"number": 2}]}
@@ -382,6 +383,7 @@ class FindBootFailuresTest(ExtensionTestCase):
     table = {"partitions": [{"number": 1}]}
 
     def find(self, mount_error=None, **patches):
+        self.conf.set_override("cache_reserve", 0, "standbye")
         defaults = {
             "probe": mock.Mock(return_value={"TYPE": "ext4", "UUID": "U"}),
             "resolve_inside": mock.Mock(return_value="/x"),
