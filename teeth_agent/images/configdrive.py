@@ -53,8 +53,13 @@ MAX_EXTRACTED_FILES = 10000
 #: before a prebuilt drive is refused: a crafted directory loop must not
 #: make the listing itself grow without end.
 MAX_LISTING = 4 * _MIB
-#: CPU seconds a listing or extraction tool may use on one prebuilt drive.
-TOOL_CPU_SECONDS = 60
+#: CPU seconds a listing or extraction tool may use on one prebuilt drive
+#: (an honest one takes well under one; a directory loop makes xorriso
+#: read nodes until it is stopped).
+TOOL_CPU_SECONDS = 20
+#: Address space of a listing or extraction tool (xorriso needs under 10
+#: MiB of memory for an honest drive).
+TOOL_ADDRESS_SPACE = 512 * _MIB
 #: Bytes of a prebuilt drive kept while it is checked (the ISO 9660 volume
 #: descriptor ends at 34816, the FAT boot sector at 512).
 _HEAD = 64 * 1024
@@ -278,9 +283,11 @@ def fit_to_sector_size(data, sector_size, max_size):
 
 def _limited(max_size, argv):
     # prlimit (util-linux): RLIMIT_FSIZE bounds every file the tool writes,
-    # RLIMIT_CPU its run, whatever the checks before it missed.
+    # RLIMIT_CPU its run and RLIMIT_AS its memory, whatever the checks
+    # before it missed.
     return ("prlimit", "--fsize=%d" % max_size,
-            "--cpu=%d" % TOOL_CPU_SECONDS) + tuple(argv)
+            "--cpu=%d" % TOOL_CPU_SECONDS,
+            "--as=%d" % TOOL_ADDRESS_SPACE) + tuple(argv)
 
 
 def _extract(max_size, *argv, env=None):
@@ -306,7 +313,12 @@ def _listing(*argv):
         pipe.kill()
         raise
     pipe.stdout.close()
-    pipe.finish(timeout=TOOL_CPU_SECONDS * 2)
+    try:
+        pipe.finish(timeout=TOOL_CPU_SECONDS * 2)
+    except processes.ProcessError as exc:
+        raise InvalidConfigDrive("the prebuilt config drive cannot be "
+                                 "listed within the tools' limits: %s"
+                                 % exc) from None
     return out.decode("utf-8", "replace")
 
 
@@ -413,8 +425,10 @@ def image_label(data):
 
 
 def _max_encoded_length(max_size):
-    # gzip never stores data in more than its size plus 5 bytes per 16 KiB
-    # block and a small header and trailer; base64 adds a third.
+    # zlib's deflateBound: deflate stores n bytes in at most n + n/4096 +
+    # n/16384 bytes and a few more; gzip adds a header and trailer (1024
+    # leaves room for a file name) and base64 a third. Text longer than
+    # that cannot be a drive of max_size bytes from gzip or zlib.
     compressed = max_size + 5 * (max_size // 16384 + 1) + 1024
     return 4 * (compressed // 3 + 1)
 

@@ -93,6 +93,32 @@ def zisofs_iso(work, size):
         return stream.read()
 
 
+def looping_iso(work):
+    """A config drive whose directory ``/a/b`` is the root directory
+    again: xorriso reads ``/a/b/a/b/...`` without end."""
+    tree = os.path.join(work, "loop-tree")
+    os.makedirs(os.path.join(tree, "a", "b"))
+    with open(os.path.join(tree, "a", "b", "f"), "wb") as stream:
+        stream.write(bytes(64 * 1024))
+    iso = os.path.join(work, "loop.iso")
+    subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-o", iso, "-V",
+                    "config-2", tree], check=True)
+    with open(iso, "rb") as stream:
+        data = bytearray(stream.read())
+    root = data[32768 + 156:32768 + 156 + 34]
+    extent = bytes(root[2:18])  # location and length, both-endian
+    patched = 0
+    offset = data.find(b"\x01B")
+    while offset >= 0:
+        record = offset - 32
+        if data[record + 25] & 2 and data[record + 32] == 1:
+            data[record + 2:record + 18] = extent
+            patched += 1
+        offset = data.find(b"\x01B", offset + 1)
+    assert patched == 1
+    return bytes(data)
+
+
 def fat_drive(work, file_size):
     """A FAT config drive with 512-byte sectors holding one file of
     ``file_size`` random bytes."""
@@ -156,6 +182,13 @@ class PrebuiltExtractionTest(unittest.TestCase):
         with self.assertRaisesRegex(configdrive.InvalidConfigDrive,
                                     "files total"):
             configdrive.fit_to_sector_size(data, 4096, 2 * MIB)
+        self.assert_nothing_extracted()
+
+    def test_directory_loop_is_stopped_before_extraction(self):
+        data = looping_iso(self.work)
+        with mock.patch.object(configdrive, "TOOL_CPU_SECONDS", 3):
+            with self.assertRaises(configdrive.InvalidConfigDrive):
+                configdrive.fit_to_sector_size(data, 4096, 64 * MIB)
         self.assert_nothing_extracted()
 
     def test_honest_drives_are_still_rebuilt(self):

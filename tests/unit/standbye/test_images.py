@@ -391,7 +391,7 @@ class VfatConfigDriveTest(base.TestCase):
     @staticmethod
     def tools(execute):
         """The tools run, without the prlimit in front of extraction."""
-        return [c[0][3] if c[0][0] == "prlimit" else c[0][0]
+        return [c[0][4] if c[0][0] == "prlimit" else c[0][0]
                 for c in execute.call_args_list]
 
     def fake_tools(self, execute, extracted):
@@ -405,7 +405,7 @@ class VfatConfigDriveTest(base.TestCase):
 
         def run(*argv, **kwargs):
             if argv[0] == "prlimit":
-                argv = argv[3:]
+                argv = argv[4:]
             if argv[0] == "xorriso" or argv[:2] == ("mcopy", "-s") and \
                     argv[2] == "-n":
                 tree = argv[-1] if argv[0] == "xorriso" else argv[-1][:-1]
