@@ -136,12 +136,36 @@ def fat_drive(work, file_size):
         return stream.read()
 
 
+def looping_fat_drive(work):
+    """A FAT config drive whose directory ``/a/b`` is ``/a`` again."""
+    image = os.path.join(work, "loop.img")
+    with open(image, "wb") as stream:
+        stream.truncate(4 * MIB)
+    env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
+    subprocess.run(["mkfs.vfat", "-S", "512", "-s", "1", "-n", "config-2",
+                    image], check=True, capture_output=True)
+    subprocess.run(["mmd", "-i", image, "::/a", "::/a/b"], check=True,
+                   env=env)
+    with open(image, "rb") as stream:
+        data = bytearray(stream.read())
+
+    def entry(name):
+        offset = data.find(name)
+        while offset % 32 or not data[offset + 11] & 0x10:
+            offset = data.find(name, offset + 1)
+        return offset
+    a, b = entry(b"A          "), entry(b"B          ")
+    data[b + 26:b + 28] = data[a + 26:a + 28]  # b's first cluster := a's
+    return bytes(data)
+
+
 class PrebuiltExtractionTest(unittest.TestCase):
     """A prebuilt drive rebuilt for 4096-byte sectors is listed and
     bounded before anything is extracted."""
 
     def setUp(self):
-        for tool in ("xorriso", "mkfs.vfat", "mcopy", "mdir", "prlimit"):
+        for tool in ("xorriso", "mkfs.vfat", "mcopy", "mdir", "mmd",
+                     "prlimit"):
             if shutil.which(tool) is None:
                 self.skipTest("%s is not installed" % tool)
         self.work = tempfile.mkdtemp(prefix="teeth-hostile-drive-")
@@ -186,6 +210,13 @@ class PrebuiltExtractionTest(unittest.TestCase):
 
     def test_directory_loop_is_stopped_before_extraction(self):
         data = looping_iso(self.work)
+        with mock.patch.object(configdrive, "TOOL_CPU_SECONDS", 3):
+            with self.assertRaises(configdrive.InvalidConfigDrive):
+                configdrive.fit_to_sector_size(data, 4096, 64 * MIB)
+        self.assert_nothing_extracted()
+
+    def test_fat_directory_loop_is_stopped_before_extraction(self):
+        data = looping_fat_drive(self.work)
         with mock.patch.object(configdrive, "TOOL_CPU_SECONDS", 3):
             with self.assertRaises(configdrive.InvalidConfigDrive):
                 configdrive.fit_to_sector_size(data, 4096, 64 * MIB)
