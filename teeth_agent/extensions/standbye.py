@@ -9,7 +9,6 @@ in ``docs/standbye.md``; the pieces live in :mod:`teeth_agent.images` and
 """
 
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -680,38 +679,21 @@ class StandbyeExtension(base.Extension):
                           ignore_errors=True)
             return None
 
-    def _boot_copy_room(self, directory):
-        """Bytes the kexec copies may take in ``directory``: its file
-        system's free space minus ``[standbye] cache_reserve`` (in the
-        ramdisk that is RAM the agent itself needs). Raises ``OSError``
-        (ENOSPC) when there is none."""
-        stats = os.statvfs(directory)
-        free = stats.f_bavail * stats.f_frsize
-        room = free - self.conf.standbye.cache_reserve
-        if room <= 0:
-            raise OSError(errno.ENOSPC, "no room for the kernel in %s: %d "
-                          "bytes free, %d reserved" % (
-                              directory, free,
-                              self.conf.standbye.cache_reserve))
-        return room
-
     def _copy_boot_files(self, root, entry):
         options = self.conf.standbye
         directory = os.path.join(self.work_dir, "kexec")
         shutil.rmtree(directory, ignore_errors=True)
         os.makedirs(directory, mode=0o700)
-        room = self._boot_copy_room(directory)
         kernel = boot.copy_out(root, entry["kernel"],
                                os.path.join(directory, "kernel"),
-                               limit=min(options.max_kernel_size, room))
+                               limit=options.max_kernel_size)
         initrd = None
         if entry["initrds"]:
             # kexec takes one initrd; initramfs archives concatenate. Their
             # total is bounded: the copy lives in RAM in the ramdisk. Each
             # is appended straight from the image, never staged twice.
             initrd = os.path.join(directory, "initrd")
-            remaining = min(options.max_initrd_size,
-                            room - os.path.getsize(kernel))
+            remaining = options.max_initrd_size
             with open(initrd, "wb") as output:
                 for part in entry["initrds"]:
                     with boot.open_boot_file(root, part,

@@ -330,7 +330,6 @@ class FindBootCmdlineTest(ExtensionTestCase):
     """How run_image completes the kernel command line."""
 
     def run_find(self, options, has_etc=True):
-        self.conf.set_override("cache_reserve", 0, "standbye")
         found_entry = {"kernel": "/boot/k", "initrds": [],
                        "options": options, "source": "vmlinuz"}
         table = {"partitions": [{"number": 1}, {"number": 2}]}
@@ -383,7 +382,6 @@ class FindBootFailuresTest(ExtensionTestCase):
     table = {"partitions": [{"number": 1}]}
 
     def find(self, mount_error=None, **patches):
-        self.conf.set_override("cache_reserve", 0, "standbye")
         defaults = {
             "probe": mock.Mock(return_value={"TYPE": "ext4", "UUID": "U"}),
             "resolve_inside": mock.Mock(return_value="/x"),
@@ -433,8 +431,6 @@ class CopyBootFilesTest(ExtensionTestCase):
 
     def setUp(self):
         super().setUp()
-        # The copies check the work directory's room against the reserve.
-        self.conf.set_override("cache_reserve", 0, "standbye")
         self.root = os.path.join(self.dir, "root")
         os.makedirs(os.path.join(self.root, "boot"))
         for name, size in (("k", 10), ("i1", 3000), ("i2", 3000)):

@@ -254,8 +254,6 @@ class ExtensionTestCase(base.TestCase):
         self.conf = base.make_conf(**{
             "standbye.image_cache_dir": os.path.join(self.dir, "cache"),
             "standbye.work_dir": os.path.join(self.dir, "work"),
-            # Kernel copies check the work directory's room against it.
-            "standbye.cache_reserve": 0,
             "power.simulate": True})
         self.registry = tasks.TaskRegistry()
         context = ext_base.ExtensionContext(
@@ -277,19 +275,6 @@ class KernelCapTest(ExtensionTestCase):
                  "source": "vmlinuz"}
         with self.assertRaisesRegex(boot.UnsafePath, "larger than"):
             self.extension._copy_boot_files(root, entry)
-
-    def test_no_room_in_work_dir_means_no_kexec(self):
-        root = os.path.join(self.dir, "root")
-        os.makedirs(os.path.join(root, "boot"))
-        with open(os.path.join(root, "boot", "k"), "wb") as stream:
-            stream.write(os.urandom(4096))
-        self.conf.set_override("cache_reserve", 2 ** 62, "standbye")
-        entry = {"kernel": "/boot/k", "initrds": [], "options": "",
-                 "source": "vmlinuz"}
-        with self.assertRaisesRegex(OSError, "no room"):
-            self.extension._copy_boot_files(root, entry)
-        with mock.patch.object(boot, "find_kernel", return_value=entry):
-            self.assertIsNone(self.extension._kernel_in(root, "/dev/x1"))
 
 
 def gzip_bomb(size=64 * MIB):
