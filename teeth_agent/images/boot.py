@@ -4,10 +4,11 @@ Nothing from the image ever runs: its file systems are mounted read-only
 with ``nosuid,nodev,noexec`` (and without journal replay), files are read
 as data with symbolic links resolved inside the image's own root (an
 absolute link cannot point into the agent's file system), sizes are
-bounded, sparse boot files are refused (a hole would become RAM in the
-agent's work directory), and the boot loader, when one must be installed,
-comes from the agent's own ``grub-install`` (no chroot), which writes only
-into a ``/boot/grub`` the agent made (see :func:`install_grub`).
+bounded, boot files that are mostly holes are refused (a hole would
+become RAM in the agent's work directory), and the boot loader, when one
+must be installed, comes from the agent's own ``grub-install`` (no
+chroot), which writes only into a ``/boot/grub`` the agent made (see
+:func:`install_grub`).
 
 Discovery order, per file system (ext2/3/4, xfs, btrfs) of the install
 device:
@@ -50,6 +51,9 @@ MAX_KERNEL_SIZE = 128 * 1024 * 1024
 #: max_initrd_size``). Generic initramfs images with every driver and
 #: firmware are 100-300 MiB; they are concatenated in the work directory.
 MAX_INITRDS_TOTAL = 512 * 1024 * 1024
+#: Largest share of a kernel or initrd that may be holes (blocks not on
+#: disk) for it to be copied out.
+MAX_HOLE_FRACTION = 1 / 8
 #: Largest configuration file (grub.cfg, BLS entry) parsed.
 MAX_CONFIG_FILE = 4 * 1024 * 1024
 #: Files of the image's own ``/boot/grub`` that stay as they were when the
@@ -121,21 +125,18 @@ def is_file(root, path):
         not os.path.islink(real)
 
 
-def _has_holes(fd, size):
-    """Whether the open file ``fd`` of ``size`` bytes has a hole.
+def _mostly_holes(info):
+    """Whether the file with ``os.stat`` result ``info`` is more than
+    :data:`MAX_HOLE_FRACTION` holes: its allocated blocks hold less than
+    the rest of its size.
 
-    The file systems the agent mounts (ext2/3/4, xfs, btrfs) report holes
-    through ``SEEK_HOLE``; one that cannot answers "no hole before the end",
-    as the interface requires.
+    A few holes are normal: ``mke2fs -d`` and ``cp --sparse`` turn blocks
+    of zeros into holes, and a kernel has some. A file that is mostly holes
+    is a small file on the image's disk that would take its whole size of
+    RAM in the work directory once copied.
     """
-    if size == 0:
-        return False
-    try:
-        return os.lseek(fd, 0, os.SEEK_HOLE) < size
-    except OSError:
-        return False
-    finally:
-        os.lseek(fd, 0, os.SEEK_SET)
+    holes = info.st_size - info.st_blocks * 512
+    return holes > info.st_size * MAX_HOLE_FRACTION
 
 
 @contextlib.contextmanager
@@ -143,9 +144,8 @@ def open_boot_file(root, path, limit):
     """The image's regular file ``path``, open for reading, checked.
 
     Raises :class:`UnsafePath` when ``path`` does not exist, is not a
-    regular file, is larger than ``limit`` bytes or is sparse (a hole
-    would be copied as zeros: an image could make a small file on disk
-    take ``limit`` bytes of RAM in the work directory), and ``OSError``
+    regular file, is larger than ``limit`` bytes or is mostly holes (see
+    :func:`_mostly_holes`), and ``OSError``
     when it cannot be read (a symbolic link as the last component
     included: it is opened with ``O_NOFOLLOW``).
     """
@@ -159,9 +159,10 @@ def open_boot_file(root, path, limit):
             raise UnsafePath("%s is not a regular file" % path)
         if info.st_size > limit:
             raise UnsafePath("%s is larger than %d bytes" % (path, limit))
-        if _has_holes(source.fileno(), info.st_size):
-            raise UnsafePath("%s is a sparse file; a kernel or initrd is "
-                             "never sparse" % path)
+        if _mostly_holes(info):
+            raise UnsafePath(
+                "%s is a sparse file: %d of its %d bytes are on disk"
+                % (path, info.st_blocks * 512, info.st_size))
         yield source
 
 

@@ -229,6 +229,17 @@ class BootFileTest(base.TestCase):
             boot.copy_out(self.root, kernel, os.path.join(self.root, "k"))
         self.assertFalse(os.path.exists(os.path.join(self.root, "k")))
 
+    def test_a_few_holes_are_fine(self):
+        # mke2fs -d turns blocks of zeros into holes; a kernel has some.
+        path = os.path.join(self.root, "boot", "vmlinuz")
+        with open(path, "wb") as stream:
+            stream.write(os.urandom(60 * 4096))
+            stream.seek(4 * 4096, os.SEEK_CUR)
+            stream.write(os.urandom(60 * 4096))
+        copy = boot.copy_out(self.root, "/boot/vmlinuz",
+                             os.path.join(self.root, "k"))
+        self.assertEqual(124 * 4096, os.path.getsize(copy))
+
     def test_dense_file_is_copied(self):
         data = os.urandom(3 * 4096 + 17)
         kernel = self.write("vmlinuz", data)
