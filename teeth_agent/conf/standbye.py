@@ -83,8 +83,8 @@ opts = [
         help="The largest kernel, in bytes, run_image copies out of an "
              "image to kexec it. The copy is made in work_dir, which is RAM "
              "in the ramdisk; distribution kernels are 10 to 20 MiB. An "
-             "image whose kernel is larger, or sparse, is booted by a reboot "
-             "instead."),
+             "image whose kernel is larger, or mostly holes, is booted by a "
+             "reboot instead."),
     cfg.IntOpt(
         "max_initrd_size",
         # teeth_agent.images.boot.MAX_INITRDS_TOTAL
@@ -94,7 +94,7 @@ opts = [
              "run_image copies out of an image to kexec it. They are "
              "concatenated in work_dir, which is RAM in the ramdisk; a "
              "generic initramfs with every driver and firmware is 100 to "
-             "300 MiB. An image whose initrds are larger, or sparse, is "
+             "300 MiB. An image whose initrds are larger, or mostly holes, is "
              "booted by a reboot instead."),
     cfg.IntOpt(
         "qemu_img_convert_cpu_limit",
