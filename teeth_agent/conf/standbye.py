@@ -85,6 +85,27 @@ opts = [
              "partition it creates for it is the image rounded up to whole "
              "MiB and never larger than this."),
     cfg.IntOpt(
+        "max_kernel_size",
+        # teeth_agent.images.boot.MAX_KERNEL_SIZE
+        default=128 * 1024 * 1024,
+        min=1024 * 1024,
+        help="The largest kernel, in bytes, run_image copies out of an "
+             "image to kexec it. The copy is made in work_dir, which is RAM "
+             "in the ramdisk; distribution kernels are 10 to 20 MiB. An "
+             "image whose kernel is larger, or mostly holes, is booted by a "
+             "reboot instead."),
+    cfg.IntOpt(
+        "max_initrd_size",
+        # teeth_agent.images.boot.MAX_INITRDS_TOTAL
+        default=512 * 1024 * 1024,
+        min=1024 * 1024,
+        help="The largest total, in bytes, of the initrds of one boot entry "
+             "run_image copies out of an image to kexec it. They are "
+             "concatenated in work_dir, which is RAM in the ramdisk; a "
+             "generic initramfs with every driver and firmware is 100 to "
+             "300 MiB. An image whose initrds are larger, or mostly holes, is "
+             "booted by a reboot instead."),
+    cfg.IntOpt(
         "qemu_img_convert_cpu_limit",
         default=3600,
         min=1,

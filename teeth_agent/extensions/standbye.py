@@ -481,7 +481,21 @@ class StandbyeExtension(base.Extension):
 
     # -- run_image ------------------------------------------------------------
 
+    def _refuse_when_busy(self):
+        """Raise :class:`protocol.Busy` as the task registry would, before
+        any costly check of a command that could not start anyway."""
+        for task in self.context.tasks.running():
+            if task.exclusive:
+                raise protocol.Busy(
+                    "task %s (%s) is running and changes disks; wait for it "
+                    "to finish" % (task.task_id, task.method),
+                    details={"task_id": task.task_id,
+                             "method": task.method})
+
     def validate_run_image(self, task_id, image_id, config_drive):
+        # Cheap checks first: decompressing a prebuilt drive costs CPU, and
+        # a command the agent cannot start now must not cost anything.
+        self._refuse_when_busy()
         image_id = cache_mod.normalise_id(image_id)
         prepared = self._prepared
         if prepared is None or prepared.get("image_id") != image_id:
@@ -492,7 +506,9 @@ class StandbyeExtension(base.Extension):
         max_size = self.conf.standbye.max_config_drive_size
         try:
             if isinstance(config_drive, str):
-                configdrive.decode_prebuilt(config_drive, max_size)
+                # Checked in chunks, not kept: many commands validated at
+                # once must not each hold a decompressed drive.
+                configdrive.check_prebuilt(config_drive, max_size)
             elif isinstance(config_drive, dict):
                 config_drive = params.validate_fields(
                     CONFIG_DRIVE_FIELDS, config_drive, "config_drive")
@@ -713,26 +729,26 @@ class StandbyeExtension(base.Extension):
             return None
 
     def _copy_boot_files(self, root, entry):
+        options = self.conf.standbye
         directory = os.path.join(self.work_dir, "kexec")
         shutil.rmtree(directory, ignore_errors=True)
         os.makedirs(directory, mode=0o700)
         kernel = boot.copy_out(root, entry["kernel"],
-                               os.path.join(directory, "kernel"))
+                               os.path.join(directory, "kernel"),
+                               limit=options.max_kernel_size)
         initrd = None
         if entry["initrds"]:
             # kexec takes one initrd; initramfs archives concatenate. Their
-            # total is bounded too: the copies live in RAM in the ramdisk.
+            # total is bounded: the copy lives in RAM in the ramdisk. Each
+            # is appended straight from the image, never staged twice.
             initrd = os.path.join(directory, "initrd")
-            remaining = boot.MAX_INITRDS_TOTAL
+            remaining = options.max_initrd_size
             with open(initrd, "wb") as output:
-                for index, part in enumerate(entry["initrds"]):
-                    piece = boot.copy_out(root, part, initrd + ".%d" % index,
-                                          limit=min(remaining,
-                                                    boot.MAX_BOOT_FILE))
-                    remaining -= os.path.getsize(piece)
-                    with open(piece, "rb") as stream:
-                        shutil.copyfileobj(stream, output, 1024 * 1024)
-                    os.unlink(piece)
+                for part in entry["initrds"]:
+                    with boot.open_boot_file(root, part,
+                                             remaining) as source:
+                        remaining -= boot.copy_stream(source, output,
+                                                      remaining)
         return {"kernel": entry["kernel"], "initrd": (
                     entry["initrds"][0] if len(entry["initrds"]) == 1
                     else entry["initrds"] or None),

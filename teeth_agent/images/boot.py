@@ -4,8 +4,11 @@ Nothing from the image ever runs: its file systems are mounted read-only
 with ``nosuid,nodev,noexec`` (and without journal replay), files are read
 as data with symbolic links resolved inside the image's own root (an
 absolute link cannot point into the agent's file system), sizes are
-bounded, and the boot loader, when one must be installed, comes from the
-agent's own ``grub-install`` (no chroot).
+bounded, boot files that are mostly holes are refused (a hole would
+become RAM in the agent's work directory), and the boot loader, when one
+must be installed, comes from the agent's own ``grub-install`` (no
+chroot), which writes only into a ``/boot/grub`` the agent made (see
+:func:`install_grub`).
 
 Discovery order, per file system (ext2/3/4, xfs, btrfs) of the install
 device:
@@ -23,6 +26,7 @@ of the file system holding ``/etc`` and ``ro`` are used.
 """
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -38,14 +42,24 @@ MOUNTABLE = ("ext2", "ext3", "ext4", "xfs", "btrfs")
 ESP_TYPES = ("c12a7328-f81f-11d2-ba4b-00a0c93ec93b", "ef")
 BIOS_BOOT_TYPE = "21686148-6449-6e6f-744e-656564454649"
 
-#: Largest kernel or initrd copied out of an image.
-MAX_BOOT_FILE = 1024 * 1024 * 1024
-#: Largest total of the initrds of one entry copied out of an image (they
-#: are concatenated in the agent's work directory, which is RAM in the
-#: ramdisk).
-MAX_INITRDS_TOTAL = 1024 * 1024 * 1024
+#: Default largest kernel copied out of an image for kexec (``[standbye]
+#: max_kernel_size``). Distribution kernels are 10-20 MiB; one with a
+#: built-in initramfs rarely passes 64 MiB. The copy lives in the agent's
+#: work directory, which is RAM in the ramdisk.
+MAX_KERNEL_SIZE = 128 * 1024 * 1024
+#: Default largest total of the initrds of one entry (``[standbye]
+#: max_initrd_size``). Generic initramfs images with every driver and
+#: firmware are 100-300 MiB; they are concatenated in the work directory.
+MAX_INITRDS_TOTAL = 512 * 1024 * 1024
+#: Largest share of a kernel or initrd that may be holes (blocks not on
+#: disk) for it to be copied out.
+MAX_HOLE_FRACTION = 1 / 8
 #: Largest configuration file (grub.cfg, BLS entry) parsed.
 MAX_CONFIG_FILE = 4 * 1024 * 1024
+#: Files of the image's own ``/boot/grub`` that stay as they were when the
+#: agent installs grub; grub's fresh modules, fonts and locales replace
+#: the image's.
+KEPT_GRUB_FILES = ("grub.cfg", "grubenv", "custom.cfg")
 _MAX_LINKS = 40
 
 
@@ -111,13 +125,29 @@ def is_file(root, path):
         not os.path.islink(real)
 
 
-def copy_out(root, path, destination, limit=MAX_BOOT_FILE):
-    """Copy the image's regular file ``path`` to ``destination``.
+def _mostly_holes(info):
+    """Whether the file with ``os.stat`` result ``info`` is more than
+    :data:`MAX_HOLE_FRACTION` holes: its allocated blocks hold less than
+    the rest of its size.
 
-    Returns ``destination``. Raises :class:`UnsafePath` when ``path`` does
-    not exist, is not a regular file or is larger than ``limit`` bytes,
-    and ``OSError`` when it cannot be read (a symbolic link as the last
-    component included: it is opened with ``O_NOFOLLOW``).
+    A few holes are normal: ``mke2fs -d`` and ``cp --sparse`` turn blocks
+    of zeros into holes, and a kernel has some. A file that is mostly holes
+    is a small file on the image's disk that would take its whole size of
+    RAM in the work directory once copied.
+    """
+    holes = info.st_size - info.st_blocks * 512
+    return holes > info.st_size * MAX_HOLE_FRACTION
+
+
+@contextlib.contextmanager
+def open_boot_file(root, path, limit):
+    """The image's regular file ``path``, open for reading, checked.
+
+    Raises :class:`UnsafePath` when ``path`` does not exist, is not a
+    regular file, is larger than ``limit`` bytes or is mostly holes (see
+    :func:`_mostly_holes`), and ``OSError``
+    when it cannot be read (a symbolic link as the last component
+    included: it is opened with ``O_NOFOLLOW``).
     """
     real = resolve_inside(root, path)
     if real is None:
@@ -129,8 +159,37 @@ def copy_out(root, path, destination, limit=MAX_BOOT_FILE):
             raise UnsafePath("%s is not a regular file" % path)
         if info.st_size > limit:
             raise UnsafePath("%s is larger than %d bytes" % (path, limit))
+        if _mostly_holes(info):
+            raise UnsafePath(
+                "%s is a sparse file: %d of its %d bytes are on disk"
+                % (path, info.st_blocks * 512, info.st_size))
+        yield source
+
+
+def copy_stream(source, target, limit):
+    """Copy at most ``limit`` bytes of ``source`` to ``target``; returns
+    the bytes copied. Raises :class:`UnsafePath` when ``source`` holds
+    more (a file that grew since it was checked)."""
+    copied = 0
+    while True:
+        chunk = source.read(min(1024 * 1024, limit + 1 - copied))
+        if not chunk:
+            return copied
+        copied += len(chunk)
+        if copied > limit:
+            raise UnsafePath("a boot file grew past %d bytes while it was "
+                             "copied" % limit)
+        target.write(chunk)
+
+
+def copy_out(root, path, destination, limit=MAX_KERNEL_SIZE):
+    """Copy the image's regular file ``path`` to ``destination``.
+
+    Returns ``destination``. Raises what :func:`open_boot_file` raises.
+    """
+    with open_boot_file(root, path, limit) as source:
         with open(destination, "wb") as target:
-            shutil.copyfileobj(source, target, 1024 * 1024)
+            copy_stream(source, target, limit)
     return destination
 
 
@@ -367,6 +426,92 @@ def has_boot_loader(path, table, node_of):
     return None
 
 
+def _open_directory(parent_fd, name, shown, create=False):
+    """A descriptor of the real directory ``name`` in ``parent_fd``.
+
+    Never follows a symbolic link (``O_NOFOLLOW``); ``shown`` is the image
+    path for messages. With ``create`` a missing directory is made.
+    Raises :class:`UnsafePath` when ``name`` is a link or not a directory.
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(name, flags, dir_fd=parent_fd)
+    except FileNotFoundError:
+        if not create:
+            raise
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafePath("%s in the image is a symbolic link or not a "
+                             "directory; the agent installs grub only into "
+                             "a real directory of the image" % shown) \
+                from None
+        raise
+    os.mkdir(name, 0o755, dir_fd=parent_fd)
+    return os.open(name, flags, dir_fd=parent_fd)
+
+
+def _lstat_at(parent_fd, name):
+    try:
+        return os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _move_aside(boot_fd):
+    """Rename the image's ``/boot/grub`` out of grub-install's way.
+
+    Returns the new name, or None when the image has none. Raises
+    :class:`UnsafePath` when it is a link or not a directory.
+    """
+    info = _lstat_at(boot_fd, "grub")
+    if info is None:
+        return None
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafePath("/boot/grub in the image is a symbolic link or not "
+                         "a directory; the agent installs grub only into a "
+                         "real directory of the image")
+    while True:
+        aside = "grub.teeth-aside-%s" % os.urandom(6).hex()
+        if _lstat_at(boot_fd, aside) is None:
+            break
+    # rename() acts on the entry itself: nothing here is followed.
+    os.rename("grub", aside, src_dir_fd=boot_fd, dst_dir_fd=boot_fd)
+    return aside
+
+
+def _merge_back(boot_fd, aside, grub_fd):
+    """Move the image's own files from ``aside`` into the new grub
+    directory, except where grub wrote its own (modules, fonts, locales
+    must match the installed core image); :data:`KEPT_GRUB_FILES` are the
+    image's either way. Then remove what is left of ``aside``."""
+    aside_fd = _open_directory(boot_fd, aside, "/boot/grub")
+    try:
+        for name in os.listdir(aside_fd):
+            ours = _lstat_at(grub_fd, name)
+            if ours is not None:
+                if name not in KEPT_GRUB_FILES or stat.S_ISDIR(ours.st_mode):
+                    continue
+                os.unlink(name, dir_fd=grub_fd)
+            os.rename(name, name, src_dir_fd=aside_fd, dst_dir_fd=grub_fd)
+    finally:
+        os.close(aside_fd)
+    # rmtree with dir_fd walks by descriptor and never follows a link.
+    shutil.rmtree(aside, dir_fd=boot_fd)
+
+
+def _write_new_file(directory_fd, name, text):
+    """Create ``name`` in ``directory_fd`` with ``text``; never follows or
+    replaces anything already there. Returns False when it exists."""
+    try:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
+                     os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=directory_fd)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as stream:
+        stream.write(text)
+    return True
+
+
 def install_grub(path, root_node, fs_type, target, boot):
     """Install the agent's own grub onto the disk ``path``.
 
@@ -374,39 +519,87 @@ def install_grub(path, root_node, fs_type, target, boot):
     grub.cfg booting ``boot``. ``target`` is ``i386-pc`` (BIOS). Runs
     only the agent's own ``grub-install``; the image's root is mounted
     read-write with ``nosuid,nodev,noexec`` just for this.
+
+    ``grub-install`` resolves its boot directory itself (``realpath`` in
+    user space, which ``nosymfollow`` does not stop) and reads
+    ``device.map`` from it, so it is never pointed at anything the image
+    made: ``/boot`` must be a real directory (it is opened component by
+    component with ``O_NOFOLLOW``; a link there raises
+    :class:`UnsafePath`), the image's ``/boot/grub`` (a real directory
+    too) is renamed aside, and grub-install writes into a new, empty
+    ``/boot/grub`` the agent made. Afterwards the image's own files come
+    back where grub wrote none, :data:`KEPT_GRUB_FILES` in any case; when
+    grub-install fails the image's ``/boot/grub`` is put back as it was.
     """
     if not processes.which("grub-install"):
         raise processes.ToolNotFound(["grub-install"])
     directory = tempfile.mkdtemp(prefix="teeth-grub-")
     try:
-        # nosymfollow: grub-install writes as root under the image's /boot;
-        # a link planted there must not lead its writes out of the image.
+        # nosymfollow: no link of the image is followed by the kernel while
+        # it is mounted read-write; grub's own resolution is handled below.
         processes.execute("mount", "-t", fs_type, "-o",
                           "nosuid,nodev,noexec,nosymfollow", root_node,
                           directory)
         try:
-            boot_dir = resolve_inside(directory, "/boot") or os.path.join(
-                directory, "boot")
-            processes.execute("grub-install", "--target=%s" % target,
-                              "--boot-directory=%s" % boot_dir,
-                              "--no-floppy", path, timeout=600)
-            config = os.path.join(boot_dir, "grub", "grub.cfg")
-            if not os.path.lexists(config) and boot:
-                with open(config, "w") as stream:
-                    stream.write(grub_config(boot))
+            _install_into(directory, path, target, boot)
         finally:
             processes.execute("umount", directory)
     finally:
         os.rmdir(directory)
 
 
+def _install_into(directory, path, target, boot):
+    root_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY |
+                      os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        boot_fd = _open_directory(root_fd, "boot", "/boot", create=True)
+        try:
+            aside = _move_aside(boot_fd)
+            os.mkdir("grub", 0o755, dir_fd=boot_fd)
+            try:
+                processes.execute("grub-install", "--target=%s" % target,
+                                  "--boot-directory=%s"
+                                  % os.path.join(directory, "boot"),
+                                  "--no-floppy", path, timeout=600)
+            except BaseException:
+                shutil.rmtree("grub", dir_fd=boot_fd)
+                if aside is not None:
+                    os.rename(aside, "grub", src_dir_fd=boot_fd,
+                              dst_dir_fd=boot_fd)
+                raise
+            grub_fd = _open_directory(boot_fd, "grub", "/boot/grub")
+            try:
+                if aside is not None:
+                    _merge_back(boot_fd, aside, grub_fd)
+                if boot:
+                    _write_new_file(grub_fd, "grub.cfg", grub_config(boot))
+            finally:
+                os.close(grub_fd)
+        finally:
+            os.close(boot_fd)
+    finally:
+        os.close(root_fd)
+
+
+def _initrd_paths(boot):
+    initrd = boot.get("initrd")
+    if not initrd:
+        return []
+    return [initrd] if isinstance(initrd, str) else list(initrd)
+
+
 def grub_config(boot):
-    """A minimal grub.cfg booting ``boot`` (kernel, initrd, cmdline)."""
+    """A minimal grub.cfg booting ``boot`` (kernel, initrd, cmdline).
+
+    ``boot["initrd"]`` is one path or a list of them; grub loads several
+    initrds given on one ``initrd`` line, in order.
+    """
     lines = ["set timeout=1", "menuentry 'image' {",
              "    search --no-floppy --fs-uuid --set=root %s"
              % boot["fs_uuid"],
              "    linux %s %s" % (boot["kernel"], boot["cmdline"])]
-    if boot.get("initrd"):
-        lines.append("    initrd %s" % boot["initrd"])
+    initrds = _initrd_paths(boot)
+    if initrds:
+        lines.append("    initrd %s" % " ".join(initrds))
     lines.append("}")
     return "\n".join(lines) + "\n"

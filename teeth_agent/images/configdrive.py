@@ -20,16 +20,18 @@ Linux cannot mount ISO 9660 there ("unsupported/invalid hardware sector
 size"), so the drive is VFAT instead (``mkfs.vfat`` on a file, filled with
 mtools, nothing mounted), with FAT sectors as large as the disk's. A
 prebuilt drive arrives gzip-compressed and base64-encoded;
-:func:`decode_prebuilt` checks that it is an ISO 9660 or FAT file system
+:func:`check_prebuilt` (in bounded memory, for validation) and
+:func:`decode_prebuilt` check that it is an ISO 9660 or FAT file system
 labelled ``config-2`` and no larger than allowed, and
 :func:`fit_to_sector_size` rebuilds it as VFAT when the disk cannot read
-it as it is.
+it as it is, after checking that what extraction would write is bounded.
 """
 
 import base64
 import binascii
 import json
 import os
+import re
 import stat
 import tempfile
 import zlib
@@ -45,6 +47,26 @@ _ISO_DESCRIPTOR = 32768
 _SECTOR = 2048
 _MIB = 1024 * 1024
 _MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1"}
+#: Most files a prebuilt drive may hold when it has to be extracted.
+MAX_EXTRACTED_FILES = 10000
+#: Most bytes of a file listing (``xorriso -find``, ``mdir -/``) read
+#: before a prebuilt drive is refused: a crafted directory loop must not
+#: make the listing itself grow without end.
+MAX_LISTING = 4 * _MIB
+#: CPU seconds a listing or extraction tool may use on one prebuilt drive
+#: (an honest one takes well under one; a directory loop makes xorriso
+#: read nodes until it is stopped).
+TOOL_CPU_SECONDS = 20
+#: Address space of a listing or extraction tool (xorriso needs under 10
+#: MiB of memory for an honest drive).
+TOOL_ADDRESS_SPACE = 512 * _MIB
+#: Bytes of a prebuilt drive kept while it is checked (the ISO 9660 volume
+#: descriptor ends at 34816, the FAT boot sector at 512).
+_HEAD = 64 * 1024
+_CHUNK = _MIB
+_REPORT_LBA = re.compile(
+    r"^File data lba:\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,")
+_MDIR_TOTAL = re.compile(r"^\s*([\d ]+?) files?\s+([\d ]+?) bytes\s*$")
 
 
 class InvalidConfigDrive(ValueError):
@@ -207,10 +229,16 @@ def fit_to_sector_size(data, sector_size, max_size):
 
     An ISO 9660 drive on a disk whose sectors are larger than 2048 bytes,
     or a FAT drive with sectors smaller than the disk's, is extracted in
-    user space (``xorriso -osirrox``, ``mcopy``) and rebuilt. Raises
-    :class:`InvalidConfigDrive` when it holds anything but regular files
-    and directories, or the rebuilt drive is larger than ``max_size``;
-    :class:`teeth_agent.processes.ProcessError` when a tool fails.
+    user space (``xorriso -osirrox``, ``mcopy``) and rebuilt. Before
+    anything is extracted its file listing is checked (see
+    :func:`check_iso_report` and :func:`check_mdir_listing`): the files
+    may total at most ``max_size`` bytes, and no two ISO 9660 files may
+    share data. The extracting tool runs with every file it writes limited
+    to ``max_size`` bytes and :data:`TOOL_CPU_SECONDS` of CPU. Raises
+    :class:`InvalidConfigDrive` when a check fails, the drive holds
+    anything but regular files and directories, or the rebuilt drive is
+    larger than ``max_size``; :class:`teeth_agent.processes.ProcessError`
+    when a tool fails.
     """
     if is_iso9660(data):
         if file_system_for(sector_size) == ISO9660:
@@ -227,12 +255,23 @@ def fit_to_sector_size(data, sector_size, max_size):
             stream.write(data)
         tree = os.path.join(work, "tree")
         os.mkdir(tree)
+        # What extraction would produce is listed and bounded first: the
+        # sizes in a crafted drive's directories need not match its bytes
+        # (records sharing one extent, zisofs, cross-linked clusters).
         if kind == "ISO 9660":
-            processes.execute("xorriso", "-osirrox", "on", "-indev",
-                              "stdio:" + image, "-extract", "/", tree)
+            check_iso_report(_listing("xorriso", "-indev", "stdio:" + image,
+                                      "-find", "/", "-exec", "report_lba"),
+                             len(data), max_size)
+            _extract(max_size, "xorriso", "-osirrox", "on", "-indev",
+                     "stdio:" + image, "-extract", "/", tree)
         else:
-            processes.execute("mcopy", "-s", "-n", "-i", image, "::/*",
-                              tree + "/", env=dict(os.environ, **_MTOOLS_ENV))
+            env = dict(os.environ, **_MTOOLS_ENV)
+            # open_pipe passes no environment: env(1) sets mtools' own.
+            check_mdir_listing(_listing("env", "MTOOLS_SKIP_CHECK=1", "mdir",
+                                        "-/", "-a", "-i", image, "::/"),
+                               max_size)
+            _extract(max_size, "mcopy", "-s", "-n", "-i", image, "::/*",
+                     tree + "/", env=env)
         _check_tree(tree)
         output = os.path.join(work, "rebuilt")
         _build_vfat(tree, output, sector_size)
@@ -240,6 +279,122 @@ def fit_to_sector_size(data, sector_size, max_size):
         with open(output, "rb") as stream:
             rebuilt = stream.read()
     return rebuilt
+
+
+def _limited(max_size, argv):
+    # prlimit (util-linux): RLIMIT_FSIZE bounds every file the tool writes,
+    # RLIMIT_CPU its run and RLIMIT_AS its memory, whatever the checks
+    # before it missed.
+    return ("prlimit", "--fsize=%d" % max_size,
+            "--cpu=%d" % TOOL_CPU_SECONDS,
+            "--as=%d" % TOOL_ADDRESS_SPACE) + tuple(argv)
+
+
+def _extract(max_size, *argv, env=None):
+    try:
+        processes.execute(*_limited(max_size, argv), env=env)
+    except processes.ProcessError as exc:
+        raise InvalidConfigDrive("the prebuilt config drive cannot be "
+                                 "extracted within %d bytes per file: %s"
+                                 % (max_size, exc)) from None
+
+
+def _listing(*argv):
+    """The standard output of a listing tool, at most
+    :data:`MAX_LISTING` bytes of it; :class:`InvalidConfigDrive` beyond."""
+    pipe = processes.open_pipe(*_limited(MAX_LISTING, argv), stdin=False)
+    try:
+        out = pipe.stdout.read(MAX_LISTING + 1)
+        if len(out) > MAX_LISTING:
+            raise InvalidConfigDrive(
+                "the prebuilt config drive's file listing is longer than %d "
+                "bytes" % MAX_LISTING)
+    except BaseException:
+        pipe.kill()
+        raise
+    pipe.stdout.close()
+    try:
+        pipe.finish(timeout=TOOL_CPU_SECONDS * 2)
+    except processes.ProcessError as exc:
+        raise InvalidConfigDrive("the prebuilt config drive cannot be "
+                                 "listed within the tools' limits: %s"
+                                 % exc) from None
+    return out.decode("utf-8", "replace")
+
+
+def check_iso_report(report, image_size, max_size):
+    """Check ``xorriso -find / -exec report_lba`` output before extraction.
+
+    Each ``File data lba`` line is one extent of one file as xorriso will
+    extract it: its first 2048-byte block, its blocks and the file's size
+    (the expanded size for a zisofs-compressed file). Raises
+    :class:`InvalidConfigDrive` when the files total more than
+    ``max_size`` bytes, there are more than :data:`MAX_EXTRACTED_FILES`,
+    an extent lies past the end of the image (``image_size`` bytes), or
+    two extents overlap: an honest drive stores each file once, while a
+    crafted one makes many directory records share one large extent.
+    """
+    extents = []
+    total = 0
+    for line in report.splitlines():
+        match = _REPORT_LBA.match(line)
+        if match is None:
+            continue
+        start, blocks, size = (int(group) for group in match.groups()[1:])
+        total += size
+        extents.append((start, blocks))
+        if len(extents) > MAX_EXTRACTED_FILES:
+            raise InvalidConfigDrive(
+                "the prebuilt config drive holds more than %d files"
+                % MAX_EXTRACTED_FILES)
+        if total > max_size:
+            raise InvalidConfigDrive(
+                "the prebuilt config drive's files total more than %d bytes"
+                % max_size)
+        if (start + blocks) * _SECTOR > image_size:
+            raise InvalidConfigDrive(
+                "the prebuilt config drive has a file past its end (block "
+                "%d)" % (start + blocks))
+    end = 0
+    for start, blocks in sorted(extent for extent in extents
+                                if extent[1] > 0):
+        if start < end:
+            raise InvalidConfigDrive(
+                "the prebuilt config drive has files sharing data (block "
+                "%d); each file must be stored once" % start)
+        end = start + blocks
+    return total
+
+
+def check_mdir_listing(listing, max_size):
+    """Check ``mdir -/ -a`` output of a FAT drive before extraction.
+
+    mcopy writes each file's size as its directory entry gives it, so the
+    total mdir prints (after "Total files listed:" when it lists several
+    directories, else the one directory's summary line) bounds what
+    extraction writes, whatever the clusters hold. Raises
+    :class:`InvalidConfigDrive` when there is no total, or it is above
+    ``max_size`` bytes or counts more than :data:`MAX_EXTRACTED_FILES`
+    entries.
+    """
+    lines = listing.splitlines()
+    summaries = [match for match in map(_MDIR_TOTAL.match, lines) if match]
+    if "Total files listed:" in (line.strip() for line in lines):
+        summaries = summaries[-1:]
+    if len(summaries) != 1:
+        raise InvalidConfigDrive(
+            "the prebuilt FAT config drive cannot be listed")
+    files, total = (int(group.replace(" ", ""))
+                    for group in summaries[0].groups())
+    if files > MAX_EXTRACTED_FILES:
+        raise InvalidConfigDrive(
+            "the prebuilt config drive holds more than %d files"
+            % MAX_EXTRACTED_FILES)
+    if total > max_size:
+        raise InvalidConfigDrive(
+            "the prebuilt config drive's files total %d bytes, more than %d"
+            % (total, max_size))
+    return total
 
 
 def _check_tree(tree):
@@ -269,33 +424,89 @@ def image_label(data):
     return None
 
 
-def decode_prebuilt(text, max_size):
-    """The bytes of a prebuilt config drive sent as gzip+base64 text.
+def _max_encoded_length(max_size):
+    # zlib's deflateBound: deflate stores n bytes in at most n + n/4096 +
+    # n/16384 bytes and a few more; gzip adds a header and trailer (1024
+    # leaves room for a file name) and base64 a third. Text longer than
+    # that cannot be a drive of max_size bytes from gzip or zlib.
+    compressed = max_size + 5 * (max_size // 16384 + 1) + 1024
+    return 4 * (compressed // 3 + 1)
 
-    Raises :class:`InvalidConfigDrive` when it does not decode, is larger
-    than ``max_size`` once decompressed, or is not an ISO 9660 or FAT
-    image labelled ``config-2``.
+
+def _inflate(text, max_size, keep):
+    """Decompress gzip+base64 ``text`` a chunk at a time.
+
+    Returns ``(head, size)``: the first ``keep`` bytes of the data (a
+    ``bytearray``) and its size; no more than ``keep`` plus one chunk is
+    held at once. Raises
+    :class:`InvalidConfigDrive` before decoding anything when ``text`` is
+    longer than a gzip stream of ``max_size`` bytes can be, and as soon as
+    the data passes ``max_size`` bytes.
     """
+    if len(text) > _max_encoded_length(max_size):
+        raise InvalidConfigDrive("config_drive is %d characters, more than "
+                                 "a gzip+base64 image of %d bytes can be"
+                                 % (len(text), max_size))
     try:
         compressed = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidConfigDrive("config_drive is not valid base64") \
             from None
     decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    head = bytearray()
+    size = 0
+    pending = compressed
     try:
-        data = decompressor.decompress(compressed, max_size + 1)
+        while True:
+            chunk = decompressor.decompress(pending, _CHUNK)
+            pending = decompressor.unconsumed_tail
+            size += len(chunk)
+            if size > max_size:
+                raise InvalidConfigDrive(
+                    "config_drive is larger than %d bytes once "
+                    "decompressed" % max_size)
+            if len(head) < keep:
+                head += chunk[:keep - len(head)]
+            if decompressor.eof or (not chunk and not pending):
+                break
     except zlib.error as exc:
         raise InvalidConfigDrive("config_drive is not gzip data: %s"
                                  % exc) from None
-    if len(data) > max_size:
-        raise InvalidConfigDrive("config_drive is larger than %d bytes "
-                                 "once decompressed" % max_size)
     if not decompressor.eof:
         raise InvalidConfigDrive("config_drive is truncated gzip data")
+    return head, size
+
+
+def _check_label(data):
     label = image_label(data)
     if label is None or label.lower() != LABEL:
         raise InvalidConfigDrive(
             "config_drive must be an ISO 9660 or FAT image labelled %s "
             "(found %s)" % (LABEL, "label %r" % label if label is not None
                             else "no file system"))
+
+
+def check_prebuilt(text, max_size):
+    """Check a prebuilt config drive sent as gzip+base64 text without
+    keeping it: it decompresses in chunks of :data:`_CHUNK` bytes, of
+    which only the first 64 KiB are kept (for the label), so checking
+    many at once costs little memory. Returns the decompressed size.
+
+    Raises :class:`InvalidConfigDrive` as :func:`decode_prebuilt` does.
+    """
+    head, size = _inflate(text, max_size, _HEAD)
+    _check_label(bytes(head))
+    return size
+
+
+def decode_prebuilt(text, max_size):
+    """The bytes (a ``bytearray``: never copied once decompressed) of a
+    prebuilt config drive sent as gzip+base64 text.
+
+    Raises :class:`InvalidConfigDrive` when it does not decode, is larger
+    than ``max_size`` once decompressed (decompression stops there), or
+    is not an ISO 9660 or FAT image labelled ``config-2``.
+    """
+    data, _ = _inflate(text, max_size, max_size)
+    _check_label(data)
     return data

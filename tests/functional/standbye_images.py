@@ -37,10 +37,12 @@ def _place(image, part_file, start_sector, sector=512):
 
 
 def build_disk_image(directory, size_mib=48, esp=True, bls=False,
-                     name="disk.img", bios_boot=False):
+                     name="disk.img", bios_boot=False, tree_hook=None):
     """Build the image.
 
-    Returns ``{"path", "kernel", "initrd", "cmdline", "root_uuid",
+    ``tree_hook(tree)``, when given, may change the root file system's
+    tree (a hostile image) before it is made into ext4. Returns
+    ``{"path", "kernel", "initrd", "cmdline", "root_uuid",
     "root_partition"}``: what run_image must find.
     """
     tree = os.path.join(directory, name + ".root")
@@ -83,6 +85,8 @@ def build_disk_image(directory, size_mib=48, esp=True, bls=False,
                 "    initrd %s\n}\n"
                 "menuentry 'Old' {\n    linux /boot/vmlinuz-5.10.0-old\n}\n"
                 % (ROOT_FS_UUID, kernel, cmdline, initrd))
+    if tree_hook is not None:
+        tree_hook(tree)
     image = os.path.join(directory, name)
     with open(image, "wb") as stream:
         stream.truncate(size_mib * 1024 * 1024)

@@ -342,7 +342,7 @@ class FindBootCmdlineTest(ExtensionTestCase):
                 mock.patch("teeth_agent.images.boot.find_kernel",
                            return_value=found_entry), \
                 mock.patch("teeth_agent.images.boot.copy_out",
-                           side_effect=lambda root, path, dest: dest):
+                           side_effect=lambda root, path, dest, **kw: dest):
             mounted.return_value.__enter__.return_value = "/mnt"
             return self.extension._find_boot("/dev/loop9", table,
                                              lambda n: "/dev/loop9p%d" % n,
@@ -449,8 +449,11 @@ class CopyBootFilesTest(ExtensionTestCase):
         self.assertEqual(["/boot/i1", "/boot/i2"], found["initrd"])
 
     def test_initrds_total_is_capped(self):
-        with mock.patch.object(boot, "MAX_INITRDS_TOTAL", 5000):
-            self.extension._copy_boot_files(self.root, self.entry("i1"))
-            with self.assertRaisesRegex(boot.UnsafePath, "larger than"):
-                self.extension._copy_boot_files(self.root,
-                                                self.entry("i1", "i2"))
+        for name in ("big1", "big2"):
+            with open(os.path.join(self.root, "boot", name), "wb") as out:
+                out.write(os.urandom(700 * 1024))
+        self.conf.set_override("max_initrd_size", 1024 * 1024, "standbye")
+        self.extension._copy_boot_files(self.root, self.entry("big1"))
+        with self.assertRaisesRegex(boot.UnsafePath, "larger than"):
+            self.extension._copy_boot_files(self.root,
+                                            self.entry("big1", "big2"))

@@ -388,8 +388,24 @@ class VfatConfigDriveTest(base.TestCase):
             self.fat(4096), 4096, MIB))
         execute.assert_not_called()
 
+    @staticmethod
+    def tools(execute):
+        """The tools run, without the prlimit in front of extraction."""
+        return [c[0][4] if c[0][0] == "prlimit" else c[0][0]
+                for c in execute.call_args_list]
+
     def fake_tools(self, execute, extracted):
+        listings = {"xorriso": "File data lba:  0 ,  20 ,  1 ,  2 , '/x'\n",
+                    "env": "Total files listed:\n   1 file   2 bytes\n"}
+        patcher = mock.patch.object(
+            configdrive, "_listing", side_effect=lambda *argv: listings[
+                argv[0]])
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
         def run(*argv, **kwargs):
+            if argv[0] == "prlimit":
+                argv = argv[4:]
             if argv[0] == "xorriso" or argv[:2] == ("mcopy", "-s") and \
                     argv[2] == "-n":
                 tree = argv[-1] if argv[0] == "xorriso" else argv[-1][:-1]
@@ -410,14 +426,14 @@ class VfatConfigDriveTest(base.TestCase):
         self.fake_tools(execute, extracted)
         rebuilt = configdrive.fit_to_sector_size(self.iso(), 4096, 64 * MIB)
         self.assertEqual(4096, configdrive.fat_sector_size(rebuilt))
-        tools = [c[0][0] for c in execute.call_args_list]
-        self.assertEqual(["xorriso", "mkfs.vfat", "mcopy"], tools)
+        self.assertEqual(["xorriso", "mkfs.vfat", "mcopy"],
+                         self.tools(execute))
         self.assertIn("-extract", execute.call_args_list[0][0])
         # A FAT drive made for 512-byte sectors is rebuilt the same way.
         execute.reset_mock()
         configdrive.fit_to_sector_size(self.fat(512), 4096, 64 * MIB)
         self.assertEqual(["mcopy", "mkfs.vfat", "mcopy"],
-                         [c[0][0] for c in execute.call_args_list])
+                         self.tools(execute))
 
     @mock.patch("teeth_agent.processes.execute")
     def test_prebuilt_with_a_link_is_refused(self, execute):
@@ -427,8 +443,7 @@ class VfatConfigDriveTest(base.TestCase):
         with self.assertRaisesRegex(configdrive.InvalidConfigDrive,
                                     "meta_data.json"):
             configdrive.fit_to_sector_size(self.iso(), 4096, 64 * MIB)
-        self.assertEqual(["xorriso"],
-                         [c[0][0] for c in execute.call_args_list])
+        self.assertEqual(["xorriso"], self.tools(execute))
 
 
 class BootDiscoveryTest(base.TestCase):
