@@ -180,11 +180,43 @@ class TestSessionTokens(TrustTestCase):
         self.assert_refused(peer, r"handshake already done on this "
                                   r"connection")
 
+    def test_operator_forgets_an_agent_that_lost_its_token(self):
+        real, answer = self.join("forget-cli")
+        done = self.endpoint.cli("agents", "--forget", "forget-cli")
+        self.assertEqual(1, done.returncode, done.stdout)
+        self.assertIn("is connected", done.stderr)
+        real.close()
+        harness.wait_until(
+            lambda: not (self.agent("forget-cli") or {}).get("connected"),
+            15, interval=0.2, what="the agent gone")
+        done = self.endpoint.cli("agents", "--forget", "forget-cli")
+        self.assertEqual(0, done.returncode, done.stderr)
+        self.assertIn("forgot agent forget-cli", done.stdout)
+        _, again = self.join("forget-cli")
+        self.assertIn("session_token", again)
+        done = self.endpoint.cli("agents", "--forget", "no-such-agent")
+        self.assertEqual(1, done.returncode)
+        self.assertIn("NotFound", done.stderr)
+
     def test_log_and_task_status_before_handshake_stay_refused(self):
         peer = self.connect()
         response = peer.call("log", {"level": "INFO", "message": "x",
                                      "time": 1.0, "logger": "raw"})
         self.assertIn("handshake", response["error"]["msg"])
+
+
+class TestForgetting(TrustTestCase):
+    overrides = {"endpoint": {"forget_after": 1.0}}
+
+    def test_forget_after_drops_the_agent_and_its_token(self):
+        real, answer = self.join("forget-timer")
+        real.close()
+        self.wait_log(r"forgot agent forget-timer: disconnected for more "
+                      r"than 1.0s")
+        self.assertIsNone(self.agent("forget-timer"))
+        # A first use again: accepted without a token, a new one issued.
+        _, again = self.join("forget-timer")
+        self.assertNotEqual(answer["session_token"], again["session_token"])
 
 
 class TestTaskOwnership(TrustTestCase):
