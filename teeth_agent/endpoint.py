@@ -33,6 +33,7 @@ import os
 import resource
 import secrets
 import ssl
+import stat
 import tempfile
 import time
 
@@ -65,6 +66,9 @@ RUNNING_FIELDS = ("task_id", "state", "percent", "eta", "method")
 FILE_HEADROOM = 256
 #: Agent-supplied text longer than this is cut in the endpoint's log.
 LOG_TEXT_LIMIT = 4096
+#: The smallest max_line_length an agent accepts in a handshake answer
+#: (the agent's MIN_PEER_LINE_LENGTH); a lower one would cut every agent off.
+MIN_LINE_LENGTH = 4096
 
 DEFAULTS = {
     "agent_identity": IDENTITY_TOKEN,
@@ -518,6 +522,10 @@ class Endpoint:
                 "[endpoint] tls_enabled and tls_require_client_cert (with "
                 "tls_ca_file naming the authority of the agents' "
                 "certificates)")
+        if max_line_length < MIN_LINE_LENGTH:
+            raise EndpointConfigError(
+                "max_line_length must be at least %d: agents refuse a "
+                "smaller limit" % MIN_LINE_LENGTH)
         self.host = host
         self.port = port
         self.tls_context = tls_context
@@ -537,6 +545,7 @@ class Endpoint:
         self.forget_after = forget_after
         self.max_agents = max_agents
         self.line_idle_timeout = line_idle_timeout
+        self.state_dir = state_dir or None
         self.tokens = TokenStore(
             os.path.join(state_dir, TOKEN_FILE) if state_dir else None)
         self.agents = {}
@@ -578,9 +587,30 @@ class Endpoint:
         Raises :class:`EndpointConfigError` when the file is unreadable.
         """
         if not self._state_loaded:
+            if self.state_dir is not None:
+                self._make_state_dir()
             self.tokens.load()
             self._state_loaded = True
         return self
+
+    def _make_state_dir(self):
+        """Create ``state_dir`` (mode 0700) when missing. An existing one
+        is used as it is (it may be shared with other files); the token
+        file in it is mode 0600 whatever the directory's mode."""
+        try:
+            os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+            mode = os.stat(self.state_dir).st_mode
+        except OSError as exc:
+            raise EndpointConfigError("cannot create the state_dir %s: %s"
+                                      % (self.state_dir, exc)) from None
+        if not stat.S_ISDIR(mode):
+            raise EndpointConfigError("the state_dir %s is not a directory"
+                                      % self.state_dir)
+        if mode & 0o022:
+            LOG.warning("the state_dir %s may be written by other users "
+                        "(mode %o): they could replace the agent tokens; "
+                        "make it mode 0700", self.state_dir,
+                        stat.S_IMODE(mode))
 
     def start(self):
         """Listen and accept in the background; returns the bound port."""
@@ -878,6 +908,13 @@ class Endpoint:
                     "handshake refused: certificate names agent_id %s, "
                     "handshake claims %s" % (named, agent_id))
             return True, None
+        named = connection.user_data.get("cert_agent_id")
+        if named is not None and named != agent_id:
+            # A verified client certificate is never ignored: one that
+            # names another agent refutes the claim, whatever the token.
+            raise CertificateMismatch(
+                "handshake refused: certificate names agent_id %s, "
+                "handshake claims %s" % (named, agent_id))
         token = params.get("session_token")
         if agent_id in self.tokens:
             if self.tokens.verify(agent_id, token):

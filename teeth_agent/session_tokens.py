@@ -13,9 +13,11 @@ A file that cannot be read, is garbled or was written for another
 token (the endpoint then decides whether to accept it).
 """
 
+import errno
 import json
 import logging
 import os
+import stat
 import tempfile
 
 LOG = logging.getLogger(__name__)
@@ -74,8 +76,24 @@ class SessionTokens:
 
     def _load(self):
         try:
-            with open(self.path, "rb") as stream:
+            # Never through a symbolic link (it could make the agent read
+            # and chmod a file elsewhere), never a FIFO or device (which
+            # could block the start-up): a regular file or nothing.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW
+                         | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            reason = ("it is a symbolic link" if exc.errno == errno.ELOOP
+                      else exc)
+            LOG.warning("cannot read the session tokens in %s (%s); "
+                        "starting without a token", self.path, reason)
+            return
+        try:
+            with os.fdopen(fd, "rb") as stream:
                 mode = os.fstat(stream.fileno()).st_mode
+                if not stat.S_ISREG(mode):
+                    raise ValueError("not a regular file")
                 if mode & 0o077:
                     # Copied with the wrong mode (by hand, from a backup):
                     # the token may have been read; keep it from now on.
@@ -84,8 +102,6 @@ class SessionTokens:
                                 "0600", self.path, mode & 0o777)
                     os.fchmod(stream.fileno(), 0o600)
                 data = json.loads(stream.read().decode("utf-8"))
-        except FileNotFoundError:
-            return
         except (OSError, ValueError) as exc:
             LOG.warning("cannot read the session tokens in %s (%s); "
                         "starting without a token", self.path, exc)

@@ -454,6 +454,38 @@ class SessionTokensTest(TempDirMixin, base.TestCase):
         self.assertEqual("tok", store.get("h:1"))
         self.assertEqual(0o600, stat.S_IMODE(os.stat(path).st_mode))
 
+    def test_token_file_replaced_by_a_symlink_is_not_followed(self):
+        state_dir = self.make_dir()
+        elsewhere = os.path.join(self.make_dir(), "victim")
+        session_tokens.SessionTokens("agent-1", state_dir).set("h:1", "tok")
+        path = os.path.join(state_dir, session_tokens.FILE_NAME)
+        os.rename(path, elsewhere)
+        os.chmod(elsewhere, 0o644)
+        os.symlink(elsewhere, path)
+        with self.assertLogs("teeth_agent.session_tokens", "WARNING") as logs:
+            store = session_tokens.SessionTokens("agent-1", state_dir)
+        self.assertIn("symbolic link", logs.output[0])
+        # Neither read nor chmod-ed through the link.
+        self.assertIsNone(store.get("h:1"))
+        self.assertEqual(0o644, stat.S_IMODE(os.stat(elsewhere).st_mode))
+        with open(elsewhere) as stream:
+            before = stream.read()
+        store.set("h:1", "tok-2")
+        # The new token replaced the link; the target is untouched.
+        self.assertFalse(os.path.islink(path))
+        with open(elsewhere) as stream:
+            self.assertEqual(before, stream.read())
+        self.assertEqual("tok-2", session_tokens.SessionTokens(
+            "agent-1", state_dir).get("h:1"))
+
+    def test_token_file_that_is_a_fifo_does_not_block(self):
+        state_dir = self.make_dir()
+        os.mkfifo(os.path.join(state_dir, session_tokens.FILE_NAME))
+        with self.assertLogs("teeth_agent.session_tokens", "WARNING") as logs:
+            store = session_tokens.SessionTokens("agent-1", state_dir)
+        self.assertIn("not a regular file", logs.output[0])
+        self.assertIsNone(store.get("h:1"))
+
     def test_bad_tokens_are_refused(self):
         store = session_tokens.SessionTokens("agent-1")
         for bad in (None, 5, "", "a b", "x" * 5000, "tok\n"):

@@ -317,6 +317,36 @@ class TestIdentityDecisions(base.TestCase):
         self.handshake(endpoint, again, handshake("machine-a"))
         self.assertTrue(good.closed)
 
+    def test_token_mode_never_ignores_a_client_certificate(self):
+        endpoint = self.make()
+        other = FakeConnection("10.0.0.9:9", cert_agent_id="machine-a",
+                               tls=True)
+        self.handshake(endpoint, other, handshake("machine-b"))
+        self.assertEqual("handshake refused: certificate names agent_id "
+                         "machine-a, handshake claims machine-b",
+                         other.fatal_reason)
+        self.assertNotIn("machine-b", endpoint.agents)
+        self.assertNotIn("machine-b", endpoint.tokens)
+        (refused,) = [data for event, data in self.events
+                      if event == "refused"]
+        self.assertEqual("CertificateMismatch", refused["type"])
+        # Its own agent_id is accepted (and gets a token as usual); a
+        # valid token does not make another machine's certificate pass.
+        own = FakeConnection("10.0.0.1:1", cert_agent_id="machine-b",
+                             tls=True)
+        token = self.handshake(endpoint, own, handshake("machine-b"))[
+            "session_token"]
+        own.closed = True
+        stolen = FakeConnection("10.0.0.9:10", cert_agent_id="machine-a",
+                                tls=True)
+        self.handshake(endpoint, stolen, handshake("machine-b", token))
+        self.assertIn("certificate names agent_id machine-a",
+                      stolen.fatal_reason)
+        # Without a certificate (or one naming nobody) the token decides.
+        plain = FakeConnection("10.0.0.1:2", tls=True)
+        self.handshake(endpoint, plain, handshake("machine-b", token))
+        self.assertIsNone(plain.fatal_reason)
+
     def test_certificate_identity_needs_mutual_tls(self):
         self.assertRaises(endpoint_mod.EndpointConfigError,
                           endpoint_mod.Endpoint, port=0,
