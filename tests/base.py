@@ -34,6 +34,8 @@ def make_conf(**overrides):
     teeth_conf.register_endpoint_opts(conf)
     conf([], project="teeth-agent", default_config_files=[],
          default_config_dirs=[])
+    # Unit tests never create the default /var/lib/teeth-endpoint.
+    overrides.setdefault("endpoint.state_dir", "")
     for key, value in overrides.items():
         group, _, name = key.rpartition(".")
         conf.set_override(name, value, group=group or None)

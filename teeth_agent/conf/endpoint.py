@@ -63,9 +63,12 @@ opts = [
     cfg.IntOpt(
         "max_line_length",
         default=protocol.DEFAULT_MAX_LINE_LENGTH,
-        min=1024,
+        min=4096,
         help="The longest message line, in bytes, accepted from an agent. "
-             "A longer line is a fatal protocol error."),
+             "A longer line is a fatal protocol error. The limit is "
+             "announced in the handshake answer and agents send no longer "
+             "line; agents refuse a limit below 4096 bytes, which leaves no "
+             "room for a task's final status."),
     cfg.IntOpt(
         "max_connections_per_address",
         default=64,
@@ -99,12 +102,15 @@ opts = [
              "agent."),
     cfg.StrOpt(
         "state_dir",
+        default="/var/lib/teeth-endpoint",
         help="A directory where the endpoint keeps the SHA-256 hashes of "
              "the session tokens it issued (file agent-tokens.json, mode "
              "0600), so agents keep their identities across endpoint "
-             "restarts. Without it the tokens are lost on restart and the "
-             "first handshake of each agent_id afterwards is trusted on "
-             "first use."),
+             "restarts. It is created with mode 0700 at start-up when "
+             "missing; the endpoint refuses to start when it cannot be "
+             "created. Set it empty to keep the tokens in memory only: they "
+             "are then lost on every restart and the first handshake of "
+             "each agent_id afterwards is trusted on first use."),
     cfg.IntOpt(
         "task_history",
         default=100,

@@ -688,6 +688,10 @@ def endpoint_sections(control_socket, overrides=None):
             "listen_host": HOST,
             "listen_port": 0,
             "control_socket": control_socket,
+            # Never the default /var/lib/teeth-endpoint: each endpoint
+            # started here keeps its tokens next to its control socket.
+            "state_dir": os.path.join(os.path.dirname(control_socket),
+                                      "endpoint-state"),
             "handshake_timeout": 10.0,
             "keepalive_interval": 60.0,
             "keepalive_timeout": 30.0,

@@ -483,3 +483,59 @@ class TestIdentityDecisions(base.TestCase):
         self.assertEqual({"a", "c"}, set(endpoint.agents))
         self.assertEqual(1, endpoint.forget_gone(16.0))
         self.assertEqual({"c"}, set(endpoint.agents))
+
+
+class TestLineLimitOption(base.TestCase):
+    def test_option_minimum_is_what_agents_accept(self):
+        from teeth_agent import agent as agent_mod
+        from teeth_agent.conf import endpoint as conf_endpoint
+        (opt,) = [opt for opt in conf_endpoint.opts
+                  if opt.name == "max_line_length"]
+        self.assertEqual(agent_mod.MIN_PEER_LINE_LENGTH, opt.type.min)
+        self.assertEqual(agent_mod.MIN_PEER_LINE_LENGTH,
+                         endpoint_mod.MIN_LINE_LENGTH)
+        self.assertRaises(ValueError, base.make_conf().set_override,
+                          "max_line_length", 2048, group="endpoint")
+
+    def test_library_refuses_a_limit_agents_refuse(self):
+        self.assertRaises(endpoint_mod.EndpointConfigError,
+                          endpoint_mod.Endpoint, port=0,
+                          max_line_length=2048)
+        endpoint_mod.Endpoint(port=0, max_line_length=4096)
+
+
+class TestStateDir(base.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.parent = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.parent)
+
+    def test_default_keeps_tokens_across_restarts(self):
+        from teeth_agent.conf import endpoint as conf_endpoint
+        (opt,) = [opt for opt in conf_endpoint.opts
+                  if opt.name == "state_dir"]
+        self.assertEqual("/var/lib/teeth-endpoint", opt.default)
+
+    def test_created_0700_at_start_up(self):
+        state_dir = os.path.join(self.parent, "a", "state")
+        conf = base.make_conf(**{"endpoint.state_dir": state_dir,
+                                 "endpoint.tls_enabled": False})
+        with self.assertLogs(endpoint_mod.conf_tls.LOG, "WARNING"):
+            endpoint = endpoint_mod.Endpoint.from_conf(conf)
+        self.assertEqual(os.path.join(state_dir, endpoint_mod.TOKEN_FILE),
+                         endpoint.tokens.path)
+        self.assertEqual(0o700,
+                         stat.S_IMODE(os.stat(state_dir).st_mode))
+
+    def test_uncreatable_state_dir_is_a_config_error(self):
+        blocker = os.path.join(self.parent, "file")
+        open(blocker, "w").close()
+        for state_dir in (blocker, os.path.join(blocker, "state")):
+            endpoint = endpoint_mod.Endpoint(port=0, state_dir=state_dir)
+            self.assertRaises(endpoint_mod.EndpointConfigError,
+                              endpoint.load_state)
+
+    def test_empty_keeps_tokens_in_memory(self):
+        endpoint = endpoint_mod.Endpoint(port=0, state_dir="")
+        endpoint.load_state()
+        self.assertIsNone(endpoint.tokens.path)
