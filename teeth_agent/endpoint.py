@@ -285,6 +285,24 @@ def task_summary(status):
     return summary
 
 
+def handshake_summary(status):
+    """What is kept of a task a handshake lists: its summary only (the
+    protocol's summary fields, of their types, ``msg`` cut), so a handshake
+    cannot leave results or bulk behind; the full final status comes in
+    ``task_status``."""
+    kept = {"task_id": status["task_id"], "state": status["state"]}
+    method = status.get("method")
+    if isinstance(method, str) and len(method) <= MAX_TASK_ID_LENGTH:
+        kept["method"] = method
+    percent = status.get("percent")
+    if isinstance(percent, (int, float)) and not isinstance(percent, bool):
+        kept["percent"] = percent
+    if status["state"] == tasks_mod.ERROR:
+        msg = status.get("msg")
+        kept["msg"] = msg[:LOG_TEXT_LIMIT] if isinstance(msg, str) else None
+    return kept
+
+
 def same_final(one, other):
     """Whether two final statuses of a task say the same thing."""
     return (one.get("state") == other.get("state")
@@ -1006,7 +1024,8 @@ class Endpoint:
                     isinstance(status.get("task_id"), str) and \
                     0 < len(status["task_id"]) <= MAX_TASK_ID_LENGTH and \
                     status.get("state") in TASK_STATES:
-                self._record_task(agent, status, from_handshake=True)
+                self._record_task(agent, handshake_summary(status),
+                                  from_handshake=True)
         LOG.info("agent %s connected from %s (%s, %s)", printable(agent_id),
                  connection.name,
                  "TLS" if connection.user_data.get("tls") else "plaintext",

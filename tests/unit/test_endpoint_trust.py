@@ -468,6 +468,25 @@ class TestIdentityDecisions(base.TestCase):
                           "truncated": True},
                          endpoint.agents["b"].handshake)
 
+    def test_handshake_tasks_keep_summaries_only(self):
+        endpoint = self.make()
+        link = FakeConnection()
+        self.handshake(endpoint, link, handshake("a", tasks=[
+            {"task_id": "t1", "state": "complete", "method": "decom.qc",
+             "result": {"pad": "x" * 500000}, "extra": "y" * 1000},
+            {"task_id": "t2", "state": "error", "msg": "m" * 100000,
+             "details": {"pad": "z" * 100000}, "method": ["not", "str"]},
+            {"task_id": "t3", "state": "running", "percent": 5,
+             "eta": 3, "junk": "j" * 1000}]))
+        tasks = endpoint.agents["a"].tasks
+        self.assertEqual({"task_id": "t1", "state": "complete",
+                          "method": "decom.qc"}, tasks["t1"])
+        self.assertEqual({"task_id", "state", "msg"}, set(tasks["t2"]))
+        self.assertEqual(endpoint_mod.LOG_TEXT_LIMIT, len(tasks["t2"]["msg"]))
+        self.assertEqual({"task_id": "t3", "state": "running",
+                          "percent": 5}, tasks["t3"])
+        self.assertLess(endpoint.agents["a"].book.bytes, 10000)
+
     def test_forget_gone_takes_the_longest_gone_first(self):
         endpoint = self.make(forget_after=10.0)
         links = {}
