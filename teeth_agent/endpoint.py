@@ -60,6 +60,9 @@ MAX_VIOLATIONS = 100
 HANDSHAKE_KEEP_BYTES = 64 * 1024
 #: The longest task_id accepted (the agent's own rule, docs/protocol.md).
 MAX_TASK_ID_LENGTH = 256
+#: The longest agent_id accepted: it is a key of every book, of the token
+#: file and of every listing, so an agent cannot make it bulk.
+MAX_AGENT_ID_LENGTH = 256
 #: The fields of a running status that are kept.
 RUNNING_FIELDS = ("task_id", "state", "percent", "eta", "method")
 #: Open files the endpoint needs besides its agents' sockets.
@@ -981,6 +984,11 @@ class Endpoint:
         if not isinstance(agent_id, str) or not agent_id:
             raise protocol.InvalidParams("agent_id: is required",
                                          details={"param": "agent_id"})
+        if len(agent_id) > MAX_AGENT_ID_LENGTH or \
+                not agent_id.isprintable():
+            raise protocol.InvalidParams(
+                "agent_id: must be 1 to %d printable characters"
+                % MAX_AGENT_ID_LENGTH, details={"param": "agent_id"})
         versions = params.get("protocol_versions") or [protocol.VERSION]
         if not isinstance(versions, list) or protocol.VERSION not in versions:
             raise protocol.UnsupportedVersion(

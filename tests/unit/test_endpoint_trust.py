@@ -468,6 +468,17 @@ class TestIdentityDecisions(base.TestCase):
                           "truncated": True},
                          endpoint.agents["b"].handshake)
 
+    def test_agent_id_is_bounded_and_printable(self):
+        endpoint = self.make()
+        for bad in ("a" * 257, "a\nb", "a\x1b[31m", "\u202eevil"):
+            self.assertRaises(endpoint_mod.protocol.InvalidParams,
+                              self.handshake, endpoint, FakeConnection(),
+                              handshake(bad))
+        self.assertEqual({}, endpoint.agents)
+        self.assertEqual(0, len(endpoint.tokens))
+        self.handshake(endpoint, FakeConnection(), handshake("a" * 256))
+        self.assertIn("a" * 256, endpoint.agents)
+
     def test_handshake_tasks_keep_summaries_only(self):
         endpoint = self.make()
         link = FakeConnection()
