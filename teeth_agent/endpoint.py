@@ -957,18 +957,26 @@ class Endpoint:
                 "identity" % (agent_id, live_peer))
         return False, self.tokens.issue(agent_id)
 
-    def _make_room(self, agent_id):
-        """Before a new agent_id is remembered: at ``max_agents`` forget
-        the agent disconnected longest ago, or refuse when all are up."""
+    def _check_room(self):
+        """Before a new agent_id is proven: refuse it when ``max_agents``
+        agents are known and all of them are connected. Forgets nothing
+        but agents past ``forget_after``, so a handshake that is refused
+        later never made the endpoint forget anyone."""
         if not self.max_agents or len(self.agents) < self.max_agents:
             return
         self.forget_gone()
-        if len(self.agents) < self.max_agents:
-            return
-        if not self._gone:
+        if len(self.agents) >= self.max_agents and not self._gone:
             raise TooManyAgents(
                 "handshake refused: the endpoint already holds %d connected "
                 "agents (max_agents)" % len(self.agents))
+
+    def _make_room(self, agent_id):
+        """Once a new agent_id is accepted (after :meth:`_check_room`, with
+        nothing in between): at ``max_agents`` forget the agent
+        disconnected longest ago."""
+        if not self.max_agents or len(self.agents) < self.max_agents or \
+                not self._gone:
+            return
         oldest = self.agents[next(iter(self._gone))]
         LOG.warning("max_agents (%d) reached: forgetting agent %s, the one "
                     "disconnected longest ago, for new agent %s",
@@ -996,8 +1004,10 @@ class Endpoint:
                 details={"supported": list(protocol.SUPPORTED_VERSIONS)})
         agent = self.agents.get(agent_id)
         if agent is None:
-            self._make_room(agent_id)
+            self._check_room()
         proven, new_token = self._prove(connection, agent_id, params, agent)
+        if agent is None:
+            self._make_room(agent_id)
         # Never keep the token in what describe() and subscribers see.
         params = {key: value for key, value in params.items()
                   if key != "session_token"}

@@ -434,6 +434,29 @@ class TestIdentityDecisions(base.TestCase):
         self.handshake(endpoint, FakeConnection(), handshake("c"))
         self.assertEqual({"b", "c"}, set(endpoint.agents))
 
+    def test_a_refused_handshake_makes_nobody_forgotten(self):
+        endpoint = self.make(max_agents=2)
+        links = {}
+        for name in ("a", "b"):
+            links[name] = FakeConnection()
+            self.handshake(endpoint, links[name], handshake(name))
+        links["a"].closed = True
+        endpoint._on_close(links["a"], "gone")
+        # Refused for a certificate naming another agent, and for a token
+        # the endpoint holds from before a restart (no AgentHandle yet).
+        cert = FakeConnection(cert_agent_id="b", tls=True)
+        self.handshake(endpoint, cert, handshake("c"))
+        self.assertIn("certificate names agent_id b", cert.fatal_reason)
+        endpoint.tokens.issue("d")
+        wrong = FakeConnection()
+        self.handshake(endpoint, wrong, handshake("d", "wrong"))
+        self.assertIn("session_token mismatch", wrong.fatal_reason)
+        self.assertEqual({"a", "b"}, set(endpoint.agents))
+        self.assertIn("a", endpoint.tokens)
+        # An accepted newcomer still makes room.
+        self.handshake(endpoint, FakeConnection(), handshake("c"))
+        self.assertEqual({"b", "c"}, set(endpoint.agents))
+
     def test_connection_limits(self):
         endpoint = self.make(max_connections_per_address=2,
                              max_connections=3)
