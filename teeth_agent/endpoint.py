@@ -61,7 +61,8 @@ HANDSHAKE_KEEP_BYTES = 64 * 1024
 #: The longest task_id accepted (the agent's own rule, docs/protocol.md).
 MAX_TASK_ID_LENGTH = 256
 #: The longest agent_id accepted: it is a key of every book, of the token
-#: file and of every listing, so an agent cannot make it bulk.
+#: file and of every listing, so an agent cannot make it bulk (what it
+#: holds is shown escaped, see :func:`printable`).
 MAX_AGENT_ID_LENGTH = 256
 #: The fields of a running status that are kept.
 RUNNING_FIELDS = ("task_id", "state", "percent", "eta", "method")
@@ -992,10 +993,9 @@ class Endpoint:
         if not isinstance(agent_id, str) or not agent_id:
             raise protocol.InvalidParams("agent_id: is required",
                                          details={"param": "agent_id"})
-        if len(agent_id) > MAX_AGENT_ID_LENGTH or \
-                not agent_id.isprintable():
+        if len(agent_id) > MAX_AGENT_ID_LENGTH:
             raise protocol.InvalidParams(
-                "agent_id: must be 1 to %d printable characters"
+                "agent_id: must be 1 to %d characters"
                 % MAX_AGENT_ID_LENGTH, details={"param": "agent_id"})
         versions = params.get("protocol_versions") or [protocol.VERSION]
         if not isinstance(versions, list) or protocol.VERSION not in versions:
