@@ -611,6 +611,11 @@ class Endpoint:
         if not self._state_loaded:
             if self.state_dir is not None:
                 self._make_state_dir()
+            elif self.agent_identity == IDENTITY_TOKEN:
+                LOG.warning("[endpoint] state_dir is empty: session tokens "
+                            "are kept in memory only, and after a restart "
+                            "the first handshake of every agent_id is "
+                            "trusted on first use")
             self.tokens.load()
             self._state_loaded = True
         return self
@@ -653,13 +658,10 @@ class Endpoint:
                         "%d: agents past about %d will fail to connect "
                         "(lower max_connections or raise the limit)",
                         self.max_connections, soft, soft - FILE_HEADROOM)
-        LOG.info("endpoint listening on %s:%d%s, agent identity: %s%s",
+        LOG.info("endpoint listening on %s:%d%s, agent identity: %s",
                  self.host, self.port,
                  " (TLS)" if self.tls_context else " (plaintext)",
-                 self.agent_identity,
-                 "" if self.tokens.path or
-                 self.agent_identity != IDENTITY_TOKEN else
-                 " (no state_dir: session tokens are lost on restart)")
+                 self.agent_identity)
         return self.port
 
     def stop(self):

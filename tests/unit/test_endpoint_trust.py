@@ -588,7 +588,9 @@ class TestStateDir(base.TestCase):
             self.assertRaises(endpoint_mod.EndpointConfigError,
                               endpoint.load_state)
 
-    def test_empty_keeps_tokens_in_memory(self):
+    def test_empty_keeps_tokens_in_memory_with_a_warning(self):
         endpoint = endpoint_mod.Endpoint(port=0, state_dir="")
-        endpoint.load_state()
+        with self.assertLogs(endpoint_mod.LOG, "WARNING") as logs:
+            endpoint.load_state()
         self.assertIsNone(endpoint.tokens.path)
+        self.assertIn("state_dir is empty", logs.output[0])
