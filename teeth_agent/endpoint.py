@@ -27,7 +27,7 @@ from teeth_agent import transport
 
 LOG = logging.getLogger(__name__)
 
-TASK_STATES = ("running", "error", "complete")
+TASK_STATES = tasks_mod.TASK_STATES
 
 
 class AgentNotConnected(Exception):
