@@ -5,6 +5,7 @@ import os
 import shutil
 import tempfile
 
+from teeth_agent import download
 from teeth_agent import firmware
 from teeth_agent import hardware
 from teeth_agent.hardware import base as hw_base
@@ -257,25 +258,24 @@ class DownloadTest(base.TestCase):
 
     def test_mismatch_leaves_no_file(self):
         with testing.FileServer({"/fw": b"data"}) as server:
-            with self.assertRaises(firmware.ChecksumMismatch):
+            with self.assertRaises(download.ChecksumMismatch):
                 firmware.download(server.url("/fw"),
                                   {"sha256": sha256(b"other")}, self.target)
         self.assertEqual([], os.listdir(self.directory))
 
     def test_oversize_image_is_refused(self):
         with testing.FileServer({"/fw": b"x" * 100}) as server:
-            with self.assertRaises(firmware.DownloadError) as caught:
+            with self.assertRaises(download.ImageTooLarge) as caught:
                 firmware.download(server.url("/fw"),
                                   {"sha256": sha256(b"x" * 100)},
                                   self.target, max_bytes=10)
-        self.assertTrue(caught.exception.final)
+        self.assertIsInstance(caught.exception, download.FinalDownloadError)
         self.assertEqual([], os.listdir(self.directory))
 
     def test_unreachable_server_is_retried(self):
         sleeps = []
-        with self.assertRaises(firmware.DownloadError) as caught:
+        with self.assertRaises(download.RetryableDownloadError):
             firmware.download("http://127.0.0.1:9/fw",
                               {"sha256": sha256(b"")}, self.target,
                               attempts=3, sleep=sleeps.append)
-        self.assertFalse(caught.exception.final)
         self.assertEqual([1, 2], sleeps)
