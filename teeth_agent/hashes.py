@@ -78,6 +78,8 @@ def select(hashes, allow_md5=False):
 def check_all(hashes):
     """``hashes`` with normalised names and lowercase digests, every one of
     which is to be verified (see the module documentation)."""
+    if not isinstance(hashes, dict):
+        raise InvalidHashes("must be an object of checksums")
     normalised = {}
     for name, digest in hashes.items():
         algorithm = normalise_name(name)
