@@ -31,6 +31,7 @@ import time
 
 from teeth_agent.extensions import base as ext_base
 from teeth_agent import protocol
+from teeth_agent import retry
 from teeth_agent import session_tokens as session_tokens_mod
 from teeth_agent import tasks as tasks_mod
 from teeth_agent import transport
@@ -66,9 +67,10 @@ def parse_endpoint(text):
     return host.strip("[]"), int(port)
 
 
-class Backoff:
-    """Exponential backoff with jitter: each delay is drawn from
-    [d/2, d], d doubling from ``initial`` up to ``maximum``.
+class Backoff(retry.Backoff):
+    """The reconnect policy: :class:`teeth_agent.retry.Backoff` with
+    jitter, each delay drawn from [d/2, d], d doubling from ``initial`` up
+    to ``maximum``.
 
     A link only resets the backoff once it has stayed up for
     ``stable_after`` seconds: an endpoint that answers the handshake and
@@ -79,16 +81,11 @@ class Backoff:
 
     def __init__(self, initial, maximum, rng=random.random,
                  clock=time.monotonic, stable_after=0.0):
-        self.initial = initial
-        self.maximum = max(maximum, initial)
+        super().__init__(initial, max(maximum, initial), jitter=True,
+                         rng=rng)
         self.stable_after = stable_after
-        self._rng = rng
         self._clock = clock
-        self._current = initial
         self._up_since = None
-
-    def reset(self):
-        self._current = self.initial
 
     def link_up(self):
         self._up_since = self._clock()
@@ -102,11 +99,6 @@ class Backoff:
             return False
         self.reset()
         return True
-
-    def next_delay(self):
-        delay = self._current * (0.5 + 0.5 * self._rng())
-        self._current = min(self._current * 2, self.maximum)
-        return delay
 
 
 def fit_task_summaries(message, summaries, room):

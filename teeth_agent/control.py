@@ -49,9 +49,10 @@ class PassedThroughError(protocol.WireError):
     """An agent's error response, handed on to the control client."""
 
     def __init__(self, error):
-        super().__init__(error.get("msg") or "error", error.get("details"))
-        self.type = error.get("type") or "InternalError"
-        self.code = error.get("code") or -32603
+        wire = protocol.WireError.from_dict(error)
+        super().__init__(wire.msg or "error", wire.details)
+        self.type = wire.type or "InternalError"
+        self.code = wire.code or -32603
 
 
 class ControlServer:

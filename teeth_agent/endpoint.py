@@ -43,7 +43,7 @@ from teeth_agent import transport
 
 LOG = logging.getLogger(__name__)
 
-TASK_STATES = ("running", "error", "complete")
+TASK_STATES = tasks_mod.TASK_STATES
 IDENTITY_TOKEN = "token"
 IDENTITY_CERTIFICATE = "certificate"
 IDENTITIES = (IDENTITY_TOKEN, IDENTITY_CERTIFICATE)

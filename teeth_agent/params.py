@@ -8,9 +8,9 @@ or unknown.
 """
 
 import re
-import urllib.parse
 
 from teeth_agent import protocol
+from teeth_agent import urls
 
 _MISSING = object()
 
@@ -152,18 +152,15 @@ class Regex(String):
 
 
 class URL(String):
-    def __init__(self, schemes=("http", "https"), **kwargs):
-        super().__init__(**kwargs)
-        self.schemes = tuple(schemes)
+    """A URL the agent may download from (:func:`teeth_agent.urls.check`:
+    http or https, with a host)."""
 
     def check(self, value, path):
         value = super().check(value, path)
-        parsed = urllib.parse.urlsplit(value)
-        if parsed.scheme.lower() not in self.schemes:
-            raise invalid(path, "only %s URLs are allowed"
-                          % " and ".join(s + "://" for s in self.schemes))
-        if not parsed.hostname:
-            raise invalid(path, "has no host")
+        try:
+            urls.check(value)
+        except urls.InvalidURL as exc:
+            raise invalid(path, exc.reason) from None
         return value
 
 

@@ -26,6 +26,8 @@ LOG = logging.getLogger(__name__)
 RUNNING = "running"
 ERROR = "error"
 COMPLETE = "complete"
+#: Every state a task can be in, as the wire names them.
+TASK_STATES = (RUNNING, ERROR, COMPLETE)
 TERMINAL = (ERROR, COMPLETE)
 
 #: The longest ``msg`` a task summary carries, in characters; the full

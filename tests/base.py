@@ -8,9 +8,7 @@ a tool on the machine.
 import unittest
 from unittest import mock
 
-from oslo_config import cfg
-
-from teeth_agent import conf as teeth_conf
+from teeth_agent.hardware import testing
 from teeth_agent import processes
 
 
@@ -23,21 +21,8 @@ def _blocked(argv, *args, **kwargs):
                          % " ".join(argv))
 
 
-def make_conf(**overrides):
-    """A fresh ConfigOpts with every agent option registered.
-
-    ``overrides`` maps ``"group.name"`` (or ``"name"`` for DEFAULT) to a
-    value.
-    """
-    conf = cfg.ConfigOpts()
-    teeth_conf.register_agent_opts(conf)
-    teeth_conf.register_endpoint_opts(conf)
-    conf([], project="teeth-agent", default_config_files=[],
-         default_config_dirs=[])
-    for key, value in overrides.items():
-        group, _, name = key.rpartition(".")
-        conf.set_override(name, value, group=group or None)
-    return conf
+#: See :func:`teeth_agent.hardware.testing.make_conf`.
+make_conf = testing.make_conf
 
 
 class TestCase(unittest.TestCase):

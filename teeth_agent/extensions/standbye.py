@@ -444,12 +444,11 @@ class StandbyeExtension(base.Extension):
         room = stats.f_bavail * stats.f_frsize - \
             self.conf.standbye.cache_reserve
         if room <= 0:
-            raise download.DownloadError(
+            raise download.NoSpace(
                 "no room to stage the qcow2 image in %s: %d bytes free, "
                 "%d reserved" % (self.work_dir,
                                  stats.f_bavail * stats.f_frsize,
-                                 self.conf.standbye.cache_reserve),
-                final=True, no_space=True)
+                                 self.conf.standbye.cache_reserve))
         return room
 
     def _convert_qcow2(self, task, image_path, path, pin=None):

@@ -37,7 +37,6 @@ import unittest
 from oslo_config import cfg
 
 from teeth_agent import conf as teeth_conf
-from teeth_agent.conf import opts as teeth_opts
 from teeth_agent import hardware
 from teeth_agent import processes
 
@@ -437,22 +436,24 @@ class ToolCalls:
                              "self.tools.answer())" % " ".join(argv))
 
 
-def make_conf():
-    """A parsed config with every agent option registered, at defaults.
+def make_conf(**overrides):
+    """A parsed config with every agent and endpoint option registered, at
+    defaults but for ``overrides``, which maps ``"group.name"`` (or
+    ``"name"`` for DEFAULT) to a value. The one config factory of the tests.
 
-    Each call gets option groups of its own: oslo.config keeps overrides in
-    the group object, and the agent's option modules share one group
-    object per name, so without this an override made in one test would
-    be seen by the next.
+    Each call gets option groups of its own (:mod:`teeth_agent.conf.group`
+    registers a fresh group object every time): oslo.config keeps overrides
+    in the group object, so an override made in one test is not seen by
+    the next.
     """
     conf = cfg.ConfigOpts()
-    for group, _ in teeth_opts.list_opts():
-        if isinstance(group, cfg.OptGroup):
-            conf.register_group(cfg.OptGroup(
-                group.name, title=group.title, help=group.help))
     teeth_conf.register_agent_opts(conf)
+    teeth_conf.register_endpoint_opts(conf)
     conf([], project="teeth-agent", default_config_files=[],
          default_config_dirs=[])
+    for key, value in overrides.items():
+        group, _, name = key.rpartition(".")
+        conf.set_override(name, value, group=group or None)
     return conf
 
 

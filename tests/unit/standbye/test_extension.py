@@ -244,7 +244,7 @@ class Qcow2StagingTest(ExtensionTestCase):
         statvfs.assert_called_once_with(self.extension.work_dir)
         self.conf.set_override("cache_reserve", 40960, "standbye")
         with mock.patch("os.statvfs", return_value=stats):
-            with self.assertRaisesRegex(download.DownloadError, "no room"):
+            with self.assertRaisesRegex(download.NoSpace, "no room"):
                 self.extension._staging_room()
 
     @mock.patch("teeth_agent.hardware.safety.ensure_writable")

@@ -16,9 +16,10 @@ from teeth_agent.images import formats
 from teeth_agent.images import partitions
 from teeth_agent.images import qcow2
 from teeth_agent.images import writer
+from teeth_agent import units
 from tests import base
 
-MIB = 1024 * 1024
+MIB = units.MIB
 
 
 class FormatsTest(base.TestCase):
@@ -760,8 +761,7 @@ class CacheAddTest(CacheTestBase):
 
     def test_without_size_space_running_out_evicts_and_retries(self):
         self.put(OTHER, 10, 1)
-        full = cache.download.DownloadError("no space left", final=True,
-                                            no_space=True)
+        full = cache.download.NoSpace("no space left")
         calls = self.fake_download(failures=[full])
         result = self.cache.add(self.image(), keep={IMAGE})
         self.assertEqual("cached", result["status"])
@@ -770,8 +770,8 @@ class CacheAddTest(CacheTestBase):
 
     def test_without_size_listed_images_are_kept(self):
         self.put(OTHER, 10, 1)
-        too_large = cache.download.DownloadError(
-            "larger than 5 bytes", final=True, too_large=True)
+        too_large = cache.download.ImageTooLarge(
+            "larger than 5 bytes")
         calls = self.fake_download(failures=[too_large, too_large])
         result = self.cache.add(self.image(), keep={IMAGE, OTHER})
         self.assertEqual("skipped", result["status"])
@@ -780,8 +780,8 @@ class CacheAddTest(CacheTestBase):
 
     def test_without_size_retried_once_only(self):
         self.put(OTHER, 10, 1)
-        too_large = cache.download.DownloadError(
-            "larger than 5 bytes", final=True, too_large=True)
+        too_large = cache.download.ImageTooLarge(
+            "larger than 5 bytes")
         calls = self.fake_download(failures=[too_large, too_large])
         result = self.cache.add(self.image(), keep={IMAGE})
         self.assertEqual("skipped", result["status"])
@@ -789,8 +789,7 @@ class CacheAddTest(CacheTestBase):
         self.assertEqual(2, len(calls))
 
     def test_with_size_no_retry(self):
-        full = cache.download.DownloadError("no space left", final=True,
-                                            no_space=True)
+        full = cache.download.NoSpace("no space left")
         calls = self.fake_download(failures=[full])
         self.put(OTHER, 10, 1)
         result = self.cache.add(self.image(size=9), keep={IMAGE})

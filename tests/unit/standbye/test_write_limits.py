@@ -14,9 +14,10 @@ from teeth_agent.hardware import safety
 from teeth_agent.hardware import testing
 from teeth_agent.images import formats
 from teeth_agent.images import writer
+from teeth_agent import units
 from tests import base
 
-MIB = 1024 * 1024
+MIB = units.MIB
 
 #: ``echo hello | xz --lzma2=dict=1GiB``: 64 bytes whose block header
 #: declares a 1 GiB dictionary (liblzma would need 1025 MiB to decode it).
@@ -162,7 +163,7 @@ class PinnedWriterTest(base.TestCase):
         class Failing(io.BytesIO):
             def readinto(self, buffer):
                 if self.tell() >= len(data) // 2:
-                    raise download.DownloadError("connection lost")
+                    raise download.RetryableDownloadError("connection lost")
                 return super().readinto(buffer)
         with self.assertRaises(download.DownloadError) as caught:
             writer.write_stream(Failing(data), self.path,
