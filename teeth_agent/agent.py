@@ -163,7 +163,8 @@ class ForwardingLogHandler(logging.Handler):
     """Buffers log records for the endpoint (bounded; oldest dropped).
 
     Records of the transport itself are not forwarded: a failure to send a
-    record would otherwise produce another record to send.
+    record would otherwise produce another record to send. Subscribers
+    (:meth:`subscribe`) are told when a record was buffered.
     """
 
     def __init__(self, capacity, level=logging.INFO):
@@ -172,7 +173,19 @@ class ForwardingLogHandler(logging.Handler):
         self.capacity = capacity
         self.dropped = 0
         self.lock_ = threading.Lock()
-        self.on_record = None
+        self._subscribers = []
+
+    def subscribe(self, callback):
+        """Call ``callback()`` after each record is buffered, in the
+        thread that logged it; keep it short, and log nothing from it."""
+        with self.lock_:
+            self._subscribers.append(callback)
+
+    def unsubscribe(self, callback):
+        """Stop calling ``callback``; ValueError when it is not
+        subscribed."""
+        with self.lock_:
+            self._subscribers.remove(callback)
 
     def emit(self, record):
         if record.name.startswith("teeth_agent.transport"):
@@ -200,8 +213,8 @@ class ForwardingLogHandler(logging.Handler):
                 self.records.popleft()
                 self.dropped += 1
             self.records.append(entry)
-        callback = self.on_record
-        if callback is not None:
+            subscribers = list(self._subscribers)
+        for callback in subscribers:
             callback()
 
     def pop(self):
@@ -257,7 +270,7 @@ class Agent:
         self._log_wake = transport.Event()
         self.log_handler = None
         self.methods = self._build_method_table()
-        self.tasks.on_change = self._task_changed
+        self.tasks.subscribe(self._task_changed)
 
     # -- method table ---------------------------------------------------------
 
@@ -368,8 +381,12 @@ class Agent:
     # -- running --------------------------------------------------------------
 
     def attach_log_handler(self, handler):
+        """Forward the records ``handler`` buffers (replacing a handler
+        attached before)."""
+        if self.log_handler is not None:
+            self.log_handler.unsubscribe(self._log_record_added)
         self.log_handler = handler
-        handler.on_record = self._log_record_added
+        handler.subscribe(self._log_record_added)
 
     def run(self):
         """Connect and serve until :meth:`stop` (call from the hub)."""
