@@ -244,7 +244,7 @@ class DecomExtension(base.Extension):
                                unique=True),
         "method": params.String(choices=erase.KNOWN_METHODS),
         "allow_fallback": params.Boolean(default=False),
-    })
+    }, validator="validate_disk_erase")
     def disk_erase(self, task, devices, method, allow_fallback):
         """Erase ``devices`` (default: every disk of the machine in scope).
 
@@ -506,7 +506,7 @@ class DecomExtension(base.Extension):
                                  required=True),
         }), required=True),
         "bios_settings": params.Map(params.Any()),
-    })
+    }, validator="validate_firmware_secure")
     def firmware_secure(self, task, firmware, bios_settings):
         """Bring firmware and BIOS settings to the given values.
 

@@ -259,7 +259,7 @@ class StandbyeExtension(base.Extension):
     @base.task_command(exclusive=True, params={
         "images": params.List(_image_param(True), required=True,
                               max_items=256),
-    })
+    }, validator=validate_cache_images)
     def cache_images(self, task, images):
         """Cache as many of ``images`` as fit, in priority order.
 
@@ -311,7 +311,7 @@ class StandbyeExtension(base.Extension):
     @base.task_command(exclusive=True, params={
         "image": params.Any(required=True),
         "root_device_hints": params.Map(params.Any()),
-    })
+    }, validator=validate_prepare_image)
     def prepare_image(self, task, image, root_device_hints):
         """Write ``image`` (from the cache, else its URLs) to the install
         device; the result names the device and what was written.
@@ -525,7 +525,7 @@ class StandbyeExtension(base.Extension):
     @base.task_command(exclusive=True, params={
         "image_id": params.UUID(required=True),
         "config_drive": params.Any(required=True),
-    })
+    }, validator=validate_run_image)
     def run_image(self, task, image_id, config_drive):
         """Write the config drive, make the disk bootable, then kexec.
 

@@ -31,7 +31,7 @@ class Work(ext_base.Extension):
     @ext_base.task_command(params={"steps": params.Integer(minimum=1,
                                                            required=True),
                                    "fail": params.Boolean(default=False)},
-                           exclusive=True)
+                           exclusive=True, validator="validate_grind")
     def grind(self, task, steps, fail):
         for step in range(steps):
             task.progress(done=step + 1, total=steps)
