@@ -88,6 +88,10 @@ class StandbyeExtension(base.Extension):
                                           options.allow_md5)
         self.work_dir = options.work_dir
         self._prepared = self._load_prepared()
+
+    def start(self):
+        """Wipe the device a killed agent was writing, then clean the
+        cache; the agent calls it once, before it serves commands."""
         self._recover_interrupted_write()
         # What a crash left in the cache must not count as cached, nor
         # take space, until the next cache_images.

@@ -301,3 +301,63 @@ class ValidatorLoadErrorTest(base.TestCase):
              "run_image": "validate_run_image"},
             {attr: spec.validator for attr, spec
              in standbye.StandbyeExtension.command_specs().items()})
+
+
+class StartHookTest(base.TestCase):
+    """Building an extension does no start-up work; start() does it."""
+
+    def make(self, name, started, fail=False):
+        class Recording(ext_base.Extension):
+            @ext_base.command()
+            def ping(self):
+                return {}
+
+            def start(self):
+                started.append(name)
+                if fail:
+                    raise OSError("cannot read the work directory")
+        return name, Recording
+
+    def test_loading_does_not_start_and_start_runs_in_order(self):
+        started = []
+        loaded = extensions.instantiate(
+            [self.make("first", started), self.make("second", started)],
+            context())
+        self.assertEqual([], started)
+        extensions.start_extensions(loaded)
+        self.assertEqual(["first", "second"], started)
+
+    def test_the_default_start_does_nothing(self):
+        loaded = extensions.instantiate([("sample", Sample)], context())
+        extensions.start_extensions(loaded)
+
+    def test_a_failing_start_names_the_extension_and_stops(self):
+        started = []
+        loaded = extensions.instantiate(
+            [self.make("first", started, fail=True),
+             self.make("second", started)], context())
+        with self.assertLogs("teeth_agent.extensions", "ERROR"):
+            with self.assertRaises(extensions.ExtensionStartError) as caught:
+                extensions.start_extensions(loaded)
+        self.assertIsInstance(caught.exception, extensions.ExtensionLoadError)
+        self.assertIn("first failed to start", str(caught.exception))
+        self.assertIn("cannot read the work directory",
+                      str(caught.exception))
+        self.assertEqual(["first"], started)
+
+    def test_build_agent_starts_what_it_loaded(self):
+        from teeth_agent.cmd import agent as agent_cmd
+        conf = base.make_conf()
+        loaded = {"x": mock.Mock()}
+        with mock.patch.object(agent_cmd, "tls_context"), \
+                mock.patch.object(agent_cmd.hardware, "load_managers"), \
+                mock.patch("teeth_agent.hardware.inventory."
+                           "hardware_summary", return_value={"macs": []}), \
+                mock.patch.object(agent_cmd.extensions, "load_extensions",
+                                  return_value=loaded), \
+                mock.patch.object(agent_cmd.agent_mod, "Agent") as agent:
+            conf.set_override("agent_id", "agent-1")
+            conf.set_override("state_dir", "")  # memory only
+            agent_cmd.build_agent(conf)
+        loaded["x"].start.assert_called_once_with()
+        self.assertIs(loaded, agent.call_args[0][2])
