@@ -198,10 +198,6 @@ def check_validators(cls):
     for attribute, spec in sorted(specs.items()):
         if spec.validator is None:
             continue
-        if not spec.is_task:
-            raise ValidatorError("%s.%s is not a task command; only task "
-                                 "commands take a validator"
-                                 % (cls.__qualname__, attribute))
         _check_validator(cls, attribute, spec)
         declared.add(spec.validator)
     for name in sorted(dir(cls)):
