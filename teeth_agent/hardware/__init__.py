@@ -230,9 +230,10 @@ class Dispatcher:
         """Yield ``(name, answer)`` from each manager in order, skipping
         those that decline; any other exception becomes
         :class:`DispatchError`."""
-        if kwargs:
-            reference = inspect.signature(getattr(self.interface, method))
-            unknown = set(kwargs) - set(reference.parameters)
+        reference = getattr(self.interface, method, None)
+        if kwargs and reference is not None:
+            unknown = set(kwargs) - set(
+                inspect.signature(reference).parameters)
             if unknown:
                 # The caller's mistake, not a manager's.
                 raise TypeError("%s takes no argument %s"
