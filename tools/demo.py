@@ -71,9 +71,8 @@ class Demo:
         if event == "task_status":
             self.progress.update(data)
         elif event == "log":
-            self._end_bar()
-            print("   [agent log] %s %s"
-                  % (data.get("level"), data.get("message")), flush=True)
+            self.progress.note("   [agent log] %s %s"
+                               % (data.get("level"), data.get("message")))
 
     def _end_bar(self):
         self.progress.finish()
@@ -82,7 +81,8 @@ class Demo:
         """Start a task, follow its progress bar, return its final state."""
         print("   -> %s %s" % (method, json.dumps(params)[:200]), flush=True)
         answer = self.endpoint.call(agent_id, method, params)
-        print("   <- %s" % json.dumps(answer), flush=True)
+        # The first progress update may already be drawn: keep it below.
+        self.progress.note("   <- %s" % json.dumps(answer))
         final = self.endpoint.wait_for_task(agent_id, params["task_id"],
                                             timeout=timeout)
         self._end_bar()

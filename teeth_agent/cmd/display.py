@@ -69,9 +69,10 @@ class TaskProgress:
     """Shows the running updates of a task on ``stream``.
 
     :meth:`update` takes each ``task_status`` (only ``running`` ones are
-    drawn); :meth:`finish` ends the bar (call it before writing anything
-    else to the stream; it may be called more than once). ``indent``
-    prefixes the plain lines.
+    drawn); :meth:`note` writes another line (above a live bar);
+    :meth:`finish` ends the bar (call it before writing to the stream
+    otherwise; it may be called more than once). ``indent`` prefixes the
+    progress lines.
     """
 
     def __init__(self, stream, indent=""):
@@ -108,6 +109,16 @@ class TaskProgress:
                 name, total=100.0, completed=completed, eta=eta)
         self._progress.update(self._tasks[name], completed=completed,
                               eta=eta)
+        self._progress.refresh()
+
+    def note(self, text):
+        """Write the line ``text`` to the stream; on a terminal above a
+        live bar, which stays."""
+        if self._progress is None:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+            return
+        self._progress.console.print(rich_text.Text(text), soft_wrap=True)
         self._progress.refresh()
 
     def finish(self):

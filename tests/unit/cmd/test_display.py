@@ -62,8 +62,29 @@ class PlainProgressTest(base.TestCase):
                          [samples.PROGRESS.match(line.strip()).groups()
                           for line in lines])
 
+    def test_note_is_a_line_of_its_own(self):
+        stream = io.StringIO()
+        progress = display.TaskProgress(stream, indent="   ")
+        progress.update(samples.running(percent=10.0))
+        progress.note("   <- answer")
+        progress.update(samples.running(percent=20.0))
+        lines = stream.getvalue().splitlines()
+        self.assertEqual("   <- answer", lines[1])
+        self.assertEqual(3, len(lines))
+
 
 class TerminalProgressTest(TerminalTestCase):
+    def test_note_goes_above_the_live_bar(self):
+        stream = samples.Terminal()
+        progress = display.TaskProgress(stream)
+        progress.update(samples.running(percent=10.0))
+        progress.note("<- [bold]answer")
+        progress.update(samples.running(percent=20.0))
+        progress.finish()
+        output = stream.getvalue()
+        self.assertIn("<- [bold]answer\n", output)
+        self.assertGreater(output.rindex("20.0%"), output.index("answer"))
+
     def test_bar_shows_percent_and_the_agents_eta(self):
         stream = samples.Terminal()
         progress = display.TaskProgress(stream)
