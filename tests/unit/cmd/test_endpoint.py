@@ -1,12 +1,19 @@
-"""teeth_agent.cmd.endpoint: how ``agents`` and ``call`` show what the
-server answers (the server itself is faked)."""
+"""teeth_agent.cmd.endpoint: ``issue-ca`` and ``issue-cert``, and how
+``agents`` and ``call`` show what the server answers (the server itself is
+faked)."""
 
 import argparse
 import io
 import json
+import os
+import shutil
+import tempfile
 from unittest import mock
 
+from cryptography import x509
+
 from teeth_agent.cmd import endpoint as endpoint_cmd
+from teeth_agent import pki
 from teeth_agent import protocol
 from teeth_agent import transport
 from tests import base
@@ -31,6 +38,11 @@ class FakeServer:
 
     def close(self):
         self.closed = True
+
+
+def read_cert(path):
+    with open(path, "rb") as stream:
+        return x509.load_pem_x509_certificate(stream.read())
 
 
 def agents_conf(json_lines=False, limit=None):
@@ -110,3 +122,53 @@ class ProgressPrinterTest(base.TestCase):
             with self.assertRaises(KeyboardInterrupt):
                 endpoint_cmd.call(mock.Mock())
         finish.assert_called_once_with()
+
+
+class TestIssueCommands(base.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.dir = tempfile.mkdtemp(prefix="teeth-pki-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+
+    def run_main(self, *argv):
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with mock.patch.object(endpoint_cmd.log, "setup"), \
+                mock.patch("sys.stdout", stdout), \
+                mock.patch("sys.stderr", stderr):
+            code = endpoint_cmd.main(["--config-dir", self.dir] + list(argv))
+        return code, stdout.getvalue(), stderr.getvalue()
+
+    def test_issue_ca_then_certificates(self):
+        ca_dir = os.path.join(self.dir, "ca")
+        code, out, _ = self.run_main("issue-ca", ca_dir)
+        self.assertEqual(0, code)
+        self.assertIn(os.path.join(ca_dir, pki.CA_CERT), out)
+        ca_args = ["--ca-cert", os.path.join(ca_dir, pki.CA_CERT),
+                   "--ca-key", os.path.join(ca_dir, pki.CA_KEY)]
+        code, _, _ = self.run_main("issue-cert", *ca_args, "--agent-id",
+                                   "rack1-node7", "--out",
+                                   os.path.join(self.dir, "node7"))
+        self.assertEqual(0, code)
+        cert = read_cert(os.path.join(self.dir, "node7", pki.AGENT_CERT))
+        self.assertIn("teeth-agent:rack1-node7", cert.extensions
+                      .get_extension_for_class(x509.SubjectAlternativeName)
+                      .value.get_values_for_type(
+                          x509.UniformResourceIdentifier))
+        code, _, _ = self.run_main("issue-cert", *ca_args, "--server",
+                                   "10.0.0.5", "--server", "ep.example",
+                                   "--out", os.path.join(self.dir, "ep"))
+        self.assertEqual(0, code)
+        cert = read_cert(os.path.join(self.dir, "ep", pki.SERVER_CERT))
+        self.assertEqual(["ep.example"], cert.extensions
+                         .get_extension_for_class(
+                             x509.SubjectAlternativeName)
+                         .value.get_values_for_type(x509.DNSName))
+
+    def test_issue_cert_with_a_missing_ca_exits_2_with_one_line(self):
+        code, _, err = self.run_main(
+            "issue-cert", "--ca-cert", os.path.join(self.dir, "no.pem"),
+            "--ca-key", os.path.join(self.dir, "no-key.pem"),
+            "--agent-id", "x", "--out", self.dir)
+        self.assertEqual(2, code)
+        self.assertEqual(1, len(err.strip().splitlines()), err)
+        self.assertIn("cannot load", err)
