@@ -437,12 +437,10 @@ def _program_and_args(args, kwargs):
     return _shown(args)
 
 
-def _os_calls():
-    names = ["system"]
-    names += ["spawn" + suffix for suffix in
-              ("l", "le", "lp", "lpe", "v", "ve", "vp", "vpe")]
-    names += ["exec" + suffix for suffix in
-              ("l", "le", "lp", "lpe", "v", "ve", "vp", "vpe")]
+def _os_exec_calls():
+    suffixes = ("l", "le", "lp", "lpe", "v", "ve", "vp", "vpe")
+    names = ["spawn" + suffix for suffix in suffixes]
+    names += ["exec" + suffix for suffix in suffixes]
     names += ["posix_spawn", "posix_spawnp"]
     return [name for name in names if hasattr(os, name)]
 
@@ -468,7 +466,7 @@ BLOCKED_CALLS = (
     [(subprocess.Popen, "__init__", "subprocess.Popen", _popen_args),
      (os, "system", "os.system", _system_args)]
     + [(os, name, "os." + name, _program_and_args)
-       for name in _os_calls() if name != "system"]
+       for name in _os_exec_calls()]
     + [(pty, "spawn", "pty.spawn", _program_and_args)])
 
 try:
