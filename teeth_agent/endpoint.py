@@ -74,6 +74,13 @@ SESSION_HANDSHAKE = "handshake"
 #: a handshaken agent may send; its handler gets the agent.
 SESSION_AGENT = "agent"
 
+
+def _as_sent(doc):
+    """A field the endpoint takes as the agent sent it (any value, null
+    included; left out when missing): declared for its ``doc``."""
+    return params_mod.Any(nullable=True, default=params_mod.OMIT, doc=doc)
+
+
 DEFAULTS = {
     "agent_identity": IDENTITY_TOKEN,
     "task_history": 100,
@@ -832,9 +839,8 @@ class Endpoint:
             except HandshakeRefused as exc:
                 self._refuse(connection, command.params, exc)
                 return {}
-        # An unknown method is refused as the agent's methods are: from a
-        # link that owns no agent with UnknownMethod, from a link that
-        # lost its agent with InvalidRequest.
+        # An unknown method gets the checks of the agent's methods, except
+        # that a link without an agent hears UnknownMethod for it.
         agent = connection.user_data.get("agent")
         if agent is None:
             if spec is not None:
@@ -944,6 +950,21 @@ class Endpoint:
                           "agent_id": params_mod.String(
                               required=True, min_length=1, max_length=None,
                               problem="is required"),
+                          "agent_version": _as_sent("The agent's version."),
+                          "protocol_versions": _as_sent(
+                              "The protocol versions the agent speaks (a "
+                              "list); without v1 the handshake is refused "
+                              "with UnsupportedVersion."),
+                          "hardware": _as_sent("The hardware summary."),
+                          "extensions": _as_sent(
+                              "The command groups and methods the agent "
+                              "serves."),
+                          "tasks": _as_sent(
+                              "Summaries of the agent's tasks; malformed "
+                              "ones are skipped."),
+                          "session_token": _as_sent(
+                              "The token the endpoint issued to this "
+                              "agent_id, never stored."),
                       })
     def _handshake(self, connection, params):
         agent_id = params["agent_id"]
@@ -1003,8 +1024,8 @@ class Endpoint:
             answer["session_token"] = new_token
         return answer
 
-    # The other fields are kept as sent: running_status() and the task
-    # book decide what of them is remembered.
+    # Fields besides task_id and state are kept as sent: running_status()
+    # and the task book decide what of them is remembered.
     @commands.command(name="task_status", extra=True, session=SESSION_AGENT,
                       params={
                           "task_id": params_mod.String(
@@ -1016,6 +1037,13 @@ class Endpoint:
                               required=True, choices=TASK_STATES,
                               problem="must be one of %s"
                                       % ", ".join(TASK_STATES)),
+                          "method": _as_sent("The task's command."),
+                          "percent": _as_sent("Progress of a running "
+                                              "task, 0 to 100."),
+                          "eta": _as_sent("Seconds of work left, or "
+                                          "null."),
+                          "msg": _as_sent("Why the task failed."),
+                          "result": _as_sent("What the task produced."),
                       })
     def _task_status(self, agent, params):
         outcome = self._record_task(agent, params)
@@ -1057,7 +1085,12 @@ class Endpoint:
                     del agent.task_updates[stale]
         return outcome
 
-    @commands.command(name="log", extra=True, session=SESSION_AGENT)
+    @commands.command(name="log", extra=True, session=SESSION_AGENT, params={
+        "level": _as_sent("The level name (INFO when not one)."),
+        "message": _as_sent("The record's text."),
+        "time": _as_sent("When, in epoch seconds."),
+        "logger": _as_sent("The logger's name."),
+    })
     def _log(self, agent, params):
         size = len(json.dumps(params, default=str))
         agent.logs.append(params, size)
