@@ -29,6 +29,7 @@ import socket
 import threading
 import time
 
+from teeth_agent import commands
 from teeth_agent.extensions import base as ext_base
 from teeth_agent import protocol
 from teeth_agent import retry
@@ -269,20 +270,25 @@ class Agent:
         self._status_wake = transport.Event()
         self._log_wake = transport.Event()
         self.log_handler = None
-        self.methods = self._build_method_table()
+        self.commands = self._build_method_table()
         self.tasks.subscribe(self._task_changed)
 
     # -- method table ---------------------------------------------------------
 
     def _build_method_table(self):
-        methods = {"ping": self._ping, "status": self._status}
+        """The :class:`commands.CommandTable`: the core methods and every
+        extension's commands; handlers get ``(connection, command,
+        params)``."""
+        table = commands.CommandTable.of(self)
         for extension in self.extensions.values():
             for wire_name, (spec, func) in extension.commands().items():
-                if wire_name in methods:
-                    raise ValueError("method %s is defined twice" % wire_name)
-                methods[wire_name] = self._wrap_command(extension, spec, func,
-                                                        wire_name)
-        return methods
+                # A task command checks its params itself (a repeat is
+                # answered before they are checked).
+                table.add(wire_name, spec,
+                          self._wrap_command(extension, spec, func,
+                                             wire_name),
+                          checked=not spec.is_task)
+        return table
 
     def extension_methods(self):
         return {name: sorted(extension.commands())
@@ -290,12 +296,11 @@ class Agent:
 
     def _wrap_command(self, extension, spec, func, wire_name):
         if not spec.is_task:
-            def run_sync(params):
-                checked = ext_base.check_params(spec, params)
+            def run_sync(connection, command, checked):
                 return transport.run_in_thread(func, **checked)
             return run_sync
 
-        def run_task(params):
+        def run_task(connection, command, params):
             task_id = params.get("task_id") if isinstance(params, dict) \
                 else None
             if isinstance(task_id, str) and \
@@ -328,18 +333,18 @@ class Agent:
         return run_task
 
     def dispatch(self, connection, command):
-        handler = self.methods.get(command.method)
-        if handler is None:
-            raise protocol.UnknownMethod(
-                "unknown method %s" % command.method,
-                details={"method": command.method})
-        if command.method == "status" and connection is not None:
-            return self._status(command.params, room=connection.session
-                                .room_for_result(command.id))
-        return handler(command.params)
+        return self.commands.dispatch(command.method, command.params,
+                                      connection, command)
 
-    def _ping(self, params):
+    @commands.command(name="ping", extra=True)
+    def _ping(self, connection, command, params):
         return params
+
+    @commands.command(name="status", extra=True)
+    def _status_command(self, connection, command, params):
+        room = connection.session.room_for_result(command.id) \
+            if connection is not None else None
+        return self._status(params, room=room)
 
     def _status(self, params, room=None):
         """The agent's status; ``tasks`` are summaries fitted to ``room``

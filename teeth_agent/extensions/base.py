@@ -30,15 +30,13 @@ up) does not belong in the constructor: the agent builds every extension
 first and then calls :meth:`Extension.start` on each.
 """
 
-import dataclasses
 import difflib
 import inspect
-import typing
 
+from teeth_agent import commands
 from teeth_agent import params as params_mod
-from teeth_agent import protocol
 
-_SPEC_ATTRIBUTE = "_teeth_command"
+_SPEC_ATTRIBUTE = commands.SPEC_ATTRIBUTE
 
 #: Methods whose name starts with this must be declared as a validator.
 VALIDATOR_PREFIX = "validate_"
@@ -64,25 +62,8 @@ class UndeclaredValidator(ValidatorError):
     validator."""
 
 
-@dataclasses.dataclass(frozen=True)
-class CommandSpec:
-    """How a command is exposed: its name, parameters and kind.
-
-    ``validator`` is the name of the method that checks a task command's
-    params before the task is created, or None.
-    """
-
-    name: str
-    params: dict
-    is_task: bool
-    exclusive: bool
-    doc: typing.Optional[str]
-    validator: typing.Optional[str] = None
-
-    def describe(self):
-        return {"task": self.is_task, "exclusive": self.exclusive,
-                "params": {name: param.describe()
-                           for name, param in self.params.items()}}
+#: How a command is exposed (:class:`teeth_agent.commands.CommandSpec`).
+CommandSpec = commands.CommandSpec
 
 
 def _decorate(func, name, params, is_task, exclusive, validator=None):
@@ -103,8 +84,8 @@ def _decorate(func, name, params, is_task, exclusive, validator=None):
     elif validator is not None and not isinstance(validator, str):
         raise TypeError("%s: validator must be a method or a method name, "
                         "not %r" % (func.__qualname__, validator))
-    spec = CommandSpec(name or func.__name__, params, is_task, exclusive,
-                       inspect.getdoc(func), validator)
+    spec = commands.CommandSpec(name or func.__name__, params, is_task,
+                                exclusive, inspect.getdoc(func), validator)
     setattr(func, _SPEC_ATTRIBUTE, spec)
     return func
 
@@ -261,13 +242,7 @@ class Extension:
     @classmethod
     def command_specs(cls):
         """Every exposed command of the class, by method name."""
-        specs = {}
-        for attribute in dir(cls):
-            member = getattr(cls, attribute, None)
-            spec = getattr(member, _SPEC_ATTRIBUTE, None)
-            if spec is not None:
-                specs[attribute] = spec
-        return specs
+        return commands.specs_of(cls)
 
     def commands(self):
         """``{wire name: (spec, bound method)}`` for this group."""
@@ -304,9 +279,6 @@ class Extension:
         return result
 
 
-def check_params(spec, raw):
-    """Validate the raw params of a command against its spec."""
-    if not isinstance(raw, dict):
-        raise protocol.InvalidParams("params must be an object",
-                                     details={"param": "params"})
-    return params_mod.validate_fields(spec.params, raw)
+#: Validate the raw params of a command against its spec
+#: (:func:`teeth_agent.commands.check_params`).
+check_params = commands.check_params
