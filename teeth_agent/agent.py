@@ -29,8 +29,10 @@ import socket
 import threading
 import time
 
+from teeth_agent import commands
 from teeth_agent.extensions import base as ext_base
 from teeth_agent import protocol
+from teeth_agent import retry
 from teeth_agent import session_tokens as session_tokens_mod
 from teeth_agent import tasks as tasks_mod
 from teeth_agent import transport
@@ -66,9 +68,10 @@ def parse_endpoint(text):
     return host.strip("[]"), int(port)
 
 
-class Backoff:
-    """Exponential backoff with jitter: each delay is drawn from
-    [d/2, d], d doubling from ``initial`` up to ``maximum``.
+class Backoff(retry.Backoff):
+    """The reconnect policy: :class:`teeth_agent.retry.Backoff` with
+    jitter, each delay drawn from [d/2, d], d doubling from ``initial`` up
+    to ``maximum``.
 
     A link only resets the backoff once it has stayed up for
     ``stable_after`` seconds: an endpoint that answers the handshake and
@@ -79,16 +82,11 @@ class Backoff:
 
     def __init__(self, initial, maximum, rng=random.random,
                  clock=time.monotonic, stable_after=0.0):
-        self.initial = initial
-        self.maximum = max(maximum, initial)
+        super().__init__(initial, max(maximum, initial), jitter=True,
+                         rng=rng)
         self.stable_after = stable_after
-        self._rng = rng
         self._clock = clock
-        self._current = initial
         self._up_since = None
-
-    def reset(self):
-        self._current = self.initial
 
     def link_up(self):
         self._up_since = self._clock()
@@ -102,11 +100,6 @@ class Backoff:
             return False
         self.reset()
         return True
-
-    def next_delay(self):
-        delay = self._current * (0.5 + 0.5 * self._rng())
-        self._current = min(self._current * 2, self.maximum)
-        return delay
 
 
 def fit_task_summaries(message, summaries, room):
@@ -171,7 +164,8 @@ class ForwardingLogHandler(logging.Handler):
     """Buffers log records for the endpoint (bounded; oldest dropped).
 
     Records of the transport itself are not forwarded: a failure to send a
-    record would otherwise produce another record to send.
+    record would otherwise produce another record to send. Subscribers
+    (:meth:`subscribe`) are told when a record was buffered.
     """
 
     def __init__(self, capacity, level=logging.INFO):
@@ -180,7 +174,19 @@ class ForwardingLogHandler(logging.Handler):
         self.capacity = capacity
         self.dropped = 0
         self.lock_ = threading.Lock()
-        self.on_record = None
+        self._subscribers = []
+
+    def subscribe(self, callback):
+        """Call ``callback()`` after each record is buffered, in the
+        thread that logged it; keep it short, and log nothing from it."""
+        with self.lock_:
+            self._subscribers.append(callback)
+
+    def unsubscribe(self, callback):
+        """Stop calling ``callback``; ValueError when it is not
+        subscribed."""
+        with self.lock_:
+            self._subscribers.remove(callback)
 
     def emit(self, record):
         if record.name.startswith("teeth_agent.transport"):
@@ -208,8 +214,8 @@ class ForwardingLogHandler(logging.Handler):
                 self.records.popleft()
                 self.dropped += 1
             self.records.append(entry)
-        callback = self.on_record
-        if callback is not None:
+            subscribers = list(self._subscribers)
+        for callback in subscribers:
             callback()
 
     def pop(self):
@@ -264,20 +270,25 @@ class Agent:
         self._status_wake = transport.Event()
         self._log_wake = transport.Event()
         self.log_handler = None
-        self.methods = self._build_method_table()
-        self.tasks.on_change = self._task_changed
+        self.commands = self._build_method_table()
+        self.tasks.subscribe(self._task_changed)
 
     # -- method table ---------------------------------------------------------
 
     def _build_method_table(self):
-        methods = {"ping": self._ping, "status": self._status}
+        """The :class:`commands.CommandTable`: the core methods and every
+        extension's commands; handlers get ``(connection, command,
+        params)``."""
+        table = commands.CommandTable.of(self)
         for extension in self.extensions.values():
             for wire_name, (spec, func) in extension.commands().items():
-                if wire_name in methods:
-                    raise ValueError("method %s is defined twice" % wire_name)
-                methods[wire_name] = self._wrap_command(extension, spec, func,
-                                                        wire_name)
-        return methods
+                # A task command checks its params itself (a repeat is
+                # answered before they are checked).
+                table.add(wire_name, spec,
+                          self._wrap_command(extension, spec, func,
+                                             wire_name),
+                          checked=not spec.is_task)
+        return table
 
     def extension_methods(self):
         return {name: sorted(extension.commands())
@@ -285,12 +296,11 @@ class Agent:
 
     def _wrap_command(self, extension, spec, func, wire_name):
         if not spec.is_task:
-            def run_sync(params):
-                checked = ext_base.check_params(spec, params)
+            def run_sync(connection, command, checked):
                 return transport.run_in_thread(func, **checked)
             return run_sync
 
-        def run_task(params):
+        def run_task(connection, command, params):
             task_id = params.get("task_id") if isinstance(params, dict) \
                 else None
             if isinstance(task_id, str) and \
@@ -323,18 +333,18 @@ class Agent:
         return run_task
 
     def dispatch(self, connection, command):
-        handler = self.methods.get(command.method)
-        if handler is None:
-            raise protocol.UnknownMethod(
-                "unknown method %s" % command.method,
-                details={"method": command.method})
-        if command.method == "status" and connection is not None:
-            return self._status(command.params, room=connection.session
-                                .room_for_result(command.id))
-        return handler(command.params)
+        return self.commands.dispatch(command.method, command.params,
+                                      connection, command)
 
-    def _ping(self, params):
+    @commands.command(name="ping", extra=True)
+    def _ping(self, connection, command, params):
         return params
+
+    @commands.command(name="status", extra=True)
+    def _status_command(self, connection, command, params):
+        room = connection.session.room_for_result(command.id) \
+            if connection is not None else None
+        return self._status(params, room=room)
 
     def _status(self, params, room=None):
         """The agent's status; ``tasks`` are summaries fitted to ``room``
@@ -376,8 +386,12 @@ class Agent:
     # -- running --------------------------------------------------------------
 
     def attach_log_handler(self, handler):
+        """Forward the records ``handler`` buffers (replacing a handler
+        attached before)."""
+        if self.log_handler is not None:
+            self.log_handler.unsubscribe(self._log_record_added)
         self.log_handler = handler
-        handler.on_record = self._log_record_added
+        handler.subscribe(self._log_record_added)
 
     def run(self):
         """Connect and serve until :meth:`stop` (call from the hub)."""

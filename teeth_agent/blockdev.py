@@ -16,10 +16,11 @@ import stat
 import struct
 
 from teeth_agent import processes
+from teeth_agent import units
 
 LOG = logging.getLogger(__name__)
 
-MIB = 1024 * 1024
+MIB = units.MIB
 
 _BLKSSZGET = 0x1268
 _BLKGETSIZE64 = 0x80081272

@@ -27,6 +27,11 @@ Methods served:
 ``watch_task``  ``{agent_id, task_id, timeout}``
     Sends each ``task_status`` update of the task to the caller as a
     ``task_status`` command and answers with the final status.
+``ping``
+    Echoes its params.
+
+The methods are a :class:`teeth_agent.commands.CommandTable`; their params
+are checked as declared there (undeclared params are ignored).
 """
 
 import bisect
@@ -34,7 +39,9 @@ import json
 import logging
 import os
 
+from teeth_agent import commands
 from teeth_agent import endpoint as endpoint_mod
+from teeth_agent import params as params_mod
 from teeth_agent import protocol
 from teeth_agent import tasks as tasks_mod
 from teeth_agent import transport
@@ -45,13 +52,40 @@ LOG = logging.getLogger(__name__)
 PAGE_LIMIT = 500
 
 
+def _name(**kwargs):
+    """A required non-empty string (an agent_id, a method, a task_id)."""
+    return params_mod.String(required=True, min_length=1, max_length=None,
+                             problem="must be a non-empty string", **kwargs)
+
+
+class _CommandParams(params_mod.Object):
+    """The params ``call`` passes on: an object of any fields; absent,
+    null or any other empty value (``[]``, ``""``, ``0``, ``false``) is
+    the empty object."""
+
+    def __init__(self, **kwargs):
+        super().__init__(extra=True, **kwargs)
+
+    def validate(self, value, path):
+        if not value:
+            return {}
+        return super().validate(value, path)
+
+
+#: The wait of ``call`` and ``watch_task`` in seconds; not checked here
+#: (``call`` uses the endpoint's call_timeout when it is absent, null or
+#: 0; ``watch_task`` waits for ever).
+_TIMEOUT = params_mod.Any(nullable=True)
+
+
 class PassedThroughError(protocol.WireError):
     """An agent's error response, handed on to the control client."""
 
     def __init__(self, error):
-        super().__init__(error.get("msg") or "error", error.get("details"))
-        self.type = error.get("type") or "InternalError"
-        self.code = error.get("code") or -32603
+        wire = protocol.WireError.from_dict(error)
+        super().__init__(wire.msg or "error", wire.details)
+        self.type = wire.type or "InternalError"
+        self.code = wire.code or -32603
 
 
 class ControlServer:
@@ -60,6 +94,7 @@ class ControlServer:
         self.path = path
         self._listener = None
         self._acceptor = None
+        self.commands = commands.CommandTable.of(self)
 
     def start(self):
         directory = os.path.dirname(self.path)
@@ -90,38 +125,21 @@ class ControlServer:
                              name="control client uid %d" % uid).start()
 
     def _dispatch(self, connection, command):
-        params = command.params
-        if command.method == "ping":
-            return params
-        if command.method == "agents":
-            return self._agents(connection, params)
-        if command.method == "forget":
-            return self._forget(params)
-        if command.method == "call":
-            return self._call(params)
-        if command.method == "watch_task":
-            return self._watch(connection, params)
-        raise protocol.UnknownMethod("unknown method %s" % command.method)
+        return self.commands.dispatch(command.method, command.params,
+                                      connection)
 
-    @staticmethod
-    def _string(params, name):
-        value = params.get(name)
-        if not isinstance(value, str) or not value:
-            raise protocol.InvalidParams("%s: must be a non-empty string"
-                                         % name, details={"param": name})
-        return value
+    @commands.command(name="ping", extra=True)
+    def _ping(self, connection, params):
+        return params
 
+    @commands.command(name="agents", extra=True, params={
+        "after": params_mod.String(nullable=True, max_length=None),
+        "limit": params_mod.Integer(minimum=1, default=PAGE_LIMIT,
+                                    problem="must be a positive integer"),
+    })
     def _agents(self, connection, params):
-        after = params.get("after")
-        if after is not None and not isinstance(after, str):
-            raise protocol.InvalidParams("after: must be a string",
-                                         details={"param": "after"})
-        limit = params.get("limit", PAGE_LIMIT)
-        if not isinstance(limit, int) or isinstance(limit, bool) or \
-                limit < 1:
-            raise protocol.InvalidParams("limit: must be a positive integer",
-                                         details={"param": "limit"})
-        limit = min(limit, PAGE_LIMIT)
+        after = params["after"]
+        limit = min(params["limit"], PAGE_LIMIT)
         ids = sorted(self.endpoint.agents)
         start = 0 if after is None else bisect.bisect_right(ids, after)
         # Half the line limit: room for the envelope and for an agent whose
@@ -153,8 +171,10 @@ class ControlServer:
                 "next": page[-1]["agent_id"] if more and page else None,
                 "port": self.endpoint.port}
 
-    def _forget(self, params):
-        agent_id = self._string(params, "agent_id")
+    @commands.command(name="forget", extra=True,
+                      params={"agent_id": _name()})
+    def _forget(self, connection, params):
+        agent_id = params["agent_id"]
         if agent_id not in self.endpoint.agents and \
                 agent_id not in self.endpoint.tokens:
             raise protocol.NotFound("agent %s is unknown" % agent_id)
@@ -164,14 +184,15 @@ class ControlServer:
             raise protocol.InvalidRequest(str(exc)) from None
         return {"forgotten": agent_id}
 
-    def _call(self, params):
-        agent_id = self._string(params, "agent_id")
-        method = self._string(params, "method")
-        call_params = params.get("params") or {}
-        if not isinstance(call_params, dict):
-            raise protocol.InvalidParams("params: must be an object",
-                                         details={"param": "params"})
-        timeout = params.get("timeout") or self.endpoint.call_timeout
+    @commands.command(name="call", extra=True, params={
+        "agent_id": _name(), "method": _name(), "params": _CommandParams(),
+        "timeout": _TIMEOUT,
+    })
+    def _call(self, connection, params):
+        agent_id = params["agent_id"]
+        method = params["method"]
+        call_params = params["params"] or {}
+        timeout = params["timeout"] or self.endpoint.call_timeout
         try:
             result = self.endpoint.call(agent_id, method, call_params,
                                         timeout=timeout)
@@ -183,10 +204,13 @@ class ControlServer:
             raise protocol.InternalError(str(exc)) from None
         return {"result": result}
 
+    @commands.command(name="watch_task", extra=True, params={
+        "agent_id": _name(), "task_id": _name(), "timeout": _TIMEOUT,
+    })
     def _watch(self, connection, params):
-        agent_id = self._string(params, "agent_id")
-        task_id = self._string(params, "task_id")
-        timeout = params.get("timeout")
+        agent_id = params["agent_id"]
+        task_id = params["task_id"]
+        timeout = params["timeout"]
         agent = self.endpoint.agents.get(agent_id)
         if agent is None:
             raise protocol.NotFound("agent %s is unknown" % agent_id)

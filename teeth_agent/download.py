@@ -4,21 +4,16 @@ Plain threads and the standard library (``http.client``); no eventlet and no
 third-party HTTP client. What callers may rely on:
 
 ``select_hash(hashes, allow_md5=False) -> (algorithm, hexdigest)``
-    Picks the checksum to verify from an image's ``hashes`` object
-    (``sha256`` preferred, then ``sha512``, ``md5`` only when allowed).
-    Raises :class:`ValueError` naming the problem.
+    Picks the checksum to verify from an image's ``hashes`` object: the
+    rule of :func:`teeth_agent.hashes.select`, where every checksum rule
+    lives.
 
-``check_url(url)``
-    Raises :class:`ValueError` unless ``url`` is ``http://`` or
-    ``https://`` with a host.
-
-``redact_url(url) -> str``
-    ``url`` as it may be logged or put in a task message: user
-    information becomes ``***`` and so does the value of every query
-    parameter whose name looks like a credential (signatures, tokens,
-    keys, passwords: ``temp_url_sig``, ``X-Amz-Signature``, ``sig``,
-    ``access_token``, ...). Every URL this module logs or raises goes
-    through it, and so must every other place that logs one.
+``check_url(url)`` and ``redact_url(url) -> str``
+    :func:`teeth_agent.urls.check` (http:// or https:// with a host) and
+    :func:`teeth_agent.urls.redact` (credentials in user information and
+    query parameters become ``***``). Every URL this module logs or raises
+    goes through ``redact_url``, and so must every other place that logs
+    one.
 
 ``RedirectPolicy(allowed_networks=(), max_hops=MAX_REDIRECTS)``
     Where a download may be redirected to. The first URL is the
@@ -44,19 +39,36 @@ third-party HTTP client. What callers may rely on:
     exponential backoff, resuming with an HTTP ``Range`` request (the
     ``206`` answer and its ``Content-Range`` are checked; a server that
     ignores ``Range`` is read from the start and the bytes already
-    delivered are skipped) and failing over to the next URL. A 4xx answer
-    rules a URL out; a checksum mismatch, a size mismatch and a full disk
-    (``ENOSPC`` raised by ``sink``) are final. ``progress(done, total)``
-    (total may be None) is called after each chunk reached ``sink``.
-    Returns ``{"size", "algorithm", "hexdigest", "url"}``; raises
-    :class:`DownloadError` (:class:`ChecksumMismatch` on a bad checksum),
-    after ``sink`` may already have received every byte: a caller that
-    writes somewhere visible must undo it on error.
+    delivered are skipped) and failing over to the next URL; the pauses
+    are :class:`teeth_agent.retry.Backoff`'s. A 4xx answer or a refused
+    redirect rules a URL out; a checksum mismatch, a size mismatch and a
+    full disk (``ENOSPC`` raised by ``sink``) are final. With
+    ``verify_every`` (firmware) every checksum given is verified, by the
+    rule of :func:`teeth_agent.hashes.check_all`. ``progress(done,
+    total)`` (total may be None) is called after each chunk reached
+    ``sink``. Returns ``{"size", "algorithm", "hexdigest", "url"}``;
+    raises a :class:`DownloadError`, after ``sink`` may already have
+    received every byte: a caller that writes somewhere visible must undo
+    it on error.
 
 ``download_to_file(urls, hashes, path, progress=None, durable=True, ...)``
     :func:`fetch` into a temporary file next to ``path``, synced (unless
     ``durable`` is False) and renamed to ``path`` only once verified;
     nothing is left behind on failure.
+
+Errors are types; what a caller may test for::
+
+    DownloadError
+        RetryableDownloadError     the servers kept failing; retries ran out
+            AttemptDeadline        (one attempt past its deadline; retried)
+        FinalDownloadError         trying again cannot help
+            ChecksumMismatch       the bytes do not have the checksum
+            SizeMismatch           not the size expected or announced
+            ImageTooLarge          beyond the max_size allowed
+            NoSpace                the sink's file system is full
+            URLRejected            (one URL ruled out: 4xx; next one tried)
+                RedirectRefused    (a redirect the policy refuses)
+            NoUsableURL            every URL was ruled out (rejections)
 
 ``stream(source, sink, hasher, ...)``
     The three-thread pipeline itself over any ``source`` with a
@@ -80,45 +92,43 @@ import threading
 import time
 import urllib.parse
 
+from teeth_agent import hashes as hashes_mod
+from teeth_agent import retry
+from teeth_agent import units
+from teeth_agent import urls
+
 LOG = logging.getLogger(__name__)
 
-#: Checksums accepted, strongest-and-fastest first.
-PREFERRED_ALGORITHMS = ("sha256", "sha512")
-_HEX_LENGTHS = {"md5": 32, "sha256": 64, "sha512": 128}
 #: Redirects followed per request, at most.
 MAX_REDIRECTS = 5
 #: How often (seconds) the deadline of a running attempt is looked at.
 _WATCH_INTERVAL = 0.2
-# Query parameter names whose values are credentials (matched anywhere in
-# the name, case-insensitively): over-redacting costs nothing.
-_SENSITIVE_PARAM = re.compile(
-    r"sig|token|secret|passw|credential|key|auth|session|policy", re.I)
 _MAX_BACKOFF = 30.0
-DEFAULT_BUFFER_SIZE = 4 * 1024 * 1024
+DEFAULT_BUFFER_SIZE = 4 * units.MIB
 DEFAULT_BUFFER_COUNT = 8
 
 
 class DownloadError(Exception):
-    """A download failed.
-
-    ``final`` is True when retrying cannot help (every URL answered 4xx,
-    checksum or size mismatch, full disk); ``no_space`` marks a full disk
-    and ``too_large`` an image beyond the ``max_size`` allowed.
-    """
-
-    def __init__(self, msg, final=False, no_space=False, too_large=False):
-        super().__init__(msg)
-        self.final = final
-        self.no_space = no_space
-        self.too_large = too_large
+    """A download failed. Its type says whether trying again can help:
+    :class:`RetryableDownloadError` or :class:`FinalDownloadError`."""
 
 
-class AttemptTooSlow(Exception):
+class RetryableDownloadError(DownloadError):
+    """The servers could not be reached or kept failing (connection
+    errors, timeouts, deadlines, 5xx) until the retries ran out; a later
+    try may work."""
+
+
+class AttemptDeadline(RetryableDownloadError):
     """A download attempt ran past its deadline (a slow or stalled
     server); the attempt is retried, another URL tried."""
 
 
-class ChecksumMismatch(DownloadError):
+class FinalDownloadError(DownloadError):
+    """Trying again cannot help."""
+
+
+class ChecksumMismatch(FinalDownloadError):
     """The bytes received do not have the expected checksum."""
 
     def __init__(self, algorithm, expected, actual):
@@ -126,68 +136,48 @@ class ChecksumMismatch(DownloadError):
         self.expected = expected
         self.actual = actual
         super().__init__("%s checksum mismatch: expected %s, got %s"
-                         % (algorithm, expected, actual), final=True)
+                         % (algorithm, expected, actual))
 
 
-def select_hash(hashes, allow_md5=False):
-    """``(algorithm, lowercase hexdigest)`` to verify, from ``hashes``."""
-    if not isinstance(hashes, dict) or not hashes:
-        raise ValueError("no checksum given")
-    normalised = {}
-    for name, digest in hashes.items():
-        key = str(name).lower().replace("-", "")
-        if not isinstance(digest, str):
-            raise ValueError("checksum %s must be a string" % name)
-        normalised[key] = digest.strip().lower()
-    allowed = PREFERRED_ALGORITHMS + (("md5",) if allow_md5 else ())
-    for algorithm in allowed:
-        digest = normalised.get(algorithm)
-        if digest is None:
-            continue
-        if len(digest) != _HEX_LENGTHS[algorithm] or \
-                not re.fullmatch(r"[0-9a-f]+", digest):
-            raise ValueError("%s checksum must be %d hexadecimal digits"
-                             % (algorithm, _HEX_LENGTHS[algorithm]))
-        return algorithm, digest
-    if "md5" in normalised:
-        raise ValueError("an md5 checksum alone is not accepted; give "
-                         "sha256 or sha512")
-    raise ValueError("a sha256 or sha512 checksum is required")
+class SizeMismatch(FinalDownloadError):
+    """A server's size differs from the expected one (or an earlier
+    answer's), or it sent more bytes than it announced."""
 
 
-def check_url(url):
-    """Raise ValueError unless ``url`` is http(s) with a host."""
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme.lower() not in ("http", "https"):
-        raise ValueError("only http:// and https:// URLs are allowed: %s"
-                         % redact_url(url))
-    if not parsed.hostname:
-        raise ValueError("URL has no host: %s" % redact_url(url))
+class ImageTooLarge(FinalDownloadError):
+    """The download is larger than the ``max_size`` allowed."""
 
 
-def redact_url(url):
-    """``url`` with its credentials replaced by ``***`` (see the module
-    documentation); what cannot be parsed is not shown at all."""
-    try:
-        parts = urllib.parse.urlsplit(str(url))
-    except ValueError:
-        return "<a URL that cannot be parsed>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    fields = []
-    for field in parts.query.split("&") if parts.query else ():
-        name, equals, value = field.partition("=")
-        if equals and value and _SENSITIVE_PARAM.search(
-                urllib.parse.unquote_plus(name)):
-            field = name + "=***"
-        elif not equals and _SENSITIVE_PARAM.search(
-                urllib.parse.unquote_plus(name)):
-            field = "***"
-        fields.append(field)
-    return urllib.parse.urlunsplit((
-        parts.scheme, netloc, parts.path, "&".join(fields),
-        "***" if parts.fragment else ""))
+class NoSpace(FinalDownloadError):
+    """The sink's file system is full (or too small to hold the image)."""
+
+
+class URLRejected(FinalDownloadError):
+    """One URL will not work (a 4xx answer); the next one is tried."""
+
+
+class RedirectRefused(URLRejected):
+    """A URL redirected where a download may not go (see
+    :class:`RedirectPolicy`), too often, or without a ``Location``."""
+
+
+class NoUsableURL(FinalDownloadError):
+    """Every URL was ruled out; ``rejections`` maps each URL to its
+    :class:`URLRejected`."""
+
+    def __init__(self, rejections):
+        self.rejections = dict(rejections)
+        super().__init__("no URL could be downloaded: %s"
+                         % "; ".join(str(exc)
+                                     for exc in self.rejections.values()))
+
+
+#: See :func:`teeth_agent.hashes.select` (the image rule).
+select_hash = hashes_mod.select
+#: See :func:`teeth_agent.urls.check`.
+check_url = urls.check
+#: See :func:`teeth_agent.urls.redact`.
+redact_url = urls.redact
 
 
 def _resolve(host, port):
@@ -255,25 +245,42 @@ class RedirectPolicy:
 
 
 class Hasher:
-    """One running checksum and the digest it must end with."""
+    """Running checksums and the digests they must end with: one
+    ``algorithm`` and its ``expected`` digest, plus the ``others`` (a dict)
+    that are verified too."""
 
-    def __init__(self, algorithm, expected):
+    def __init__(self, algorithm, expected, others=None):
         self.algorithm = algorithm
         self.expected = expected
-        self._hash = hashlib.new(algorithm)
+        self._expected = {algorithm: expected, **(others or {})}
+        self._hashes = {name: hashlib.new(name) for name in self._expected}
+
+    @classmethod
+    def every(cls, digests):
+        """A Hasher verifying every ``{algorithm: digest}`` of ``digests``
+        (checked by :func:`teeth_agent.hashes.check_all`), the first
+        :data:`teeth_agent.hashes.REQUIRED` one being ``algorithm``."""
+        algorithm = next(name for name in hashes_mod.REQUIRED
+                         if name in digests)
+        return cls(algorithm, digests[algorithm],
+                   {name: digest for name, digest in digests.items()
+                    if name != algorithm})
 
     def update(self, data):
-        self._hash.update(data)
+        for running in self._hashes.values():
+            running.update(data)
 
     def hexdigest(self):
-        return self._hash.hexdigest()
+        return self._hashes[self.algorithm].hexdigest()
 
     def verify(self):
-        """Raise :class:`ChecksumMismatch` unless the digest matches."""
-        actual = self._hash.hexdigest()
-        if actual != self.expected:
-            raise ChecksumMismatch(self.algorithm, self.expected, actual)
-        return actual
+        """Raise :class:`ChecksumMismatch` unless every digest matches;
+        returns ``algorithm``'s."""
+        for name, expected in self._expected.items():
+            actual = self._hashes[name].hexdigest()
+            if actual != expected:
+                raise ChecksumMismatch(name, expected, actual)
+        return self.hexdigest()
 
 
 def _content_range(value):
@@ -286,10 +293,6 @@ def _content_range(value):
 
 class _Transient(Exception):
     """An attempt failed in a way another attempt may not."""
-
-
-class _UrlRejected(Exception):
-    """This URL will not work (4xx, bad redirect): try the next one."""
 
 
 class HTTPSource:
@@ -321,7 +324,7 @@ class HTTPSource:
         self.offset = 0
         self.url = None
         self._retries_left = retries
-        self._backoff = backoff
+        self._backoff = retry.Backoff(backoff, _MAX_BACKOFF)
         self._timeout = timeout
         self._ssl_context = ssl_context
         self._sleep = sleep
@@ -404,12 +407,12 @@ class HTTPSource:
                 self._attempt_bytes += count
 
     def _too_slow(self):
-        """An :class:`AttemptTooSlow` for the expired attempt, or None."""
+        """An :class:`AttemptDeadline` for the expired attempt, or None."""
         with self._lock:
             if not self._expired:
                 return None
             received = self._attempt_bytes
-        return AttemptTooSlow(
+        return AttemptDeadline(
             "%s: the attempt ran past its deadline of %gs plus 1s per %d "
             "bytes received ([standbye] download_attempt_timeout and "
             "download_min_rate): %d bytes in %.0fs"
@@ -481,16 +484,17 @@ class HTTPSource:
                 location = response.getheader("Location")
                 connection.close()
                 if not location:
-                    raise _UrlRejected("%s: redirect without Location"
-                                       % redact_url(url))
+                    raise RedirectRefused("%s: redirect without Location"
+                                          % redact_url(url))
                 target = urllib.parse.urljoin(url, location)
                 try:
                     addresses = self._redirects.check(
                         "https:" if secure else url, target)
                 except ValueError as exc:
-                    raise _UrlRejected("redirect from %s to %s refused: %s"
-                                       % (redact_url(url),
-                                          redact_url(target), exc)) from None
+                    raise RedirectRefused(
+                        "redirect from %s to %s refused: %s"
+                        % (redact_url(url), redact_url(target), exc)) \
+                        from None
                 url = target
                 continue
             if status == 200:
@@ -515,23 +519,21 @@ class HTTPSource:
                 return None, None, 0
             connection.close()
             if 400 <= status < 500:
-                raise _UrlRejected("%s: HTTP %d %s"
-                                   % (redact_url(url), status,
-                                      response.reason))
+                raise URLRejected("%s: HTTP %d %s"
+                                  % (redact_url(url), status,
+                                     response.reason))
             raise _Transient("%s: HTTP %d %s" % (redact_url(url), status,
                                                  response.reason))
-        raise _UrlRejected("%s: more than %d redirects"
-                           % (redact_url(first), self._redirects.max_hops))
+        raise RedirectRefused("%s: more than %d redirects"
+                              % (redact_url(first), self._redirects.max_hops))
 
     def _learn_size(self, size, url):
         if self.expected_size is not None and size != self.expected_size:
-            raise DownloadError("%s is %d bytes, expected %d"
-                                % (redact_url(url), size, self.expected_size),
-                                final=True)
+            raise SizeMismatch("%s is %d bytes, expected %d"
+                               % (redact_url(url), size, self.expected_size))
         if self.size is not None and size != self.size:
-            raise DownloadError("%s is %d bytes but an earlier answer said %d"
-                                % (redact_url(url), size, self.size),
-                                final=True)
+            raise SizeMismatch("%s is %d bytes but an earlier answer said %d"
+                               % (redact_url(url), size, self.size))
         self.size = size
 
     def _candidates(self):
@@ -543,19 +545,17 @@ class HTTPSource:
         while True:
             candidates = self._candidates()
             if not candidates:
-                raise DownloadError(
-                    "no URL could be downloaded: %s"
-                    % "; ".join(self._rejected.values()), final=True)
+                raise NoUsableURL(self._rejected)
             url = candidates[0]
             self._begin_attempt(url)
             try:
                 connection, response, skip = self._open(url, self.offset)
-            except _UrlRejected as exc:
+            except URLRejected as exc:
                 LOG.warning("not downloading from %s: %s", redact_url(url),
                             exc)
-                self._rejected[url] = str(exc)
+                self._rejected[url] = exc
                 continue
-            except (_Transient, AttemptTooSlow) as exc:
+            except (_Transient, AttemptDeadline) as exc:
                 self._transient(exc)
                 continue
             self.url = url
@@ -567,7 +567,7 @@ class HTTPSource:
             return
 
     def _discard(self, count):
-        scratch = bytearray(min(count, 1024 * 1024))
+        scratch = bytearray(min(count, units.MIB))
         while count:
             view = memoryview(scratch)[:min(count, len(scratch))]
             try:
@@ -587,10 +587,10 @@ class HTTPSource:
     def _transient(self, exc):
         self._drop()
         if self._retries_left <= 0:
-            raise DownloadError("download failed after retries: %s" % exc)
-        delay = min(self._backoff, _MAX_BACKOFF)
+            raise RetryableDownloadError("download failed after retries: %s"
+                                         % exc)
+        delay = self._backoff.next_delay()
         self._retries_left -= 1
-        self._backoff = self._backoff * 2 if self._backoff else 0
         self._index = (self._index + 1) % len(self.urls)
         LOG.warning("download interrupted (%s); retrying at byte %d in "
                     "%.1fs", exc, self.offset, delay)
@@ -613,7 +613,7 @@ class HTTPSource:
                     return 0
                 try:
                     self._connect()
-                except (_Transient, AttemptTooSlow) as exc:
+                except (_Transient, AttemptDeadline) as exc:
                     self._transient(exc)
                     continue
                 if self._response is None:
@@ -634,9 +634,8 @@ class HTTPSource:
             if count:
                 self.offset += count
                 if self.size is not None and self.offset > self.size:
-                    raise DownloadError("%s sent more than %d bytes"
-                                        % (redact_url(self.url), self.size),
-                                        final=True)
+                    raise SizeMismatch("%s sent more than %d bytes"
+                                       % (redact_url(self.url), self.size))
                 return count
             if self.size is not None and self.offset < self.size:
                 self._transient(_Transient(
@@ -742,9 +741,8 @@ class _Pipeline:
                 count = _fill(self.source, memoryview(slot.buffer))
                 received += count
                 if self.max_size is not None and received > self.max_size:
-                    raise DownloadError("the image is larger than %d bytes"
-                                        % self.max_size, final=True,
-                                        too_large=True)
+                    raise ImageTooLarge("the image is larger than %d bytes"
+                                        % self.max_size)
                 if not count:
                     self.free.put(slot)
                     return
@@ -826,19 +824,25 @@ def fetch(urls, hashes, sink, progress=None, expected_size=None,
           allow_md5=False, retries=5, backoff=1.0, timeout=60.0,
           buffer_size=DEFAULT_BUFFER_SIZE, buffer_count=DEFAULT_BUFFER_COUNT,
           max_size=None, ssl_context=None, sleep=time.sleep, redirects=None,
-          attempt_timeout=None, min_rate=None):
+          attempt_timeout=None, min_rate=None, verify_every=False):
     """Download ``urls`` into ``sink`` and verify ``hashes``.
 
     See the module documentation; ``redirects``, ``attempt_timeout`` and
-    ``min_rate`` are those of :class:`HTTPSource`.
+    ``min_rate`` are those of :class:`HTTPSource`. With ``verify_every``
+    (firmware), ``hashes`` follows :func:`teeth_agent.hashes.check_all`
+    and every checksum in it is verified, instead of the one
+    :func:`select_hash` picks.
     """
-    algorithm, expected = select_hash(hashes, allow_md5)
+    if verify_every:
+        hasher = Hasher.every(hashes_mod.check_all(hashes))
+    else:
+        hasher = Hasher(*select_hash(hashes, allow_md5))
+    algorithm, expected = hasher.algorithm, hasher.expected
     source = HTTPSource(urls, expected_size=expected_size, retries=retries,
                         backoff=backoff, timeout=timeout,
                         ssl_context=ssl_context, sleep=sleep,
                         redirects=redirects, attempt_timeout=attempt_timeout,
                         min_rate=min_rate)
-    hasher = Hasher(algorithm, expected)
 
     def report(done, total):
         if progress is not None:
@@ -849,14 +853,14 @@ def fetch(urls, hashes, sink, progress=None, expected_size=None,
                       buffer_size, buffer_count, max_size)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise DownloadError("no space left while writing the download",
-                                final=True, no_space=True) from exc
+            raise NoSpace("no space left while writing the download") \
+                from exc
         raise
     finally:
         source.close()
     if expected_size is not None and size != expected_size:
-        raise DownloadError("received %d bytes, expected %d"
-                            % (size, expected_size), final=True)
+        raise SizeMismatch("received %d bytes, expected %d"
+                           % (size, expected_size))
     hasher.verify()
     return {"size": size, "algorithm": algorithm, "hexdigest": expected,
             "url": source.url}

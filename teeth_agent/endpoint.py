@@ -37,14 +37,16 @@ import stat
 import tempfile
 import time
 
+from teeth_agent import commands
 from teeth_agent.conf import tls as conf_tls
+from teeth_agent import params as params_mod
 from teeth_agent import protocol
 from teeth_agent import tasks as tasks_mod
 from teeth_agent import transport
 
 LOG = logging.getLogger(__name__)
 
-TASK_STATES = ("running", "error", "complete")
+TASK_STATES = tasks_mod.TASK_STATES
 IDENTITY_TOKEN = "token"
 IDENTITY_CERTIFICATE = "certificate"
 IDENTITIES = (IDENTITY_TOKEN, IDENTITY_CERTIFICATE)
@@ -73,6 +75,19 @@ LOG_TEXT_LIMIT = 4096
 #: The smallest max_line_length an agent accepts in a handshake answer
 #: (the agent's MIN_PEER_LINE_LENGTH); a lower one would cut every agent off.
 MIN_LINE_LENGTH = 4096
+#: The ``session`` of an inbound command (:class:`commands.CommandSpec`)
+#: that only a connection that has not made its handshake may send.
+SESSION_HANDSHAKE = "handshake"
+#: The ``session`` of an inbound command that only the connection that owns
+#: a handshaken agent may send; its handler gets the agent.
+SESSION_AGENT = "agent"
+
+
+def _as_sent(doc):
+    """A field the endpoint takes as the agent sent it (any value, null
+    included; left out when missing): declared for its ``doc``."""
+    return params_mod.Any(nullable=True, default=params_mod.OMIT, doc=doc)
+
 
 DEFAULTS = {
     "agent_identity": IDENTITY_TOKEN,
@@ -583,6 +598,7 @@ class Endpoint:
         self._reaper = None
         self._last_sweep = transport.monotonic()
         self._state_loaded = False
+        self.commands = commands.CommandTable.of(self)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -858,24 +874,33 @@ class Endpoint:
     # -- inbound commands -----------------------------------------------------
 
     def _dispatch(self, connection, command):
+        """Answer an agent's command from :attr:`commands`, after the
+        checks its declared ``session`` asks for."""
         method = command.method
         if connection.closed:
             return {}
-        if method == "ping":
-            return command.params
-        if method == "handshake":
+        spec = self.commands.spec(method)
+        session = spec.session if spec is not None else SESSION_AGENT
+        if session is None:
+            return self.commands.dispatch(method, command.params, connection)
+        if session == SESSION_HANDSHAKE:
             try:
-                return self._handshake(connection, command.params)
+                if connection.user_data.get("handshaken"):
+                    raise HandshakeRepeated("handshake already done on this "
+                                            "connection")
+                return self.commands.dispatch(method, command.params,
+                                              connection)
             except HandshakeRefused as exc:
                 self._refuse(connection, command.params, exc)
                 return {}
+        # An unknown method gets the checks of the agent's methods, except
+        # that a link without an agent hears UnknownMethod for it.
         agent = connection.user_data.get("agent")
         if agent is None:
-            if method in ("log", "task_status"):
+            if spec is not None:
                 raise protocol.InvalidRequest(
                     "%s before handshake: send handshake first" % method)
-            raise protocol.UnknownMethod("unknown method %s" % method,
-                                         details={"method": method})
+            raise self.commands.unknown(method)
         if agent.connection is not connection:
             # Replaced by a newer link of the agent; only the owner speaks.
             LOG.warning("dropping %s for agent %s from %s: another link "
@@ -883,12 +908,11 @@ class Endpoint:
                         connection.name)
             raise protocol.InvalidRequest(
                 "this connection does not own agent %s" % agent.agent_id)
-        if method == "task_status":
-            return self._task_status(agent, command.params)
-        if method == "log":
-            return self._log(agent, command.params)
-        raise protocol.UnknownMethod("unknown method %s" % method,
-                                     details={"method": method})
+        return self.commands.dispatch(method, command.params, agent)
+
+    @commands.command(name="ping", extra=True)
+    def _ping(self, connection, params):
+        return params
 
     def _refuse(self, connection, params, exc):
         claimed = params.get("agent_id")
@@ -987,14 +1011,32 @@ class Endpoint:
                     printable(agent_id))
         self.forget(oldest.agent_id, "max_agents reached")
 
+    # Only agent_id is typed: the other fields are as free-form as they
+    # have always been (a wrong protocol_versions is UnsupportedVersion,
+    # malformed tasks are skipped); kept as the agent sent them.
+    @commands.command(name="handshake", extra=True, session=SESSION_HANDSHAKE,
+                      params={
+                          "agent_id": params_mod.String(
+                              required=True, min_length=1, max_length=None,
+                              problem="is required"),
+                          "agent_version": _as_sent("The agent's version."),
+                          "protocol_versions": _as_sent(
+                              "The protocol versions the agent speaks (a "
+                              "list); without v1 the handshake is refused "
+                              "with UnsupportedVersion."),
+                          "hardware": _as_sent("The hardware summary."),
+                          "extensions": _as_sent(
+                              "The command groups and methods the agent "
+                              "serves."),
+                          "tasks": _as_sent(
+                              "Summaries of the agent's tasks; malformed "
+                              "ones are skipped."),
+                          "session_token": _as_sent(
+                              "The token the endpoint issued to this "
+                              "agent_id, never stored."),
+                      })
     def _handshake(self, connection, params):
-        if connection.user_data.get("handshaken"):
-            raise HandshakeRepeated("handshake already done on this "
-                                    "connection")
-        agent_id = params.get("agent_id")
-        if not isinstance(agent_id, str) or not agent_id:
-            raise protocol.InvalidParams("agent_id: is required",
-                                         details={"param": "agent_id"})
+        agent_id = params["agent_id"]
         if len(agent_id) > MAX_AGENT_ID_LENGTH:
             raise protocol.InvalidParams(
                 "agent_id: must be 1 to %d characters"
@@ -1058,18 +1100,28 @@ class Endpoint:
             answer["session_token"] = new_token
         return answer
 
+    # Fields besides task_id and state are kept as sent: running_status()
+    # and the task book decide what of them is remembered.
+    @commands.command(name="task_status", extra=True, session=SESSION_AGENT,
+                      params={
+                          "task_id": params_mod.String(
+                              required=True, min_length=1,
+                              max_length=MAX_TASK_ID_LENGTH,
+                              problem="must be a string of 1 to %d "
+                                      "characters" % MAX_TASK_ID_LENGTH),
+                          "state": params_mod.String(
+                              required=True, choices=TASK_STATES,
+                              problem="must be one of %s"
+                                      % ", ".join(TASK_STATES)),
+                          "method": _as_sent("The task's command."),
+                          "percent": _as_sent("Progress of a running "
+                                              "task, 0 to 100."),
+                          "eta": _as_sent("Seconds of work left, or "
+                                          "null."),
+                          "msg": _as_sent("Why the task failed."),
+                          "result": _as_sent("What the task produced."),
+                      })
     def _task_status(self, agent, params):
-        task_id = params.get("task_id")
-        state = params.get("state")
-        if not isinstance(task_id, str) or not task_id or \
-                len(task_id) > MAX_TASK_ID_LENGTH:
-            raise protocol.InvalidParams(
-                "task_id: must be a string of 1 to %d characters"
-                % MAX_TASK_ID_LENGTH, details={"param": "task_id"})
-        if state not in TASK_STATES:
-            raise protocol.InvalidParams(
-                "state: must be one of %s" % ", ".join(TASK_STATES),
-                details={"param": "state"})
         outcome = self._record_task(agent, params)
         if outcome == "over_limit":
             raise protocol.InvalidRequest(
@@ -1109,6 +1161,12 @@ class Endpoint:
                     del agent.task_updates[stale]
         return outcome
 
+    @commands.command(name="log", extra=True, session=SESSION_AGENT, params={
+        "level": _as_sent("The level name (INFO when not one)."),
+        "message": _as_sent("The record's text."),
+        "time": _as_sent("When, in epoch seconds."),
+        "logger": _as_sent("The logger's name."),
+    })
     def _log(self, agent, params):
         size = len(json.dumps(params, default=str))
         agent.logs.append(params, size)

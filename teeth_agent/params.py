@@ -8,11 +8,21 @@ or unknown.
 """
 
 import re
-import urllib.parse
 
 from teeth_agent import protocol
+from teeth_agent import urls
 
 _MISSING = object()
+
+
+class _Omit:
+    def __repr__(self):
+        return "OMIT"
+
+
+#: The ``default`` of an optional parameter that is left out of the checked
+#: params when it is missing (instead of being filled in).
+OMIT = _Omit()
 
 
 def invalid(path, problem):
@@ -24,24 +34,37 @@ class Param:
     """Base of every parameter type.
 
     ``required`` parameters must be present; optional ones get ``default``
-    (``None`` unless given). ``nullable`` accepts an explicit ``null``.
+    (``None`` unless given; :data:`OMIT` leaves a missing one out of the
+    checked params). ``nullable`` accepts an explicit ``null``.
+
+    ``problem`` replaces the text of every refusal of this parameter
+    itself (missing, null, wrong type, out of range; not those of the
+    items of a list or the fields of an object): for a parameter whose
+    error message is part of a contract, e.g. ``"is required"``.
     """
 
     kind = "value"
 
     def __init__(self, required=False, default=None, nullable=False,
-                 doc=None):
+                 doc=None, problem=None):
         self.required = required
         self.default = default
         self.nullable = nullable
         self.doc = doc
+        self.problem = problem
 
     def validate(self, value, path):
-        if value is None:
-            if self.nullable:
-                return None
-            raise invalid(path, "must not be null")
-        return self.check(value, path)
+        try:
+            if value is None:
+                if self.nullable:
+                    return None
+                raise invalid(path, "must not be null")
+            return self.check(value, path)
+        except protocol.InvalidParams as exc:
+            if self.problem is None or \
+                    (exc.details or {}).get("param") != path:
+                raise
+            raise invalid(path, self.problem) from None
 
     def check(self, value, path):
         return value
@@ -52,6 +75,8 @@ class Param:
 
 class String(Param):
     kind = "string"
+
+    """A string; ``max_length`` None sets no upper bound."""
 
     def __init__(self, max_length=4096, min_length=0, pattern=None,
                  choices=None, **kwargs):
@@ -64,7 +89,7 @@ class String(Param):
     def check(self, value, path):
         if not isinstance(value, str):
             raise invalid(path, "must be a string")
-        if len(value) > self.max_length:
+        if self.max_length is not None and len(value) > self.max_length:
             raise invalid(path, "longer than %d characters" % self.max_length)
         if len(value) < self.min_length:
             raise invalid(path, "shorter than %d characters"
@@ -152,18 +177,15 @@ class Regex(String):
 
 
 class URL(String):
-    def __init__(self, schemes=("http", "https"), **kwargs):
-        super().__init__(**kwargs)
-        self.schemes = tuple(schemes)
+    """A URL the agent may download from (:func:`teeth_agent.urls.check`:
+    http or https, with a host)."""
 
     def check(self, value, path):
         value = super().check(value, path)
-        parsed = urllib.parse.urlsplit(value)
-        if parsed.scheme.lower() not in self.schemes:
-            raise invalid(path, "only %s URLs are allowed"
-                          % " and ".join(s + "://" for s in self.schemes))
-        if not parsed.hostname:
-            raise invalid(path, "has no host")
+        try:
+            urls.check(value)
+        except urls.InvalidURL as exc:
+            raise invalid(path, exc.reason) from None
         return value
 
 
@@ -256,7 +278,11 @@ class Any(Param):
 def validate_fields(fields, values, path="", extra=False):
     """Check ``values`` (a dict) against ``fields`` (name -> Param).
 
-    Returns a new dict with every declared field, defaults filled in.
+    Returns a new dict with every declared field, defaults filled in
+    (except those whose default is :data:`OMIT`). Fields are checked in
+    the order they are declared. With ``extra`` (True, or a Param checking
+    each undeclared value) undeclared keys are kept, and the result keeps
+    the order of ``values``; without it they are refused.
     """
     prefix = path + "." if path else ""
     for name in values:
@@ -267,8 +293,9 @@ def validate_fields(fields, values, path="", extra=False):
         value = values.get(name, _MISSING)
         if value is _MISSING:
             if param.required:
-                raise invalid(prefix + name, "is required")
-            checked[name] = param.default
+                raise invalid(prefix + name, param.problem or "is required")
+            if param.default is not OMIT:
+                checked[name] = param.default
             continue
         checked[name] = param.validate(value, prefix + name)
     if extra is not False:
@@ -277,4 +304,8 @@ def validate_fields(fields, values, path="", extra=False):
                 continue
             checked[name] = value if extra is True else \
                 extra.validate(value, prefix + str(name))
+        # The caller's order first, then the defaults filled in.
+        checked = {**{name: checked[name] for name in values},
+                   **{name: value for name, value in checked.items()
+                      if name not in values}}
     return checked

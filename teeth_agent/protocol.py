@@ -56,6 +56,31 @@ class WireError(Exception):
             error["details"] = self.details
         return error
 
+    @staticmethod
+    def from_dict(error):
+        """The error an error object (as :meth:`to_dict` makes it, from a
+        peer) describes: an instance of the subclass its ``type`` names,
+        or, for a type this side does not know (or none), a plain
+        :class:`WireError` carrying the ``type`` and ``code`` received
+        (None where absent). ``msg`` is "" when absent; a non-object
+        becomes a plain WireError whose ``msg`` is its text.
+        """
+        if not isinstance(error, dict):
+            error = {"msg": str(error)}
+        msg = error.get("msg")
+        msg = "" if msg is None else msg
+        known = _ERRORS_BY_TYPE.get(error.get("type")) \
+            if isinstance(error.get("type"), str) else None
+        if known is not None:
+            exc = known(msg, error.get("details"))
+            if error.get("code") != known.code:
+                exc.code = error.get("code")
+            return exc
+        exc = WireError(msg, error.get("details"))
+        exc.type = error.get("type")
+        exc.code = error.get("code")
+        return exc
+
 
 class InvalidRequest(WireError):
     type = "InvalidRequest"
@@ -106,6 +131,12 @@ class Conflict(WireError):
 
     type = "Conflict"
     code = -32005
+
+
+#: The wire error classes by ``type``.
+_ERRORS_BY_TYPE = {cls.type: cls for cls in (
+    InvalidRequest, UnknownMethod, InvalidParams, InternalError,
+    UnsupportedVersion, Busy, NotFound, ResponseTooLarge, Conflict)}
 
 
 class RemoteProtocolError(Exception):

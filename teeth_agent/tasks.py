@@ -6,9 +6,10 @@ agent knows, enforces exclusivity of disk tasks, keeps a bounded history and
 tracks, per task, which state the endpoint has acknowledged, so the final
 state is re-delivered after a reconnect until it is answered.
 
-Nothing here uses eventlet; the registry calls ``on_change(task)`` from
-whichever thread changed a task, and the agent turns that into a wake-up of
-its status reporter on the hub.
+Nothing here uses eventlet; the registry calls each subscriber
+(:meth:`TaskRegistry.subscribe`) with the task from whichever thread changed
+it, and the agent turns that into a wake-up of its status reporter on the
+hub.
 """
 
 import collections
@@ -26,6 +27,8 @@ LOG = logging.getLogger(__name__)
 RUNNING = "running"
 ERROR = "error"
 COMPLETE = "complete"
+#: Every state a task can be in, as the wire names them.
+TASK_STATES = (RUNNING, ERROR, COMPLETE)
 TERMINAL = (ERROR, COMPLETE)
 
 #: The longest ``msg`` a task summary carries, in characters; the full
@@ -175,7 +178,8 @@ class Task:
         self.started = time.time()
         self.finished = None
         self.version = 0  # bumped on every change, for delivery tracking
-        self._estimator = ProgressEstimator(clock)
+        # Fed by the registry, under its lock.
+        self.estimator = ProgressEstimator(clock)
         self.acknowledged = threading.Event()
         self.acknowledged_version = -1
 
@@ -195,12 +199,7 @@ class Task:
             fraction = min(max(percent / 100.0, 0.0), 1.0)
         else:
             fraction = self.percent / 100.0
-        with self._registry._lock:
-            # Several worker threads may report for one task (parallel
-            # erases); the estimator's window is not thread-safe alone.
-            estimated = self._estimator.update(fraction)
-        self._registry._update(self, min(fraction * 100.0, 99.9),
-                               eta if eta is not None else estimated)
+        self._registry.record_progress(self, fraction, eta)
 
     def status(self):
         """The task's state as sent in ``task_status`` (without version)."""
@@ -251,14 +250,13 @@ class Task:
 class TaskRegistry:
     """Every task the agent knows: start, exclusivity, history, delivery."""
 
-    def __init__(self, history=100, state_dir=None, on_change=None,
-                 clock=time.monotonic):
+    def __init__(self, history=100, state_dir=None, clock=time.monotonic):
         self._lock = threading.RLock()
         self._tasks = collections.OrderedDict()
         self._history = history
         self._state_dir = state_dir or None
         self._clock = clock
-        self.on_change = on_change
+        self._subscribers = []
         if self._state_dir:
             self._load()
 
@@ -340,12 +338,38 @@ class TaskRegistry:
 
     # -- changes -------------------------------------------------------------
 
-    def _update(self, task, percent, eta):
+    def subscribe(self, callback):
+        """Call ``callback(task)`` after every change of any task.
+
+        It runs in whichever thread made the change (a task's own thread,
+        or the caller of :meth:`start`), outside the registry's lock; keep
+        it short. An exception it raises is logged and does not reach the
+        task. Subscribing the same callback twice calls it twice.
+        """
         with self._lock:
+            self._subscribers.append(callback)
+
+    def unsubscribe(self, callback):
+        """Stop calling ``callback``; ValueError when it is not
+        subscribed."""
+        with self._lock:
+            self._subscribers.remove(callback)
+
+    def record_progress(self, task, fraction, eta=None):
+        """Record that running ``task`` is ``fraction`` (0 to 1) done.
+
+        The ETA is estimated from the observed rate unless ``eta`` is
+        given; the percent never goes backwards and stays below 100 until
+        the task completes. A task that has ended is left as it is.
+        """
+        with self._lock:
+            # Several worker threads may report for one task (parallel
+            # erases); the estimator's window is not thread-safe alone.
+            estimated = task.estimator.update(fraction)
             if task.terminal:
                 return
-            task.percent = max(task.percent, percent)
-            task.eta = eta
+            task.percent = max(task.percent, min(fraction * 100.0, 99.9))
+            task.eta = eta if eta is not None else estimated
             task.version += 1
         self._notify(task)
 
@@ -380,12 +404,13 @@ class TaskRegistry:
                 self._trim()
 
     def _notify(self, task):
-        callback = self.on_change
-        if callback is not None:
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for callback in subscribers:
             try:
                 callback(task)
             except Exception:
-                LOG.exception("task change callback failed")
+                LOG.exception("task change subscriber %r failed", callback)
 
     def _trim(self):
         finished = [t for t in self._tasks.values()

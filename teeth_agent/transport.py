@@ -56,9 +56,12 @@ class RemoteError(Exception):
 
     def __init__(self, error):
         self.error = error if isinstance(error, dict) else {"msg": str(error)}
-        self.type = self.error.get("type")
-        self.code = self.error.get("code")
-        self.msg = self.error.get("msg")
+        #: The error as a :class:`protocol.WireError` (the subclass its
+        #: type names, when this side knows it).
+        self.wire = protocol.WireError.from_dict(self.error)
+        self.type = self.wire.type
+        self.code = self.wire.code
+        self.msg = self.wire.msg
         super().__init__("%s: %s" % (self.type, self.msg))
 
 

@@ -1,54 +1,53 @@
 """Test bases shared by the unit tests.
 
 :class:`TestCase` blocks every external process: a unit test that reaches
-``teeth_agent.processes`` without mocking it fails loudly instead of running
-a tool on the machine.
+``teeth_agent.processes`` without mocking it, or starts a program any other
+way (``subprocess``, ``os.system``, ``os.exec*``, ``os.spawn*``,
+``os.posix_spawn*``, ``pty.spawn``, asyncio), fails loudly instead of running
+a tool on the machine. The blocking itself is
+:func:`teeth_agent.hardware.testing.block_processes`, shared with the vendor
+test kit.
 """
 
 import unittest
 from unittest import mock
 
-from oslo_config import cfg
-
-from teeth_agent import conf as teeth_conf
+from teeth_agent.hardware import testing
 from teeth_agent import processes
 
+BlockedProcess = testing.BlockedProcess
 
-class BlockedProcess(AssertionError):
-    pass
-
-
-def _blocked(argv, *args, **kwargs):
-    raise BlockedProcess("unit tests must not run external tools: %s"
-                         % " ".join(argv))
+#: How a unit test of the project fakes a tool, said by every block.
+HINT = ("fake the tool by mocking teeth_agent.processes.execute, run or "
+        "open_pipe (or patching processes._spawn/_open) in the test; a test "
+        "that really needs the program belongs in tests/functional")
 
 
-def make_conf(**overrides):
-    """A fresh ConfigOpts with every agent option registered.
-
-    ``overrides`` maps ``"group.name"`` (or ``"name"`` for DEFAULT) to a
-    value.
-    """
-    conf = cfg.ConfigOpts()
-    teeth_conf.register_agent_opts(conf)
-    teeth_conf.register_endpoint_opts(conf)
-    conf([], project="teeth-agent", default_config_files=[],
-         default_config_dirs=[])
-    # Unit tests never create the default /var/lib/teeth-endpoint.
-    overrides.setdefault("endpoint.state_dir", "")
-    for key, value in overrides.items():
-        group, _, name = key.rpartition(".")
-        conf.set_override(name, value, group=group or None)
-    return conf
+#: See :func:`teeth_agent.hardware.testing.make_conf`.
+make_conf = testing.make_conf
 
 
 class TestCase(unittest.TestCase):
+    """Blocks every way of starting a program (see the module docstring);
+    ``self.process_block`` is the :class:`testing.ProcessBlock`."""
+
     def setUp(self):
         super().setUp()
-        patcher = mock.patch.object(processes, "_spawn", _blocked)
+        block = testing.block_processes(self, HINT)
+
+        def blocked(argv, *args):
+            raise block.refuse("unit tests must not run external tools: "
+                               "processes.execute(%s) was blocked; %s"
+                               % (" ".join(argv), HINT))
+
+        def blocked_pipe(argv, *args):
+            raise block.refuse("unit tests must not run external tools: "
+                               "processes.open_pipe(%s) was blocked; %s"
+                               % (" ".join(argv), HINT))
+
+        patcher = mock.patch.object(processes, "_spawn", blocked)
         patcher.start()
         self.addCleanup(patcher.stop)
-        pipe_patcher = mock.patch.object(
-            processes, "_open", lambda argv, *args: _blocked(argv))
+        pipe_patcher = mock.patch.object(processes, "_open", blocked_pipe)
         pipe_patcher.start()
         self.addCleanup(pipe_patcher.stop)

@@ -23,7 +23,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from teeth_agent.cmd import endpoint as endpoint_cli  # noqa: E402
+from teeth_agent.cmd import display  # noqa: E402
 from teeth_agent import endpoint as endpoint_mod  # noqa: E402
 from teeth_agent import pki  # noqa: E402
 from teeth_agent import transport  # noqa: E402
@@ -41,7 +41,8 @@ class Demo:
         self.endpoint = None
         self.agent_process = None
         self.cycle = None
-        self._bar_live = False
+        # The same progress bar as teeth-endpoint call.
+        self.progress = display.TaskProgress(sys.stdout, indent="   ")
 
     def agent_config(self, port, include, ca_file):
         path = os.path.join(self.workdir, "agent.conf")
@@ -67,28 +68,21 @@ class Demo:
         return path
 
     def on_event(self, event, agent, data):
-        if event == "task_status" and data.get("state") == "running":
-            line = endpoint_cli.progress_line(data)
-            if sys.stdout.isatty():
-                print("\r   " + line, end="", flush=True)
-                self._bar_live = True
-            else:
-                print("   " + line, flush=True)
+        if event == "task_status":
+            self.progress.update(data)
         elif event == "log":
-            self._end_bar()
-            print("   [agent log] %s %s"
-                  % (data.get("level"), data.get("message")), flush=True)
+            self.progress.note("   [agent log] %s %s"
+                               % (data.get("level"), data.get("message")))
 
     def _end_bar(self):
-        if self._bar_live:
-            print(flush=True)
-            self._bar_live = False
+        self.progress.finish()
 
     def run_task(self, agent_id, method, params, timeout=600):
         """Start a task, follow its progress bar, return its final state."""
         print("   -> %s %s" % (method, json.dumps(params)[:200]), flush=True)
         answer = self.endpoint.call(agent_id, method, params)
-        print("   <- %s" % json.dumps(answer), flush=True)
+        # The first progress update may already be drawn: keep it below.
+        self.progress.note("   <- %s" % json.dumps(answer))
         final = self.endpoint.wait_for_task(agent_id, params["task_id"],
                                             timeout=timeout)
         self._end_bar()
@@ -159,6 +153,7 @@ class Demo:
         heading("done")
 
     def cleanup(self):
+        self._end_bar()
         if self.agent_process is not None:
             self.agent_process.terminate()
             try:

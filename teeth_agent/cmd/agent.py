@@ -94,6 +94,7 @@ def build_agent(conf):
     context = ext_base.ExtensionContext(conf, dispatcher, registry,
                                         controller, agent_id)
     loaded = extensions.load_extensions(conf.enabled_extensions, context)
+    extensions.start_extensions(loaded)
     summary = inventory.hardware_summary(dispatcher)
     tokens = session_tokens.SessionTokens(agent_id, conf.state_dir or None)
     return agent_mod.Agent(conf, dispatcher, loaded, registry, controller,

@@ -14,6 +14,7 @@ import sys
 from oslo_config import cfg
 from oslo_log import log
 
+from teeth_agent.cmd import display
 from teeth_agent import conf as teeth_conf
 from teeth_agent.conf import strict
 from teeth_agent import control
@@ -221,85 +222,56 @@ def list_agents(conf):
         raise SystemExit("teeth-endpoint: --limit must be a positive number")
     show = endpoint_mod.printable
     connection = _connect(conf)
-    shown = 0
+    table = None if args.json else display.AgentTable(sys.stdout)
     try:
         for agent in _agent_pages(connection, args.limit):
-            if args.json:
-                # ensure_ascii: control characters arrive escaped as \uXXXX.
-                print(json.dumps(agent, sort_keys=True, ensure_ascii=True))
-                shown += 1
+            if table is not None:
+                table.add(agent)
                 continue
-            if not shown:
-                print("%-40s %-10s %-9s %-24s %s" % (
-                    "AGENT", "STATE", "LINK", "PEER", "TASKS"))
-            shown += 1
-            tasks = agent.get("tasks") or []
-            running = sum(1 for task in tasks
-                          if task.get("state") == "running")
-            link = "tls" if agent.get("tls") else "PLAINTEXT"
-            print("%-40s %-10s %-9s %-24s %d (%d running)" % (
-                show(agent["agent_id"]),
-                "connected" if agent["connected"] else "gone",
-                link if agent["connected"] else "-",
-                show((agent["peer"] or "-").replace("agent at ", "")),
-                len(tasks), running))
+            # ensure_ascii: control characters arrive escaped as \uXXXX.
+            print(json.dumps(agent, sort_keys=True, ensure_ascii=True))
     except (transport.RemoteError, transport.CallTimeout,
             transport.ConnectionLost) as exc:
+        if table is not None:
+            table.flush()
         print("teeth-endpoint: %s" % show(exc), file=sys.stderr)
         return 1
     finally:
         connection.close()
-    if not shown and not args.json:
-        print("no agents")
+    if table is not None:
+        table.close()
     return 0
 
 
-def format_eta(eta):
-    if eta is None:
-        return "--:--"
-    eta = int(round(eta))
-    if eta >= 3600:
-        return "%dh%02dm" % (eta // 3600, eta % 3600 // 60)
-    return "%02d:%02d" % (eta // 60, eta % 60)
-
-
-def progress_line(status, width=30):
-    percent = float(status.get("percent") or 0.0)
-    filled = int(width * percent / 100.0)
-    return "%s [%s%s] %5.1f%%  ETA %s" % (
-        status.get("task_id"), "#" * filled, "." * (width - filled), percent,
-        format_eta(status.get("eta")))
-
-
 class ProgressPrinter:
+    """Answers the server's ``task_status`` pushes by drawing them
+    (:class:`~teeth_agent.cmd.display.TaskProgress`)."""
+
     def __init__(self, stream):
-        self.stream = stream
-        self.live = stream.isatty()
-        self.shown = False
+        self.progress = display.TaskProgress(stream)
 
     def __call__(self, connection, command):
         if command.method == "ping":
             return command.params
         if command.method != "task_status":
             raise protocol.UnknownMethod(command.method)
-        status = command.params
-        if status.get("state") == "running":
-            line = progress_line(status)
-            if self.live:
-                self.stream.write("\r" + line)
-            else:
-                self.stream.write(line + "\n")
-            self.stream.flush()
-            self.shown = True
+        self.progress.update(command.params)
         return {}
 
     def finish(self):
-        if self.live and self.shown:
-            self.stream.write("\n")
-            self.stream.flush()
+        self.progress.finish()
 
 
 def call(conf):
+    printer = ProgressPrinter(sys.stderr)
+    try:
+        return _call(conf, printer)
+    finally:
+        # Also on Ctrl-C: a live bar ends and gives the cursor back.
+        printer.finish()
+
+
+def _call(conf, printer):
     args = conf.command
     try:
         params = json.loads(args.params)
@@ -307,7 +279,6 @@ def call(conf):
         raise SystemExit("teeth-endpoint: params are not JSON: %s" % exc)
     if not isinstance(params, dict):
         raise SystemExit("teeth-endpoint: params must be a JSON object")
-    printer = ProgressPrinter(sys.stderr)
     connection = _connect(conf, printer)
     try:
         answer = connection.call("call", {"agent_id": args.agent_id,

@@ -126,7 +126,9 @@ opts = [
              "download_min_rate seconds, and is retried (on the next URL) "
              "like a dropped connection. This stops a server that sends a "
              "byte now and then from holding the disk task forever, while "
-             "a large image over a slow but steady link is never cut off."),
+             "a large image over a slow but steady link is never cut off. "
+             "Firmware downloads (decom.firmware_secure) have the same "
+             "deadline."),
     cfg.IntOpt(
         "download_min_rate",
         default=1024 * 1024,
@@ -138,8 +140,8 @@ opts = [
         "allowed_redirect_networks",
         default=[],
         item_type=_network,
-        help="Networks (CIDRs, e.g. 10.20.0.0/16) that image download "
-             "redirects may lead to although their addresses are "
+        help="Networks (CIDRs, e.g. 10.20.0.0/16) that image and firmware "
+             "download redirects may lead to although their addresses are "
              "loopback, link-local, private, multicast, unspecified or "
              "otherwise not global. The first URL of an image is always "
              "used as given; a redirect to any such address outside these "

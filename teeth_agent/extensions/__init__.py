@@ -17,6 +17,11 @@ class ExtensionLoadError(Exception):
     """An enabled extension is unknown or failed to load."""
 
 
+class ExtensionStartError(ExtensionLoadError):
+    """A loaded extension's start-up work (:meth:`base.Extension.start`)
+    failed."""
+
+
 def available_extensions():
     """Names of every installed extension (entry points in the namespace)."""
     return sorted({ep.name for ep in metadata.entry_points(group=NAMESPACE)})
@@ -81,3 +86,20 @@ def instantiate(plugins, context):
         LOG.info("loaded extension %s: %s", name,
                  ", ".join(sorted(extension.commands())))
     return loaded
+
+
+def start_extensions(loaded):
+    """Run each loaded extension's :meth:`base.Extension.start`, in order.
+
+    Called once by the agent after every extension was built and before it
+    serves commands. Raises :class:`ExtensionStartError` naming the
+    extension when one fails; those after it are not started.
+    """
+    for name, extension in loaded.items():
+        try:
+            extension.start()
+        except Exception as exc:
+            LOG.exception("extension %s failed to start", name)
+            raise ExtensionStartError("extension %s failed to start: %s: %s"
+                                      % (name, type(exc).__name__,
+                                         exc)) from exc

@@ -23,6 +23,7 @@ import threading
 import time
 
 from teeth_agent import blockdev
+from teeth_agent import download
 from teeth_agent.extensions import base
 from teeth_agent import firmware as firmware_images
 from teeth_agent import hardware
@@ -243,7 +244,7 @@ class DecomExtension(base.Extension):
                                unique=True),
         "method": params.String(choices=erase.KNOWN_METHODS),
         "allow_fallback": params.Boolean(default=False),
-    })
+    }, validator="validate_disk_erase")
     def disk_erase(self, task, devices, method, allow_fallback):
         """Erase ``devices`` (default: every disk of the machine in scope).
 
@@ -505,7 +506,7 @@ class DecomExtension(base.Extension):
                                  required=True),
         }), required=True),
         "bios_settings": params.Map(params.Any()),
-    })
+    }, validator="validate_firmware_secure")
     def firmware_secure(self, task, firmware, bios_settings):
         """Bring firmware and BIOS settings to the given values.
 
@@ -546,6 +547,15 @@ class DecomExtension(base.Extension):
                 raise params.invalid("bios_settings.%s" % name,
                                      "must be a string, number or boolean")
         return {"firmware": firmware, "bios_settings": bios_settings}
+
+    def _fetch_policy(self):
+        """The download policy firmware shares with tenant images: where
+        redirects may lead and the attempt deadline ([standbye])."""
+        options = self.conf.standbye
+        return {"redirects": download.RedirectPolicy(
+                    options.allowed_redirect_networks),
+                "attempt_timeout": options.download_attempt_timeout,
+                "min_rate": options.download_min_rate}
 
     def _update_firmware(self, task, wanted, failures):
         before = inventory.firmware_versions(self.hardware)
@@ -590,9 +600,10 @@ class DecomExtension(base.Extension):
                         item["url"], item["hashes"], image,
                         timeout=self.conf.decom.firmware_download_timeout,
                         attempts=self.conf.decom.firmware_download_attempts,
-                        max_bytes=self.conf.decom.firmware_max_bytes)
+                        max_bytes=self.conf.decom.firmware_max_bytes,
+                        **self._fetch_policy())
                     images[item["component"]] = image
-                except firmware_images.DownloadError as exc:
+                except (download.DownloadError, OSError) as exc:
                     entry["action"] = "failed"
                     entry["reason"] = str(exc)
                     failures.append("component %s: %s"

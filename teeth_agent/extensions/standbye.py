@@ -88,6 +88,10 @@ class StandbyeExtension(base.Extension):
                                           options.allow_md5)
         self.work_dir = options.work_dir
         self._prepared = self._load_prepared()
+
+    def start(self):
+        """Wipe the device a killed agent was writing, then clean the
+        cache; the agent calls it once, before it serves commands."""
         self._recover_interrupted_write()
         # What a crash left in the cache must not count as cached, nor
         # take space, until the next cache_images.
@@ -259,7 +263,7 @@ class StandbyeExtension(base.Extension):
     @base.task_command(exclusive=True, params={
         "images": params.List(_image_param(True), required=True,
                               max_items=256),
-    })
+    }, validator=validate_cache_images)
     def cache_images(self, task, images):
         """Cache as many of ``images`` as fit, in priority order.
 
@@ -311,7 +315,7 @@ class StandbyeExtension(base.Extension):
     @base.task_command(exclusive=True, params={
         "image": params.Any(required=True),
         "root_device_hints": params.Map(params.Any()),
-    })
+    }, validator=validate_prepare_image)
     def prepare_image(self, task, image, root_device_hints):
         """Write ``image`` (from the cache, else its URLs) to the install
         device; the result names the device and what was written.
@@ -444,12 +448,11 @@ class StandbyeExtension(base.Extension):
         room = stats.f_bavail * stats.f_frsize - \
             self.conf.standbye.cache_reserve
         if room <= 0:
-            raise download.DownloadError(
+            raise download.NoSpace(
                 "no room to stage the qcow2 image in %s: %d bytes free, "
                 "%d reserved" % (self.work_dir,
                                  stats.f_bavail * stats.f_frsize,
-                                 self.conf.standbye.cache_reserve),
-                final=True, no_space=True)
+                                 self.conf.standbye.cache_reserve))
         return room
 
     def _convert_qcow2(self, task, image_path, path, pin=None):
@@ -526,7 +529,7 @@ class StandbyeExtension(base.Extension):
     @base.task_command(exclusive=True, params={
         "image_id": params.UUID(required=True),
         "config_drive": params.Any(required=True),
-    })
+    }, validator=validate_run_image)
     def run_image(self, task, image_id, config_drive):
         """Write the config drive, make the disk bootable, then kexec.
 

@@ -1,8 +1,20 @@
 """Hardware managers: loading, ordering and dispatch.
 
 The interface itself is documented in :mod:`teeth_agent.hardware.base`.
+Managers are checked against it when they are loaded, the way pluggy checks
+hook implementations, so that the interface can grow without breaking
+existing managers while a mistake in a manager is still found at once:
+
+- an interface method a manager implements takes the interface's required
+  positional parameters, by name and in order; of the optional (keyword)
+  parameters it may take any subset, each with a default, and the
+  dispatcher passes it only those it takes;
+- a public method that is not part of the interface is an error (a
+  misspelt ``update_firmwre`` would otherwise never be called); helpers
+  are private, with a leading underscore.
 """
 
+import difflib
 import inspect
 import logging
 
@@ -19,15 +31,41 @@ HardwareManager = base.HardwareManager
 IncompatibleHardwareMethodError = base.IncompatibleHardwareMethodError
 HardwareManagerError = base.HardwareManagerError
 
-INTERFACE_METHODS = tuple(
-    name for name, member in vars(base.HardwareManager).items()
-    if callable(member) and not name.startswith("_")
-    and name not in ("evaluate_hardware_support", "initialize"))
+#: Public methods of the interface that the dispatcher never calls.
+LIFECYCLE_METHODS = ("evaluate_hardware_support", "initialize")
+
+
+def interface_methods(interface=base.HardwareManager):
+    """``{name: function}`` of every public method of ``interface`` (a
+    :class:`base.HardwareManager` or a class deriving from it)."""
+    methods = {}
+    for klass in reversed(interface.__mro__):
+        for name, member in vars(klass).items():
+            if inspect.isfunction(member) and not name.startswith("_"):
+                methods[name] = member
+    return methods
+
+
+INTERFACE_METHODS = tuple(name for name in interface_methods()
+                          if name not in LIFECYCLE_METHODS)
 
 
 class HardwareLoadError(Exception):
     """A hardware manager could not be loaded or does not fit the
     interface."""
+
+
+class ManagerContractError(HardwareLoadError):
+    """A manager class does not fit the interface (found at load time)."""
+
+
+class UnknownManagerMethod(ManagerContractError):
+    """A manager defines a public method the interface does not have."""
+
+
+class ManagerSignatureMismatch(ManagerContractError):
+    """A manager's method does not take the parameters of the interface
+    method it implements."""
 
 
 class DispatchError(HardwareManagerError):
@@ -45,34 +83,116 @@ class NoManagerError(HardwareManagerError):
     """No loaded manager implements the method (for these arguments)."""
 
 
-def check_manager(manager):
-    """Check at load time that ``manager`` fits the interface.
+def _suggestion(name, candidates):
+    close = difflib.get_close_matches(name, candidates, n=1)
+    return " (did you mean %s?)" % close[0] if close else ""
 
-    Every interface method it overrides must accept the same parameters as
-    the base class, so a typo or a stale signature is reported when the
-    plugin is loaded, not when the method is first called in production.
+
+def _is_method(member):
+    return inspect.isroutine(member) or isinstance(member, (staticmethod,
+                                                            classmethod))
+
+
+def _check_signature(cls, name, implementation, reference):
+    """Raise :class:`ManagerSignatureMismatch` unless ``implementation``
+    can be called as the dispatcher calls ``reference``."""
+    where = "%s.%s" % (cls.__name__, name)
+    if not inspect.isfunction(implementation):
+        raise ManagerSignatureMismatch(
+            "%s must be a plain method, not %r" % (where, implementation))
+    spec = list(inspect.signature(reference).parameters.values())[1:]
+    required = [p.name for p in spec if p.default is p.empty
+                and p.kind == p.POSITIONAL_OR_KEYWORD]
+    optional = [p.name for p in spec if p.name not in required]
+    wanted = name + str(inspect.signature(reference)).replace(
+        "(self, ", "(").replace("(self)", "()")
+    params = list(inspect.signature(implementation).parameters.values())[1:]
+    positional = [p for p in params
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    var_positional = any(p.kind == p.VAR_POSITIONAL for p in params)
+    for index, expected in enumerate(required):
+        if index < len(positional):
+            if positional[index].name != expected:
+                raise ManagerSignatureMismatch(
+                    "%s takes %s where the interface %s has %s"
+                    % (where, positional[index].name, wanted, expected))
+        elif not var_positional:
+            raise ManagerSignatureMismatch(
+                "%s does not take %s, which the interface %s requires"
+                % (where, expected, wanted))
+    for parameter in params:
+        if parameter.kind in (parameter.VAR_POSITIONAL,
+                              parameter.VAR_KEYWORD) or \
+                parameter.name in required:
+            continue
+        if parameter.name not in optional:
+            raise ManagerSignatureMismatch(
+                "%s takes %s, which the interface %s does not define%s"
+                % (where, parameter.name, wanted,
+                   _suggestion(parameter.name, optional)))
+        if parameter.default is parameter.empty or \
+                parameter.kind == parameter.POSITIONAL_ONLY:
+            raise ManagerSignatureMismatch(
+                "%s must take the optional %s as a keyword with a default "
+                "(the dispatcher leaves it out unless a caller gives it)"
+                % (where, parameter.name))
+
+
+def implements(manager, method, interface=base.HardwareManager):
+    """True when the class of ``manager`` provides ``method`` itself, not
+    the interface's declining default (inherited from a class of its own,
+    such as the generic manager, counts: it answers with that code)."""
+    return getattr(type(manager), method, None) is not \
+        getattr(interface, method)
+
+
+def check_manager(manager, interface=base.HardwareManager):
+    """Check at load time that ``manager`` fits ``interface``.
+
+    Raises :class:`ManagerContractError` (naming the class and method)
+    for: a missing ``evaluate_hardware_support``; an interface method
+    that does not take the interface's parameters (see the module
+    docstring: required ones match, optional ones are a subset); a public
+    method the interface does not have. So a typo or a stale signature is
+    reported when the plugin is loaded, not when the method is first
+    called in production, or never.
     """
     cls = type(manager)
     if not isinstance(manager, base.HardwareManager):
         raise HardwareLoadError("%r is not a HardwareManager" % cls)
     if cls.evaluate_hardware_support is \
             base.HardwareManager.evaluate_hardware_support:
-        raise HardwareLoadError("%s does not implement "
-                                "evaluate_hardware_support()" % cls.__name__)
-    for name in INTERFACE_METHODS:
-        implementation = getattr(cls, name)
-        reference = getattr(base.HardwareManager, name)
-        if implementation is reference:
+        raise ManagerContractError("%s does not implement "
+                                   "evaluate_hardware_support()"
+                                   % cls.__name__)
+    methods = interface_methods(interface)
+    for name in dir(cls):
+        if name.startswith("_"):
             continue
-        expected = list(inspect.signature(reference).parameters)
-        actual = list(inspect.signature(implementation).parameters)
-        if actual != expected and not any(
-                inspect.signature(implementation).parameters[p].kind
-                == inspect.Parameter.VAR_KEYWORD for p in actual):
-            raise HardwareLoadError(
-                "%s.%s%s does not match the interface %s%s"
-                % (cls.__name__, name, tuple(actual[1:]), name,
-                   tuple(expected[1:])))
+        member = inspect.getattr_static(cls, name)
+        reference = methods.get(name)
+        if reference is None:
+            if _is_method(member):
+                raise UnknownManagerMethod(
+                    "%s.%s is not a method of the hardware-manager "
+                    "interface%s; a helper must be private (a leading "
+                    "underscore)" % (cls.__name__, name,
+                                     _suggestion(name, list(methods))))
+            continue
+        if member is not reference:
+            _check_signature(cls, name, member, reference)
+
+
+def _keywords_taken(func):
+    """The keyword names ``func`` takes, or None when it takes any."""
+    names = set()
+    for parameter in inspect.signature(func).parameters.values():
+        if parameter.kind == parameter.VAR_KEYWORD:
+            return None
+        if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD,
+                              parameter.KEYWORD_ONLY):
+            names.add(parameter.name)
+    return names
 
 
 class Dispatcher:
@@ -82,22 +202,49 @@ class Dispatcher:
     is asked first (ties keep the given order).
     """
 
-    def __init__(self, managers):
+    def __init__(self, managers, interface=base.HardwareManager):
         ordered = sorted(enumerate(managers),
                          key=lambda item: (-int(item[1][0]), item[0]))
         self.managers = [(HardwareSupport(level), manager)
                          for _, (level, manager) in ordered]
+        self.interface = interface
+        self._taken = {}
+
+    def _keywords(self, manager, method, kwargs):
+        """The ``kwargs`` ``manager``'s ``method`` takes: an optional
+        parameter added to the interface after the manager was written is
+        left out for it."""
+        if not kwargs:
+            return kwargs
+        key = (type(manager), method)
+        if key not in self._taken:
+            self._taken[key] = _keywords_taken(getattr(type(manager),
+                                                       method))
+        taken = self._taken[key]
+        if taken is None:
+            return kwargs
+        return {name: value for name, value in kwargs.items()
+                if name in taken}
 
     def _answers(self, method, args, kwargs):
         """Yield ``(name, answer)`` from each manager in order, skipping
         those that decline; any other exception becomes
         :class:`DispatchError`."""
+        reference = getattr(self.interface, method, None)
+        if kwargs and reference is not None:
+            unknown = set(kwargs) - set(
+                inspect.signature(reference).parameters)
+            if unknown:
+                # The caller's mistake, not a manager's.
+                raise TypeError("%s takes no argument %s"
+                                % (method, ", ".join(sorted(unknown))))
         for _, manager in self.managers:
             func = getattr(manager, method, None)
             if func is None:
                 continue
             try:
-                answer = func(*args, **kwargs)
+                answer = func(*args, **self._keywords(manager, method,
+                                                      kwargs))
             except base.IncompatibleHardwareMethodError:
                 continue
             except Exception as exc:
@@ -126,9 +273,8 @@ class Dispatcher:
         """Names of the managers that override ``method``, in dispatch
         order (the first is the one that will serve it unless it
         declines)."""
-        reference = getattr(base.HardwareManager, method)
         return [manager.name for _, manager in self.managers
-                if getattr(type(manager), method, None) is not reference]
+                if implements(manager, method, self.interface)]
 
     def describe(self):
         """``[{"name", "support", "class"}]`` in dispatch order."""

@@ -8,12 +8,17 @@ first that implements the method answers. A manager that does not implement a
 method, or cannot serve it for this particular argument, raises
 :class:`IncompatibleHardwareMethodError` and the next manager is asked. Every
 method below except ``evaluate_hardware_support`` declines by default, so a
-vendor manager overrides only what its chassis needs and inherits the rest
-from the generic Linux manager.
+vendor manager derives from :class:`HardwareManager`, implements only what
+its chassis needs and leaves the rest to the generic Linux manager, which is
+asked next.
 
 This module is the one place the interface is documented. Methods may be
-added in later versions, always declining by default, so existing plugins
-keep working.
+added in later versions, always declining by default, and existing methods
+may gain optional keyword parameters (with a default); an implementation
+may take any subset of those, so existing plugins keep working. A public
+method of a manager that is not part of this interface is refused when the
+manager is loaded (see :func:`teeth_agent.hardware.check_manager`); helpers
+are private, with a leading underscore.
 
 Shapes used below (every key is present; a value that cannot be read is
 ``None``):

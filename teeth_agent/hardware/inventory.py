@@ -162,7 +162,9 @@ def derive_agent_id(dispatcher):
 
 def dispatch_table(dispatcher):
     """``{interface method: [manager names]}`` in dispatch order, for every
-    interface method (an empty list when no manager implements it)."""
+    interface method: the managers whose class implements it rather than
+    declining by default (:func:`teeth_agent.hardware.implements`; an
+    empty list when none does)."""
     return {method: dispatcher.implementers(method)
             for method in hardware.INTERFACE_METHODS}
 

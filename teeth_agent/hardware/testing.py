@@ -24,20 +24,29 @@ every external tool unless the test gives a canned answer::
 The tree only holds what the generic manager reads; it is not a complete
 sysfs. Paths reported for devices are under the fake ``dev`` directory (use
 :meth:`FakeMachine.dev_path`).
+
+"Blocks every external tool" means every way Python has of starting a
+program, not only :mod:`teeth_agent.processes`: :func:`block_processes`
+makes ``subprocess.Popen`` (and so ``subprocess.run``, ``call``,
+``check_output``, ``os.popen`` and asyncio subprocesses), ``os.system``,
+``os.spawn*``, ``os.exec*``, ``os.posix_spawn*``, ``pty.spawn`` and the
+interpreter's own ``fork_exec`` raise :class:`BlockedProcess`, naming the
+call and how to fake it.
 """
 
 import http.server
 import os
+import pty
 import shutil
 import subprocess
 import tempfile
 import threading
 import unittest
+from unittest import mock
 
 from oslo_config import cfg
 
 from teeth_agent import conf as teeth_conf
-from teeth_agent.conf import opts as teeth_opts
 from teeth_agent import hardware
 from teeth_agent import processes
 
@@ -401,6 +410,145 @@ class FakeMachine:
                        b"\x06\x00\x00\x00" + bytes([int(value)]))
 
 
+class BlockedProcess(AssertionError):
+    """A unit test tried to start a program; the message says how to fake
+    it instead."""
+
+
+def _shown(value):
+    if isinstance(value, (str, bytes, os.PathLike)):
+        return os.fsdecode(value)
+    try:
+        return " ".join(os.fsdecode(arg) for arg in value)
+    except TypeError:
+        return repr(value)
+
+
+def _first(args, kwargs, name):
+    return _shown(args[0] if args else kwargs.get(name, ""))
+
+
+def _program_and_args(args, kwargs):
+    # exec*/spawn*/posix_spawn*: an optional mode, the program, then its
+    # arguments as one list or one by one, then perhaps an environment.
+    args = [arg for arg in args if not isinstance(arg, (int, dict))]
+    if len(args) >= 2 and not isinstance(args[1], (str, bytes)):
+        return "%s, [%s]" % (_shown(args[0]), _shown(args[1]))
+    return _shown(args)
+
+
+def _os_exec_calls():
+    suffixes = ("l", "le", "lp", "lpe", "v", "ve", "vp", "vpe")
+    names = ["spawn" + suffix for suffix in suffixes]
+    names += ["exec" + suffix for suffix in suffixes]
+    names += ["posix_spawn", "posix_spawnp"]
+    return [name for name in names if hasattr(os, name)]
+
+
+def _popen_args(args, kwargs):
+    return _first(args[1:], kwargs, "args")  # Popen.__init__(self, args)
+
+
+def _system_args(args, kwargs):
+    return _first(args, kwargs, "command")
+
+
+def _fork_exec_args(args, kwargs):
+    return _first(args[:1], {}, "args")
+
+
+#: Every way of starting a program that :func:`block_processes` closes, as
+#: ``(owner, attribute, label, show-arguments)``. ``subprocess.Popen`` is
+#: patched on the class, so references taken before the test (``from
+#: subprocess import Popen``, asyncio's transports, ``os.popen``) are
+#: blocked too.
+BLOCKED_CALLS = (
+    [(subprocess.Popen, "__init__", "subprocess.Popen", _popen_args),
+     (os, "system", "os.system", _system_args)]
+    + [(os, name, "os." + name, _program_and_args)
+       for name in _os_exec_calls()]
+    + [(pty, "spawn", "pty.spawn", _program_and_args)])
+
+try:
+    import _posixsubprocess
+except ImportError:  # not CPython on POSIX: Popen is still blocked above
+    pass
+else:
+    # Behind Popen, and called directly by multiprocessing's "spawn" and
+    # "forkserver" start methods.
+    BLOCKED_CALLS.append((_posixsubprocess, "fork_exec",
+                          "_posixsubprocess.fork_exec", _fork_exec_args))
+
+
+class ProcessBlock:
+    """What :func:`block_processes` installed for one test.
+
+    :attr:`refused` lists the message of every blocked attempt. The code
+    under test may catch :class:`BlockedProcess` (an ``except Exception``
+    around a tool call), so the test also fails when it ends with a
+    refusal in this list; a test that expects a refusal clears the list
+    (``self.process_block.refused.clear()``) after checking it.
+    """
+
+    def __init__(self, hint):
+        self.hint = hint
+        self.refused = []
+
+    def refuse(self, message):
+        """Record ``message`` and return the :class:`BlockedProcess` to
+        raise."""
+        self.refused.append(message)
+        return BlockedProcess(message)
+
+    def blocker(self, label, show):
+        def blocked(*args, **kwargs):
+            raise self.refuse(
+                "unit tests must not run external programs: %s(%s) was "
+                "blocked; %s" % (label, show(args, kwargs), self.hint))
+        return blocked
+
+    def check(self):
+        """Fail when a refusal was swallowed by the code under test."""
+        if self.refused:
+            raise BlockedProcess(
+                "the test tried to run %d external program(s), and the code "
+                "under test caught the error: %s"
+                % (len(self.refused), " / ".join(self.refused)))
+
+
+def block_processes(test, hint):
+    """Block every way of starting a program for the rest of ``test``.
+
+    Each call in :data:`BLOCKED_CALLS` raises :class:`BlockedProcess`
+    naming itself, its arguments and ``hint`` (how this kind of test fakes
+    a tool), and the test fails at its end if it made any such call. The
+    patches are undone by ``test``'s cleanups. Calling it again for the
+    same test returns the block already installed, now giving the new
+    hint (a subclass's ``setUp`` knows best how its tests fake tools).
+    Returns the :class:`ProcessBlock`, also kept as
+    ``test.process_block``.
+    """
+    block = getattr(test, "process_block", None)
+    if block is not None:
+        block.hint = hint
+        return block
+    block = test.process_block = ProcessBlock(hint)
+    # Cleanups run last-in first-out: the check runs after the patches are
+    # undone and after every cleanup of the test itself.
+    test.addCleanup(block.check)
+    test.addCleanup(delattr, test, "process_block")
+    for owner, attribute, label, show in BLOCKED_CALLS:
+        patcher = mock.patch.object(owner, attribute,
+                                    block.blocker(label, show))
+        patcher.start()
+        test.addCleanup(patcher.stop)
+    return block
+
+
+_TOOLS_HINT = ("answer the tool with self.tools.answer([...], stdout=...) "
+               "or mark it missing with self.tools.missing(program)")
+
+
 class ToolCalls:
     """Canned answers for external tools, in place of running them.
 
@@ -409,11 +557,14 @@ class ToolCalls:
     missing raises :class:`~teeth_agent.processes.ToolNotFound`; anything
     else fails the test. ``dmidecode``, which the generic manager only
     reads optional DIMM details from, starts out missing. Every call is
-    recorded in :attr:`calls`.
+    recorded in :attr:`calls`. With a :class:`ProcessBlock` (``block``), a
+    refused call also fails the test at its end, even if the code under
+    test caught the error.
     """
 
-    def __init__(self):
+    def __init__(self, block=None):
         self.calls = []
+        self.block = block
         self._answers = []
         self._missing = {"dmidecode"}
 
@@ -432,27 +583,43 @@ class ToolCalls:
                                                    stderr)
         if argv[0] in self._missing:
             raise FileNotFoundError(argv[0])
-        raise AssertionError("hardware manager tests must not run external "
-                             "tools: %s (give an answer with "
-                             "self.tools.answer())" % " ".join(argv))
+        raise self._refuse("hardware manager tests must not run external "
+                           "tools: %s (give an answer with "
+                           "self.tools.answer())" % " ".join(argv))
+
+    def open(self, argv, stdin, stdout, stderr):
+        raise self._refuse(
+            "hardware manager tests must not run external tools: "
+            "processes.open_pipe(%s) was blocked; self.tools answers only "
+            "processes.execute/run, so mock teeth_agent.processes.open_pipe "
+            "for a streaming tool" % " ".join(argv))
+
+    def _refuse(self, message):
+        if self.block is not None:
+            return self.block.refuse(message)
+        return BlockedProcess(message)
 
 
-def make_conf():
-    """A parsed config with every agent option registered, at defaults.
+def make_conf(**overrides):
+    """A parsed config with every agent and endpoint option registered, at
+    defaults but for ``overrides``, which maps ``"group.name"`` (or
+    ``"name"`` for DEFAULT) to a value. The one config factory of the tests.
 
-    Each call gets option groups of its own: oslo.config keeps overrides in
-    the group object, and the agent's option modules share one group
-    object per name, so without this an override made in one test would
-    be seen by the next.
+    Each call gets option groups of its own (:mod:`teeth_agent.conf.group`
+    registers a fresh group object every time): oslo.config keeps overrides
+    in the group object, so an override made in one test is not seen by
+    the next.
     """
     conf = cfg.ConfigOpts()
-    for group, _ in teeth_opts.list_opts():
-        if isinstance(group, cfg.OptGroup):
-            conf.register_group(cfg.OptGroup(
-                group.name, title=group.title, help=group.help))
     teeth_conf.register_agent_opts(conf)
+    teeth_conf.register_endpoint_opts(conf)
     conf([], project="teeth-agent", default_config_files=[],
          default_config_dirs=[])
+    # Tests never create the default /var/lib/teeth-endpoint.
+    overrides.setdefault("endpoint.state_dir", "")
+    for key, value in overrides.items():
+        group, _, name = key.rpartition(".")
+        conf.set_override(name, value, group=group or None)
     return conf
 
 
@@ -461,7 +628,8 @@ class HardwareManagerTestCase(unittest.TestCase):
 
     Attributes: ``machine`` (the :class:`FakeMachine`), ``conf`` (an
     oslo.config object with every agent option registered), ``tools`` (a
-    :class:`ToolCalls`: external tools are blocked unless answered).
+    :class:`ToolCalls`: external tools are blocked unless answered; every
+    other way of starting a program raises :class:`BlockedProcess`).
     """
 
     def setUp(self):
@@ -469,10 +637,13 @@ class HardwareManagerTestCase(unittest.TestCase):
         root = tempfile.mkdtemp(prefix="teeth-fake-machine-")
         self.addCleanup(shutil.rmtree, root, ignore_errors=True)
         self.machine = FakeMachine(root)
-        self.tools = ToolCalls()
+        self.tools = ToolCalls(block_processes(self, _TOOLS_HINT))
         original = processes._spawn
         processes._spawn = self.tools.spawn
         self.addCleanup(setattr, processes, "_spawn", original)
+        original_open = processes._open
+        processes._open = self.tools.open
+        self.addCleanup(setattr, processes, "_open", original_open)
         self.conf = make_conf()
         self.set_config(**self.machine.conf_overrides())
 

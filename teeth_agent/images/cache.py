@@ -30,6 +30,9 @@ ALREADY_CACHED = "already_cached"
 SKIPPED = "skipped"
 FAILED = "failed"
 
+# Download failures that mean "the image does not fit", not "it is bad".
+_DOES_NOT_FIT = (download.NoSpace, download.ImageTooLarge)
+
 
 def normalise_id(image_id):
     """The canonical (lowercase, dashed) form of an image UUID."""
@@ -240,7 +243,7 @@ class ImageCache:
         try:
             result = self._download(image, progress, keep, **fetch_options)
         except download.DownloadError as exc:
-            if exc.no_space or exc.too_large:
+            if isinstance(exc, _DOES_NOT_FIT):
                 return {"id": image_id, "status": SKIPPED,
                         "reason": "does not fit: %s" % exc}
             return {"id": image_id, "status": FAILED, "reason": str(exc)}
@@ -273,7 +276,7 @@ class ImageCache:
                     max_size=max(self.available(), 0), **fetch_options)
             except download.DownloadError as exc:
                 if attempt == 2 or size is not None or \
-                        not (exc.no_space or exc.too_large):
+                        not isinstance(exc, _DOES_NOT_FIT):
                     raise
                 if not self._evict_all_but(keep):
                     raise

@@ -37,6 +37,7 @@ import tempfile
 import zlib
 
 from teeth_agent import processes
+from teeth_agent import units
 
 LABEL = "config-2"
 ISO9660 = "iso9660"
@@ -45,7 +46,7 @@ VFAT = "vfat"
 ISO_MAX_SECTOR_SIZE = 2048
 _ISO_DESCRIPTOR = 32768
 _SECTOR = 2048
-_MIB = 1024 * 1024
+_MIB = units.MIB
 _MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1"}
 #: Most files a prebuilt drive may hold when it has to be extracted.
 MAX_EXTRACTED_FILES = 10000

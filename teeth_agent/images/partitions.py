@@ -17,12 +17,13 @@ import time
 
 from teeth_agent import blockdev
 from teeth_agent import processes
+from teeth_agent import units
 
 LOG = logging.getLogger(__name__)
 
 GPT = "gpt"
 MBR = "dos"
-_MIB = 1024 * 1024
+_MIB = units.MIB
 _GPT_BASIC_DATA = "0700"
 _MBR_LINUX = "83"
 _MBR_EXTENDED = ("5", "f", "85")

@@ -31,11 +31,12 @@ from teeth_agent import download
 from teeth_agent.hardware import safety
 from teeth_agent.images import formats
 from teeth_agent import processes
+from teeth_agent import units
 
 LOG = logging.getLogger(__name__)
 
 _F_SETPIPE_SZ = 1031
-_MIB = 1024 * 1024
+_MIB = units.MIB
 
 #: Memory an xz or zstd image may need to be decompressed, unless the
 #: caller says otherwise (``[standbye] decompression_memory_limit``). The

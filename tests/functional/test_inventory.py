@@ -11,32 +11,19 @@ import subprocess
 import tempfile
 import unittest
 
-from oslo_config import cfg
-
-from teeth_agent import conf as teeth_conf
-from teeth_agent.conf import opts as teeth_opts
 from teeth_agent import hardware
 from teeth_agent.hardware import generic
 from teeth_agent.hardware import inventory
 from teeth_agent.hardware import safety
+from teeth_agent.hardware import testing
 from tests.functional import loopdev
 
 MIB = 1024 * 1024
 
 
 def make_conf(**hardware_options):
-    # Own option groups so overrides do not leak into other tests (see
-    # teeth_agent.hardware.testing.make_conf).
-    conf = cfg.ConfigOpts()
-    for group, _ in teeth_opts.list_opts():
-        if isinstance(group, cfg.OptGroup):
-            conf.register_group(cfg.OptGroup(group.name))
-    teeth_conf.register_agent_opts(conf)
-    conf([], project="teeth-agent", default_config_files=[],
-         default_config_dirs=[])
-    for name, value in hardware_options.items():
-        conf.set_override(name, value, group="hardware")
-    return conf
+    return testing.make_conf(**{"hardware." + name: value
+                                for name, value in hardware_options.items()})
 
 
 def lsblk(device):

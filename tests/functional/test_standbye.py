@@ -137,6 +137,8 @@ class StandbyeTestBase(unittest.TestCase):
                                             self.registry, self.power)
         extension = standbye.StandbyeExtension(context)
         extension.name = "standbye"
+        # As the agent does once every extension is loaded.
+        extension.start()
         return extension
 
     def call(self, extension, method, **raw):

@@ -2,6 +2,8 @@
 agent and an endpoint connected through an in-process socket pair."""
 
 import logging
+import time
+from unittest import mock
 
 from teeth_agent import agent as agent_mod
 from teeth_agent import endpoint as endpoint_mod
@@ -29,7 +31,7 @@ class Work(ext_base.Extension):
     @ext_base.task_command(params={"steps": params.Integer(minimum=1,
                                                            required=True),
                                    "fail": params.Boolean(default=False)},
-                           exclusive=True)
+                           exclusive=True, validator="validate_grind")
     def grind(self, task, steps, fail):
         for step in range(steps):
             task.progress(done=step + 1, total=steps)
@@ -44,9 +46,10 @@ class Work(ext_base.Extension):
         return {"steps": steps, "fail": fail}
 
 
-def make_agent(conf):
+def make_agent(conf, registry=None):
     dispatcher = hardware.build_dispatcher([("fake", FakeManager)], conf)
-    registry = tasks.TaskRegistry()
+    if registry is None:
+        registry = tasks.TaskRegistry()
     controller = power.PowerController(simulate=True)
     context = ext_base.ExtensionContext(conf, dispatcher, registry,
                                         controller, "agent-1")
@@ -136,6 +139,64 @@ class LogHandlerTest(base.TestCase):
         handler.emit(logging.LogRecord("teeth_agent.transport", 30, "", 0,
                                        "loop", (), None))
         self.assertIsNone(handler.pop())
+
+
+class LogHandlerSubscriberTest(base.TestCase):
+    """The handler tells every subscriber; a second agent attached does
+    not silence the first, and a replaced handler is let go."""
+
+    def record(self, handler, message="m"):
+        handler.emit(logging.LogRecord("teeth_agent.x", 30, "", 0, message,
+                                       (), None))
+
+    def test_every_subscriber_is_told(self):
+        handler = agent_mod.ForwardingLogHandler(capacity=10)
+        first, second = [], []
+        handler.subscribe(lambda: first.append(1))
+        handler.subscribe(lambda: second.append(1))
+        self.record(handler)
+        self.assertEqual([1], first)
+        self.assertEqual([1], second)
+
+    def test_unsubscribe(self):
+        handler = agent_mod.ForwardingLogHandler(capacity=10)
+        heard = []
+
+        def listener():
+            heard.append(1)
+        handler.subscribe(listener)
+        handler.unsubscribe(listener)
+        self.record(handler)
+        self.assertEqual([], heard)
+        self.assertEqual("m", handler.pop()["message"])
+        with self.assertRaises(ValueError):
+            handler.unsubscribe(listener)
+
+    def test_attaching_another_handler_lets_go_of_the_first(self):
+        agent = make_agent(base.make_conf())
+        old = agent_mod.ForwardingLogHandler(capacity=10)
+        new = agent_mod.ForwardingLogHandler(capacity=10)
+        with mock.patch.object(agent, "_wake") as wake:
+            agent.attach_log_handler(old)
+            agent.attach_log_handler(new)
+            self.record(old)
+            wake.assert_not_called()
+            self.record(new)
+            wake.assert_called_once_with(agent._log_wake)
+
+    def test_the_agent_subscribes_to_its_registry(self):
+        registry = tasks.TaskRegistry()
+        heard = []
+        registry.subscribe(lambda task: heard.append(task.task_id))
+        agent = make_agent(base.make_conf(), registry=registry)
+        with mock.patch.object(agent, "_wake") as wake:
+            task, _ = registry.start("t1", "x", lambda task: {})
+            deadline = time.monotonic() + 10
+            while not task.terminal or len(heard) < 2:
+                self.assertLess(time.monotonic(), deadline)
+                time.sleep(0.005)
+        self.assertEqual(["t1", "t1"], heard)
+        wake.assert_any_call(agent._status_wake)
 
 
 class InMemoryLinkTest(base.TestCase):

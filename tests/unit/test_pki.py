@@ -1,20 +1,17 @@
 """Certificates made by teeth_agent.pki, read back with cryptography and ssl.
 """
 
-import io
 import ipaddress
 import os
 import shutil
 import ssl
 import stat
 import tempfile
-from unittest import mock
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from teeth_agent.cmd import endpoint as endpoint_cmd
 from teeth_agent import pki
 from tests import base
 
@@ -175,48 +172,3 @@ class TestLeafCertificates(PKITestCase):
         self.assertIn(("URI", "teeth-agent:m-2"), peer["subjectAltName"])
         self.assertIn(("IP Address", "127.0.0.1"),
                       client.getpeercert()["subjectAltName"])
-
-
-class TestIssueCommands(PKITestCase):
-    def run_main(self, *argv):
-        stdout, stderr = io.StringIO(), io.StringIO()
-        with mock.patch.object(endpoint_cmd.log, "setup"), \
-                mock.patch("sys.stdout", stdout), \
-                mock.patch("sys.stderr", stderr):
-            code = endpoint_cmd.main(["--config-dir", self.dir] + list(argv))
-        return code, stdout.getvalue(), stderr.getvalue()
-
-    def test_issue_ca_then_certificates(self):
-        ca_dir = os.path.join(self.dir, "ca")
-        code, out, _ = self.run_main("issue-ca", ca_dir)
-        self.assertEqual(0, code)
-        self.assertIn(os.path.join(ca_dir, pki.CA_CERT), out)
-        ca_args = ["--ca-cert", os.path.join(ca_dir, pki.CA_CERT),
-                   "--ca-key", os.path.join(ca_dir, pki.CA_KEY)]
-        code, _, _ = self.run_main("issue-cert", *ca_args, "--agent-id",
-                                   "rack1-node7", "--out",
-                                   os.path.join(self.dir, "node7"))
-        self.assertEqual(0, code)
-        cert = read_cert(os.path.join(self.dir, "node7", pki.AGENT_CERT))
-        self.assertIn("teeth-agent:rack1-node7", cert.extensions
-                      .get_extension_for_class(x509.SubjectAlternativeName)
-                      .value.get_values_for_type(
-                          x509.UniformResourceIdentifier))
-        code, _, _ = self.run_main("issue-cert", *ca_args, "--server",
-                                   "10.0.0.5", "--server", "ep.example",
-                                   "--out", os.path.join(self.dir, "ep"))
-        self.assertEqual(0, code)
-        cert = read_cert(os.path.join(self.dir, "ep", pki.SERVER_CERT))
-        self.assertEqual(["ep.example"], cert.extensions
-                         .get_extension_for_class(
-                             x509.SubjectAlternativeName)
-                         .value.get_values_for_type(x509.DNSName))
-
-    def test_issue_cert_with_a_missing_ca_exits_2_with_one_line(self):
-        code, _, err = self.run_main(
-            "issue-cert", "--ca-cert", os.path.join(self.dir, "no.pem"),
-            "--ca-key", os.path.join(self.dir, "no-key.pem"),
-            "--agent-id", "x", "--out", self.dir)
-        self.assertEqual(2, code)
-        self.assertEqual(1, len(err.strip().splitlines()), err)
-        self.assertIn("cannot load", err)

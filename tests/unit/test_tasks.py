@@ -32,9 +32,9 @@ class RegistryTest(base.TestCase):
     def setUp(self):
         super().setUp()
         self.changes = []
-        self.registry = tasks.TaskRegistry(
-            history=3, on_change=lambda task: self.changes.append(
-                task.status()))
+        self.registry = tasks.TaskRegistry(history=3)
+        self.registry.subscribe(
+            lambda task: self.changes.append(task.status()))
 
     def test_complete_with_result(self):
         task, created = self.registry.start(
@@ -191,6 +191,68 @@ class RegistryTest(base.TestCase):
         while not actions and time.monotonic() < deadline:
             time.sleep(0.01)
         self.assertEqual(["reboot"], actions)
+
+
+class SubscriberTest(base.TestCase):
+    """Change callbacks are a list: a second user does not silence the
+    first."""
+
+    def test_every_subscriber_hears_every_change(self):
+        registry = tasks.TaskRegistry()
+        first, second = [], []
+        registry.subscribe(lambda task: first.append(task.state))
+        registry.subscribe(lambda task: second.append(task.state))
+        task, _ = registry.start("t1", "x", lambda task: {})
+        wait_terminal(task)
+        wait_for(lambda: second[-1:] == ["complete"])
+        self.assertEqual(["running", "complete"], first)
+        self.assertEqual(["running", "complete"], second)
+
+    def test_unsubscribed_callback_is_not_called(self):
+        registry = tasks.TaskRegistry()
+        heard, kept = [], []
+
+        def listener(task):
+            heard.append(task.state)
+        registry.subscribe(listener)
+        registry.subscribe(lambda task: kept.append(task.state))
+        registry.unsubscribe(listener)
+        task, _ = registry.start("t1", "x", lambda task: {})
+        wait_terminal(task)
+        wait_for(lambda: kept[-1:] == ["complete"])
+        self.assertEqual([], heard)
+        with self.assertRaises(ValueError):
+            registry.unsubscribe(listener)
+
+    def test_a_failing_subscriber_does_not_stop_the_others(self):
+        registry = tasks.TaskRegistry()
+        heard = []
+
+        def broken(task):
+            raise RuntimeError("subscriber bug")
+        registry.subscribe(broken)
+        registry.subscribe(lambda task: heard.append(task.state))
+        with self.assertLogs("teeth_agent.tasks", "ERROR"):
+            task, _ = registry.start("t1", "x", lambda task: {})
+            wait_terminal(task)
+            wait_for(lambda: heard[-1:] == ["complete"])
+        self.assertEqual("complete", task.state)
+
+    def test_progress_goes_through_the_registry(self):
+        registry = tasks.TaskRegistry()
+        heard = []
+        registry.subscribe(lambda task: heard.append(task.percent))
+        gate = threading.Event()
+        task, _ = registry.start("t1", "x", lambda task: gate.wait(5) and {})
+        registry.record_progress(task, 0.25, eta=7.0)
+        self.assertEqual(25.0, task.percent)
+        self.assertEqual(7.0, task.eta)
+        self.assertIn(25.0, heard)
+        gate.set()
+        wait_terminal(task)
+        version = task.version
+        registry.record_progress(task, 0.5)
+        self.assertEqual(version, task.version)
 
 
 class PersistenceTest(base.TestCase):

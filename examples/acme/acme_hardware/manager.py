@@ -1,8 +1,11 @@
 """The ACME Roadrunner 9000 hardware manager.
 
 It selects itself only on that chassis (DMI ``sys_vendor`` "ACME",
-``product_name`` "Roadrunner 9000") and inherits everything else from the
-generic Linux manager. What it adds:
+``product_name`` "Roadrunner 9000"). It derives from the interface's base
+class and implements only what the chassis does differently; every other
+method declines (the base class's default), so the dispatcher asks the next
+manager, the generic Linux one, and ``teeth-agent inventory`` lists ACME
+only where ACME code answers. What it adds:
 
 - firmware versions and updates of the ``bmc`` and ``nic0`` components.
   This example *simulates* them: versions live in a JSON state file and an
@@ -25,7 +28,7 @@ import tempfile
 from oslo_config import cfg
 
 from teeth_agent.hardware import base
-from teeth_agent.hardware import generic
+from teeth_agent.hardware import sysfs
 
 LOG = logging.getLogger(__name__)
 
@@ -134,12 +137,19 @@ def read_image_version(image_path):
     return version
 
 
-class AcmeHardwareManager(generic.GenericHardwareManager):
-    """The ACME Roadrunner 9000; generic Linux for everything else."""
+class AcmeHardwareManager(base.HardwareManager):
+    """The ACME Roadrunner 9000: firmware and QC; the generic Linux
+    manager serves everything else."""
+
+    def _dmi(self, field):
+        # Below [hardware] sysfs_root, like the generic manager, so the
+        # test fixtures' fake machine is read the same way.
+        return sysfs.read_text(os.path.join(
+            self.conf.hardware.sysfs_root, "class", "dmi", "id", field))
 
     def evaluate_hardware_support(self):
-        system = self.get_system_info()
-        if system["vendor"] == VENDOR and system["product"] == PRODUCT:
+        if self._dmi("sys_vendor") == VENDOR and \
+                self._dmi("product_name") == PRODUCT:
             return base.HardwareSupport.SERVICE_PROVIDER
         return base.HardwareSupport.NONE
 
@@ -147,10 +157,10 @@ class AcmeHardwareManager(generic.GenericHardwareManager):
         # Registered here, not at import time, so the options exist only
         # where this manager is actually loaded.
         self.conf.register_opts(opts, group="acme")
-        self.firmware = FirmwareState(self.state_file())
+        self.firmware = FirmwareState(self._state_file())
         LOG.info("ACME firmware state in %s", self.firmware.path)
 
-    def state_file(self):
+    def _state_file(self):
         """Where the simulated firmware versions are kept."""
         return (self.conf.acme.firmware_state_file
                 or os.environ.get(STATE_FILE_ENV)

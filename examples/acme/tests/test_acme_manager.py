@@ -63,9 +63,14 @@ class TestDispatchWithGeneric(AcmeTestCase):
         self.assertEqual(["acme"], table["update_firmware"])
         self.assertEqual(["acme", "generic"], table["get_firmware_versions"])
         self.assertEqual(["acme"], table["run_qc_checks"])
-        # Inherited, not overridden: the generic implementation answers.
-        self.assertIs(generic.GenericHardwareManager.list_block_devices,
+        # Not implemented by ACME: it declines, the generic manager answers,
+        # and the table lists only the manager whose code serves.
+        self.assertIs(base.HardwareManager.list_block_devices,
                       acme.AcmeHardwareManager.list_block_devices)
+        for method in ("list_block_devices", "get_system_info", "get_cpus",
+                       "list_network_interfaces", "erase_block_device",
+                       "get_os_install_device"):
+            self.assertEqual(["generic"], table[method], method)
         self.assertEqual(["RR-SSD-1"], [
             d["serial"] for d in dispatcher.dispatch("list_block_devices")])
         found = inventory.collect_inventory(dispatcher, self.conf)

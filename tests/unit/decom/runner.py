@@ -19,7 +19,7 @@ TASK_DEADLINE = 300.0
 
 
 class Recorder:
-    """Collects every state of every task (the registry's on_change)."""
+    """Collects every state of every task (a registry subscriber)."""
 
     def __init__(self):
         self.updates = []
@@ -38,7 +38,8 @@ class Recorder:
 def make_extension(conf, dispatcher):
     """``(extension, registry, recorder)`` wired like the agent does."""
     recorder = Recorder()
-    registry = tasks.TaskRegistry(on_change=recorder)
+    registry = tasks.TaskRegistry()
+    registry.subscribe(recorder)
     context = ext_base.ExtensionContext(
         conf, dispatcher, registry, power.PowerController(simulate=True))
     extension = decom.DecomExtension(context)

@@ -1,4 +1,5 @@
-"""decom.firmware_secure and the verified firmware download."""
+"""decom.firmware_secure (the verified firmware download itself is tested in
+tests/unit/test_firmware.py)."""
 
 import hashlib
 import os
@@ -12,6 +13,7 @@ from teeth_agent.hardware import testing
 from teeth_agent import protocol
 from teeth_agent import tasks
 from tests import base
+from tests.functional import standbye_http
 from tests.unit.decom import runner
 
 
@@ -237,45 +239,43 @@ class FirmwareSecureTest(base.TestCase):
         self.assertEqual("firmware", caught.exception.details["param"])
 
 
-class DownloadTest(base.TestCase):
+class FirmwareSecureFetchPolicyTest(base.TestCase):
+    """decom.firmware_secure applies [standbye]'s download policy."""
+
     def setUp(self):
         super().setUp()
         self.directory = tempfile.mkdtemp(prefix="teeth-fw-unit-")
         self.addCleanup(shutil.rmtree, self.directory, ignore_errors=True)
-        self.target = os.path.join(self.directory, "image")
+        source = os.path.join(self.directory, "bios.bin")
+        with open(source, "wb") as stream:
+            stream.write(b"FW1.1")
+        self.server = standbye_http.ImageServer().__enter__()
+        self.addCleanup(self.server.__exit__, None, None, None)
+        self.server.add("/bios.bin", source)
+        self.server.redirects["/r"] = self.server.url("/bios.bin")
 
-    def test_verified_image_lands_under_its_name(self):
-        data = os.urandom(3 * 1024 * 1024 + 5)
-        with testing.FileServer({"/fw": data}) as server:
-            written = firmware.download(
-                server.url("/fw"), {"sha512": hashlib.sha512(
-                    data).hexdigest(), "sha256": sha256(data)}, self.target)
-        self.assertEqual(len(data), written)
-        with open(self.target, "rb") as stream:
-            self.assertEqual(data, stream.read())
-        self.assertEqual(["image"], os.listdir(self.directory))
+    def run_secure(self, **overrides):
+        conf = base.make_conf(**overrides)
+        vendor = FlashableManager(conf, versions={"bios": "1.0"})
+        vendor.name = "vendor"
+        dispatcher = hardware.Dispatcher([
+            (hw_base.HardwareSupport.SERVICE_PROVIDER, vendor)])
+        extension, registry, _ = runner.make_extension(conf, dispatcher)
+        task = runner.run_command(extension, registry, "firmware_secure", {
+            "firmware": [{"component": "bios", "version": "1.1",
+                          "url": self.server.url("/r"),
+                          "hashes": {"sha256": sha256(b"FW1.1")}}]})
+        return task, vendor
 
-    def test_mismatch_leaves_no_file(self):
-        with testing.FileServer({"/fw": b"data"}) as server:
-            with self.assertRaises(firmware.ChecksumMismatch):
-                firmware.download(server.url("/fw"),
-                                  {"sha256": sha256(b"other")}, self.target)
-        self.assertEqual([], os.listdir(self.directory))
+    def test_redirect_to_loopback_fails_the_component(self):
+        task, vendor = self.run_secure()
+        self.assertEqual(tasks.ERROR, task.state)
+        self.assertIn("component bios", task.msg)
+        self.assertIn("loopback address", task.msg)
+        self.assertEqual([], vendor.flashed)
 
-    def test_oversize_image_is_refused(self):
-        with testing.FileServer({"/fw": b"x" * 100}) as server:
-            with self.assertRaises(firmware.DownloadError) as caught:
-                firmware.download(server.url("/fw"),
-                                  {"sha256": sha256(b"x" * 100)},
-                                  self.target, max_bytes=10)
-        self.assertTrue(caught.exception.final)
-        self.assertEqual([], os.listdir(self.directory))
-
-    def test_unreachable_server_is_retried(self):
-        sleeps = []
-        with self.assertRaises(firmware.DownloadError) as caught:
-            firmware.download("http://127.0.0.1:9/fw",
-                              {"sha256": sha256(b"")}, self.target,
-                              attempts=3, sleep=sleeps.append)
-        self.assertFalse(caught.exception.final)
-        self.assertEqual([1, 2], sleeps)
+    def test_allowed_redirect_networks_apply_to_firmware(self):
+        task, vendor = self.run_secure(**{
+            "standbye.allowed_redirect_networks": ["127.0.0.0/8"]})
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        self.assertEqual(["bios"], vendor.flashed)

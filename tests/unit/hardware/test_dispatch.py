@@ -252,3 +252,147 @@ class TestVendorSelection(fixtures.FakeMachineTestCase):
         self.assertEqual(["generic"],
                          [d["name"] for d in dispatcher.describe()])
         self.assertEqual({}, inventory.firmware_versions(dispatcher))
+
+
+class Grown(hw_base.HardwareManager):
+    """The interface of a later version: list_block_devices gained an
+    optional keyword."""
+
+    def list_block_devices(self, include_virtual=False):
+        raise hw_base.IncompatibleHardwareMethodError()
+
+
+class TestContract(fixtures.FakeMachineTestCase):
+    """The contract is checked at load time, as pluggy checks hook
+    implementations: required parameters match, optional ones are a
+    subset, and no public method is outside the interface."""
+
+    def check(self, cls, interface=hw_base.HardwareManager):
+        hardware.check_manager(cls(self.conf), interface)
+
+    def test_a_misspelt_public_method_is_a_load_error(self):
+        def update_firmwre(self, component, image_path, version):
+            return {}
+
+        typo = manager_class("Typo", LEVEL.SERVICE_PROVIDER,
+                             update_firmwre=update_firmwre)
+        with self.assertRaises(hardware.UnknownManagerMethod) as caught:
+            self.build_dispatcher([("typo", typo)])
+        message = str(caught.exception)
+        self.assertIn("Typo.update_firmwre", message)
+        self.assertIn("did you mean update_firmware?", message)
+        self.assertIsInstance(caught.exception, hardware.HardwareLoadError)
+
+    def test_public_static_and_class_methods_are_checked_too(self):
+        for member in (staticmethod(lambda: None),
+                       classmethod(lambda cls: None)):
+            cls = manager_class("Odd", LEVEL.GENERIC, get_cpu_count=member)
+            with self.assertRaises(hardware.UnknownManagerMethod):
+                self.check(cls)
+
+    def test_private_helpers_and_plain_attributes_are_allowed(self):
+        cls = manager_class("Tidy", LEVEL.GENERIC,
+                            _read_bmc=lambda self: "2.0",
+                            VENDOR="Initech",
+                            get_firmware_versions=lambda self: {
+                                "bmc": self._read_bmc()})
+        dispatcher = self.build_dispatcher([("tidy", cls)])
+        self.assertEqual({"bmc": "2.0"},
+                         inventory.firmware_versions(dispatcher))
+
+    def test_the_shipped_managers_fit(self):
+        from teeth_agent.hardware import testing
+        self.check(generic.GenericHardwareManager)
+        for name in dir(testing):
+            member = getattr(testing, name)
+            if isinstance(member, type) and \
+                    issubclass(member, hw_base.HardwareManager) and \
+                    member is not hw_base.HardwareManager:
+                self.check(member)
+
+    def test_a_renamed_required_parameter_is_refused(self):
+        def update_firmware(self, part, image_path, version):
+            return {}
+
+        cls = manager_class("Renamed", LEVEL.GENERIC,
+                            update_firmware=update_firmware)
+        with self.assertRaises(hardware.ManagerSignatureMismatch) as caught:
+            self.check(cls)
+        self.assertIn("takes part where the interface update_firmware("
+                      "component, image_path, version) has component",
+                      str(caught.exception))
+
+    def test_an_extra_parameter_is_refused_even_with_a_default(self):
+        def erase_block_device(self, device, method, progress, force=False):
+            return {}
+
+        cls = manager_class("Extra", LEVEL.GENERIC,
+                            erase_block_device=erase_block_device)
+        with self.assertRaises(hardware.ManagerSignatureMismatch) as caught:
+            self.check(cls)
+        self.assertIn("takes force, which the interface",
+                      str(caught.exception))
+
+    def test_catch_all_parameters_are_accepted(self):
+        def erase_block_device(self, *args, **kwargs):
+            return {"args": args}
+
+        cls = manager_class("Wrapper", LEVEL.GENERIC,
+                            erase_block_device=erase_block_device)
+        dispatcher = self.build_dispatcher([("wrapper", cls)])
+        self.assertEqual({"args": (1, 2, 3)}, dispatcher.dispatch(
+            "erase_block_device", 1, 2, 3))
+
+    def test_a_manager_may_leave_out_an_optional_keyword(self):
+        # Written against the older interface: still fits the grown one.
+        older = manager_class("Older", LEVEL.GENERIC,
+                              list_block_devices=lambda self: ["old"])
+        self.check(older, Grown)
+
+        def newer_list(self, include_virtual=False):
+            return ["new", include_virtual]
+        newer = manager_class("Newer", LEVEL.GENERIC,
+                              list_block_devices=newer_list)
+        self.check(newer, Grown)
+        dispatcher = hardware.Dispatcher(
+            [(LEVEL.GENERIC, older(self.conf))], interface=Grown)
+        self.assertEqual(["old"], dispatcher.dispatch(
+            "list_block_devices", include_virtual=True))
+        dispatcher = hardware.Dispatcher(
+            [(LEVEL.GENERIC, newer(self.conf))], interface=Grown)
+        self.assertEqual(["new", True], dispatcher.dispatch(
+            "list_block_devices", include_virtual=True))
+        self.assertEqual(["new", False], dispatcher.dispatch(
+            "list_block_devices"))
+
+    def test_a_misspelt_optional_keyword_is_refused(self):
+        def misspelt(self, include_virtul=False):
+            return []
+
+        cls = manager_class("Misspelt", LEVEL.GENERIC,
+                            list_block_devices=misspelt)
+        with self.assertRaises(hardware.ManagerSignatureMismatch) as caught:
+            self.check(cls, Grown)
+        self.assertIn("did you mean include_virtual?", str(caught.exception))
+
+    def test_an_optional_keyword_needs_a_default(self):
+        def required(self, include_virtual):
+            return []
+
+        cls = manager_class("Required", LEVEL.GENERIC,
+                            list_block_devices=required)
+        with self.assertRaises(hardware.ManagerSignatureMismatch) as caught:
+            self.check(cls, Grown)
+        self.assertIn("with a default", str(caught.exception))
+
+    def test_an_interface_method_that_is_not_a_method(self):
+        cls = manager_class("Broken", LEVEL.GENERIC, get_cpus=None)
+        with self.assertRaises(hardware.ManagerSignatureMismatch):
+            self.check(cls)
+
+    def test_a_keyword_no_interface_method_takes_is_the_callers_bug(self):
+        cls = manager_class("Any", LEVEL.GENERIC,
+                            get_cpus=lambda self, **kwargs: kwargs)
+        dispatcher = self.build_dispatcher([("any", cls)])
+        with self.assertRaises(TypeError):
+            dispatcher.dispatch("get_cpus", verbose=True)

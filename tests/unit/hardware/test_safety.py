@@ -1,11 +1,19 @@
 """The eligibility rules and the live check before a write."""
 
 import os
+import shutil
+import tempfile
+from unittest import mock
 
 from teeth_agent.hardware import base as hw_base
 from teeth_agent.hardware import generic
 from teeth_agent.hardware import safety
+from teeth_agent.hardware import testing
+from teeth_agent import units
+from tests import base
 from tests.unit.hardware import fixtures
+
+MIB = units.MIB
 
 
 def device(path="/dev/sdb", **fields):
@@ -187,3 +195,49 @@ class TestMountinfo(fixtures.FakeMachineTestCase):
                            self.machine.root + "/nowhere"})
         self.assertIsNone(safety.read_mounts(self.conf))
         self.assertEqual([], safety.read_swaps(self.conf))
+
+
+class LoopBackingRuleTest(base.TestCase):
+    """Rule 5 on a fake machine (the block-device case needs real device
+    nodes: tests/functional/test_standbye.py::LoopBackingTest)."""
+
+    def setUp(self):
+        super().setUp()
+        self.root = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.root)
+        self.machine = testing.FakeMachine(self.root)
+        self.conf = base.make_conf(**self.machine.conf_overrides())
+
+    def test_file_backed_loop_is_not_device_backed(self):
+        self.machine.add_disk("loop0", 64 * MIB, transport="loop")
+        self.assertIsNone(safety.loop_backing("loop0", self.conf))
+        self.assertIsNone(safety.loop_backing("sda", self.conf))
+
+    def test_unknown_backing_makes_the_loop_ineligible(self):
+        self.machine.add_disk("loop0", 64 * MIB, transport="loop",
+                              backing_file="/nonexistent/backing.img")
+        with self.assertRaises(safety.BackingUnknown):
+            safety.loop_backing("loop0", self.conf)
+        kind, reason = safety._backing_refusal("loop0", self.conf, None, 0)
+        self.assertEqual(safety.UNKNOWN, kind)
+        self.assertIn("backing is unknown", reason)
+
+    def test_block_device_backing_is_named_by_its_kernel_name(self):
+        self.machine.add_disk("loop1", 64 * MIB, transport="loop",
+                              backing_file="/dev/fake-sdb")
+        sys_dir = os.path.join(self.conf.hardware.sysfs_root, "dev", "block")
+        os.makedirs(os.path.join(self.conf.hardware.sysfs_root, "class",
+                                 "block", "sdb"), exist_ok=True)
+        os.makedirs(sys_dir, exist_ok=True)
+        os.symlink(os.path.join(self.conf.hardware.sysfs_root, "class",
+                                "block", "sdb"),
+                   os.path.join(sys_dir, "8:16"))
+        block_node = mock.Mock(st_mode=0o60600, st_rdev=os.makedev(8, 16))
+        real_stat = os.stat
+        with mock.patch("os.stat", side_effect=lambda path, *a, **k: (
+                block_node if path == "/dev/fake-sdb"
+                else real_stat(path, *a, **k))):
+            self.assertEqual("sdb", safety.loop_backing("loop1", self.conf))
+            stack = safety.device_stack("sdb", self.conf)
+        # The loop device stacked on sdb counts for sdb's usage.
+        self.assertIn("loop1", stack)

@@ -5,10 +5,11 @@ import tempfile
 from unittest import mock
 
 from teeth_agent import download
+from teeth_agent import units
 from tests import base
 from tests.functional import standbye_http
 
-MIB = 1024 * 1024
+MIB = units.MIB
 
 
 class SelectHashTest(base.TestCase):
@@ -79,10 +80,9 @@ class StreamTest(base.TestCase):
 
     def test_max_size(self):
         hasher = download.Hasher("sha256", "0" * 64)
-        with self.assertRaises(download.DownloadError) as caught:
+        with self.assertRaises(download.ImageTooLarge):
             download.stream(io.BytesIO(b"x" * 10000), lambda c: None, hasher,
                             buffer_size=4096, max_size=5000)
-        self.assertTrue(caught.exception.too_large)
 
     def test_mismatch(self):
         hasher = download.Hasher("sha256", "0" * 64)
@@ -138,19 +138,18 @@ class FetchTest(base.TestCase):
 
     def test_4xx_is_final_without_retries(self):
         self.server.statuses["/image"] = 403
-        with self.assertRaises(download.DownloadError) as caught:
+        with self.assertRaises(download.NoUsableURL) as caught:
             self.fetch([self.url])
-        self.assertTrue(caught.exception.final)
+        self.assertIsInstance(caught.exception, download.FinalDownloadError)
         self.assertIn("403", str(caught.exception))
         self.assertEqual(1, len(self.server.requests))
 
     def test_5xx_is_retried_then_fails(self):
         self.server.statuses["/image"] = 503
         delays = []
-        with self.assertRaises(download.DownloadError) as caught:
+        with self.assertRaises(download.RetryableDownloadError):
             self.fetch([self.url], retries=3, backoff=0.5,
                        sleep=delays.append)
-        self.assertFalse(caught.exception.final)
         self.assertEqual([0.5, 1.0, 2.0], delays)
         self.assertEqual(4, len(self.server.requests))
 
@@ -159,9 +158,9 @@ class FetchTest(base.TestCase):
             self.fetch([self.url], {"sha512": "0" * 128})
 
     def test_size_mismatch_is_final(self):
-        with self.assertRaises(download.DownloadError) as caught:
+        with self.assertRaises(download.SizeMismatch) as caught:
             self.fetch([self.url], expected_size=len(self.data) + 1)
-        self.assertTrue(caught.exception.final)
+        self.assertIsInstance(caught.exception, download.FinalDownloadError)
 
     def test_download_to_file_leaves_nothing_on_failure(self):
         target = os.path.join(self.dir, "out")
@@ -309,10 +308,13 @@ class FetchLimitsTest(base.TestCase):
             with self.subTest(target):
                 self.server.redirects["/r"] = target
                 self.connections.calls.clear()
-                with self.assertRaises(download.DownloadError) as caught:
+                with self.assertRaises(download.NoUsableURL) as caught:
                     self.fetch([self.server.url("/r")])
                 self.assertIn("refused", str(caught.exception))
-                self.assertTrue(caught.exception.final)
+                self.assertIsInstance(caught.exception,
+                                      download.FinalDownloadError)
+                [rejection] = caught.exception.rejections.values()
+                self.assertIsInstance(rejection, download.RedirectRefused)
                 # Only the redirecting server was ever connected to.
                 self.assertEqual(["127.0.0.1"], self.connections.calls)
 
@@ -370,7 +372,7 @@ class FetchLimitsTest(base.TestCase):
         self.assertIsNone(source._too_slow())
         now[0] = 115.1
         source.check_deadline()
-        self.assertIsInstance(source._too_slow(), download.AttemptTooSlow)
+        self.assertIsInstance(source._too_slow(), download.AttemptDeadline)
 
     def test_credentials_never_reach_logs_or_errors(self):
         secret_url = ("http://operator:pa55word@127.0.0.1:%d/missing"

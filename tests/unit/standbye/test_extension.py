@@ -196,8 +196,38 @@ class InterruptedWriteTest(ExtensionTestCase):
             with self.assertLogs("teeth_agent.extensions.standbye",
                                  "ERROR") as logs:
                 again = standbye.StandbyeExtension(self.extension.context)
+                again.start()
         self.assertFalse(os.path.exists(self.record_path()))
         return again, ensure, wipe, "\n".join(logs.output)
+
+    def test_the_constructor_wipes_nothing(self):
+        # Building the extension (the plugin loader does) must not touch a
+        # disk: the recovery waits for start().
+        os.makedirs(self.extension.work_dir, exist_ok=True)
+        record = {"device": "/dev/loop9", "command": "run_image",
+                  "image_id": IMAGE_ID}
+        with open(self.record_path(), "w") as stream:
+            json.dump(record, stream)
+        partial = os.path.join(self.extension.cache.directory,
+                               ".x.partial-1")
+        os.makedirs(self.extension.cache.directory, exist_ok=True)
+        with open(partial, "w"):
+            pass
+        with mock.patch("teeth_agent.hardware.safety.ensure_writable") \
+                as ensure, \
+                mock.patch("teeth_agent.images.writer.wipe_signatures") \
+                as wipe:
+            again = standbye.StandbyeExtension(self.extension.context)
+            ensure.assert_not_called()
+            wipe.assert_not_called()
+            self.assertTrue(os.path.exists(self.record_path()))
+            self.assertTrue(os.path.exists(partial))
+            with self.assertLogs("teeth_agent.extensions.standbye",
+                                 "ERROR"):
+                again.start()
+        wipe.assert_called_once_with("/dev/loop9")
+        self.assertFalse(os.path.exists(self.record_path()))
+        self.assertFalse(os.path.exists(partial))
 
     def test_start_up_wipes_the_interrupted_device(self):
         self.extension._set_prepared({"image_id": IMAGE_ID,
@@ -228,7 +258,7 @@ class InterruptedWriteTest(ExtensionTestCase):
 
     def test_no_record_no_action(self):
         with mock.patch("teeth_agent.images.writer.wipe_signatures") as wipe:
-            standbye.StandbyeExtension(self.extension.context)
+            standbye.StandbyeExtension(self.extension.context).start()
         wipe.assert_not_called()
 
 
@@ -244,7 +274,7 @@ class Qcow2StagingTest(ExtensionTestCase):
         statvfs.assert_called_once_with(self.extension.work_dir)
         self.conf.set_override("cache_reserve", 40960, "standbye")
         with mock.patch("os.statvfs", return_value=stats):
-            with self.assertRaisesRegex(download.DownloadError, "no room"):
+            with self.assertRaisesRegex(download.NoSpace, "no room"):
                 self.extension._staging_room()
 
     @mock.patch("teeth_agent.hardware.safety.ensure_writable")

@@ -1,8 +1,12 @@
-"""The image write path's limits (issue 11): decoder memory, the pinned
-descriptor, zeroing what a failed write left, loop devices' backing."""
+"""teeth_agent.images.writer: decoding and writing an image stream, and
+the write path's limits (issue 11): decoder memory, the pinned
+descriptor, zeroing what a failed write left.
+"""
 
+import gzip
 import hashlib
 import io
+import lzma
 import os
 import shutil
 import tempfile
@@ -11,18 +15,13 @@ from unittest import mock
 from teeth_agent import blockdev
 from teeth_agent import download
 from teeth_agent.hardware import safety
-from teeth_agent.hardware import testing
 from teeth_agent.images import formats
 from teeth_agent.images import writer
+from teeth_agent import units
 from tests import base
+from tests.unit.images import samples
 
-MIB = 1024 * 1024
-
-#: ``echo hello | xz --lzma2=dict=1GiB``: 64 bytes whose block header
-#: declares a 1 GiB dictionary (liblzma would need 1025 MiB to decode it).
-XZ_1GIB_DICTIONARY = bytes.fromhex(
-    "fd377a585a000004e6d6b44602002101240000005e1fc7f901000568656c6c6f0a00"
-    "0000a56097f194f6fde000011e06c12fa41d1fb6f37d010000000004595a")
+MIB = units.MIB
 
 
 class _Collect:
@@ -31,6 +30,163 @@ class _Collect:
 
     def write(self, data):
         self.data += data
+
+
+class DecompressTest(base.TestCase):
+
+    def decode(self, fmt, compressed, step=1000):
+        target = _Collect()
+        sink = writer._decoder(fmt, target, 4096)
+        for offset in range(0, len(compressed), step):
+            sink.write(compressed[offset:offset + step])
+        sink.close()
+        return bytes(target.data)
+
+    def test_gzip_members_and_xz(self):
+        data = os.urandom(50000) + bytes(100000)
+        twice = gzip.compress(data) + gzip.compress(data)
+        self.assertEqual(data + data, self.decode("gzip", twice))
+        self.assertEqual(data, self.decode("xz", lzma.compress(data)))
+
+    def test_truncated_or_corrupt(self):
+        compressed = gzip.compress(os.urandom(50000))
+        with self.assertRaises(writer.CorruptImage):
+            self.decode("gzip", compressed[:len(compressed) // 2])
+        with self.assertRaises(writer.CorruptImage):
+            self.decode("xz", b"\xfd7zXZ\x00" + bytes(100))
+
+
+class DeviceWriterTest(base.TestCase):
+    """On a regular file; O_DIRECT needs a file system that has it."""
+
+    def make_target(self, size):
+        directory = tempfile.mkdtemp(dir="/var/tmp")
+        self.addCleanup(__import__("shutil").rmtree, directory)
+        path = os.path.join(directory, "device")
+        with open(path, "wb") as stream:
+            stream.truncate(size)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_DIRECT))
+        except OSError:
+            self.skipTest("no O_DIRECT on %s" % directory)
+        return path
+
+    def test_unaligned_tail_and_odd_chunks(self):
+        path = self.make_target(MIB)
+        data = os.urandom(300000 + 7)
+        output = writer.DeviceWriter(path, buffer_size=65536)
+        for offset in range(0, len(data), 9999):
+            output.write(data[offset:offset + 9999])
+        self.assertEqual(len(data), output.close())
+        with open(path, "rb") as stream:
+            self.assertEqual(data, stream.read(len(data)))
+            self.assertEqual(bytes(MIB - len(data)), stream.read())
+
+    def test_refuses_to_write_past_the_end(self):
+        path = self.make_target(65536)
+        output = writer.DeviceWriter(path, buffer_size=65536, start=4096,
+                                     end=65536)
+        with self.assertRaises(writer.ImageTooLarge):
+            output.write(bytes(65536))
+            output.close()
+        output.abort()
+
+    @mock.patch.object(writer, "wipe_signatures")
+    def test_checksum_mismatch_wipes(self, wipe):
+        path = self.make_target(MIB)
+        hasher = download.Hasher("sha256", "0" * 64)
+        with self.assertRaises(download.ChecksumMismatch):
+            writer.write_stream(io.BytesIO(os.urandom(5000)), path, hasher,
+                                buffer_size=4096)
+        wipe.assert_called_once_with(path)
+
+    def test_write_stream_gzip(self):
+        path = self.make_target(MIB)
+        data = os.urandom(100000)
+        compressed = gzip.compress(data)
+        hasher = download.Hasher(
+            "sha256", __import__("hashlib").sha256(compressed).hexdigest())
+        result = writer.write_stream(io.BytesIO(compressed), path, hasher,
+                                     buffer_size=8192)
+        self.assertEqual("gzip", result["format"])
+        self.assertEqual(len(data), result["bytes_written"])
+        with open(path, "rb") as stream:
+            self.assertEqual(data, stream.read(len(data)))
+
+    def stream_once(self, path, content, **kwargs):
+        """write_stream over a source that can be read only once, as a
+        download is: the format must come from these very bytes."""
+        reads = []
+
+        class OneShot(io.BytesIO):
+            def readinto(self, buffer):
+                reads.append(self.tell())
+                return super().readinto(buffer)
+        hasher = download.Hasher(
+            "sha256", __import__("hashlib").sha256(content).hexdigest())
+        result = writer.write_stream(OneShot(content), path, hasher,
+                                     buffer_size=8192, **kwargs)
+        self.assertEqual(sorted(reads), reads, "the source was re-read")
+        return result
+
+    def test_format_comes_from_the_stream(self):
+        path = self.make_target(MIB)
+        data = os.urandom(50000)
+        for fmt, content in (("xz", lzma.compress(data)),
+                             ("gzip", gzip.compress(data)),
+                             ("raw", data)):
+            with self.subTest(fmt):
+                result = self.stream_once(path, content)
+                self.assertEqual(fmt, result["format"])
+                self.assertEqual(len(content), result["bytes_read"])
+                with open(path, "rb") as stream:
+                    self.assertEqual(data, stream.read(len(data)))
+
+    @mock.patch.object(writer, "wipe_signatures")
+    def test_qcow2_needs_staging_and_writes_nothing(self, wipe):
+        path = self.make_target(MIB)
+        with open(path, "wb") as stream:
+            stream.write(b"previous" * 1000)
+        with self.assertRaises(writer.NeedsStaging) as caught:
+            self.stream_once(path, samples.qcow2_header() + os.urandom(20000))
+        self.assertEqual("qcow2", caught.exception.format)
+        with self.assertRaises(formats.UnsupportedFormat):
+            self.stream_once(path, b"KDMV" + os.urandom(20000))
+        wipe.assert_not_called()
+        with open(path, "rb") as stream:
+            self.assertEqual(b"previous" * 1000, stream.read(8000))
+
+    @mock.patch.object(writer, "wipe_signatures")
+    def test_raw_larger_than_the_device_writes_nothing(self, wipe):
+        path = self.make_target(64 * 1024)
+        content = os.urandom(100000)
+        with self.assertRaises(writer.ImageTooLarge):
+            self.stream_once(path, content, total=len(content))
+        wipe.assert_not_called()
+
+    def test_head_split_over_small_writes(self):
+        target = _Collect()
+        target.device_size = MIB
+        data = os.urandom(3000)
+        compressed = gzip.compress(data)
+        sink = writer._FormatSink(target, None, 4096)
+        for offset in range(0, len(compressed), 100):
+            sink.write(compressed[offset:offset + 100])
+        sink.close()
+        self.assertEqual("gzip", sink.format)
+        self.assertEqual(data, bytes(target.data))
+        # VDI's magic sits at byte 64: a head cut before it still counts.
+        sink = writer._FormatSink(_Collect(), None, 4096)
+        sink.write(bytes(60))
+        with self.assertRaises(formats.UnsupportedFormat):
+            sink.write(b"\0\0\0\0\x7f\x10\xda\xbe" + bytes(5000))
+
+
+#: ``echo hello | xz --lzma2=dict=1GiB``: 64 bytes whose block header
+#: declares a 1 GiB dictionary (liblzma would need 1025 MiB to decode it).
+XZ_1GIB_DICTIONARY = bytes.fromhex(
+    "fd377a585a000004e6d6b44602002101240000005e1fc7f901000568656c6c6f0a00"
+    "0000a56097f194f6fde000011e06c12fa41d1fb6f37d010000000004595a")
 
 
 class DecoderMemoryLimitTest(base.TestCase):
@@ -162,7 +318,7 @@ class PinnedWriterTest(base.TestCase):
         class Failing(io.BytesIO):
             def readinto(self, buffer):
                 if self.tell() >= len(data) // 2:
-                    raise download.DownloadError("connection lost")
+                    raise download.RetryableDownloadError("connection lost")
                 return super().readinto(buffer)
         with self.assertRaises(download.DownloadError) as caught:
             writer.write_stream(Failing(data), self.path,
@@ -196,49 +352,3 @@ class PinnedWriterTest(base.TestCase):
             os.close(fd)
         with open(self.path, "rb") as stream:
             self.assertEqual(bytes(8704) + b"\xaa", stream.read(8705))
-
-
-class LoopBackingRuleTest(base.TestCase):
-    """Rule 5 on a fake machine (the block-device case needs real device
-    nodes: tests/functional/test_standbye.py::LoopBackingTest)."""
-
-    def setUp(self):
-        super().setUp()
-        self.root = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, self.root)
-        self.machine = testing.FakeMachine(self.root)
-        self.conf = base.make_conf(**self.machine.conf_overrides())
-
-    def test_file_backed_loop_is_not_device_backed(self):
-        self.machine.add_disk("loop0", 64 * MIB, transport="loop")
-        self.assertIsNone(safety.loop_backing("loop0", self.conf))
-        self.assertIsNone(safety.loop_backing("sda", self.conf))
-
-    def test_unknown_backing_makes_the_loop_ineligible(self):
-        self.machine.add_disk("loop0", 64 * MIB, transport="loop",
-                              backing_file="/nonexistent/backing.img")
-        with self.assertRaises(safety.BackingUnknown):
-            safety.loop_backing("loop0", self.conf)
-        kind, reason = safety._backing_refusal("loop0", self.conf, None, 0)
-        self.assertEqual(safety.UNKNOWN, kind)
-        self.assertIn("backing is unknown", reason)
-
-    def test_block_device_backing_is_named_by_its_kernel_name(self):
-        self.machine.add_disk("loop1", 64 * MIB, transport="loop",
-                              backing_file="/dev/fake-sdb")
-        sys_dir = os.path.join(self.conf.hardware.sysfs_root, "dev", "block")
-        os.makedirs(os.path.join(self.conf.hardware.sysfs_root, "class",
-                                 "block", "sdb"), exist_ok=True)
-        os.makedirs(sys_dir, exist_ok=True)
-        os.symlink(os.path.join(self.conf.hardware.sysfs_root, "class",
-                                "block", "sdb"),
-                   os.path.join(sys_dir, "8:16"))
-        block_node = mock.Mock(st_mode=0o60600, st_rdev=os.makedev(8, 16))
-        real_stat = os.stat
-        with mock.patch("os.stat", side_effect=lambda path, *a, **k: (
-                block_node if path == "/dev/fake-sdb"
-                else real_stat(path, *a, **k))):
-            self.assertEqual("sdb", safety.loop_backing("loop1", self.conf))
-            stack = safety.device_stack("sdb", self.conf)
-        # The loop device stacked on sdb counts for sdb's usage.
-        self.assertIn("loop1", stack)

@@ -15,7 +15,7 @@ from teeth_agent.hardware import generic
 from teeth_agent.hardware import testing
 from teeth_agent import processes
 from tests import base
-from tests.unit.decom import samples
+from tests.unit.hardware import erase_samples as samples
 
 
 def _manager(conf):

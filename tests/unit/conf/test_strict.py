@@ -20,7 +20,7 @@ from teeth_agent import kernel_cmdline
 from tests import base
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+    os.path.dirname(os.path.abspath(__file__)))))
 SAMPLES = {
     "agent": os.path.join(REPO_ROOT, "etc", "teeth-agent",
                           "teeth-agent.conf.sample"),

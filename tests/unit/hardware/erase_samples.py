@@ -1,4 +1,4 @@
-"""Tool outputs for the decom unit tests, written for these tests.
+"""Tool outputs for the erase unit tests, written for these tests.
 
 They follow the layout of nvme-cli 2.x, hdparm 9.6x and sg3-utils 1.4x
 output closely enough for the parsers, with made-up models and serials.

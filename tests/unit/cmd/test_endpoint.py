@@ -1,0 +1,174 @@
+"""teeth_agent.cmd.endpoint: ``issue-ca`` and ``issue-cert``, and how
+``agents`` and ``call`` show what the server answers (the server itself is
+faked)."""
+
+import argparse
+import io
+import json
+import os
+import shutil
+import tempfile
+from unittest import mock
+
+from cryptography import x509
+
+from teeth_agent.cmd import endpoint as endpoint_cmd
+from teeth_agent import pki
+from teeth_agent import protocol
+from teeth_agent import transport
+from tests import base
+from tests.unit.cmd import samples
+
+
+class FakeServer:
+    """The control connection: answers ``agents`` from ``pages``; an
+    exception in ``pages`` is raised instead of answering."""
+
+    def __init__(self, pages):
+        self.pages = list(pages)
+        self.calls = []
+        self.closed = False
+
+    def call(self, method, params, timeout=None):
+        self.calls.append((method, params))
+        page = self.pages.pop(0)
+        if isinstance(page, Exception):
+            raise page
+        return page
+
+    def close(self):
+        self.closed = True
+
+
+def read_cert(path):
+    with open(path, "rb") as stream:
+        return x509.load_pem_x509_certificate(stream.read())
+
+
+def agents_conf(json_lines=False, limit=None):
+    return mock.Mock(command=argparse.Namespace(json=json_lines, limit=limit,
+                                                forget=None))
+
+
+class ListAgentsTest(base.TestCase):
+    def list_agents(self, pages, stdout, **conf):
+        server = FakeServer(pages)
+        with mock.patch.object(endpoint_cmd, "_connect",
+                               return_value=server), \
+                mock.patch("sys.stdout", stdout), \
+                mock.patch("sys.stderr", io.StringIO()) as stderr:
+            code = endpoint_cmd.list_agents(agents_conf(**conf))
+        self.assertTrue(server.closed)
+        return code, stdout.getvalue(), stderr.getvalue(), server
+
+    def test_plain_table_over_pages(self):
+        pages = [{"agents": [samples.agent("a-1")], "next": "a-1"},
+                 {"agents": [samples.agent("a-2", tls=False)]}]
+        code, out, _, server = self.list_agents(pages, io.StringIO())
+        self.assertEqual(0, code)
+        lines = out.splitlines()
+        self.assertEqual(3, len(lines), out)
+        self.assertTrue(lines[0].startswith("AGENT "))
+        self.assertTrue(lines[1].startswith("a-1 "))
+        self.assertIn("PLAINTEXT", lines[2])
+        self.assertEqual([("agents", {}), ("agents", {"after": "a-1"})],
+                         server.calls)
+
+    def test_no_agents(self):
+        code, out, _, _ = self.list_agents([{"agents": []}], io.StringIO())
+        self.assertEqual((0, "no agents\n"), (code, out))
+
+    def test_json_lines(self):
+        pages = [{"agents": [samples.agent("a-\x1b")]}]
+        code, out, _, _ = self.list_agents(pages, io.StringIO(),
+                                           json_lines=True)
+        self.assertEqual(0, code)
+        self.assertNotIn("\x1b", out)
+        self.assertEqual("a-\x1b", json.loads(out)["agent_id"])
+
+    def test_terminal_table_is_drawn_before_an_error(self):
+        pages = [{"agents": [samples.agent("a-1")], "next": "a-1"},
+                 transport.ConnectionLost("server went away")]
+        code, out, err, _ = self.list_agents(pages, samples.Terminal())
+        self.assertEqual(1, code)
+        self.assertIn("a-1", out)
+        self.assertNotIn("no agents", out)
+        self.assertIn("server went away", err)
+
+
+class ProgressPrinterTest(base.TestCase):
+    def command(self, method, params):
+        return protocol.Command(id="1", method=method, params=params)
+
+    def test_draws_task_status_and_answers_ping(self):
+        stream = io.StringIO()
+        printer = endpoint_cmd.ProgressPrinter(stream)
+        self.assertEqual({}, printer(None, self.command(
+            "task_status", samples.running(percent=25.0))))
+        self.assertEqual({"x": 1}, printer(None, self.command(
+            "ping", {"x": 1})))
+        with self.assertRaises(protocol.UnknownMethod):
+            printer(None, self.command("reboot", {}))
+        printer.finish()
+        (line,) = stream.getvalue().splitlines()
+        self.assertEqual(("t1", "25.0", "01:05"),
+                         samples.PROGRESS.match(line).groups())
+
+    def test_call_ends_the_bar_even_on_ctrl_c(self):
+        with mock.patch.object(endpoint_cmd, "_call",
+                               side_effect=KeyboardInterrupt), \
+                mock.patch.object(endpoint_cmd.ProgressPrinter,
+                                  "finish") as finish:
+            with self.assertRaises(KeyboardInterrupt):
+                endpoint_cmd.call(mock.Mock())
+        finish.assert_called_once_with()
+
+
+class TestIssueCommands(base.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.dir = tempfile.mkdtemp(prefix="teeth-pki-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+
+    def run_main(self, *argv):
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with mock.patch.object(endpoint_cmd.log, "setup"), \
+                mock.patch("sys.stdout", stdout), \
+                mock.patch("sys.stderr", stderr):
+            code = endpoint_cmd.main(["--config-dir", self.dir] + list(argv))
+        return code, stdout.getvalue(), stderr.getvalue()
+
+    def test_issue_ca_then_certificates(self):
+        ca_dir = os.path.join(self.dir, "ca")
+        code, out, _ = self.run_main("issue-ca", ca_dir)
+        self.assertEqual(0, code)
+        self.assertIn(os.path.join(ca_dir, pki.CA_CERT), out)
+        ca_args = ["--ca-cert", os.path.join(ca_dir, pki.CA_CERT),
+                   "--ca-key", os.path.join(ca_dir, pki.CA_KEY)]
+        code, _, _ = self.run_main("issue-cert", *ca_args, "--agent-id",
+                                   "rack1-node7", "--out",
+                                   os.path.join(self.dir, "node7"))
+        self.assertEqual(0, code)
+        cert = read_cert(os.path.join(self.dir, "node7", pki.AGENT_CERT))
+        self.assertIn("teeth-agent:rack1-node7", cert.extensions
+                      .get_extension_for_class(x509.SubjectAlternativeName)
+                      .value.get_values_for_type(
+                          x509.UniformResourceIdentifier))
+        code, _, _ = self.run_main("issue-cert", *ca_args, "--server",
+                                   "10.0.0.5", "--server", "ep.example",
+                                   "--out", os.path.join(self.dir, "ep"))
+        self.assertEqual(0, code)
+        cert = read_cert(os.path.join(self.dir, "ep", pki.SERVER_CERT))
+        self.assertEqual(["ep.example"], cert.extensions
+                         .get_extension_for_class(
+                             x509.SubjectAlternativeName)
+                         .value.get_values_for_type(x509.DNSName))
+
+    def test_issue_cert_with_a_missing_ca_exits_2_with_one_line(self):
+        code, _, err = self.run_main(
+            "issue-cert", "--ca-cert", os.path.join(self.dir, "no.pem"),
+            "--ca-key", os.path.join(self.dir, "no-key.pem"),
+            "--agent-id", "x", "--out", self.dir)
+        self.assertEqual(2, code)
+        self.assertEqual(1, len(err.strip().splitlines()), err)
+        self.assertIn("cannot load", err)
