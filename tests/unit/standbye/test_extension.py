@@ -228,6 +228,29 @@ class InterruptedWriteTest(ExtensionTestCase):
         self.assertEqual([True], seen)
         self.assertFalse(os.path.exists(self.record_path()))
 
+    def test_a_vendor_write_is_checked_after_it_returns(self):
+        # A vendor write_image may ignore the pin; the extension's own
+        # re-check after it returns still refuses a device that changed.
+        self.manager.answers["write_image"] = {
+            "format": "raw", "bytes_read": 1, "bytes_written": 1}
+        checked = [{"path": "/dev/loop9", "devnum": "7:9"},
+                   {"path": "/dev/loop9", "devnum": "8:16"}]
+        with mock.patch("teeth_agent.hardware.inventory."
+                        "choose_install_device",
+                        return_value={"path": "/dev/loop9"}), \
+                mock.patch("teeth_agent.hardware.safety.ensure_writable",
+                           side_effect=checked), \
+                mock.patch("teeth_agent.images.partitions.tell_kernel"):
+            with self.assertRaisesRegex(tasks.TaskFailed,
+                                        "it was device 7:9 when it was "
+                                        "checked and is 8:16 now"):
+                self.extension.prepare_image(
+                    mock.Mock(), {"id": IMAGE_ID, "urls": ["http://h/i"],
+                                  "hashes": {"sha256": "a" * 64}}, None)
+        [(path, _, _, _, pin, _)] = self.manager._called("write_image")
+        self.assertEqual(("/dev/loop9", "7:9"), (path, pin["devnum"]))
+        self.assertIsNone(self.extension._prepared)
+
     def restart_with_record(self, record, eligible=True):
         os.makedirs(self.extension.work_dir, exist_ok=True)
         with open(self.record_path(), "w") as stream:
