@@ -44,16 +44,17 @@ Shapes used below (every key is present; a value that cannot be read is
     (``DeviceWriter(path, devnum=pin["devnum"], recheck=pin["recheck"])``).
 
 Safety is not the managers' part. The methods under "writing images and
-boot loaders" and :meth:`HardwareManager.wipe_metadata` are called by the
-agent only for a device that
-:func:`teeth_agent.hardware.safety.ensure_writable` has just accepted, and
-the agent checks again after each of them returns (and after a partition
-table edit, before anything is written into the new partition), in the
-extension, around the dispatch, where an override cannot skip it; the
-read-back after an erase is also the agent's own
-(:func:`teeth_agent.hardware.erase.verify_erased`), so a vendor erase is
-verified like the generic one. An implementation must not write to any
-device other than the one it is given.
+boot loaders" and :meth:`HardwareManager.wipe_metadata` are called only
+for a device that :func:`teeth_agent.hardware.safety.ensure_writable` has
+just accepted, and the command group checks again itself, around the
+dispatch where an override cannot skip it: after ``write_image``,
+``convert_qcow2_image`` (while it holds the device ``O_EXCL``),
+``add_config_drive_partition`` (before anything is written into the new
+partition) and ``write_config_drive``. The read-back after an erase is
+the agent's own too (:func:`teeth_agent.hardware.erase.verify_erased`),
+so a vendor erase and wipe are verified like the generic ones
+(``docs/hardware-managers.md`` has the table). An implementation writes
+only to the device it is given.
 """
 
 import enum
