@@ -1,4 +1,5 @@
 import base64
+import contextlib
 import gzip
 import json
 import os
@@ -13,6 +14,7 @@ from teeth_agent import hardware
 from teeth_agent.hardware import base as hw_base
 from teeth_agent.hardware import safety
 from teeth_agent.images import boot
+from teeth_agent.images import partitions
 from teeth_agent.images import writer
 from teeth_agent import power
 from teeth_agent import processes
@@ -61,6 +63,14 @@ class RecordingManager(hw_base.HardwareManager):
 
     def convert_qcow2_image(self, path, image_path):
         return self._answer("convert_qcow2_image", path, image_path)
+
+    def add_config_drive_partition(self, path, size, replaced):
+        return self._answer("add_config_drive_partition", path, size,
+                            replaced)
+
+    def write_config_drive(self, path, partition, data, pin):
+        return self._answer("write_config_drive", path, partition, data,
+                            pin)
 
 
 class ExtensionTestCase(base.TestCase):
@@ -381,6 +391,63 @@ class Qcow2StagingTest(ExtensionTestCase):
                 self.assertIs(error, caught.exception)
                 self.assertEqual([({"path": "/dev/loop9"},)],
                                  self.manager._called("wipe_metadata"))
+
+
+class ConfigDriveHooksTest(ExtensionTestCase):
+    """run_image's config drive, written through the managers' hooks."""
+
+    def write(self, added):
+        self.manager.answers["add_config_drive_partition"] = added
+        patches = {
+            "teeth_agent.blockdev.sector_size": {"return_value": 512},
+            "teeth_agent.images.configdrive.decode_prebuilt": {
+                "return_value": b"drive"},
+            "teeth_agent.images.configdrive.fit_to_sector_size": {
+                "side_effect": lambda data, sector, limit: data * 20},
+            "teeth_agent.hardware.safety.ensure_writable": {
+                "return_value": {"path": "/dev/loop9", "devnum": None}},
+            "teeth_agent.images.partitions.read_table": {
+                "return_value": {"partitions": [
+                    {"number": 1, "name": "root"},
+                    {"number": 4, "name": "config-2"}]}},
+            "teeth_agent.images.partitions.tell_kernel": {},
+            "teeth_agent.images.partitions.partition_node": {
+                "side_effect": lambda path, number, *args:
+                    "%sp%d" % (path, number)},
+            "teeth_agent.images.boot.probe": {
+                "side_effect": lambda node: {
+                    "LABEL": "root" if node.endswith("p1") else "config-2",
+                    "TYPE": "iso9660"}},
+        }
+        with contextlib.ExitStack() as stack:
+            mocks = {target.rsplit(".", 1)[1]: stack.enter_context(
+                mock.patch(target, **kwargs))
+                for target, kwargs in patches.items()}
+            return (self.extension._write_config_drive("/dev/loop9", "x"),
+                    mocks)
+
+    def test_the_old_drive_is_replaced_and_the_new_one_checked(self):
+        added = {"number": 4, "offset": 1 << 20, "size": 4096}
+        drive, mocks = self.write(added)
+        self.assertEqual({"partition": 4, "node": "/dev/loop9p4",
+                          "size": 100, "type": "iso9660"}, drive)
+        self.assertEqual([("/dev/loop9", 100, [4])],
+                         self.manager._called("add_config_drive_partition"))
+        [(path, partition, data, pin)] = self.manager._called(
+            "write_config_drive")
+        self.assertEqual(("/dev/loop9", added, b"drive" * 20),
+                         (path, partition, data))
+        # Checked when the pin is made, after the partition edit and
+        # after the write.
+        self.assertEqual(3, mocks["ensure_writable"].call_count)
+
+    def test_a_partition_smaller_than_the_drive_is_refused(self):
+        # Whatever a (vendor) partitioner answers, nothing is written
+        # past the partition it made.
+        with self.assertRaisesRegex(
+                partitions.PartitionError, "holds 64 bytes, not the 100"):
+            self.write({"number": 4, "offset": 1 << 20, "size": 64})
+        self.assertEqual([], self.manager._called("write_config_drive"))
 
 
 class StreamFormatTest(ExtensionTestCase):
