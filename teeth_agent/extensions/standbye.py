@@ -156,6 +156,9 @@ class StandbyeExtension(base.Extension):
         anything was written."""
         written = self.hardware.call("write_image", path, source, hasher,
                                      progress, pin, size=size)
+        if not isinstance(written, dict) or "format" not in written:
+            raise hardware.HardwareManagerError(
+                "write_image returned %r, not what was written" % (written,))
         if written.get("needs_staging"):
             raise writer.NeedsStaging(written["format"])
         return written

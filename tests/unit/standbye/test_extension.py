@@ -492,6 +492,15 @@ class StreamFormatTest(ExtensionTestCase):
                          self.manager._called("convert_qcow2_image"))
         self.assertFalse(os.path.exists(staged))
 
+    def test_a_manager_must_say_what_it_wrote(self):
+        for answer in (None, {}, ["raw"]):
+            with self.subTest(answer):
+                self.manager.answers["write_image"] = answer
+                with self.assertRaisesRegex(hardware.HardwareManagerError,
+                                            "not what was written"):
+                    self.extension._write_image("/dev/loop9", None, None,
+                                                None, None, None)
+
     @mock.patch("teeth_agent.download.download_to_file")
     def test_staged_file_is_detected_again(self, download_to_file):
         # The server answered qcow2 first, then something else: what was
