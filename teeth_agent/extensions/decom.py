@@ -8,10 +8,12 @@ model's spec. Parameters, methods and result shapes: ``docs/decom.md``.
 
 The extension decides and verifies; the hardware managers touch the
 machine (``get_erase_capabilities``, ``erase_block_device``,
-``update_firmware``, ...). Reading a device back after an erase is done
-here, through :mod:`teeth_agent.hardware.erase`, whatever manager erased
-it, so a vendor manager's erase is checked the same way as the generic
-one.
+``wipe_metadata``, ``update_firmware``, ...). The safety re-check before
+each erase method and the read-back after the erase are done here,
+through :mod:`teeth_agent.hardware.safety` and
+:mod:`teeth_agent.hardware.erase`, whatever manager erased and wiped the
+device, so a vendor manager's erase is checked the same way as the
+generic one and cannot skip the check.
 """
 
 import concurrent.futures
@@ -476,7 +478,7 @@ class DecomExtension(base.Extension):
         entry["bytes"] = outcome.get("bytes") or 0
         if downgraded_from and downgraded_from != used:
             entry["downgraded_from"] = downgraded_from
-        erase.wipe_signatures(device)
+        self.hardware.call("wipe_metadata", device)
         verification = erase.verify_erased(
             path, used, markers, self.conf.decom.erase_verify_samples)
         entry["verified"] = verification["verified"]

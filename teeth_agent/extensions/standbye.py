@@ -6,6 +6,15 @@ makes sure the disk can boot, and kexecs into the image (or reboots) once
 the server knows the outcome. Parameters, formats and rules are described
 in ``docs/standbye.md``; the pieces live in :mod:`teeth_agent.images` and
 :mod:`teeth_agent.download`.
+
+The extension decides and checks; the hardware managers write
+(``write_image``, ``convert_qcow2_image``, ``add_config_drive_partition``,
+``write_config_drive``, ``install_boot_loader``, ``wipe_metadata``). The
+safety checks stay here, around each of those calls, so that a vendor
+manager overriding one cannot skip them: the device is accepted by
+:func:`safety.ensure_writable` before it is written, pinned to the device
+number that check saw, and checked again after each write and after the
+partition table is edited (see :meth:`StandbyeExtension._pin`).
 """
 
 import contextlib
@@ -113,10 +122,12 @@ class StandbyeExtension(base.Extension):
 
     def _pin(self, path, devnum):
         """What pins a write to the device the safety check examined:
-        ``devnum`` and a re-check (run once the ``O_EXCL`` descriptor is
-        held, and after partition-table edits), as keyword arguments of
-        :func:`writer.write_stream`. The ``_write_*`` helpers take it as
-        ``pin``; only unit tests call them without one."""
+        ``devnum`` and a re-check, the ``Pin`` of
+        :mod:`teeth_agent.hardware.base`. The extension runs the re-check
+        itself after every manager call that writes ``path`` and after
+        partition-table edits; a manager runs it once it holds its
+        ``O_EXCL`` descriptor. The ``_write_*`` helpers take it as ``pin``;
+        only unit tests call them without one."""
         def recheck():
             device = safety.ensure_writable(path, self.conf, self.hardware)
             if device.get("devnum") != devnum:
@@ -128,8 +139,29 @@ class StandbyeExtension(base.Extension):
                 raise writer.DeviceChanged(
                     path, "the node names device %s, not the %s that was "
                     "checked" % (node, devnum))
-        return {"devnum": devnum, "recheck": recheck,
-                "memory_limit": self.conf.standbye.decompression_memory_limit}
+        return {"devnum": devnum, "recheck": recheck}
+
+    def _wipe_after_failure(self, path):
+        """Wipe the signatures of ``path`` (``wipe_metadata``) while
+        another failure is being handled: an error here is logged, not
+        raised, so the first one is what is reported."""
+        try:
+            self.hardware.call("wipe_metadata", {"path": path})
+        except Exception as exc:
+            LOG.error("wiping the signatures of %s failed: %s", path, exc)
+
+    def _write_image(self, path, source, hasher, progress, size, pin):
+        """``write_image`` through the managers; a format that must be
+        staged raises :class:`writer.NeedsStaging` as it did before
+        anything was written."""
+        written = self.hardware.call("write_image", path, source, hasher,
+                                     progress, pin, size=size)
+        if not isinstance(written, dict) or "format" not in written:
+            raise hardware.HardwareManagerError(
+                "write_image returned %r, not what was written" % (written,))
+        if written.get("needs_staging"):
+            raise writer.NeedsStaging(written["format"])
+        return written
 
     def _check_hashes(self, hashes, path):
         try:
@@ -234,7 +266,7 @@ class StandbyeExtension(base.Extension):
                 LOG.error("NOT wiping %s, which may hold a partial image: %s",
                           device, exc)
             else:
-                writer.wipe_signatures(device)
+                self._wipe_after_failure(device)
                 LOG.error("wiped %s after the interrupted %s", device,
                           record.get("command"))
             if self._prepared is not None and \
@@ -355,12 +387,10 @@ class StandbyeExtension(base.Extension):
         options = self._fetch_options()
         try:
             with open(record["path"], "rb") as stream:
-                written = writer.write_stream(
-                    stream, path,
+                written = self._write_image(
+                    path, stream,
                     download.Hasher(record["algorithm"], record["hexdigest"]),
-                    self._progress(task), record["size"],
-                    options["buffer_size"], options["buffer_count"],
-                    **(pin or {}))
+                    self._progress(task), record["size"], pin)
         except writer.NeedsStaging:
             # Re-verify: the bytes qemu-img reads must be the ones whose
             # checksum the server gave, whatever happened on this disk.
@@ -390,12 +420,11 @@ class StandbyeExtension(base.Extension):
             attempt_timeout=options["attempt_timeout"],
             min_rate=options["min_rate"])
         try:
-            written = writer.write_stream(
-                source, path, download.Hasher(algorithm, expected),
+            written = self._write_image(
+                path, source, download.Hasher(algorithm, expected),
                 lambda done, total: self._progress(task)(
                     done, total or source.size),
-                image.get("size"), options["buffer_size"],
-                options["buffer_count"], **(pin or {}))
+                image.get("size"), pin)
         except writer.NeedsStaging as staging:
             LOG.info("image %s is %s: staging it in %s", image["id"],
                      staging.format, self.work_dir)
@@ -432,13 +461,10 @@ class StandbyeExtension(base.Extension):
         if fmt == formats.QCOW2:
             return {"format": fmt,
                     **self._convert_qcow2(task, image_path, path, pin)}
-        options = self._fetch_options()
         with open(image_path, "rb") as stream:
-            return writer.write_stream(
-                stream, path, download.Hasher(algorithm, expected),
-                self._progress(task), os.path.getsize(image_path),
-                options["buffer_size"], options["buffer_count"],
-                **(pin or {}))
+            return self._write_image(
+                path, stream, download.Hasher(algorithm, expected),
+                self._progress(task), os.path.getsize(image_path), pin)
 
     def _staging_room(self):
         """Bytes a qcow2 image may take in ``work_dir``: its file system's
@@ -461,18 +487,17 @@ class StandbyeExtension(base.Extension):
             raise writer.ImageTooLarge(
                 "the image's virtual size (%d bytes) is larger than %s"
                 % (virtual_size, path))
-        # qemu-img opens the device itself; an O_EXCL descriptor held
-        # meanwhile keeps it from being mounted or claimed, and its
-        # identity is compared before and after.
+        # The manager's converter (qemu-img) opens the device itself; an
+        # O_EXCL descriptor held here meanwhile keeps it from being mounted
+        # or claimed, and its identity is compared before and after.
         holder = None if pin is None else writer.DeviceWriter(
             path, devnum=pin["devnum"], recheck=pin["recheck"])
         try:
-            qcow2.convert(image_path, path,
-                          self.conf.standbye.qemu_img_convert_cpu_limit)
-        except processes.ProcessError:
+            self.hardware.call("convert_qcow2_image", path, image_path)
+        except Exception:
             if holder is not None:
                 holder.abort()
-            writer.wipe_signatures(path)
+            self._wipe_after_failure(path)
             raise
         finally:
             if holder is not None:
@@ -581,9 +606,10 @@ class StandbyeExtension(base.Extension):
                 raise boot.UnsafePath("the image has no boot loader and no "
                                       "kernel to configure grub for")
             safety.ensure_writable(path, self.conf, self.hardware)
-            boot.install_grub(path, found["node"], found["fs_type"],
-                              "i386-pc", found)
-            loader_result = {"action": "installed", "loader": "grub"}
+            installed = self.hardware.call(
+                "install_boot_loader", path, found["node"], found["fs_type"],
+                found)
+            loader_result = {"action": "installed", "loader": installed}
         else:
             loader_result = {"action": "left alone", "found": loader}
         boot_result, action = self._stage_kexec(found)
@@ -612,27 +638,19 @@ class StandbyeExtension(base.Extension):
                     os.unlink(image)
         pin = self._pin(path, safety.ensure_writable(
             path, self.conf, self.hardware).get("devnum"))
-        self._remove_old_config_drives(path)
-        added = partitions.add_partition_at_end(path, len(data))
+        added = self.hardware.call("add_config_drive_partition", path,
+                                   len(data),
+                                   self._old_config_drives(path))
         # sgdisk/sfdisk opened the device by its name: it must still be
         # the one checked, and still be eligible.
         pin["recheck"]()
-        output = writer.DeviceWriter(path, start=added["offset"],
-                                     end=added["offset"] + added["size"],
-                                     devnum=pin["devnum"],
-                                     recheck=pin["recheck"])
-        try:
-            output.write(data)
-            # Zero the rest so nothing of an older file system shows.
-            padding = added["size"] - len(data)
-            while padding > 0:
-                chunk = min(padding, 4 * 1024 * 1024)
-                output.write(bytes(chunk))
-                padding -= chunk
-            output.close()
-        except BaseException:
-            output.abort()
-            raise
+        if added["size"] < len(data):
+            raise partitions.PartitionError(
+                "the config drive partition %s of %s holds %d bytes, not "
+                "the %d needed" % (added["number"], path, added["size"],
+                                   len(data)))
+        self.hardware.call("write_config_drive", path, added, data, pin)
+        pin["recheck"]()
         partitions.tell_kernel(path)
         node = self._node_of(path)(added["number"])
         props = boot.probe(node)
@@ -646,11 +664,13 @@ class StandbyeExtension(base.Extension):
         return {"partition": added["number"], "node": node,
                 "size": len(data), "type": props.get("TYPE")}
 
-    def _remove_old_config_drives(self, path):
-        """Drop config-drive partitions an earlier run_image (or the image)
-        left, so cloud-init finds exactly one ``config-2``."""
+    def _old_config_drives(self, path):
+        """The numbers of the config-drive partitions an earlier run_image
+        (or the image) left, highest first: ``add_config_drive_partition``
+        deletes them, so cloud-init finds exactly one ``config-2``."""
         table = partitions.read_table(path)
         node_of = self._node_of(path)
+        old = []
         for partition in reversed(table["partitions"]):
             number = partition["number"]
             if number is None:
@@ -665,7 +685,8 @@ class StandbyeExtension(base.Extension):
             if named or label.lower() == configdrive.LABEL:
                 LOG.info("replacing the config drive in partition %d of %s",
                          number, path)
-                partitions.delete_partition(path, number)
+                old.append(number)
+        return old
 
     def _find_boot(self, path, table, node_of, exclude):
         """The kernel to boot, copied out, or None.

@@ -263,6 +263,23 @@ class Dispatcher:
             return answer
         raise NoManagerError("no hardware manager implements %s" % method)
 
+    def call(self, method, *args, **kwargs):
+        """:meth:`dispatch`, except that the exception a manager raises
+        propagates as it was raised (after being logged with the
+        manager's name), not as :class:`DispatchError`.
+
+        For callers whose handling depends on what failed: the extensions
+        that write images report a checksum mismatch, a device that
+        changed or a failed tool the same way whichever manager wrote.
+        """
+        try:
+            return self.dispatch(method, *args, **kwargs)
+        except DispatchError as exc:
+            failure = exc
+        # Raised outside the handler: the manager's exception keeps its
+        # own cause and notes, without the wrapper as its context.
+        raise failure.original
+
     def dispatch_all(self, method, *args, **kwargs):
         """Ask every manager; return ``[(name, answer)]``, highest level
         first, leaving out those that decline. Any other exception stops the

@@ -32,6 +32,29 @@ Shapes used below (every key is present; a value that cannot be read is
 
 ``NetworkInterface``
     ``{"name", "mac", "link" (bool), "speed_mbps", "driver", "pci_address"}``
+
+``Pin``
+    ``{"devnum" ("major:minor" of the device the safety check examined),
+    "recheck" (a callable)}``, or ``None`` (only unit tests write without
+    one). A method that opens a device it is given a pin for opens it
+    with ``O_EXCL``, compares the device number of what it opened with
+    ``devnum`` and calls ``recheck()`` while it holds that descriptor, so
+    the check holds for the whole write:
+    :class:`teeth_agent.images.writer.DeviceWriter` does all three
+    (``DeviceWriter(path, devnum=pin["devnum"], recheck=pin["recheck"])``).
+
+Safety is not the managers' part. The methods under "writing images and
+boot loaders" and :meth:`HardwareManager.wipe_metadata` are called only
+for a device that :func:`teeth_agent.hardware.safety.ensure_writable` has
+just accepted, and the command group checks again itself, around the
+dispatch where an override cannot skip it: after ``write_image``,
+``convert_qcow2_image`` (while it holds the device ``O_EXCL``),
+``add_config_drive_partition`` (before anything is written into the new
+partition) and ``write_config_drive``. The read-back after an erase is
+the agent's own too (:func:`teeth_agent.hardware.erase.verify_erased`),
+so a vendor erase and wipe are verified like the generic ones
+(``docs/hardware-managers.md`` has the table). An implementation writes
+only to the device it is given.
 """
 
 import enum
@@ -171,6 +194,81 @@ class HardwareManager:
         ``serial``, ``wwn``, ``name``, ``rotational``, ``by_path``), possibly
         empty. Return a ``BlockDevice``; raise
         :class:`HardwareManagerError` when nothing eligible matches.
+        """
+        raise IncompatibleHardwareMethodError()
+
+    def wipe_metadata(self, device):
+        """Make ``device`` unrecognisable: remove its partition tables
+        (both GPT copies and the MBR) and file-system signatures.
+
+        ``device`` is a ``BlockDevice`` or a dict with at least ``path``;
+        the kernel's partitions of it are forgotten too unless its
+        ``partitions`` is an empty list. Every step is tried; raise when one
+        fails (the agent logs and goes on where it is cleaning up after
+        another error, and fails the erase otherwise). Used after an erase,
+        after a failed image write and for a write an earlier agent did not
+        finish.
+        """
+        raise IncompatibleHardwareMethodError()
+
+    # -- writing images and boot loaders --------------------------------------
+
+    def write_image(self, path, source, hasher, progress, pin, size=None):
+        """Write the image read from ``source`` onto the device ``path``.
+
+        ``source`` has ``read(n)`` (a file or an HTTP download); the image
+        may be raw or gzip/xz/zstd compressed, told from its own first
+        bytes. ``hasher`` (:class:`teeth_agent.download.Hasher`) must see
+        every byte read, in order, and be verified (``hasher.verify()``)
+        before this returns; ``progress(done, total)`` counts bytes read;
+        ``size`` is the image's size as served, when known; ``pin`` is a
+        ``Pin``. Return ``{"format", "bytes_read", "bytes_written"}``.
+
+        A format that cannot be written as it arrives (qcow2) writes
+        nothing and returns ``{"format": name, "needs_staging": True}``:
+        the agent then stages the verified file and calls
+        :meth:`convert_qcow2_image`. On any failure after writing began,
+        zero what was written and wipe the signatures before raising; a
+        raised exception keeps its type (the agent reports its message,
+        with ``__notes__``, as the task's reason).
+        """
+        raise IncompatibleHardwareMethodError()
+
+    def convert_qcow2_image(self, path, image_path):
+        """Write the qcow2 file ``image_path`` (checksum-verified and
+        inspected: no backing file, virtual size fits) onto ``path``
+        as raw.
+
+        The agent holds ``path`` open with ``O_EXCL`` meanwhile (so it
+        cannot be mounted), checks it again afterwards and wipes it when
+        this raises: open it without ``O_EXCL``. Return nothing.
+        """
+        raise IncompatibleHardwareMethodError()
+
+    def add_config_drive_partition(self, path, size, replaced):
+        """Delete the partitions numbered in ``replaced`` (older config
+        drives, possibly none), then add a partition of at least ``size``
+        bytes named ``config-2`` at the end of the disk ``path``, and make
+        the kernel see it. Return ``{"number", "offset", "size"}`` (byte
+        offset and length of the new partition)."""
+        raise IncompatibleHardwareMethodError()
+
+    def write_config_drive(self, path, partition, data, pin):
+        """Write ``data`` (a config drive file system image, bytes) at the
+        start of ``partition`` (as returned by
+        :meth:`add_config_drive_partition`) of the disk ``path``, zero the
+        rest of the partition and sync; ``pin`` is a ``Pin``. Never write
+        outside the partition. Return nothing."""
+        raise IncompatibleHardwareMethodError()
+
+    def install_boot_loader(self, path, root, fs_type, boot):
+        """Make the disk ``path`` boot the image's kernel.
+
+        Called only when the image brings no boot loader. ``root`` is the
+        node of the partition holding the kernel (file system ``fs_type``),
+        ``boot`` what was found there: ``{"kernel", "initrd", "cmdline",
+        "fs_uuid", ...}`` (paths inside that file system). Return the name
+        of the boot loader installed (``"grub"``).
         """
         raise IncompatibleHardwareMethodError()
 

@@ -19,9 +19,14 @@ import os
 import platform
 import re
 
+from teeth_agent import blockdev
 from teeth_agent.hardware import base
 from teeth_agent.hardware import safety
 from teeth_agent.hardware import sysfs
+from teeth_agent.images import boot as boot_images
+from teeth_agent.images import partitions
+from teeth_agent.images import qcow2
+from teeth_agent.images import writer
 from teeth_agent import processes
 
 LOG = logging.getLogger(__name__)
@@ -526,6 +531,70 @@ class GenericHardwareManager(base.HardwareManager):
     def erase_block_device(self, device, method, progress):
         from teeth_agent.hardware import erase
         return erase.erase_device(self, device, method, progress)
+
+    def wipe_metadata(self, device):
+        """``wipefs``, the first and last MiB zeroed, the kernel's
+        partitions dropped (:func:`teeth_agent.blockdev.wipe_signatures`)."""
+        blockdev.wipe_signatures(
+            device["path"],
+            forget_partitions=bool(device.get("partitions", True)))
+
+    # -- writing images and boot loaders --------------------------------------
+
+    def write_image(self, path, source, hasher, progress, pin, size=None):
+        """Streamed through the device's one ``O_EXCL`` descriptor, with
+        ``[standbye]`` buffers and decompression memory limit
+        (:func:`teeth_agent.images.writer.write_stream`)."""
+        options = self.conf.standbye
+        try:
+            return writer.write_stream(
+                source, path, hasher, progress, size,
+                options.write_buffer_size, options.write_buffer_count,
+                memory_limit=options.decompression_memory_limit,
+                **(pin or {}))
+        except writer.NeedsStaging as staging:
+            return {"format": staging.format, "needs_staging": True}
+
+    def convert_qcow2_image(self, path, image_path):
+        """``qemu-img convert`` under ``prlimit`` with ``[standbye]
+        qemu_img_convert_cpu_limit`` (see
+        :func:`teeth_agent.images.qcow2.convert`)."""
+        qcow2.convert(image_path, path,
+                      self.conf.standbye.qemu_img_convert_cpu_limit)
+
+    def add_config_drive_partition(self, path, size, replaced):
+        """``sgdisk`` (GPT) or ``sfdisk`` (MBR), see
+        :mod:`teeth_agent.images.partitions`."""
+        for number in replaced:
+            partitions.delete_partition(path, number)
+        return partitions.add_partition_at_end(path, size)
+
+    def write_config_drive(self, path, partition, data, pin):
+        """One :class:`teeth_agent.images.writer.DeviceWriter` bounded to
+        the partition; the rest of it is zeroed so nothing of an older
+        file system shows."""
+        pin = pin or {}
+        output = writer.DeviceWriter(
+            path, start=partition["offset"],
+            end=partition["offset"] + partition["size"],
+            devnum=pin.get("devnum"), recheck=pin.get("recheck"))
+        try:
+            output.write(data)
+            padding = partition["size"] - len(data)
+            while padding > 0:
+                chunk = min(padding, 4 * 1024 * 1024)
+                output.write(bytes(chunk))
+                padding -= chunk
+            output.close()
+        except BaseException:
+            output.abort()
+            raise
+
+    def install_boot_loader(self, path, root, fs_type, boot):
+        """The agent's own grub for BIOS boot (``i386-pc``), see
+        :func:`teeth_agent.images.boot.install_grub`."""
+        boot_images.install_grub(path, root, fs_type, "i386-pc", boot)
+        return "grub"
 
     def get_os_install_device(self, hints):
         """Choose among the eligible devices (see

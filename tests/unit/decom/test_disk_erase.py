@@ -387,6 +387,57 @@ class DiskEraseTest(testing.HardwareManagerTestCase, base.TestCase):
         self.assertIn("read-back verification failed", entry["error"])
         self.assertTrue(entry["verify_problems"])
 
+    def wiping_dispatcher(self, wipe):
+        class WipingManager(hw_base.HardwareManager):
+            """A vendor manager that wipes metadata its own way."""
+
+            def evaluate_hardware_support(self):
+                return hw_base.HardwareSupport.SERVICE_PROVIDER
+
+            def wipe_metadata(self, device):
+                return wipe(device)
+
+        return self.build_dispatcher(
+            [("generic", generic.GenericHardwareManager),
+             ("wiping", WipingManager)])
+
+    def test_a_vendor_wipe_is_used_and_still_verified(self):
+        # The vendor wipes instead of wipefs, but the read-back stays the
+        # agent's: a wipe that leaves (or writes) data fails the erase.
+        path = self.add_device("loop0")
+        wiped = []
+
+        def careless(device):
+            wiped.append(device["path"])
+            with open(device["path"], "r+b") as stream:
+                stream.write(b"VENDOR-LABEL")
+
+        self.dispatcher = self.wiping_dispatcher(careless)
+        extension, registry, _ = self.extension()
+        task = runner.run_command(extension, registry, "disk_erase",
+                                  {"devices": ["/dev/loop0"]})
+        self.assertEqual([path], wiped)
+        self.assertNotIn("wipefs", [call[0] for call in self.tools.calls])
+        self.assertEqual(tasks.ERROR, task.state)
+        entry = task.details["devices"][0]
+        self.assertFalse(entry["verified"])
+        self.assertIn("read-back verification failed", entry["error"])
+
+    def test_a_failed_vendor_wipe_fails_the_device(self):
+        self.add_device("loop0")
+
+        def failing(device):
+            raise hw_base.HardwareManagerError("the controller refused")
+
+        self.dispatcher = self.wiping_dispatcher(failing)
+        extension, registry, _ = self.extension()
+        task = runner.run_command(extension, registry, "disk_erase",
+                                  {"devices": ["/dev/loop0"]})
+        self.assertEqual(tasks.ERROR, task.state)
+        entry = task.details["devices"][0]
+        self.assertEqual("the controller refused", entry["error"])
+        self.assertFalse(entry["verified"])
+
     def test_default_scope_accounts_for_every_disk(self):
         """Issue 11.2: a mounted disk in scope fails the task, by name."""
         free = self.add_device("loop0")

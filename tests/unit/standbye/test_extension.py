@@ -1,4 +1,5 @@
 import base64
+import contextlib
 import gzip
 import json
 import os
@@ -9,10 +10,14 @@ import uuid
 from teeth_agent import download
 from teeth_agent.extensions import base as ext_base
 from teeth_agent.extensions import standbye
+from teeth_agent import hardware
+from teeth_agent.hardware import base as hw_base
 from teeth_agent.hardware import safety
 from teeth_agent.images import boot
+from teeth_agent.images import partitions
 from teeth_agent.images import writer
 from teeth_agent import power
+from teeth_agent import processes
 from teeth_agent import protocol
 from teeth_agent import tasks
 from tests import base
@@ -20,8 +25,57 @@ from tests import base
 IMAGE_ID = "6f1c2a9e-3b7d-4e8f-a0b1-c2d3e4f5a6b7"
 
 
+class RecordingManager(hw_base.HardwareManager):
+    """A vendor manager that records the write hooks it is called with.
+
+    ``answers[name]`` is what a hook returns: a value, an exception to
+    raise, or a list of those (one per call).
+    """
+
+    def __init__(self, conf):
+        super().__init__(conf)
+        self.calls = []
+        self.answers = {}
+
+    def evaluate_hardware_support(self):
+        return hw_base.HardwareSupport.SERVICE_PROVIDER
+
+    def _answer(self, name, *args):
+        self.calls.append((name,) + args)
+        answer = self.answers.get(name)
+        if isinstance(answer, list):
+            answer = answer.pop(0)
+        if callable(answer):
+            return answer(*args)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def _called(self, name):
+        return [call[1:] for call in self.calls if call[0] == name]
+
+    def wipe_metadata(self, device):
+        return self._answer("wipe_metadata", device)
+
+    def write_image(self, path, source, hasher, progress, pin, size=None):
+        return self._answer("write_image", path, source, hasher, progress,
+                            pin, size)
+
+    def convert_qcow2_image(self, path, image_path):
+        return self._answer("convert_qcow2_image", path, image_path)
+
+    def add_config_drive_partition(self, path, size, replaced):
+        return self._answer("add_config_drive_partition", path, size,
+                            replaced)
+
+    def write_config_drive(self, path, partition, data, pin):
+        return self._answer("write_config_drive", path, partition, data,
+                            pin)
+
+
 class ExtensionTestCase(base.TestCase):
-    """An extension with its cache and state under a temp dir."""
+    """An extension with its cache and state under a temp dir; its
+    hardware is a :class:`RecordingManager` behind a real dispatcher."""
 
     def setUp(self):
         super().setUp()
@@ -32,7 +86,10 @@ class ExtensionTestCase(base.TestCase):
             "standbye.work_dir": os.path.join(self.dir, "work"),
             "power.simulate": True})
         self.power = power.PowerController(simulate=True)
-        context = ext_base.ExtensionContext(self.conf, mock.Mock(),
+        dispatcher = hardware.build_dispatcher(
+            [("vendor", RecordingManager)], self.conf)
+        self.manager = dispatcher.managers[0][1]
+        context = ext_base.ExtensionContext(self.conf, dispatcher,
                                             tasks.TaskRegistry(), self.power)
         self.extension = standbye.StandbyeExtension(context)
         self.extension.name = "standbye"
@@ -166,14 +223,13 @@ class InterruptedWriteTest(ExtensionTestCase):
     def test_prepare_image_records_before_writing(self):
         seen = []
 
-        def write(task, image, path, pin=None):
+        def write(path, source, hasher, progress, pin, size):
             seen.append(os.path.exists(self.record_path()))
             raise writer.CorruptImage("truncated")
-        with mock.patch.object(self.extension, "_write_downloaded",
-                               side_effect=write), \
-                mock.patch("teeth_agent.hardware.inventory."
-                           "choose_install_device",
-                           return_value={"path": "/dev/loop9"}), \
+        self.manager.answers["write_image"] = write
+        with mock.patch("teeth_agent.hardware.inventory."
+                        "choose_install_device",
+                        return_value={"path": "/dev/loop9"}), \
                 mock.patch("teeth_agent.hardware.safety.ensure_writable"):
             with self.assertRaises(tasks.TaskFailed):
                 self.extension.prepare_image(
@@ -181,6 +237,29 @@ class InterruptedWriteTest(ExtensionTestCase):
                                   "hashes": {"sha256": "a" * 64}}, None)
         self.assertEqual([True], seen)
         self.assertFalse(os.path.exists(self.record_path()))
+
+    def test_a_vendor_write_is_checked_after_it_returns(self):
+        # A vendor write_image may ignore the pin; the extension's own
+        # re-check after it returns still refuses a device that changed.
+        self.manager.answers["write_image"] = {
+            "format": "raw", "bytes_read": 1, "bytes_written": 1}
+        checked = [{"path": "/dev/loop9", "devnum": "7:9"},
+                   {"path": "/dev/loop9", "devnum": "8:16"}]
+        with mock.patch("teeth_agent.hardware.inventory."
+                        "choose_install_device",
+                        return_value={"path": "/dev/loop9"}), \
+                mock.patch("teeth_agent.hardware.safety.ensure_writable",
+                           side_effect=checked), \
+                mock.patch("teeth_agent.images.partitions.tell_kernel"):
+            with self.assertRaisesRegex(tasks.TaskFailed,
+                                        "it was device 7:9 when it was "
+                                        "checked and is 8:16 now"):
+                self.extension.prepare_image(
+                    mock.Mock(), {"id": IMAGE_ID, "urls": ["http://h/i"],
+                                  "hashes": {"sha256": "a" * 64}}, None)
+        [(path, _, _, _, pin, _)] = self.manager._called("write_image")
+        self.assertEqual(("/dev/loop9", "7:9"), (path, pin["devnum"]))
+        self.assertIsNone(self.extension._prepared)
 
     def restart_with_record(self, record, eligible=True):
         os.makedirs(self.extension.work_dir, exist_ok=True)
@@ -190,15 +269,14 @@ class InterruptedWriteTest(ExtensionTestCase):
         error = None if eligible else safety.DeviceNotEligible(
             "/dev/loop9", "mounted")
         with mock.patch("teeth_agent.hardware.safety.ensure_writable",
-                        side_effect=error) as ensure, \
-                mock.patch("teeth_agent.images.writer.wipe_signatures") \
-                as wipe:
+                        side_effect=error) as ensure:
             with self.assertLogs("teeth_agent.extensions.standbye",
                                  "ERROR") as logs:
                 again = standbye.StandbyeExtension(self.extension.context)
                 again.start()
         self.assertFalse(os.path.exists(self.record_path()))
-        return again, ensure, wipe, "\n".join(logs.output)
+        return (again, ensure, self.manager._called("wipe_metadata"),
+                "\n".join(logs.output))
 
     def test_the_constructor_wipes_nothing(self):
         # Building the extension (the plugin loader does) must not touch a
@@ -214,18 +292,17 @@ class InterruptedWriteTest(ExtensionTestCase):
         with open(partial, "w"):
             pass
         with mock.patch("teeth_agent.hardware.safety.ensure_writable") \
-                as ensure, \
-                mock.patch("teeth_agent.images.writer.wipe_signatures") \
-                as wipe:
+                as ensure:
             again = standbye.StandbyeExtension(self.extension.context)
             ensure.assert_not_called()
-            wipe.assert_not_called()
+            self.assertEqual([], self.manager.calls)
             self.assertTrue(os.path.exists(self.record_path()))
             self.assertTrue(os.path.exists(partial))
             with self.assertLogs("teeth_agent.extensions.standbye",
                                  "ERROR"):
                 again.start()
-        wipe.assert_called_once_with("/dev/loop9")
+        self.assertEqual([({"path": "/dev/loop9"},)],
+                         self.manager._called("wipe_metadata"))
         self.assertFalse(os.path.exists(self.record_path()))
         self.assertFalse(os.path.exists(partial))
 
@@ -237,7 +314,7 @@ class InterruptedWriteTest(ExtensionTestCase):
              "image_id": IMAGE_ID})
         ensure.assert_called_once_with("/dev/loop9", self.conf,
                                        self.extension.hardware)
-        wipe.assert_called_once_with("/dev/loop9")
+        self.assertEqual([({"path": "/dev/loop9"},)], wipe)
         self.assertIn("wiping", logs)
         self.assertIsNone(again._prepared)
         self.assertFalse(os.path.exists(self.extension._prepared_path()))
@@ -246,20 +323,27 @@ class InterruptedWriteTest(ExtensionTestCase):
         _, _, wipe, logs = self.restart_with_record(
             {"device": "/dev/loop9", "command": "prepare_image",
              "image_id": IMAGE_ID}, eligible=False)
-        wipe.assert_not_called()
+        self.assertEqual([], wipe)
         self.assertIn("NOT wiping /dev/loop9", logs)
         self.assertIn("mounted", logs)
 
     def test_unreadable_record_is_reported(self):
         _, ensure, wipe, logs = self.restart_with_record("{not json")
         ensure.assert_not_called()
-        wipe.assert_not_called()
+        self.assertEqual([], wipe)
         self.assertIn("half-written", logs)
 
     def test_no_record_no_action(self):
-        with mock.patch("teeth_agent.images.writer.wipe_signatures") as wipe:
-            standbye.StandbyeExtension(self.extension.context).start()
-        wipe.assert_not_called()
+        standbye.StandbyeExtension(self.extension.context).start()
+        self.assertEqual([], self.manager.calls)
+
+    def test_a_failing_wipe_is_logged(self):
+        self.manager.answers["wipe_metadata"] = OSError(5, "I/O error")
+        _, _, wipe, logs = self.restart_with_record(
+            {"device": "/dev/loop9", "command": "run_image",
+             "image_id": IMAGE_ID})
+        self.assertEqual([({"path": "/dev/loop9"},)], wipe)
+        self.assertIn("wiping the signatures of /dev/loop9 failed", logs)
 
 
 class Qcow2StagingTest(ExtensionTestCase):
@@ -277,18 +361,93 @@ class Qcow2StagingTest(ExtensionTestCase):
             with self.assertRaisesRegex(download.NoSpace, "no room"):
                 self.extension._staging_room()
 
-    @mock.patch("teeth_agent.hardware.safety.ensure_writable")
     @mock.patch("teeth_agent.blockdev.device_size",
                 return_value=1 << 30)
     @mock.patch("teeth_agent.images.qcow2.inspect", return_value=1 << 20)
-    @mock.patch("teeth_agent.processes.execute", return_value=("", ""))
-    def test_convert_uses_the_configured_cpu_limit(self, execute, *mocks):
-        self.conf.set_override("qemu_img_convert_cpu_limit", 77, "standbye")
-        self.extension._convert_qcow2(mock.Mock(), "/w/i.qcow2",
-                                      "/dev/loop9")
-        argv = execute.call_args[0]
-        self.assertEqual(("prlimit", "--as=1073741824", "--cpu=77",
-                          "qemu-img", "convert"), argv[:5])
+    def test_convert_goes_through_the_managers(self, *mocks):
+        # The qemu-img command line (and its CPU limit) is the generic
+        # manager's: tests/unit/hardware/test_write_hooks.py.
+        written = self.extension._convert_qcow2(mock.Mock(), "/w/i.qcow2",
+                                                "/dev/loop9")
+        self.assertEqual({"bytes_written": 1 << 20}, written)
+        self.assertEqual([("/dev/loop9", "/w/i.qcow2")],
+                         self.manager._called("convert_qcow2_image"))
+        self.assertEqual([], self.manager._called("wipe_metadata"))
+
+    @mock.patch("teeth_agent.blockdev.device_size",
+                return_value=1 << 30)
+    @mock.patch("teeth_agent.images.qcow2.inspect", return_value=1 << 20)
+    def test_a_failed_conversion_is_wiped(self, *mocks):
+        # Whatever a (vendor) converter raises, what it may have written
+        # is wiped, and its own error is what is reported.
+        for error in (processes.ProcessError(["qemu-img"], 1, "", "bad"),
+                      hardware.HardwareManagerError("vendor tool failed")):
+            with self.subTest(type(error).__name__):
+                self.manager.calls.clear()
+                self.manager.answers["convert_qcow2_image"] = error
+                with self.assertRaises(type(error)) as caught:
+                    self.extension._convert_qcow2(mock.Mock(), "/w/i.qcow2",
+                                                  "/dev/loop9")
+                self.assertIs(error, caught.exception)
+                self.assertEqual([({"path": "/dev/loop9"},)],
+                                 self.manager._called("wipe_metadata"))
+
+
+class ConfigDriveHooksTest(ExtensionTestCase):
+    """run_image's config drive, written through the managers' hooks."""
+
+    def write(self, added):
+        self.manager.answers["add_config_drive_partition"] = added
+        patches = {
+            "teeth_agent.blockdev.sector_size": {"return_value": 512},
+            "teeth_agent.images.configdrive.decode_prebuilt": {
+                "return_value": b"drive"},
+            "teeth_agent.images.configdrive.fit_to_sector_size": {
+                "side_effect": lambda data, sector, limit: data * 20},
+            "teeth_agent.hardware.safety.ensure_writable": {
+                "return_value": {"path": "/dev/loop9", "devnum": None}},
+            "teeth_agent.images.partitions.read_table": {
+                "return_value": {"partitions": [
+                    {"number": 1, "name": "root"},
+                    {"number": 4, "name": "config-2"}]}},
+            "teeth_agent.images.partitions.tell_kernel": {},
+            "teeth_agent.images.partitions.partition_node": {
+                "side_effect": lambda path, number, *args:
+                    "%sp%d" % (path, number)},
+            "teeth_agent.images.boot.probe": {
+                "side_effect": lambda node: {
+                    "LABEL": "root" if node.endswith("p1") else "config-2",
+                    "TYPE": "iso9660"}},
+        }
+        with contextlib.ExitStack() as stack:
+            mocks = {target.rsplit(".", 1)[1]: stack.enter_context(
+                mock.patch(target, **kwargs))
+                for target, kwargs in patches.items()}
+            return (self.extension._write_config_drive("/dev/loop9", "x"),
+                    mocks)
+
+    def test_the_old_drive_is_replaced_and_the_new_one_checked(self):
+        added = {"number": 4, "offset": 1 << 20, "size": 4096}
+        drive, mocks = self.write(added)
+        self.assertEqual({"partition": 4, "node": "/dev/loop9p4",
+                          "size": 100, "type": "iso9660"}, drive)
+        self.assertEqual([("/dev/loop9", 100, [4])],
+                         self.manager._called("add_config_drive_partition"))
+        [(path, partition, data, pin)] = self.manager._called(
+            "write_config_drive")
+        self.assertEqual(("/dev/loop9", added, b"drive" * 20),
+                         (path, partition, data))
+        # Checked when the pin is made, after the partition edit and
+        # after the write.
+        self.assertEqual(3, mocks["ensure_writable"].call_count)
+
+    def test_a_partition_smaller_than_the_drive_is_refused(self):
+        # Whatever a (vendor) partitioner answers, nothing is written
+        # past the partition it made.
+        with self.assertRaisesRegex(
+                partitions.PartitionError, "holds 64 bytes, not the 100"):
+            self.write({"number": 4, "offset": 1 << 20, "size": 64})
+        self.assertEqual([], self.manager._called("write_config_drive"))
 
 
 class StreamFormatTest(ExtensionTestCase):
@@ -297,7 +456,6 @@ class StreamFormatTest(ExtensionTestCase):
     def setUp(self):
         super().setUp()
         for target, kwargs in (
-                ("teeth_agent.hardware.safety.ensure_writable", {}),
                 ("teeth_agent.blockdev.device_size",
                  {"return_value": 1 << 30}),
                 ("teeth_agent.images.qcow2.inspect",
@@ -312,48 +470,53 @@ class StreamFormatTest(ExtensionTestCase):
         return {"id": IMAGE_ID, "urls": ["http://127.0.0.1:1/i"],
                 "hashes": {"sha256": "a" * 64}, "size": None}
 
-    @mock.patch("teeth_agent.processes.execute", return_value=("", ""))
     @mock.patch("teeth_agent.download.download_to_file")
-    @mock.patch("teeth_agent.images.writer.write_stream",
-                side_effect=writer.NeedsStaging("qcow2"))
     def test_qcow2_in_the_stream_is_staged_and_converted(
-            self, write_stream, download_to_file, execute):
+            self, download_to_file):
         def fetched(urls, hashes, path, **kwargs):
             with open(path, "wb") as stream:
                 stream.write(b"QFI\xfb" + bytes(100))
         download_to_file.side_effect = fetched
+        self.manager.answers["write_image"] = {"format": "qcow2",
+                                               "needs_staging": True}
         written = self.extension._write_downloaded(mock.Mock(), self.image(),
                                                    "/dev/loop9")
         self.assertEqual({"format": "qcow2", "source": "download",
                           "bytes_written": 1 << 20}, written)
-        write_stream.assert_called_once()
+        self.assertEqual(1, len(self.manager._called("write_image")))
         kwargs = download_to_file.call_args[1]
         self.assertEqual((1 << 20) * 4096 - self.conf.standbye.cache_reserve,
                          kwargs["max_size"])
         staged = download_to_file.call_args[0][2]
-        self.assertEqual(("qemu-img", "convert"), execute.call_args[0][3:5])
-        self.assertIn(staged, execute.call_args[0])
+        self.assertEqual([("/dev/loop9", staged)],
+                         self.manager._called("convert_qcow2_image"))
         self.assertFalse(os.path.exists(staged))
 
-    @mock.patch("teeth_agent.processes.execute")
+    def test_a_manager_must_say_what_it_wrote(self):
+        for answer in (None, {}, ["raw"]):
+            with self.subTest(answer):
+                self.manager.answers["write_image"] = answer
+                with self.assertRaisesRegex(hardware.HardwareManagerError,
+                                            "not what was written"):
+                    self.extension._write_image("/dev/loop9", None, None,
+                                                None, None, None)
+
     @mock.patch("teeth_agent.download.download_to_file")
-    @mock.patch("teeth_agent.images.writer.write_stream")
-    def test_staged_file_is_detected_again(self, write_stream,
-                                           download_to_file, execute):
+    def test_staged_file_is_detected_again(self, download_to_file):
         # The server answered qcow2 first, then something else: what was
         # downloaded and verified decides, and it is not given to qemu-img.
         def fetched(urls, hashes, path, **kwargs):
             with open(path, "wb") as stream:
                 stream.write(gzip.compress(b"raw"))
         download_to_file.side_effect = fetched
-        write_stream.side_effect = [writer.NeedsStaging("qcow2"),
-                                    {"format": "gzip", "bytes_read": 23,
-                                     "bytes_written": 3}]
+        self.manager.answers["write_image"] = [
+            {"format": "qcow2", "needs_staging": True},
+            {"format": "gzip", "bytes_read": 23, "bytes_written": 3}]
         written = self.extension._write_downloaded(mock.Mock(), self.image(),
                                                    "/dev/loop9")
         self.assertEqual("gzip", written["format"])
-        execute.assert_not_called()
-        self.assertEqual(2, write_stream.call_count)
+        self.assertEqual([], self.manager._called("convert_qcow2_image"))
+        self.assertEqual(2, len(self.manager._called("write_image")))
 
 
 class FindBootCmdlineTest(ExtensionTestCase):
