@@ -93,6 +93,8 @@ _WATCH_INTERVAL = 0.2
 # the name, case-insensitively): over-redacting costs nothing.
 _SENSITIVE_PARAM = re.compile(
     r"sig|token|secret|passw|credential|key|auth|session|policy", re.I)
+# What a URL may not hold as such: spaces, control characters, non-ASCII.
+_UNSAFE_URL_CHARACTER = re.compile(r"[^\x21-\x7e]")
 _MAX_BACKOFF = 30.0
 DEFAULT_BUFFER_SIZE = 4 * 1024 * 1024
 DEFAULT_BUFFER_COUNT = 8
@@ -156,7 +158,13 @@ def select_hash(hashes, allow_md5=False):
 
 
 def check_url(url):
-    """Raise ValueError unless ``url`` is http(s) with a host."""
+    """Raise ValueError unless ``url`` is http(s) with a host and made of
+    printable ASCII only (RFC 3986; anything else is percent-encoded). A
+    raw control character would otherwise make ``http.client`` refuse the
+    URL with an error that quotes its query, credentials included."""
+    if _UNSAFE_URL_CHARACTER.search(str(url)):
+        raise ValueError("a URL may hold only printable ASCII characters "
+                         "(percent-encode the others): %s" % redact_url(url))
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme.lower() not in ("http", "https"):
         raise ValueError("only http:// and https:// URLs are allowed: %s"
@@ -167,9 +175,13 @@ def check_url(url):
 
 def redact_url(url):
     """``url`` with its credentials replaced by ``***`` (see the module
-    documentation); what cannot be parsed is not shown at all."""
+    documentation); what cannot be parsed is not shown at all. Characters
+    other than printable ASCII are shown percent-encoded, so a URL cannot
+    put a newline or a terminal escape into a log line."""
+    url = _UNSAFE_URL_CHARACTER.sub(
+        lambda match: urllib.parse.quote(match.group(), safe=""), str(url))
     try:
-        parts = urllib.parse.urlsplit(str(url))
+        parts = urllib.parse.urlsplit(url)
     except ValueError:
         return "<a URL that cannot be parsed>"
     netloc = parts.netloc

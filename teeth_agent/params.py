@@ -158,6 +158,12 @@ class URL(String):
 
     def check(self, value, path):
         value = super().check(value, path)
+        if re.search(r"[^\x21-\x7e]", value):
+            # RFC 3986: anything else is percent-encoded. Raw, it could put
+            # a line break or a terminal escape into a log, and makes
+            # http.client refuse the URL quoting its query (credentials).
+            raise invalid(path, "may hold only printable ASCII characters "
+                          "(percent-encode the others)")
         parsed = urllib.parse.urlsplit(value)
         if parsed.scheme.lower() not in self.schemes:
             raise invalid(path, "only %s URLs are allowed"

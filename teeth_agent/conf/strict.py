@@ -43,6 +43,8 @@ from oslo_config import cfg
 from oslo_config import generator
 from oslo_log import log
 
+from teeth_agent import protocol
+
 #: Namespaces (``oslo.config.opts`` entry points) whose options
 #: ``teeth-agent`` accepts, besides those of installed plugins.
 AGENT_NAMESPACES = ("teeth_agent", "oslo.log")
@@ -565,11 +567,14 @@ def load(conf, args, project, prog, known, labels=None, **kwargs):
 
 def setup_logging(conf, product):
     """``oslo_log.log.setup`` with its failures (a log file that cannot be
-    opened, a broken logging configuration) as :class:`ConfigError`."""
+    opened, a broken logging configuration) as :class:`ConfigError`; every
+    handler it set up escapes what is not printable
+    (:class:`teeth_agent.protocol.EscapingLogFilter`)."""
     try:
         log.setup(conf, product)
     except (OSError, ValueError, log.LogConfigError) as exc:
         raise ConfigSourceError("cannot set up logging: %s" % exc)
+    protocol.install_log_escaping()
 
 
 def exit_status(error, prog, stream):
