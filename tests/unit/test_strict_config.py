@@ -410,6 +410,21 @@ class TestAgentPrepare(PrepareCase):
         self.assertTrue(conf.debug)
         self.assertEqual(2, conf.decom.erase_concurrency)
 
+    def test_unreadable_sources_are_one_error(self):
+        binary = self.write("binary.conf", "")
+        with open(binary, "wb") as stream:
+            stream.write(b"[power]\nsimulate = \xe9\n")
+        for args, expected in (
+                (("--config-file", self.directory),
+                 "configuration file %s is a directory" % self.directory),
+                (("--config-file", binary), "cannot read %s: not UTF-8 text "
+                 "(byte 0xe9 at offset 19)" % binary),
+                (("--config-dir", self.good), "configuration directory %s "
+                 "is not a directory" % self.good)):
+            with self.subTest(args):
+                error = self.refused(strict.ConfigSourceError, *args)
+                self.assertEqual([expected], error.lines)
+
     def test_logged_server_text_is_escaped(self):
         # The ramdisk console and the log file are an operator's terminal:
         # text an image server or the endpoint chose (a reason phrase, a
