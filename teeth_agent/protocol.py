@@ -23,6 +23,7 @@ code misused this API, which is a bug.
 import dataclasses
 import itertools
 import json
+import logging
 import os
 import typing
 
@@ -309,6 +310,53 @@ def printable(text, limit=500):
     if len(text) > limit:
         return json.dumps(text[:limit]) + "... (%d characters)" % len(text)
     return json.dumps(text)
+
+
+def escape_unprintable(text):
+    """``text`` with every character that is not printable (control
+    characters, newlines, tabs, bidirectional overrides, lone surrogates)
+    replaced by its backslash escape (``\\x1b``, ``\\n``, ``\\u202e``);
+    printable text, non-ASCII letters included, is returned as it is.
+    Escaping twice changes nothing more."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char.isprintable()
+        else char.encode("unicode_escape", "backslashreplace").decode("ascii")
+        for char in text)
+
+
+class EscapingLogFilter(logging.Filter):
+    """A handler filter that makes every record one line of printable
+    text (:func:`escape_unprintable`).
+
+    Log lines quote what peers, image servers and images supply (URLs,
+    HTTP reasons, tool output); on the ramdisk console and in log files a
+    newline in such text would forge a record and an escape sequence would
+    drive the operator's terminal. A traceback the formatter appends is
+    the program's own and is left as it is.
+    """
+
+    def filter(self, record):
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken record is logging's to report
+            return True
+        safe = escape_unprintable(message)
+        if safe != message:
+            record.msg, record.args = safe, None
+        return True
+
+
+def install_log_escaping(logger=None):
+    """Add an :class:`EscapingLogFilter` to every handler of ``logger``
+    (the root logger by default) that has none yet."""
+    logger = logger or logging.getLogger()
+    for handler in logger.handlers:
+        if not any(isinstance(f, EscapingLogFilter)
+                   for f in handler.filters):
+            handler.addFilter(EscapingLogFilter())
 
 
 def shorten_to_fit(message, field, room, marker=" [truncated]"):

@@ -25,6 +25,8 @@ SCHEMES = ("http", "https")
 # the name, case-insensitively): over-redacting costs nothing.
 _SENSITIVE_PARAM = re.compile(
     r"sig|token|secret|passw|credential|key|auth|session|policy", re.I)
+# What a URL may not hold as such: spaces, control characters, non-ASCII.
+_UNSAFE_URL_CHARACTER = re.compile(r"[^\x21-\x7e]")
 
 
 class InvalidURL(ValueError):
@@ -37,7 +39,16 @@ class InvalidURL(ValueError):
 
 
 def check(url):
-    """Raise :class:`InvalidURL` unless ``url`` is http(s) with a host."""
+    """Raise :class:`InvalidURL` unless ``url`` is http(s) with a host and
+    made of printable ASCII only (RFC 3986; anything else is
+    percent-encoded). Raw, a control character could put a line break or a
+    terminal escape into a log, and makes ``http.client`` refuse the URL
+    with an error that quotes its query, credentials included."""
+    if _UNSAFE_URL_CHARACTER.search(str(url)):
+        raise InvalidURL(
+            "may hold only printable ASCII characters (percent-encode the "
+            "others)", url, "a URL may hold only printable ASCII characters "
+            "(percent-encode the others)")
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme.lower() not in SCHEMES:
         raise InvalidURL("only %s URLs are allowed"
@@ -48,9 +59,13 @@ def check(url):
 
 def redact(url):
     """``url`` with its credentials replaced by ``***`` (see the module
-    documentation); what cannot be parsed is not shown at all."""
+    documentation); what cannot be parsed is not shown at all. Characters
+    other than printable ASCII are shown percent-encoded, so a URL cannot
+    put a newline or a terminal escape into a log line."""
+    url = _UNSAFE_URL_CHARACTER.sub(
+        lambda match: urllib.parse.quote(match.group(), safe=""), str(url))
     try:
-        parts = urllib.parse.urlsplit(str(url))
+        parts = urllib.parse.urlsplit(url)
     except ValueError:
         return "<a URL that cannot be parsed>"
     netloc = parts.netloc

@@ -43,6 +43,8 @@ from oslo_config import cfg
 from oslo_config import generator
 from oslo_log import log
 
+from teeth_agent import protocol
+
 #: Namespaces (``oslo.config.opts`` entry points) whose options
 #: ``teeth-agent`` accepts, besides those of installed plugins.
 AGENT_NAMESPACES = ("teeth_agent", "oslo.log")
@@ -494,6 +496,30 @@ def _given_files(conf, args):
         path for path in conf.default_config_files if os.path.isfile(path)]
 
 
+def _unreadable_source(conf, args, exc):
+    """The :class:`ConfigSourceError` naming the file oslo.config could
+    not read as text (``exc`` is what it raised)."""
+    paths = list(_given_files(conf, args))
+    for directory in _config_dirs(conf, args):
+        pattern = os.path.join(os.path.expanduser(directory), "*.conf")
+        paths.extend(sorted(glob.glob(pattern)))
+    for path in paths:
+        if os.path.isdir(path):
+            return ConfigSourceError("configuration file %s is a directory"
+                                     % path)
+        try:
+            with open(path, encoding="utf-8") as stream:
+                stream.read()
+        except UnicodeDecodeError as error:
+            return ConfigSourceError(
+                "cannot read %s: not UTF-8 text (byte 0x%02x at offset %d)"
+                % (path, error.object[error.start], error.start))
+        except OSError as error:
+            return ConfigSourceError("cannot read %s: %s"
+                                     % (path, error.strerror or error))
+    return ConfigSourceError("cannot read the configuration: %s" % exc)
+
+
 def _parse(conf, args, project, prog, labels, kwargs):
     """``conf(args, ...)``, with the exit oslo.config takes on a bad value
     of a command-line option given in a file turned into a
@@ -556,6 +582,16 @@ def load(conf, args, project, prog, known, labels=None, **kwargs):
         raise BadValueError(str(exc))
     except cfg.Error as exc:
         raise ConfigSourceError(str(exc))
+    except (OSError, UnicodeDecodeError) as exc:
+        # oslo.config opens each file as UTF-8 text and lets a directory
+        # or undecodable bytes through as a traceback.
+        raise _unreadable_source(conf, args, exc) from None
+    for directory in _given(args).config_dir:
+        if not os.path.isdir(os.path.expanduser(directory)):
+            # oslo.config looks for *.conf in it, finds none and goes on
+            # without the options the operator meant to give.
+            raise ConfigSourceError("configuration directory %s is not a "
+                                    "directory" % directory)
     # Parsing registers the groups of the [DEFAULT] config_source drivers.
     known.add(registered_options(conf))
     parsed = check_files(config_files(conf, args), known, labels)
@@ -565,11 +601,14 @@ def load(conf, args, project, prog, known, labels=None, **kwargs):
 
 def setup_logging(conf, product):
     """``oslo_log.log.setup`` with its failures (a log file that cannot be
-    opened, a broken logging configuration) as :class:`ConfigError`."""
+    opened, a broken logging configuration) as :class:`ConfigError`; every
+    handler it set up escapes what is not printable
+    (:class:`teeth_agent.protocol.EscapingLogFilter`)."""
     try:
         log.setup(conf, product)
     except (OSError, ValueError, log.LogConfigError) as exc:
         raise ConfigSourceError("cannot set up logging: %s" % exc)
+    protocol.install_log_escaping()
 
 
 def exit_status(error, prog, stream):

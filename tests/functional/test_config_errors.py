@@ -124,6 +124,24 @@ class TestAgent(ConfigCase):
         done = self.run_script(AGENT + ["--config-file", missing])
         self.assertRefused(done, "configuration file not found", missing)
 
+    def test_a_directory_or_binary_file_is_one_line(self):
+        # oslo.config let both through as tracebacks; a --config-dir that
+        # is a file was ignored, options and all.
+        binary = os.path.join(self.workdir, "binary.conf")
+        with open(binary, "wb") as stream:
+            stream.write(b"\xff\xfe[power]\nsimulate = true\n")
+        for argv, expected in (
+                (["--config-file", self.workdir],
+                 "configuration file %s is a directory" % self.workdir),
+                (["--config-file", binary],
+                 "cannot read %s: not UTF-8 text" % binary),
+                (["--config-dir", binary],
+                 "configuration directory %s is not a directory" % binary)):
+            with self.subTest(argv):
+                done = self.run_script(AGENT + argv, timeout=20)
+                self.assertRefused(done, expected)
+        self.assertNoAgentConnected()
+
     def test_bad_value(self):
         path = self.agent_config({"decom": {"erase_concurrency": "abc"}})
         done = self.run_script(AGENT + ["--config-file", path], timeout=20)
@@ -218,6 +236,15 @@ class TestEndpoint(ConfigCase):
         done = self.run_script(ENDPOINT + ["--config-file", missing,
                                            "agents"])
         self.assertRefused(done, "configuration file not found", missing)
+
+    def test_a_binary_file_is_one_line(self):
+        binary = os.path.join(self.workdir, "binary.conf")
+        with open(binary, "wb") as stream:
+            stream.write(b"[endpoint]\nlisten_port = \xff\n")
+        done = self.run_script(ENDPOINT + ["--config-file", binary, "serve"],
+                               timeout=20)
+        self.assertRefused(done, "cannot read %s: not UTF-8 text (byte 0xff"
+                           % binary)
 
     def test_bad_value(self):
         path = self.endpoint_config({"endpoint": {"listen_port": "http"}})

@@ -963,3 +963,128 @@ class PartitionEditRecheckTest(StandbyeTestBase):
         self.assertEqual([self.device], swapped)
         self.assertIn("when it was checked and is %s now" % _devnum(other),
                       task.msg)
+
+
+class CachedImageLimitsTest(StandbyeTestBase):
+    """cache_images downloads under the rules prepare_image follows, and
+    an image written from the cache is verified, pinned and undone like a
+    download (issue 11, the cache_images path)."""
+
+    def setUp(self):
+        super().setUp()
+        self.server.redirects.clear()
+        self.server.drip.clear()
+        self.cache_dir = os.path.join(self.work, "cache")
+
+    serve = WriteLimitsTest.serve
+
+    def cache(self, images, **conf):
+        extension = self.make_extension([self.device],
+                                        cache_dir=self.cache_dir, **conf)
+        return extension, self.call(extension, "cache_images", images=images)
+
+    def cached_names(self):
+        return sorted(name for name in os.listdir(self.cache_dir)
+                      if not name.startswith("lost"))
+
+    def prepare_cached(self, extension, image_id):
+        return self.call(extension, "prepare_image", image=image_id,
+                         root_device_hints={"name": self.device})
+
+    def test_a_redirect_to_loopback_is_refused(self):
+        port = self.server.server_address[1]
+        self.server.redirects["/redirect"] = "http://127.0.0.2:%d/raw" % port
+        image = self.image_param("raw", urls=[self.server.url("/redirect")])
+        guard = _Guard()
+        with mock.patch("socket.create_connection", guard):
+            _, task = self.cache([image])
+        self.assertEqual(tasks.ERROR, task.state)
+        self.assertEqual(["failed"],
+                         [r["status"] for r in task.details["images"]])
+        self.assertIn("allowed_redirect_networks",
+                      task.details["images"][0]["reason"])
+        self.assertEqual(["127.0.0.1"], guard.calls)
+        self.assertEqual([], self.cached_names())
+        self.server.redirects["/redirect"] = self.images["raw"]["url"]
+        _, task = self.cache([image], **{
+            "standbye.allowed_redirect_networks": ["127.0.0.0/8"]})
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+
+    def test_a_slow_drip_server_fails_the_image(self):
+        self.server.drip["/raw"] = 1.0
+        _, task = self.cache([self.image_param("raw")], **{
+            "standbye.download_attempt_timeout": 1.0,
+            "standbye.download_retries": 1})
+        self.assertEqual(tasks.ERROR, task.state)
+        self.assertIn("ran past its deadline",
+                      task.details["images"][0]["reason"])
+        self.assertEqual([], self.cached_names())
+
+    def test_credentials_never_reach_the_result_or_the_message(self):
+        port = self.server.server_address[1]
+        secret_path = "/raw?temp_url_sig=S1GNATURE&temp_url_expires=1"
+        self.server.redirects[secret_path] = (
+            "http://127.0.0.2:%d/x?X-Amz-Signature=AMZS1G" % port)
+        urls = ["http://op:pa55word@127.0.0.1:%d/missing?token=T0KEN" % port,
+                "http://op:pa55word@127.0.0.1:%d%s" % (port, secret_path)]
+        _, task = self.cache([self.image_param("raw", urls=urls)])
+        self.assertEqual(tasks.ERROR, task.state)
+        shown = task.msg + json.dumps(task.details)
+        self.assertIn("temp_url_sig=***", shown)
+        for secret in ("pa55word", "S1GNATURE", "T0KEN", "AMZS1G", "op:"):
+            self.assertNotIn(secret, shown)
+
+    def test_a_cached_xz_bomb_is_refused_when_written(self):
+        tiny = os.path.join(self.tmp, "tiny-cached")
+        with open(tiny, "wb") as stream:
+            stream.write(b"hello\n")
+        subprocess.run(["xz", "-kf", "--lzma2=dict=1GiB", tiny], check=True)
+        image = self.serve("xz-1gib-cached", tiny + ".xz")
+        extension, task = self.cache([image])
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        task = self.prepare_cached(extension, image["id"])
+        self.assertEqual(tasks.ERROR, task.state)
+        self.assertIn("decompression_memory_limit", task.msg)
+
+    def tamper(self, image_id, offset):
+        path = os.path.join(self.cache_dir, "%s.image" % image_id)
+        with open(path, "r+b") as stream:
+            stream.seek(offset)
+            byte = stream.read(1)
+            stream.seek(offset)
+            stream.write(bytes([byte[0] ^ 0xff]))
+
+    def test_a_cached_image_changed_on_disk_is_zeroed_not_left(self):
+        raw = self.images["raw"]
+        extension, task = self.cache([self.image_param("raw")])
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        self.tamper(raw["id"], raw["size"] - 100)
+        seen = []
+        real_write = writer.DeviceWriter.write
+
+        def write(output, data):
+            if not seen:
+                try:
+                    os.close(os.open(self.device, os.O_RDONLY | os.O_EXCL))
+                    seen.append("opened")
+                except OSError as exc:
+                    seen.append(exc.errno)
+            return real_write(output, data)
+        with mock.patch.object(writer.DeviceWriter, "write", write):
+            task = self.prepare_cached(extension, raw["id"])
+        self.assertEqual(tasks.ERROR, task.state)
+        self.assertEqual([errno.EBUSY], seen)
+        self.assertIn("checksum mismatch", task.msg)
+        self.assertIn("was zeroed", task.msg)
+        _read_is_zero(self, self.device, raw["size"])
+
+    def test_a_cached_qcow2_changed_on_disk_is_not_converted(self):
+        qcow = self.images["qcow2"]
+        extension, task = self.cache([self.image_param("qcow2")])
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        self.tamper(qcow["id"], qcow["size"] - 100)
+        with mock.patch("teeth_agent.images.qcow2.convert") as convert:
+            task = self.prepare_cached(extension, qcow["id"])
+        self.assertEqual(tasks.ERROR, task.state)
+        self.assertIn("checksum mismatch", task.msg)
+        convert.assert_not_called()

@@ -58,6 +58,17 @@ class ParamsTest(base.TestCase):
             self.assertEqual(good, self.check(
                 {"task_id": good, "images": []})["task_id"])
 
+    def test_url_with_unprintable_characters_is_refused_unechoed(self):
+        for bad in ("https://h/a\x1b[2Jb?temp_url_sig=S1G",
+                    "https://h/a\nb?sig=S1G", "https://h/a b?sig=S1G",
+                    "https://h/\u00e9?sig=S1G"):
+            with self.subTest(bad):
+                image = dict(GOOD_IMAGE, urls=[bad])
+                error = self.assert_invalid(
+                    {"task_id": "t", "images": [image]}, "images[0].urls[0]")
+                self.assertIn("printable ASCII", error.msg)
+                self.assertNotIn("S1G", error.msg)
+
     def test_nested_paths_are_named(self):
         image = dict(GOOD_IMAGE, urls=["file:///etc/shadow"])
         error = self.assert_invalid({"task_id": "t", "images": [image]},

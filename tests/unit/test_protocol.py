@@ -1,6 +1,8 @@
 """The sans-IO protocol: framing, message rules and two in-memory ends."""
 
+import io
 import json
+import logging
 
 from teeth_agent import protocol
 from tests import base
@@ -269,3 +271,36 @@ class TwoEndsTest(base.TestCase):
         server = protocol.Session()
         ids = {server.send_command("ping")[0] for _ in range(1000)}
         self.assertEqual(1000, len(ids))
+
+
+class EscapingLogFilterTest(base.TestCase):
+    """What a peer or a server chose is logged as one printable line."""
+
+    def log(self, *args):
+        stream = io.StringIO()
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        logger = logging.getLogger("tests.escaping")
+        logger.propagate = False
+        logger.addHandler(handler)
+        self.addCleanup(logger.removeHandler, handler)
+        protocol.install_log_escaping(logger)
+        protocol.install_log_escaping(logger)
+        self.assertEqual(1, len(handler.filters))
+        logger.warning(*args)
+        return stream.getvalue()
+
+    def test_control_characters_newlines_and_overrides_are_escaped(self):
+        text = self.log("image %s: %s", "x\x1b[2J",
+                        "bad\nCRITICAL forged\t\u202e\udcff")
+        self.assertEqual("WARNING image x\\x1b[2J: bad\\nCRITICAL forged"
+                         "\\t\\u202e\\udcff\n", text)
+
+    def test_printable_text_is_unchanged(self):
+        self.assertEqual("WARNING caf\u00e9 50% \\n ok\n",
+                         self.log("caf\u00e9 %d%% \\n ok", 50))
+
+    def test_escaping_twice_changes_nothing(self):
+        once = protocol.escape_unprintable("a\x00b\nc")
+        self.assertEqual("a\\x00b\\nc", once)
+        self.assertEqual(once, protocol.escape_unprintable(once))

@@ -2,6 +2,7 @@
 console scripts' start-up."""
 
 import io
+import logging as std_logging
 import os
 import re
 import shutil
@@ -408,6 +409,48 @@ class TestAgentPrepare(PrepareCase):
         conf = self.prepare("--config-file", self.good)
         self.assertTrue(conf.debug)
         self.assertEqual(2, conf.decom.erase_concurrency)
+
+    def test_unreadable_sources_are_one_error(self):
+        binary = self.write("binary.conf", "")
+        with open(binary, "wb") as stream:
+            stream.write(b"[power]\nsimulate = \xe9\n")
+        for args, expected in (
+                (("--config-file", self.directory),
+                 "configuration file %s is a directory" % self.directory),
+                (("--config-file", binary), "cannot read %s: not UTF-8 text "
+                 "(byte 0xe9 at offset 19)" % binary),
+                (("--config-dir", self.good), "configuration directory %s "
+                 "is not a directory" % self.good)):
+            with self.subTest(args):
+                error = self.refused(strict.ConfigSourceError, *args)
+                self.assertEqual([expected], error.lines)
+
+    def test_logged_server_text_is_escaped(self):
+        # The ramdisk console and the log file are an operator's terminal:
+        # text an image server or the endpoint chose (a reason phrase, a
+        # URL) must not forge a line nor send terminal escapes.
+        log_file = os.path.join(self.directory, "agent.log")
+        path = self.write("log.conf", "[DEFAULT]\nendpoints = 127.0.0.1:1\n"
+                          "log_file = %s\n[power]\nsimulate = true\n"
+                          % log_file)
+        self.prepare("--config-file", path)
+        root = std_logging.getLogger()
+        self.addCleanup(lambda: [root.removeHandler(h) or h.close()
+                                 for h in list(root.handlers)
+                                 if getattr(h, "baseFilename", None)
+                                 == log_file])
+        std_logging.getLogger("teeth_agent.download").warning(
+            "not downloading from %s: %s", "http://h/x",
+            "HTTP 404 \x1b[2J\x1b[31mGone\n2026-12-01 00:00:00 CRITICAL "
+            "forged\u202e")
+        for handler in root.handlers:
+            handler.flush()
+        with open(log_file) as stream:
+            text = stream.read()
+        self.assertNotIn("\x1b", text)
+        self.assertNotIn("\u202e", text)
+        self.assertEqual(1, text.count("\n"), text)
+        self.assertIn("HTTP 404 \\x1b[2J\\x1b[31mGone\\n2026-12-01", text)
 
     def test_logging_that_cannot_be_set_up(self):
         path = self.write("log.conf", "[DEFAULT]\nlog_file = %s\n"

@@ -194,6 +194,19 @@ class RedactUrlTest(base.TestCase):
             with self.subTest(url):
                 self.assertEqual(expected, download.redact_url(url))
 
+    def test_unprintable_characters_are_shown_percent_encoded(self):
+        self.assertEqual(
+            "http://h/a%1B%5B2Jb%0A%E2%80%AE?x=1&sig=***",
+            download.redact_url("http://h/a\x1b%5B2Jb\n\u202e?x=1&sig=s"))
+        self.assertEqual("http://h/a%20b", download.redact_url("http://h/a b"))
+
+    def test_check_url_refuses_unprintable_characters(self):
+        for url in ("http://h/a\x1bb", "http://h/a b", "http://h/\u00e9",
+                    "http://h/x?q=\x7f"):
+            with self.subTest(url):
+                with self.assertRaisesRegex(ValueError, "printable ASCII"):
+                    download.check_url(url)
+
     def test_unparsable_url_is_not_shown(self):
         self.assertNotIn("secret", download.redact_url("http://[secret/x"))
 
@@ -390,6 +403,28 @@ class FetchLimitsTest(base.TestCase):
             self.assertNotIn(secret, text)
         self.assertIn("temp_url_sig=***", text)
         self.assertIn("http://***@127.0.0.1", text)
+
+    def test_a_raw_control_character_in_a_redirect_leaks_no_credentials(self):
+        # http.client refuses such a URL with an error quoting its query.
+        self.server.redirects["/r"] = "/b\x1b[2J?temp_url_sig=S1GNATURE"
+        with self.assertLogs("teeth_agent", "DEBUG") as logs:
+            with self.assertRaises(download.DownloadError) as caught:
+                self.fetch([self.server.url("/r")],
+                           redirects=download.RedirectPolicy(["127.0.0.0/8"]))
+        text = "\n".join(logs.output) + str(caught.exception)
+        self.assertNotIn("S1GNATURE", text)
+        self.assertNotIn("\x1b", text)
+        self.assertIn("/b%1B[2J?temp_url_sig=***", text)
+        self.assertIn("printable ASCII", str(caught.exception))
+        self.assertEqual(["/r"], [path for path, _ in self.server.requests])
+
+    def test_a_raw_control_character_in_a_url_is_refused_unechoed(self):
+        url = "http://127.0.0.1:%d/a\x01b?temp_url_sig=S1GNATURE" % self.port
+        with self.assertRaises(ValueError) as caught:
+            self.fetch([url])
+        self.assertNotIn("S1GNATURE", str(caught.exception))
+        self.assertNotIn("\x01", str(caught.exception))
+        self.assertEqual([], self.server.requests)
 
     def test_user_information_is_sent_as_basic_authentication(self):
         url = "http://op:pw@127.0.0.1:%d/image" % self.port
