@@ -18,7 +18,7 @@ third-party HTTP client. What callers may rely on:
 ``RedirectPolicy(allowed_networks=(), max_hops=MAX_REDIRECTS)``
     Where a download may be redirected to. The first URL is the
     server's (operator's) choice and is used as given; a redirect may
-    not downgrade https to http, and its host is resolved and every
+    not change the scheme, and its host is resolved and every
     address checked: loopback, link-local, private, multicast,
     unspecified and other non-global addresses are refused unless an
     ``allowed_networks`` CIDR contains them. The connection then goes to
@@ -226,9 +226,12 @@ class RedirectPolicy:
         """
         check_url(target)
         parsed = urllib.parse.urlsplit(target)
-        if urllib.parse.urlsplit(source).scheme.lower() == "https" and \
-                parsed.scheme.lower() != "https":
-            raise ValueError("an https URL may not redirect to http")
+        scheme = urllib.parse.urlsplit(source).scheme.lower()
+        if parsed.scheme.lower() != scheme:
+            # Never down to http; and not up either: the operator chose
+            # the scheme, and an https store is given as https.
+            raise ValueError("a redirect may not change the scheme (%s to "
+                             "%s)" % (scheme, parsed.scheme.lower()))
         port = parsed.port or (443 if parsed.scheme.lower() == "https"
                                else 80)
         addresses = self._resolve(parsed.hostname, port)

@@ -6,7 +6,7 @@ server gave. The download is :mod:`teeth_agent.download`'s, as for tenant
 images: resumed with ``Range`` after a transient failure, redirects checked
 by a :class:`~teeth_agent.download.RedirectPolicy` (no redirect to a
 loopback, link-local or private address outside ``[standbye]
-allowed_redirect_networks``, none from https to http), each attempt bounded
+allowed_redirect_networks``, none to another scheme), each attempt bounded
 by a deadline, URLs redacted in every log and message. It writes to a
 temporary file in the target directory, synced and renamed into place only
 after every checksum matched, so a partial or corrupt image is never

@@ -20,6 +20,8 @@ not obeyed.
 .. _rich: https://rich.readthedocs.io/
 """
 
+import math
+
 from rich import box
 from rich import console as rich_console
 from rich import progress as rich_progress
@@ -36,9 +38,20 @@ _AGENT_ROW = "%-40s %-10s %-9s %-24s %s"
 TABLE_CHUNK = 500
 
 
+def _number(value):
+    """``value`` as a finite float, or None: ``percent`` and ``eta`` come
+    from the agent, and a rogue one may send strings, NaN or infinities."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 def format_eta(eta):
-    """``MM:SS``, ``HhMMm`` past an hour, ``--:--`` for no estimate."""
-    if eta is None:
+    """``MM:SS``, ``HhMMm`` past an hour, ``--:--`` for no (or no usable)
+    estimate."""
+    eta = _number(eta)
+    if eta is None or eta < 0:
         return "--:--"
     eta = int(round(eta))
     if eta >= 3600:
@@ -47,7 +60,9 @@ def format_eta(eta):
 
 
 def _percent(status):
-    return float(status.get("percent") or 0.0)
+    """The status's percent within 0..100 (0 when it is not a number)."""
+    percent = _number(status.get("percent"))
+    return 0.0 if percent is None else min(max(percent, 0.0), 100.0)
 
 
 def progress_line(status, width=BAR_WIDTH):

@@ -145,7 +145,8 @@ opts = [
              "loopback, link-local, private, multicast, unspecified or "
              "otherwise not global. The first URL of an image is always "
              "used as given; a redirect to any such address outside these "
-             "networks is refused, as is a redirect from https to http."),
+             "networks is refused, as is a redirect to another scheme "
+             "(https to http, or http to https)."),
     cfg.IntOpt(
         "decompression_memory_limit",
         default=256 * 1024 * 1024,

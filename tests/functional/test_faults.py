@@ -290,6 +290,7 @@ class TestBrokenLinks(FaultTestCase):
         # The complete state reached the endpoint on a later connection.
         # The endpoint may learn the outcome first from the new link's
         # handshake summary; the full task_status follows it on that link.
+
         def completes():
             statuses = faults_endpoint.task_statuses(
                 proxy.lines_going(faults_proxy.UP), "c1")

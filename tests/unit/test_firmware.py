@@ -127,7 +127,7 @@ class FirmwareFetchPolicyTest(base.TestCase):
 
     def test_redirect_from_https_to_http_is_refused(self):
         policy = download.RedirectPolicy(["0.0.0.0/0"])
-        with self.assertRaisesRegex(ValueError, "https URL may not"):
+        with self.assertRaisesRegex(ValueError, "may not change the scheme"):
             policy.check("https://127.0.0.1/fw", self.url)
 
     def test_redirect_allowed_by_allowed_networks(self):

@@ -216,3 +216,22 @@ class TerminalAgentTableTest(TerminalTestCase):
         stream = samples.Terminal()
         display.AgentTable(stream).close()
         self.assertEqual("no agents\n", stream.getvalue())
+
+
+class RogueNumbersTest(base.TestCase):
+    """percent and eta come from the agent: a rogue one must not crash the
+    operator's CLI with strings, NaN, infinities or booleans."""
+
+    def test_progress_line_survives_any_percent_and_eta(self):
+        for percent, eta in (("nan", "x"), (float("nan"), float("inf")),
+                             (True, -5), (None, None), ({}, []),
+                             (1e308, 1e308), (-20, float("-inf"))):
+            line = display.progress_line({"task_id": "t", "percent": percent,
+                                          "eta": eta})
+            self.assertIn("ETA", line)
+
+    def test_percent_is_clamped(self):
+        self.assertIn("100.0%", display.progress_line(
+            {"task_id": "t", "percent": 250, "eta": 1}))
+        self.assertIn("  0.0%", display.progress_line(
+            {"task_id": "t", "percent": -3, "eta": 1}))

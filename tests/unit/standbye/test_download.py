@@ -262,9 +262,16 @@ class RedirectPolicyTest(base.TestCase):
 
     def test_https_never_downgrades(self):
         policy = download.RedirectPolicy(["0.0.0.0/0"])
-        with self.assertRaisesRegex(ValueError, "https URL may not redirect"):
+        with self.assertRaisesRegex(ValueError, "may not change the scheme"):
             policy.check("https://h/i", "http://93.184.216.34/i")
-        policy.check("http://h/i", "https://93.184.216.34/i")
+        self.assertEqual(["93.184.216.34"],
+                         policy.check("https://h/i", "https://93.184.216.34/"))
+
+    def test_a_redirect_keeps_the_scheme(self):
+        # The rule is "same scheme": not even an upgrade to https.
+        policy = download.RedirectPolicy(["0.0.0.0/0"])
+        with self.assertRaisesRegex(ValueError, "http to https"):
+            policy.check("http://h/i", "https://93.184.216.34/i")
         with self.assertRaises(ValueError):
             policy.check("http://h/i", "file:///etc/shadow")
 
