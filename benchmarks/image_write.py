@@ -38,7 +38,7 @@ from teeth_agent.extensions import base as ext_base
 from teeth_agent.extensions import standbye
 from teeth_agent import hardware
 from teeth_agent.hardware import generic
-from teeth_agent import power
+from teeth_agent.hardware import power
 from teeth_agent import tasks
 
 MIB = 1024 * 1024

@@ -8,7 +8,8 @@ Usage::
 Two servers run in child processes on 127.0.0.1, one at a time:
 
 ``teeth``
-    The real :class:`teeth_agent.endpoint.Endpoint` (which answers ``ping``
+    The real :class:`teeth_agent.endpoint.server.Endpoint` (which answers
+    ``ping``
     on any connection): framing, JSON, dispatch, a green thread per command.
 ``echo``
     A bare echo on the same eventlet green sockets (through
@@ -50,7 +51,7 @@ PING_PARAMS = {"seq": 0, "payload": "x" * 64}
 # -- the servers (child processes) ------------------------------------------
 
 def serve_teeth():
-    from teeth_agent import endpoint
+    from teeth_agent.endpoint import server as endpoint
     from teeth_agent import transport
     server = endpoint.Endpoint(host=HOST, port=0, handshake_timeout=3600,
                                keepalive_interval=3600)

@@ -6,7 +6,7 @@ Usage::
     python3 benchmarks/scale.py [--levels 1000,2500,5000,7500,10000]
         [--ping-interval 5] [--status-interval 2] [--window 12]
 
-One :class:`teeth_agent.endpoint.Endpoint` runs in a child process on
+One :class:`teeth_agent.endpoint.server.Endpoint` runs in a child process on
 127.0.0.1. This process simulates the agents with raw non-blocking sockets
 and one ``selectors`` loop (no eventlet, no threads): each agent connects,
 sends its handshake, then pings the endpoint every ``--ping-interval``
@@ -67,7 +67,7 @@ def raise_fd_limit():
 
 def serve():
     raise_fd_limit()
-    from teeth_agent import endpoint
+    from teeth_agent.endpoint import server as endpoint
     from teeth_agent import transport
     # Every simulated agent comes from 127.0.0.1: no per-address limit.
     server = endpoint.Endpoint(host=HOST, port=0, handshake_timeout=600,

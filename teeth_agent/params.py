@@ -9,8 +9,8 @@ or unknown.
 
 import re
 
+from teeth_agent.fetch import urls
 from teeth_agent import protocol
-from teeth_agent import urls
 
 _MISSING = object()
 
@@ -177,7 +177,7 @@ class Regex(String):
 
 
 class URL(String):
-    """A URL the agent may download from (:func:`teeth_agent.urls.check`:
+    """A URL the agent may download from (:func:`teeth_agent.fetch.urls.check`:
     http or https, with a host)."""
 
     def check(self, value, path):

@@ -1,8 +1,9 @@
 """The one backoff policy: how long to wait before the next try.
 
-Used by the download retries (:class:`teeth_agent.download.HTTPSource`,
+Used by the download retries
+(:class:`teeth_agent.fetch.http_source.HTTPSource`,
 which also carries the firmware downloads) and by the agent's reconnects
-(:class:`teeth_agent.agent.Backoff` adds its reset-after-a-stable-link
+(:class:`teeth_agent.runtime.agent.Backoff` adds its reset-after-a-stable-link
 rule on top).
 """
 

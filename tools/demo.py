@@ -24,7 +24,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from teeth_agent.cmd import display  # noqa: E402
-from teeth_agent import endpoint as endpoint_mod  # noqa: E402
+from teeth_agent.endpoint import errors  # noqa: E402
+from teeth_agent.endpoint import server as endpoint_mod  # noqa: E402
 from teeth_agent import pki  # noqa: E402
 from teeth_agent import transport  # noqa: E402
 from tools import demo_cycle  # noqa: E402
@@ -183,7 +184,7 @@ def main():
     try:
         demo.run()
     except (RuntimeError, transport.RemoteError, transport.CallTimeout,
-            endpoint_mod.AgentNotConnected, OSError) as exc:
+            errors.AgentNotConnected, OSError) as exc:
         print("\ndemo failed: %s" % exc, file=sys.stderr)
         log_path = os.path.join(workdir, "agent.log")
         if os.path.exists(log_path):

@@ -11,16 +11,18 @@ import sys
 from oslo_config import cfg
 from oslo_log import log
 
-from teeth_agent import agent as agent_mod
+from teeth_agent.cmd import logsetup
 from teeth_agent import conf as teeth_conf
 from teeth_agent.conf import strict
 from teeth_agent.conf import tls as conf_tls
 from teeth_agent import extensions
 from teeth_agent.extensions import base as ext_base
 from teeth_agent import hardware
+from teeth_agent.hardware import power
 from teeth_agent import kernel_cmdline
-from teeth_agent import power
-from teeth_agent import session_tokens
+from teeth_agent.runtime import agent as agent_mod
+from teeth_agent.runtime import logforward
+from teeth_agent.runtime import session_tokens
 from teeth_agent import tasks
 from teeth_agent import transport
 
@@ -65,7 +67,7 @@ def prepare(argv=None, kernel_cmdline_path=kernel_cmdline.PROC_CMDLINE):
         labels[os.path.abspath(boot_options.path)] = boot_options.label()
     strict.load(conf, args, project="teeth-agent", prog="teeth-agent",
                 known=known, labels=labels)
-    strict.setup_logging(conf, "teeth-agent")
+    logsetup.setup_logging(conf, "teeth-agent")
     boot_options.log_outcome()
     return conf
 
@@ -119,7 +121,7 @@ def main(argv=None):
         print("teeth-agent: cannot start: %s" % exc, file=sys.stderr)
         return 2
     if conf.log_forward_level != "OFF":
-        handler = agent_mod.ForwardingLogHandler(
+        handler = logforward.ForwardingLogHandler(
             conf.log_buffer_size,
             level=std_logging.getLevelName(conf.log_forward_level))
         # On the root logger, so vendor plugins' records are forwarded too.

@@ -13,7 +13,8 @@ they write plain lines that scripts read, and whose form is kept:
   agents``.
 
 Text an agent supplied (its id, peer, task ids) is shown through
-:func:`teeth_agent.endpoint.printable` and, on a terminal, as rich ``Text``
+:func:`teeth_agent.endpoint.books.printable` and, on a terminal, as rich
+``Text``
 objects, never as markup: a forged ``[bold]`` or escape sequence is shown,
 not obeyed.
 
@@ -28,7 +29,7 @@ from rich import progress as rich_progress
 from rich import table as rich_table
 from rich import text as rich_text
 
-from teeth_agent import endpoint as endpoint_mod
+from teeth_agent.endpoint import books
 
 BAR_WIDTH = 30
 AGENT_HEADER = ("AGENT", "STATE", "LINK", "PEER", "TASKS")
@@ -70,7 +71,7 @@ def progress_line(status, width=BAR_WIDTH):
     percent = _percent(status)
     filled = int(width * percent / 100.0)
     return "%s [%s%s] %5.1f%%  ETA %s" % (
-        endpoint_mod.printable(status.get("task_id")), "#" * filled,
+        books.printable(status.get("task_id")), "#" * filled,
         "." * (width - filled), percent, format_eta(status.get("eta")))
 
 
@@ -116,7 +117,7 @@ class TaskProgress:
                 console=_console(self.stream), auto_refresh=False,
                 redirect_stdout=False, redirect_stderr=False)
             self._progress.start()
-        name = endpoint_mod.printable(status.get("task_id"))
+        name = books.printable(status.get("task_id"))
         eta = format_eta(status.get("eta"))
         completed = min(_percent(status), 100.0)
         if name not in self._tasks:
@@ -146,7 +147,7 @@ class TaskProgress:
 def _agent_cells(agent):
     """``(agent, state, link, peer, tasks)`` texts and whether the agent is
     connected, over plaintext, and running tasks."""
-    show = endpoint_mod.printable
+    show = books.printable
     tasks = agent.get("tasks") or []
     running = sum(1 for task in tasks if task.get("state") == "running")
     connected = bool(agent["connected"])

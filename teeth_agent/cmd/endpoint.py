@@ -15,10 +15,12 @@ from oslo_config import cfg
 from oslo_log import log
 
 from teeth_agent.cmd import display
+from teeth_agent.cmd import logsetup
 from teeth_agent import conf as teeth_conf
 from teeth_agent.conf import strict
-from teeth_agent import control
-from teeth_agent import endpoint as endpoint_mod
+from teeth_agent.endpoint import books
+from teeth_agent.endpoint import control
+from teeth_agent.endpoint import server as endpoint_mod
 from teeth_agent import pki
 from teeth_agent import protocol
 from teeth_agent import transport
@@ -97,7 +99,7 @@ def prepare(argv=None):
     known = strict.KnownOptions.for_conf(conf, strict.ENDPOINT_NAMESPACES)
     strict.load(conf, sys.argv[1:] if argv is None else argv,
                 project="teeth-agent", prog="teeth-endpoint", known=known)
-    strict.setup_logging(conf, "teeth-endpoint")
+    logsetup.setup_logging(conf, "teeth-endpoint")
     return conf
 
 
@@ -202,7 +204,7 @@ def _forget_agent(conf, agent_id):
         connection.call("forget", {"agent_id": agent_id})
     except transport.RemoteError as exc:
         print("teeth-endpoint: %s: %s" % (exc.type,
-                                          endpoint_mod.printable(exc.msg)),
+                                          books.printable(exc.msg)),
               file=sys.stderr)
         return 1
     except (transport.CallTimeout, transport.ConnectionLost) as exc:
@@ -210,7 +212,7 @@ def _forget_agent(conf, agent_id):
         return 1
     finally:
         connection.close()
-    print("forgot agent %s" % endpoint_mod.printable(agent_id))
+    print("forgot agent %s" % books.printable(agent_id))
     return 0
 
 
@@ -220,7 +222,7 @@ def list_agents(conf):
         return _forget_agent(conf, args.forget)
     if args.limit is not None and args.limit < 1:
         raise SystemExit("teeth-endpoint: --limit must be a positive number")
-    show = endpoint_mod.printable
+    show = books.printable
     connection = _connect(conf)
     table = None if args.json else display.AgentTable(sys.stdout)
     try:
@@ -287,7 +289,7 @@ def _call(conf, printer):
                                  timeout=conf.endpoint.call_timeout + 5)
     except transport.RemoteError as exc:
         print("teeth-endpoint: %s: %s"
-              % (exc.type, endpoint_mod.printable(exc.msg)),
+              % (exc.type, books.printable(exc.msg)),
               file=sys.stderr)
         return 1
     except (transport.CallTimeout, transport.ConnectionLost) as exc:
@@ -310,7 +312,7 @@ def _call(conf, printer):
     except transport.RemoteError as exc:
         printer.finish()
         print("teeth-endpoint: %s: %s"
-              % (exc.type, endpoint_mod.printable(exc.msg)),
+              % (exc.type, books.printable(exc.msg)),
               file=sys.stderr)
         return 1
     except (transport.CallTimeout, transport.ConnectionLost) as exc:
@@ -323,8 +325,8 @@ def _call(conf, printer):
     print(json.dumps(final, indent=2, sort_keys=True))
     if final.get("state") == "error":
         print("teeth-endpoint: task %s failed: %s"
-              % (endpoint_mod.printable(final.get("task_id")),
-                 endpoint_mod.printable(final.get("msg"))), file=sys.stderr)
+              % (books.printable(final.get("task_id")),
+                 books.printable(final.get("msg"))), file=sys.stderr)
         return 1
     return 0
 

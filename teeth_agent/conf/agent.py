@@ -2,7 +2,7 @@
 
 from oslo_config import cfg
 
-from teeth_agent import protocol
+from teeth_agent.conf import defaults
 
 
 opts = [
@@ -68,7 +68,7 @@ opts = [
              "it sent (handshake, task_status, log)."),
     cfg.IntOpt(
         "max_line_length",
-        default=protocol.DEFAULT_MAX_LINE_LENGTH,
+        default=defaults.DEFAULT_MAX_LINE_LENGTH,
         min=1024,
         help="The longest message line, in bytes, accepted from the "
              "endpoint. A longer line is a fatal protocol error."),

@@ -3,9 +3,9 @@
 from oslo_config import cfg
 from oslo_config import types
 
+from teeth_agent.conf import defaults
 from teeth_agent.conf import group as conf_group
 
-from teeth_agent.hardware import erase
 
 group = cfg.OptGroup(
     "decom", title="Decommissioning",
@@ -14,8 +14,8 @@ group = cfg.OptGroup(
 opts = [
     cfg.ListOpt(
         "erase_methods",
-        item_type=types.String(choices=erase.KNOWN_METHODS),
-        default=list(erase.DEFAULT_METHOD_ORDER),
+        item_type=types.String(choices=defaults.ERASE_METHODS),
+        default=list(defaults.DEFAULT_ERASE_ORDER),
         help="The erase methods the agent may use, in order of preference. "
              "For each device the first method in this list that the device "
              "supports (and that meets minimum_nist_category) is used; a "

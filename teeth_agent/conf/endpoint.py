@@ -2,9 +2,9 @@
 
 from oslo_config import cfg
 
+from teeth_agent.conf import defaults
 from teeth_agent.conf import group as conf_group
 from teeth_agent.conf import tls as conf_tls
-from teeth_agent import protocol
 
 group = cfg.OptGroup(
     "endpoint", title="Endpoint",
@@ -62,7 +62,7 @@ opts = [
         help="The oldest TLS version the endpoint accepts from agents."),
     cfg.IntOpt(
         "max_line_length",
-        default=protocol.DEFAULT_MAX_LINE_LENGTH,
+        default=defaults.DEFAULT_MAX_LINE_LENGTH,
         min=4096,
         help="The longest message line, in bytes, accepted from an agent. "
              "A longer line is a fatal protocol error. The limit is "

@@ -27,6 +27,10 @@ distributions), with each option's name, ``dest`` and deprecated names.
 See :class:`KnownOptions` for how that data is obtained.
 """
 
+# Size: 606 lines, over the ~500 guideline: strict configuration is one rule
+# (no unknown option from any source) with its error types and namespace
+# discovery.
+
 import argparse
 import collections
 import contextlib
@@ -41,9 +45,7 @@ import sys
 
 from oslo_config import cfg
 from oslo_config import generator
-from oslo_log import log
 
-from teeth_agent import protocol
 
 #: Namespaces (``oslo.config.opts`` entry points) whose options
 #: ``teeth-agent`` accepts, besides those of installed plugins.
@@ -597,18 +599,6 @@ def load(conf, args, project, prog, known, labels=None, **kwargs):
     parsed = check_files(config_files(conf, args), known, labels)
     check_values(conf, parsed, labels)
     return conf
-
-
-def setup_logging(conf, product):
-    """``oslo_log.log.setup`` with its failures (a log file that cannot be
-    opened, a broken logging configuration) as :class:`ConfigError`; every
-    handler it set up escapes what is not printable
-    (:class:`teeth_agent.protocol.EscapingLogFilter`)."""
-    try:
-        log.setup(conf, product)
-    except (OSError, ValueError, log.LogConfigError) as exc:
-        raise ConfigSourceError("cannot set up logging: %s" % exc)
-    protocol.install_log_escaping()
 
 
 def exit_status(error, prog, stream):

@@ -40,7 +40,7 @@ Shapes used below (every key is present; a value that cannot be read is
     with ``O_EXCL``, compares the device number of what it opened with
     ``devnum`` and calls ``recheck()`` while it holds that descriptor, so
     the check holds for the whole write:
-    :class:`teeth_agent.images.writer.DeviceWriter` does all three
+    :class:`teeth_agent.disk.writer.DeviceWriter` does all three
     (``DeviceWriter(path, devnum=pin["devnum"], recheck=pin["recheck"])``).
 
 Safety is not the managers' part. The methods under "writing images and
@@ -218,7 +218,8 @@ class HardwareManager:
 
         ``source`` has ``read(n)`` (a file or an HTTP download); the image
         may be raw or gzip/xz/zstd compressed, told from its own first
-        bytes. ``hasher`` (:class:`teeth_agent.download.Hasher`) must see
+        bytes. ``hasher`` (:class:`teeth_agent.fetch.http_source.Hasher`) must
+        see
         every byte read, in order, and be verified (``hasher.verify()``)
         before this returns; ``progress(done, total)`` counts bytes read;
         ``size`` is the image's size as served, when known; ``pin`` is a

@@ -18,7 +18,9 @@ import threading
 import time
 import uuid
 
-from teeth_agent import download
+from teeth_agent.fetch import download
+from teeth_agent.fetch import errors
+from teeth_agent.fetch import http_source
 from teeth_agent.images import formats
 from teeth_agent.images import qcow2
 from teeth_agent import processes
@@ -31,7 +33,7 @@ SKIPPED = "skipped"
 FAILED = "failed"
 
 # Download failures that mean "the image does not fit", not "it is bad".
-_DOES_NOT_FIT = (download.NoSpace, download.ImageTooLarge)
+_DOES_NOT_FIT = (errors.NoSpace, errors.ImageTooLarge)
 
 
 def normalise_id(image_id):
@@ -238,11 +240,11 @@ class ImageCache:
                 return {"id": image_id, "status": SKIPPED, "reason":
                         "an older copy of this image is in use and cannot "
                         "be replaced now"}
-        algorithm, hexdigest = download.select_hash(image["hashes"],
-                                                    self.allow_md5)
+        algorithm, hexdigest = http_source.select_hash(image["hashes"],
+                                                       self.allow_md5)
         try:
             result = self._download(image, progress, keep, **fetch_options)
-        except download.DownloadError as exc:
+        except errors.DownloadError as exc:
             if isinstance(exc, _DOES_NOT_FIT):
                 return {"id": image_id, "status": SKIPPED,
                         "reason": "does not fit: %s" % exc}
@@ -274,7 +276,7 @@ class ImageCache:
                     progress=progress, expected_size=size,
                     allow_md5=self.allow_md5,
                     max_size=max(self.available(), 0), **fetch_options)
-            except download.DownloadError as exc:
+            except errors.DownloadError as exc:
                 if attempt == 2 or size is not None or \
                         not isinstance(exc, _DOES_NOT_FIT):
                     raise

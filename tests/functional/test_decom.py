@@ -22,7 +22,7 @@ from teeth_agent import protocol
 from teeth_agent import tasks
 from tests import base
 from tests.functional import loopdev
-from tests.unit.decom import runner
+from tests.unit.extensions.decom import runner
 
 MIB = 1024 * 1024
 

@@ -23,16 +23,16 @@ import unittest
 from unittest import mock
 import uuid
 
-from teeth_agent import agent as agent_mod
+from teeth_agent.disk import partitions
+from teeth_agent.disk import writer
 from teeth_agent.extensions import base as ext_base
 from teeth_agent.extensions import standbye
 from teeth_agent import hardware
 from teeth_agent.hardware import generic
+from teeth_agent.hardware import power
 from teeth_agent.hardware import safety
-from teeth_agent.images import partitions
-from teeth_agent.images import writer
-from teeth_agent import power
 from teeth_agent import protocol
+from teeth_agent.runtime import logforward
 from teeth_agent import tasks
 from tests.base import make_conf
 from tests.functional import loopdev
@@ -831,7 +831,7 @@ class WriteLimitsTest(StandbyeTestBase):
             "http://127.0.0.2:%d/x?X-Amz-Signature=AMZS1G" % port)
         urls = ["http://op:pa55word@127.0.0.1:%d/missing?token=T0KEN" % port,
                 "http://op:pa55word@127.0.0.1:%d%s" % (port, secret_path)]
-        handler = agent_mod.ForwardingLogHandler(10000, logging.DEBUG)
+        handler = logforward.ForwardingLogHandler(10000, logging.DEBUG)
         logger = logging.getLogger("teeth_agent")
         old_level = logger.level
         logger.setLevel(logging.DEBUG)

@@ -14,7 +14,7 @@ import time
 import unittest
 
 from tests.functional import harness
-from tests.unit import test_agent_trust as fixtures
+from tests.unit.runtime import test_agent_trust as fixtures
 
 PLAINTEXT = {"tls": {"enabled": "false"}}
 LIMIT = 64 * 1024

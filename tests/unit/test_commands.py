@@ -2,12 +2,12 @@
 and the tables of the agent, the endpoint and the control socket."""
 
 from teeth_agent import commands
-from teeth_agent import control
-from teeth_agent import endpoint as endpoint_mod
+from teeth_agent.endpoint import control
+from teeth_agent.endpoint import server as endpoint_mod
 from teeth_agent import params
 from teeth_agent import protocol
 from tests import base
-from tests.unit import test_agent
+from tests.unit.runtime import test_agent
 
 
 def command(method, given=None):

@@ -1,7 +1,7 @@
 """The one backoff policy."""
 
-from teeth_agent import agent
 from teeth_agent import retry
+from teeth_agent.runtime import agent
 from tests import base
 
 

@@ -1,7 +1,7 @@
 """protocol.WireError.from_dict and its users (transport.RemoteError,
 control.PassedThroughError)."""
 
-from teeth_agent import control
+from teeth_agent.endpoint import control
 from teeth_agent import protocol
 from teeth_agent import transport
 from tests import base

@@ -24,7 +24,7 @@ import sys
 
 import pytest
 
-from teeth_agent import endpoint as endpoint_mod
+from teeth_agent.endpoint import server as endpoint_mod
 from teeth_agent import pki
 from teeth_agent import transport
 from tests.functional import standbye_http

@@ -15,8 +15,8 @@ from acme_hardware import manager as acme
 from teeth_agent.extensions import base as ext_base
 from teeth_agent.extensions import decom
 from teeth_agent.hardware import generic
+from teeth_agent.hardware import power
 from teeth_agent.hardware import testing
-from teeth_agent import power
 from teeth_agent import protocol
 from teeth_agent import tasks
 

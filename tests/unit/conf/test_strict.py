@@ -439,7 +439,7 @@ class TestAgentPrepare(PrepareCase):
                                  for h in list(root.handlers)
                                  if getattr(h, "baseFilename", None)
                                  == log_file])
-        std_logging.getLogger("teeth_agent.download").warning(
+        std_logging.getLogger("teeth_agent.fetch.download").warning(
             "not downloading from %s: %s", "http://h/x",
             "HTTP 404 \x1b[2J\x1b[31mGone\n2026-12-01 00:00:00 CRITICAL "
             "forged\u202e")

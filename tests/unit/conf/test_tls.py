@@ -15,7 +15,7 @@ from unittest import mock
 from teeth_agent.cmd import agent as agent_cmd
 from teeth_agent.cmd import endpoint as endpoint_cmd
 from teeth_agent.conf import tls as conf_tls
-from teeth_agent import endpoint as endpoint_mod
+from teeth_agent.endpoint import server as endpoint_mod
 from teeth_agent import pki
 from teeth_agent import transport
 from tests import base

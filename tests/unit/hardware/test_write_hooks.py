@@ -3,10 +3,10 @@ manager does with them, and how the dispatcher hands them to a vendor."""
 
 from unittest import mock
 
+from teeth_agent.disk import writer
 from teeth_agent import hardware
 from teeth_agent.hardware import base as hw_base
 from teeth_agent.hardware import generic
-from teeth_agent.images import writer
 from teeth_agent import processes
 from tests import base
 
@@ -28,7 +28,7 @@ class GenericWriteHooksTest(base.TestCase):
                           "qemu-img", "convert"), argv[:5])
         self.assertEqual(("/w/i.qcow2", "/dev/loop9"), argv[-2:])
 
-    @mock.patch("teeth_agent.images.writer.write_stream")
+    @mock.patch("teeth_agent.disk.writer.write_stream")
     def test_write_image_streams_with_the_pin_and_limits(self, write_stream):
         self.conf.set_override("write_buffer_size", 1 << 20, "standbye")
         self.conf.set_override("write_buffer_count", 3, "standbye")
@@ -44,14 +44,14 @@ class GenericWriteHooksTest(base.TestCase):
             memory_limit=self.conf.standbye.decompression_memory_limit,
             devnum="7:9", recheck=recheck)
 
-    @mock.patch("teeth_agent.images.writer.write_stream",
+    @mock.patch("teeth_agent.disk.writer.write_stream",
                 side_effect=writer.NeedsStaging("qcow2"))
     def test_qcow2_is_answered_not_raised(self, write_stream):
         self.assertEqual({"format": "qcow2", "needs_staging": True},
                          self.manager.write_image("/dev/loop9", None, None,
                                                   None, None))
 
-    @mock.patch("teeth_agent.blockdev.wipe_signatures")
+    @mock.patch("teeth_agent.disk.blockdev.wipe_signatures")
     def test_wipe_forgets_partitions_unless_there_are_none(self, wipe):
         self.manager.wipe_metadata({"path": "/dev/loop9"})
         self.manager.wipe_metadata({"path": "/dev/loop9",
@@ -66,7 +66,7 @@ class GenericWriteHooksTest(base.TestCase):
         calls = mock.Mock()
         calls.add_partition_at_end.return_value = {
             "number": 3, "offset": 1 << 20, "size": 1 << 20}
-        with mock.patch.multiple("teeth_agent.images.partitions",
+        with mock.patch.multiple("teeth_agent.disk.partitions",
                                  delete_partition=calls.delete_partition,
                                  add_partition_at_end=calls
                                  .add_partition_at_end):
@@ -130,7 +130,7 @@ class DispatchWriteHooksTest(base.TestCase):
         self.assertEqual(("vendor", {"devnum": "7:9"}),
                          (answer["by"], answer["pinned"]))
 
-    @mock.patch("teeth_agent.images.writer.write_stream",
+    @mock.patch("teeth_agent.disk.writer.write_stream",
                 return_value={"format": "raw"})
     def test_a_declining_vendor_leaves_it_to_generic(self, write_stream):
         self.dispatcher.call("write_image", "/dev/declined", None, None,

@@ -4,6 +4,7 @@ import os
 import tempfile
 from unittest import mock
 
+from teeth_agent.fetch import errors
 from teeth_agent.images import cache
 from tests import base
 from tests.unit.images import samples
@@ -173,7 +174,7 @@ class CacheAddTest(CacheTestBase):
 
     def test_without_size_space_running_out_evicts_and_retries(self):
         self.put(OTHER, 10, 1)
-        full = cache.download.NoSpace("no space left")
+        full = errors.NoSpace("no space left")
         calls = self.fake_download(failures=[full])
         result = self.cache.add(self.image(), keep={IMAGE})
         self.assertEqual("cached", result["status"])
@@ -182,7 +183,7 @@ class CacheAddTest(CacheTestBase):
 
     def test_without_size_listed_images_are_kept(self):
         self.put(OTHER, 10, 1)
-        too_large = cache.download.ImageTooLarge(
+        too_large = errors.ImageTooLarge(
             "larger than 5 bytes")
         calls = self.fake_download(failures=[too_large, too_large])
         result = self.cache.add(self.image(), keep={IMAGE, OTHER})
@@ -192,7 +193,7 @@ class CacheAddTest(CacheTestBase):
 
     def test_without_size_retried_once_only(self):
         self.put(OTHER, 10, 1)
-        too_large = cache.download.ImageTooLarge(
+        too_large = errors.ImageTooLarge(
             "larger than 5 bytes")
         calls = self.fake_download(failures=[too_large, too_large])
         result = self.cache.add(self.image(), keep={IMAGE})
@@ -201,7 +202,7 @@ class CacheAddTest(CacheTestBase):
         self.assertEqual(2, len(calls))
 
     def test_with_size_no_retry(self):
-        full = cache.download.NoSpace("no space left")
+        full = errors.NoSpace("no space left")
         calls = self.fake_download(failures=[full])
         self.put(OTHER, 10, 1)
         result = self.cache.add(self.image(size=9), keep={IMAGE})

@@ -1,0 +1,1 @@
+"""teeth-agent: the agent and the endpoint (see docs/architecture.md)."""

@@ -1,0 +1,141 @@
+"""NVMe erase: sanitize and format through nvme-cli, and the parsers of
+its output."""
+
+import json
+import os
+import re
+import time
+
+from teeth_agent.hardware.erase import catalogue
+from teeth_agent.hardware.erase import polling
+from teeth_agent import processes
+
+
+_NVME_SANACT = {"nvme_sanitize_block": 2, "nvme_sanitize_overwrite": 3,
+                "nvme_sanitize_crypto": 4}
+
+
+def _nvme_json(*argv):
+    out, _ = processes.execute("nvme", *argv, "--output-format=json")
+    return json.loads(out)
+
+
+def _nvme_namespace_count(manager, device):
+    """Namespaces of the controller that owns ``device`` (from sysfs)."""
+    name = catalogue._device_name(device)
+    controller = re.match(r"(nvme\d+)n\d+", name).group(1)
+    sysfs = polling._conf_value(
+        manager, "sysfs_root", "/sys", group="hardware")
+    directory = os.path.join(sysfs, "class", "nvme", controller)
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return 1
+    pattern = re.compile(r"nvme\d+c?\d*n\d+")
+    return max(1, len({re.sub(r"c\d+", "", e) for e in entries
+                       if pattern.fullmatch(e)}))
+
+
+def parse_nvme_id_ctrl(data):
+    """``(sanicap, fna, oacs)`` from ``nvme id-ctrl -o json`` output."""
+    def field(name):
+        value = data.get(name, 0)
+        return int(value, 0) if isinstance(value, str) else int(value or 0)
+    return field("sanicap"), field("fna"), field("oacs")
+
+
+def _probe_nvme(manager, device):
+    path = device["path"]
+    sanicap, fna, oacs = parse_nvme_id_ctrl(_nvme_json("id-ctrl", path))
+    supported, reasons = set(), {}
+    namespaces = _nvme_namespace_count(manager, device)
+    shared = None
+    if namespaces > 1:
+        shared = ("the controller has %d namespaces and this method would "
+                  "erase all of them" % namespaces)
+    for method, bit in (("nvme_sanitize_crypto", 0x1),
+                        ("nvme_sanitize_block", 0x2),
+                        ("nvme_sanitize_overwrite", 0x4)):
+        if not sanicap & bit:
+            reasons[method] = ("the controller does not support this "
+                               "sanitize action (sanicap=0x%x)" % sanicap)
+        elif shared:
+            reasons[method] = shared
+        else:
+            supported.add(method)
+    if not oacs & 0x2:
+        for method in ("nvme_format_crypto", "nvme_format_user"):
+            reasons[method] = ("the controller does not support Format NVM "
+                               "(oacs=0x%x)" % oacs)
+        return supported, reasons
+    if shared and fna & 0x3:
+        for method in ("nvme_format_crypto", "nvme_format_user"):
+            reasons[method] = shared
+        return supported, reasons
+    supported.add("nvme_format_user")
+    if fna & 0x4:
+        supported.add("nvme_format_crypto")
+    else:
+        reasons["nvme_format_crypto"] = (
+            "the controller does not support cryptographic erase in "
+            "Format NVM (fna=0x%x)" % fna)
+    return supported, reasons
+
+
+def parse_nvme_sanitize_log(data):
+    """``(status, progress fraction)`` from ``nvme sanitize-log -o json``.
+
+    Status is the SSTAT code: 0 never sanitized, 1 completed, 2 in
+    progress, 3 failed, 4 completed without deallocation. nvme-cli has
+    printed the log flat, under the device name, and with ``sstat`` as a
+    number or as an object with a ``status`` text such as ``"(1) ..."``.
+    """
+    log = data
+    if "sprog" not in log:
+        nested = [value for value in data.values()
+                  if isinstance(value, dict) and "sprog" in value]
+        if not nested:
+            raise ValueError("no sanitize log in %r" % (data,))
+        log = nested[0]
+    sstat = log.get("sstat", 0)
+    if isinstance(sstat, dict):
+        status = sstat.get("status", 0)
+        if isinstance(status, str):
+            match = re.search(r"\d+", status)
+            status = int(match.group(0)) if match else 0
+    else:
+        status = int(sstat, 0) if isinstance(sstat, str) else int(sstat)
+    status &= 0x7
+    return status, int(log.get("sprog", 0)) / 65536.0
+
+
+def _erase_nvme(manager, device, method, size, progress, sleep=time.sleep):
+    path = device["path"]
+    if method in _NVME_SANACT:
+        argv = ["sanitize", path, "--sanact=%d" % _NVME_SANACT[method]]
+        if method == "nvme_sanitize_overwrite":
+            argv += ["--owpass=1", "--ovrpat=0"]
+        processes.execute("nvme", *argv)
+        return polling._poll(
+            lambda: _nvme_sanitize_state(path), path, method, size,
+            progress, polling._poll_interval(manager), sleep)
+    ses = 2 if method == "nvme_format_crypto" else 1
+    namespace = _nvme_json("id-ns", path)
+    lbaf = int(namespace.get("flbas", 0)) & 0xF
+    processes.execute("nvme", "format", path, "--ses=%d" % ses,
+                      "--lbaf=%d" % lbaf, "--force",
+                      "--timeout=%d" % (polling._LONG_COMMAND_TIMEOUT * 1000),
+                      timeout=polling._LONG_COMMAND_TIMEOUT)
+    return {"ses": ses, "lbaf": lbaf}
+
+
+def _nvme_sanitize_state(path):
+    status, fraction = parse_nvme_sanitize_log(
+        _nvme_json("sanitize-log", path))
+    if status in (1, 4):
+        return "done", 1.0
+    if status == 2:
+        return "running", fraction
+    if status == 3:
+        return "failed", "the controller reports the sanitize failed"
+    return "waiting", 0.0
