@@ -230,7 +230,7 @@ def list_agents(conf):
             if table is not None:
                 table.add(agent)
                 continue
-            # ensure_ascii: control characters arrive escaped as \uXXXX.
+            # ensure_ascii: control characters arrive as \u escapes.
             print(json.dumps(agent, sort_keys=True, ensure_ascii=True))
     except (transport.RemoteError, transport.CallTimeout,
             transport.ConnectionLost) as exc:
