@@ -10,6 +10,7 @@ from teeth_agent.fetch import http_source
 from teeth_agent import units
 from tests import base
 from tests.functional import standbye_http
+from tests.unit.fetch import loopback
 
 MIB = units.MIB
 
@@ -279,21 +280,6 @@ class RedirectPolicyTest(base.TestCase):
             policy.check("http://h/i", "file:///etc/shadow")
 
 
-class _NoConnections:
-    """Replaces socket.create_connection; records, and refuses anything
-    outside 127.0.0.1 (no test may reach another address)."""
-
-    def __init__(self):
-        self.calls = []
-        self._real = http_source.socket.create_connection
-
-    def __call__(self, address, *args, **kwargs):
-        self.calls.append(address[0])
-        if address[0] != "127.0.0.1":
-            raise AssertionError("connected to %s" % (address,))
-        return self._real(address, *args, **kwargs)
-
-
 class FetchLimitsTest(base.TestCase):
     """Redirects, attempt deadlines and redaction against a local
     server."""
@@ -311,7 +297,7 @@ class FetchLimitsTest(base.TestCase):
         self.addCleanup(self.server.__exit__, None, None, None)
         self.url = self.server.add("/image", self.path)
         self.port = self.server.server_address[1]
-        self.connections = _NoConnections()
+        self.connections = loopback.OnlyLoopback()
         patcher = mock.patch("socket.create_connection",
                              side_effect=self.connections)
         patcher.start()

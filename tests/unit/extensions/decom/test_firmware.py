@@ -15,6 +15,7 @@ from teeth_agent.hardware import testing
 from teeth_agent import units
 from tests import base
 from tests.functional import standbye_http
+from tests.unit.fetch import loopback
 
 
 def sha256(data):
@@ -64,21 +65,6 @@ class DownloadTest(base.TestCase):
         self.assertEqual([1, 2], sleeps)
 
 
-class _OnlyLoopback:
-    """Replaces socket.create_connection: records every address and
-    refuses anything but 127.0.0.1 (no test may reach another one)."""
-
-    def __init__(self):
-        self.calls = []
-        self._real = http_source.socket.create_connection
-
-    def __call__(self, address, *args, **kwargs):
-        self.calls.append(address[0])
-        if address[0] != "127.0.0.1":
-            raise AssertionError("connected to %s" % (address,))
-        return self._real(address, *args, **kwargs)
-
-
 class FirmwareFetchPolicyTest(base.TestCase):
     """Firmware downloads get the image fetcher's policies: redirect
     restrictions, resume, the attempt deadline and URL redaction."""
@@ -97,7 +83,7 @@ class FirmwareFetchPolicyTest(base.TestCase):
         self.addCleanup(self.server.__exit__, None, None, None)
         self.url = self.server.add("/fw", source)
         self.port = self.server.server_address[1]
-        self.connections = _OnlyLoopback()
+        self.connections = loopback.OnlyLoopback()
         patcher = mock.patch("socket.create_connection",
                              side_effect=self.connections)
         patcher.start()
