@@ -105,6 +105,11 @@ def build_agent(conf):
 
 
 def main(argv=None):
+    words = sys.argv[1:] if argv is None else list(argv)
+    if words[:1] == ["verify-evidence"]:
+        # An auditor's command: no agent configuration is read.
+        from teeth_agent.cmd import verify_evidence
+        return verify_evidence.main(words[1:])
     try:
         conf = prepare(argv)
     except strict.ConfigError as exc:
