@@ -181,9 +181,27 @@ class HardwareManager:
         """Erase ``device`` (a ``BlockDevice``) with ``method``.
 
         ``progress(done, total)`` may be called from this thread at any rate.
-        Return ``{"method", "nist_category" ("Clear" or "Purge"), "bytes"}``.
+        Return ``{"method", "nist_category" ("Clear" or "Purge"), "bytes"}``
+        and, for the erase evidence, ``"tool"`` and ``"tool_version"``
+        (what erased; left out, the evidence says ``null``).
         Raise :class:`IncompatibleHardwareMethodError` when this manager
         cannot apply ``method`` to ``device``.
+        """
+        raise IncompatibleHardwareMethodError()
+
+    def dismantle_stack(self, stack):
+        """Take apart what is stacked on disks that are about to be erased.
+
+        ``stack`` is ``{"disks": [paths], "layers": [{"name" (kernel
+        name), "kind" ("md", "lvm", "crypt", "multipath", "dm" or
+        "bcache"), "dm_name", "lower" (kernel names)}] (top first, the
+        order to stop them in), "members": [{"path", "name", "kind"}]
+        (the disks and partitions the bottom layers sit on, whose labels
+        to wipe)}``. The agent has already refused a stack that is in use
+        or reaches beyond the disks being erased, and re-reads sysfs
+        afterwards. Return the steps, each ``{"layer", "kind", "command",
+        "result" ("done" or "failed"), "error"?}``; raise
+        :class:`HardwareManagerError` when a step fails.
         """
         raise IncompatibleHardwareMethodError()
 

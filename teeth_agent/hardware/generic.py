@@ -536,6 +536,12 @@ class GenericHardwareManager(base.HardwareManager):
         from teeth_agent.hardware import erase
         return erase.erase_device(self, device, method, progress)
 
+    def dismantle_stack(self, stack):
+        """md, LVM, dm-crypt, multipath, dm and bcache through their tools
+        (:func:`teeth_agent.hardware.teardown.dismantle`)."""
+        from teeth_agent.hardware import teardown
+        return teardown.dismantle(self, stack)
+
     def wipe_metadata(self, device):
         """``wipefs``, the first and last MiB zeroed, the kernel's
         partitions dropped

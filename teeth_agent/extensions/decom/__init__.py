@@ -36,8 +36,10 @@ from teeth_agent.fetch import errors
 from teeth_agent.fetch import http_source
 from teeth_agent import hardware
 from teeth_agent.hardware import erase
+from teeth_agent.hardware import evidence
 from teeth_agent.hardware import inventory
 from teeth_agent.hardware import safety
+from teeth_agent.hardware import teardown
 from teeth_agent import params
 from teeth_agent import protocol
 from teeth_agent import tasks
@@ -241,8 +243,32 @@ def _same_setting(current, wanted):
     return text == str(wanted).strip().lower()
 
 
+#: Outcomes whose entries are erase evidence records (signed with
+#: ``[decom] evidence_key``).
+_EVIDENCE_OUTCOMES = (ERASED, FAILED)
+
+
 class DecomExtension(base.Extension):
     """``decom.disk_erase``, ``decom.firmware_secure``, ``decom.qc``."""
+
+    #: The :class:`evidence.Signer` of ``[decom] evidence_key`` (None: the
+    #: records are not signed).
+    _signer = None
+
+    def start(self):
+        """Load ``[decom] evidence_key`` so that a bad key file stops the
+        agent at start-up rather than at the first erase."""
+        self._evidence_signer()
+
+    def _evidence_signer(self):
+        """The signer of ``[decom] evidence_key``, loaded once; None when
+        the option is empty. Raises :class:`evidence.EvidenceKeyError`."""
+        path = self.conf.decom.evidence_key
+        if not path:
+            return None
+        if self._signer is None:
+            self._signer = evidence.Signer.from_file(path)
+        return self._signer
 
     # -- disk_erase ----------------------------------------------------------
 
@@ -264,6 +290,12 @@ class DecomExtension(base.Extension):
         skipped (and why) or excluded by config; a disk in scope that could
         not be erased fails the task after the others are done.
         """
+        try:
+            signer = self._evidence_signer()
+        except evidence.EvidenceKeyError as exc:
+            # Before anything is written: an erase without the evidence the
+            # operator configured is not what was asked for.
+            raise tasks.TaskFailed("disk erase not started: %s" % exc)
         if devices is None:
             accounted = self._account_disks()
             targets = [entry["path"] for entry in accounted
@@ -277,6 +309,9 @@ class DecomExtension(base.Extension):
         else:
             ordered = [results.get(entry["path"], entry)
                        for entry in accounted]
+        if signer is not None:
+            ordered = [signer.sign(entry) if entry["outcome"] in
+                       _EVIDENCE_OUTCOMES else entry for entry in ordered]
         in_scope = [entry for entry in ordered
                     if entry["outcome"] != EXCLUDED]
         failures = [entry for entry in in_scope
@@ -382,6 +417,7 @@ class DecomExtension(base.Extension):
                 # weighs nothing in the combined percent.
                 sizes[path] = 0
         combined = CombinedProgress(task, sizes)
+        prepared = self._tear_down(targets)
         workers = max(1, min(self.conf.decom.erase_concurrency,
                              len(targets) or 1))
         results = {}
@@ -389,7 +425,8 @@ class DecomExtension(base.Extension):
                 max_workers=workers,
                 thread_name_prefix="erase-%s" % task.task_id) as pool:
             futures = {pool.submit(self._erase_one, path, method,
-                                   allow_fallback, combined): path
+                                   allow_fallback, combined,
+                                   prepared[path]): path
                        for path in targets}
             for future in concurrent.futures.as_completed(futures):
                 path = futures[future]
@@ -397,7 +434,47 @@ class DecomExtension(base.Extension):
                 combined.finish(path)
         return results
 
-    def _erase_one(self, path, requested, allow_fallback, combined):
+    def _tear_down(self, targets):
+        """Dismantle what is stacked on ``targets`` (paths), before any of
+        them is erased: ``{path: {"teardown": [steps], "refused": reason
+        (nothing may be done to the disk), "error": message (a step
+        failed)}}`` (see :mod:`teeth_agent.hardware.teardown`).
+
+        Stacks are found together because one array may span several of
+        the disks erased in parallel.
+        """
+        names = {os.path.basename(path): path for path in targets}
+        found = teardown.plan(list(names), self.conf)
+        prepared = {path: {"teardown": []} for path in targets}
+        for name, reason in found.refused.items():
+            prepared[names[name]]["refused"] = reason
+        for stack in found.stacks:
+            paths = [names[disk] for disk in stack.disks]
+            error = None
+            try:
+                steps = self.hardware.call(
+                    "dismantle_stack",
+                    stack.as_dict(self.conf.hardware.dev_root)) or []
+            except hardware.NoManagerError:
+                steps = []
+                error = "no hardware manager can dismantle %s" % ", ".join(
+                    layer.name for layer in stack.layers)
+            except hardware.HardwareManagerError as exc:
+                steps = getattr(exc, "steps", [])
+                error = str(exc)
+            left = teardown.remaining(stack.disks, self.conf)
+            if left and not error:
+                error = "; ".join("%s is still stacked on %s after the "
+                                  "teardown" % (", ".join(layers), disk)
+                                  for disk, layers in sorted(left.items()))
+            for path in paths:
+                prepared[path]["teardown"] = list(steps)
+                if error:
+                    prepared[path]["error"] = "teardown failed: %s" % error
+        return prepared
+
+    def _erase_one(self, path, requested, allow_fallback, combined,
+                   prepared=None):
         """Erase, wipe and verify one device; never raises.
 
         Returns the device's result entry: ``outcome`` is :data:`ERASED`,
@@ -412,11 +489,26 @@ class DecomExtension(base.Extension):
         except safety.DeviceNotEligible as exc:
             LOG.error("not erasing %s: %s", path, exc.reason)
             return _skipped_entry(path, exc)
+        prepared = prepared or {"teardown": []}
+        if prepared.get("refused"):
+            LOG.error("not erasing %s: %s", path, prepared["refused"])
+            return _skipped_entry(path, safety.DeviceNotEligible(
+                path, prepared["refused"], safety.HOLDER))
         entry = {"path": path, "outcome": FAILED, "method": None,
                  "nist_category": None, "required_nist_category": None,
                  "purge_offered": None, "duration_s": None, "bytes": 0,
                  "verified": False, "skipped_methods": []}
+        entry.update(erase.device_identity(self, device))
+        entry.update({"verification": {"read_back": None, "samples": 0,
+                                       "result": "not_run"},
+                      "started_at": evidence.utc_timestamp(),
+                      "ended_at": None, "tool": None, "tool_version": None,
+                      "agent_version": erase.agent_version(),
+                      "agent_id": self.context.agent_id,
+                      "teardown": prepared["teardown"]})
         try:
+            if prepared.get("error"):
+                raise erase.EraseError(prepared["error"])
             self._erase_verified(device, requested, allow_fallback,
                                  combined.device(path), entry)
         except NoEraseMethod as exc:
@@ -431,6 +523,7 @@ class DecomExtension(base.Extension):
             LOG.exception("erasing %s failed unexpectedly", path)
             entry["error"] = "%s: %s" % (type(exc).__name__, exc)
         entry["duration_s"] = round(time.monotonic() - started, 3)
+        entry["ended_at"] = evidence.utc_timestamp()
         if entry.get("error"):
             LOG.error("erase of %s failed: %s", path, entry["error"])
         else:
@@ -481,6 +574,10 @@ class DecomExtension(base.Extension):
         entry["nist_category"] = outcome.get(
             "nist_category") or erase.METHODS[used].nist_category
         entry["bytes"] = outcome.get("bytes") or 0
+        # A vendor manager that does not say which tool erased leaves both
+        # None: the evidence never names a tool that did not run.
+        entry["tool"] = outcome.get("tool")
+        entry["tool_version"] = outcome.get("tool_version")
         if downgraded_from and downgraded_from != used:
             entry["downgraded_from"] = downgraded_from
         self.hardware.call("wipe_metadata", device)
@@ -488,6 +585,10 @@ class DecomExtension(base.Extension):
             path, used, markers, self.conf.decom.erase_verify_samples)
         entry["verified"] = verification["verified"]
         entry["blocks_checked"] = verification["blocks_checked"]
+        entry["verification"] = {
+            "read_back": verification["read_back"],
+            "samples": verification["blocks_checked"],
+            "result": "passed" if verification["verified"] else "failed"}
         if not verification["verified"]:
             entry["verify_problems"] = verification["problems"]
             entry["error"] = ("read-back verification failed after %s: %s"
