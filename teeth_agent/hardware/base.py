@@ -205,6 +205,19 @@ class HardwareManager:
         """
         raise IncompatibleHardwareMethodError()
 
+    def reset_nvme_namespaces(self, controller):
+        """Delete every namespace of an NVMe controller and create one that
+        covers the drive (``[decom] nvme_reset_namespaces``).
+
+        ``controller`` is ``{"path" ("/dev/nvme0"), "name", "namespaces"
+        (the namespace device paths, all being erased)}``. Return
+        ``{"steps": [{"command", "result", "error"?}], "namespace" (kernel
+        name of the new namespace), "size_bytes"}``; raise
+        :class:`HardwareManagerError` when it cannot be done or a step
+        fails. The agent erases the new namespace afterwards.
+        """
+        raise IncompatibleHardwareMethodError()
+
     def get_os_install_device(self, hints):
         """Choose the device the OS image is written to.
 

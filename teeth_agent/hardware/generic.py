@@ -542,6 +542,12 @@ class GenericHardwareManager(base.HardwareManager):
         from teeth_agent.hardware import teardown
         return teardown.dismantle(self, stack)
 
+    def reset_nvme_namespaces(self, controller):
+        """nvme-cli delete-ns, create-ns, attach-ns, ns-rescan
+        (:func:`teeth_agent.hardware.erase.nvme.reset_namespaces`)."""
+        from teeth_agent.hardware.erase import nvme
+        return nvme.reset_namespaces(self, controller)
+
     def wipe_metadata(self, device):
         """``wipefs``, the first and last MiB zeroed, the kernel's
         partitions dropped

@@ -408,6 +408,13 @@ class DecomExtension(base.Extension):
 
     def _erase_all(self, task, targets, method, allow_fallback):
         """Erase ``targets`` in parallel; ``{path: result entry}``."""
+        prepared = self._tear_down(targets)
+        namespaces, covered = self._prepare_namespaces(targets, prepared)
+        for path, info in namespaces.items():
+            prepared.setdefault(path, {"teardown": []})["namespaces"] = info
+        targets = [path for path in targets if path not in covered]
+        targets += [path for path in dict.fromkeys(covered.values())
+                    if path not in targets]
         sizes = {}
         for path in targets:
             try:
@@ -417,7 +424,6 @@ class DecomExtension(base.Extension):
                 # weighs nothing in the combined percent.
                 sizes[path] = 0
         combined = CombinedProgress(task, sizes)
-        prepared = self._tear_down(targets)
         workers = max(1, min(self.conf.decom.erase_concurrency,
                              len(targets) or 1))
         results = {}
@@ -432,7 +438,83 @@ class DecomExtension(base.Extension):
                 path = futures[future]
                 results[path] = future.result()
                 combined.finish(path)
+        for path, into in covered.items():
+            # The namespace is gone; its blocks are part of the one that
+            # replaced it, and share its outcome and evidence.
+            results[path] = dict(results[into], path=path, covered_by=into,
+                                 namespaces=namespaces.get(path))
         return results
+
+    def _prepare_namespaces(self, targets, prepared):
+        """Handle NVMe drives with several namespaces among ``targets``.
+
+        Returns ``({path: namespace report}, {removed path: path of the
+        namespace that replaced it})``. With ``[decom]
+        nvme_reset_namespaces`` a drive whose namespaces are all being
+        erased (and whose teardown went well) gets one namespace covering
+        it (``reset_nvme_namespaces``); otherwise each namespace is erased
+        on its own, with the methods that act on one namespace only.
+        """
+        by_controller = {}
+        for path in targets:
+            controller = erase.nvme_controller_of({"path": path})
+            if controller:
+                by_controller.setdefault(controller, []).append(path)
+        reports, covered = {}, {}
+        dev_root = self.conf.hardware.dev_root
+        for controller, paths in sorted(by_controller.items()):
+            present = [os.path.join(dev_root, name) for name in
+                       erase.nvme_controller_namespaces(self, controller)]
+            if len(present) < 2:
+                continue
+            report = {"controller": controller, "namespaces": len(present),
+                      "reset": False}
+            missing = [p for p in present if p not in paths]
+            if not self.conf.decom.nvme_reset_namespaces:
+                report["detail"] = ("erased namespace by namespace "
+                                    "([decom] nvme_reset_namespaces is off)")
+            elif missing:
+                report["detail"] = ("erased namespace by namespace: the "
+                                    "reset would delete %s, which is not "
+                                    "being erased" % ", ".join(missing))
+            elif any(prepared.get(p, {}).get("error") or
+                     prepared.get(p, {}).get("refused") for p in paths):
+                report["detail"] = ("not reset: the teardown of a "
+                                    "namespace failed")
+            else:
+                self._reset_namespaces(controller, present, report, covered,
+                                       prepared)
+            for path in paths:
+                reports[path] = report
+        return reports, covered
+
+    def _reset_namespaces(self, controller, present, report, covered,
+                          prepared):
+        dev_root = self.conf.hardware.dev_root
+        try:
+            answer = self.hardware.call("reset_nvme_namespaces", {
+                "path": os.path.join(dev_root, controller),
+                "name": controller, "namespaces": present})
+        except hardware.HardwareManagerError as exc:
+            report["steps"] = list(getattr(exc, "steps", []))
+            if not report["steps"]:
+                # Nothing was changed (the drive cannot manage namespaces):
+                # the namespaces are erased one by one, as without the
+                # option.
+                report["detail"] = ("erased namespace by namespace: %s"
+                                    % exc)
+                return
+            report["detail"] = "the namespace reset failed: %s" % exc
+            for path in present:
+                prepared[path]["error"] = report["detail"]
+            return
+        new = os.path.join(dev_root, answer["namespace"])
+        report.update(reset=True, steps=answer.get("steps", []),
+                      namespace=new, size_bytes=answer.get("size_bytes"))
+        for path in present:
+            if path != new:
+                covered[path] = new
+        prepared.setdefault(new, {"teardown": []})
 
     def _tear_down(self, targets):
         """Dismantle what is stacked on ``targets`` (paths), before any of
@@ -506,6 +588,8 @@ class DecomExtension(base.Extension):
                       "agent_version": erase.agent_version(),
                       "agent_id": self.context.agent_id,
                       "teardown": prepared["teardown"]})
+        if prepared.get("namespaces"):
+            entry["namespaces"] = prepared["namespaces"]
         try:
             if prepared.get("error"):
                 raise erase.EraseError(prepared["error"])
