@@ -298,7 +298,11 @@ def dismantle(manager, stack, sleep=time.sleep, clock=time.monotonic):
                 _run(steps, name, kind, ["lvchange", "--activate", "n",
                                          "%s/%s" % (volume_group, volume)])
             elif kind == MULTIPATH:
-                _run(steps, name, kind, ["multipath", "-f", dm_name])
+                # dmsetup rather than multipath -f: the ramdisk carries no
+                # multipath-tools (and no multipathd), and a map no one
+                # uses is removed the same way.
+                _run(steps, name, kind, ["dmsetup", "remove", "--retry",
+                                         dm_name or name])
             elif kind == BCACHE:
                 _stop_bcache(steps, conf, layer, sleep, clock)
             else:
