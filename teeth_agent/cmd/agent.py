@@ -1,4 +1,6 @@
-"""``teeth-agent``: run the agent, or print the machine's inventory.
+"""``teeth-agent``: run the agent, or print the machine's inventory;
+``teeth-agent verify-evidence`` checks signed erase records (see
+:mod:`teeth_agent.cmd.verify_evidence`; it reads no configuration).
 
 Start-up order: register options, parse config, set up logging, log the
 option values, load hardware managers and extensions, then serve.

@@ -371,6 +371,18 @@ class DecomExtension(base.Extension):
                 raise params.invalid("devices[%d]" % index,
                                      "%s is listed twice" % path)
             resolved.append(device["path"])
+        # A stack (md, LVM, ...) that also sits on a disk not listed would
+        # be left alone at erase time: refuse it now, before any work.
+        refused = teardown.plan([os.path.basename(path) for path in resolved],
+                                self.conf).refused
+        for index, path in enumerate(resolved):
+            reason = refused.get(os.path.basename(path))
+            if reason:
+                raise protocol.InvalidParams(
+                    "devices[%d]: %s is not eligible for erase: %s"
+                    % (index, path, reason),
+                    details={"param": "devices[%d]" % index, "device": path,
+                             "reason": reason, "kind": safety.HOLDER})
         return {"devices": resolved, "method": method,
                 "allow_fallback": allow_fallback}
 

@@ -7,6 +7,7 @@ from teeth_agent.hardware import erase
 from teeth_agent.hardware import generic
 from teeth_agent.hardware import testing
 from teeth_agent import processes
+from teeth_agent import protocol
 from teeth_agent import tasks
 from tests import base
 from tests.unit.extensions.decom import runner
@@ -73,18 +74,40 @@ class DiskEraseTeardownTest(testing.HardwareManagerTestCase, base.TestCase):
             with open(path, "rb") as stream:
                 self.assertEqual(self.SIZE, stream.read().count(0))
 
-    def test_an_array_reaching_a_disk_not_erased_is_left_alone(self):
+    def test_an_array_reaching_a_disk_not_listed_is_refused_up_front(self):
         tools = self.use_tools()
+        extension, registry, _ = runner.make_extension(self.conf,
+                                                       self.dispatcher)
+        with self.assertRaises(protocol.InvalidParams) as caught:
+            runner.run_command(extension, registry, "disk_erase",
+                               {"devices": ["/dev/vdc", "/dev/vda"]})
+        self.assertEqual(("devices[1]", "holder"),
+                         (caught.exception.details["param"],
+                          caught.exception.details["kind"]))
+        self.assertIn("also on vdb, which is not being erased",
+                      caught.exception.msg)
+        self.assertEqual([], registry.statuses())
+        self.assertEqual([], tools.calls)
+
+    def test_an_array_reaching_a_disk_out_of_scope_is_left_alone(self):
+        tools = self.use_tools()
+        self.set_config(**{"hardware.device_exclude": [self.paths[1]]})
         with open(self.paths[0], "rb") as stream:
             before = stream.read()
-        task = self.erase(["/dev/vda"])
+        extension, registry, _ = runner.make_extension(self.conf,
+                                                       self.dispatcher)
+        task = runner.run_command(extension, registry, "disk_erase", {})
         self.assertEqual(tasks.ERROR, task.state)
-        entry = task.details["devices"][0]
+        entries = {e["path"]: e for e in task.details["devices"]}
+        entry = entries[self.paths[0]]
         self.assertEqual(("skipped", "holder"),
                          (entry["outcome"], entry["reason"]))
         self.assertIn("also on vdb, which is not being erased",
                       entry["detail"])
-        self.assertEqual([], tools.calls)
+        self.assertEqual("excluded", entries[self.paths[1]]["outcome"])
+        self.assertEqual("erased", entries[self.paths[2]]["outcome"])
+        self.assertFalse(any(call[0] in ("mdadm", "lvchange")
+                             for call in tools.calls))
         with open(self.paths[0], "rb") as stream:
             self.assertEqual(before, stream.read())
 
@@ -93,7 +116,6 @@ class DiskEraseTeardownTest(testing.HardwareManagerTestCase, base.TestCase):
         self.machine.add_mount("dm-0", "/srv/data")
         extension, registry, _ = runner.make_extension(self.conf,
                                                        self.dispatcher)
-        from teeth_agent import protocol
         with self.assertRaises(protocol.InvalidParams) as caught:
             runner.run_command(extension, registry, "disk_erase",
                                {"devices": ["/dev/vda", "/dev/vdb"]})
