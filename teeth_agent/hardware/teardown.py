@@ -160,16 +160,16 @@ def plan(names, conf):
             if node in nodes:
                 continue
             nodes.add(node)
+            # Partitions of disks and of layers (a partitioned md array).
             partitions = [entry for entry in sysfs.listdir(_block(conf, node))
-                          if _is_partition(entry, conf)] \
-                if node not in lower else []
+                          if _is_partition(entry, conf)]
             pending.extend(partitions)
             for device in [node] + partitions:
                 pending.extend(holders.get(device, ()))
             pending.extend(lower.get(node, ()))
         layers = {node for node in nodes if node in lower}
         disks = sorted({_whole_disk(node, conf) for node in nodes
-                        if node not in lower})
+                        if _whole_disk(node, conf) not in lower})
         seen.update(disks)
         if not layers:
             continue
@@ -206,10 +206,15 @@ def _refusal(disks, names, layers, conf):
 def _stack(disks, layers, lower, conf):
     height = {}
 
+    def owner(name):
+        # A partition of a layer (md0p1) counts as that layer.
+        return _whole_disk(name, conf)
+
     def level(name):
         if name not in height:
-            height[name] = 1 + max([level(below) for below in lower[name]
-                                    if below in lower] or [0])
+            height[name] = 1 + max([level(owner(below))
+                                    for below in lower[name]
+                                    if owner(below) in lower] or [0])
         return height[name]
 
     ordered = sorted(layers, key=lambda name: (-level(name), name))
@@ -219,7 +224,8 @@ def _stack(disks, layers, lower, conf):
     members = []
     for layer in built:
         for below in layer.lower:
-            if below not in lower and (below, layer.kind) not in members:
+            if owner(below) not in lower and \
+                    (below, layer.kind) not in members:
                 members.append((below, layer.kind))
     return Stack(tuple(disks), built, tuple(members))
 

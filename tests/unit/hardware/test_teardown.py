@@ -91,6 +91,21 @@ class PlanTest(testing.HardwareManagerTestCase, base.TestCase):
         self.assertEqual((("sda1", "md"), ("sdb1", "md")), stack.members)
         self.assertEqual(("sda1", "sdb1"), stack.layers[2].lower)
 
+    def test_a_partitioned_array_is_one_stack_ordered_by_its_layers(self):
+        for disk in ("sda", "sdb"):
+            self.machine.add_disk(disk, 1 << 30)
+            self.machine.add_holder(disk, "md0")
+        self.machine.add_partition("md0", "md0p1", 1 << 29)
+        self.machine.add_holder("md0p1", "dm-0", dm_name="vg-a")
+        set_dm(self.machine, "dm-0", "vg-a", "LVM-a")
+        found = teardown.plan(["sda", "sdb"], self.conf)
+        self.assertEqual({}, found.refused)
+        stack = found.stacks[0]
+        self.assertEqual(("sda", "sdb"), stack.disks)
+        self.assertEqual(["dm-0", "md0"],
+                         [layer.name for layer in stack.layers])
+        self.assertEqual((("sda", "md"), ("sdb", "md")), stack.members)
+
     def test_disks_without_holders_need_no_teardown(self):
         self.machine.add_disk("sda", 1 << 30)
         self.machine.add_partition("sda", "sda1", 1 << 29)
