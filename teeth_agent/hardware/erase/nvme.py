@@ -167,11 +167,9 @@ def controller_of(device):
     return match.group(1) if match else None
 
 
-def controller_namespaces(manager, controller):
+def controller_namespaces(sysfs, controller):
     """The namespace block devices (kernel names) of ``controller``, from
-    sysfs, sorted."""
-    sysfs = polling._conf_value(manager, "sysfs_root", "/sys",
-                                group="hardware")
+    sysfs (mounted at ``sysfs``), sorted."""
     try:
         entries = os.listdir(os.path.join(sysfs, "class", "nvme",
                                           controller))
@@ -247,13 +245,15 @@ def reset_namespaces(manager, controller, sleep=time.sleep,
         "--controllers=%d" % int(ctrl.get("cntlid", 0)))
     run("ns-rescan", path)
     name = "%sn%d" % (controller["name"], nsid)
+    sysfs = polling._conf_value(manager, "sysfs_root", "/sys",
+                                group="hardware")
     deadline = clock() + NAMESPACE_APPEAR_TIMEOUT
-    while controller_namespaces(manager, controller["name"]) != [name]:
+    while controller_namespaces(sysfs, controller["name"]) != [name]:
         if clock() > deadline:
             raise NamespaceResetError(
                 "namespace reset of %s failed: the kernel shows namespaces "
                 "%s, not just the new %s" % (path, ", ".join(
-                    controller_namespaces(manager, controller["name"]))
+                    controller_namespaces(sysfs, controller["name"]))
                     or "none", name), steps)
         sleep(0.2)
     return {"steps": steps, "namespace": name, "size_bytes": blocks * lba}
