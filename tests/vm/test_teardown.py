@@ -28,7 +28,9 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
 STACK_READY = "TEETH-TEST: stack ready"
 
 #: The test-only init. Without udevd, libdevmapper creates the device
-#: nodes itself (DM_DISABLE_UDEV) and mdadm does too.
+#: nodes itself (DM_DISABLE_UDEV) and mdadm does too. The LUKS cipher is
+#: one the ramdisk kernel has built in (cbc, aes, sha256; xts is a module
+#: the ramdisk does not carry).
 _STACK_INIT = """#!/bin/sh
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH DM_DISABLE_UDEV=1
@@ -51,15 +53,16 @@ lvcreate -y -n data -l 100%FREE tenant
 printf 'tenant secret' > /run/tenant.key
 cryptsetup luksFormat --batch-mode --type luks2 --pbkdf pbkdf2 \\
     --pbkdf-force-iterations 1000 --key-file /run/tenant.key \\
+    --cipher aes-cbc-plain64 --key-size 256 --hash sha256 \\
     /dev/tenant/data
 cryptsetup open --key-file /run/tenant.key /dev/tenant/data secret
 dd if=/dev/urandom of=/dev/mapper/secret bs=1M count=4 conv=fsync \\
     2>/dev/null
 set +e
-echo "%s: $(ls /sys/block/vda/holders) $(ls /sys/block/md0/holders)"
+echo "STACK_READY: $(ls /sys/block/vda/holders) $(ls /sys/block/md0/holders)"
 umount /dev /sys /proc
 exec /init.teeth
-""" % STACK_READY
+""".replace("STACK_READY", STACK_READY)
 
 
 def stacking_initrd(directory, ramdisk_initrd):
