@@ -210,8 +210,9 @@ def test_decommission_to_kexec(ramdisk, test_images, image_server, endpoints,
                      "spec": {
                          "smart": {"devices": smart_paths,
                                    "self_test": "if_supported"},
-                         "memory_test": {"size_bytes": 8 * MIB},
-                         "stress": {"seconds": 2, "memory_bytes": 16 * MIB},
+                         # Small: memtester and stress-ng run emulated (TCG).
+                         "memory_test": {"size_bytes": 1 * MIB},
+                         "stress": {"seconds": 1, "memory_bytes": 8 * MIB},
                          "disk_read": {"min_mbps": 1,
                                        "size_bytes": 16 * MIB}}})
     assert final["state"] == "complete", final

@@ -9,6 +9,8 @@ check is ``{"name", "expected", "actual", "pass"}`` and its name starts
 with its key; the readings themselves go into the result's ``health``.
 """
 
+import logging
+
 from teeth_agent import hardware
 from teeth_agent.hardware import health
 from teeth_agent import params
@@ -53,6 +55,8 @@ SHAPES = {
 }
 
 KEYS = tuple(SHAPES)
+
+LOG = logging.getLogger(__name__)
 
 #: Rough durations (s) for the progress plan, before a run says more.
 SELF_TEST_ESTIMATE = health.DEFAULT_SELF_TEST_SECONDS
@@ -142,6 +146,9 @@ def _weights(spec, found, device_lists):
 
 def _ask(dispatcher, method, *args):
     """``(readings, None)`` or ``(None, one line saying why not)``."""
+    LOG.info("qc: %s %s", method, " ".join(
+        str(arg.get("path") if isinstance(arg, dict) else arg)
+        for arg in args if not callable(arg)))
     try:
         return dispatcher.dispatch(method, *args), None
     except hardware.NoManagerError:
