@@ -311,3 +311,45 @@ class HardwareManager:
         for the keys of ``spec`` this manager understands (vendor keys).
         Dispatched to every manager and concatenated."""
         raise IncompatibleHardwareMethodError()
+
+    # -- health (decom.qc's smart, memory_test, stress, disk_read) ---------
+    #
+    # Each returns *readings* (the shapes of teeth_agent.hardware.health);
+    # decom.qc compares them with the spec's thresholds, so a manager that
+    # reads the same facts another way returns the same keys. ``progress``
+    # takes a fraction (0..1) of this run.
+
+    def get_smart_report(self, device, self_test, progress):
+        """Return ``device``'s SMART readings: ``{"available", "reason",
+        "protocol", "model", "serial", "health_passed",
+        "reallocated_sectors", "pending_sectors", "uncorrectable_sectors",
+        "media_errors", "percentage_used", "temperature_c",
+        "power_on_hours", "tool", "self_test"}`` where ``self_test`` (when
+        asked, else None) is ``{"supported", "passed", "status",
+        "seconds"}``. ``device`` is a ``BlockDevice``."""
+        raise IncompatibleHardwareMethodError()
+
+    def run_memory_test(self, size_bytes, free_fraction, loops, progress):
+        """Test ``size_bytes`` of memory, or when that is None the
+        ``free_fraction`` (0..1) of the memory available now, ``loops``
+        times; return
+        ``{"size_bytes", "loops", "tests" ({name: "ok" | "failed"}),
+        "failures" (lines), "locked", "exit_status", "seconds", "tool"}``.
+        """
+        raise IncompatibleHardwareMethodError()
+
+    def run_stress_test(self, seconds, memory_bytes, cpu_workers, progress):
+        """Load every CPU (``cpu_workers`` 0: one per CPU) and
+        ``memory_bytes`` of memory for ``seconds``; return ``{"stressors"
+        ([{"stressor", "bogo_ops", "seconds"}]), "exit_status", "seconds",
+        "failures", "max_temperature_c" (None when the platform exposes
+        no temperature), "throttle_events" (None when not exposed),
+        "thermal_zones", "tool"}``."""
+        raise IncompatibleHardwareMethodError()
+
+    def run_disk_read_test(self, device, size_bytes, seconds, progress):
+        """Read ``size_bytes`` of ``device`` (a ``BlockDevice``)
+        sequentially, for at most ``seconds`` when given, without writing;
+        return ``{"bytes", "seconds", "mbps", "errors", "exit_status",
+        "tool"}``."""
+        raise IncompatibleHardwareMethodError()

@@ -27,6 +27,7 @@ from teeth_agent.disk import blockdev
 from teeth_agent.disk import partitions
 from teeth_agent.disk import writer
 from teeth_agent.hardware import base
+from teeth_agent.hardware import health
 from teeth_agent.hardware import safety
 from teeth_agent.hardware import sysfs
 from teeth_agent.images import boot as boot_images
@@ -641,6 +642,32 @@ class GenericHardwareManager(base.HardwareManager):
                 "no eligible block device %s (%d device(s), %d eligible)"
                 % (wanted, len(devices), len(eligible)))
         return min(candidates, key=lambda d: (d["size_bytes"] or 0, d["path"]))
+
+    # -- health (teeth_agent.hardware.health runs and reads the tools) -------
+
+    def get_smart_report(self, device, self_test, progress):
+        return health.smart_report(device["path"], self_test=self_test,
+                                   progress=progress)
+
+    def _available_memory(self):
+        with open(self._proc("meminfo")) as stream:
+            for line in stream:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        raise base.HardwareManagerError("/proc/meminfo has no MemAvailable")
+
+    def run_memory_test(self, size_bytes, free_fraction, loops, progress):
+        if size_bytes is None:
+            size_bytes = int(self._available_memory() * free_fraction)
+        return health.memory_test(size_bytes, loops=loops, progress=progress)
+
+    def run_stress_test(self, seconds, memory_bytes, cpu_workers, progress):
+        return health.stress(seconds, memory_bytes, cpu_workers=cpu_workers,
+                             progress=progress, sys_root=self._sys())
+
+    def run_disk_read_test(self, device, size_bytes, seconds, progress):
+        return health.disk_read(device["path"], size_bytes, seconds=seconds,
+                                progress=progress)
 
 
 def _clean(value):

@@ -32,6 +32,7 @@ import time
 from teeth_agent.disk import blockdev
 from teeth_agent.extensions import base
 from teeth_agent.extensions.decom import firmware as firmware_images
+from teeth_agent.extensions.decom import health_checks
 from teeth_agent.extensions.decom import preparation
 from teeth_agent.extensions.decom import qc
 from teeth_agent.fetch import errors
@@ -792,21 +793,33 @@ class DecomExtension(base.Extension):
 
     # -- qc ------------------------------------------------------------------
 
-    @base.task_command(params={"spec": qc.SPEC})
+    @base.task_command(params={"spec": qc.SPEC}, validator="validate_qc")
     def qc(self, task, spec):
-        """Compare the live inventory with ``spec``; fail on a difference."""
+        """Compare the live inventory with ``spec`` and run the spec's
+        health checks (SMART, memory, stress, disk read); fail on a
+        difference."""
         found = inventory.collect_inventory(self.hardware, self.conf)
-        task.progress(percent=50)
         checks = qc.core_checks(spec, found)
+        health, readings = health_checks.run(self.hardware, task, spec,
+                                             found)
+        checks.extend(health)
         # Every manager may add checks (managers without any decline).
         for _, answer in self.hardware.dispatch_all("run_qc_checks", spec,
                                                     found):
             checks.extend(answer or [])
         checks.extend(qc.unchecked_vendor_keys(spec, checks))
         result = {"inventory": found, "checks": checks}
+        if readings:
+            result["health"] = readings
         differences = qc.describe_failures(checks)
         if differences:
             raise tasks.TaskFailed("qc found %d difference(s): %s"
                                    % (len(differences),
                                       "; ".join(differences)), result)
         return result
+
+    def validate_qc(self, spec):
+        """Refuse a health spec the shapes cannot: see
+        :func:`health_checks.validate`."""
+        health_checks.validate(spec)
+        return {"spec": spec}
