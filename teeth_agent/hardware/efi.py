@@ -48,7 +48,7 @@ MAX_LABEL = 128
 _NETWORK_NODES = ("MAC(", "IPv4(", "IPv6(", "Uri(", "iSCSI(")
 _FIRMWARE_NODES = ("FvVol(", "FvFile(", "Fv(", "VenHw(", "MemoryMapped(",
                    "BBS(")
-_ENTRY = re.compile(r"^Boot([0-9A-Fa-f]{4})(\*?)\s?(.*)$")
+_ENTRY = re.compile(r"^Boot([0-9A-Fa-f]{4})(\*|\s)\s?(.*)$")
 # efibootmgr 0.x-17 separate the label from the device path with a tab;
 # some builds print a space instead, so the device path is also found by
 # its first node.
