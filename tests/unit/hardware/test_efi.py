@@ -248,3 +248,7 @@ class StaleEntriesTest(fixtures.FakeMachineTestCase):
         self.assertEqual(["0009", "0001", "0000"],
                          efi.order_first(["0001", "0009", "0000"], "0009"))
         self.assertEqual(["0009"], efi.order_first([], "0009"))
+
+    def test_no_dangling_rule_when_a_disk_could_not_be_read(self):
+        self.assertEqual(["0004"], self.stale(
+            samples.V17, {samples.DISK_GUID}, None))
