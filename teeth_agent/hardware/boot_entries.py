@@ -74,8 +74,9 @@ def set_up_entry(dispatcher, conf, path, partition, loader, label):
     """Remove stale disk entries, create one for ``loader`` on
     ``partition`` of ``path``, and put it first in BootOrder.
 
-    Returns ``{"entry", "label", "loader", "removed" (list of {"entry",
-    "label"}), "boot_order"}``. Raises
+    Returns ``{"entry" (None when the manager only simulated it),
+    "label", "loader", "removed" (list of {"entry", "label",
+    "partition_uuid"}), "boot_order"}``. Raises
     :class:`hardware.HardwareManagerError`.
     """
     writable, known = machine_uuids(dispatcher, conf)
@@ -90,6 +91,10 @@ def set_up_entry(dispatcher, conf, path, partition, loader, label):
                         "partition_uuid": entry["partition_uuid"]})
     number = dispatcher.call("create_boot_entry", path, partition, loader,
                              label)
+    if number is None:
+        # Simulated ([power] simulate): nothing was created.
+        return {"entry": None, "label": label, "loader": loader,
+                "removed": removed, "boot_order": config["boot_order"]}
     current = dispatcher.call("list_boot_entries")
     order = efi.order_first(current["boot_order"], number)
     dispatcher.call("set_boot_order", order)

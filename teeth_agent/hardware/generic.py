@@ -543,21 +543,38 @@ class GenericHardwareManager(base.HardwareManager):
         return self._efi(efi.read_entries, self.conf.hardware.sysfs_root)
 
     def create_boot_entry(self, path, partition, loader, label):
-        """``efibootmgr -c -d path -p partition -L label -l loader``."""
+        """``efibootmgr -c -d path -p partition -L label -l loader``.
+
+        With ``[power] simulate`` (tests, the demo) the firmware's entries
+        are never changed: this and the other changing calls log what
+        they would do, and this returns None."""
+        if self._simulated("create a boot entry %r for %s on partition %d "
+                           "of %s", label, loader, partition, path):
+            return None
         return self._efi(efi.create_entry, self.conf.hardware.sysfs_root,
                          path, partition, loader, label)
 
     def delete_boot_entry(self, entry):
         """``efibootmgr -b entry -B``."""
-        self._efi(efi.delete_entry, entry)
+        if not self._simulated("delete boot entry %s", entry):
+            self._efi(efi.delete_entry, entry)
 
     def set_boot_order(self, order):
         """``efibootmgr -o``."""
-        self._efi(efi.set_boot_order, order)
+        if not self._simulated("set BootOrder to %s", ",".join(order)):
+            self._efi(efi.set_boot_order, order)
 
     def set_boot_next(self, entry):
         """``efibootmgr -n``."""
-        self._efi(efi.set_boot_next, entry)
+        if not self._simulated("set BootNext to %s", entry):
+            self._efi(efi.set_boot_next, entry)
+
+    def _simulated(self, message, *args):
+        # A test or demo host booted UEFI keeps its own boot entries.
+        if not self.conf.power.simulate:
+            return False
+        LOG.warning("[power] simulate: would " + message, *args)
+        return True
 
     @staticmethod
     def _efi(function, *args):

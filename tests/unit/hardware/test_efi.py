@@ -252,3 +252,23 @@ class StaleEntriesTest(fixtures.FakeMachineTestCase):
     def test_no_dangling_rule_when_a_disk_could_not_be_read(self):
         self.assertEqual(["0004"], self.stale(
             samples.V17, {samples.DISK_GUID}, None))
+
+
+class SimulatedNvramTest(fixtures.FakeMachineTestCase):
+    """With [power] simulate the generic manager never changes NVRAM: a
+    test host booted UEFI keeps its own entries."""
+
+    def test_changes_are_only_logged(self):
+        self.machine.set_efi(secure_boot=False)
+        self.set_config(**{"power.simulate": True})
+        self.tools.answer(["efibootmgr", "-v"], stdout=samples.V17)
+        dispatcher = self.build_dispatcher(GENERIC)
+        self.assertIsNone(dispatcher.call(
+            "create_boot_entry", "/dev/sda", 1, "\\EFI\\x\\shimx64.efi",
+            "x"))
+        dispatcher.call("delete_boot_entry", "0004")
+        dispatcher.call("set_boot_order", ["0004"])
+        dispatcher.call("set_boot_next", "0004")
+        self.assertEqual(7, len(dispatcher.call("list_boot_entries")[
+            "entries"]))
+        self.assertEqual([["efibootmgr", "-v"]], self.tools.calls)
