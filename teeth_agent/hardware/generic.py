@@ -45,7 +45,7 @@ GIB = 1024 ** 3
 #: without hints: they are card readers, virtual media and the like.
 MIN_INSTALL_DEVICE_BYTES = 4 * GIB
 
-EFI_GLOBAL_GUID = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
+EFI_GLOBAL_GUID = efi.EFI_GLOBAL_GUID
 
 # Kernel name prefixes of block devices that are never disks in their own
 # right: RAM disks, compressed swap, stacked devices (reported as holders
@@ -511,16 +511,7 @@ class GenericHardwareManager(base.HardwareManager):
         return applied
 
     def _efi_variable(self, name):
-        path = self._sys("firmware", "efi", "efivars",
-                         "%s-%s" % (name, EFI_GLOBAL_GUID))
-        try:
-            with open(path, "rb") as stream:
-                data = stream.read()
-        except OSError as exc:
-            LOG.debug("cannot read EFI variable %s: %s", name, exc)
-            return None
-        # The first 4 bytes are the variable's attributes; the value follows.
-        return data[4] == 1 if len(data) > 4 else None
+        return efi.read_efi_bool(self.conf.hardware.sysfs_root, name)
 
     def get_secure_boot_state(self):
         if not os.path.isdir(self._sys("firmware", "efi")):
