@@ -32,8 +32,8 @@ class BootStateTest(fixtures.FakeMachineTestCase):
                          self.state())
 
     def test_uefi_with_secure_boot_and_lockdown(self):
-        self.machine.set_efi(secure_boot=True, setup_mode=False)
-        self.set_lockdown("none [integrity] confidentiality\n")
+        self.machine.set_efi(secure_boot=True, setup_mode=False,
+                             lockdown="integrity")
         self.assertEqual({"boot_mode": "uefi", "secure_boot": True,
                           "setup_mode": False, "lockdown": "integrity"},
                          self.state())
