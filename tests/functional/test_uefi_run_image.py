@@ -121,60 +121,80 @@ def nvram():
         "shimx64.efi)\n" % (FOREIGN_GUID, DANGLING_GUID))
 
 
+_SHARED = {}
+
+
+def _shared():
+    """Build the test images and start their server, once per module
+    (:func:`tearDownModule` stops and removes them)."""
+    if _SHARED:
+        return _SHARED
+    loopdev.require_root()
+    for tool in ("sgdisk", "sfdisk", "mkfs.ext4", "mkfs.vfat", "mcopy",
+                 "mdir", "xorriso", "partx", "wipefs"):
+        if shutil.which(tool) is None:
+            raise unittest.SkipTest("%s is not installed" % tool)
+    for path in (uefi.SHIM_PATH, uefi.GRUB_PATH):
+        if not os.path.isfile(path):
+            raise unittest.SkipTest("%s is not installed" % path)
+    tmp = tempfile.mkdtemp(prefix="teeth-uefi-")
+    images, layouts = {}, {}
+
+    def add(key, layout):
+        layouts[key] = layout
+        images[key] = {"id": str(uuid.uuid4()), "path": layout["path"],
+                       "sha256": standbye_images.sha256_of(layout["path"]),
+                       "size": os.path.getsize(layout["path"])}
+
+    def os_release(tree):
+        with open(os.path.join(tree, "etc", "os-release"), "w") as out:
+            out.write('NAME="Teeth Linux"\nPRETTY_NAME="Teeth Linux '
+                      '1 (test)"\n')
+
+    def unsigned_kernel(tree):
+        os_release(tree)
+        # A PE image without a signature table, as sbverify sees it;
+        # random bytes after it keep mkfs.ext4 -d from making it mostly
+        # holes.
+        kernel = os.path.join(tree, "boot", "vmlinuz-%s"
+                              % standbye_images.KERNEL_VERSION)
+        shutil.copy("/usr/lib/shim/fbx64.efi", kernel)
+        with open(kernel, "ab") as stream:
+            stream.write(os.urandom(512 * 1024))
+    try:
+        add("with_loader", standbye_images.build_disk_image(
+            tmp, name="loader.img", tree_hook=os_release))
+        add("no_esp", standbye_images.build_disk_image(
+            tmp, esp=False, name="noesp.img", tree_hook=os_release))
+        if os.path.isfile("/usr/lib/shim/fbx64.efi"):
+            add("unsigned", standbye_images.build_disk_image(
+                tmp, name="unsigned.img", tree_hook=unsigned_kernel))
+        server = standbye_http.ImageServer().__enter__()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for key, image in images.items():
+        image["url"] = server.add("/%s" % key, image["path"])
+    _SHARED.update(tmp=tmp, images=images, layouts=layouts, server=server)
+    return _SHARED
+
+
+def tearDownModule():
+    if _SHARED:
+        _SHARED["server"].__exit__(None, None, None)
+        shutil.rmtree(_SHARED["tmp"], ignore_errors=True)
+        _SHARED.clear()
+
+
 class UefiRunImageTestBase(unittest.TestCase):
+    """The images and their server are built once per module
+    (:func:`_shared`); loop devices per test."""
 
     @classmethod
     def setUpClass(cls):
-        loopdev.require_root()
-        for tool in ("sgdisk", "sfdisk", "mkfs.ext4", "mkfs.vfat", "mcopy",
-                     "mdir", "xorriso", "partx", "wipefs"):
-            if shutil.which(tool) is None:
-                raise unittest.SkipTest("%s is not installed" % tool)
-        for path in (uefi.SHIM_PATH, uefi.GRUB_PATH):
-            if not os.path.isfile(path):
-                raise unittest.SkipTest("%s is not installed" % path)
-        cls.tmp = tempfile.mkdtemp(prefix="teeth-uefi-")
-        cls.images = {}
-        cls.layouts = {}
-
-        def os_release(tree):
-            with open(os.path.join(tree, "etc", "os-release"), "w") as out:
-                out.write('NAME="Teeth Linux"\nPRETTY_NAME="Teeth Linux '
-                          '1 (test)"\n')
-
-        def unsigned_kernel(tree):
-            os_release(tree)
-            # A PE image without a signature table, as sbverify sees it;
-            # random bytes after it keep mkfs.ext4 -d from making it
-            # mostly holes.
-            kernel = os.path.join(tree, "boot", "vmlinuz-%s"
-                                  % standbye_images.KERNEL_VERSION)
-            shutil.copy("/usr/lib/shim/fbx64.efi", kernel)
-            with open(kernel, "ab") as stream:
-                stream.write(os.urandom(512 * 1024))
-        cls._add("with_loader", standbye_images.build_disk_image(
-            cls.tmp, name="loader.img", tree_hook=os_release))
-        cls._add("no_esp", standbye_images.build_disk_image(
-            cls.tmp, esp=False, name="noesp.img", tree_hook=os_release))
-        if os.path.isfile("/usr/lib/shim/fbx64.efi"):
-            cls._add("unsigned", standbye_images.build_disk_image(
-                cls.tmp, name="unsigned.img", tree_hook=unsigned_kernel))
-        cls.server = standbye_http.ImageServer().__enter__()
-        for key, image in cls.images.items():
-            image["url"] = cls.server.add("/%s" % key, image["path"])
-
-    @classmethod
-    def _add(cls, key, layout):
-        cls.layouts[key] = layout
-        cls.images[key] = {"id": str(uuid.uuid4()), "path": layout["path"],
-                           "sha256": standbye_images.sha256_of(
-                               layout["path"]),
-                           "size": os.path.getsize(layout["path"])}
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.__exit__(None, None, None)
-        shutil.rmtree(cls.tmp, ignore_errors=True)
+        shared = _shared()
+        cls.images = shared["images"]
+        cls.layouts = shared["layouts"]
 
     def setUp(self):
         self.loops = loopdev.LoopDevices()
@@ -394,24 +414,35 @@ class DecomBootEntriesTest(UefiRunImageTestBase):
         return self.call(extension, "decom", "disk_erase",
                          devices=[device])
 
+    def tenant_disk(self):
+        """A disk whose ESP an earlier tenant's entry 0009 boots."""
+        device = self.loops.create(16 * MIB)
+        guid = str(uuid.uuid4())
+        run("sgdisk", "-n", "1:2048:+8M", "-t", "1:ef00", "-u",
+            "1:%s" % guid, device, check=True)
+        FirmwareManager.config["entries"].append({
+            "entry": "0009", "label": "tenant", "active": True,
+            "device_path": "", "kind": "disk", "partition": 1,
+            "partition_uuid": guid, "mbr_signature": None,
+            "loader": "\\EFI\\t\\shimx64.efi"})
+        FirmwareManager.config["boot_order"].insert(0, "0009")
+        return device
+
     def test_entries_of_erased_disks_are_removed(self):
-        device = self.loops.create(96 * MIB)
-        task = self.prepare_and_run("with_loader", device)
-        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
-        created = task.result["boot"]["entry"]
-        self.assertIn(created, self.entries())
+        device = self.tenant_disk()
         task = self.erase(device)
         self.assertEqual(tasks.COMPLETE, task.state, task.msg)
-        self.assertEqual([created], [r["entry"] for r in
-                                     task.result["boot_entries_removed"]])
-        self.assertEqual({"0000", "0001", "0002", "0003"},
+        self.assertEqual(["0009"], [r["entry"] for r in
+                                    task.result["boot_entries_removed"]])
+        # Only the erased disk's entry: even the dangling one stays (decom
+        # removes what it erased, nothing else).
+        self.assertEqual({"0000", "0001", "0002", "0003", "0004"},
                          set(self.entries()))
+        self.assertNotIn("0009", FirmwareManager.config["boot_order"])
 
     def test_the_option_turns_it_off(self):
-        device = self.loops.create(96 * MIB)
-        task = self.prepare_and_run("with_loader", device)
-        created = task.result["boot"]["entry"]
+        device = self.tenant_disk()
         task = self.erase(device, remove_boot_entries=False)
         self.assertEqual(tasks.COMPLETE, task.state, task.msg)
         self.assertNotIn("boot_entries_removed", task.result)
-        self.assertIn(created, self.entries())
+        self.assertIn("0009", self.entries())
