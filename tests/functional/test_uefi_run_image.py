@@ -392,6 +392,28 @@ class UefiRunImageTest(UefiRunImageTestBase):
         self.assertEqual({"0000", "0001", "0002", "0003", "0004"},
                          set(self.entries()))
 
+    def test_uefi_requested_on_a_bios_ramdisk_sets_up_the_disk_only(self):
+        # No NVRAM to write: the agent's loaders go to the ESP and the
+        # removable path, and no entry is touched.
+        device = self.loops.create(256 * MIB)
+        FirmwareManager.state = {"boot_mode": "bios", "secure_boot": False,
+                                 "setup_mode": None, "lockdown": None}
+        task = self.prepare_and_run("no_esp", device, boot_mode="uefi")
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        self.assertEqual("uefi", task.result["boot"]["mode"])
+        self.assertEqual("bios", task.result["boot"]["firmware_mode"])
+        self.assertIsNone(task.result["boot_entries"])
+        self.assertIsNone(task.result["boot"]["entry"])
+        loader = task.result["boot_loader"]
+        self.assertTrue(loader["removable"])
+        node = partitions.partition_node(device, loader["partition"])
+        with open(uefi.SHIM_PATH, "rb") as stream:
+            self.assertEqual(stream.read(),
+                             self.read(node, "/EFI/BOOT/BOOTX64.EFI"))
+        self.assertEqual("kexec_load", task.result["boot"]["kexec_syscall"])
+        self.assertEqual({"0000", "0001", "0002", "0003", "0004"},
+                         set(self.entries()))
+
     def test_bad_boot_mode_is_refused_before_anything(self):
         extension = standbye.StandbyeExtension(self.make_context([]))
         extension.name = "standbye"
