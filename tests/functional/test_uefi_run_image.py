@@ -326,7 +326,8 @@ class UefiRunImageTest(UefiRunImageTestBase):
         loader = task.result["boot_loader"]
         self.assertEqual("installed", loader["action"])
         self.assertTrue(loader["esp_created"])
-        self.assertEqual("\\EFI\\debian\\shimx64.efi", loader["loader"])
+        self.assertEqual("shim+grub", loader["loader"])
+        self.assertEqual("\\EFI\\debian\\shimx64.efi", loader["path"])
         table = partitions.read_table(device)
         esps = uefi.find_esps(table)
         self.assertEqual([loader["partition"]], [p["number"] for p in esps])

@@ -644,8 +644,15 @@ class StandbyeExtension(base.Extension):
                 partitions.tell_kernel(path)
                 loader = {"loader": installed["loader"],
                           "partition": installed["partition"]}
-                loader_result = {"action": "installed",
-                                 "loader": "shim+grub", **installed}
+                # "loader" names what was installed, as in BIOS mode
+                # ("grub"); "path" is where the boot entry points.
+                loader_result = {
+                    "action": "installed",
+                    "loader": installed.get("name") or "shim+grub",
+                    "path": installed["loader"],
+                    "partition": installed["partition"],
+                    "esp_created": bool(installed.get("esp_created")),
+                    "removable": bool(installed.get("removable"))}
             else:
                 installed = self.hardware.call(
                     "install_boot_loader", path, found["node"],
