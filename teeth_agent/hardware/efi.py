@@ -284,8 +284,9 @@ def _efibootmgr(*args):
     except processes.ToolNotFound:
         raise
     except processes.ProcessError as exc:
-        raise EfiError("efibootmgr %s failed: %s" % (" ".join(args),
-                                                     exc)) from exc
+        # The ProcessError names the command and its stderr already.
+        raise EfiError("the firmware's boot entries could not be read or "
+                       "changed: %s" % exc) from exc
     return out
 
 
