@@ -163,12 +163,14 @@ def _shared():
             stream.write(os.urandom(512 * 1024))
     try:
         add("with_loader", standbye_images.build_disk_image(
-            tmp, name="loader.img", tree_hook=os_release))
+            tmp, size_mib=20, name="loader.img", tree_hook=os_release))
         add("no_esp", standbye_images.build_disk_image(
-            tmp, esp=False, name="noesp.img", tree_hook=os_release))
+            tmp, size_mib=20, esp=False, name="noesp.img",
+            tree_hook=os_release))
         if os.path.isfile("/usr/lib/shim/fbx64.efi"):
             add("unsigned", standbye_images.build_disk_image(
-                tmp, name="unsigned.img", tree_hook=unsigned_kernel))
+                tmp, size_mib=20, name="unsigned.img",
+                tree_hook=unsigned_kernel))
         server = standbye_http.ImageServer().__enter__()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
