@@ -13,8 +13,8 @@ the raw sysfs attributes; without udevd (the agent's ramdisk may run none)
 the same fields come from sysfs alone.
 """
 
-# Size: 676 lines, over the ~500 guideline: GenericHardwareManager is one
-# manager class (492 lines): its dispatched methods are the interface of
+# Size: 755 lines, over the ~500 guideline: GenericHardwareManager is one
+# manager class (566 lines): its dispatched methods are the interface of
 # hardware/base.py, one by one.
 
 import json
@@ -24,14 +24,17 @@ import platform
 import re
 
 from teeth_agent.disk import blockdev
+from teeth_agent.disk import esp
 from teeth_agent.disk import partitions
 from teeth_agent.disk import writer
 from teeth_agent.hardware import base
+from teeth_agent.hardware import efi
 from teeth_agent.hardware import health
 from teeth_agent.hardware import safety
 from teeth_agent.hardware import sysfs
 from teeth_agent.images import boot as boot_images
 from teeth_agent.images import qcow2
+from teeth_agent.images import uefi
 from teeth_agent import processes
 
 LOG = logging.getLogger(__name__)
@@ -43,7 +46,7 @@ GIB = 1024 ** 3
 #: without hints: they are card readers, virtual media and the like.
 MIN_INSTALL_DEVICE_BYTES = 4 * GIB
 
-EFI_GLOBAL_GUID = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
+EFI_GLOBAL_GUID = efi.EFI_GLOBAL_GUID
 
 # Kernel name prefixes of block devices that are never disks in their own
 # right: RAM disks, compressed swap, stacked devices (reported as holders
@@ -509,16 +512,7 @@ class GenericHardwareManager(base.HardwareManager):
         return applied
 
     def _efi_variable(self, name):
-        path = self._sys("firmware", "efi", "efivars",
-                         "%s-%s" % (name, EFI_GLOBAL_GUID))
-        try:
-            with open(path, "rb") as stream:
-                data = stream.read()
-        except OSError as exc:
-            LOG.debug("cannot read EFI variable %s: %s", name, exc)
-            return None
-        # The first 4 bytes are the variable's attributes; the value follows.
-        return data[4] == 1 if len(data) > 4 else None
+        return efi.read_efi_bool(self.conf.hardware.sysfs_root, name)
 
     def get_secure_boot_state(self):
         if not os.path.isdir(self._sys("firmware", "efi")):
@@ -526,6 +520,60 @@ class GenericHardwareManager(base.HardwareManager):
         return {"supported": True,
                 "enabled": self._efi_variable("SecureBoot"),
                 "setup_mode": self._efi_variable("SetupMode")}
+
+    def get_boot_mode(self):
+        """From ``firmware/efi``, the SecureBoot and SetupMode variables
+        and ``kernel/security/lockdown`` below ``[hardware] sysfs_root``
+        (:func:`teeth_agent.hardware.efi.boot_state`)."""
+        return efi.boot_state(self.conf.hardware.sysfs_root)
+
+    # -- UEFI boot entries ----------------------------------------------------
+
+    def list_boot_entries(self):
+        """``efibootmgr -v``, parsed
+        (:func:`teeth_agent.hardware.efi.parse_efibootmgr`)."""
+        return self._efi(efi.read_entries, self.conf.hardware.sysfs_root)
+
+    def create_boot_entry(self, path, partition, loader, label):
+        """``efibootmgr -c -d path -p partition -L label -l loader``.
+
+        With ``[power] simulate`` (tests, the demo) the firmware's entries
+        are never changed: this and the other changing calls log what
+        they would do, and this returns None."""
+        if self._simulated("create a boot entry %r for %s on partition %d "
+                           "of %s", label, loader, partition, path):
+            return None
+        return self._efi(efi.create_entry, self.conf.hardware.sysfs_root,
+                         path, partition, loader, label)
+
+    def delete_boot_entry(self, entry):
+        """``efibootmgr -b entry -B``."""
+        if not self._simulated("delete boot entry %s", entry):
+            self._efi(efi.delete_entry, entry)
+
+    def set_boot_order(self, order):
+        """``efibootmgr -o``."""
+        if not self._simulated("set BootOrder to %s", ",".join(order)):
+            self._efi(efi.set_boot_order, order)
+
+    def set_boot_next(self, entry):
+        """``efibootmgr -n``."""
+        if not self._simulated("set BootNext to %s", entry):
+            self._efi(efi.set_boot_next, entry)
+
+    def _simulated(self, message, *args):
+        # A test or demo host booted UEFI keeps its own boot entries.
+        if not self.conf.power.simulate:
+            return False
+        LOG.warning("[power] simulate: would " + message, *args)
+        return True
+
+    @staticmethod
+    def _efi(function, *args):
+        try:
+            return function(*args)
+        except efi.EfiError as exc:
+            raise base.HardwareManagerError(str(exc)) from exc
 
     # -- disks ----------------------------------------------------------------
 
@@ -613,6 +661,32 @@ class GenericHardwareManager(base.HardwareManager):
         :func:`teeth_agent.images.boot.install_grub`."""
         boot_images.install_grub(path, root, fs_type, "i386-pc", boot)
         return "grub"
+
+    def install_uefi_boot_loader(self, path, root, fs_type, boot):
+        """Debian's signed shim and grub, copied with mtools into the
+        image's first ESP (one is created when the GPT table has room,
+        :func:`teeth_agent.disk.esp.create_esp`) with a grub.cfg booting
+        ``boot`` (:func:`teeth_agent.images.boot.grub_config`); see
+        :func:`teeth_agent.images.uefi.install_signed_loader`."""
+        def node_of(number):
+            return partitions.partition_node(
+                path, number, self.conf.hardware.sysfs_root,
+                self.conf.hardware.dev_root)
+        created = False
+        try:
+            table = partitions.read_table(path)
+            found = uefi.find_esps(table) if table else []
+            if found:
+                number = found[0]["number"]
+            else:
+                number = esp.create_esp(path, node_of)
+                created = True
+            installed = uefi.install_signed_loader(
+                node_of(number), boot_images.grub_config(boot))
+        except (esp.NoRoomForEsp, uefi.EspError) as exc:
+            raise base.HardwareManagerError(str(exc)) from exc
+        return {"loader": installed["loader"], "partition": number,
+                "esp_created": created, "removable": installed["removable"]}
 
     def get_os_install_device(self, hints):
         """Choose among the eligible devices (see
