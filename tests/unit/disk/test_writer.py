@@ -18,6 +18,7 @@ from teeth_agent.fetch import errors
 from teeth_agent.fetch import http_source
 from teeth_agent.hardware import safety
 from teeth_agent.images import formats
+from teeth_agent.images import qcow2_stream
 from teeth_agent import units
 from tests import base
 from tests.unit.images import samples
@@ -148,9 +149,17 @@ class DeviceWriterTest(base.TestCase):
         path = self.make_target(MIB)
         with open(path, "wb") as stream:
             stream.write(b"previous" * 1000)
+        image = samples.qcow2_header() + os.urandom(0x40000)
+        # Streaming turned off: staged, before anything is written.
         with self.assertRaises(writer.NeedsStaging) as caught:
-            self.stream_once(path, samples.qcow2_header() + os.urandom(20000))
+            self.stream_once(path, image, qcow2_buffer=None)
         self.assertEqual("qcow2", caught.exception.format)
+        # Streamed: refused before the first write when the L1 table lies
+        # past the end, or the virtual size (10 MiB) does not fit.
+        with self.assertRaises(qcow2_stream.MalformedImage):
+            self.stream_once(path, image[:70000], total=70000)
+        with self.assertRaises(writer.ImageTooLarge):
+            self.stream_once(path, image)
         with self.assertRaises(formats.UnsupportedFormat):
             self.stream_once(path, b"KDMV" + os.urandom(20000))
         wipe.assert_not_called()
