@@ -265,10 +265,12 @@ class Qcow2Stream:
         self._pos = size
         self._cluster = header.cluster_size
         self._subcluster = header.cluster_size // 32
-        if header.l1_size:
+        # Only the entries that map the virtual size matter.
+        entries = -(-header.virtual_size // header.l2_span)
+        if entries:
             self._tables_pending = 1
             self._want(_Collect(header.l1_offset,
-                                header.l1_offset + 8 * header.l1_size,
+                                header.l1_offset + 8 * entries,
                                 self._l1_arrived))
         else:
             self._add_zero(0, header.virtual_size)
@@ -366,9 +368,8 @@ class Qcow2Stream:
     def _l1_arrived(self, data):
         header = self.header
         span = header.l2_span
-        entries = struct.unpack(">%dQ" % header.l1_size, data)
         l2_size = self._cluster
-        for index, entry in enumerate(entries):
+        for index, (entry,) in enumerate(struct.iter_unpack(">Q", data)):
             guest = index * span
             if guest >= header.virtual_size:
                 break
@@ -408,7 +409,7 @@ class Qcow2Stream:
         v3 = self.header.version == 3
         run = None
         guest = base
-        for entry in struct.unpack(">%dQ" % (len(data) // 8), data):
+        for (entry,) in struct.iter_unpack(">Q", data):
             if guest >= size:
                 break
             length = min(cluster, size - guest)
@@ -434,13 +435,11 @@ class Qcow2Stream:
     def _extended_l2(self, base, data):
         cluster = self._cluster
         size = self.header.virtual_size
-        values = struct.unpack(">%dQ" % (len(data) // 8), data)
         run = None
         guest = base
-        for index in range(0, len(values), 2):
+        for entry, bitmap in struct.iter_unpack(">QQ", data):
             if guest >= size:
                 break
-            entry, bitmap = values[index], values[index + 1]
             length = min(cluster, size - guest)
             allocated = bitmap & _ALL_SUBCLUSTERS
             zeroes = bitmap >> 32
@@ -461,7 +460,6 @@ class Qcow2Stream:
             else:
                 run = self._flush_run(run)
                 if allocated:
-                    self._check_data(offset)
                     self._want(_Collect(offset, offset + length,
                                         self._subclusters(guest,
                                                           allocated)))
@@ -484,17 +482,12 @@ class Qcow2Stream:
             self.target.write_at(guest, data)
         return arrived
 
-    def _check_data(self, offset):
-        if offset < self._cluster:
-            raise MalformedImage("an L2 entry places data in the header")
-
     def _extend_run(self, run, offset, guest, length):
         if run is not None and run[1] == offset and run[3] == guest:
             run[1] += length
             run[3] += length
             return run
         self._flush_run(run)
-        self._check_data(offset)
         return [offset, offset + length, guest, guest + length]
 
     def _flush_run(self, run):
