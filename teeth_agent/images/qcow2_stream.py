@@ -308,10 +308,16 @@ class Qcow2Stream:
             self._pos = stop
 
     def _keep(self, start, segment):
+        kept = self._kept
         self._kept_bytes += len(segment)
+        if kept and self._kept_starts[-1] + len(kept[-1]) == start:
+            kept[-1] += segment
+        else:
+            # A separate piece also costs its bookkeeping.
+            self._kept_bytes += WANT_COST
+            self._kept_starts.append(start)
+            kept.append(bytearray(segment))
         self._charge()
-        self._kept_starts.append(start)
-        self._kept.append(bytes(segment))
 
     def _charge(self):
         cost = self._kept_bytes + WANT_COST * len(self._heap)
