@@ -204,6 +204,26 @@ class DeviceWriterTest(base.TestCase):
         with open(path, "rb") as stream:
             self.assertEqual(content, stream.read(len(content)))
 
+    def test_aligned_buffers_are_written_without_a_copy(self):
+        import mmap
+        path = self.make_target(MIB)
+        aligned = mmap.mmap(-1, 256 * 1024)
+        aligned.write(os.urandom(256 * 1024))
+        unaligned = bytearray(os.urandom(1 + 128 * 1024))
+        output = writer.DeviceWriter(path, buffer_size=65536)
+        try:
+            output.write(aligned)
+            # Straight to the device: nothing waits in the buffer.
+            self.assertEqual((0, 256 * 1024), (output._fill, output.offset))
+            # A source O_DIRECT refuses (unaligned memory) is copied.
+            output.write(memoryview(unaligned)[1:])
+            self.assertEqual(output.close(), 384 * 1024)
+        finally:
+            output.abort()
+        with open(path, "rb") as stream:
+            self.assertEqual(bytes(aligned) + bytes(unaligned[1:]),
+                             stream.read(384 * 1024))
+
     def test_write_at_and_zero_any_alignment(self):
         path = self.make_target(MIB)
         with open(path, "wb") as stream:
