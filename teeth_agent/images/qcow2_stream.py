@@ -43,8 +43,10 @@ from teeth_agent.images import qcow2
 from teeth_agent import units
 
 #: Bytes each awaited range (a data run, a table, a compressed cluster)
-#: counts against the buffer bound: what its bookkeeping costs in memory.
-WANT_COST = 160
+#: or kept piece counts against the buffer bound: what its bookkeeping
+#: costs in memory, at most (measured: 284 bytes for a run, 759 for a
+#: compressed cluster).
+WANT_COST = 768
 #: The largest L1 table accepted, in bytes (qemu's own limit).
 MAX_L1_BYTES = 32 * units.MIB
 #: Compressed clusters whose bytes stay at hand for a later cluster that
@@ -205,6 +207,7 @@ class _Collect(_Want):
         self.filled += len(view)
 
     def finish(self, stream):
+        stream._collecting -= self.end - self.start
         self.done(bytes(self.data))
 
 
@@ -232,6 +235,7 @@ class Qcow2Stream:
         self._kept_starts = []
         self._kept = []
         self._kept_bytes = 0
+        self._collecting = 0
         self._tables_pending = 0
         self._zeros = []
         self._closed = False
@@ -320,7 +324,8 @@ class Qcow2Stream:
         self._charge()
 
     def _charge(self):
-        cost = self._kept_bytes + WANT_COST * len(self._heap)
+        cost = self._kept_bytes + self._collecting + \
+            WANT_COST * len(self._heap)
         if cost > self._limit:
             raise NotStreamable(
                 "the qcow2 image places its clusters after more than %d "
@@ -332,10 +337,14 @@ class Qcow2Stream:
         if self._total is not None and want.start >= self._total:
             raise MalformedImage("the image refers to byte %d, past its end "
                                  "(%d bytes)" % (want.start, self._total))
+        if isinstance(want, _Collect):
+            # What it gathers is held until it is whole.
+            self._collecting += want.end - want.start
+            self._charge()
         if want.start >= self._pos:
             self._seq += 1
             heapq.heappush(self._heap, (want.start, self._seq, want))
-            if len(self._heap) % 1024 == 0:
+            if len(self._heap) % 64 == 0:
                 self._charge()
             return
         self._from_kept(want)

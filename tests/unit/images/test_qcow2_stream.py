@@ -120,6 +120,21 @@ class StreamTest(base.TestCase):
         disk = _feed(bytes(image), len(content) - 1000, 777, total=False)
         self.assertEqual(content[:-1000], bytes(disk.data))
 
+    def test_overlapping_compressed_clusters_count_against_the_buffer(self):
+        # Every guest cluster names the same, largest compressed range: what
+        # each one gathers counts, so memory stays within the bound.
+        guest = [(samples.COMPRESSED, b"c" * 4096)] * 64
+        image, content = samples.build_qcow2(12, guest)
+        image = bytearray(image)
+        l1 = struct.unpack_from(">Q", image, 40)[0]
+        l2 = struct.unpack_from(">Q", image, l1)[0] & \
+            qcow2_stream._OFFSET_MASK
+        first = struct.unpack_from(">Q", image, l2)[0] | 15 << (62 - 4)
+        for index in range(64):
+            struct.pack_into(">Q", image, l2 + 8 * index, first)
+        with self.assertRaises(qcow2_stream.NotStreamable):
+            _feed(bytes(image), len(content), 4096, limit=128 * 1024)
+
     def test_zstd_clusters(self):
         cluster = 4096
         guest = [(samples.DATA, os.urandom(cluster))] * 3
