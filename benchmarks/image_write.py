@@ -35,6 +35,7 @@ import http.server
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -300,6 +301,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("needs root (loop devices)")
+    # A kill runs the clean-up too: loop devices detached, files removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
     sizes = [int(value) * MIB for value in args.size_mib.split(",")]
     algorithms = args.algorithms.split(",")
     results = {"size_mib": sizes[0] // MIB, "runs": args.runs,
