@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Coverage-guided fuzzing of the protocol parser (teeth_agent.protocol).
+"""Coverage-guided fuzzing of the protocol parser (teeth_agent.protocol)
+and of the streamed qcow2 parser (teeth_agent.images.qcow2_stream).
 
 Usage::
 
     python3 benchmarks/fuzz.py [--count 1000000] [--timeout 10]
+    python3 benchmarks/fuzz.py --target qcow2 [--count 100000]
 
 With atheris installed (``pip install atheris``; libFuzzer, guided by the
 coverage of the instrumented :mod:`teeth_agent.protocol`) a worker process
@@ -17,7 +19,15 @@ raises, produces an event that breaks the contract (a command without a
 string id, non-object params, an event after a fatal one, a session that
 stays open after a violation), or when the result it would send back for a
 received command does not decode to the same value. A hang is an input that
-takes more than ``--timeout`` seconds. The last line printed is one JSON
+takes more than ``--timeout`` seconds.
+
+With ``--target qcow2`` the seeds are small images made by ``qemu-img``
+(cluster sizes 512 and 4096 bytes, deflate and zstd compression, extended
+L2, preallocation, v2 and v3) and each input is one image, fed in chunks
+to :class:`teeth_agent.images.qcow2_stream.Qcow2Stream` over an in-memory
+disk of 1 MiB. It fails when the parser raises anything but its own
+errors (``UnsafeImage``, ``NotStreamable``, or the caller's size check) or
+writes or zeroes outside the disk. The last line printed is one JSON
 object; the exit status is 1 when anything failed.
 """
 
@@ -126,36 +136,136 @@ def run_input(protocol, data):
         raise AssertionError("session open after the end of stream")
 
 
+# -- the qcow2 target --------------------------------------------------------
+
+QCOW2_DISK = 1024 * 1024
+
+QCOW2_SEED_OPTIONS = [
+    ("cluster_size=512",), ("cluster_size=4096",),
+    ("cluster_size=4096", "compat=0.10"),
+    ("cluster_size=512", "-c"), ("cluster_size=4096", "-c"),
+    ("cluster_size=4096", "compression_type=zstd", "-c"),
+    ("cluster_size=16384", "extended_l2=on"),
+    ("cluster_size=4096", "preallocation=metadata"),
+]
+
+
+class _SizeRefused(Exception):
+    """The caller's check: the virtual size is larger than the disk."""
+
+
+class _FuzzDisk:
+    def __init__(self):
+        self.data = bytearray(QCOW2_DISK)
+
+    def write_at(self, offset, data):
+        if offset < 0 or offset + len(data) > QCOW2_DISK:
+            raise AssertionError("write outside the disk at %d (+%d)"
+                                 % (offset, len(data)))
+        self.data[offset:offset + len(data)] = data
+
+    def zero(self, start, end):
+        if not 0 <= start < end <= QCOW2_DISK:
+            raise AssertionError("zero outside the disk: %d-%d"
+                                 % (start, end))
+
+
+def qcow2_seeds():
+    """Small images qemu-img makes (an empty list without qemu-img)."""
+    work = tempfile.mkdtemp(prefix="teeth-fuzz-qcow2-")
+    raw = os.path.join(work, "seed.raw")
+    with open(raw, "wb") as stream:
+        stream.truncate(64 * 1024)
+        stream.seek(4096)
+        stream.write(os.urandom(3000) + b"teeth" * 2000)
+        stream.seek(40000)
+        stream.write(os.urandom(5000))
+    seeds = []
+    try:
+        for options in QCOW2_SEED_OPTIONS:
+            image = os.path.join(work, "seed.qcow2")
+            argv = ["qemu-img", "convert", "-f", "raw", "-O", "qcow2"]
+            if "-c" in options:
+                argv.append("-c")
+            argv += ["-o", ",".join(o for o in options if o != "-c"),
+                     raw, image]
+            subprocess.run(argv, check=True, capture_output=True)
+            with open(image, "rb") as stream:
+                seeds.append(stream.read())
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    finally:
+        subprocess.run(["rm", "-rf", work], check=False)
+    return seeds
+
+
+def load_qcow2():
+    from teeth_agent.images import qcow2
+    from teeth_agent.images import qcow2_stream
+    return qcow2, qcow2_stream
+
+
+def run_qcow2_input(modules, data):
+    """Feed ``data`` (one image) to a Qcow2Stream in chunks."""
+    qcow2, qcow2_stream = modules
+
+    def check(header):
+        if header.virtual_size > QCOW2_DISK:
+            raise _SizeRefused()
+    step = 512 + (data[-1] * 131 if data else 0)
+    parser = qcow2_stream.Qcow2Stream(_FuzzDisk(), 1024 * 1024,
+                                      check=check)
+    try:
+        for offset in range(0, len(data), step):
+            parser.feed(data[offset:offset + step])
+        parser.close()
+    except (qcow2.UnsafeImage, qcow2_stream.NotStreamable, _SizeRefused):
+        pass
+
+
 # -- atheris worker ----------------------------------------------------------
 
-def atheris_worker(count, timeout, corpus, artifacts):
+def atheris_worker(count, timeout, corpus, artifacts, target="protocol"):
     import atheris
     with atheris.instrument_imports():
-        protocol = load_protocol()
+        if target == "qcow2":
+            modules = load_qcow2()
+        else:
+            protocol = load_protocol()
 
     def test_one_input(data):
-        run_input(protocol, data)
+        if target == "qcow2":
+            run_qcow2_input(modules, data)
+        else:
+            run_input(protocol, data)
 
     atheris.Setup([sys.argv[0], "-runs=%d" % count,
                    "-timeout=%d" % timeout, "-rss_limit_mb=2048",
-                   "-max_len=4096", "-print_final_stats=1",
+                   "-max_len=%d" % (262144 if target == "qcow2" else 4096),
+                   "-print_final_stats=1",
                    "-artifact_prefix=%s/" % artifacts, corpus],
                   test_one_input)
     atheris.Fuzz()
 
 
-def run_atheris(count, timeout):
+def run_atheris(count, timeout, target="protocol"):
     work = tempfile.mkdtemp(prefix="teeth-fuzz-")
     corpus = os.path.join(work, "corpus")
     artifacts = os.path.join(work, "artifacts")
     os.makedirs(corpus)
     os.makedirs(artifacts)
-    for index, seed in enumerate(SEEDS):
+    if target == "qcow2":
+        seeds = qcow2_seeds()
+    else:
+        seeds = [bytes([60, index, 3]) + seed
+                 for index, seed in enumerate(SEEDS)]
+    for index, seed in enumerate(seeds):
         with open(os.path.join(corpus, "seed-%d" % index), "wb") as stream:
-            stream.write(bytes([60, index, 3]) + seed)
+            stream.write(seed)
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--worker",
+         "--target", target,
          "--count", str(count), "--timeout", str(timeout), "--corpus",
          corpus, "--artifacts", artifacts],
         capture_output=True, text=True)
@@ -180,6 +290,40 @@ def run_atheris(count, timeout):
 
 
 # -- hypothesis fallback -----------------------------------------------------
+
+def run_hypothesis_qcow2(count, timeout):
+    from hypothesis import given
+    from hypothesis import HealthCheck
+    from hypothesis import settings
+    from hypothesis import strategies
+    modules = load_qcow2()
+    seeds = qcow2_seeds()
+    failures = []
+    patches = strategies.lists(strategies.tuples(
+        strategies.integers(min_value=0, max_value=1 << 18),
+        strategies.binary(min_size=1, max_size=8)), max_size=8)
+
+    @settings(max_examples=count, deadline=timeout * 1000,
+              suppress_health_check=list(HealthCheck), database=None)
+    @given(strategies.sampled_from(seeds or [b"QFI\xfb"]), patches)
+    def fuzz(seed, changes):
+        image = bytearray(seed)
+        for offset, data in changes:
+            offset %= max(len(image), 1)
+            image[offset:offset + len(data)] = data
+        run_qcow2_input(modules, bytes(image))
+
+    started = time.monotonic()
+    try:
+        fuzz()
+    except Exception as exc:
+        failures.append(repr(exc))
+        print("failure: %r" % exc)
+    return {"engine": "hypothesis", "inputs": count,
+            "seconds": round(time.monotonic() - started, 1),
+            "coverage_edges": None, "crashes": len(failures), "hangs": 0,
+            "exit_status": 1 if failures else 0}
+
 
 def run_hypothesis(count, timeout):
     from hypothesis import given
@@ -219,6 +363,9 @@ def main(argv=None):
                              "hang")
     parser.add_argument("--engine", choices=("auto", "atheris",
                                              "hypothesis"), default="auto")
+    parser.add_argument("--target", choices=("protocol", "qcow2"),
+                        default="protocol",
+                        help="the parser to fuzz")
     parser.add_argument("--worker", action="store_true",
                         help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
@@ -226,7 +373,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.worker:
         return atheris_worker(args.count, args.timeout, args.corpus,
-                              args.artifacts)
+                              args.artifacts, args.target)
     engine = args.engine
     if engine == "auto":
         try:
@@ -234,8 +381,13 @@ def main(argv=None):
             engine = "atheris"
         except ImportError:
             engine = "hypothesis"
-    runner = run_atheris if engine == "atheris" else run_hypothesis
-    result = runner(args.count, args.timeout)
+    if engine == "atheris":
+        result = run_atheris(args.count, args.timeout, args.target)
+    elif args.target == "qcow2":
+        result = run_hypothesis_qcow2(args.count, args.timeout)
+    else:
+        result = run_hypothesis(args.count, args.timeout)
+    result["target"] = args.target
     ok = result["crashes"] == 0 and result["hangs"] == 0 and \
         result["exit_status"] == 0 and result["inputs"] >= args.count
     result["target_met"] = ok

@@ -156,6 +156,15 @@ opts = [
              "declares more is refused before the memory is allocated; the "
              "agent runs from RAM. gzip needs 32 KiB at most and needs no "
              "limit."),
+    cfg.IntOpt(
+        "qcow2_stream_buffer",
+        default=256 * 1024 * 1024,
+        min=16 * 1024 * 1024,
+        help="Bytes of memory a qcow2 image written as it downloads may "
+             "use to keep clusters that arrive before the table that "
+             "places them (qemu-img lays tables out first, so it usually "
+             "needs none). An image whose layout needs more is written "
+             "again from a copy staged in work_dir instead."),
 ]
 
 

@@ -77,6 +77,7 @@ Errors are types; what a caller may test for::
 """
 
 import errno
+import mmap
 import os
 import queue
 import tempfile
@@ -111,7 +112,8 @@ class _Slot:
     __slots__ = ("buffer", "length", "pending")
 
     def __init__(self, size):
-        self.buffer = bytearray(size)
+        # Page-aligned: an O_DIRECT sink can write straight from it.
+        self.buffer = mmap.mmap(-1, size)
         self.length = 0
         self.pending = 0
 

@@ -297,10 +297,11 @@ class HardwareManager:
         ``size`` is the image's size as served, when known; ``pin`` is a
         ``Pin``. Return ``{"format", "bytes_read", "bytes_written"}``.
 
-        A format that cannot be written as it arrives (qcow2) writes
-        nothing and returns ``{"format": name, "needs_staging": True}``:
-        the agent then stages the verified file and calls
-        :meth:`convert_qcow2_image`. On any failure after writing began,
+        A qcow2 image is written as it arrives unless its layout cannot
+        be (more than ``[standbye] qcow2_stream_buffer`` would have to be
+        kept): then undo what was written and return ``{"format": name,
+        "needs_staging": True}``; the agent stages the verified file and
+        calls :meth:`convert_qcow2_image`. On any failure after writing began,
         zero what was written and wipe the signatures before raising; a
         raised exception keeps its type (the agent reports its message,
         with ``__notes__``, as the task's reason).

@@ -617,7 +617,7 @@ class GenericHardwareManager(base.HardwareManager):
                 source, path, hasher, progress, size,
                 options.write_buffer_size, options.write_buffer_count,
                 memory_limit=options.decompression_memory_limit,
-                **(pin or {}))
+                qcow2_buffer=options.qcow2_stream_buffer, **(pin or {}))
         except writer.NeedsStaging as staging:
             return {"format": staging.format, "needs_staging": True}
 

@@ -163,9 +163,9 @@ class StandbyeExtension(base.Extension):
             LOG.error("wiping the signatures of %s failed: %s", path, exc)
 
     def _write_image(self, path, source, hasher, progress, size, pin):
-        """``write_image`` through the managers; a format that must be
-        staged raises :class:`writer.NeedsStaging` as it did before
-        anything was written."""
+        """``write_image`` through the managers; an image that must be
+        staged (a qcow2 layout beyond ``qcow2_stream_buffer``) raises
+        :class:`writer.NeedsStaging`, with what was written undone."""
         written = self.hardware.call("write_image", path, source, hasher,
                                      progress, pin, size=size)
         if not isinstance(written, dict) or "format" not in written:
@@ -420,9 +420,9 @@ class StandbyeExtension(base.Extension):
         return {"source": "cache", **written}
 
     def _write_downloaded(self, task, image, path, pin=None):
-        """Stream ``image`` from its URLs to ``path``; a qcow2 image (seen
-        in the stream's first bytes, before anything is written) is
-        downloaded again into ``work_dir`` and converted from there."""
+        """Stream ``image`` from its URLs to ``path``; a qcow2 image that
+        cannot be written as it streams is downloaded again into
+        ``work_dir`` and converted from there."""
         options = self._fetch_options()
         algorithm, expected = http_source.select_hash(
             image["hashes"], self.conf.standbye.allow_md5)

@@ -18,6 +18,7 @@ from teeth_agent.fetch import errors
 from teeth_agent.fetch import http_source
 from teeth_agent.hardware import safety
 from teeth_agent.images import formats
+from teeth_agent.images import qcow2_stream
 from teeth_agent import units
 from tests import base
 from tests.unit.images import samples
@@ -148,14 +149,104 @@ class DeviceWriterTest(base.TestCase):
         path = self.make_target(MIB)
         with open(path, "wb") as stream:
             stream.write(b"previous" * 1000)
+        image = samples.qcow2_header() + os.urandom(0x40000)
+        # Streaming turned off: staged, before anything is written.
         with self.assertRaises(writer.NeedsStaging) as caught:
-            self.stream_once(path, samples.qcow2_header() + os.urandom(20000))
+            self.stream_once(path, image, qcow2_buffer=None)
         self.assertEqual("qcow2", caught.exception.format)
+        # Streamed: refused before the first write when the L1 table lies
+        # past the end, or the virtual size (10 MiB) does not fit.
+        with self.assertRaises(qcow2_stream.MalformedImage):
+            self.stream_once(path, image[:70000], total=70000)
+        with self.assertRaises(writer.ImageTooLarge):
+            self.stream_once(path, image)
         with self.assertRaises(formats.UnsupportedFormat):
             self.stream_once(path, b"KDMV" + os.urandom(20000))
         wipe.assert_not_called()
         with open(path, "rb") as stream:
             self.assertEqual(b"previous" * 1000, stream.read(8000))
+
+    def test_qcow2_streams_to_guest_offsets(self):
+        guest = [(samples.DATA, os.urandom(512)), (samples.ZERO, None),
+                 (samples.COMPRESSED, b"q" * 512),
+                 (samples.UNALLOCATED, None)] * 50
+        objects = 1 + 4 + 100
+        order = [0] + list(range(objects - 1, 0, -1))
+        image, content = samples.build_qcow2(9, guest, order)
+        path = self.make_target(MIB)
+        with open(path, "wb") as stream:
+            stream.write(b"\xee" * MIB)
+        result = self.stream_once(path, image, total=len(image))
+        self.assertEqual({"format": "qcow2", "bytes_read": len(image),
+                          "bytes_written": len(content)}, result)
+        with open(path, "rb") as stream:
+            self.assertEqual(content, stream.read(len(content)))
+            self.assertEqual(b"\xee" * (MIB - len(content)), stream.read())
+
+    @mock.patch.object(writer, "wipe_signatures")
+    def test_qcow2_beyond_the_buffer_is_undone_then_staged(self, wipe):
+        guest = [(samples.DATA, os.urandom(512)) for _ in range(128)]
+        # L1, the first L2 table and its data, then the second table's
+        # data before the table itself.
+        order = [0, 1] + list(range(3, 131)) + [2]
+        image, content = samples.build_qcow2(9, guest, order)
+        path = self.make_target(MIB)
+        with open(path, "wb") as stream:
+            stream.write(b"\xee" * MIB)
+        with self.assertRaises(writer.NeedsStaging) as caught:
+            self.stream_once(path, image, qcow2_buffer=16 * 1024)
+        self.assertIn("was zeroed", " ".join(caught.exception.__notes__))
+        wipe.assert_called_once_with(path)
+        with open(path, "rb") as stream:
+            self.assertEqual(bytes(64 * 512), stream.read(64 * 512))
+        # With room for the second table's data it streams.
+        self.stream_once(path, image, qcow2_buffer=64 * 1024)
+        with open(path, "rb") as stream:
+            self.assertEqual(content, stream.read(len(content)))
+
+    def test_aligned_buffers_are_written_without_a_copy(self):
+        import mmap
+        path = self.make_target(MIB)
+        aligned = mmap.mmap(-1, 256 * 1024)
+        aligned.write(os.urandom(256 * 1024))
+        unaligned = bytearray(os.urandom(1 + 128 * 1024))
+        output = writer.DeviceWriter(path, buffer_size=65536)
+        try:
+            output.write(aligned)
+            # Straight to the device: nothing waits in the buffer.
+            self.assertEqual((0, 256 * 1024), (output._fill, output.offset))
+            # A source O_DIRECT refuses (unaligned memory) is copied.
+            output.write(memoryview(unaligned)[1:])
+            self.assertEqual(output.close(), 384 * 1024)
+        finally:
+            output.abort()
+        with open(path, "rb") as stream:
+            self.assertEqual(bytes(aligned) + bytes(unaligned[1:]),
+                             stream.read(384 * 1024))
+
+    def test_write_at_and_zero_any_alignment(self):
+        path = self.make_target(MIB)
+        with open(path, "wb") as stream:
+            stream.write(b"\xee" * MIB)
+        expected = bytearray(b"\xee" * MIB)
+        output = writer.DeviceWriter(path, buffer_size=65536)
+        try:
+            for offset, data in ((8192, os.urandom(100000)),
+                                 (512, os.urandom(700)),
+                                 (300000, os.urandom(4096)),
+                                 (304096, os.urandom(10))):
+                output.write_at(offset, data)
+                expected[offset:offset + len(data)] = data
+            for start, end in ((1000, 3000), (400000, 900001)):
+                output.zero(start, end)
+                expected[start:end] = bytes(end - start)
+            output.finish()
+            with self.assertRaises(writer.ImageTooLarge):
+                output.zero(0, MIB + 1)
+        finally:
+            output.abort()
+        with open(path, "rb") as stream:
+            self.assertEqual(bytes(expected), stream.read())
 
     @mock.patch.object(writer, "wipe_signatures")
     def test_raw_larger_than_the_device_writes_nothing(self, wipe):

@@ -42,6 +42,7 @@ class GenericWriteHooksTest(base.TestCase):
         write_stream.assert_called_once_with(
             "SOURCE", "/dev/loop9", "HASHER", "PROGRESS", 5, 1 << 20, 3,
             memory_limit=self.conf.standbye.decompression_memory_limit,
+            qcow2_buffer=self.conf.standbye.qcow2_stream_buffer,
             devnum="7:9", recheck=recheck)
 
     @mock.patch("teeth_agent.disk.writer.write_stream",
