@@ -14,6 +14,7 @@ import sys
 from oslo_config import cfg
 from oslo_log import log
 
+from teeth_agent.cmd import dashboard as cmd_dashboard
 from teeth_agent.cmd import display
 from teeth_agent.cmd import logsetup
 from teeth_agent import conf as teeth_conf
@@ -30,6 +31,7 @@ LOG = log.getLogger(__name__)
 
 def add_parsers(subparsers):
     subparsers.add_parser("serve", help="listen for agents")
+    cmd_dashboard.add_parser(subparsers)
     agents = subparsers.add_parser(
         "agents", help="list the agents the endpoint knows")
     agents.add_argument("--json", action="store_true",
@@ -146,6 +148,7 @@ def serve(conf):
     LOG.info("open-file limit %d (each agent needs one)", limit)
     try:
         endpoint = endpoint_mod.Endpoint.from_conf(conf)
+        dashboard = cmd_dashboard.build(conf, endpoint)
     except ValueError as exc:
         LOG.error("cannot start: %s", exc)
         print("teeth-endpoint: cannot start: %s" % exc, file=sys.stderr)
@@ -157,11 +160,21 @@ def serve(conf):
           % (endpoint.host, endpoint.port, conf.endpoint.control_socket),
           flush=True)
     try:
+        if dashboard is not None:
+            dashboard.start()
+            print("teeth-endpoint dashboard at %s" % dashboard.url,
+                  flush=True)
         while True:
             transport.sleep(3600)
     except KeyboardInterrupt:
         pass
+    except ValueError as exc:
+        LOG.error("cannot start: %s", exc)
+        print("teeth-endpoint: cannot start: %s" % exc, file=sys.stderr)
+        return 2
     finally:
+        if dashboard is not None:
+            dashboard.stop()
         server.stop()
         endpoint.stop()
     return 0
@@ -341,6 +354,8 @@ def main(argv=None):
         return serve(conf)
     if command == "agents":
         return list_agents(conf)
+    if command == "dashboard-token":
+        return cmd_dashboard.issue_token(conf)
     if command in ("issue-ca", "issue-cert"):
         return issue(conf)
     return call(conf)

@@ -230,6 +230,8 @@ class Endpoint:
         # Disconnected agents, the one gone longest first.
         self._gone = collections.OrderedDict()
         self.connections = set()
+        # Shared by every agent connection (the metrics read it).
+        self.message_stats = transport.MessageStats()
         self._admitted = 0
         self._per_address = collections.Counter()
         self._subscribers = []
@@ -425,7 +427,8 @@ class Endpoint:
             max_line_length=self.max_line_length,
             write_timeout=self.keepalive_interval + self.keepalive_timeout,
             on_close=self._on_close, inline_methods=self.INLINE_METHODS,
-            line_idle_timeout=self.line_idle_timeout)
+            line_idle_timeout=self.line_idle_timeout,
+            stats=self.message_stats)
         connection.user_data["address"] = host
         connection.user_data["peer"] = name
         connection.user_data["agent"] = None

@@ -1,0 +1,207 @@
+"""The endpoint's Prometheus metrics.
+
+:class:`EndpointMetrics` subscribes to an :class:`~.server.Endpoint` and
+keeps its counters and histograms in a registry of its own (never the
+process-wide default one, so several endpoints in one process, as in the
+tests, do not mix). Gauges (agents connected, tasks by state) are read
+from the endpoint's books when the registry is collected, so they cannot
+drift from what the endpoint holds. Everything here runs on the hub: the
+dashboard's HTTP thread collects through a :class:`transport.ThreadBridge`.
+
+Label values an agent chooses (a task's ``method``) are bounded by
+:class:`teeth_agent.metrics.LabelValues`; a refusal's ``reason`` is the
+name of the refusal's type, a closed set.
+"""
+
+import collections
+
+import prometheus_client
+from prometheus_client import core as prometheus_core
+
+from teeth_agent import metrics as metrics_mod
+from teeth_agent import tasks as tasks_mod
+from teeth_agent import transport
+
+#: The buckets of the task durations, in seconds: from a ping-like task to
+#: a day-long overwrite of a large disk set.
+DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 14400,
+                    43200, 86400)
+
+#: How many running tasks the endpoint remembers the start of (for their
+#: durations); past it the oldest is forgotten and its duration not
+#: observed.
+MAX_STARTS = 100000
+
+#: Every metric name the endpoint exports (without the ``_total``,
+#: ``_bucket``, ... suffixes), for the Grafana dashboard's check.
+NAMES = (
+    "teeth_endpoint_agents_connected",
+    "teeth_endpoint_agents_known",
+    "teeth_endpoint_tasks",
+    "teeth_endpoint_tasks_finished",
+    "teeth_endpoint_task_duration_seconds",
+    "teeth_endpoint_bytes_erased",
+    "teeth_endpoint_bytes_written",
+    "teeth_endpoint_handshake_refusals",
+    "teeth_endpoint_messages_received",
+    "teeth_endpoint_messages_sent",
+    "teeth_endpoint_log_records",
+    "teeth_endpoint_dashboard_event_clients",
+    "teeth_endpoint_dashboard_event_clients_dropped",
+)
+
+
+class _BooksCollector:
+    """The gauges read from the endpoint's books at collection time."""
+
+    def __init__(self, owner):
+        self.owner = owner
+
+    def describe(self):
+        # Described without reading the books (registration calls this).
+        return list(self._families({}))
+
+    def collect(self):
+        return self._families(self.owner.book_figures())
+
+    @staticmethod
+    def _families(figures):
+        connected = prometheus_core.GaugeMetricFamily(
+            "teeth_endpoint_agents_connected",
+            "Agents connected now, by whether their link is TLS.",
+            labels=["tls"])
+        for tls in ("true", "false"):
+            connected.add_metric([tls], figures.get("connected", {}).get(
+                tls, 0))
+        yield connected
+        yield prometheus_core.GaugeMetricFamily(
+            "teeth_endpoint_agents_known",
+            "Agents the endpoint remembers, connected or not.",
+            value=figures.get("known", 0))
+        tasks = prometheus_core.GaugeMetricFamily(
+            "teeth_endpoint_tasks",
+            "Tasks in the endpoint's books, by method and state.",
+            labels=["method", "state"])
+        for (method, state), count in sorted(
+                figures.get("tasks", {}).items()):
+            tasks.add_metric([method, state], count)
+        yield tasks
+        received = prometheus_core.CounterMetricFamily(
+            "teeth_endpoint_messages_received",
+            "Messages (commands and responses) received from agents.",
+            value=figures.get("received", 0))
+        yield received
+        yield prometheus_core.CounterMetricFamily(
+            "teeth_endpoint_messages_sent",
+            "Messages (commands and responses) sent to agents.",
+            value=figures.get("sent", 0))
+        yield prometheus_core.GaugeMetricFamily(
+            "teeth_endpoint_dashboard_event_clients",
+            "Dashboard live-update streams open now.",
+            value=figures.get("event_clients", 0))
+
+
+class EndpointMetrics:
+    """The metrics of one endpoint (see the module docstring)."""
+
+    def __init__(self, endpoint, clock=transport.monotonic):
+        self.endpoint = endpoint
+        self.clock = clock
+        self.registry = prometheus_client.CollectorRegistry(auto_describe=True)
+        self.methods = metrics_mod.LabelValues()
+        #: A callable giving the open live-update streams (the dashboard
+        #: sets it).
+        self.event_clients = None
+        self._starts = collections.OrderedDict()
+        registry = self.registry
+        self.finished = prometheus_client.Counter(
+            "teeth_endpoint_tasks_finished",
+            "Tasks that reached a final state, by method and state.",
+            ["method", "state"], registry=registry)
+        self.durations = prometheus_client.Histogram(
+            "teeth_endpoint_task_duration_seconds",
+            "How long tasks ran, from their first running update to their "
+            "final state, by method.", ["method"],
+            buckets=DURATION_BUCKETS, registry=registry)
+        self.erased = prometheus_client.Counter(
+            "teeth_endpoint_bytes_erased",
+            "Bytes that finished disk_erase tasks report erased.",
+            registry=registry)
+        self.written = prometheus_client.Counter(
+            "teeth_endpoint_bytes_written",
+            "Bytes that finished prepare_image tasks report written.",
+            registry=registry)
+        self.refusals = prometheus_client.Counter(
+            "teeth_endpoint_handshake_refusals",
+            "Handshakes refused, by the refusal's kind.", ["reason"],
+            registry=registry)
+        self.logs = prometheus_client.Counter(
+            "teeth_endpoint_log_records",
+            "Log records agents forwarded.", registry=registry)
+        self.dropped_clients = prometheus_client.Counter(
+            "teeth_endpoint_dashboard_event_clients_dropped",
+            "Dashboard live-update streams dropped because they fell "
+            "behind or were refused at the limit.", registry=registry)
+        registry.register(_BooksCollector(self))
+
+    def attach(self):
+        """Subscribe to the endpoint's events; returns self."""
+        self.endpoint.subscribe(self.on_event)
+        return self
+
+    def detach(self):
+        self.endpoint.unsubscribe(self.on_event)
+
+    def book_figures(self):
+        """The figures the gauges report, read from the books now."""
+        connected = collections.Counter()
+        tasks = collections.Counter()
+        for agent in list(self.endpoint.agents.values()):
+            if agent.connected:
+                connected["true" if agent.tls else "false"] += 1
+            for status in list(agent.book.values()):
+                tasks[(self.methods(status.get("method")),
+                       status.get("state"))] += 1
+        stats = self.endpoint.message_stats
+        return {"connected": connected, "known": len(self.endpoint.agents),
+                "tasks": tasks, "received": stats.received,
+                "sent": stats.sent,
+                "event_clients": (self.event_clients()
+                                  if self.event_clients else 0)}
+
+    def on_event(self, event, agent, data):
+        if event == "task_status":
+            self._task(agent, data)
+        elif event == "refused":
+            self.refusals.labels(data.get("type") or "unknown").inc()
+        elif event == "log":
+            self.logs.inc()
+
+    def _task(self, agent, status):
+        key = (agent.agent_id, status.get("task_id"))
+        state = status.get("state")
+        if state not in tasks_mod.TERMINAL:
+            if key not in self._starts:
+                self._starts[key] = self.clock()
+                if len(self._starts) > MAX_STARTS:
+                    self._starts.popitem(last=False)
+            return
+        method = status.get("method")
+        label = self.methods(method)
+        self.finished.labels(label, state).inc()
+        started = self._starts.pop(key, None)
+        if started is not None:
+            self.durations.labels(label).observe(
+                max(0.0, self.clock() - started))
+        # A failed erase may still have erased some devices: counted too
+        # (only the entries whose outcome is "erased" count).
+        erased, written = metrics_mod.result_bytes(method,
+                                                   status.get("result"))
+        if erased:
+            self.erased.inc(erased)
+        if written:
+            self.written.inc(written)
+
+    def exposition(self):
+        """The text exposition format of every metric (call on the hub)."""
+        return prometheus_client.generate_latest(self.registry)

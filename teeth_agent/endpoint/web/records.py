@@ -1,0 +1,98 @@
+"""Erasure records: what the dashboard reports of every erased device.
+
+The dashboard reads records through a small interface, so that a store
+(a database) can serve them as well as the in-memory book here:
+
+``erasure_records(limit=None)``
+    The newest ``limit`` records (all without it), oldest first, each a
+    dict of :data:`COLUMNS` plus ``device``, the device's entry as the
+    agent sent it.
+
+:class:`ErasureBook` builds records from the final statuses of
+``decom.disk_erase`` tasks as the endpoint receives them (and from the
+tasks already in its books when it is attached), one per device, bounded.
+"""
+
+import collections
+import time
+
+from teeth_agent import metrics as metrics_mod
+from teeth_agent import tasks as tasks_mod
+
+#: The columns of a record, in the order of the CSV report.
+COLUMNS = ("agent_id", "task_id", "task_state", "finished_at", "path",
+           "outcome", "method", "nist_category", "verified", "bytes",
+           "duration_s", "serial", "model", "wwn", "size_bytes", "error")
+
+#: The columns taken from the device entry (the rest are the task's).
+DEVICE_COLUMNS = COLUMNS[4:]
+
+#: How many records the in-memory book keeps (the newest).
+MAX_RECORDS = 10000
+
+
+def records_of(agent_id, status, finished_at):
+    """The records of one final ``decom.disk_erase`` status (none when it
+    reports no devices)."""
+    result = status.get("result")
+    devices = result.get("devices") if isinstance(result, dict) else None
+    if not isinstance(devices, list):
+        return []
+    records = []
+    for entry in devices:
+        if not isinstance(entry, dict):
+            continue
+        record = {"agent_id": agent_id, "task_id": status.get("task_id"),
+                  "task_state": status.get("state"),
+                  "finished_at": finished_at}
+        for column in DEVICE_COLUMNS:
+            record[column] = entry.get(column)
+        record["device"] = entry
+        records.append(record)
+    return records
+
+
+class ErasureBook:
+    """The newest erasure records, in memory (see the module docstring)."""
+
+    def __init__(self, endpoint, limit=MAX_RECORDS, clock=time.time):
+        self.endpoint = endpoint
+        self.clock = clock
+        self._records = collections.deque(maxlen=limit)
+        self._subscribers = []
+
+    def attach(self):
+        """Take the erasures already in the endpoint's books, then follow
+        its events; returns self."""
+        for agent in list(self.endpoint.agents.values()):
+            for status in list(agent.book.values()):
+                self._add(agent.agent_id, status, None)
+        self.endpoint.subscribe(self.on_event)
+        return self
+
+    def detach(self):
+        self.endpoint.unsubscribe(self.on_event)
+
+    def subscribe(self, callback):
+        """``callback(records)`` for each batch of new records."""
+        self._subscribers.append(callback)
+
+    def erasure_records(self, limit=None):
+        records = list(self._records)
+        return records if limit is None else records[-limit:] if limit \
+            else []
+
+    def on_event(self, event, agent, data):
+        if event == "task_status":
+            added = self._add(agent.agent_id, data, self.clock())
+            for callback in list(self._subscribers):
+                if added:
+                    callback(added)
+
+    def _add(self, agent_id, status, finished_at):
+        if status.get("method") != metrics_mod.ERASE_METHOD or \
+                status.get("state") not in tasks_mod.TERMINAL:
+            return []
+        added = records_of(agent_id, status, finished_at)
+        self._records.extend(added)
+        return added

@@ -1,0 +1,131 @@
+"""The web dashboard in a real browser, against real processes.
+
+A real ``teeth-endpoint serve`` with ``[dashboard] enabled`` and a real
+``teeth-agent`` (with the ``testing`` extension) run on 127.0.0.1;
+headless Chromium (:mod:`tests.functional.browser`) loads the page. The
+tests check that it loads without console errors, that a task started
+with ``teeth-endpoint call`` appears and its bar reaches 100 % while the
+page is never reloaded (a screenshot is saved as an artifact), and that
+HTML and script an agent sends in a log record are shown as text and never
+run.
+"""
+
+import json
+import os
+import unittest
+
+from tests.functional import browser
+from tests.functional import harness
+
+AGENT_ID = "web-test-agent"
+HOSTILE = ('<img src=x onerror="window.__pwned=1">'
+           '<script>window.__pwned=2</script>\u202eevil')
+
+
+class TestDashboardInBrowser(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.workdir = harness.make_workdir(cls, cls_level=True)
+        cls.endpoint = harness.start_endpoint(
+            cls, {"dashboard": {"enabled": True,
+                                "listen": "127.0.0.1:0"}},
+            workdir=cls.workdir, cls_level=True)
+        match = cls.endpoint.wait_for_output(
+            r"teeth-endpoint dashboard at (http://127\.0\.0\.1:\d+/)")
+        cls.url = match.group(1)
+        cls.agent = harness.start_agent(
+            cls, [cls.endpoint.address], {"DEFAULT": {"agent_id": AGENT_ID}},
+            workdir=cls.workdir, cls_level=True)
+        harness.wait_until(
+            lambda: any(a["agent_id"] == AGENT_ID
+                        for a in cls.endpoint.agents()),
+            harness.START_TIMEOUT, interval=0.2, what="agent connected")
+        cls.driver = browser.start_browser(cls, cls.workdir, cls_level=True)
+
+    def load(self):
+        self.driver.get(self.url)
+        harness.wait_until(lambda: self.agent_state() == "connected",
+                           harness.START_TIMEOUT, interval=0.1,
+                           what="the agent shown as connected")
+        harness.wait_until(
+            lambda: self.driver.find_element("id", "live").text == "live",
+            harness.START_TIMEOUT, interval=0.1, what="live updates")
+
+    def agent_state(self):
+        rows = self.driver.find_elements(
+            "css selector", "#agents tbody tr[data-agent='%s']" % AGENT_ID)
+        return rows[0].find_elements("tag name", "td")[1].text if rows \
+            else None
+
+    def task(self, task_id):
+        """``(state, progress value, percent text)`` of a task row."""
+        return self.driver.execute_script(
+            "const row = Array.from(document.querySelectorAll("
+            "'#tasks tbody tr')).find(r => r.dataset.task === arguments[0]);"
+            "if (!row) { return null; }"
+            "return [row.dataset.state, row.querySelector('progress').value,"
+            " row.querySelector('.percent').textContent.trim()];",
+            "%s/%s" % (AGENT_ID, task_id))
+
+    def test_page_loads_without_console_errors(self):
+        browser.console_errors(self.driver)
+        self.load()
+        self.assertEqual("teeth-endpoint dashboard", self.driver.title)
+        row = self.driver.find_element(
+            "css selector", "#agents tbody tr[data-agent='%s']" % AGENT_ID)
+        cells = [cell.text for cell in row.find_elements("tag name", "td")]
+        self.assertEqual("TLS", cells[2])
+        self.assertIn("pid", cells[5])
+        self.assertEqual([], browser.console_errors(self.driver))
+
+    def test_task_bar_moves_to_100_without_reload(self):
+        self.load()
+        self.driver.execute_script("window.__notReloaded = 'yes';")
+        done = self.endpoint.cli(
+            "call", AGENT_ID, "testing.sleep",
+            json.dumps({"task_id": "web-bar", "seconds": 6, "steps": 6}),
+            "--no-follow")
+        self.assertEqual(0, done.returncode, done.stderr)
+        seen = []
+
+        def finished():
+            row = self.task("web-bar")
+            if row is not None:
+                seen.append(row[1])
+            return row is not None and row[0] == "complete"
+        harness.wait_until(finished, 60, interval=0.1,
+                           what="the task's bar at 100 %")
+        state, value, text = self.task("web-bar")
+        self.assertEqual(100, value)
+        self.assertEqual("100.0 %", text)
+        self.assertTrue(any(0 < v < 100 for v in seen),
+                        "the bar never showed a value between 0 and 100: "
+                        "%s" % sorted(set(seen)))
+        self.assertEqual("yes", self.driver.execute_script(
+            "return window.__notReloaded;"))
+        path = os.path.join(browser.artifacts_dir(),
+                            "dashboard-task-complete.png")
+        self.assertTrue(self.driver.save_screenshot(path))
+        self.assertGreater(os.path.getsize(path), 1000)
+        self.assertEqual([], browser.console_errors(self.driver))
+
+    def test_hostile_log_text_is_shown_not_run(self):
+        self.load()
+        done = self.endpoint.cli(
+            "call", AGENT_ID, "testing.echo",
+            json.dumps({"value": 1, "log_message": HOSTILE}))
+        self.assertEqual(0, done.returncode, done.stderr)
+
+        def shown():
+            return [cell.text for cell in self.driver.find_elements(
+                "css selector", "#logs td.message") if "onerror" in cell.text]
+        texts = harness.wait_until(shown, 30, interval=0.1,
+                                   what="the hostile log record shown")
+        self.assertIn('<img src=x onerror="window.__pwned=1">', texts[0])
+        self.assertIn("<script>window.__pwned=2</script>", texts[0])
+        self.assertIsNone(self.driver.execute_script(
+            "return window.__pwned === undefined ? null : window.__pwned;"))
+        self.assertEqual([], self.driver.find_elements(
+            "css selector", "#logs img, #logs script"))
+        self.assertEqual([], browser.console_errors(self.driver))
