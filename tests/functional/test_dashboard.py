@@ -129,3 +129,45 @@ class TestDashboardInBrowser(unittest.TestCase):
         self.assertEqual([], self.driver.find_elements(
             "css selector", "#logs img, #logs script"))
         self.assertEqual([], browser.console_errors(self.driver))
+
+
+class TestDashboardRefusesToStartExposed(unittest.TestCase):
+    """A dashboard off loopback without TLS or its token: ``serve`` stops
+    with one line and exit status 2 before it listens."""
+
+    def serve(self, dashboard, endpoint=None):
+        workdir = harness.make_workdir(self)
+        sections = harness.endpoint_sections(
+            os.path.join(workdir, "control.sock"),
+            {"dashboard": dashboard, "endpoint": endpoint or {}})
+        config = harness.write_config(os.path.join(workdir, "e.conf"),
+                                      sections)
+        return harness.run_command(harness.endpoint_cli_argv(
+            config, "serve"), timeout=60), config
+
+    def test_without_tls(self):
+        done, _ = self.serve({"enabled": True, "listen": "0.0.0.0:0"},
+                             harness.PLAINTEXT_ENDPOINT["endpoint"])
+        self.assertEqual(2, done.returncode, done.stderr)
+        self.assertEqual(
+            ["teeth-endpoint: cannot start: [dashboard] listen 0.0.0.0:0 "
+             "is not a loopback address, so the dashboard serves HTTPS "
+             "only, with the certificate of [endpoint] tls_cert_file, and "
+             "TLS is not set up there"],
+            [line for line in done.stderr.splitlines()
+             if line.startswith("teeth-endpoint:")])
+        self.assertNotIn("Traceback", done.stderr)
+        self.assertNotIn("listening", done.stdout)
+
+    def test_without_a_token_then_with_one(self):
+        done, config = self.serve({"enabled": True, "listen": "0.0.0.0:0"})
+        self.assertEqual(2, done.returncode, done.stderr)
+        self.assertIn("run teeth-endpoint dashboard-token first",
+                      done.stderr)
+        self.assertNotIn("Traceback", done.stderr)
+        made = harness.run_command(harness.endpoint_cli_argv(
+            config, "dashboard-token"))
+        self.assertEqual(0, made.returncode, made.stderr)
+        token = made.stdout.strip()
+        self.assertGreaterEqual(len(token), 43)
+        self.assertIn("shown only now", made.stderr)

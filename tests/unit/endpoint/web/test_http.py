@@ -298,6 +298,37 @@ class TestBounds(DashboardTestCase):
             b"teeth_endpoint_dashboard_event_clients_dropped_total 1.0",
             metrics)
 
+    def test_a_hundred_tabs_neither_stall_the_hub_nor_lock_out_the_page(self):
+        self.start(max_connections=64, max_event_clients=32)
+        self.fleet.connect("a")
+
+        def open_tabs():
+            tabs, statuses = [], []
+            for _ in range(100):
+                tab = Stream(self.port)
+                try:
+                    statuses.append(tab.head().split()[1])
+                    tabs.append(tab)
+                except (ConnectionError, OSError):
+                    statuses.append("closed")
+                    tab.close()
+            return tabs, statuses
+        tabs, statuses = transport.run_in_thread(open_tabs)
+        for tab in tabs:
+            self.addCleanup(tab.close)
+        self.assertEqual(32, statuses.count("200"))
+        self.assertEqual(68, statuses.count("503"))
+        # None of the 32 open streams reads; the hub goes on, the page and
+        # the metrics are still served, and updates still reach a stream.
+        self.fleet.task("a", "t", "running", percent=5.0)
+        self.assertEqual(200, self.get("/")[0])
+        self.assertEqual(200, self.get("/api/state")[0])
+        open_stream = tabs[0]
+        event, _ = transport.run_in_thread(open_stream.event)
+        self.assertEqual("state", event)
+        event, batch = transport.run_in_thread(open_stream.event)
+        self.assertEqual(["t"], [t["task_id"] for t in batch["tasks"]])
+
     def test_connections_past_max_connections_get_503(self):
         self.start(max_connections=2, max_event_clients=1, write_timeout=5)
         idle = [socket.create_connection(("127.0.0.1", self.port))
