@@ -113,6 +113,10 @@ class EndpointMetrics:
         #: sets it).
         self.event_clients = None
         self._starts = collections.OrderedDict()
+        #: (method label, state) -> tasks in the books, and per agent
+        #: task_id -> its (method label, state).
+        self.task_counts = collections.Counter()
+        self._tasks = {}
         registry = self.registry
         self.finished = prometheus_client.Counter(
             "teeth_endpoint_tasks_finished",
@@ -145,7 +149,10 @@ class EndpointMetrics:
         registry.register(_BooksCollector(self))
 
     def attach(self):
-        """Subscribe to the endpoint's events; returns self."""
+        """Count the tasks already in the books, then follow the endpoint's
+        events; returns self."""
+        for agent in list(self.endpoint.agents.values()):
+            self._index_agent(agent)
         self.endpoint.subscribe(self.on_event)
         return self
 
@@ -153,25 +160,62 @@ class EndpointMetrics:
         self.endpoint.unsubscribe(self.on_event)
 
     def book_figures(self):
-        """The figures the gauges report, read from the books now."""
+        """The figures the gauges report. The tasks by method and state
+        come from :attr:`task_counts`, kept up to date by the events, so a
+        scrape walks the agents but never their books."""
         connected = collections.Counter()
-        tasks = collections.Counter()
         for agent in list(self.endpoint.agents.values()):
             if agent.connected:
                 connected["true" if agent.tls else "false"] += 1
-            for status in list(agent.book.values()):
-                tasks[(self.methods(status.get("method")),
-                       status.get("state"))] += 1
         stats = self.endpoint.message_stats
         return {"connected": connected, "known": len(self.endpoint.agents),
-                "tasks": tasks, "received": stats.received,
-                "sent": stats.sent,
+                "tasks": {key: count for key, count
+                          in self.task_counts.items() if count},
+                "received": stats.received, "sent": stats.sent,
                 "event_clients": (self.event_clients()
                                   if self.event_clients else 0)}
 
+    # -- the tasks in the books, counted as they change -----------------------
+
+    def _index_agent(self, agent):
+        """Count ``agent``'s tasks afresh from its book (after a handshake,
+        which records tasks without events, and after a final state that
+        made the book drop its oldest finished ones)."""
+        self._drop_agent(agent.agent_id)
+        index = self._tasks[agent.agent_id] = {}
+        for status in list(agent.book.values()):
+            key = (self.methods(status.get("method")), status.get("state"))
+            index[status.get("task_id")] = key
+            self.task_counts[key] += 1
+
+    def _drop_agent(self, agent_id):
+        for key in self._tasks.pop(agent_id, {}).values():
+            self.task_counts[key] -= 1
+
+    def _index_task(self, agent, status):
+        index = self._tasks.get(agent.agent_id)
+        if index is None:
+            return self._index_agent(agent)
+        task_id = status.get("task_id")
+        kept = agent.book.get(task_id)
+        old = index.pop(task_id, None)
+        if old is not None:
+            self.task_counts[old] -= 1
+        if kept is not None:
+            key = (self.methods(kept.get("method")), kept.get("state"))
+            index[task_id] = key
+            self.task_counts[key] += 1
+        if len(index) != len(agent.book):
+            self._index_agent(agent)
+
     def on_event(self, event, agent, data):
         if event == "task_status":
+            self._index_task(agent, data)
             self._task(agent, data)
+        elif event == "handshake":
+            self._index_agent(agent)
+        elif event == "forgotten":
+            self._drop_agent(agent.agent_id)
         elif event == "refused":
             self.refusals.labels(data.get("type") or "unknown").inc()
         elif event == "log":

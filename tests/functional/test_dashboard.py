@@ -130,6 +130,41 @@ class TestDashboardInBrowser(unittest.TestCase):
             "css selector", "#logs img, #logs script"))
         self.assertEqual([], browser.console_errors(self.driver))
 
+    def test_a_rogue_agents_markup_everywhere_is_text(self):
+        rogue_id = '<img src=x onerror="window.__pwned=3">rogue'
+        peer = harness.connect_peer(self.endpoint.port, name="rogue agent")
+        self.addCleanup(peer.close)
+        answer = peer.call("handshake", {
+            "agent_id": rogue_id, "protocol_versions": ["v1"],
+            "agent_version": "<script>window.__pwned=4</script>",
+            "tasks": []})
+        self.assertIn("result", answer, answer)
+        for params in ({"task_id": "<b>t</b>", "state": "running",
+                        "method": "<i>m</i>", "percent": 50.0},
+                       {"task_id": "<b>t</b>", "state": "error",
+                        "method": "<i>m</i>",
+                        "msg": '<img src=x onerror="window.__pwned=5">'}):
+            self.assertIn("result", peer.call("task_status", params))
+        self.load()
+
+        def shown():
+            rows = self.driver.execute_script(
+                "return Array.from(document.querySelectorAll("
+                "'#agents tbody tr, #tasks tbody tr'), r => r.textContent);")
+            return [row for row in rows if "rogue" in row] or None
+        rows = harness.wait_until(shown, 30, interval=0.1,
+                                  what="the rogue agent and its task shown")
+        page = " ".join(rows)
+        self.assertIn('<img src=x onerror="window.__pwned=3">rogue', page)
+        self.assertIn("<script>window.__pwned=4</script>", page)
+        self.assertIn("<b>t</b>", page)
+        self.assertIn('<img src=x onerror="window.__pwned=5">', page)
+        self.assertIsNone(self.driver.execute_script(
+            "return window.__pwned === undefined ? null : window.__pwned;"))
+        self.assertEqual([], self.driver.find_elements(
+            "css selector", "main img, main script, main b, main i"))
+        self.assertEqual([], browser.console_errors(self.driver))
+
 
 class TestDashboardRefusesToStartExposed(unittest.TestCase):
     """A dashboard off loopback without TLS or its token: ``serve`` stops

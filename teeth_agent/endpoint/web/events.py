@@ -125,10 +125,10 @@ class EventStream:
 
     # -- on the hub -----------------------------------------------------------
 
-    def open(self):
+    def open(self, erasures=()):
         """A new stream whose first event is the whole picture (on the hub,
-        so nothing happens between the picture and the stream). Raises
-        :class:`TooManyClients`."""
+        so nothing happens between the picture and the stream), with
+        ``erasures`` (read by the caller). Raises :class:`TooManyClients`."""
         if len(self.clients) >= self.max_clients:
             if self.on_drop is not None:
                 self.on_drop()
@@ -136,7 +136,7 @@ class EventStream:
                 "%d live-update streams are open (max_event_clients)"
                 % len(self.clients))
         client = Client(self.queue_size)
-        client.offer(encode("state", self.view.state()))
+        client.offer(encode("state", self.view.state(erasures)))
         self.clients.add(client)
         return client
 

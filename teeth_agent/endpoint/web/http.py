@@ -66,6 +66,11 @@ STATIC = {
 #: Seconds an HTTP thread waits for the hub to answer one read.
 HUB_TIMEOUT = 10.0
 
+
+class RecordsUnavailable(Exception):
+    """The erasure records cannot be read now (the database failed)."""
+
+
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
@@ -181,7 +186,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     path[len("/static/"):] in STATIC:
                 return self._static(path[len("/static/"):])
             if path == "/api/state":
-                return self._json(owner.on_hub(owner.view.state))
+                erasures = owner.read_erasures(views.MAX_ERASURES)
+                return self._json(owner.on_hub(owner.view.state, erasures))
             if path == "/api/events":
                 return self._events()
             if path in ("/api/erasures.json", "/api/erasures.csv"):
@@ -193,6 +199,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except TimeoutError:
             return self._error(503, "The endpoint is too busy to answer; "
                                     "try again.")
+        except RecordsUnavailable as exc:
+            return self._error(503, "The erasure records cannot be read "
+                                    "now: %s" % exc)
         self._error(404, "There is nothing at this address.")
 
     do_HEAD = do_GET
@@ -209,7 +218,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _report(self, kind):
         owner = self.server.owner
-        records = owner.on_hub(owner.records.erasure_records)
+        records = owner.read_erasures(None)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         disposition = ('attachment; filename="erasures-%s.%s"'
                        % (stamp, kind))
@@ -225,7 +234,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _events(self):
         owner = self.server.owner
         try:
-            client = owner.on_hub(owner.events.open)
+            client = owner.on_hub(owner.events.open,
+                                  owner.read_erasures(views.MAX_ERASURES))
         except events_mod.TooManyClients as exc:
             return self._error(
                 503, "Too many live-update streams are open (%s); the page "
@@ -309,8 +319,10 @@ class DashboardServer:
     """The dashboard of ``endpoint`` on ``host:port`` (see the module
     docstring). ``token_hash`` (from :func:`auth.load_hash`) asks every
     request for the token; ``tls_context`` (a standard-library context,
-    :func:`server_tls_context`) serves HTTPS. Start and stop it on the
-    hub."""
+    :func:`server_tls_context`) serves HTTPS. ``records`` is where the
+    report and the page read erasure records from (an erasure record
+    source, :mod:`.records`; by default the in-memory book, which also
+    feeds the live updates). Start and stop it on the hub."""
 
     def __init__(self, endpoint, host="127.0.0.1", port=8780,
                  tls_context=None, token_hash=None, max_connections=64,
@@ -324,11 +336,12 @@ class DashboardServer:
         self.max_connections = max_connections
         self.write_timeout = write_timeout
         self.static = load_static()
-        self.records = records or records_mod.ErasureBook(endpoint)
-        self.view = views.DashboardView(endpoint, self.records)
+        self.book = records_mod.ErasureBook(endpoint)
+        self.records = records or self.book
+        self.view = views.DashboardView(endpoint)
         self.metrics = metrics_mod.EndpointMetrics(endpoint)
         self.events = events_mod.EventStream(
-            endpoint, self.view, self.records, max_clients=max_event_clients,
+            endpoint, self.view, self.book, max_clients=max_event_clients,
             queue_size=event_queue, on_drop=self.metrics.dropped_clients.inc)
         self.metrics.event_clients = self.events.__len__
         self.stopping = threading.Event()
@@ -389,6 +402,22 @@ class DashboardServer:
         except OSError as exc:
             raise TimeoutError(str(exc)) from None
 
+    def read_erasures(self, limit):
+        """The newest ``limit`` erasure records (all with None), from an
+        HTTP thread: a blocking source (a database) is read right here,
+        the in-memory book on the hub. Raises :class:`RecordsUnavailable`
+        or TimeoutError."""
+        if not getattr(self.records, "blocking", False):
+            return self.on_hub(self.records.erasure_records, limit)
+        try:
+            return self.records.erasure_records(limit)
+        except Exception as exc:
+            # Whatever the store raised, the page says it in one line.
+            LOG.warning("dashboard: cannot read the erasure records: %s",
+                        exc)
+            raise RecordsUnavailable(str(exc).splitlines()[0]
+                                     if str(exc) else type(exc).__name__)
+
     def hub_call(self, func, *args):
         """Run ``func`` on the hub without waiting for it."""
         try:
@@ -407,8 +436,7 @@ class DashboardServer:
                 % (self.host, self.port, exc.strerror or exc)) from None
         self.port = self._server.server_address[1]
         self._bridge.start()
-        if hasattr(self.records, "attach"):
-            self.records.attach()
+        self.book.attach()
         self.metrics.attach()
         self.events.start()
         self._thread = threading.Thread(
@@ -435,6 +463,5 @@ class DashboardServer:
             self._server = None
         self.events.stop()
         self.metrics.detach()
-        if hasattr(self.records, "detach"):
-            self.records.detach()
+        self.book.detach()
         self._bridge.stop()

@@ -7,6 +7,10 @@ The dashboard reads records through a small interface, so that a store
     The newest ``limit`` records (all without it), oldest first, each a
     dict of :data:`COLUMNS` plus ``device``, the device's entry as the
     agent sent it.
+``blocking``
+    True when ``erasure_records`` does I/O (a database): the dashboard then
+    calls it from its own threads, never on the hub; False (the in-memory
+    book) when it must be called on the hub.
 
 :class:`ErasureBook` builds records from the final statuses of
 ``decom.disk_erase`` tasks as the endpoint receives them (and from the
@@ -22,16 +26,19 @@ from teeth_agent import tasks as tasks_mod
 #: The columns of a record, in the order of the CSV report.
 COLUMNS = ("agent_id", "task_id", "task_state", "finished_at", "path",
            "outcome", "method", "nist_category", "verified", "bytes",
-           "duration_s", "serial", "model", "wwn", "size_bytes", "error")
+           "duration_s", "serial", "model", "wwn", "firmware", "size_bytes",
+           "tool", "tool_version", "started_at", "ended_at", "error",
+           "agent_version")
 
-#: The columns taken from the device entry (the rest are the task's).
-DEVICE_COLUMNS = COLUMNS[4:]
+#: The columns taken from the device entry (the rest are the task's and
+#: the agent's).
+DEVICE_COLUMNS = COLUMNS[4:-1]
 
 #: How many records the in-memory book keeps (the newest).
 MAX_RECORDS = 10000
 
 
-def records_of(agent_id, status, finished_at):
+def records_of(agent_id, status, finished_at, agent_version=None):
     """The records of one final ``decom.disk_erase`` status (none when it
     reports no devices)."""
     result = status.get("result")
@@ -47,6 +54,7 @@ def records_of(agent_id, status, finished_at):
                   "finished_at": finished_at}
         for column in DEVICE_COLUMNS:
             record[column] = entry.get(column)
+        record["agent_version"] = agent_version
         record["device"] = entry
         records.append(record)
     return records
@@ -54,6 +62,8 @@ def records_of(agent_id, status, finished_at):
 
 class ErasureBook:
     """The newest erasure records, in memory (see the module docstring)."""
+
+    blocking = False
 
     def __init__(self, endpoint, limit=MAX_RECORDS, clock=time.time):
         self.endpoint = endpoint
@@ -66,7 +76,7 @@ class ErasureBook:
         its events; returns self."""
         for agent in list(self.endpoint.agents.values()):
             for status in list(agent.book.values()):
-                self._add(agent.agent_id, status, None)
+                self._add(agent, status, None)
         self.endpoint.subscribe(self.on_event)
         return self
 
@@ -84,15 +94,17 @@ class ErasureBook:
 
     def on_event(self, event, agent, data):
         if event == "task_status":
-            added = self._add(agent.agent_id, data, self.clock())
+            added = self._add(agent, data, self.clock())
             for callback in list(self._subscribers):
                 if added:
                     callback(added)
 
-    def _add(self, agent_id, status, finished_at):
+    def _add(self, agent, status, finished_at):
         if status.get("method") != metrics_mod.ERASE_METHOD or \
                 status.get("state") not in tasks_mod.TERMINAL:
             return []
-        added = records_of(agent_id, status, finished_at)
+        version = agent.handshake.get("agent_version")
+        added = records_of(agent.agent_id, status, finished_at,
+                           version if isinstance(version, str) else None)
         self._records.extend(added)
         return added

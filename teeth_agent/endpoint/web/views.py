@@ -21,6 +21,9 @@ MAX_AGENTS = 1000
 MAX_TASKS = 1000
 MAX_LOGS = 200
 MAX_ERASURES = 200
+#: The newest log records taken from each agent shown, so the picture of
+#: a large fleet costs the hub little.
+LOGS_PER_AGENT = 20
 
 
 def holder_name():
@@ -58,27 +61,31 @@ class DashboardView:
     """Rows of the dashboard, read from ``endpoint`` and ``records`` (an
     erasure record source, see :mod:`.records`)."""
 
-    def __init__(self, endpoint, records, holder=None):
+    def __init__(self, endpoint, holder=None):
         self.endpoint = endpoint
-        self.records = records
-        self.holder = holder or holder_name()
+        self.holder = holder or getattr(endpoint, "process_name", None) \
+            or holder_name()
 
     def agent_row(self, agent):
         connection = agent.connection
+        # An endpoint with a database knows the process holding each
+        # agent and when agents it loaded at start were last seen.
+        process = getattr(agent, "process", None)
         if agent.connected:
             last_seen = wall_clock(connection.last_received)
+            holder = process or self.holder
         else:
-            last_seen = wall_clock(agent.disconnected_at)
-        running = sum(1 for status in list(agent.book.values())
-                      if status.get("state") == tasks_mod.RUNNING)
+            last_seen = getattr(agent, "last_seen_at", None) or \
+                wall_clock(agent.disconnected_at)
+            holder = None
+        running = agent.book.running
         return {
             "agent_id": text(agent.agent_id),
             "state": "connected" if agent.connected else "disconnected",
             "tls": agent.tls,
             "identity": agent.identity,
             "peer": text(connection.name) if connection else None,
-            "holder": (getattr(agent, "holder", None) or self.holder)
-            if agent.connected else getattr(agent, "holder", None),
+            "holder": text(holder, 200),
             "last_seen": last_seen,
             "connected_at": agent.connected_at,
             "agent_version": text(agent.handshake.get("agent_version"), 200),
@@ -115,29 +122,32 @@ class DashboardView:
                           value, (bool, int, float)) else text(value))
                 for key, value in record.items() if key != "device"}
 
-    def state(self):
+    def state(self, erasures=()):
         """The whole picture (bounded), for the first paint and for each
-        new live-update stream."""
+        new live-update stream: the first :data:`MAX_AGENTS` agents
+        (connected first), and the tasks and newest log records of those
+        only, so its cost does not grow with the fleet; ``erasures`` are
+        the erasure records to show (read by the caller)."""
         agents = sorted(self.endpoint.agents.values(),
                         key=lambda agent: (not agent.connected,
                                            agent.agent_id))
+        total = len(agents)
+        agents = agents[:MAX_AGENTS]
         tasks, logs = [], []
         for agent in agents:
             for status in list(agent.book.values()):
                 tasks.append(self.task_row(agent.agent_id, status))
-            for record in list(agent.logs)[-MAX_LOGS:]:
+            for record in agent.logs.newest(LOGS_PER_AGENT):
                 logs.append(self.log_row(agent.agent_id, record))
         # Running tasks first, then the rest; the newest log records.
         tasks.sort(key=lambda row: row["state"] != tasks_mod.RUNNING)
         logs.sort(key=lambda row: row["time"] or 0)
-        erasures = self.records.erasure_records(MAX_ERASURES)
         return {
             "endpoint": {"holder": self.holder, "port": self.endpoint.port,
                          "tls": self.endpoint.tls_context is not None,
                          "agent_identity": self.endpoint.agent_identity,
-                         "agents_total": len(agents)},
-            "agents": [self.agent_row(agent)
-                       for agent in agents[:MAX_AGENTS]],
+                         "agents_total": total},
+            "agents": [self.agent_row(agent) for agent in agents],
             "tasks": tasks[:MAX_TASKS],
             "logs": logs[-MAX_LOGS:],
             "erasures": [self.erasure_row(record) for record in erasures],

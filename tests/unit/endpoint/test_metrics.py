@@ -103,6 +103,43 @@ class TestEndpointMetrics(base.TestCase):
             found, "teeth_endpoint_task_duration_seconds_count",
             method="standbye.prepare_image"))
 
+    def test_task_gauge_follows_the_books_without_walking_them(self):
+        fleet = fakes.Fleet(task_history=3)
+        fleet.connect("early")
+        fleet.task("early", "x", "running", method="decom.qc")
+        metrics = metrics_mod.EndpointMetrics(fleet.endpoint).attach()
+        fleet.connect("a")
+        for n in range(6):
+            fleet.task("a", "t%d" % n, "running", method="decom.qc")
+            fleet.task("a", "t%d" % n, "complete", method="decom.qc")
+        fleet.task("a", "r", "running", method="decom.disk_erase")
+        fleet.task("a", "r", "running", method="decom.disk_erase",
+                   percent=50.0)
+        # A handshake records tasks without task_status events.
+        fleet.disconnect("a")
+        fleet.endpoint._dispatch(fakes.FakeConnection("10.0.0.7:1"),
+                                 fakes.Command("handshake", {
+                                     "agent_id": "b",
+                                     "protocol_versions": ["v1"],
+                                     "tasks": [{"task_id": "h",
+                                                "state": "running",
+                                                "method": "decom.qc"}]}))
+        fleet.disconnect("early")
+        fleet.endpoint.forget("early")
+
+        def from_books():
+            counted = {}
+            for agent in fleet.endpoint.agents.values():
+                for status in agent.book.values():
+                    key = (status.get("method"), status["state"])
+                    counted[key] = counted.get(key, 0) + 1
+            return counted
+        figures = metrics.book_figures()["tasks"]
+        self.assertEqual(from_books(), figures)
+        self.assertEqual({("decom.qc", "complete"): 3,
+                          ("decom.disk_erase", "running"): 1,
+                          ("decom.qc", "running"): 1}, figures)
+
     def test_a_repeated_final_state_is_counted_once(self):
         self.fleet.connect("a")
         result = fakes.erase_result(("/dev/sda", "erased", 1000))

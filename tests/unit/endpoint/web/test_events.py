@@ -24,7 +24,7 @@ class TestEventStream(base.TestCase):
         self.dropped = []
         self.stream = events.EventStream(
             self.fleet.endpoint,
-            views.DashboardView(self.fleet.endpoint, self.book), self.book,
+            views.DashboardView(self.fleet.endpoint), self.book,
             max_clients=2, queue_size=10,
             on_drop=lambda: self.dropped.append(1))
         # Not started: no flusher, the test flushes by hand.

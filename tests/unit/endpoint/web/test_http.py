@@ -15,6 +15,7 @@ import shutil
 import socket
 import ssl
 import tempfile
+import threading
 
 from oslo_config import cfg
 
@@ -219,6 +220,51 @@ class TestRoutesAndHeaders(DashboardTestCase):
         self.assertTrue(headers["Content-Type"].startswith("text/plain"))
         self.assertIn(b'teeth_endpoint_agents_connected{tls="false"} 1.0',
                       body)
+
+
+class BlockingRecords:
+    """A record source that does I/O (as a database does): the dashboard
+    must call it from its own threads, never on the hub."""
+
+    blocking = True
+
+    def __init__(self, records=(), fail=None):
+        self.records = list(records)
+        self.fail = fail
+        self.threads = set()
+
+    def erasure_records(self, limit=None):
+        self.threads.add(threading.current_thread().name)
+        if self.fail:
+            raise self.fail
+        return self.records if limit is None else self.records[-limit:]
+
+
+class TestBlockingRecordSource(DashboardTestCase):
+    def test_a_blocking_source_is_read_off_the_hub(self):
+        source = BlockingRecords([{"agent_id": "a", "task_id": "e",
+                                   "path": "/dev/sdq", "outcome": "erased",
+                                   "device": {"path": "/dev/sdq"}}])
+        self.start(records=source)
+        state = json.loads(self.get("/api/state")[2])
+        self.assertEqual(["/dev/sdq"], [r["path"] for r in state["erasures"]])
+        self.assertNotIn("device", state["erasures"][0])
+        body = self.get("/api/erasures.csv")[2].decode()
+        self.assertIn("/dev/sdq", body)
+        self.assertNotIn(threading.current_thread().name, source.threads)
+        self.assertTrue(source.threads)
+
+    def test_a_failing_source_is_one_line_and_503(self):
+        self.start(records=BlockingRecords(fail=RuntimeError(
+            "database is locked\nsecond line")))
+        status, _, body = self.get("/api/erasures.json")
+        self.assertEqual(503, status)
+        self.assertEqual(b"The erasure records cannot be read now: database "
+                         b"is locked\n", body)
+        self.assertEqual(503, self.get("/api/state")[0])
+        # The page and the metrics do not need the records.
+        self.assertEqual(200, self.get("/")[0])
+        self.assertEqual(200, self.get("/metrics")[0])
 
 
 class TestLogin(DashboardTestCase):
