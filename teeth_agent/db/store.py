@@ -286,23 +286,39 @@ class Store:
         return batch
 
     def _write(self, batch):
-        callbacks = [change.callback for change in batch
-                     if change.callback is not None]
-        error = None
+        """One transaction for the batch. When it fails, each change is
+        tried alone, so one change the database refuses (or a hostile
+        value) does not take the others with it; every waiter hears the
+        outcome of its own change."""
+        error = self._transaction(batch)
+        if error is None or len(batch) == 1:
+            outcomes = [(change, error) for change in batch]
+        else:
+            LOG.warning("retrying the %d changes of the failed transaction "
+                        "one by one", len(batch))
+            outcomes = [(change, self._transaction([change]))
+                        for change in batch]
+        for change, outcome in outcomes:
+            if change.callback is None:
+                continue
+            try:
+                change.callback(outcome)
+            except Exception:
+                LOG.exception("a database commit callback failed")
+
+    def _transaction(self, batch):
+        """Apply ``batch`` in one transaction; returns None or the error.
+        """
         try:
             with orm.Session(self.engine) as session, session.begin():
                 self._apply(session, batch)
-            self.stats["transactions"] += 1
-        except Exception as exc:  # handed to every waiter, then logged
-            error = exc
+        except Exception as exc:  # handed to the waiters, then logged
             self.stats["failures"] += 1
             LOG.error("cannot write %d change(s) to the database: %s",
                       len(batch), schema.first_line(exc))
-        for callback in callbacks:
-            try:
-                callback(error)
-            except Exception:
-                LOG.exception("a database commit callback failed")
+            return exc
+        self.stats["transactions"] += 1
+        return None
 
     def _apply(self, session, batch):
         now = self.clock()
@@ -432,12 +448,12 @@ class Store:
         method = status.get("method")
         if isinstance(method, str) and row.method is None:
             row.method = method[:models.ID_LENGTH]
-        if started is not None and row.state not in (RUNNING,) + \
-                FINAL_STATES and state != RUNNING:
+        fresh = created or row.state == "sent"
+        if started is not None and fresh and state != RUNNING:
             # The running updates went in this batch: keep the start.
             self._event(session, agent_id, task_id, RUNNING, started)
             row.started_at = row.started_at or started
-        if not refill and row.state != state:
+        if not refill and (fresh or row.state != state):
             self._event(session, agent_id, task_id, state, change.at,
                         _number(status.get("percent")), status.get("msg"))
         self.stats["task_writes"] += 1
