@@ -224,6 +224,11 @@ class Store:
             "task_id": task_id, "method": method,
             "params": redact.redact(params or {})})
 
+    def task_refused(self, agent_id, task_id):
+        """The agent refused the task command: forget the task unless
+        the agent reported a state of it after all."""
+        self._put("refused", agent_id, {"task_id": task_id})
+
     def task_status(self, agent_id, status, on_committed=None):
         """A task state the endpoint recorded. For a final state pass
         ``on_committed(error)``: it is called from the writer thread once
@@ -343,6 +348,8 @@ class Store:
                 self._write_status(session, change, first_running.get(key))
             elif kind == "sent":
                 self._write_sent(session, change)
+            elif kind == "refused":
+                self._write_refused(session, change)
             elif kind == "log":
                 logs[change.agent_id].append(change)
             elif kind in ("connected", "disconnected", "forgotten",
@@ -430,6 +437,16 @@ class Store:
             self._event(session, change.agent_id, payload["task_id"],
                         "sent", change.at)
         self.stats["task_writes"] += 1
+
+    def _write_refused(self, session, change):
+        task_id = change.payload["task_id"]
+        deleted = session.execute(sa.delete(models.Task).where(
+            models.Task.agent_id == change.agent_id,
+            models.Task.task_id == task_id, models.Task.state == "sent"))
+        if deleted.rowcount:
+            session.execute(sa.delete(models.TaskEvent).where(
+                models.TaskEvent.agent_id == change.agent_id,
+                models.TaskEvent.task_id == task_id))
 
     def _write_status(self, session, change, started=None):
         """Write one status; ``started`` is when the batch saw the task's

@@ -180,6 +180,14 @@ class Persistence:
                 0 < len(task_id) <= books.MAX_TASK_ID_LENGTH:
             self.store.task_sent(agent_id, task_id, method, params)
 
+    def task_refused(self, agent_id, params):
+        """The agent answered the task command with an error: the task
+        never existed on the agent, so its "sent" row goes."""
+        task_id = (params or {}).get("task_id")
+        if isinstance(task_id, str) and \
+                0 < len(task_id) <= books.MAX_TASK_ID_LENGTH:
+            self.store.task_refused(agent_id, task_id)
+
     def task_recorded(self, agent, task_id, acknowledge=True):
         """Store what the book now holds of ``task_id``. For a final state
         with ``acknowledge`` wait for the commit; returns None when stored,

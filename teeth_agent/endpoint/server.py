@@ -897,8 +897,13 @@ class Endpoint:
         agent = self.get_agent(agent_id)
         if self.persistence is not None:
             self.persistence.task_sent(agent_id, method, params)
-        return agent.connection.call(method, params or {},
-                                     timeout=timeout or self.call_timeout)
+        try:
+            return agent.connection.call(method, params or {},
+                                         timeout=timeout or self.call_timeout)
+        except transport.RemoteError:
+            if self.persistence is not None:
+                self.persistence.task_refused(agent_id, params)
+            raise
 
     def wait_for(self, predicate, timeout=None):
         """Wait until ``predicate()`` is true; False on timeout."""

@@ -187,6 +187,17 @@ class TestWrites(StoreTestCase):
             self.assertNotIn(secret, text)
         self.assertEqual("sent", task["state"])
 
+    def test_a_refused_task_is_forgotten_unless_it_ran(self):
+        store = self.make_store()
+        store.task_sent("a", "t1", "testing.sleep", {})
+        store.task_sent("a", "t2", "testing.sleep", {})
+        store.task_status("a", {"task_id": "t2", "state": "running"})
+        store.task_refused("a", "t1")
+        store.task_refused("a", "t2")
+        store.flush(WAIT)
+        self.assertEqual(["t2"], [task["task_id"] for task in store.tasks()])
+        self.assertEqual([], store.task_events("a", "t1"))
+
     def test_logs_are_bounded_per_agent(self):
         store = self.make_store(log_history=10)
         for index in range(25):
