@@ -73,7 +73,8 @@ def bytes_written(result):
 
 
 def result_bytes(method, result):
-    """``(erased, written)`` bytes of one finished task's result."""
+    """``(erased, written)`` bytes of one finished task's result (or of a
+    failed task's details, where a failed erase lists its devices)."""
     if method == ERASE_METHOD:
         return bytes_erased(result), 0
     if method == WRITE_METHOD:

@@ -9,6 +9,7 @@ bad values and missing files before anything starts.
 
 from teeth_agent.conf import agent
 from teeth_agent.conf import dashboard
+from teeth_agent.conf import database
 from teeth_agent.conf import decom
 from teeth_agent.conf import endpoint
 from teeth_agent.conf import hardware
@@ -30,3 +31,4 @@ def register_endpoint_opts(conf):
     """Register every option the endpoint reads on ``conf``."""
     endpoint.register_opts(conf)
     dashboard.register_opts(conf)
+    database.register_opts(conf)

@@ -7,6 +7,7 @@ same for ``teeth-endpoint``.
 
 from teeth_agent.conf import agent
 from teeth_agent.conf import dashboard
+from teeth_agent.conf import database
 from teeth_agent.conf import decom
 from teeth_agent.conf import endpoint
 from teeth_agent.conf import hardware
@@ -30,4 +31,5 @@ def list_opts():
 
 def list_endpoint_opts():
     return [(endpoint.group, endpoint.opts),
-            (dashboard.group, dashboard.opts)]
+            (dashboard.group, dashboard.opts),
+            (database.group, database.opts)]

@@ -239,8 +239,10 @@ class EndpointMetrics:
                 max(0.0, self.clock() - started))
         # A failed erase may still have erased some devices: counted too
         # (only the entries whose outcome is "erased" count).
-        erased, written = metrics_mod.result_bytes(method,
-                                                   status.get("result"))
+        result = status.get("result")
+        if result is None and state == tasks_mod.ERROR:
+            result = status.get("details")
+        erased, written = metrics_mod.result_bytes(method, result)
         if erased:
             self.erased.inc(erased)
         if written:

@@ -117,7 +117,10 @@ class AgentMetrics:
             if len(self._counted) > MAX_COUNTED:
                 self._counted.popitem(last=False)
         self.finished.labels(self.methods(task.method), task.state).inc()
-        erased, written = metrics_mod.result_bytes(task.method, task.result)
+        result = task.result
+        if result is None and task.state == tasks_mod.ERROR:
+            result = getattr(task, "details", None)
+        erased, written = metrics_mod.result_bytes(task.method, result)
         if erased:
             self.erased.inc(erased)
         if written:

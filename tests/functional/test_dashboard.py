@@ -76,7 +76,9 @@ class TestDashboardInBrowser(unittest.TestCase):
             "css selector", "#agents tbody tr[data-agent='%s']" % AGENT_ID)
         cells = [cell.text for cell in row.find_elements("tag name", "td")]
         self.assertEqual("TLS", cells[2])
-        self.assertIn("pid", cells[5])
+        # The endpoint process holding the link: host:pid.
+        self.assertTrue(cells[5].endswith(
+            ":%d" % self.endpoint.process.pid), cells[5])
         self.assertEqual([], browser.console_errors(self.driver))
 
     def test_task_bar_moves_to_100_without_reload(self):

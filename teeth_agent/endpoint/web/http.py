@@ -381,6 +381,9 @@ class DashboardServer:
         token_hash = None
         if not loopback or group.require_token:
             token_hash = auth.load_hash(conf.endpoint.state_dir)
+        persistence = getattr(endpoint, "persistence", None)
+        if records is None and persistence is not None:
+            records = records_mod.StoreRecords(persistence.store)
         return cls(endpoint, host=host, port=port, tls_context=tls_context,
                    token_hash=token_hash,
                    max_connections=group.max_connections,

@@ -20,6 +20,10 @@ tasks already in its books when it is attached), one per device, bounded.
 import collections
 import time
 
+import sqlalchemy as sa
+from sqlalchemy import orm
+
+from teeth_agent.db import models
 from teeth_agent import metrics as metrics_mod
 from teeth_agent import tasks as tasks_mod
 
@@ -41,7 +45,11 @@ MAX_RECORDS = 10000
 def records_of(agent_id, status, finished_at, agent_version=None):
     """The records of one final ``decom.disk_erase`` status (none when it
     reports no devices)."""
+    # A failed erase reports its devices in the error's details.
     result = status.get("result")
+    if not isinstance(result, dict) and \
+            status.get("state") == tasks_mod.ERROR:
+        result = status.get("details")
     devices = result.get("devices") if isinstance(result, dict) else None
     if not isinstance(devices, list):
         return []
@@ -108,3 +116,42 @@ class ErasureBook:
                            version if isinstance(version, str) else None)
         self._records.extend(added)
         return added
+
+
+class StoreRecords:
+    """The erasure records of the endpoint's database
+    (:class:`teeth_agent.db.store.Store`): every erase the fleet's
+    endpoints recorded, also before this process started. ``blocking``:
+    read from the dashboard's threads, never on the hub."""
+
+    blocking = True
+
+    def __init__(self, store):
+        self.store = store
+
+    def erasure_records(self, limit=None):
+        if limit == 0:
+            return []
+        query = sa.select(models.Erasure, models.Task.state).join(
+            models.Task, sa.and_(
+                models.Task.agent_id == models.Erasure.agent_id,
+                models.Task.task_id == models.Erasure.task_id),
+            isouter=True).order_by(models.Erasure.id.desc())
+        if limit is not None:
+            query = query.limit(limit)
+        with orm.Session(self.store.engine) as session:
+            rows = session.execute(query).all()
+        return [self._record(row, state) for row, state in reversed(rows)]
+
+    @staticmethod
+    def _record(row, state):
+        entry = row.record if isinstance(row.record, dict) else {}
+        record = {"agent_id": row.agent_id, "task_id": row.task_id,
+                  "task_state": state, "finished_at": row.recorded_at,
+                  "path": row.device, "bytes": entry.get("bytes"),
+                  "duration_s": entry.get("duration_s")}
+        for column in COLUMNS:
+            if column not in record:
+                record[column] = getattr(row, column, None)
+        record["device"] = entry
+        return record

@@ -27,8 +27,9 @@ LOGS_PER_AGENT = 20
 
 
 def holder_name():
-    """This endpoint process, as the dashboard names it."""
-    return "%s pid %d" % (socket.gethostname(), os.getpid())
+    """This endpoint process, as the dashboard names it (host:pid, as the
+    endpoint's database does)."""
+    return "%s:%d" % (socket.gethostname(), os.getpid())
 
 
 def text(value, limit=TEXT_LIMIT):

@@ -140,6 +140,19 @@ class TestEndpointMetrics(base.TestCase):
                           ("decom.disk_erase", "running"): 1,
                           ("decom.qc", "running"): 1}, figures)
 
+    def test_a_failed_erase_counts_the_devices_it_erased(self):
+        self.fleet.connect("a")
+        self.fleet.task("a", "e", "error", method="decom.disk_erase",
+                        msg="one failed", details=fakes.erase_result(
+                            ("/dev/sda", "erased", 700),
+                            ("/dev/sdb", "failed", 0)))
+        found = samples(self.metrics)
+        self.assertEqual(700, value(found,
+                                    "teeth_endpoint_bytes_erased_total"))
+        self.assertEqual(1, value(
+            found, "teeth_endpoint_tasks_finished_total",
+            method="decom.disk_erase", state="error"))
+
     def test_a_repeated_final_state_is_counted_once(self):
         self.fleet.connect("a")
         result = fakes.erase_result(("/dev/sda", "erased", 1000))

@@ -176,7 +176,7 @@ class TestRoutesAndHeaders(DashboardTestCase):
         self.assertEqual("connected", agents["a"]["state"])
         self.assertTrue(agents["a"]["tls"])
         self.assertEqual(1, agents["a"]["running_tasks"])
-        self.assertIn("pid %d" % os.getpid(), agents["a"]["holder"])
+        self.assertTrue(agents["a"]["holder"].endswith(":%d" % os.getpid()))
         self.assertEqual("disconnected", agents["b"]["state"])
         self.assertIsNotNone(agents["b"]["last_seen"])
         tasks = {task["task_id"]: task for task in state["tasks"]}

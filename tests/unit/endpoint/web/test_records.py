@@ -7,7 +7,10 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
 
+from teeth_agent.db import schema
+from teeth_agent.db import store as store_mod
 from teeth_agent.endpoint.web import auth
 from teeth_agent.endpoint.web import records
 from teeth_agent.endpoint.web import report
@@ -131,3 +134,52 @@ class TestTokenFile(base.TestCase):
         self.assertIn("does not hold a SHA-256", str(caught.exception))
         with self.assertRaises(auth.TokenFileError):
             auth.issue_token("")
+
+
+class TestStoreRecords(base.TestCase):
+    """The erasure records of the endpoint's database, as the dashboard
+    reads them."""
+
+    def test_newest_records_with_their_task_state(self):
+        store = store_mod.Store.from_url("sqlite://", flush_interval=0.05)
+        schema.upgrade(store.engine)
+        store.open()
+        self.addCleanup(store.close)
+        store.agent_connected("a", {"agent_version": "2.0"}, peer="p")
+
+        def final(status):
+            done = threading.Event()
+            store.task_status("a", status, lambda error: done.set())
+            self.assertTrue(done.wait(30))
+        final({"task_id": "e1", "state": "complete",
+               "method": "decom.disk_erase",
+               "result": fakes.erase_result(("/dev/sda", "erased", 10),
+                                            ("/dev/sdb", "erased", 20))})
+        final({"task_id": "e2", "state": "error",
+               "method": "decom.disk_erase", "msg": "one failed",
+               "details": fakes.erase_result(("/dev/sdc", "failed", 0))})
+        source = records.StoreRecords(store)
+        self.assertTrue(source.blocking)
+        found = source.erasure_records()
+        self.assertEqual([("e1", "/dev/sda", "complete", 10),
+                          ("e1", "/dev/sdb", "complete", 20),
+                          ("e2", "/dev/sdc", "error", 0)],
+                         [(r["task_id"], r["path"], r["task_state"],
+                           r["bytes"]) for r in found])
+        self.assertEqual("2.0", found[0]["agent_version"])
+        self.assertEqual(set(records.COLUMNS) | {"device"}, set(found[0]))
+        self.assertEqual(["/dev/sdc"],
+                         [r["path"] for r in source.erasure_records(1)])
+        self.assertEqual([], source.erasure_records(0))
+        # The report of database rows.
+        self.assertIn("/dev/sdb", report.as_csv(found))
+
+    def test_a_failed_erase_in_memory_reports_its_details(self):
+        fleet = fakes.Fleet()
+        fleet.connect("a")
+        book = records.ErasureBook(fleet.endpoint).attach()
+        fleet.task("a", "e", "error", method="decom.disk_erase",
+                   msg="failed", details=fakes.erase_result(
+                       ("/dev/sda", "erased", 5), ("/dev/sdb", "failed", 0)))
+        self.assertEqual(["/dev/sda", "/dev/sdb"],
+                         [r["path"] for r in book.erasure_records()])
