@@ -10,9 +10,12 @@ HTML and script an agent sends in a log record are shown as text and never
 run.
 """
 
+import csv
+import io
 import json
 import os
 import unittest
+import urllib.request
 
 from tests.functional import browser
 from tests.functional import harness
@@ -166,6 +169,56 @@ class TestDashboardInBrowser(unittest.TestCase):
         self.assertEqual([], self.driver.find_elements(
             "css selector", "main img, main script, main b, main i"))
         self.assertEqual([], browser.console_errors(self.driver))
+
+
+class TestDashboardFromTheDatabase(unittest.TestCase):
+    """The erasure report comes from the endpoint's database: an erase
+    recorded before a restart is in the report after it."""
+
+    def start(self, workdir):
+        endpoint = harness.start_endpoint(
+            self, {"dashboard": {"enabled": True, "listen": "127.0.0.1:0"}},
+            workdir=workdir)
+        match = endpoint.wait_for_output(
+            r"teeth-endpoint dashboard at (http://127\.0\.0\.1:\d+/)")
+        return endpoint, match.group(1)
+
+    def test_erasure_records_survive_a_restart(self):
+        workdir = harness.make_workdir(self)
+        endpoint, url = self.start(workdir)
+        peer = harness.connect_peer(endpoint.port, name="raw agent")
+        self.addCleanup(peer.close)
+        self.assertIn("result", peer.call("handshake", {
+            "agent_id": "db-agent", "protocol_versions": ["v1"],
+            "agent_version": "raw 1.0", "tasks": []}))
+        self.assertIn("result", peer.call("task_status", {
+            "task_id": "erase-db", "state": "complete",
+            "method": "decom.disk_erase",
+            "result": {"devices": [{
+                "path": "/dev/sdx", "outcome": "erased",
+                "method": "ata_secure_erase", "nist_category": "purge",
+                "verified": True, "bytes": 4096, "serial": "SERIAL-1"}]}}))
+        peer.close()
+        endpoint.stop()
+        endpoint, url = self.start(workdir)
+        with urllib.request.urlopen(url + "api/erasures.csv",
+                                    timeout=10) as response:
+            rows = list(csv.DictReader(io.StringIO(
+                response.read().decode("utf-8"))))
+        self.assertEqual([("db-agent", "erase-db", "complete", "/dev/sdx",
+                           "SERIAL-1", "raw 1.0", "4096")],
+                         [(r["agent_id"], r["task_id"], r["task_state"],
+                           r["path"], r["serial"], r["agent_version"],
+                           r["bytes"]) for r in rows])
+        with urllib.request.urlopen(url + "api/state",
+                                    timeout=10) as response:
+            state = json.loads(response.read())
+        self.assertEqual(["/dev/sdx"],
+                         [r["path"] for r in state["erasures"]])
+        # The agent is known from the database, disconnected.
+        self.assertEqual([("db-agent", "disconnected")],
+                         [(a["agent_id"], a["state"])
+                          for a in state["agents"]])
 
 
 class TestDashboardRefusesToStartExposed(unittest.TestCase):
