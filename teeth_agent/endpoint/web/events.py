@@ -125,10 +125,11 @@ class EventStream:
 
     # -- on the hub -----------------------------------------------------------
 
-    def open(self, erasures=()):
+    def open(self, erasures=(), erasures_error=None):
         """A new stream whose first event is the whole picture (on the hub,
         so nothing happens between the picture and the stream), with
-        ``erasures`` (read by the caller). Raises :class:`TooManyClients`."""
+        ``erasures`` (read by the caller, or ``erasures_error`` saying why
+        not). Raises :class:`TooManyClients`."""
         if len(self.clients) >= self.max_clients:
             if self.on_drop is not None:
                 self.on_drop()
@@ -136,7 +137,9 @@ class EventStream:
                 "%d live-update streams are open (max_event_clients)"
                 % len(self.clients))
         client = Client(self.queue_size)
-        client.offer(encode("state", self.view.state(erasures)))
+        state = self.view.state(erasures)
+        state["erasures_error"] = erasures_error
+        client.offer(encode("state", state))
         self.clients.add(client)
         return client
 

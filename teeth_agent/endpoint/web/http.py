@@ -186,8 +186,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     path[len("/static/"):] in STATIC:
                 return self._static(path[len("/static/"):])
             if path == "/api/state":
-                erasures = owner.read_erasures(views.MAX_ERASURES)
-                return self._json(owner.on_hub(owner.view.state, erasures))
+                erasures, problem = owner.shown_erasures()
+                state = owner.on_hub(owner.view.state, erasures)
+                state["erasures_error"] = problem
+                return self._json(state)
             if path == "/api/events":
                 return self._events()
             if path in ("/api/erasures.json", "/api/erasures.csv"):
@@ -233,9 +235,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _events(self):
         owner = self.server.owner
+        erasures, problem = owner.shown_erasures()
         try:
-            client = owner.on_hub(owner.events.open,
-                                  owner.read_erasures(views.MAX_ERASURES))
+            client = owner.on_hub(owner.events.open, erasures, problem)
         except events_mod.TooManyClients as exc:
             return self._error(
                 503, "Too many live-update streams are open (%s); the page "
@@ -420,6 +422,15 @@ class DashboardServer:
                         exc)
             raise RecordsUnavailable(str(exc).splitlines()[0]
                                      if str(exc) else type(exc).__name__)
+
+    def shown_erasures(self):
+        """``(records, problem)``: the erasure records the page shows, or
+        none and the one-line reason they cannot be read (the page works
+        on without them)."""
+        try:
+            return self.read_erasures(views.MAX_ERASURES), None
+        except RecordsUnavailable as exc:
+            return [], "The erasure records cannot be read now: %s" % exc
 
     def hub_call(self, func, *args):
         """Run ``func`` on the hub without waiting for it."""

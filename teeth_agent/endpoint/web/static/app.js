@@ -163,6 +163,8 @@
     }
     logs = state.logs.slice(-MAX_LOGS);
     erasures = state.erasures.slice(-MAX_ERASURES);
+    document.getElementById("erasures-error").textContent =
+      state.erasures_error || "";
     document.getElementById("holder").textContent =
       (state.endpoint.tls ? "agents over TLS" : "agents in plaintext") +
       ", " + state.endpoint.holder;

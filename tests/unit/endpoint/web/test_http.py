@@ -248,6 +248,7 @@ class TestBlockingRecordSource(DashboardTestCase):
         self.start(records=source)
         state = json.loads(self.get("/api/state")[2])
         self.assertEqual(["/dev/sdq"], [r["path"] for r in state["erasures"]])
+        self.assertIsNone(state["erasures_error"])
         self.assertNotIn("device", state["erasures"][0])
         body = self.get("/api/erasures.csv")[2].decode()
         self.assertIn("/dev/sdq", body)
@@ -261,7 +262,20 @@ class TestBlockingRecordSource(DashboardTestCase):
         self.assertEqual(503, status)
         self.assertEqual(b"The erasure records cannot be read now: database "
                          b"is locked\n", body)
-        self.assertEqual(503, self.get("/api/state")[0])
+        # The picture and the stream go on without the records.
+        status, _, body = self.get("/api/state")
+        self.assertEqual(200, status)
+        state = json.loads(body)
+        self.assertEqual([], state["erasures"])
+        self.assertEqual("The erasure records cannot be read now: "
+                         "database is locked", state["erasures_error"])
+        stream = transport.run_in_thread(Stream, self.port)
+        self.addCleanup(stream.close)
+        transport.run_in_thread(stream.head)
+        event, state = transport.run_in_thread(stream.event)
+        self.assertEqual(("state", "The erasure records cannot be read "
+                          "now: database is locked"),
+                         (event, state["erasures_error"]))
         # The page and the metrics do not need the records.
         self.assertEqual(200, self.get("/")[0])
         self.assertEqual(200, self.get("/metrics")[0])
