@@ -1,10 +1,13 @@
 """The dashboard's part of ``teeth-endpoint``: ``serve`` starts it when
 ``[dashboard] enabled``; ``dashboard-token`` makes its access token."""
 
+import logging
 import sys
 
 from teeth_agent.endpoint.web import auth
 from teeth_agent.endpoint.web import http as web_http
+
+LOG = logging.getLogger(__name__)
 
 
 def add_parser(subparsers):
@@ -21,6 +24,28 @@ def build(conf, endpoint):
     if not conf.dashboard.enabled:
         return None
     return web_http.DashboardServer.from_conf(conf, endpoint)
+
+
+def start(dashboard, endpoint):
+    """Start ``dashboard`` (None: nothing to do) right after the endpoint,
+    before ``serve`` says it is listening. False after one line on stderr
+    (and the endpoint stopped) when it cannot listen."""
+    if dashboard is None:
+        return True
+    try:
+        dashboard.start()
+    except ValueError as exc:
+        endpoint.stop()
+        LOG.error("cannot start: %s", exc)
+        print("teeth-endpoint: cannot start: %s" % exc, file=sys.stderr)
+        return False
+    print("teeth-endpoint dashboard at %s" % dashboard.url, flush=True)
+    return True
+
+
+def stop(dashboard):
+    if dashboard is not None:
+        dashboard.stop()
 
 
 def issue_token(conf):

@@ -156,27 +156,20 @@ def serve(conf):
         print("teeth-endpoint: cannot start: %s" % exc, file=sys.stderr)
         return 2
     endpoint.start()
+    if not cmd_dashboard.start(dashboard, endpoint):
+        return 2
     server = control.ControlServer(endpoint, conf.endpoint.control_socket)
     server.start()
     print("teeth-endpoint listening on %s:%d, control socket %s"
           % (endpoint.host, endpoint.port, conf.endpoint.control_socket),
           flush=True)
     try:
-        if dashboard is not None:
-            dashboard.start()
-            print("teeth-endpoint dashboard at %s" % dashboard.url,
-                  flush=True)
         while True:
             transport.sleep(3600)
     except KeyboardInterrupt:
         pass
-    except ValueError as exc:
-        LOG.error("cannot start: %s", exc)
-        print("teeth-endpoint: cannot start: %s" % exc, file=sys.stderr)
-        return 2
     finally:
-        if dashboard is not None:
-            dashboard.stop()
+        cmd_dashboard.stop(dashboard)
         server.stop()
         endpoint.stop()
     return 0

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import os
+import socket
 import unittest
 import urllib.request
 
@@ -248,6 +249,22 @@ class TestDashboardRefusesToStartExposed(unittest.TestCase):
              if line.startswith("teeth-endpoint:")])
         self.assertNotIn("Traceback", done.stderr)
         self.assertNotIn("listening", done.stdout)
+
+    def test_a_taken_port_stops_serve_before_it_says_listening(self):
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done, _ = self.serve({"enabled": True,
+                              "listen": "127.0.0.1:%d" % port})
+        self.assertEqual(2, done.returncode, done.stderr)
+        self.assertEqual(
+            ["teeth-endpoint: cannot start: the dashboard cannot listen on "
+             "127.0.0.1:%d: Address already in use" % port],
+            [line for line in done.stderr.splitlines()
+             if line.startswith("teeth-endpoint:")])
+        self.assertNotIn("teeth-endpoint listening", done.stdout)
 
     def test_without_a_token_then_with_one(self):
         done, config = self.serve({"enabled": True, "listen": "0.0.0.0:0"})
