@@ -240,6 +240,11 @@ class Store:
     def log_record(self, agent_id, record):
         self._put("log", agent_id, record)
 
+    def flush_async(self, on_committed):
+        """Have everything queued so far committed at once;
+        ``on_committed(error)`` is called from the writer thread."""
+        self._put("flush", None, None, on_committed)
+
     def flush(self, timeout=None):
         """Wait (this thread) until everything queued so far is committed;
         returns False on timeout. Raises the write's error."""

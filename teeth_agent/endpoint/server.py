@@ -730,6 +730,13 @@ class Endpoint:
         if agent is None:
             self._check_room()
         proven, new_token = self._prove(connection, agent_id, params, agent)
+        if new_token is not None and self.persistence is not None:
+            problem = self.persistence.token_committed()
+            if problem is not None:
+                self.tokens.forget(agent_id)
+                raise errors.HandshakeRefused(
+                    "handshake refused: the endpoint cannot store the "
+                    "session token (%s)" % problem)
         if agent is None:
             self._make_room(agent_id)
         # Never keep the token in what describe() and subscribers see.
