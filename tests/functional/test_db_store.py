@@ -117,49 +117,42 @@ class DatabaseCase:
 
     # -- what is stored -----------------------------------------------------
 
-    def test_secrets_in_params_are_redacted_in_the_database(self):
+    def test_secrets_redacted_and_running_updates_coalesced(self):
         self.upgrade()
+        self.db_section["database"]["flush_interval"] = 2.0
         endpoint = self.start_endpoint()
         harness.start_agent(self, [endpoint.address], harness.merge_sections(
             FAST_AGENT, {
-                "DEFAULT": {"enabled_extensions": ["standbye"]},
+                "DEFAULT": {"enabled_extensions": ["testing", "standbye"]},
                 "standbye": {
                     "image_cache_dir": os.path.join(self.work, "cache"),
                     "work_dir": os.path.join(self.work, "standbye"),
                     "download_retries": 0}}))
         endpoint.wait_agent(AGENT_ID)
+        refused, port = harness.refused_port()
+        self.addCleanup(refused.close)
         url = "http://user:%s@127.0.0.1:%d/i.raw?temp_url_sig=%s" % (
-            SECRET, harness.refused_port(), SECRET)
+            SECRET, port, SECRET)
         response = endpoint.ask(lambda client: client.call(
-            AGENT_ID, "standbye.cache_image", {
+            AGENT_ID, "standbye.cache_images", {
                 "task_id": "c1",
-                "image": {"id": "0b7e2f0e-5a77-4bd6-9b0e-9f6c53a1f0e2",
-                          "urls": [url],
-                          "hashes": {"sha256": "0" * 64}}}))
+                "images": [{"id": "0b7e2f0e-5a77-4bd6-9b0e-9f6c53a1f0e2",
+                            "urls": [url],
+                            "hashes": {"sha256": "0" * 64}}]}))
         self.assertIn("result", response, response)
-        final = endpoint.wait_task(AGENT_ID, "c1", ("complete", "error"),
-                                   timeout=TASK_TIMEOUT)
-        self.assertEqual("error", final["state"])
-        [task] = self.json_lines("tasks", AGENT_ID)
-        self.assertEqual("error", task["state"])
-        self.assertIn("temp_url_sig=***", json.dumps(task["params"]))
-        self.assertNotIn(SECRET, self.dump_database())
-
-    def test_running_updates_coalesce(self):
-        self.upgrade()
-        self.db_section["database"]["flush_interval"] = 2.0
-        endpoint = self.start_endpoint()
-        harness.start_agent(self, [endpoint.address], FAST_AGENT)
-        endpoint.wait_agent(AGENT_ID)
         endpoint.ask(lambda client: client.call(
             AGENT_ID, "testing.sleep",
             {"task_id": "s1", "seconds": 4, "steps": 200}))
-        final = endpoint.wait_task(AGENT_ID, "s1", ("complete",),
-                                   timeout=TASK_TIMEOUT)
+        self.assertEqual("error", self.db_task("c1", ("complete", "error"))[
+            "state"])
+        final = self.db_task("s1", ("complete",))
         self.assertEqual({"slept": 4, "steps": 200}, final["result"])
-        [task] = self.json_lines("tasks", AGENT_ID)
+        tasks = {task["task_id"]: task
+                 for task in self.json_lines("tasks", AGENT_ID)}
+        self.assertIn("temp_url_sig=***", json.dumps(tasks["c1"]["params"]))
+        self.assertNotIn(SECRET, self.dump_database())
         self.assertEqual(["sent", "running", "complete"],
-                         [event["state"] for event in task["events"]])
+                         [event["state"] for event in tasks["s1"]["events"]])
         writes = self.task_row_writes()
         if writes is not None:
             # About 80 running updates were sent (every 0.05 s for 4 s);
