@@ -282,7 +282,8 @@ class Endpoint:
         if not self._state_loaded:
             if self.state_dir is not None:
                 self._make_state_dir()
-            elif self.agent_identity == endpoint_identity.IDENTITY_TOKEN:
+            elif self.agent_identity == endpoint_identity.IDENTITY_TOKEN \
+                    and self.persistence is None:
                 LOG.warning("[endpoint] state_dir is empty: session tokens "
                             "are kept in memory only, and after a restart "
                             "the first handshake of every agent_id is "
