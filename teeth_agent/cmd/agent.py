@@ -1,4 +1,6 @@
-"""``teeth-agent``: run the agent, or print the machine's inventory.
+"""``teeth-agent``: run the agent, or print the machine's inventory;
+``teeth-agent verify-evidence`` checks signed erase records (see
+:mod:`teeth_agent.cmd.verify_evidence`; it reads no configuration).
 
 Start-up order: register options, parse config, set up logging, log the
 option values, load hardware managers and extensions, then serve.
@@ -106,6 +108,11 @@ def build_agent(conf):
 
 
 def main(argv=None):
+    words = sys.argv[1:] if argv is None else list(argv)
+    if words[:1] == ["verify-evidence"]:
+        # An auditor's command: no agent configuration is read.
+        from teeth_agent.cmd import verify_evidence
+        return verify_evidence.main(words[1:])
     try:
         conf = prepare(argv)
     except strict.ConfigError as exc:

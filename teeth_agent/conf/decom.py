@@ -64,6 +64,25 @@ opts = [
         help="Seconds between two readings of a device's own progress "
              "during a sanitize (nvme sanitize-log, hdparm "
              "--sanitize-status, sg_requests)."),
+    cfg.StrOpt(
+        "evidence_key",
+        default="",
+        help="The path of an Ed25519 private key (PEM, unencrypted) that "
+             "signs each device's erase record in the result of "
+             "decom.disk_erase, so a report can be checked later with "
+             "teeth-agent verify-evidence without trusting the endpoint. The "
+             "file must be a regular file owned by root or the agent's user "
+             "with mode 0600 or 0400, else the agent refuses to start. Empty "
+             "means the records are not signed."),
+    cfg.BoolOpt(
+        "nvme_reset_namespaces",
+        default=False,
+        help="Before erasing an NVMe drive that has several namespaces, "
+             "delete every namespace and create one that covers the whole "
+             "drive (nvme delete-ns, create-ns, attach-ns), so that the "
+             "drive is erased as one device; each step is reported in the "
+             "result. When false, such a drive is erased namespace by "
+             "namespace with the methods that act on one namespace only."),
     cfg.FloatOpt(
         "firmware_download_timeout",
         default=60.0,
@@ -83,6 +102,15 @@ opts = [
         min=1,
         help="The largest firmware image, in bytes, the agent downloads. A "
              "larger one fails the component."),
+    cfg.BoolOpt(
+        "remove_boot_entries",
+        default=True,
+        help="Whether decom.disk_erase removes the UEFI boot entries that "
+             "boot a partition of a disk it erased, so the firmware does "
+             "not keep trying a system that is gone. Only entries booting "
+             "those disks' partitions are removed, never network, setup or "
+             "firmware entries; nothing changes on a machine booted in "
+             "BIOS mode."),
 ]
 
 

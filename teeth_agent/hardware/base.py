@@ -169,6 +169,47 @@ class HardwareManager:
         "setup_mode": bool or None}``."""
         raise IncompatibleHardwareMethodError()
 
+    def get_boot_mode(self):
+        """Return ``{"boot_mode" ("uefi" or "bios": how the ramdisk was
+        booted), "secure_boot", "setup_mode" (bool or None), "lockdown"
+        ("none", "integrity", "confidentiality" or None)}``."""
+        raise IncompatibleHardwareMethodError()
+
+    # -- UEFI boot entries ----------------------------------------------------
+    # Called only when the ramdisk was booted in UEFI mode. Which entries to
+    # remove and where a new one goes in BootOrder is the command group's
+    # policy (teeth_agent.hardware.efi.stale_entries); these only act.
+
+    def list_boot_entries(self):
+        """Return the firmware's boot configuration: ``{"boot_current",
+        "boot_next", "timeout", "boot_order" (list of 4-digit hex),
+        "entries": [{"entry", "label", "active", "device_path", "kind"
+        ("disk", "network", "firmware" or "other"), "partition",
+        "partition_uuid", "mbr_signature", "loader"}]}`` (the shape of
+        :func:`teeth_agent.hardware.efi.parse_efibootmgr`)."""
+        raise IncompatibleHardwareMethodError()
+
+    def create_boot_entry(self, path, partition, loader, label):
+        """Create a boot entry booting ``loader`` (a UEFI path such as
+        ``\\EFI\\debian\\shimx64.efi``) from partition number
+        ``partition`` of the disk ``path``, shown as ``label``. Return the
+        new entry's number (4-digit upper-case hex)."""
+        raise IncompatibleHardwareMethodError()
+
+    def delete_boot_entry(self, entry):
+        """Delete boot entry ``entry`` (4-digit hex). Return nothing."""
+        raise IncompatibleHardwareMethodError()
+
+    def set_boot_order(self, order):
+        """Set BootOrder to ``order`` (list of 4-digit hex). Return
+        nothing."""
+        raise IncompatibleHardwareMethodError()
+
+    def set_boot_next(self, entry):
+        """Boot ``entry`` (4-digit hex) once at the next reset (BootNext).
+        Return nothing."""
+        raise IncompatibleHardwareMethodError()
+
     # -- disks ----------------------------------------------------------------
 
     def get_erase_capabilities(self, device):
@@ -181,9 +222,40 @@ class HardwareManager:
         """Erase ``device`` (a ``BlockDevice``) with ``method``.
 
         ``progress(done, total)`` may be called from this thread at any rate.
-        Return ``{"method", "nist_category" ("Clear" or "Purge"), "bytes"}``.
+        Return ``{"method", "nist_category" ("Clear" or "Purge"), "bytes"}``
+        and, for the erase evidence, ``"tool"`` and ``"tool_version"``
+        (what erased; left out, the evidence says ``null``).
         Raise :class:`IncompatibleHardwareMethodError` when this manager
         cannot apply ``method`` to ``device``.
+        """
+        raise IncompatibleHardwareMethodError()
+
+    def dismantle_stack(self, stack):
+        """Take apart what is stacked on disks that are about to be erased.
+
+        ``stack`` is ``{"disks": [paths], "layers": [{"name" (kernel
+        name), "kind" ("md", "lvm", "crypt", "multipath", "dm" or
+        "bcache"), "dm_name", "lower" (kernel names)}] (top first, the
+        order to stop them in), "members": [{"path", "name", "kind"}]
+        (the disks and partitions the bottom layers sit on, whose labels
+        to wipe)}``. The agent has already refused a stack that is in use
+        or reaches beyond the disks being erased, and re-reads sysfs
+        afterwards. Return the steps, each ``{"layer", "kind", "command",
+        "result" ("done" or "failed"), "error"?}``; raise
+        :class:`HardwareManagerError` when a step fails.
+        """
+        raise IncompatibleHardwareMethodError()
+
+    def reset_nvme_namespaces(self, controller):
+        """Delete every namespace of an NVMe controller and create one that
+        covers the drive (``[decom] nvme_reset_namespaces``).
+
+        ``controller`` is ``{"path" ("/dev/nvme0"), "name", "namespaces"
+        (the namespace device paths, all being erased)}``. Return
+        ``{"steps": [{"command", "result", "error"?}], "namespace" (kernel
+        name of the new namespace), "size_bytes"}``; raise
+        :class:`HardwareManagerError` when it cannot be done or a step
+        fails. The agent erases the new namespace afterwards.
         """
         raise IncompatibleHardwareMethodError()
 
@@ -273,10 +345,70 @@ class HardwareManager:
         """
         raise IncompatibleHardwareMethodError()
 
+    def install_uefi_boot_loader(self, path, root, fs_type, boot):
+        """Make the disk ``path`` boot the image's kernel in UEFI mode.
+
+        Called only when the image's EFI system partition holds no loader
+        (or it has none). ``root``, ``fs_type`` and ``boot`` are as for
+        :meth:`install_boot_loader`. Install signed loaders that never
+        come from the image into its ESP, creating one when the table has
+        room, and a grub.cfg booting ``boot``. Return ``{"loader" (the
+        UEFI path a boot entry should point at), "partition" (the ESP's
+        number), "esp_created" (bool), "removable" (bool: the removable
+        path was written too)}``, optionally with ``"name"`` (what was
+        installed, reported as ``boot_loader.loader``; default
+        ``"shim+grub"``). Raise
+        :class:`HardwareManagerError` when it cannot (no room for an
+        ESP, an MBR table, ...).
+        """
+        raise IncompatibleHardwareMethodError()
+
     # -- quality control ------------------------------------------------------
 
     def run_qc_checks(self, spec, inventory):
         """Return a list of ``{"name", "expected", "actual", "pass"}`` checks
         for the keys of ``spec`` this manager understands (vendor keys).
         Dispatched to every manager and concatenated."""
+        raise IncompatibleHardwareMethodError()
+
+    # -- health (decom.qc's smart, memory_test, stress, disk_read) ---------
+    #
+    # Each returns *readings* (the shapes of teeth_agent.hardware.health);
+    # decom.qc compares them with the spec's thresholds, so a manager that
+    # reads the same facts another way returns the same keys. ``progress``
+    # takes a fraction (0..1) of this run.
+
+    def get_smart_report(self, device, self_test, progress):
+        """Return ``device``'s SMART readings: ``{"available", "reason",
+        "protocol", "model", "serial", "health_passed",
+        "reallocated_sectors", "pending_sectors", "uncorrectable_sectors",
+        "media_errors", "percentage_used", "temperature_c",
+        "power_on_hours", "tool", "self_test"}`` where ``self_test`` (when
+        asked, else None) is ``{"supported", "passed", "status",
+        "seconds"}``. ``device`` is a ``BlockDevice``."""
+        raise IncompatibleHardwareMethodError()
+
+    def run_memory_test(self, size_bytes, free_fraction, loops, progress):
+        """Test ``size_bytes`` of memory, or when that is None the
+        ``free_fraction`` (0..1) of the memory available now, ``loops``
+        times; return
+        ``{"size_bytes", "loops", "tests" ({name: "ok" | "failed"}),
+        "failures" (lines), "locked", "exit_status", "seconds", "tool"}``.
+        """
+        raise IncompatibleHardwareMethodError()
+
+    def run_stress_test(self, seconds, memory_bytes, cpu_workers, progress):
+        """Load every CPU (``cpu_workers`` 0: one per CPU) and
+        ``memory_bytes`` of memory for ``seconds``; return ``{"stressors"
+        ([{"stressor", "bogo_ops", "seconds"}]), "exit_status", "seconds",
+        "failures", "max_temperature_c" (None when the platform exposes
+        no temperature), "throttle_events" (None when not exposed),
+        "thermal_zones", "tool"}``."""
+        raise IncompatibleHardwareMethodError()
+
+    def run_disk_read_test(self, device, size_bytes, seconds, progress):
+        """Read ``size_bytes`` of ``device`` (a ``BlockDevice``)
+        sequentially, for at most ``seconds`` when given, without writing;
+        return ``{"bytes", "seconds", "mbps", "errors", "exit_status",
+        "tool"}``."""
         raise IncompatibleHardwareMethodError()

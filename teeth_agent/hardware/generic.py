@@ -13,8 +13,8 @@ the raw sysfs attributes; without udevd (the agent's ramdisk may run none)
 the same fields come from sysfs alone.
 """
 
-# Size: 676 lines, over the ~500 guideline: GenericHardwareManager is one
-# manager class (492 lines): its dispatched methods are the interface of
+# Size: 755 lines, over the ~500 guideline: GenericHardwareManager is one
+# manager class (566 lines): its dispatched methods are the interface of
 # hardware/base.py, one by one.
 
 import json
@@ -24,13 +24,17 @@ import platform
 import re
 
 from teeth_agent.disk import blockdev
+from teeth_agent.disk import esp
 from teeth_agent.disk import partitions
 from teeth_agent.disk import writer
 from teeth_agent.hardware import base
+from teeth_agent.hardware import efi
+from teeth_agent.hardware import health
 from teeth_agent.hardware import safety
 from teeth_agent.hardware import sysfs
 from teeth_agent.images import boot as boot_images
 from teeth_agent.images import qcow2
+from teeth_agent.images import uefi
 from teeth_agent import processes
 
 LOG = logging.getLogger(__name__)
@@ -42,7 +46,7 @@ GIB = 1024 ** 3
 #: without hints: they are card readers, virtual media and the like.
 MIN_INSTALL_DEVICE_BYTES = 4 * GIB
 
-EFI_GLOBAL_GUID = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
+EFI_GLOBAL_GUID = efi.EFI_GLOBAL_GUID
 
 # Kernel name prefixes of block devices that are never disks in their own
 # right: RAM disks, compressed swap, stacked devices (reported as holders
@@ -508,16 +512,7 @@ class GenericHardwareManager(base.HardwareManager):
         return applied
 
     def _efi_variable(self, name):
-        path = self._sys("firmware", "efi", "efivars",
-                         "%s-%s" % (name, EFI_GLOBAL_GUID))
-        try:
-            with open(path, "rb") as stream:
-                data = stream.read()
-        except OSError as exc:
-            LOG.debug("cannot read EFI variable %s: %s", name, exc)
-            return None
-        # The first 4 bytes are the variable's attributes; the value follows.
-        return data[4] == 1 if len(data) > 4 else None
+        return efi.read_efi_bool(self.conf.hardware.sysfs_root, name)
 
     def get_secure_boot_state(self):
         if not os.path.isdir(self._sys("firmware", "efi")):
@@ -525,6 +520,60 @@ class GenericHardwareManager(base.HardwareManager):
         return {"supported": True,
                 "enabled": self._efi_variable("SecureBoot"),
                 "setup_mode": self._efi_variable("SetupMode")}
+
+    def get_boot_mode(self):
+        """From ``firmware/efi``, the SecureBoot and SetupMode variables
+        and ``kernel/security/lockdown`` below ``[hardware] sysfs_root``
+        (:func:`teeth_agent.hardware.efi.boot_state`)."""
+        return efi.boot_state(self.conf.hardware.sysfs_root)
+
+    # -- UEFI boot entries ----------------------------------------------------
+
+    def list_boot_entries(self):
+        """``efibootmgr -v``, parsed
+        (:func:`teeth_agent.hardware.efi.parse_efibootmgr`)."""
+        return self._efi(efi.read_entries, self.conf.hardware.sysfs_root)
+
+    def create_boot_entry(self, path, partition, loader, label):
+        """``efibootmgr -c -d path -p partition -L label -l loader``.
+
+        With ``[power] simulate`` (tests, the demo) the firmware's entries
+        are never changed: this and the other changing calls log what
+        they would do, and this returns None."""
+        if self._simulated("create a boot entry %r for %s on partition %d "
+                           "of %s", label, loader, partition, path):
+            return None
+        return self._efi(efi.create_entry, self.conf.hardware.sysfs_root,
+                         path, partition, loader, label)
+
+    def delete_boot_entry(self, entry):
+        """``efibootmgr -b entry -B``."""
+        if not self._simulated("delete boot entry %s", entry):
+            self._efi(efi.delete_entry, entry)
+
+    def set_boot_order(self, order):
+        """``efibootmgr -o``."""
+        if not self._simulated("set BootOrder to %s", ",".join(order)):
+            self._efi(efi.set_boot_order, order)
+
+    def set_boot_next(self, entry):
+        """``efibootmgr -n``."""
+        if not self._simulated("set BootNext to %s", entry):
+            self._efi(efi.set_boot_next, entry)
+
+    def _simulated(self, message, *args):
+        # A test or demo host booted UEFI keeps its own boot entries.
+        if not self.conf.power.simulate:
+            return False
+        LOG.warning("[power] simulate: would " + message, *args)
+        return True
+
+    @staticmethod
+    def _efi(function, *args):
+        try:
+            return function(*args)
+        except efi.EfiError as exc:
+            raise base.HardwareManagerError(str(exc)) from exc
 
     # -- disks ----------------------------------------------------------------
 
@@ -535,6 +584,18 @@ class GenericHardwareManager(base.HardwareManager):
     def erase_block_device(self, device, method, progress):
         from teeth_agent.hardware import erase
         return erase.erase_device(self, device, method, progress)
+
+    def dismantle_stack(self, stack):
+        """md, LVM, dm-crypt, multipath, dm and bcache through their tools
+        (:func:`teeth_agent.hardware.teardown.dismantle`)."""
+        from teeth_agent.hardware import teardown
+        return teardown.dismantle(self, stack)
+
+    def reset_nvme_namespaces(self, controller):
+        """nvme-cli delete-ns, create-ns, attach-ns, ns-rescan
+        (:func:`teeth_agent.hardware.erase.nvme.reset_namespaces`)."""
+        from teeth_agent.hardware.erase import nvme
+        return nvme.reset_namespaces(self, controller)
 
     def wipe_metadata(self, device):
         """``wipefs``, the first and last MiB zeroed, the kernel's
@@ -601,6 +662,32 @@ class GenericHardwareManager(base.HardwareManager):
         boot_images.install_grub(path, root, fs_type, "i386-pc", boot)
         return "grub"
 
+    def install_uefi_boot_loader(self, path, root, fs_type, boot):
+        """Debian's signed shim and grub, copied with mtools into the
+        image's first ESP (one is created when the GPT table has room,
+        :func:`teeth_agent.disk.esp.create_esp`) with a grub.cfg booting
+        ``boot`` (:func:`teeth_agent.images.boot.grub_config`); see
+        :func:`teeth_agent.images.uefi.install_signed_loader`."""
+        def node_of(number):
+            return partitions.partition_node(
+                path, number, self.conf.hardware.sysfs_root,
+                self.conf.hardware.dev_root)
+        created = False
+        try:
+            table = partitions.read_table(path)
+            found = uefi.find_esps(table) if table else []
+            if found:
+                number = found[0]["number"]
+            else:
+                number = esp.create_esp(path, node_of)
+                created = True
+            installed = uefi.install_signed_loader(
+                node_of(number), boot_images.grub_config(boot))
+        except (esp.NoRoomForEsp, uefi.EspError) as exc:
+            raise base.HardwareManagerError(str(exc)) from exc
+        return {"loader": installed["loader"], "partition": number,
+                "esp_created": created, "removable": installed["removable"]}
+
     def get_os_install_device(self, hints):
         """Choose among the eligible devices (see
         :mod:`teeth_agent.hardware.safety`).
@@ -629,6 +716,32 @@ class GenericHardwareManager(base.HardwareManager):
                 "no eligible block device %s (%d device(s), %d eligible)"
                 % (wanted, len(devices), len(eligible)))
         return min(candidates, key=lambda d: (d["size_bytes"] or 0, d["path"]))
+
+    # -- health (teeth_agent.hardware.health runs and reads the tools) -------
+
+    def get_smart_report(self, device, self_test, progress):
+        return health.smart_report(device["path"], self_test=self_test,
+                                   progress=progress)
+
+    def _available_memory(self):
+        with open(self._proc("meminfo")) as stream:
+            for line in stream:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        raise base.HardwareManagerError("/proc/meminfo has no MemAvailable")
+
+    def run_memory_test(self, size_bytes, free_fraction, loops, progress):
+        if size_bytes is None:
+            size_bytes = int(self._available_memory() * free_fraction)
+        return health.memory_test(size_bytes, loops=loops, progress=progress)
+
+    def run_stress_test(self, seconds, memory_bytes, cpu_workers, progress):
+        return health.stress(seconds, memory_bytes, cpu_workers=cpu_workers,
+                             progress=progress, sys_root=self._sys())
+
+    def run_disk_read_test(self, device, size_bytes, seconds, progress):
+        return health.disk_read(device["path"], size_bytes, seconds=seconds,
+                                progress=progress)
 
 
 def _clean(value):

@@ -33,7 +33,8 @@ class VirtualMachine:
     """One qemu process; :meth:`stop` always ends it.
 
     ``disks`` is a list of ``(kind, path, serial)`` with kind ``virtio``,
-    ``nvme``, ``sata`` or ``cdrom`` (an ISO image, read-only);
+    ``nvme``, ``nvme-ns`` (one namespace of a controller the ``nvme-ns``
+    disks share), ``sata`` or ``cdrom`` (an ISO image, read-only);
     ``forwards`` maps a guest port on :data:`GUEST_SERVER` to a host port
     on 127.0.0.1. With ``kernel``
     None the firmware (SeaBIOS) boots the first disk instead, through
@@ -81,6 +82,7 @@ class VirtualMachine:
         argv += ["-netdev", ",".join(netdev),
                  "-device", "virtio-net-pci,netdev=n0,romfile="]
         ahci = False
+        namespaces = []
         for index, (kind, path, serial) in enumerate(self.disks):
             drive = "d%d" % index
             argv += ["-drive", "file=%s,if=none,id=%s,format=raw%s"
@@ -96,6 +98,14 @@ class VirtualMachine:
             elif kind == "nvme":
                 argv += ["-device", "nvme,drive=%s,serial=%s"
                          % (drive, serial)]
+            elif kind == "nvme-ns":
+                # One more namespace of a shared NVMe controller (the
+                # first such disk's serial names the controller).
+                if not namespaces:
+                    argv += ["-device", "nvme,id=nvmens,serial=%s" % serial]
+                namespaces.append(drive)
+                argv += ["-device", "nvme-ns,drive=%s,bus=nvmens,nsid=%d"
+                         % (drive, len(namespaces))]
             elif kind in ("sata", "cdrom"):
                 # cdrom: read-only virtual media, as a BMC attaches it.
                 if not ahci:

@@ -201,6 +201,30 @@ def test_decommission_to_kexec(ramdisk, test_images, image_server, endpoints,
         assert by_serial(found, serial)["eligible"] is True
     assert all(check["pass"] for check in final["result"]["checks"])
 
+    # -- decom.qc's health checks with the ramdisk's tools ------------------
+    # SMART on the drives qemu gives it (SATA and NVMe; virtio has none),
+    # a small memtester and stress-ng run, and a fio read of every disk.
+    smart_paths = [by_serial(found, serial)["path"]
+                   for serial in ("SATA0001", "NVME0001")]
+    final = run_task(server, agent_id, "decom.qc", {"task_id": "qc-health",
+                     "spec": {
+                         "smart": {"devices": smart_paths,
+                                   "self_test": "if_supported"},
+                         # Small: memtester and stress-ng run emulated (TCG).
+                         "memory_test": {"size_bytes": 1 * MIB},
+                         "stress": {"seconds": 1, "memory_bytes": 8 * MIB},
+                         "disk_read": {"min_mbps": 1,
+                                       "size_bytes": 16 * MIB}}})
+    assert final["state"] == "complete", final
+    checks = {check["name"]: check for check in final["result"]["checks"]}
+    for path in smart_paths:
+        assert checks["smart[%s].health" % path]["actual"] == "PASSED", checks
+    assert checks["memory_test"]["pass"], checks
+    assert checks["stress"]["actual"]["exit_status"] == 0, checks
+    for disk in found:
+        assert checks["disk_read[%s]" % disk["path"]]["actual"]["bytes"] \
+            == 16 * MIB, checks
+
     # -- decom.disk_erase, with the endpoint restarted while it runs --------
     answer = call(server, agent_id, "decom.disk_erase", {"task_id": "erase"})
     assert answer["state"] == "running", answer

@@ -16,9 +16,10 @@ device, so a vendor manager's erase is checked the same way as the
 generic one and cannot skip the check.
 """
 
-# Size: 718 lines, over the ~500 guideline: DecomExtension is one command
-# group (479 lines) whose commands share the erase plan; qc and firmware are
-# their own modules.
+# Size: 813 lines, over the ~500 guideline: DecomExtension is one command
+# group (561 lines) whose commands share the erase plan and its result
+# entries; qc, firmware and what is done before an erase (preparation:
+# teardown, NVMe namespaces) are their own modules.
 
 import concurrent.futures
 import dataclasses
@@ -31,13 +32,18 @@ import time
 from teeth_agent.disk import blockdev
 from teeth_agent.extensions import base
 from teeth_agent.extensions.decom import firmware as firmware_images
+from teeth_agent.extensions.decom import health_checks
+from teeth_agent.extensions.decom import preparation
 from teeth_agent.extensions.decom import qc
 from teeth_agent.fetch import errors
 from teeth_agent.fetch import http_source
 from teeth_agent import hardware
+from teeth_agent.hardware import boot_entries
 from teeth_agent.hardware import erase
+from teeth_agent.hardware import evidence
 from teeth_agent.hardware import inventory
 from teeth_agent.hardware import safety
+from teeth_agent.hardware import teardown
 from teeth_agent import params
 from teeth_agent import protocol
 from teeth_agent import tasks
@@ -241,8 +247,32 @@ def _same_setting(current, wanted):
     return text == str(wanted).strip().lower()
 
 
+#: Outcomes whose entries are erase evidence records (signed with
+#: ``[decom] evidence_key``).
+_EVIDENCE_OUTCOMES = (ERASED, FAILED)
+
+
 class DecomExtension(base.Extension):
     """``decom.disk_erase``, ``decom.firmware_secure``, ``decom.qc``."""
+
+    #: The :class:`evidence.Signer` of ``[decom] evidence_key`` (None: the
+    #: records are not signed).
+    _signer = None
+
+    def start(self):
+        """Load ``[decom] evidence_key`` so that a bad key file stops the
+        agent at start-up rather than at the first erase."""
+        self._evidence_signer()
+
+    def _evidence_signer(self):
+        """The signer of ``[decom] evidence_key``, loaded once; None when
+        the option is empty. Raises :class:`evidence.EvidenceKeyError`."""
+        path = self.conf.decom.evidence_key
+        if not path:
+            return None
+        if self._signer is None:
+            self._signer = evidence.Signer.from_file(path)
+        return self._signer
 
     # -- disk_erase ----------------------------------------------------------
 
@@ -264,6 +294,12 @@ class DecomExtension(base.Extension):
         skipped (and why) or excluded by config; a disk in scope that could
         not be erased fails the task after the others are done.
         """
+        try:
+            signer = self._evidence_signer()
+        except evidence.EvidenceKeyError as exc:
+            # Before anything is written: an erase without the evidence the
+            # operator configured is not what was asked for.
+            raise tasks.TaskFailed("disk erase not started: %s" % exc)
         if devices is None:
             accounted = self._account_disks()
             targets = [entry["path"] for entry in accounted
@@ -271,17 +307,31 @@ class DecomExtension(base.Extension):
         else:
             accounted = None
             targets = list(devices)
+        remove_entries = self.conf.decom.remove_boot_entries
+        if remove_entries:
+            uuids = boot_entries.before_erase(self.hardware, targets)
         results = self._erase_all(task, targets, method, allow_fallback)
+        if remove_entries:
+            removed, entries_error = boot_entries.after_erase(
+                self.hardware, uuids, [path for path in targets
+                                       if results[path]["outcome"] == ERASED])
         if accounted is None:
             ordered = [results[path] for path in targets]
         else:
             ordered = [results.get(entry["path"], entry)
                        for entry in accounted]
+        if signer is not None:
+            ordered = [signer.sign(entry) if entry["outcome"] in
+                       _EVIDENCE_OUTCOMES else entry for entry in ordered]
         in_scope = [entry for entry in ordered
                     if entry["outcome"] != EXCLUDED]
         failures = [entry for entry in in_scope
                     if entry["outcome"] != ERASED]
         result = {"devices": ordered}
+        if remove_entries:
+            result["boot_entries_removed"] = removed
+            if entries_error:
+                result["boot_entries_error"] = entries_error
         if failures:
             result["not_erased"] = [entry["path"] for entry in failures]
             raise tasks.TaskFailed(
@@ -336,6 +386,18 @@ class DecomExtension(base.Extension):
                 raise params.invalid("devices[%d]" % index,
                                      "%s is listed twice" % path)
             resolved.append(device["path"])
+        # A stack (md, LVM, ...) that also sits on a disk not listed would
+        # be left alone at erase time: refuse it now, before any work.
+        refused = teardown.plan([os.path.basename(path) for path in resolved],
+                                self.conf).refused
+        for index, path in enumerate(resolved):
+            reason = refused.get(os.path.basename(path))
+            if reason:
+                raise protocol.InvalidParams(
+                    "devices[%d]: %s is not eligible for erase: %s"
+                    % (index, path, reason),
+                    details={"param": "devices[%d]" % index, "device": path,
+                             "reason": reason, "kind": safety.HOLDER})
         return {"devices": resolved, "method": method,
                 "allow_fallback": allow_fallback}
 
@@ -373,6 +435,14 @@ class DecomExtension(base.Extension):
 
     def _erase_all(self, task, targets, method, allow_fallback):
         """Erase ``targets`` in parallel; ``{path: result entry}``."""
+        prepared = preparation.tear_down(self.conf, self.hardware, targets)
+        namespaces, covered = preparation.prepare_namespaces(
+            self.conf, self.hardware, targets, prepared)
+        for path, info in namespaces.items():
+            prepared.setdefault(path, {"teardown": []})["namespaces"] = info
+        targets = [path for path in targets if path not in covered]
+        targets += [path for path in dict.fromkeys(covered.values())
+                    if path not in targets]
         sizes = {}
         for path in targets:
             try:
@@ -389,15 +459,22 @@ class DecomExtension(base.Extension):
                 max_workers=workers,
                 thread_name_prefix="erase-%s" % task.task_id) as pool:
             futures = {pool.submit(self._erase_one, path, method,
-                                   allow_fallback, combined): path
+                                   allow_fallback, combined,
+                                   prepared[path]): path
                        for path in targets}
             for future in concurrent.futures.as_completed(futures):
                 path = futures[future]
                 results[path] = future.result()
                 combined.finish(path)
+        for path, into in covered.items():
+            # The namespace is gone; its blocks are part of the one that
+            # replaced it, and share its outcome and evidence.
+            results[path] = dict(results[into], path=path, covered_by=into,
+                                 namespaces=namespaces.get(path))
         return results
 
-    def _erase_one(self, path, requested, allow_fallback, combined):
+    def _erase_one(self, path, requested, allow_fallback, combined,
+                   prepared=None):
         """Erase, wipe and verify one device; never raises.
 
         Returns the device's result entry: ``outcome`` is :data:`ERASED`,
@@ -412,11 +489,28 @@ class DecomExtension(base.Extension):
         except safety.DeviceNotEligible as exc:
             LOG.error("not erasing %s: %s", path, exc.reason)
             return _skipped_entry(path, exc)
+        prepared = prepared or {"teardown": []}
+        if prepared.get("refused"):
+            LOG.error("not erasing %s: %s", path, prepared["refused"])
+            return _skipped_entry(path, safety.DeviceNotEligible(
+                path, prepared["refused"], safety.HOLDER))
         entry = {"path": path, "outcome": FAILED, "method": None,
                  "nist_category": None, "required_nist_category": None,
                  "purge_offered": None, "duration_s": None, "bytes": 0,
                  "verified": False, "skipped_methods": []}
+        entry.update(erase.device_identity(self, device))
+        entry.update({"verification": {"read_back": None, "samples": 0,
+                                       "result": "not_run"},
+                      "started_at": evidence.utc_timestamp(),
+                      "ended_at": None, "tool": None, "tool_version": None,
+                      "agent_version": erase.agent_version(),
+                      "agent_id": self.context.agent_id,
+                      "teardown": prepared["teardown"]})
+        if prepared.get("namespaces"):
+            entry["namespaces"] = prepared["namespaces"]
         try:
+            if prepared.get("error"):
+                raise erase.EraseError(prepared["error"])
             self._erase_verified(device, requested, allow_fallback,
                                  combined.device(path), entry)
         except NoEraseMethod as exc:
@@ -431,6 +525,7 @@ class DecomExtension(base.Extension):
             LOG.exception("erasing %s failed unexpectedly", path)
             entry["error"] = "%s: %s" % (type(exc).__name__, exc)
         entry["duration_s"] = round(time.monotonic() - started, 3)
+        entry["ended_at"] = evidence.utc_timestamp()
         if entry.get("error"):
             LOG.error("erase of %s failed: %s", path, entry["error"])
         else:
@@ -481,6 +576,10 @@ class DecomExtension(base.Extension):
         entry["nist_category"] = outcome.get(
             "nist_category") or erase.METHODS[used].nist_category
         entry["bytes"] = outcome.get("bytes") or 0
+        # A vendor manager that does not say which tool erased leaves both
+        # None: the evidence never names a tool that did not run.
+        entry["tool"] = outcome.get("tool")
+        entry["tool_version"] = outcome.get("tool_version")
         if downgraded_from and downgraded_from != used:
             entry["downgraded_from"] = downgraded_from
         self.hardware.call("wipe_metadata", device)
@@ -488,6 +587,10 @@ class DecomExtension(base.Extension):
             path, used, markers, self.conf.decom.erase_verify_samples)
         entry["verified"] = verification["verified"]
         entry["blocks_checked"] = verification["blocks_checked"]
+        entry["verification"] = {
+            "read_back": verification["read_back"],
+            "samples": verification["blocks_checked"],
+            "result": "passed" if verification["verified"] else "failed"}
         if not verification["verified"]:
             entry["verify_problems"] = verification["problems"]
             entry["error"] = ("read-back verification failed after %s: %s"
@@ -702,21 +805,33 @@ class DecomExtension(base.Extension):
 
     # -- qc ------------------------------------------------------------------
 
-    @base.task_command(params={"spec": qc.SPEC})
+    @base.task_command(params={"spec": qc.SPEC}, validator="validate_qc")
     def qc(self, task, spec):
-        """Compare the live inventory with ``spec``; fail on a difference."""
+        """Compare the live inventory with ``spec`` and run the spec's
+        health checks (SMART, memory, stress, disk read); fail on a
+        difference."""
         found = inventory.collect_inventory(self.hardware, self.conf)
-        task.progress(percent=50)
         checks = qc.core_checks(spec, found)
+        health, readings = health_checks.run(self.hardware, task, spec,
+                                             found)
+        checks.extend(health)
         # Every manager may add checks (managers without any decline).
         for _, answer in self.hardware.dispatch_all("run_qc_checks", spec,
                                                     found):
             checks.extend(answer or [])
         checks.extend(qc.unchecked_vendor_keys(spec, checks))
         result = {"inventory": found, "checks": checks}
+        if readings:
+            result["health"] = readings
         differences = qc.describe_failures(checks)
         if differences:
             raise tasks.TaskFailed("qc found %d difference(s): %s"
                                    % (len(differences),
                                       "; ".join(differences)), result)
         return result
+
+    def validate_qc(self, spec):
+        """Refuse a health spec the shapes cannot: see
+        :func:`health_checks.validate`."""
+        health_checks.validate(spec)
+        return {"spec": spec}

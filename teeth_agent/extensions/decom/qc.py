@@ -6,21 +6,25 @@ The spec's shape is docs/protocol.md's (every key optional)::
      "memory": {"total_bytes": int, "tolerance": fraction (default 0.05)},
      "disks": [{"count": int, "size_bytes": int, "model": regex,
                 "rotational": bool, "size_tolerance": fraction}],
-     "nics": {"count": int, "min_speed_mbps": int}}
+     "nics": {"count": int, "min_speed_mbps": int},
+     "smart": {...}, "memory_test": {...}, "stress": {...},
+     "disk_read": {...}}
 
-plus vendor keys (any other top-level key) that hardware managers check in
-``run_qc_checks``. Unknown keys inside the core groups are refused when the
-command is validated. Every check is ``{"name", "expected", "actual",
-"pass"}``.
+(the health keys, run by :mod:`.health_checks`; their shapes are there and
+in docs/decom.md) plus vendor keys (any other top-level key) that hardware
+managers check in ``run_qc_checks``. Unknown keys inside the core groups
+are refused when the command is validated. Every check is ``{"name",
+"expected", "actual", "pass"}``.
 """
 
 import re
 
+from teeth_agent.extensions.decom import health_checks
 from teeth_agent import params
 
 DEFAULT_MEMORY_TOLERANCE = 0.05
 DEFAULT_SIZE_TOLERANCE = 0.0
-CORE_KEYS = ("cpu", "memory", "disks", "nics")
+CORE_KEYS = ("cpu", "memory", "disks", "nics") + health_checks.KEYS
 
 DISK_GROUP = params.Object(fields={
     # Every key of the spec is optional (docs/protocol.md); a group without a
@@ -49,6 +53,7 @@ SPEC = params.Object(required=True, extra=True, fields={
         "count": params.Integer(minimum=0),
         "min_speed_mbps": params.Integer(minimum=0),
     }),
+    **health_checks.SHAPES,
 })
 
 
@@ -207,4 +212,8 @@ def _text(value):
                                                   "tolerance"}:
         return "%s +/- %g%%" % (value["total_bytes"],
                                 100 * value["tolerance"])
+    if isinstance(value, dict) and set(value) == {"max"}:
+        return "at most %s" % value["max"]
+    if isinstance(value, dict) and set(value) == {"min_mbps"}:
+        return "at least %s MB/s" % value["min_mbps"]
     return repr(value) if isinstance(value, str) else str(value)

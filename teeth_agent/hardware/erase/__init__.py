@@ -24,6 +24,7 @@ from teeth_agent.disk import blockdev
 from teeth_agent.hardware import base
 from teeth_agent.hardware.erase import ata
 from teeth_agent.hardware.erase import catalogue
+from teeth_agent.hardware.erase import identity
 from teeth_agent.hardware.erase import nvme
 from teeth_agent.hardware.erase import overwrite as erase_overwrite
 from teeth_agent.hardware.erase import polling
@@ -48,6 +49,13 @@ METHODS = catalogue.METHODS
 MIB = catalogue.MIB
 PURGE = catalogue.PURGE
 strongest_first = catalogue.strongest_first
+agent_version = identity.agent_version
+device_identity = identity.device_identity
+tool_of = identity.tool_of
+tool_version = identity.tool_version
+NamespaceResetError = nvme.NamespaceResetError
+nvme_controller_of = nvme.controller_of
+nvme_controller_namespaces = nvme.controller_namespaces
 parse_nvme_id_ctrl = nvme.parse_nvme_id_ctrl
 parse_nvme_sanitize_log = nvme.parse_nvme_sanitize_log
 _marker_offsets = erase_overwrite._marker_offsets
@@ -125,7 +133,9 @@ def get_capabilities(manager, device):
 def erase_device(manager, device, method, progress):
     """Erase ``device`` with ``method``.
 
-    Returns ``{"method", "nist_category", "bytes", "details"}``.
+    Returns ``{"method", "nist_category", "bytes", "details", "tool",
+    "tool_version"}`` (the tool that erased and the version it reports,
+    None when unknown).
 
     ``progress(done, total)`` is called as bytes are erased (device-level
     methods report the device's own progress scaled to its size). Raises
@@ -157,5 +167,7 @@ def erase_device(manager, device, method, progress):
             "%s failed on %s: %s" % (method, path, exc)) from exc
     LOG.info("erased %s with %s in %.1fs", path, method,
              time.monotonic() - started)
+    tool = identity.tool_of(method)
     return {"method": method, "nist_category": info.nist_category,
-            "bytes": size, "details": details}
+            "bytes": size, "details": details, "tool": tool,
+            "tool_version": identity.tool_version(tool)}

@@ -139,3 +139,121 @@ def _nvme_sanitize_state(path):
     if status == 3:
         return "failed", "the controller reports the sanitize failed"
     return "waiting", 0.0
+
+
+# -- namespace reset ---------------------------------------------------------
+
+#: The NSID that addresses every namespace of a controller (NVMe base
+#: specification: a Namespace Management delete with it deletes them all).
+ALL_NAMESPACES = 0xFFFFFFFF
+
+#: How long the kernel may take to show the new namespace after a rescan.
+NAMESPACE_APPEAR_TIMEOUT = 30.0
+
+
+class NamespaceResetError(catalogue.EraseError):
+    """Resetting a drive's namespaces failed; the message says at which
+    step (the steps done so far are in ``steps``)."""
+
+    def __init__(self, msg, steps):
+        super().__init__(msg)
+        self.steps = steps
+
+
+def controller_of(device):
+    """The controller name of an NVMe namespace device (``nvme0`` for
+    ``nvme0n1``), or None."""
+    match = re.fullmatch(r"(nvme\d+)n\d+", catalogue._device_name(device))
+    return match.group(1) if match else None
+
+
+def controller_namespaces(sysfs, controller):
+    """The namespace block devices (kernel names) of ``controller``, from
+    sysfs (mounted at ``sysfs``), sorted."""
+    try:
+        entries = os.listdir(os.path.join(sysfs, "class", "nvme",
+                                          controller))
+    except OSError:
+        return []
+    return sorted({re.sub(r"c\d+n", "n", entry) for entry in entries
+                   if re.fullmatch(r"nvme\d+(c\d+)?n\d+", entry)})
+
+
+def _lba_bytes(namespace):
+    """The data size of the namespace's current LBA format."""
+    index = int(namespace.get("flbas", 0)) & 0xF
+    formats = namespace.get("lbafs") or []
+    if index >= len(formats):
+        raise ValueError("the namespace reports no LBA format %d" % index)
+    return 1 << int(formats[index].get("ds", 9)), index
+
+
+def reset_namespaces(manager, controller, sleep=time.sleep,
+                     clock=time.monotonic):
+    """Delete every namespace of ``controller`` and create one that covers
+    the drive, in the LBA format the first namespace had.
+
+    ``controller`` is ``{"path": "/dev/nvme0", "name": "nvme0",
+    "namespaces": [paths]}``. Returns ``{"steps": [{"command", "result"}],
+    "namespace": kernel name of the new namespace, "size_bytes"}``. Raises
+    :class:`NamespaceResetError` (also when the controller cannot manage
+    namespaces, before anything is deleted).
+    """
+    steps = []
+    path = controller["path"]
+
+    def run(*argv):
+        command = "nvme " + " ".join(argv)
+        try:
+            out, _ = processes.execute("nvme", *argv)
+        except processes.ProcessError as exc:
+            steps.append({"command": command, "result": "failed",
+                          "error": str(exc)})
+            raise NamespaceResetError("namespace reset of %s failed: %s"
+                                      % (path, exc), steps) from exc
+        steps.append({"command": command, "result": "done"})
+        return out
+
+    try:
+        ctrl = _nvme_json("id-ctrl", path)
+        first = _nvme_json("id-ns", controller["namespaces"][0])
+        lba, flbas = _lba_bytes(first)
+    except (processes.ProcessError, ValueError, IndexError) as exc:
+        raise NamespaceResetError("namespace reset of %s is impossible: %s"
+                                  % (path, exc), steps) from exc
+    oacs = parse_nvme_id_ctrl(ctrl)[2]
+    capacity = int(ctrl.get("tnvmcap") or 0)
+    if not oacs & 0x8:
+        raise NamespaceResetError(
+            "namespace reset of %s is impossible: the controller does not "
+            "support namespace management (oacs=0x%x)" % (path, oacs), steps)
+    if capacity < lba:
+        raise NamespaceResetError(
+            "namespace reset of %s is impossible: the controller reports no "
+            "total capacity (tnvmcap)" % path, steps)
+    blocks = capacity // lba
+    run("delete-ns", path, "--namespace-id=0x%x" % ALL_NAMESPACES)
+    out = run("create-ns", path, "--nsze=%d" % blocks, "--ncap=%d" % blocks,
+              "--flbas=%d" % flbas)
+    match = re.search(r"nsid:?\s*(\d+)", out or "")
+    if not match:
+        raise NamespaceResetError("namespace reset of %s failed: create-ns "
+                                  "did not say which namespace it created"
+                                  % path, steps)
+    nsid = int(match.group(1))
+    run("attach-ns", path, "--namespace-id=%d" % nsid,
+        "--controllers=%d" % int(ctrl.get("cntlid", 0)))
+    run("ns-rescan", path)
+    name = "%sn%d" % (controller["name"], nsid)
+    sysfs = polling._conf_value(manager, "sysfs_root", "/sys",
+                                group="hardware")
+    deadline = clock() + NAMESPACE_APPEAR_TIMEOUT
+    while controller_namespaces(sysfs, controller["name"]) != [name]:
+        if clock() > deadline:
+            raise NamespaceResetError(
+                "namespace reset of %s failed: the kernel shows namespaces "
+                "%s, not just the new %s" % (path, ", ".join(
+                    controller_namespaces(sysfs, controller["name"]))
+                    or "none", name), steps)
+        sleep(0.2)
+    return {"steps": steps, "namespace": name, "size_bytes": blocks * lba}

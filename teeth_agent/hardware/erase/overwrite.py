@@ -120,7 +120,8 @@ def verify_erased(path, method, markers, samples=64, rng=None):
     ``overwrite``: ``samples`` random 4 KiB-aligned blocks and the marker
     offsets are zero. For device-level methods: no marker survived (their
     data may read back as anything else, e.g. after a crypto erase).
-    Returns ``{"verified": bool, "problems": [str], "blocks_checked": n}``.
+    Returns ``{"verified": bool, "problems": [str], "blocks_checked": n,
+    "read_back": what was read and what it had to be, one sentence}``.
     """
     rng = rng or random.SystemRandom()
     problems = []
@@ -154,5 +155,13 @@ def verify_erased(path, method, markers, samples=64, rng=None):
                 checked += 1
                 if _read_direct(fd, offset, _MARKER_SIZE) != zero_block:
                     problems.append("block at %d is not zero" % offset)
+    if method == "overwrite":
+        read_back = ("the first and last MiB, %d marker blocks and %d random "
+                     "4 KiB blocks, read with O_DIRECT, must be zero"
+                     % (len(markers), samples if size >= _MARKER_SIZE else 0))
+    else:
+        read_back = ("the first and last MiB, read with O_DIRECT, must be "
+                     "zero and none of the %d random 4 KiB markers written "
+                     "before the erase may survive" % len(markers))
     return {"verified": not problems, "problems": problems[:20],
-            "blocks_checked": checked}
+            "blocks_checked": checked, "read_back": read_back}

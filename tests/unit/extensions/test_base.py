@@ -292,7 +292,8 @@ class ValidatorLoadErrorTest(base.TestCase):
         from teeth_agent.extensions import standbye
         self.assertEqual(
             {"disk_erase": "validate_disk_erase",
-             "firmware_secure": "validate_firmware_secure", "qc": None},
+             "firmware_secure": "validate_firmware_secure",
+             "qc": "validate_qc"},
             {attr: spec.validator for attr, spec
              in decom.DecomExtension.command_specs().items()})
         self.assertEqual(

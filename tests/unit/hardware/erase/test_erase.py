@@ -67,6 +67,8 @@ class FakeAtaDrive:
             raise AssertionError("unexpected tool %s" % argv)
         if argv[1] == "-I":
             return self._done(argv, samples.hdparm_ssd(**self.state))
+        if argv[1:] == ["-V"]:
+            return self._done(argv, "hdparm v9.65\n")
         if "--security-set-pass" in argv:
             if self.accepts_password and not self.state["frozen"]:
                 self.password = argv[-2]
@@ -353,6 +355,9 @@ class DeviceEraseTest(StateDirMixin, testing.HardwareManagerTestCase,
         super().setUp()
         self.progress = []
         self.set_config(**{"decom.erase_poll_interval": 0.01})
+        self.tools.answer(["nvme", "version"],
+                          stdout="nvme version 2.3 (git 2.3)\n"
+                                 "libnvme version 1.3 (git 1.3)\n")
 
     def record(self, done, total):
         self.progress.append((done, total))
@@ -376,6 +381,8 @@ class DeviceEraseTest(StateDirMixin, testing.HardwareManagerTestCase,
                     and call[1] == "--user-master"]
         self.assertEqual(["--security-set-pass",
                           "--security-erase-enhanced"], commands)
+        self.assertEqual(("hdparm", "9.65"),
+                         (outcome["tool"], outcome["tool_version"]))
 
     def test_qemu_drive_rejects_password_while_hdparm_exits_0(self):
         device = self.ata_device()
@@ -455,6 +462,8 @@ class DeviceEraseTest(StateDirMixin, testing.HardwareManagerTestCase,
         self.assertIn("--ses=2", format_call)
         self.assertIn("--lbaf=1", format_call)
         self.assertEqual({"ses": 2, "lbaf": 1}, outcome["details"])
+        self.assertEqual(("nvme-cli", "2.3"),
+                         (outcome["tool"], outcome["tool_version"]))
 
     def test_scsi_sanitize_polls_request_sense(self):
         path = self.machine.add_disk("sdc", size_bytes=1024 ** 3,

@@ -1,0 +1,156 @@
+"""UEFI boot entries and boot state, acted on through the dispatcher.
+
+The policy half of :mod:`teeth_agent.hardware.efi`, shared by the
+``standbye`` and ``decom`` command groups: which partitions belong to this
+machine, which entries are stale, in what order the new one goes. The
+managers only act (``list_boot_entries``, ``create_boot_entry``,
+``delete_boot_entry``, ``set_boot_order``); a vendor manager overriding
+them keeps this policy.
+"""
+
+import logging
+
+from teeth_agent.disk import partitions
+from teeth_agent import hardware
+from teeth_agent.hardware import efi
+from teeth_agent.hardware import safety
+from teeth_agent import processes
+
+LOG = logging.getLogger(__name__)
+
+
+def current_state(dispatcher):
+    """The running boot state (``get_boot_mode``); BIOS with nothing
+    known when no manager serves it."""
+    try:
+        state = dispatcher.dispatch("get_boot_mode")
+    except hardware.NoManagerError:
+        state = None
+    state = dict(state or {})
+    state.setdefault("boot_mode", efi.BIOS)
+    for key in ("secure_boot", "setup_mode", "lockdown"):
+        state.setdefault(key, None)
+    return state
+
+
+def partition_uuids(path):
+    """The GPT partition UUIDs of ``path`` (lower case): empty when it has
+    no table, None when the table cannot be read."""
+    try:
+        table = partitions.read_table(path)
+    except (partitions.PartitionError, processes.ProcessError,
+            OSError) as exc:
+        LOG.warning("cannot read the partition table of %s: %s", path, exc)
+        return None
+    if table is None:
+        return set()
+    return {p["uuid"].lower() for p in table["partitions"] if p.get("uuid")}
+
+
+def machine_uuids(dispatcher, conf):
+    """``(writable, known)``: the partition UUIDs of the disks the agent
+    may write, and of every disk it sees; ``known`` is None when a disk's
+    table could not be read (then no entry counts as dangling: it may
+    boot that disk)."""
+    writable, known = set(), set()
+    try:
+        devices = dispatcher.dispatch("list_block_devices") or []
+    except hardware.NoManagerError:
+        devices = []
+    for device in devices:
+        uuids = partition_uuids(device["path"])
+        if uuids is None:
+            known = None
+            continue
+        if known is not None:
+            known |= uuids
+        if safety.inclusion(device["path"], conf)[0] and \
+                safety.eligibility(device, conf)[0]:
+            writable |= uuids
+    return writable, known
+
+
+def set_up_entry(dispatcher, conf, path, partition, loader, label):
+    """Remove stale disk entries, create one for ``loader`` on
+    ``partition`` of ``path``, and put it first in BootOrder.
+
+    Returns ``{"entry" (None when the manager only simulated it),
+    "label", "loader", "removed" (list of {"entry", "label",
+    "partition_uuid"}), "boot_order"}``. Raises
+    :class:`hardware.HardwareManagerError`.
+    """
+    writable, known = machine_uuids(dispatcher, conf)
+    writable |= partition_uuids(path) or set()
+    config = dispatcher.call("list_boot_entries")
+    removed = []
+    for entry in efi.stale_entries(config, writable, known):
+        LOG.info("removing boot entry %s (%s) left for a disk of this "
+                 "machine", entry["entry"], entry["label"])
+        dispatcher.call("delete_boot_entry", entry["entry"])
+        removed.append({"entry": entry["entry"], "label": entry["label"],
+                        "partition_uuid": entry["partition_uuid"]})
+    number = dispatcher.call("create_boot_entry", path, partition, loader,
+                             label)
+    if number is None:
+        # Simulated ([power] simulate): nothing was created.
+        return {"entry": None, "label": label, "loader": loader,
+                "removed": removed, "boot_order": config["boot_order"]}
+    current = dispatcher.call("list_boot_entries")
+    order = efi.order_first(current["boot_order"], number)
+    dispatcher.call("set_boot_order", order)
+    LOG.info("boot entry %s (%s) boots %s from partition %d of %s first",
+             number, label, loader, partition, path)
+    return {"entry": number, "label": label, "loader": loader,
+            "removed": removed, "boot_order": order}
+
+
+def remove_entries_for(dispatcher, uuids):
+    """Delete the disk boot entries booting one of ``uuids``; returns the
+    removed ``[{"entry", "label", "partition_uuid"}]``."""
+    config = dispatcher.call("list_boot_entries")
+    removed = []
+    for entry in efi.entries_for(config, uuids):
+        dispatcher.call("delete_boot_entry", entry["entry"])
+        removed.append({"entry": entry["entry"], "label": entry["label"],
+                        "partition_uuid": entry["partition_uuid"]})
+    return removed
+
+
+def before_erase(dispatcher, paths):
+    """``{path: partition UUIDs}`` of the disks about to be erased, read
+    while their tables still exist (unreadable ones are left out); empty
+    outside UEFI, where there are no boot entries to clean."""
+    found = {}
+    if current_state(dispatcher)["boot_mode"] != efi.UEFI:
+        return found
+    for path in paths:
+        uuids = partition_uuids(path)
+        if uuids:
+            found[path] = uuids
+    return found
+
+
+def after_erase(dispatcher, uuids_by_disk, erased):
+    """Remove the boot entries booting the disks in ``erased`` (paths),
+    with their UUIDs from :func:`before_erase`.
+
+    Returns ``(removed, error)``: the removed entries, and None or the
+    sentence saying why entries could not be removed. Outside UEFI
+    ``uuids_by_disk`` is empty and the firmware is not asked anything.
+    """
+    uuids = set()
+    for path in erased:
+        uuids |= uuids_by_disk.get(path, set())
+    if not uuids:
+        return [], None
+    try:
+        removed = remove_entries_for(dispatcher, uuids)
+    except hardware.HardwareManagerError as exc:
+        LOG.error("cannot remove the boot entries of the erased disks: %s",
+                  exc)
+        return [], "the boot entries of the erased disks could not be " \
+            "removed: %s" % exc
+    for entry in removed:
+        LOG.info("removed boot entry %s (%s) of an erased disk",
+                 entry["entry"], entry["label"])
+    return removed, None
