@@ -206,10 +206,12 @@ class EventStream:
         return payload
 
     def flush(self):
-        payload = self.batch()
         if not self.clients:
+            # Nobody watches: forget the changes without building rows.
+            self._agents, self._forgotten, self._tasks = set(), set(), {}
+            self._logs, self._logs_dropped, self._erasures = [], 0, []
             return
-        data = encode("batch", payload)
+        data = encode("batch", self.batch())
         for client in list(self.clients):
             if not client.offer(data):
                 LOG.warning("dashboard: dropping a live-update stream that "

@@ -1,6 +1,7 @@
 """The live-update streams: coalescing, bounds, slow clients."""
 
 import json
+from unittest import mock
 
 from teeth_agent.endpoint.web import events
 from teeth_agent.endpoint.web import records
@@ -78,6 +79,20 @@ class TestEventStream(base.TestCase):
         self.assertEqual([1], self.dropped)
         # Its slot is free again.
         self.stream.open()
+
+    def test_without_clients_changes_are_forgotten_unbuilt(self):
+        self.fleet.connect("a")
+        self.fleet.task("a", "t", "running", percent=1.0)
+        self.fleet.log("a", "x")
+        with mock.patch.object(self.stream.view, "agent_row") as row:
+            self.stream.flush()
+        row.assert_not_called()
+        client = self.stream.open()
+        client.next(0)
+        self.stream.flush()
+        _, batch = decode(client.next(0))
+        self.assertEqual(([], [], []), (batch["agents"], batch["tasks"],
+                                        batch["logs"]))  # nothing left over
 
     def test_clients_are_bounded(self):
         self.stream.open()
