@@ -24,6 +24,7 @@ from teeth_agent.hardware import power
 from teeth_agent import kernel_cmdline
 from teeth_agent.runtime import agent as agent_mod
 from teeth_agent.runtime import logforward
+from teeth_agent.runtime import metrics as runtime_metrics
 from teeth_agent.runtime import session_tokens
 from teeth_agent import tasks
 from teeth_agent import transport
@@ -122,6 +123,7 @@ def main(argv=None):
     conf.log_opt_values(LOG, std_logging.DEBUG)
     try:
         agent = build_agent(conf)
+        metrics = runtime_metrics.serve(conf, agent)
     except (extensions.ExtensionLoadError, hardware.HardwareLoadError,
             hardware.HardwareManagerError, ValueError, OSError) as exc:
         LOG.error("cannot start: %s", exc)
@@ -137,10 +139,15 @@ def main(argv=None):
     LOG.info("teeth-agent %s starting as %s; endpoints %s",
              agent_mod.agent_version(), agent.agent_id,
              ", ".join(conf.endpoints))
+    if metrics is not None:
+        LOG.info("agent metrics at http://%s/metrics", conf.metrics.listen)
     try:
         agent.run()
     except KeyboardInterrupt:
         agent.stop()
+    finally:
+        if metrics is not None:
+            metrics[1].shutdown()
     return 0
 
 

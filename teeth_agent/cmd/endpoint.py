@@ -14,8 +14,10 @@ import sys
 from oslo_config import cfg
 from oslo_log import log
 
+from teeth_agent.cmd import dashboard as cmd_dashboard
 from teeth_agent.cmd import display
 from teeth_agent.cmd import logsetup
+from teeth_agent.cmd import records
 from teeth_agent import conf as teeth_conf
 from teeth_agent.conf import strict
 from teeth_agent.endpoint import books
@@ -30,6 +32,7 @@ LOG = log.getLogger(__name__)
 
 def add_parsers(subparsers):
     subparsers.add_parser("serve", help="listen for agents")
+    cmd_dashboard.add_parser(subparsers)
     agents = subparsers.add_parser(
         "agents", help="list the agents the endpoint knows")
     agents.add_argument("--json", action="store_true",
@@ -79,6 +82,7 @@ def add_parsers(subparsers):
                             "endpoint-key.pem")
     issue.add_argument("--days", type=int, default=pki.DEFAULT_DAYS,
                        help="validity in days")
+    records.add_parsers(subparsers)
 
 
 cli_opts = [cfg.SubCommandOpt("command", title="commands",
@@ -146,11 +150,14 @@ def serve(conf):
     LOG.info("open-file limit %d (each agent needs one)", limit)
     try:
         endpoint = endpoint_mod.Endpoint.from_conf(conf)
+        dashboard = cmd_dashboard.build(conf, endpoint)
     except ValueError as exc:
         LOG.error("cannot start: %s", exc)
         print("teeth-endpoint: cannot start: %s" % exc, file=sys.stderr)
         return 2
     endpoint.start()
+    if not cmd_dashboard.start(dashboard, endpoint):
+        return 2
     server = control.ControlServer(endpoint, conf.endpoint.control_socket)
     server.start()
     print("teeth-endpoint listening on %s:%d, control socket %s"
@@ -162,6 +169,7 @@ def serve(conf):
     except KeyboardInterrupt:
         pass
     finally:
+        cmd_dashboard.stop(dashboard)
         server.stop()
         endpoint.stop()
     return 0
@@ -341,8 +349,12 @@ def main(argv=None):
         return serve(conf)
     if command == "agents":
         return list_agents(conf)
+    if command == "dashboard-token":
+        return cmd_dashboard.issue_token(conf)
     if command in ("issue-ca", "issue-cert"):
         return issue(conf)
+    if command in records.COMMANDS:
+        return records.main(conf)
     return call(conf)
 
 

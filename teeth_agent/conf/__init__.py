@@ -8,14 +8,17 @@ bad values and missing files before anything starts.
 """
 
 from teeth_agent.conf import agent
+from teeth_agent.conf import dashboard
+from teeth_agent.conf import database
 from teeth_agent.conf import decom
 from teeth_agent.conf import endpoint
 from teeth_agent.conf import hardware
+from teeth_agent.conf import metrics
 from teeth_agent.conf import power
 from teeth_agent.conf import standbye
 from teeth_agent.conf import tls
 
-_MODULES = (agent, tls, hardware, power, decom, standbye)
+_MODULES = (agent, tls, hardware, power, decom, standbye, metrics)
 
 
 def register_agent_opts(conf):
@@ -27,3 +30,5 @@ def register_agent_opts(conf):
 def register_endpoint_opts(conf):
     """Register every option the endpoint reads on ``conf``."""
     endpoint.register_opts(conf)
+    dashboard.register_opts(conf)
+    database.register_opts(conf)

@@ -6,9 +6,12 @@ same for ``teeth-endpoint``.
 """
 
 from teeth_agent.conf import agent
+from teeth_agent.conf import dashboard
+from teeth_agent.conf import database
 from teeth_agent.conf import decom
 from teeth_agent.conf import endpoint
 from teeth_agent.conf import hardware
+from teeth_agent.conf import metrics
 from teeth_agent.conf import power
 from teeth_agent.conf import standbye
 from teeth_agent.conf import tls
@@ -22,8 +25,11 @@ def list_opts():
         (power.group, power.opts),
         (decom.group, decom.opts),
         (standbye.group, standbye.opts),
+        (metrics.group, metrics.opts),
     ]
 
 
 def list_endpoint_opts():
-    return [(endpoint.group, endpoint.opts)]
+    return [(endpoint.group, endpoint.opts),
+            (dashboard.group, dashboard.opts),
+            (database.group, database.opts)]

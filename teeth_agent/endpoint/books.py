@@ -2,6 +2,7 @@
 tasks, its forwarded log records and its handshake."""
 
 import collections
+import itertools
 import json
 
 from teeth_agent.endpoint import identity
@@ -206,6 +207,12 @@ class LogBook:
 
     def __iter__(self):
         return (record for record, _ in self._records)
+
+    def newest(self, count):
+        """The newest ``count`` records, oldest first (without walking the
+        others)."""
+        found = list(itertools.islice(reversed(self._records), count))
+        return [record for record, _ in reversed(found)]
 
     def append(self, record, size):
         """Keep ``record`` (``size`` bytes); the oldest ones make room."""

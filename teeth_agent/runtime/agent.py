@@ -173,6 +173,8 @@ class Agent:
         self.bridge = transport.ThreadBridge()
         self.connection = None
         self.connected_endpoint = None
+        # Shared by the agent's connections (the metrics read it).
+        self.message_stats = transport.MessageStats()
         self._stopping = False
         self._status_wake = transport.Event()
         self._log_wake = transport.Event()
@@ -342,7 +344,7 @@ class Agent:
             max_line_length=self.conf.max_line_length,
             max_inflight=self.conf.max_inflight_commands,
             write_timeout=self.conf.keepalive_timeout
-            + self.conf.keepalive_interval)
+            + self.conf.keepalive_interval, stats=self.message_stats)
         connection.start()
         endpoint = "%s:%d" % (host, port)
         try:

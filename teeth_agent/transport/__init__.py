@@ -15,6 +15,7 @@ from teeth_agent.transport import sockets
 CallTimeout = connection.CallTimeout
 Connection = connection.Connection
 ConnectionLost = connection.ConnectionLost
+MessageStats = connection.MessageStats
 RemoteError = connection.RemoteError
 Event = hub.Event
 LightQueue = hub.LightQueue

@@ -51,6 +51,15 @@ class RemoteError(Exception):
         super().__init__("%s: %s" % (self.type, self.msg))
 
 
+class MessageStats:
+    """Messages received and sent, counted by every connection it is given
+    to (the endpoint shares one among its agents' connections)."""
+
+    def __init__(self):
+        self.received = 0
+        self.sent = 0
+
+
 class Connection:
     """One protocol connection over a green socket.
 
@@ -68,8 +77,9 @@ class Connection:
     def __init__(self, sock, dispatch, name="peer",
                  max_line_length=protocol.DEFAULT_MAX_LINE_LENGTH,
                  max_inflight=64, write_timeout=30.0, on_close=None,
-                 inline_methods=(), line_idle_timeout=None):
+                 inline_methods=(), line_idle_timeout=None, stats=None):
         self.sock = sock
+        self.stats = stats if stats is not None else MessageStats()
         # A peer that sent part of a line and then nothing for this long
         # is dropped, so half-written lines cannot pin connections forever.
         self._line_idle_timeout = line_idle_timeout
@@ -215,6 +225,7 @@ class Connection:
                     with hub.Timeout(self._write_timeout):
                         self.sock.sendall(data)
                 self.last_sent = hub.monotonic()
+                self.stats.sent += 1
             except hub.Timeout:
                 self.close("write timed out after %ss" % self._write_timeout)
                 raise ConnectionLost("write to %s timed out" % self.name)
@@ -259,6 +270,9 @@ class Connection:
             self.close(reason)
 
     def _handle(self, event):
+        if isinstance(event, (protocol.CommandReceived,
+                              protocol.ResponseReceived)):
+            self.stats.received += 1
         if isinstance(event, protocol.CommandReceived):
             if event.command.method in self._inline:
                 self._run_command(event.command)

@@ -1,0 +1,63 @@
+"""The dashboard's part of ``teeth-endpoint``: ``serve`` starts it when
+``[dashboard] enabled``; ``dashboard-token`` makes its access token."""
+
+import logging
+import sys
+
+from teeth_agent.endpoint.web import auth
+from teeth_agent.endpoint.web import http as web_http
+
+LOG = logging.getLogger(__name__)
+
+
+def add_parser(subparsers):
+    subparsers.add_parser(
+        "dashboard-token",
+        help="make a new access token for the web dashboard and print it "
+             "once; only its SHA-256 is kept, in [endpoint] state_dir, and "
+             "it replaces the token made before (restart serve to use it)")
+
+
+def build(conf, endpoint):
+    """The dashboard ``serve`` runs, or None when it is off. Raises
+    ValueError (a one-line reason) when its settings cannot work."""
+    if not conf.dashboard.enabled:
+        return None
+    return web_http.DashboardServer.from_conf(conf, endpoint)
+
+
+def start(dashboard, endpoint):
+    """Start ``dashboard`` (None: nothing to do) right after the endpoint,
+    before ``serve`` says it is listening. False after one line on stderr
+    (and the endpoint stopped) when it cannot listen."""
+    if dashboard is None:
+        return True
+    try:
+        dashboard.start()
+    except ValueError as exc:
+        endpoint.stop()
+        LOG.error("cannot start: %s", exc)
+        print("teeth-endpoint: cannot start: %s" % exc, file=sys.stderr)
+        return False
+    print("teeth-endpoint dashboard at %s" % dashboard.url, flush=True)
+    return True
+
+
+def stop(dashboard):
+    if dashboard is not None:
+        dashboard.stop()
+
+
+def issue_token(conf):
+    """``dashboard-token``: exit 2 with one line on failure."""
+    try:
+        token = auth.issue_token(conf.endpoint.state_dir)
+    except (OSError, auth.TokenFileError) as exc:
+        print("teeth-endpoint: cannot write the dashboard token: %s"
+              % (getattr(exc, "strerror", None) or exc), file=sys.stderr)
+        return 2
+    print(token)
+    print("teeth-endpoint: the dashboard token above is shown only now; "
+          "its hash is in %s" % auth.token_path(conf.endpoint.state_dir),
+          file=sys.stderr)
+    return 0
