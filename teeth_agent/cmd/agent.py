@@ -11,6 +11,7 @@ import sys
 from oslo_config import cfg
 from oslo_log import log
 
+from teeth_agent.cmd import lifecycle
 from teeth_agent.cmd import logsetup
 from teeth_agent import conf as teeth_conf
 from teeth_agent.conf import strict
@@ -130,10 +131,22 @@ def main(argv=None):
     LOG.info("teeth-agent %s starting as %s; endpoints %s",
              agent_mod.agent_version(), agent.agent_id,
              ", ".join(conf.endpoints))
-    try:
-        agent.run()
-    except KeyboardInterrupt:
-        agent.stop()
+    reason = "stopped"
+    with lifecycle.StopSignals() as signals:
+        try:
+            agent.run()
+        except lifecycle.Stop as stop:
+            reason = stop.reason
+        except KeyboardInterrupt:
+            reason = "interrupted (SIGINT)"
+        except Exception as exc:
+            reason = "error: %s" % exc
+            raise
+        finally:
+            signals.release()
+            LOG.info("teeth-agent shutting down: %s", reason)
+            agent.stop()
+            LOG.info("teeth-agent stopped")
     return 0
 
 
