@@ -256,3 +256,43 @@ class RealResultsTest(base.TestCase):
         final = task.status()
         self.assertEqual("complete", final["state"])
         validator("task-status.json").validate(final)
+
+
+class ContractLinksTest(base.TestCase):
+    """Every page that names the wire contract links docs/protocol.md, and
+    no file names an upper-case protocol page (there is none)."""
+
+    def pages(self):
+        pages = [os.path.join(ROOT, "README.md")]
+        docs = os.path.join(ROOT, "docs")
+        pages += [os.path.join(docs, name) for name in sorted(os.listdir(
+            docs)) if name.endswith(".md") and name != "protocol.md"]
+        return pages
+
+    def test_pages_naming_the_contract_link_it(self):
+        names = re.compile(r"wire contract|protocol\.md|the wire protocol",
+                           re.I)
+        link = re.compile(r"\]\((docs/)?protocol\.md[)#]")
+        checked = 0
+        for page in self.pages():
+            with open(page, encoding="utf-8") as handle:
+                text = handle.read()
+            if names.search(text):
+                checked += 1
+                self.assertRegex(text, link, "%s names the contract without "
+                                 "linking protocol.md" % page)
+        self.assertGreater(checked, 4)
+
+    def test_no_file_names_an_uppercase_protocol_page(self):
+        stale = "PROTOCOL" + ".md"
+        for directory, dirs, names in os.walk(ROOT):
+            dirs[:] = [name for name in dirs if not name.startswith(".")
+                       and name not in ("build", "dist")
+                       and not name.endswith(".egg-info")]
+            for name in names:
+                if not name.endswith((".py", ".md", ".txt", ".cfg", ".ini",
+                                      ".json", ".sh", ".conf", ".sample")):
+                    continue
+                path = os.path.join(directory, name)
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    self.assertNotIn(stale, f.read(), path)
