@@ -20,6 +20,7 @@ from teeth_agent.cmd import display
 from teeth_agent.cmd import follow
 from teeth_agent.cmd import lifecycle
 from teeth_agent.cmd import logsetup
+from teeth_agent.cmd import records
 from teeth_agent import conf as teeth_conf
 from teeth_agent.conf import strict
 from teeth_agent.endpoint import books
@@ -153,6 +154,7 @@ def add_parsers(subparsers):
     issue.add_argument("--days", type=int, default=pki.DEFAULT_DAYS,
                        help="validity in days")
     _json_flag(issue, "print the paths written as one JSON object")
+    records.add_parsers(subparsers)
 
 
 cli_opts = [cfg.SubCommandOpt("command", title="commands",
@@ -450,10 +452,24 @@ def watch(conf):
                          "or --all")
     updates = follow.Updates(sys.stderr, as_json=args.json,
                              agent_id=args.agent_id)
-    connection = _connect(conf, updates)
+
+    def from_db():
+        # A task the server no longer knows (or no server): its final
+        # state as the database recorded it, when it has one.
+        return records.final_from_db(conf, args.agent_id, args.task_id)
+    try:
+        connection = _connect(conf, updates)
+    except SystemExit:
+        final = from_db()
+        if final is None:
+            raise
+        print("teeth-endpoint: no server running; the task's final state "
+              "from the database", file=sys.stderr)
+        return follow.finish_follow(updates, final)
     try:
         return follow.follow_and_report(connection, args.agent_id,
-                                        args.task_id, args.timeout, updates)
+                                        args.task_id, args.timeout, updates,
+                                        fallback=from_db)
     finally:
         updates.finish()
         connection.close()
@@ -471,6 +487,8 @@ def main(argv=None):
         return list_agents(conf)
     if command in ("issue-ca", "issue-cert"):
         return issue(conf)
+    if command in records.COMMANDS:
+        return records.main(conf)
     try:
         if command == "watch":
             return watch(conf)

@@ -167,8 +167,12 @@ def finish_follow(updates, status, stderr=None):
 
 
 def follow_and_report(connection, agent_id, task_id, timeout, updates,
-                      stderr=None):
-    """:func:`follow_task` and its report; returns the exit status."""
+                      stderr=None, fallback=None):
+    """:func:`follow_task` and its report; returns the exit status.
+
+    When the server cannot follow the task, ``fallback()`` (if given) may
+    return its final status from elsewhere (the endpoint's database).
+    """
     stderr = stderr or sys.stderr
     try:
         status = follow_task(connection, agent_id, task_id, timeout, updates)
@@ -177,9 +181,11 @@ def follow_and_report(connection, agent_id, task_id, timeout, updates,
         print("teeth-endpoint: %s" % exc.message(), file=stderr)
         return EXIT_STILL_RUNNING
     except FollowError as exc:
-        updates.finish()
-        print("teeth-endpoint: %s" % exc, file=stderr)
-        return EXIT_TASK_ERROR
+        status = fallback() if fallback is not None else None
+        if status is None:
+            updates.finish()
+            print("teeth-endpoint: %s" % exc, file=stderr)
+            return EXIT_TASK_ERROR
     return finish_follow(updates, status, stderr)
 
 

@@ -260,3 +260,24 @@ class LifecycleTest(base.TestCase):
             signals.release()
         self.assertEqual("SIGTERM received", caught.exception.reason)
         self.assertEqual(before, signal.getsignal(signal.SIGTERM))
+
+
+class FallbackTest(base.TestCase):
+    def test_a_task_the_server_forgot_comes_from_the_fallback(self):
+        gone = FakeConnection(transport.RemoteError(
+            {"type": "NotFound", "msg": "agent a1 is unknown"}))
+        out, stderr = io.StringIO(), io.StringIO()
+        code = follow.follow_and_report(
+            gone, "a1", "t1", None, follow.Updates(io.StringIO(), out=out),
+            stderr, fallback=lambda: complete())
+        self.assertEqual(follow.EXIT_OK, code, stderr.getvalue())
+        self.assertEqual("complete", json.loads(out.getvalue())["state"])
+
+    def test_no_fallback_status_is_the_follow_error(self):
+        gone = FakeConnection(transport.ConnectionLost("gone"))
+        stderr = io.StringIO()
+        code = follow.follow_and_report(
+            gone, "a1", "t1", None, follow.Updates(io.StringIO()), stderr,
+            fallback=lambda: None)
+        self.assertEqual(follow.EXIT_TASK_ERROR, code)
+        self.assertIn("lost the server", stderr.getvalue())
