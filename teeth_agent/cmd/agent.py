@@ -114,13 +114,14 @@ def main(argv=None):
         from teeth_agent.cmd import inventory as inventory_cmd
         return inventory_cmd.main(conf)
     conf.log_opt_values(LOG, std_logging.DEBUG)
+    failure = None
     try:
         agent = build_agent(conf)
     except (extensions.ExtensionLoadError, hardware.HardwareLoadError,
             hardware.HardwareManagerError, ValueError, OSError) as exc:
-        LOG.error("cannot start: %s", exc)
-        print("teeth-agent: cannot start: %s" % exc, file=sys.stderr)
-        return 2
+        failure = str(exc)
+    if failure is not None:
+        return lifecycle.cannot_start("teeth-agent", failure)
     if conf.log_forward_level != "OFF":
         handler = logforward.ForwardingLogHandler(
             conf.log_buffer_size,

@@ -225,24 +225,24 @@ def serve(conf):
     limit = raise_file_limit()
     LOG.info("open-file limit %d (each agent needs one)", limit)
     path = conf.endpoint.control_socket
+    failure = None
     try:
         lifecycle.claim_control_socket(path)
         endpoint = endpoint_mod.Endpoint.from_conf(conf)
         lifecycle.start_listening(endpoint)
     except (ValueError, lifecycle.StartError) as exc:
-        LOG.error("cannot start: %s", exc)
-        print("teeth-endpoint: cannot start: %s" % exc, file=sys.stderr)
-        return 2
+        failure = str(exc)
+    if failure is not None:
+        return lifecycle.cannot_start("teeth-endpoint", failure)
     server = control.ControlServer(endpoint, path)
     try:
         server.start()
     except OSError as exc:
+        failure = "cannot listen on %s: %s" % (path,
+                                               lifecycle.os_error_text(exc))
+    if failure is not None:
         endpoint.stop()
-        LOG.error("cannot start: cannot listen on %s: %s", path,
-                  lifecycle.os_error_text(exc))
-        print("teeth-endpoint: cannot start: cannot listen on %s: %s"
-              % (path, lifecycle.os_error_text(exc)), file=sys.stderr)
-        return 2
+        return lifecycle.cannot_start("teeth-endpoint", failure)
     if conf.command.json:
         follow.json_line({"host": endpoint.host, "port": endpoint.port,
                           "control_socket": path}, sys.stdout)

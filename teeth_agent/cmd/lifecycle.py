@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import stat
+import sys
 
 from teeth_agent import transport
 
@@ -70,13 +71,17 @@ def claim_control_socket(path, connect=None):
     try:
         sock = connect(path)
     except ConnectionRefusedError:
+        sock = None
+    except OSError as exc:
+        raise StartError("cannot check the control socket %s: %s"
+                         % (path, os_error_text(exc))) from None
+    if sock is None:
+        # Logged outside the except block: oslo.log would repeat the
+        # exception being handled after the message.
         os.unlink(path)
         LOG.warning("removed the stale control socket %s (the server that "
                     "made it is gone)", path)
         return
-    except OSError as exc:
-        raise StartError("cannot check the control socket %s: %s"
-                         % (path, os_error_text(exc))) from None
     sock.close()
     raise StartError("a running teeth-endpoint serve holds the control "
                      "socket %s; stop it first, or give this one another "
@@ -96,6 +101,18 @@ def start_listening(endpoint):
         raise StartError("cannot listen on %s:%d: %s"
                          % (endpoint.host, endpoint.port,
                             os_error_text(exc))) from None
+
+
+def cannot_start(program, reason):
+    """Log and print that ``program`` cannot start; returns exit status 2.
+
+    Call it after the ``except`` block that caught the failure: inside
+    one, oslo.log appends the exception being handled to the line, which
+    then says the same thing twice.
+    """
+    LOG.error("cannot start: %s", reason)
+    print("%s: cannot start: %s" % (program, reason), file=sys.stderr)
+    return 2
 
 
 class StopSignals:

@@ -242,3 +242,20 @@ class TestServeLifecycle(unittest.TestCase):
             time.sleep(0.2)
         self.assertEqual(0, listed.returncode, listed.stderr)
         self.assertTrue(re.search(r"no agents", listed.stdout))
+
+    def test_agent_says_an_unreachable_endpoint_once(self):
+        workdir = harness.make_workdir(self)
+        sock, port = harness.refused_port()
+        self.addCleanup(sock.close)
+        agent = harness.start_agent(self, ["127.0.0.1:%d" % port],
+                                    workdir=workdir)
+        agent.wait_for_output(r"cannot connect to endpoint", count=2)
+        lines = [line for line in agent.output().splitlines()
+                 if "cannot connect to endpoint" in line]
+        for line in lines:
+            self.assertNotIn("ConnectionRefusedError", line)
+            self.assertEqual(1, line.count("ECONNREFUSED"), line)
+        agent.process.send_signal(signal.SIGINT)
+        self.assertEqual(0, agent.wait_exit())
+        self.assertIn("teeth-agent shutting down: interrupted (SIGINT)",
+                      agent.output())
