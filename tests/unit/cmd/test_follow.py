@@ -281,3 +281,23 @@ class FallbackTest(base.TestCase):
             fallback=lambda: None)
         self.assertEqual(follow.EXIT_TASK_ERROR, code)
         self.assertIn("lost the server", stderr.getvalue())
+
+
+class WatchAllOnATerminalTest(base.TestCase):
+    def test_live_lines_for_every_task(self):
+        pages = [[{"agent_id": "a1", "tasks": [samples.running("t1", 10.0)]},
+                  {"agent_id": "a2\x1b[2J", "tasks": [
+                      samples.running("t2", 20.0)]}],
+                 [{"agent_id": "a1", "tasks": [complete("t1")]},
+                  {"agent_id": "a2\x1b[2J", "tasks": [complete("t2")]}]]
+        terminal = samples.Terminal()
+        code = follow.watch_all(lambda: pages.pop(0),
+                                follow.Updates(terminal),
+                                sleep=lambda seconds: None,
+                                stderr=io.StringIO())
+        self.assertEqual(follow.EXIT_OK, code)
+        drawn = terminal.getvalue()
+        self.assertIn("a1 t1", drawn)
+        self.assertIn("done", drawn)
+        # An agent's escape sequence is shown, not obeyed.
+        self.assertNotIn("\x1b[2J", drawn)
