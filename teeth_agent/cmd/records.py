@@ -100,7 +100,14 @@ def db_command(conf, out=sys.stdout):
     if url is None:
         raise ReportError("no database is configured: [database] connection "
                           "and [endpoint] state_dir are both empty")
-    engine = schema.make_engine(url, create=conf.command.action == "upgrade")
+    try:
+        engine = schema.make_engine(url,
+                                    create=conf.command.action == "upgrade")
+    except schema.DatabaseError as exc:
+        # db current of an SQLite file not made yet: behind, not broken.
+        print("%s; this teeth-agent needs %s" % (exc, schema.head()),
+              file=out)
+        return 1
     try:
         before = schema.revision_of(engine)
         wanted = schema.head()

@@ -32,14 +32,16 @@ opts = [
              "after every upgrade of teeth-agent."),
     cfg.FloatOpt(
         "flush_interval",
-        default=0.5,
+        default=5.0,
         min=0.01,
         max=60.0,
-        help="Seconds during which running task updates are gathered "
-             "before they are written in one transaction, the latest "
-             "update of each task winning. Final task states and erasure "
-             "records are written at once, before the agent's report is "
-             "acknowledged."),
+        help="Seconds during which running task updates (and log records, "
+             "connects and disconnects) are gathered before they are "
+             "written in one transaction, the latest update of each task "
+             "winning: agents report a running task every few seconds, so "
+             "a longer interval writes fewer rows. Final task states, "
+             "erasure records, new session tokens and task commands are "
+             "written at once, before they are acknowledged."),
     cfg.IntOpt(
         "batch_limit",
         default=5000,

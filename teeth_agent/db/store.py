@@ -97,7 +97,7 @@ class Store:
     :meth:`open` (checks the schema, starts the writer) and at the end
     :meth:`close`."""
 
-    def __init__(self, engine, log_history=1000, flush_interval=0.5,
+    def __init__(self, engine, log_history=1000, flush_interval=5.0,
                  batch_limit=5000, clock=time.time):
         self.engine = engine
         self.log_history = log_history
@@ -240,6 +240,11 @@ class Store:
     def log_record(self, agent_id, record):
         self._put("log", agent_id, record)
 
+    def flush_async(self, on_committed):
+        """Have everything queued so far committed at once;
+        ``on_committed(error)`` is called from the writer thread."""
+        self._put("flush", None, None, on_committed)
+
     def flush(self, timeout=None):
         """Wait (this thread) until everything queued so far is committed;
         returns False on timeout. Raises the write's error."""
@@ -337,13 +342,18 @@ class Store:
                 if change.payload.get("state") == RUNNING:
                     first_running.setdefault(key, change.at)
         logs = collections.defaultdict(list)
+        running = []
         for index, change in enumerate(batch):
             kind = change.kind
             if kind == "status":
                 key = (change.agent_id, change.payload["task_id"])
-                if change.payload.get("state") == RUNNING and \
-                        last[key] != index:
-                    self.stats["running_coalesced"] += 1
+                if change.payload.get("state") == RUNNING:
+                    if last[key] != index:
+                        self.stats["running_coalesced"] += 1
+                    else:
+                        # The last change of its task: written in bulk
+                        # after the others, which all came before it.
+                        running.append(change)
                     continue
                 self._write_status(session, change, first_running.get(key))
             elif kind == "sent":
@@ -367,6 +377,8 @@ class Store:
                     models.Agent.process_id == self.process_id).values(
                         connected=False, process_id=None,
                         last_seen_at=now))
+        if running:
+            self._write_running(session, running)
         for agent_id, changes in logs.items():
             self._write_logs(session, agent_id, changes)
         if now - self._last_heartbeat >= HEARTBEAT_INTERVAL:
@@ -437,6 +449,59 @@ class Store:
             self._event(session, change.agent_id, payload["task_id"],
                         "sent", change.at)
         self.stats["task_writes"] += 1
+
+    def _write_running(self, session, changes, chunk=400):
+        """The running updates of a batch (one per task), in a few
+        statements: the hot path of a busy fleet, so Core executemany
+        rather than one ORM object per task."""
+        table, events = models.Task.__table__, models.TaskEvent.__table__
+        for start in range(0, len(changes), chunk):
+            part = changes[start:start + chunk]
+            agents = {change.agent_id for change in part}
+            task_ids = {change.payload["task_id"] for change in part}
+            known = {(row.agent_id, row.task_id): row for row in
+                     session.execute(sa.select(
+                         table.c.id, table.c.agent_id, table.c.task_id,
+                         table.c.state, table.c.started_at).where(
+                             table.c.agent_id.in_(agents),
+                             table.c.task_id.in_(task_ids)))}
+            updates, inserts, new_events = [], [], []
+            for change in part:
+                status = change.payload
+                key = (change.agent_id, status["task_id"])
+                values = {"percent": _number(status.get("percent")),
+                          "eta": _number(status.get("eta")),
+                          "updated_at": change.at}
+                row = known.get(key)
+                if row is None:
+                    method = status.get("method")
+                    inserts.append(dict(
+                        values, agent_id=change.agent_id,
+                        task_id=status["task_id"], state=RUNNING,
+                        method=method[:models.ID_LENGTH]
+                        if isinstance(method, str) else None,
+                        created_at=change.at, started_at=change.at))
+                elif row.state in FINAL_STATES:
+                    continue
+                else:
+                    updates.append(dict(
+                        values, b_id=row.id,
+                        started_at=row.started_at or change.at))
+                if row is None or row.state != RUNNING:
+                    new_events.append({
+                        "agent_id": change.agent_id,
+                        "task_id": status["task_id"], "state": RUNNING,
+                        "at": change.at, "percent": values["percent"],
+                        "msg": None})
+            if updates:
+                session.execute(table.update().where(
+                    table.c.id == sa.bindparam("b_id")).values(
+                        state=RUNNING), updates)
+            if inserts:
+                session.execute(table.insert(), inserts)
+            if new_events:
+                session.execute(events.insert(), new_events)
+            self.stats["task_writes"] += len(updates) + len(inserts)
 
     def _write_refused(self, session, change):
         task_id = change.payload["task_id"]

@@ -1,0 +1,137 @@
+"""teeth-endpoint db, tasks, erasures and watch, on an SQLite file."""
+
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+import threading
+import types
+from unittest import mock
+
+from teeth_agent.cmd import endpoint as endpoint_cmd
+from teeth_agent.cmd import records
+from teeth_agent.db import schema
+from teeth_agent.db import store as store_mod
+from tests import base
+
+
+class RecordsTestCase(base.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.directory)
+        self.url = "sqlite:///" + os.path.join(self.directory, "e.sqlite")
+        self.conf = base.make_conf(**{
+            "database.connection": self.url,
+            "endpoint.control_socket": os.path.join(self.directory,
+                                                    "none.sock")})
+
+    def run_command(self, name, **args):
+        conf = types.SimpleNamespace(
+            command=types.SimpleNamespace(name=name, **args),
+            database=self.conf.database, endpoint=self.conf.endpoint)
+        out, err = io.StringIO(), io.StringIO()
+        if name == "db":
+            code = records.db_command(conf, out)
+        elif name == "tasks":
+            code = records.list_tasks(conf, out)
+        elif name == "erasures":
+            code = records.list_erasures(conf, out)
+        else:
+            conf.command.json = False
+            conf.command.all_tasks = False
+            with mock.patch("sys.stdout", out), \
+                    mock.patch("sys.stderr", err):
+                code = endpoint_cmd.watch(conf)
+        return code, out.getvalue(), err.getvalue()
+
+    def fill(self):
+        store = store_mod.Store.from_url(self.url, flush_interval=0.01)
+        store.open()
+        self.addCleanup(store.close)
+        store.agent_connected("a", {"agent_version": "2.0"}, peer="p")
+        store.task_sent("a", "e1", "decom.disk_erase", {})
+        done = threading.Event()
+        store.task_status("a", {
+            "task_id": "e1", "state": "complete",
+            "method": "decom.disk_erase",
+            "result": {"devices": [{"path": "/dev/sda",
+                                    "outcome": "erased",
+                                    "serial": "=HYPERLINK(1)",
+                                    "ended_at": 1796169600.0}]}},
+            lambda error: done.set())
+        store.task_status("a", {"task_id": "f1", "state": "error",
+                                "msg": "broken\nline"})
+        self.assertTrue(done.wait(30))
+        store.flush(30)
+        return store
+
+
+class TestDbCommand(RecordsTestCase):
+    def test_current_upgrade_current(self):
+        code, out, _ = self.run_command("db", action="current")
+        self.assertEqual(1, code)
+        self.assertIn("there is no database", out)
+        code, out, _ = self.run_command("db", action="upgrade")
+        self.assertEqual(0, code)
+        self.assertIn("revision %s (was empty)" % schema.head(), out)
+        code, out, _ = self.run_command("db", action="current")
+        self.assertEqual(0, code, out)
+
+
+class TestReports(RecordsTestCase):
+    def test_a_missing_database_is_an_error_not_an_empty_report(self):
+        with self.assertRaises(records.ReportError):
+            self.run_command("tasks", agent_id=None, state=None, json=False,
+                             limit=None)
+        self.assertFalse(os.path.exists(os.path.join(self.directory,
+                                                     "e.sqlite")))
+
+    def test_tasks_table_and_json(self):
+        self.fill()
+        code, out, _ = self.run_command("tasks", agent_id="a", state=None,
+                                        json=False, limit=None)
+        self.assertEqual(0, code)
+        lines = out.splitlines()
+        self.assertTrue(lines[0].startswith("AGENT"))
+        self.assertEqual(3, len(lines), out)
+        # Agent text stays on one line.
+        self.assertIn('"broken\\nline"', lines[2])
+        code, out, _ = self.run_command("tasks", agent_id=None,
+                                        state="complete", json=True,
+                                        limit=1)
+        [task] = [json.loads(line) for line in out.splitlines()]
+        self.assertEqual("e1", task["task_id"])
+        self.assertEqual(["sent", "complete"],
+                         [event["state"] for event in task["events"]])
+
+    def test_erasures_csv_is_safe_for_spreadsheets(self):
+        self.fill()
+        code, out, _ = self.run_command("erasures", agent_id=None,
+                                        json=False, csv=True)
+        self.assertEqual(0, code)
+        rows = list(csv.DictReader(io.StringIO(out)))
+        self.assertEqual(1, len(rows))
+        self.assertEqual("'=HYPERLINK(1)", rows[0]["serial"])
+        self.assertEqual("2026-12-02T00:00:00Z", rows[0]["ended_at"])
+        self.assertEqual("2.0", rows[0]["agent_version"])
+        code, out, _ = self.run_command("erasures", agent_id="a", json=True,
+                                        csv=False)
+        [record] = [json.loads(line) for line in out.splitlines()]
+        self.assertEqual("/dev/sda", record["record"]["path"])
+
+    def test_watch_without_a_server_prints_an_ended_task_from_the_db(self):
+        self.fill()
+        code, out, err = self.run_command("watch", agent_id="a",
+                                          task_id="f1", timeout=None)
+        self.assertEqual(1, code)
+        self.assertEqual("error", json.loads(out)["state"])
+        self.assertIn("no server running", err)
+        # A task the database does not know: the no-server message.
+        with self.assertRaises(SystemExit) as caught:
+            self.run_command("watch", agent_id="a", task_id="nope",
+                             timeout=None)
+        self.assertIn("the server is not running at",
+                      str(caught.exception))
