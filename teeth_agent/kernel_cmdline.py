@@ -36,6 +36,13 @@ docs/ramdisk.md); ``teeth_agent.tls.enabled=false`` turns TLS off (with
 the start-up WARNING). The certificates themselves never travel on the
 command line, which any local user can read.
 
+A ramdisk that reaches its image store through an HTTP proxy is told so
+the same way: ``teeth_agent.standbye.proxy=http://10.0.0.3:3128`` and
+``teeth_agent.standbye.no_proxy=10.0.0.0/8,images.local`` (see
+:mod:`teeth_agent.fetch.proxy`). A proxy password on the command line is
+readable by any local user of the ramdisk: prefer a proxy that admits the
+provisioning network without one.
+
 Nothing happens when the command line has no ``teeth_agent.`` word, which
 is the case on any machine that did not boot the ramdisk.
 """

@@ -76,14 +76,20 @@ class Param:
 class String(Param):
     kind = "string"
 
-    """A string; ``max_length`` None sets no upper bound."""
+    """A string; ``max_length`` None sets no upper bound.
+
+    ``pattern_problem`` is what a refusal by ``pattern`` says, in the
+    operator's words (never the regular expression itself).
+    """
 
     def __init__(self, max_length=4096, min_length=0, pattern=None,
-                 choices=None, **kwargs):
+                 choices=None, pattern_problem="is not in the expected form",
+                 **kwargs):
         super().__init__(**kwargs)
         self.max_length = max_length
         self.min_length = min_length
         self.pattern = re.compile(pattern) if pattern else None
+        self.pattern_problem = pattern_problem
         self.choices = tuple(choices) if choices else None
 
     def check(self, value, path):
@@ -95,7 +101,7 @@ class String(Param):
             raise invalid(path, "shorter than %d characters"
                           % self.min_length)
         if self.pattern is not None and not self.pattern.fullmatch(value):
-            raise invalid(path, "does not match %s" % self.pattern.pattern)
+            raise invalid(path, self.pattern_problem)
         if self.choices is not None and value not in self.choices:
             raise invalid(path, "must be one of %s" % ", ".join(self.choices))
         return value
@@ -113,14 +119,18 @@ class Identifier(String):
         kwargs.setdefault("max_length", 256)
         kwargs.setdefault("min_length", 1)
         super().__init__(pattern=r"[^/\\\x00-\x1f\x7f.][^/\\\x00-\x1f\x7f]*",
-                         **kwargs)
+                         pattern_problem="must not start with a dot or "
+                                         "hold a slash, a backslash or a "
+                                         "control character", **kwargs)
 
 
 class UUID(String):
     def __init__(self, **kwargs):
         super().__init__(
             pattern=r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
-                    r"[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}", **kwargs)
+                    r"[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}",
+            pattern_problem="is not a UUID (32 hexadecimal digits, dashes "
+                            "allowed)", **kwargs)
 
 
 class Integer(Param):
@@ -194,7 +204,9 @@ class DevicePath(String):
 
     def __init__(self, **kwargs):
         super().__init__(pattern=r"/dev/[A-Za-z0-9._/:-]+", max_length=256,
-                         **kwargs)
+                         pattern_problem="is not a device path: /dev/ then "
+                                         "letters, digits and ._/:- only "
+                                         "(e.g. /dev/sda)", **kwargs)
 
     def check(self, value, path):
         value = super().check(value, path)

@@ -13,6 +13,7 @@ import sys
 from oslo_config import cfg
 from oslo_log import log
 
+from teeth_agent.cmd import lifecycle
 from teeth_agent.cmd import logsetup
 from teeth_agent import conf as teeth_conf
 from teeth_agent.conf import strict
@@ -121,14 +122,15 @@ def main(argv=None):
         from teeth_agent.cmd import inventory as inventory_cmd
         return inventory_cmd.main(conf)
     conf.log_opt_values(LOG, std_logging.DEBUG)
+    failure = None
     try:
         agent = build_agent(conf)
         metrics = runtime_metrics.serve(conf, agent)
     except (extensions.ExtensionLoadError, hardware.HardwareLoadError,
             hardware.HardwareManagerError, ValueError, OSError) as exc:
-        LOG.error("cannot start: %s", exc)
-        print("teeth-agent: cannot start: %s" % exc, file=sys.stderr)
-        return 2
+        failure = str(exc)
+    if failure is not None:
+        return lifecycle.cannot_start("teeth-agent", failure)
     if conf.log_forward_level != "OFF":
         handler = logforward.ForwardingLogHandler(
             conf.log_buffer_size,
@@ -141,13 +143,24 @@ def main(argv=None):
              ", ".join(conf.endpoints))
     if metrics is not None:
         LOG.info("agent metrics at http://%s/metrics", conf.metrics.listen)
-    try:
-        agent.run()
-    except KeyboardInterrupt:
-        agent.stop()
-    finally:
-        if metrics is not None:
-            metrics[1].shutdown()
+    reason = "stopped"
+    with lifecycle.StopSignals() as signals:
+        try:
+            agent.run()
+        except lifecycle.Stop as stop:
+            reason = stop.reason
+        except KeyboardInterrupt:
+            reason = "interrupted (SIGINT)"
+        except Exception as exc:
+            reason = "error: %s" % exc
+            raise
+        finally:
+            signals.release()
+            LOG.info("teeth-agent shutting down: %s", reason)
+            agent.stop()
+            if metrics is not None:
+                metrics[1].shutdown()
+            LOG.info("teeth-agent stopped")
     return 0
 
 

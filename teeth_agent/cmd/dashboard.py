@@ -26,21 +26,14 @@ def build(conf, endpoint):
     return web_http.DashboardServer.from_conf(conf, endpoint)
 
 
-def start(dashboard, endpoint):
+def start(dashboard):
     """Start ``dashboard`` (None: nothing to do) right after the endpoint,
-    before ``serve`` says it is listening. False after one line on stderr
-    (and the endpoint stopped) when it cannot listen."""
+    before ``serve`` says it is listening. Raises ValueError (a one-line
+    reason) when it cannot listen; the caller stops the endpoint."""
     if dashboard is None:
-        return True
-    try:
-        dashboard.start()
-    except ValueError as exc:
-        endpoint.stop()
-        LOG.error("cannot start: %s", exc)
-        print("teeth-endpoint: cannot start: %s" % exc, file=sys.stderr)
-        return False
+        return
+    dashboard.start()
     print("teeth-endpoint dashboard at %s" % dashboard.url, flush=True)
-    return True
 
 
 def stop(dashboard):

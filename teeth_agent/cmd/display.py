@@ -68,13 +68,17 @@ def _percent(status):
     return 0.0 if percent is None else min(max(percent, 0.0), 100.0)
 
 
-def progress_line(status, width=BAR_WIDTH):
-    """The plain one-line form of a ``task_status``."""
-    percent = _percent(status)
+def progress_line(status, width=BAR_WIDTH, label=None):
+    """The plain one-line form of a ``task_status`` (``label`` in place
+    of the task id); a ``complete`` task is drawn at 100% with ``done``."""
+    complete = status.get("state") == "complete"
+    percent = 100.0 if complete else _percent(status)
     filled = int(width * percent / 100.0)
-    return "%s [%s%s] %5.1f%%  ETA %s" % (
-        books.printable(status.get("task_id")), "#" * filled,
-        "." * (width - filled), percent, format_eta(status.get("eta")))
+    name = label if label is not None else books.printable(
+        status.get("task_id"))
+    return "%s [%s%s] %5.1f%%  %s" % (
+        name, "#" * filled, "." * (width - filled), percent,
+        "done" if complete else "ETA " + format_eta(status.get("eta")))
 
 
 def _console(stream):
@@ -100,11 +104,27 @@ class TaskProgress:
         self._progress = None
         self._tasks = {}
 
-    def update(self, status):
+    def update(self, status, label=None):
+        """Draw a ``running`` status (others are ignored: see
+        :meth:`end`); ``label`` names the line (the task id unless
+        given)."""
         if status.get("state") != "running":
             return
+        self._draw(status, label)
+
+    def end(self, status, label=None):
+        """Draw a task's last status: a ``complete`` task's bar at 100%
+        (also when no running update was seen, for a fast task); an
+        ``error`` leaves the bar where it was."""
+        if status.get("state") == "complete":
+            self._draw(status, label)
+
+    def _draw(self, status, label):
+        name = label if label is not None else books.printable(
+            status.get("task_id"))
         if not self.live:
-            self.stream.write(self.indent + progress_line(status) + "\n")
+            self.stream.write(self.indent + progress_line(status, label=name)
+                              + "\n")
             self.stream.flush()
             return
         if self._progress is None:
@@ -114,14 +134,14 @@ class TaskProgress:
                 rich_progress.BarColumn(bar_width=BAR_WIDTH),
                 rich_progress.TextColumn("{task.percentage:5.1f}%",
                                          markup=False),
-                rich_progress.TextColumn("ETA {task.fields[eta]}",
+                rich_progress.TextColumn("{task.fields[eta]}",
                                          markup=False),
                 console=_console(self.stream), auto_refresh=False,
                 redirect_stdout=False, redirect_stderr=False)
             self._progress.start()
-        name = books.printable(status.get("task_id"))
-        eta = format_eta(status.get("eta"))
-        completed = min(_percent(status), 100.0)
+        complete = status.get("state") == "complete"
+        eta = "done" if complete else "ETA " + format_eta(status.get("eta"))
+        completed = 100.0 if complete else min(_percent(status), 100.0)
         if name not in self._tasks:
             self._tasks[name] = self._progress.add_task(
                 name, total=100.0, completed=completed, eta=eta)

@@ -7,7 +7,9 @@ follows the task's progress with a live bar (percent and ETA) and exits 1
 when the task ends in error.
 """
 
+import argparse
 import json
+import os
 import resource
 import sys
 
@@ -16,6 +18,8 @@ from oslo_log import log
 
 from teeth_agent.cmd import dashboard as cmd_dashboard
 from teeth_agent.cmd import display
+from teeth_agent.cmd import follow
+from teeth_agent.cmd import lifecycle
 from teeth_agent.cmd import logsetup
 from teeth_agent.cmd import records
 from teeth_agent import conf as teeth_conf
@@ -30,29 +34,97 @@ from teeth_agent import transport
 LOG = log.getLogger(__name__)
 
 
+EXIT_STATUSES = """exit status:
+  0  done (the task ended complete)
+  1  the task ended in error, or the server or the agent refused
+  2  a usage or configuration error
+  3  stopped following (Ctrl-C or --timeout); the task is still running"""
+
+CALL_EPILOG = EXIT_STATUSES + """
+
+examples:
+  teeth-endpoint call AGENT status
+  teeth-endpoint call AGENT decom.qc '{"task_id": "qc-1", "spec": {}}'
+  teeth-endpoint call AGENT decom.disk_erase '{"task_id": "erase-1"}'
+
+decom.disk_erase without "devices" erases every disk in scope. The install
+device of standbye.prepare_image is, without root_device_hints (in the
+params or in [hardware] root_device_hints), the smallest eligible
+non-removable disk of at least 4 GiB (ties broken by path)."""
+
+
+def _json_flag(parser, text):
+    parser.add_argument("--json", action="store_true", help=text)
+
+
 def add_parsers(subparsers):
-    subparsers.add_parser("serve", help="listen for agents")
+    serve = subparsers.add_parser(
+        "serve", help="listen for agents",
+        description="Listen for agents and open the control socket the "
+                    "other commands use; runs until Ctrl-C or SIGTERM.")
+    _json_flag(serve, "print the listening address as one JSON object")
     cmd_dashboard.add_parser(subparsers)
     agents = subparsers.add_parser(
         "agents", help="list the agents the endpoint knows")
-    agents.add_argument("--json", action="store_true",
-                        help="print one JSON object per agent, one a line, "
-                             "instead of a table")
+    _json_flag(agents, "print one JSON object per agent, one a line, "
+                       "instead of a table")
     agents.add_argument("--limit", type=int, default=None, metavar="N",
                         help="list at most N agents")
     agents.add_argument("--forget", default=None, metavar="AGENT_ID",
                         help="forget a disconnected agent and its session "
                              "token (for an agent that lost its token) "
                              "instead of listing")
-    call = subparsers.add_parser("call", help="send a command to an agent")
-    call.add_argument("agent_id")
-    call.add_argument("method")
-    call.add_argument("params", nargs="?", default="{}",
-                      help="the command's params as a JSON object")
+    call = subparsers.add_parser(
+        "call", help="send a command to an agent",
+        description="Send one command to a connected agent and print its "
+                    "result. For a task command (every decom.* and "
+                    "standbye.* method) follow the task with a progress "
+                    "bar until it ends.",
+        epilog=CALL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    call.add_argument("agent_id", metavar="AGENT",
+                      help="the agent's id, as `teeth-endpoint agents` "
+                           "lists it")
+    call.add_argument("method", metavar="METHOD",
+                      help="the method to run: ping, status, decom.qc, "
+                           "decom.disk_erase, decom.firmware_secure, "
+                           "standbye.cache_images, standbye.prepare_image "
+                           "or standbye.run_image (docs/protocol.md "
+                           "describes each)")
+    call.add_argument("params", nargs="?", default="{}", metavar="PARAMS",
+                      help="the method's params as one JSON object "
+                           "(default {}); a task command needs a task_id "
+                           "of your choice, e.g. "
+                           "'{\"task_id\": \"qc-1\", \"spec\": {}}'")
     call.add_argument("--timeout", type=float, default=None,
-                      help="seconds to wait for a task to end")
+                      metavar="SECONDS",
+                      help="stop following a task after SECONDS (the task "
+                           "goes on; exit status 3); without it, follow "
+                           "until the task ends")
     call.add_argument("--no-follow", action="store_true",
-                      help="return at once for task commands")
+                      help="print a task command's first answer and return "
+                           "at once (follow it later with `teeth-endpoint "
+                           "watch AGENT TASK_ID`)")
+    _json_flag(call, "print each progress update and the result as one "
+                     "JSON object a line instead of a bar")
+    watch = subparsers.add_parser(
+        "watch", help="follow a running task, or every running task",
+        description="Follow one task of an agent until it ends, or with "
+                    "--all every running task of every agent (one "
+                    "progress line each) until none is left running.",
+        epilog=EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    watch.add_argument("agent_id", metavar="AGENT", nargs="?",
+                       help="the agent running the task")
+    watch.add_argument("task_id", metavar="TASK_ID", nargs="?",
+                       help="the task to follow (its task_id)")
+    watch.add_argument("--all", action="store_true", dest="all_tasks",
+                       help="show every running task of every agent")
+    watch.add_argument("--timeout", type=float, default=None,
+                       metavar="SECONDS",
+                       help="stop watching after SECONDS (the tasks go on; "
+                            "exit status 3)")
+    _json_flag(watch, "print each update as one JSON object a line")
     issue_ca = subparsers.add_parser(
         "issue-ca", help="create a certificate authority (ca.pem, "
                          "ca-key.pem) for the endpoint and agents")
@@ -61,6 +133,7 @@ def add_parsers(subparsers):
                           help="the CA's common name")
     issue_ca.add_argument("--days", type=int, default=pki.DEFAULT_CA_DAYS,
                           help="validity in days")
+    _json_flag(issue_ca, "print the paths written as one JSON object")
     issue = subparsers.add_parser(
         "issue-cert", help="issue the endpoint's server certificate "
                            "(--server) or one machine's client certificate "
@@ -82,6 +155,7 @@ def add_parsers(subparsers):
                             "endpoint-key.pem")
     issue.add_argument("--days", type=int, default=pki.DEFAULT_DAYS,
                        help="validity in days")
+    _json_flag(issue, "print the paths written as one JSON object")
     records.add_parsers(subparsers)
 
 
@@ -140,6 +214,10 @@ def issue(conf):
     except pki.PKIError as exc:
         print("teeth-endpoint: %s" % exc, file=sys.stderr)
         return 2
+    if args.json:
+        follow.json_line({"cert": made.cert_path, "key": made.key_path},
+                         sys.stdout)
+        return 0
     print(made.cert_path)
     print(made.key_path)
     return 0
@@ -148,30 +226,61 @@ def issue(conf):
 def serve(conf):
     limit = raise_file_limit()
     LOG.info("open-file limit %d (each agent needs one)", limit)
+    path = conf.endpoint.control_socket
+    failure = None
     try:
+        lifecycle.claim_control_socket(path)
         endpoint = endpoint_mod.Endpoint.from_conf(conf)
         dashboard = cmd_dashboard.build(conf, endpoint)
-    except ValueError as exc:
-        LOG.error("cannot start: %s", exc)
-        print("teeth-endpoint: cannot start: %s" % exc, file=sys.stderr)
-        return 2
-    endpoint.start()
-    if not cmd_dashboard.start(dashboard, endpoint):
-        return 2
-    server = control.ControlServer(endpoint, conf.endpoint.control_socket)
-    server.start()
-    print("teeth-endpoint listening on %s:%d, control socket %s"
-          % (endpoint.host, endpoint.port, conf.endpoint.control_socket),
-          flush=True)
+        lifecycle.start_listening(endpoint)
+    except (ValueError, lifecycle.StartError) as exc:
+        failure = str(exc)
+    if failure is not None:
+        return lifecycle.cannot_start("teeth-endpoint", failure)
     try:
-        while True:
-            transport.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        cmd_dashboard.stop(dashboard)
-        server.stop()
+        cmd_dashboard.start(dashboard)
+    except ValueError as exc:
+        failure = str(exc)
+    if failure is not None:
         endpoint.stop()
+        return lifecycle.cannot_start("teeth-endpoint", failure)
+    server = control.ControlServer(endpoint, path)
+    try:
+        server.start()
+    except OSError as exc:
+        failure = "cannot listen on %s: %s" % (path,
+                                               lifecycle.os_error_text(exc))
+    if failure is not None:
+        cmd_dashboard.stop(dashboard)
+        endpoint.stop()
+        return lifecycle.cannot_start("teeth-endpoint", failure)
+    if conf.command.json:
+        follow.json_line({"host": endpoint.host, "port": endpoint.port,
+                          "control_socket": path}, sys.stdout)
+    else:
+        print("teeth-endpoint listening on %s:%d, control socket %s"
+              % (endpoint.host, endpoint.port, path), flush=True)
+    LOG.info("teeth-endpoint started (pid %d): agents on %s:%d, control "
+             "socket %s", os.getpid(), endpoint.host, endpoint.port, path)
+    reason = "stopped"
+    with lifecycle.StopSignals() as signals:
+        try:
+            while True:
+                transport.sleep(3600)
+        except lifecycle.Stop as stop:
+            reason = stop.reason
+        except KeyboardInterrupt:
+            reason = "interrupted (SIGINT)"
+        except Exception as exc:
+            reason = "error: %s" % exc
+            raise
+        finally:
+            signals.release()
+            LOG.info("teeth-endpoint shutting down: %s", reason)
+            cmd_dashboard.stop(dashboard)
+            server.stop()
+            endpoint.stop()
+            LOG.info("teeth-endpoint stopped")
     return 0
 
 
@@ -180,11 +289,22 @@ def _connect(conf, dispatch=None):
         if command.method == "ping":
             return command.params
         raise protocol.UnknownMethod(command.method)
+    path = conf.endpoint.control_socket
     try:
-        sock = transport.connect_unix(conf.endpoint.control_socket)
+        sock = transport.connect_unix(path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise SystemExit(
+            "teeth-endpoint: the server is not running at %s (start it with "
+            "`teeth-endpoint serve`, or point [endpoint] control_socket at "
+            "the socket of the one running)" % path) from None
+    except PermissionError:
+        raise SystemExit(
+            "teeth-endpoint: not allowed to reach the server at %s (run as "
+            "root or as the user running `teeth-endpoint serve`)" % path) \
+            from None
     except OSError as exc:
         raise SystemExit("teeth-endpoint: cannot reach the server at %s: %s"
-                         % (conf.endpoint.control_socket, exc))
+                         % (path, lifecycle.os_error_text(exc))) from None
     return transport.Connection(sock, dispatch or refuse,
                                 name="teeth-endpoint server").start()
 
@@ -220,7 +340,10 @@ def _forget_agent(conf, agent_id):
         return 1
     finally:
         connection.close()
-    print("forgot agent %s" % books.printable(agent_id))
+    if conf.command.json:
+        follow.json_line({"forgotten": agent_id}, sys.stdout)
+    else:
+        print("forgot agent %s" % books.printable(agent_id))
     return 0
 
 
@@ -253,90 +376,115 @@ def list_agents(conf):
     return 0
 
 
-class ProgressPrinter:
-    """Answers the server's ``task_status`` pushes by drawing them
-    (:class:`~teeth_agent.cmd.display.TaskProgress`)."""
-
-    def __init__(self, stream):
-        self.progress = display.TaskProgress(stream)
-
-    def __call__(self, connection, command):
-        if command.method == "ping":
-            return command.params
-        if command.method != "task_status":
-            raise protocol.UnknownMethod(command.method)
-        self.progress.update(command.params)
-        return {}
-
-    def finish(self):
-        self.progress.finish()
+def _remote_error(exc):
+    """One line for an error the server (or the agent) answered."""
+    return "teeth-endpoint: %s: %s" % (exc.type, books.printable(exc.msg))
 
 
 def call(conf):
-    printer = ProgressPrinter(sys.stderr)
-    try:
-        return _call(conf, printer)
-    finally:
-        # Also on Ctrl-C: a live bar ends and gives the cursor back.
-        printer.finish()
-
-
-def _call(conf, printer):
     args = conf.command
     try:
         params = json.loads(args.params)
     except ValueError as exc:
-        raise SystemExit("teeth-endpoint: params are not JSON: %s" % exc)
+        raise SystemExit("teeth-endpoint: PARAMS is not JSON (%s); give "
+                         "one JSON object, e.g. '{\"task_id\": \"t-1\"}'"
+                         % exc)
     if not isinstance(params, dict):
-        raise SystemExit("teeth-endpoint: params must be a JSON object")
-    connection = _connect(conf, printer)
+        raise SystemExit("teeth-endpoint: PARAMS must be a JSON object, "
+                         "e.g. '{\"task_id\": \"t-1\"}'")
+    if args.timeout is not None and args.timeout <= 0:
+        raise SystemExit("teeth-endpoint: --timeout must be a positive "
+                         "number of seconds")
+    updates = follow.Updates(sys.stderr, as_json=args.json,
+                             agent_id=args.agent_id)
+    connection = _connect(conf, updates)
     try:
-        answer = connection.call("call", {"agent_id": args.agent_id,
-                                          "method": args.method,
-                                          "params": params},
-                                 timeout=conf.endpoint.call_timeout + 5)
-    except transport.RemoteError as exc:
-        print("teeth-endpoint: %s: %s"
-              % (exc.type, books.printable(exc.msg)),
-              file=sys.stderr)
-        return 1
-    except (transport.CallTimeout, transport.ConnectionLost) as exc:
-        print("teeth-endpoint: no answer from the server: %s" % exc,
-              file=sys.stderr)
-        return 1
-    result = answer["result"]
-    is_task = isinstance(result, dict) and "task_id" in params and \
-        result.get("state") == "running"
-    if not is_task or args.no_follow:
-        print(json.dumps(result, indent=2, sort_keys=True))
+        try:
+            answer = connection.call(
+                "call", {"agent_id": args.agent_id, "method": args.method,
+                         "params": params, "timeout": None},
+                timeout=conf.endpoint.call_timeout + 5)
+        except KeyboardInterrupt:
+            print("teeth-endpoint: interrupted before the agent answered; "
+                  "the command may have reached it", file=sys.stderr)
+            return follow.EXIT_STILL_RUNNING
+        except transport.RemoteError as exc:
+            print(_remote_error(exc), file=sys.stderr)
+            return follow.EXIT_TASK_ERROR
+        except transport.CallTimeout:
+            print("teeth-endpoint: no answer from the server within %gs"
+                  % (conf.endpoint.call_timeout + 5), file=sys.stderr)
+            return follow.EXIT_TASK_ERROR
+        except transport.ConnectionLost:
+            print("teeth-endpoint: the server closed the connection before "
+                  "answering", file=sys.stderr)
+            return follow.EXIT_TASK_ERROR
+        result = answer["result"]
+        is_task = isinstance(result, dict) and "task_id" in params and \
+            result.get("state") in ("running", "complete", "error")
+        if not is_task or args.no_follow or \
+                result.get("state") != "running":
+            if is_task and result.get("state") != "running":
+                return follow.finish_follow(updates, result)
+            updates.final(result)
+            return follow.EXIT_TASK_ERROR if isinstance(result, dict) and \
+                result.get("state") == "error" else follow.EXIT_OK
+        return follow.follow_and_report(connection, args.agent_id,
+                                        params["task_id"], args.timeout,
+                                        updates)
+    finally:
+        updates.finish()
         connection.close()
-        return 1 if result.get("state") == "error" else 0
+
+
+def watch(conf):
+    args = conf.command
+    if args.timeout is not None and args.timeout <= 0:
+        raise SystemExit("teeth-endpoint: --timeout must be a positive "
+                         "number of seconds")
+    if args.all_tasks:
+        if args.agent_id or args.task_id:
+            raise SystemExit("teeth-endpoint: watch --all takes no AGENT "
+                             "or TASK_ID")
+        updates = follow.Updates(sys.stderr, as_json=args.json)
+        connection = _connect(conf)
+        try:
+            return follow.watch_all(lambda: _agent_pages(connection),
+                                    updates, timeout=args.timeout)
+        except (transport.RemoteError, transport.CallTimeout,
+                transport.ConnectionLost) as exc:
+            updates.finish()
+            print("teeth-endpoint: lost the server while watching: %s"
+                  % books.printable(exc), file=sys.stderr)
+            return follow.EXIT_TASK_ERROR
+        finally:
+            connection.close()
+    if not (args.agent_id and args.task_id):
+        raise SystemExit("teeth-endpoint: watch needs AGENT and TASK_ID, "
+                         "or --all")
+    updates = follow.Updates(sys.stderr, as_json=args.json,
+                             agent_id=args.agent_id)
+
+    def from_db():
+        # A task the server no longer knows (or no server): its final
+        # state as the database recorded it, when it has one.
+        return records.final_from_db(conf, args.agent_id, args.task_id)
     try:
-        final = connection.call(
-            "watch_task", {"agent_id": args.agent_id,
-                           "task_id": params["task_id"],
-                           "timeout": args.timeout},
-            timeout=(args.timeout or 10 ** 7) + 5)["status"]
-    except transport.RemoteError as exc:
-        printer.finish()
-        print("teeth-endpoint: %s: %s"
-              % (exc.type, books.printable(exc.msg)),
-              file=sys.stderr)
-        return 1
-    except (transport.CallTimeout, transport.ConnectionLost) as exc:
-        printer.finish()
-        print("teeth-endpoint: lost the server while following the task: "
-              "%s" % exc, file=sys.stderr)
-        return 1
-    printer.finish()
-    connection.close()
-    print(json.dumps(final, indent=2, sort_keys=True))
-    if final.get("state") == "error":
-        print("teeth-endpoint: task %s failed: %s"
-              % (books.printable(final.get("task_id")),
-                 books.printable(final.get("msg"))), file=sys.stderr)
-        return 1
-    return 0
+        connection = _connect(conf, updates)
+    except SystemExit:
+        final = from_db()
+        if final is None:
+            raise
+        print("teeth-endpoint: no server running; the task's final state "
+              "from the database", file=sys.stderr)
+        return follow.finish_follow(updates, final)
+    try:
+        return follow.follow_and_report(connection, args.agent_id,
+                                        args.task_id, args.timeout, updates,
+                                        fallback=from_db)
+    finally:
+        updates.finish()
+        connection.close()
 
 
 def main(argv=None):
@@ -355,7 +503,13 @@ def main(argv=None):
         return issue(conf)
     if command in records.COMMANDS:
         return records.main(conf)
-    return call(conf)
+    try:
+        if command == "watch":
+            return watch(conf)
+        return call(conf)
+    except KeyboardInterrupt:
+        print("teeth-endpoint: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``teeth-endpoint db``, ``tasks``, ``erasures`` and ``watch``.
+"""``teeth-endpoint db``, ``tasks`` and ``erasures``.
 
 ``db upgrade`` applies the migrations shipped in the package to the
 database ``[database] connection`` names (by default the SQLite file in
@@ -11,10 +11,9 @@ reach the database of a fleet. What they show is what is committed: final
 states and erasure records are committed before an agent hears they were
 received; running updates may lag by ``[database] flush_interval``.
 
-``watch AGENT TASK_ID`` follows a task through the server's control socket
-without sending it again (:func:`follow_task` is the one follow loop). When
-no server is reachable and the task has ended, its final state is taken
-from the database.
+``watch AGENT TASK_ID`` (:mod:`teeth_agent.cmd.follow`) takes a task's
+final state from the database (:func:`final_from_db`) when no server is
+reachable or the server no longer knows the task.
 """
 
 import csv
@@ -22,16 +21,13 @@ import datetime
 import json
 import sys
 
-from teeth_agent.cmd import display
 from teeth_agent.db import schema
 from teeth_agent.db import store as store_mod
 from teeth_agent.endpoint import books
-from teeth_agent import protocol
 from teeth_agent import tasks as tasks_mod
-from teeth_agent import transport
 
 #: The subcommands this module handles.
-COMMANDS = ("db", "tasks", "erasures", "watch")
+COMMANDS = ("db", "tasks", "erasures")
 #: The states ``tasks --state`` accepts ("sent": sent, no status yet).
 STATES = ("sent",) + tasks_mod.TASK_STATES
 _TASK_ROW = "%-24s %-20s %-20s %-8s %6s  %-20s %-20s %s"
@@ -74,12 +70,6 @@ def add_parsers(subparsers):
                            "the agent's whole device entry")
     form.add_argument("--csv", action="store_true",
                       help="CSV with a header line (times in ISO 8601 UTC)")
-    watch = subparsers.add_parser(
-        "watch", help="follow a task of an agent without sending it again")
-    watch.add_argument("agent_id")
-    watch.add_argument("task_id")
-    watch.add_argument("--timeout", type=float, default=None,
-                       help="seconds to wait for the task to end")
 
 
 def iso(at):
@@ -218,35 +208,7 @@ def _csv_cell(field, value):
     return value
 
 
-class _Progress:
-    """Draws the ``task_status`` pushes of ``watch_task``."""
-
-    def __init__(self, stream):
-        self.progress = display.TaskProgress(stream)
-
-    def __call__(self, connection, command):
-        if command.method == "ping":
-            return command.params
-        if command.method != "task_status":
-            raise protocol.UnknownMethod(command.method)
-        self.progress.update(command.params)
-        return {}
-
-
-def follow_task(connection, agent_id, task_id, timeout=None):
-    """Follow a task through a control ``connection`` (whose dispatch
-    draws the pushed ``task_status`` updates) until it ends; returns the
-    final status. Raises ``transport.RemoteError`` (the server's answer:
-    unknown agent, timeout), ``transport.CallTimeout`` or
-    ``transport.ConnectionLost``."""
-    answer = connection.call(
-        "watch_task", {"agent_id": agent_id, "task_id": task_id,
-                       "timeout": timeout},
-        timeout=(timeout or 10 ** 7) + 5)
-    return answer["status"]
-
-
-def _final_from_db(conf, agent_id, task_id):
+def final_from_db(conf, agent_id, task_id):
     """The task's final status from the database, or None."""
     try:
         store = open_store(conf)
@@ -265,55 +227,6 @@ def _final_from_db(conf, agent_id, task_id):
     return None
 
 
-def watch(conf, out=sys.stdout, err=sys.stderr):
-    args = conf.command
-    printer = _Progress(err)
-    try:
-        try:
-            sock = transport.connect_unix(conf.endpoint.control_socket)
-        except OSError as exc:
-            final = _final_from_db(conf, args.agent_id, args.task_id)
-            if final is None:
-                raise ReportError("cannot reach the server at %s: %s"
-                                  % (conf.endpoint.control_socket,
-                                     exc)) from None
-            print("teeth-endpoint: no server running; the task ended before "
-                  "(from the database)", file=err)
-            return _print_final(final, out, err)
-        connection = transport.Connection(
-            sock, printer, name="teeth-endpoint server").start()
-        try:
-            final = follow_task(connection, args.agent_id, args.task_id,
-                                args.timeout)
-        except transport.RemoteError as exc:
-            final = _final_from_db(conf, args.agent_id, args.task_id)
-            if final is None:
-                raise ReportError("%s: %s" % (exc.type, books.printable(
-                    exc.msg))) from None
-            printer.progress.finish()
-            return _print_final(final, out, err)
-        except (transport.CallTimeout, transport.ConnectionLost) as exc:
-            raise ReportError("lost the server while following the task: "
-                              "%s" % exc) from None
-        finally:
-            connection.close()
-        printer.progress.finish()
-        return _print_final(final, out, err)
-    finally:
-        printer.progress.finish()
-
-
-def _print_final(final, out, err):
-    print(json.dumps(final, indent=2, sort_keys=True, ensure_ascii=True),
-          file=out)
-    if final.get("state") == tasks_mod.ERROR:
-        print("teeth-endpoint: task %s failed: %s"
-              % (books.printable(final.get("task_id")),
-                 books.printable(final.get("msg"))), file=err)
-        return 1
-    return 0
-
-
 def main(conf):
     """Run the subcommand; a :class:`ReportError` or a database error is
     one line on stderr and exit 2."""
@@ -323,9 +236,7 @@ def main(conf):
             return db_command(conf)
         if name == "tasks":
             return list_tasks(conf)
-        if name == "erasures":
-            return list_erasures(conf)
-        return watch(conf)
+        return list_erasures(conf)
     except (ReportError, schema.DatabaseError) as exc:
         print("teeth-endpoint: %s" % exc, file=sys.stderr)
         return 2

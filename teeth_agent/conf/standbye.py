@@ -147,6 +147,23 @@ opts = [
              "used as given; a redirect to any such address outside these "
              "networks is refused, as is a redirect to another scheme "
              "(https to http, or http to https)."),
+    cfg.StrOpt(
+        "proxy",
+        regex=r"^(?:[Hh][Tt][Tt][Pp]://)?[^\s/?#]+/?$",
+        help="The HTTP proxy that carries image and firmware downloads, "
+             "as http://[user:password@]host:port (https:// downloads go "
+             "through it with CONNECT). When unset, the http_proxy, "
+             "https_proxy and no_proxy environment variables are used; "
+             "when set, they are ignored. Redirects are checked against "
+             "allowed_redirect_networks as without a proxy, and the "
+             "credentials are never logged."),
+    cfg.ListOpt(
+        "no_proxy",
+        default=[],
+        help="Hosts downloaded from directly although proxy is set: host "
+             "names (covering their sub-domains), IP addresses or CIDR "
+             "networks, each optionally with :port, or * for all. "
+             "Loopback hosts are always reached directly."),
     cfg.IntOpt(
         "decompression_memory_limit",
         default=256 * 1024 * 1024,

@@ -26,7 +26,9 @@ Methods served:
     error from the agent is passed through with its type, code and msg.
 ``watch_task``  ``{agent_id, task_id, timeout}``
     Sends each ``task_status`` update of the task to the caller as a
-    ``task_status`` command and answers with the final status.
+    ``task_status`` command and answers with the final status
+    (``terminal``: true), or with the current one (``terminal``: false;
+    null when the endpoint has none) when ``timeout`` seconds pass first.
 ``ping``
     Echoes its params.
 
@@ -229,7 +231,7 @@ class ControlServer:
         finally:
             self.endpoint.unsubscribe(forward)
         if final is None:
-            raise protocol.InternalError("task %s did not end within %ss"
-                                         % (task_id, timeout))
+            # The wait ended first: the task goes on; the caller decides.
+            return {"status": agent.tasks.get(task_id), "terminal": False}
         return {"status": final,
                 "terminal": final.get("state") in tasks_mod.TERMINAL}

@@ -10,6 +10,7 @@ import hashlib
 import http.client
 import ipaddress
 import logging
+import os
 import re
 import socket
 import ssl
@@ -19,6 +20,7 @@ import urllib.parse
 
 from teeth_agent.fetch import errors
 from teeth_agent.fetch import hashes as hashes_mod
+from teeth_agent.fetch import proxy as proxy_mod
 from teeth_agent.fetch import urls
 from teeth_agent import retry
 from teeth_agent import units
@@ -71,11 +73,32 @@ def _restriction(address):
     return None
 
 
+def _host_port(host, port):
+    shown = "[%s]" % host if ":" in host else host
+    return shown if port is None else "%s:%d" % (shown, port)
+
+
+def _problem(exc):
+    """An exception as one phrase: ``connection refused`` (from the
+    errno), not ``[Errno 111] ECONNREFUSED``."""
+    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) \
+            and exc.errno and exc.strerror:
+        return os.strerror(exc.errno).lower()
+    return str(exc) or type(exc).__name__
+
+
 class RedirectPolicy:
-    """Where redirects may lead; see the module documentation."""
+    """Where redirects may lead; see the module documentation.
+
+    ``proxies`` (a :class:`teeth_agent.fetch.proxy.Proxies`; by default
+    the environment's) carry the requests: the policy decides where a
+    download may go, the proxies how it gets there.
+    """
 
     def __init__(self, allowed_networks=(), max_hops=MAX_REDIRECTS,
-                 resolve=_resolve):
+                 resolve=_resolve, proxies=None):
+        self.proxies = proxies if proxies is not None else \
+            proxy_mod.Proxies.from_environment()
         self.allowed_networks = [ipaddress.ip_network(str(n), strict=False)
                                  for n in allowed_networks]
         self.max_hops = max_hops
@@ -295,7 +318,33 @@ class HTTPSource:
 
     def _request(self, url, offset, limit=None, addresses=None):
         parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme.lower() == "https":
+        via = self._redirects.proxies.for_url(url)
+        https = parsed.scheme.lower() == "https"
+        port = parsed.port or (443 if https else 80)
+        target = parsed.path or "/"
+        if parsed.query:
+            target += "?" + parsed.query
+        if via is not None:
+            # The redirect policy was applied to ``url`` already; the
+            # proxy only carries the request (addresses are not pinned).
+            LOG.debug("requesting %s through proxy %s", redact_url(url),
+                      via.shown())
+            if https:
+                context = self._ssl_context or ssl.create_default_context()
+                connection = http.client.HTTPSConnection(
+                    via.host, via.port, timeout=self._timeout,
+                    context=context)
+                connection.set_tunnel(parsed.hostname, port,
+                                      headers=via.headers())
+            else:
+                connection = http.client.HTTPConnection(
+                    via.host, via.port, timeout=self._timeout)
+                # An absolute URI, without the user information.
+                target = urllib.parse.urlunsplit((
+                    parsed.scheme.lower(), _host_port(parsed.hostname,
+                                                      parsed.port),
+                    parsed.path or "/", parsed.query, ""))
+        elif https:
             context = self._ssl_context or ssl.create_default_context()
             connection = http.client.HTTPSConnection(
                 parsed.hostname, parsed.port, timeout=self._timeout,
@@ -303,11 +352,8 @@ class HTTPSource:
         else:
             connection = http.client.HTTPConnection(
                 parsed.hostname, parsed.port, timeout=self._timeout)
-        if addresses is not None:
+        if addresses is not None and via is None:
             connection._create_connection = _pinned(addresses)
-        target = parsed.path or "/"
-        if parsed.query:
-            target += "?" + parsed.query
         headers = {"User-Agent": "teeth-agent", "Accept-Encoding":
                    "identity"}
         if parsed.username is not None or parsed.password is not None:
@@ -321,6 +367,8 @@ class HTTPSource:
         if offset or limit:
             headers["Range"] = "bytes=%d-%s" % (
                 offset, "" if limit is None else offset + limit - 1)
+        if via is not None and not https:
+            headers.update(via.headers())
         self._track(connection)
         try:
             connection.request("GET", target, headers=headers)
@@ -328,7 +376,9 @@ class HTTPSource:
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
             raise self._too_slow() or _Transient(
-                "%s: %s" % (redact_url(url), exc)) from None
+                "%s: %s%s" % (redact_url(url), _problem(exc),
+                              "" if via is None else " (through proxy %s)"
+                              % via.shown())) from None
         return connection, response
 
     def _open(self, url, offset, limit=None):

@@ -332,12 +332,17 @@ class Agent:
     def _serve_one(self, host, port, backoff=None):
         """One connection's life; True when the handshake succeeded
         (``backoff.link_up()`` is called then)."""
+        failure = None
         try:
             sock = transport.connect(host, port, self.tls_context,
                                      timeout=self.conf.connect_timeout)
         except (OSError, transport.Timeout) as exc:
+            failure = exc
+        if failure is not None:
+            # Outside the except block: there oslo.log would append the
+            # exception a second time ("...: ConnectionRefusedError: ...").
             LOG.warning("cannot connect to endpoint %s:%d: %s", host, port,
-                        exc)
+                        failure)
             return False
         connection = transport.Connection(
             sock, self.dispatch, name="endpoint %s:%d" % (host, port),
@@ -347,6 +352,7 @@ class Agent:
             + self.conf.keepalive_interval, stats=self.message_stats)
         connection.start()
         endpoint = "%s:%d" % (host, port)
+        failure = None
         try:
             answer = connection.call(
                 "handshake", self.handshake_params(
@@ -354,6 +360,9 @@ class Agent:
                 timeout=self.conf.call_timeout)
         except (transport.RemoteError, transport.CallTimeout,
                 transport.ConnectionLost, protocol.LocalProtocolError) as exc:
+            failure = exc
+        if failure is not None:
+            # Outside the except block, as for the connect above.
             # The endpoint may have lowered its limit since it last
             # announced it: the next handshake keeps to the default budget.
             self.peer_line_limits.pop(endpoint, None)
@@ -363,7 +372,7 @@ class Agent:
                           port, protocol.printable(refusal))
             else:
                 LOG.warning("handshake with %s:%d failed: %s", host, port,
-                            exc)
+                            failure)
             connection.close("handshake failed")
             return False
         if not self._accept_handshake_answer(connection, endpoint, answer):

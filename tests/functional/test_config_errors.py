@@ -261,7 +261,7 @@ class TestEndpoint(ConfigCase):
         # No server is running: the configuration was accepted when the
         # command gets as far as trying to reach it.
         self.assertEqual(1, done.returncode, done.stderr)
-        self.assertIn("cannot reach the server", done.stderr)
+        self.assertIn("the server is not running at", done.stderr)
         self.assertNotIn("Traceback", done.stderr)
 
     def test_harness_config_passes(self):

@@ -37,6 +37,7 @@ from teeth_agent.extensions.decom import preparation
 from teeth_agent.extensions.decom import qc
 from teeth_agent.fetch import errors
 from teeth_agent.fetch import http_source
+from teeth_agent.fetch import proxy
 from teeth_agent import hardware
 from teeth_agent.hardware import boot_entries
 from teeth_agent.hardware import erase
@@ -662,10 +663,13 @@ class DecomExtension(base.Extension):
         """The download policy firmware shares with tenant images: where
         redirects may lead and the attempt deadline ([standbye])."""
         options = self.conf.standbye
-        return {"redirects": http_source.RedirectPolicy(
-            options.allowed_redirect_networks),
-            "attempt_timeout": options.download_attempt_timeout,
-            "min_rate": options.download_min_rate}
+        redirects = http_source.RedirectPolicy(
+            options.allowed_redirect_networks,
+            proxies=proxy.Proxies.configured(options.proxy,
+                                             options.no_proxy))
+        return {"redirects": redirects,
+                "attempt_timeout": options.download_attempt_timeout,
+                "min_rate": options.download_min_rate}
 
     def _update_firmware(self, task, wanted, failures):
         before = inventory.firmware_versions(self.hardware)

@@ -37,6 +37,7 @@ from teeth_agent.extensions.standbye import uefi_boot
 from teeth_agent.fetch import download
 from teeth_agent.fetch import errors
 from teeth_agent.fetch import http_source
+from teeth_agent.fetch import proxy
 from teeth_agent import hardware
 from teeth_agent.hardware import boot_entries
 from teeth_agent.hardware import efi
@@ -128,7 +129,9 @@ class StandbyeExtension(base.Extension):
                 "buffer_size": options.write_buffer_size,
                 "buffer_count": options.write_buffer_count,
                 "redirects": http_source.RedirectPolicy(
-                    options.allowed_redirect_networks),
+                    options.allowed_redirect_networks,
+                    proxies=proxy.Proxies.configured(
+                        options.proxy, options.no_proxy)),
                 "attempt_timeout": options.download_attempt_timeout,
                 "min_rate": options.download_min_rate}
 

@@ -14,7 +14,6 @@ from cryptography import x509
 
 from teeth_agent.cmd import endpoint as endpoint_cmd
 from teeth_agent import pki
-from teeth_agent import protocol
 from teeth_agent import transport
 from tests import base
 from tests.unit.cmd import samples
@@ -94,34 +93,6 @@ class ListAgentsTest(base.TestCase):
         self.assertIn("a-1", out)
         self.assertNotIn("no agents", out)
         self.assertIn("server went away", err)
-
-
-class ProgressPrinterTest(base.TestCase):
-    def command(self, method, params):
-        return protocol.Command(id="1", method=method, params=params)
-
-    def test_draws_task_status_and_answers_ping(self):
-        stream = io.StringIO()
-        printer = endpoint_cmd.ProgressPrinter(stream)
-        self.assertEqual({}, printer(None, self.command(
-            "task_status", samples.running(percent=25.0))))
-        self.assertEqual({"x": 1}, printer(None, self.command(
-            "ping", {"x": 1})))
-        with self.assertRaises(protocol.UnknownMethod):
-            printer(None, self.command("reboot", {}))
-        printer.finish()
-        (line,) = stream.getvalue().splitlines()
-        self.assertEqual(("t1", "25.0", "01:05"),
-                         samples.PROGRESS.match(line).groups())
-
-    def test_call_ends_the_bar_even_on_ctrl_c(self):
-        with mock.patch.object(endpoint_cmd, "_call",
-                               side_effect=KeyboardInterrupt), \
-                mock.patch.object(endpoint_cmd.ProgressPrinter,
-                                  "finish") as finish:
-            with self.assertRaises(KeyboardInterrupt):
-                endpoint_cmd.call(mock.Mock())
-        finish.assert_called_once_with()
 
 
 class TestIssueCommands(base.TestCase):

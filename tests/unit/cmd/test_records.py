@@ -8,7 +8,9 @@ import shutil
 import tempfile
 import threading
 import types
+from unittest import mock
 
+from teeth_agent.cmd import endpoint as endpoint_cmd
 from teeth_agent.cmd import records
 from teeth_agent.db import schema
 from teeth_agent.db import store as store_mod
@@ -38,7 +40,11 @@ class RecordsTestCase(base.TestCase):
         elif name == "erasures":
             code = records.list_erasures(conf, out)
         else:
-            code = records.watch(conf, out, err)
+            conf.command.json = False
+            conf.command.all_tasks = False
+            with mock.patch("sys.stdout", out), \
+                    mock.patch("sys.stderr", err):
+                code = endpoint_cmd.watch(conf)
         return code, out.getvalue(), err.getvalue()
 
     def fill(self):
@@ -123,6 +129,9 @@ class TestReports(RecordsTestCase):
         self.assertEqual(1, code)
         self.assertEqual("error", json.loads(out)["state"])
         self.assertIn("no server running", err)
-        with self.assertRaises(records.ReportError):
+        # A task the database does not know: the no-server message.
+        with self.assertRaises(SystemExit) as caught:
             self.run_command("watch", agent_id="a", task_id="nope",
                              timeout=None)
+        self.assertIn("the server is not running at",
+                      str(caught.exception))
