@@ -21,6 +21,7 @@ from teeth_agent.conf import strict
 from teeth_agent.endpoint import books
 from teeth_agent.endpoint import control
 from teeth_agent.endpoint import server as endpoint_mod
+from teeth_agent.endpoint import sockets_dir
 from teeth_agent import pki
 from teeth_agent import protocol
 from teeth_agent import transport
@@ -151,10 +152,12 @@ def serve(conf):
         print("teeth-endpoint: cannot start: %s" % exc, file=sys.stderr)
         return 2
     endpoint.start()
-    server = control.ControlServer(endpoint, conf.endpoint.control_socket)
+    socket_path = sockets_dir.serve_socket(conf.endpoint.control_socket,
+                                           conf.endpoint.reuse_port)
+    server = control.ControlServer(endpoint, socket_path)
     server.start()
     print("teeth-endpoint listening on %s:%d, control socket %s"
-          % (endpoint.host, endpoint.port, conf.endpoint.control_socket),
+          % (endpoint.host, endpoint.port, socket_path),
           flush=True)
     try:
         while True:
@@ -172,11 +175,17 @@ def _connect(conf, dispatch=None):
         if command.method == "ping":
             return command.params
         raise protocol.UnknownMethod(command.method)
-    try:
-        sock = transport.connect_unix(conf.endpoint.control_socket)
-    except OSError as exc:
+    sock, errors = None, []
+    # Several serve processes (reuse_port): any live one answers.
+    for path in sockets_dir.candidates(conf.endpoint.control_socket):
+        try:
+            sock = transport.connect_unix(path)
+            break
+        except OSError as exc:
+            errors.append(exc)
+    if sock is None:
         raise SystemExit("teeth-endpoint: cannot reach the server at %s: %s"
-                         % (conf.endpoint.control_socket, exc))
+                         % (conf.endpoint.control_socket, errors[0]))
     return transport.Connection(sock, dispatch or refuse,
                                 name="teeth-endpoint server").start()
 

@@ -186,7 +186,8 @@ class Endpoint:
                  log_history_bytes=books.DEFAULTS["log_history_bytes"],
                  forget_after=books.DEFAULTS["forget_after"],
                  max_agents=books.DEFAULTS["max_agents"],
-                 line_idle_timeout=books.DEFAULTS["line_idle_timeout"]):
+                 line_idle_timeout=books.DEFAULTS["line_idle_timeout"],
+                 reuse_port=False):
         if agent_identity not in endpoint_identity.IDENTITIES:
             raise errors.EndpointConfigError(
                 "agent_identity must be one of %s"
@@ -222,6 +223,7 @@ class Endpoint:
         self.forget_after = forget_after
         self.max_agents = max_agents
         self.line_idle_timeout = line_idle_timeout
+        self.reuse_port = reuse_port
         self.state_dir = state_dir or None
         self.tokens = endpoint_identity.TokenStore(
             os.path.join(state_dir, endpoint_identity.TOKEN_FILE)
@@ -258,6 +260,7 @@ class Endpoint:
                    keepalive_timeout=group.keepalive_timeout,
                    max_connections_per_address=(
                        group.max_connections_per_address),
+                   reuse_port=group.reuse_port,
                    **trust_options(group)).load_state()
 
     def load_state(self):
@@ -301,7 +304,8 @@ class Endpoint:
     def start(self):
         """Listen and accept in the background; returns the bound port."""
         self.load_state()
-        self._listener = transport.listen(self.host, self.port)
+        self._listener = transport.listen(self.host, self.port,
+                                          reuse_port=self.reuse_port)
         self.port = self._listener.getsockname()[1]
         # The TLS handshake runs in _on_socket, after the connection has
         # been counted against the limits, so a flood of half-done TLS
