@@ -29,6 +29,7 @@ task locally once the agent has come here, and ends with the final state
 as soon as any process has recorded it.
 """
 
+import collections
 import logging
 import socket
 
@@ -49,6 +50,12 @@ RESOLVE_INTERVAL = 0.5
 #: Extra seconds a forwarded call may take beyond the agent's own timeout
 #: (one more hop through a control socket).
 HOP_SLACK = 5.0
+
+
+#: What routing needs of a process (a row of ``endpoint_processes``):
+#: ``address`` is its control socket as ``unix:/path`` (None: unknown).
+Peer = collections.namedtuple(
+    "Peer", "process_id name host pid address heartbeat_at")
 
 
 class PeerUnreachable(errors.AgentNotConnected):
@@ -131,7 +138,7 @@ class PeerRouter:
         return peer
 
     def _open(self, peer, dispatch):
-        if not peer.address.startswith(UNIX_SCHEME) or \
+        if not (peer.address or "").startswith(UNIX_SCHEME) or \
                 peer.host != self.host:
             raise PeerUnreachable(
                 "agent is held by endpoint process %s on host %s, which "
