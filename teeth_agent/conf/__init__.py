@@ -8,6 +8,7 @@ bad values and missing files before anything starts.
 """
 
 from teeth_agent.conf import agent
+from teeth_agent.conf import database
 from teeth_agent.conf import decom
 from teeth_agent.conf import endpoint
 from teeth_agent.conf import hardware
@@ -27,3 +28,4 @@ def register_agent_opts(conf):
 def register_endpoint_opts(conf):
     """Register every option the endpoint reads on ``conf``."""
     endpoint.register_opts(conf)
+    database.register_opts(conf)

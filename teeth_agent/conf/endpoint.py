@@ -122,14 +122,18 @@ opts = [
     cfg.StrOpt(
         "state_dir",
         default="/var/lib/teeth-endpoint",
-        help="A directory where the endpoint keeps the SHA-256 hashes of "
-             "the session tokens it issued (file agent-tokens.json, mode "
-             "0600), so agents keep their identities across endpoint "
-             "restarts. It is created with mode 0700 at start-up when "
-             "missing; the endpoint refuses to start when it cannot be "
-             "created. Set it empty to keep the tokens in memory only: they "
-             "are then lost on every restart and the first handshake of "
-             "each agent_id afterwards is trusted on first use."),
+        help="A directory where the endpoint keeps its state: unless "
+             "[database] connection names another database, the SQLite "
+             "file endpoint.sqlite (mode 0600) with the agents, their task "
+             "history, erasure records and the SHA-256 hashes of the "
+             "session tokens it issued, so agents keep their identities "
+             "across endpoint restarts (an agent-tokens.json of an older "
+             "endpoint is imported once). It is created with mode 0700 at "
+             "start-up when missing; the endpoint refuses to start when it "
+             "cannot be created. Set it and [database] connection empty to "
+             "keep everything in memory only: it is then lost on every "
+             "restart and the first handshake of each agent_id afterwards "
+             "is trusted on first use."),
     cfg.IntOpt(
         "task_history",
         default=100,

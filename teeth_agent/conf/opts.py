@@ -6,6 +6,7 @@ same for ``teeth-endpoint``.
 """
 
 from teeth_agent.conf import agent
+from teeth_agent.conf import database
 from teeth_agent.conf import decom
 from teeth_agent.conf import endpoint
 from teeth_agent.conf import hardware
@@ -26,4 +27,5 @@ def list_opts():
 
 
 def list_endpoint_opts():
-    return [(endpoint.group, endpoint.opts)]
+    return [(endpoint.group, endpoint.opts),
+            (database.group, database.opts)]

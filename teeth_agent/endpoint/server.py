@@ -24,7 +24,7 @@ Use from green threads (the console script, tests running on the hub)::
     final = endpoint.wait_for_task(agent.agent_id, "t1", timeout=600)
 """
 
-# Size: 888 lines, over the ~500 guideline: the Endpoint class (712 lines) is
+# Size: 940 lines, over the ~500 guideline: the Endpoint class (712 lines) is
 # one object whose methods share its locks and books; errors, identity and the
 # bounded books live in their own modules.
 
@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import resource
+import socket
 import ssl
 import stat
 import time
@@ -42,6 +43,7 @@ from teeth_agent.conf import tls as conf_tls
 from teeth_agent.endpoint import books
 from teeth_agent.endpoint import errors
 from teeth_agent.endpoint import identity as endpoint_identity
+from teeth_agent.endpoint import persistence as persistence_mod
 from teeth_agent import params as params_mod
 from teeth_agent import protocol
 from teeth_agent import tasks as tasks_mod
@@ -114,6 +116,9 @@ class AgentHandle:
         self.handshake = handshake
         self.identity = identity or endpoint_identity.IDENTITY_TOKEN
         self.connected_at = time.time()
+        self.last_seen_at = self.connected_at
+        #: The endpoint process holding the link (None: disconnected).
+        self.process = None
         self.disconnected_at = None
         self.book = books.TaskBook(task_history, running_task_limit,
                                    task_history_bytes)
@@ -154,6 +159,9 @@ class AgentHandle:
             "tls": self.tls,
             "identity": self.identity,
             "connected_at": self.connected_at,
+            "last_seen": time.time() if self.connected else
+            self.last_seen_at,
+            "process": self.process if self.connected else None,
             "agent_version": self.handshake.get("agent_version"),
             "hardware": self.handshake.get("hardware"),
             "extensions": self.handshake.get("extensions"),
@@ -187,7 +195,7 @@ class Endpoint:
                  forget_after=books.DEFAULTS["forget_after"],
                  max_agents=books.DEFAULTS["max_agents"],
                  line_idle_timeout=books.DEFAULTS["line_idle_timeout"],
-                 reuse_port=False):
+                 store=None, reuse_port=False):
         if agent_identity not in endpoint_identity.IDENTITIES:
             raise errors.EndpointConfigError(
                 "agent_identity must be one of %s"
@@ -241,6 +249,10 @@ class Endpoint:
         self._reaper = None
         self._last_sweep = transport.monotonic()
         self._state_loaded = False
+        # The database (teeth_agent.db.store.Store), or memory only.
+        self.persistence = persistence_mod.Persistence(
+            store, commit_timeout=call_timeout) if store is not None else None
+        self.process_name = "%s:%d" % (socket.gethostname(), os.getpid())
         self.commands = commands.CommandTable.of(self)
 
     # -- lifecycle ------------------------------------------------------------
@@ -261,6 +273,7 @@ class Endpoint:
                    max_connections_per_address=(
                        group.max_connections_per_address),
                    reuse_port=group.reuse_port,
+                   store=persistence_mod.store_from_conf(conf),
                    **trust_options(group)).load_state()
 
     def load_state(self):
@@ -276,7 +289,11 @@ class Endpoint:
                             "are kept in memory only, and after a restart "
                             "the first handshake of every agent_id is "
                             "trusted on first use")
-            self.tokens.load()
+            if self.persistence is not None:
+                self.persistence.open(self)
+                self.process_name = self.persistence.process_name
+            else:
+                self.tokens.load()
             self._state_loaded = True
         return self
 
@@ -314,6 +331,8 @@ class Endpoint:
             transport.accept_loop, self._listener, self._on_socket,
             None, self.handshake_timeout, self._admit)
         self._reaper = transport.spawn(self._keepalive_loop)
+        if self.persistence is not None:
+            self.persistence.start(self)
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         if self.max_connections and soft != resource.RLIM_INFINITY and \
                 soft < self.max_connections + FILE_HEADROOM:
@@ -336,6 +355,8 @@ class Endpoint:
         for connection in list(self.connections):
             connection.close("endpoint stopping")
         self._flush_tokens()
+        if self.persistence is not None:
+            self.persistence.stop()
 
     def subscribe(self, callback):
         """``callback(event, agent, data)`` for every event: ``handshake``,
@@ -445,6 +466,8 @@ class Endpoint:
         agent = connection.user_data.get("agent")
         if agent is not None and agent.connection is connection:
             agent.disconnected_at = transport.monotonic()
+            agent.last_seen_at = time.time()
+            agent.process = None
             self._gone.pop(agent.agent_id, None)
             self._gone[agent.agent_id] = None
             LOG.info(
@@ -634,6 +657,16 @@ class Endpoint:
                 "identity" % (agent_id, live_peer))
         return False, self.tokens.issue(agent_id)
 
+    def new_handle(self, agent_id, connection, handshake):
+        """A new :class:`AgentHandle` with this endpoint's bounds."""
+        return AgentHandle(agent_id, connection, handshake,
+                           identity=self.agent_identity,
+                           task_history=self.task_history,
+                           running_task_limit=self.running_task_limit,
+                           log_history=self.log_history,
+                           log_history_bytes=self.log_history_bytes,
+                           task_history_bytes=self.task_history_bytes)
+
     def _check_room(self):
         """Before a new agent_id is proven: refuse it when ``max_agents``
         agents are known and all of them are connected. Forgets nothing
@@ -707,13 +740,7 @@ class Endpoint:
                   if key != "session_token"}
         kept = books.stored_handshake(params)
         if agent is None:
-            agent = AgentHandle(agent_id, connection, kept,
-                                identity=self.agent_identity,
-                                task_history=self.task_history,
-                                running_task_limit=self.running_task_limit,
-                                log_history=self.log_history,
-                                log_history_bytes=self.log_history_bytes,
-                                task_history_bytes=self.task_history_bytes)
+            agent = self.new_handle(agent_id, connection, kept)
             self.agents[agent_id] = agent
         else:
             old = agent.connection
@@ -729,6 +756,8 @@ class Endpoint:
             agent.connected_at = time.time()
             agent.disconnected_at = None
             self._gone.pop(agent_id, None)
+        agent.last_seen_at = time.time()
+        agent.process = self.process_name
         connection.user_data["handshaken"] = True
         connection.user_data["agent"] = agent
         for status in params.get("tasks") or []:
@@ -737,8 +766,11 @@ class Endpoint:
                     0 < len(
                         status["task_id"]) <= books.MAX_TASK_ID_LENGTH and \
                     status.get("state") in books.TASK_STATES:
-                self._record_task(agent, handshake_summary(status),
-                                  from_handshake=True)
+                summary = handshake_summary(status)
+                if self._record_task(agent, summary, from_handshake=True) \
+                        == "recorded" and self.persistence is not None:
+                    self.persistence.task_recorded(
+                        agent, summary["task_id"], acknowledge=False)
         LOG.info(
             "agent %s connected from %s (%s, %s)", books.printable(agent_id),
             connection.name,
@@ -779,6 +811,23 @@ class Endpoint:
             raise protocol.InvalidRequest(
                 "too many running tasks: %d already (running_task_limit)"
                 % agent.book.running_limit)
+        if self.persistence is not None and (
+                outcome == "recorded" or (outcome == "duplicate" and (
+                    agent.agent_id, params["task_id"])
+                    in self.persistence.unsaved)):
+            # A final state is committed before it is acknowledged; when
+            # it cannot be, the link is closed unanswered and the agent
+            # sends the state again on its next link.
+            problem = self.persistence.task_recorded(agent,
+                                                     params["task_id"])
+            if problem is not None:
+                LOG.error("closing the link of agent %s: the final state of "
+                          "task %s is not stored (%s)",
+                          books.printable(agent.agent_id),
+                          books.printable(params["task_id"]), problem)
+                agent.connection.close("the endpoint could not store a "
+                                       "final task state")
+                return {}
         if outcome == "recorded":
             self._emit("task_status", agent, params)
         return {}
@@ -849,6 +898,8 @@ class Endpoint:
         ``transport.CallTimeout`` or ``transport.ConnectionLost``.
         """
         agent = self.get_agent(agent_id)
+        if self.persistence is not None:
+            self.persistence.task_sent(agent_id, method, params)
         return agent.connection.call(method, params or {},
                                      timeout=timeout or self.call_timeout)
 

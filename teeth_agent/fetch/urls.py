@@ -84,3 +84,9 @@ def redact(url):
     return urllib.parse.urlunsplit((
         parts.scheme, netloc, parts.path, "&".join(fields),
         "***" if parts.fragment else ""))
+
+
+def is_sensitive_name(name):
+    """Whether a parameter called ``name`` looks like it holds a credential
+    (the rule :func:`redact` applies to query parameters)."""
+    return bool(_SENSITIVE_PARAM.search(str(name)))

@@ -578,8 +578,11 @@ class TestStateDir(base.TestCase):
                                  "endpoint.tls_enabled": False})
         with self.assertLogs(endpoint_mod.conf_tls.LOG, "WARNING"):
             endpoint = endpoint_mod.Endpoint.from_conf(conf)
-        self.assertEqual(os.path.join(state_dir, identity.TOKEN_FILE),
-                         endpoint.tokens.path)
+        self.addCleanup(endpoint.persistence.store.close)
+        # The token hashes are in the database file, mode 0600.
+        self.assertIsNone(endpoint.tokens.path)
+        self.assertEqual(0o600, stat.S_IMODE(os.stat(
+            os.path.join(state_dir, "endpoint.sqlite")).st_mode))
         self.assertEqual(0o700,
                          stat.S_IMODE(os.stat(state_dir).st_mode))
 

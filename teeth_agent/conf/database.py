@@ -1,0 +1,53 @@
+"""[database] options: where ``teeth-endpoint`` keeps its state.
+
+The option name ``connection`` is oslo.db's, so a deployment's habits and
+tooling carry over; oslo.db itself is not used (the endpoint needs one
+SQLAlchemy engine, not its session and retry machinery).
+"""
+
+from oslo_config import cfg
+
+from teeth_agent.conf import group as conf_group
+
+group = cfg.OptGroup(
+    "database", title="Database",
+    help="The database in which the endpoint keeps agents, task history, "
+         "agent logs, erasure records and session-token hashes.")
+
+#: The SQLite file under ``[endpoint] state_dir`` used when ``connection``
+#: is empty.
+DEFAULT_SQLITE_FILE = "endpoint.sqlite"
+
+opts = [
+    cfg.StrOpt(
+        "connection",
+        default="",
+        secret=True,
+        help="The SQLAlchemy URL of the database. Empty means an SQLite "
+             "file named endpoint.sqlite in [endpoint] state_dir, which "
+             "needs nothing installed; a fleet of several endpoint "
+             "processes shares one PostgreSQL database, for example "
+             "postgresql+psycopg://teeth:PASSWORD@db.example.com/teeth. "
+             "Run teeth-endpoint db upgrade before the first serve and "
+             "after every upgrade of teeth-agent."),
+    cfg.FloatOpt(
+        "flush_interval",
+        default=0.5,
+        min=0.01,
+        max=60.0,
+        help="Seconds during which running task updates are gathered "
+             "before they are written in one transaction, the latest "
+             "update of each task winning. Final task states and erasure "
+             "records are written at once, before the agent's report is "
+             "acknowledged."),
+    cfg.IntOpt(
+        "batch_limit",
+        default=5000,
+        min=1,
+        help="The most queued changes written in one transaction; more "
+             "are written in the next one."),
+]
+
+
+def register_opts(conf):
+    conf_group.register(conf, group, opts)

@@ -1,0 +1,669 @@
+"""The endpoint's store: writes queued from the hub, one OS thread commits.
+
+Every write method (:meth:`Store.agent_connected`, :meth:`Store.task_status`,
+...) only puts the change on a queue and returns at once, so the endpoint's
+event loop never waits for the database. The writer thread (a real OS
+thread: nothing in this package imports eventlet) takes what is queued and
+writes it in one transaction:
+
+* a task's ``running`` updates coalesce: within one transaction only the
+  latest update of each task is written (the writer gathers changes for
+  up to ``flush_interval`` seconds), so a busy fleet does not make one
+  write per update;
+* a final state (``error``/``complete``), its erasure records and a
+  :meth:`flush` do not wait for the interval: they are committed at once,
+  and the ``on_committed`` callback given with them is called from the
+  writer thread after the commit (with None) or after the transaction
+  failed (with the exception). The endpoint answers the agent's
+  ``task_status`` from that callback, so an acknowledged final state is
+  in the database.
+
+The read methods (:meth:`agents`, :meth:`tasks`, :meth:`erasures`, ...) run
+in the caller's thread on their own connection; they are what the
+operator's reports and the endpoint's start-up use.
+"""
+
+import collections
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import orm
+
+from teeth_agent.db import evidence
+from teeth_agent.db import models
+from teeth_agent.db import redact
+from teeth_agent.db import schema
+
+LOG = logging.getLogger(__name__)
+
+RUNNING = "running"
+FINAL_STATES = ("error", "complete")
+#: Seconds between two heartbeats of this process's row.
+HEARTBEAT_INTERVAL = 10.0
+#: Text kept of an agent's log message or a task's msg.
+TEXT_LIMIT = 16 * 1024
+
+_STOP = "stop"
+
+
+class StoreClosed(schema.DatabaseError):
+    """A write was queued after :meth:`Store.close`."""
+
+
+def _text(value, limit=TEXT_LIMIT):
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    return text[:limit]
+
+
+def _number(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if value != value or value in (float("inf"), float("-inf")):
+        return None
+    return float(value)
+
+
+def _version(handshake):
+    version = (handshake or {}).get("agent_version")
+    return _text(version, models.NAME_LENGTH) if version is not None \
+        else None
+
+
+class _Change:
+    __slots__ = ("kind", "agent_id", "payload", "at", "callback")
+
+    def __init__(self, kind, agent_id, payload, at, callback=None):
+        self.kind = kind
+        self.agent_id = agent_id
+        self.payload = payload
+        self.at = at
+        self.callback = callback
+
+    @property
+    def urgent(self):
+        return self.callback is not None or self.kind == _STOP
+
+
+class Store:
+    """See the module docstring. Build with :meth:`from_url`, then
+    :meth:`open` (checks the schema, starts the writer) and at the end
+    :meth:`close`."""
+
+    def __init__(self, engine, log_history=1000, flush_interval=0.5,
+                 batch_limit=5000, clock=time.time):
+        self.engine = engine
+        self.log_history = log_history
+        self.flush_interval = flush_interval
+        self.batch_limit = batch_limit
+        self.clock = clock
+        self.process_id = None
+        self.process_name = None
+        self._queue = queue.SimpleQueue()
+        self._thread = None
+        self._closed = False
+        self._lock = threading.Lock()
+        self._last_heartbeat = 0.0
+        #: Counters: transactions, task_updates (received), task_writes
+        #: (rows written), running_coalesced, erasures, log_records,
+        #: failures.
+        self.stats = collections.Counter()
+
+    @classmethod
+    def from_url(cls, url, **kwargs):
+        return cls(schema.make_engine(url), **kwargs)
+
+    @classmethod
+    def from_conf(cls, conf):
+        """The store ``conf`` names, or None (memory only: ``[database]
+        connection`` and ``[endpoint] state_dir`` both empty)."""
+        url = schema.url_from_conf(conf)
+        if url is None:
+            return None
+        return cls.from_url(
+            url,
+            log_history=conf.endpoint.log_history,
+            flush_interval=conf.database.flush_interval,
+            batch_limit=conf.database.batch_limit)
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def open(self, listen=None, create_empty=None):
+        """Check the schema (:class:`schema.SchemaBehind` when it is
+        older than the code), record this process and start the writer.
+        ``create_empty`` (default: for SQLite only) migrates a database
+        that has no table yet. Returns self."""
+        if create_empty is None:
+            create_empty = self.engine.url.get_backend_name() == "sqlite"
+        schema.check(self.engine, create_empty=create_empty)
+        now = self.clock()
+        host = socket.gethostname()
+        self.process_name = "%s:%d" % (host, os.getpid())
+        try:
+            with orm.Session(self.engine) as session, session.begin():
+                row = models.EndpointProcess(
+                    name=self.process_name[:models.NAME_LENGTH],
+                    host=host[:models.NAME_LENGTH], pid=os.getpid(),
+                    listen=listen, started_at=now, heartbeat_at=now)
+                session.add(row)
+                session.flush()
+                self.process_id = row.id
+                # Agents held by a process that stopped cleanly are not
+                # connected; those of one that died are left to the
+                # processes that notice it.
+        except sa_exc.SQLAlchemyError as exc:
+            raise schema.DatabaseError(
+                "cannot write to the database %s: %s"
+                % (schema.shown_url(str(self.engine.url)),
+                   schema.first_line(exc))) from None
+        self._last_heartbeat = now
+        self._thread = threading.Thread(target=self._run,
+                                        name="teeth-db-writer", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self, timeout=30.0):
+        """Write what is queued, mark this process stopped, stop the writer.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._thread is not None:
+            done = threading.Event()
+            self._queue.put(_Change(_STOP, None, None, self.clock(),
+                                    lambda error: done.set()))
+            done.wait(timeout)
+            self._thread.join(timeout)
+            self._thread = None
+        self.engine.dispose()
+
+    def set_listen(self, listen):
+        """Say where this process listens (``host:port``)."""
+        self._put("listen", None, listen)
+
+    # -- writes (queued; any thread) --------------------------------------
+
+    def _put(self, kind, agent_id, payload, callback=None, at=None):
+        if self._closed:
+            raise StoreClosed("the store is closed")
+        self._queue.put(_Change(kind, agent_id, payload,
+                                self.clock() if at is None else at,
+                                callback))
+
+    def agent_connected(self, agent_id, handshake, peer=None, tls=False,
+                        identity=None):
+        """The agent made a handshake on this process."""
+        self._put("connected", agent_id, {
+            "handshake": handshake, "peer": peer, "tls": bool(tls),
+            "identity": identity})
+
+    def agent_disconnected(self, agent_id):
+        self._put("disconnected", agent_id, None)
+
+    def agent_forgotten(self, agent_id):
+        """Drop the agent's row (its token with it); its task history and
+        erasure records stay."""
+        self._put("forgotten", agent_id, None)
+
+    def set_token(self, agent_id, token_hash):
+        """Keep (or with None, drop) the SHA-256 of the agent's token."""
+        self._put("token", agent_id, token_hash)
+
+    def task_sent(self, agent_id, task_id, method, params):
+        """The operator sent a task command; ``params`` are redacted here.
+        """
+        self._put("sent", agent_id, {
+            "task_id": task_id, "method": method,
+            "params": redact.redact(params or {})})
+
+    def task_status(self, agent_id, status, on_committed=None):
+        """A task state the endpoint recorded. For a final state pass
+        ``on_committed(error)``: it is called from the writer thread once
+        the state (and its erasure records) is committed (``error`` None)
+        or the write failed (the exception)."""
+        self.stats["task_updates"] += 1
+        self._put("status", agent_id, dict(status), on_committed)
+
+    def log_record(self, agent_id, record):
+        self._put("log", agent_id, record)
+
+    def flush(self, timeout=None):
+        """Wait (this thread) until everything queued so far is committed;
+        returns False on timeout. Raises the write's error."""
+        done = threading.Event()
+        outcome = []
+
+        def committed(error):
+            outcome.append(error)
+            done.set()
+        self._put("flush", None, None, committed)
+        if not done.wait(timeout):
+            return False
+        if outcome[0] is not None:
+            raise outcome[0]
+        return True
+
+    # -- the writer thread ------------------------------------------------
+
+    def _run(self):
+        stop = False
+        while not stop:
+            batch = self._gather()
+            stop = any(change.kind == _STOP for change in batch)
+            self._write(batch)
+
+    def _gather(self):
+        """The next batch: at least one change, more for up to
+        ``flush_interval`` unless an urgent one is among them."""
+        try:
+            first = self._queue.get(timeout=HEARTBEAT_INTERVAL)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.flush_interval
+        urgent = first.urgent
+        while len(batch) < self.batch_limit:
+            try:
+                if urgent:
+                    change = self._queue.get_nowait()
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    change = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                break
+            batch.append(change)
+            urgent = urgent or change.urgent
+        return batch
+
+    def _write(self, batch):
+        callbacks = [change.callback for change in batch
+                     if change.callback is not None]
+        error = None
+        try:
+            with orm.Session(self.engine) as session, session.begin():
+                self._apply(session, batch)
+            self.stats["transactions"] += 1
+        except Exception as exc:  # handed to every waiter, then logged
+            error = exc
+            self.stats["failures"] += 1
+            LOG.error("cannot write %d change(s) to the database: %s",
+                      len(batch), schema.first_line(exc))
+        for callback in callbacks:
+            try:
+                callback(error)
+            except Exception:
+                LOG.exception("a database commit callback failed")
+
+    def _apply(self, session, batch):
+        now = self.clock()
+        # Coalescing: a running update is written only when it is the last
+        # change of its task in this batch.
+        last, first_running = {}, {}
+        for index, change in enumerate(batch):
+            if change.kind == "status":
+                key = (change.agent_id, change.payload["task_id"])
+                last[key] = index
+                if change.payload.get("state") == RUNNING:
+                    first_running.setdefault(key, change.at)
+        logs = collections.defaultdict(list)
+        for index, change in enumerate(batch):
+            kind = change.kind
+            if kind == "status":
+                key = (change.agent_id, change.payload["task_id"])
+                if change.payload.get("state") == RUNNING and \
+                        last[key] != index:
+                    self.stats["running_coalesced"] += 1
+                    continue
+                self._write_status(session, change, first_running.get(key))
+            elif kind == "sent":
+                self._write_sent(session, change)
+            elif kind == "log":
+                logs[change.agent_id].append(change)
+            elif kind in ("connected", "disconnected", "forgotten",
+                          "token"):
+                self._write_agent(session, change)
+            elif kind == "listen":
+                session.execute(sa.update(models.EndpointProcess).where(
+                    models.EndpointProcess.id == self.process_id).values(
+                        listen=_text(change.payload, models.NAME_LENGTH)))
+            elif kind == _STOP:
+                session.execute(sa.update(models.EndpointProcess).where(
+                    models.EndpointProcess.id == self.process_id).values(
+                        stopped_at=now, heartbeat_at=now))
+                session.execute(sa.update(models.Agent).where(
+                    models.Agent.process_id == self.process_id).values(
+                        connected=False, process_id=None,
+                        last_seen_at=now))
+        for agent_id, changes in logs.items():
+            self._write_logs(session, agent_id, changes)
+        if now - self._last_heartbeat >= HEARTBEAT_INTERVAL:
+            self._last_heartbeat = now
+            session.execute(sa.update(models.EndpointProcess).where(
+                models.EndpointProcess.id == self.process_id).values(
+                    heartbeat_at=now))
+
+    def _agent_row(self, session, agent_id, at):
+        row = session.get(models.Agent, agent_id)
+        if row is None:
+            row = models.Agent(agent_id=agent_id, first_seen_at=at,
+                               last_seen_at=at, connected=False, tls=False)
+            session.add(row)
+        return row
+
+    def _write_agent(self, session, change):
+        agent_id = change.agent_id
+        if change.kind == "forgotten":
+            session.execute(sa.delete(models.Agent).where(
+                models.Agent.agent_id == agent_id))
+            return
+        row = self._agent_row(session, agent_id, change.at)
+        if change.kind == "token":
+            row.token_hash = change.payload
+            return
+        row.last_seen_at = change.at
+        if change.kind == "disconnected":
+            row.connected = False
+            row.process_id = None
+            return
+        payload = change.payload
+        row.connected = True
+        row.process_id = self.process_id
+        row.peer = _text(payload["peer"], models.NAME_LENGTH)
+        row.tls = payload["tls"]
+        row.identity = _text(payload["identity"], 32)
+        row.handshake = payload["handshake"]
+        row.agent_version = _version(payload["handshake"])
+
+    def _task_row(self, session, agent_id, task_id, at):
+        row = session.execute(sa.select(models.Task).where(
+            models.Task.agent_id == agent_id,
+            models.Task.task_id == task_id)).scalar_one_or_none()
+        created = row is None
+        if created:
+            row = models.Task(agent_id=agent_id, task_id=task_id,
+                              state=RUNNING, created_at=at, updated_at=at)
+            session.add(row)
+        return row, created
+
+    def _event(self, session, agent_id, task_id, state, at, percent=None,
+               msg=None):
+        session.add(models.TaskEvent(agent_id=agent_id, task_id=task_id,
+                                     state=state, at=at, percent=percent,
+                                     msg=_text(msg)))
+
+    def _write_sent(self, session, change):
+        payload = change.payload
+        row, created = self._task_row(session, change.agent_id,
+                                      payload["task_id"], change.at)
+        if row.method is None:
+            row.method = _text(payload["method"], models.ID_LENGTH)
+        if row.params is None:
+            row.params = payload["params"]
+        if created:
+            row.state = "sent"
+            self._event(session, change.agent_id, payload["task_id"],
+                        "sent", change.at)
+        self.stats["task_writes"] += 1
+
+    def _write_status(self, session, change, started=None):
+        """Write one status; ``started`` is when the batch saw the task's
+        first running update (its coalesced-away start)."""
+        status = change.payload
+        agent_id, task_id = change.agent_id, status["task_id"]
+        state = status.get("state")
+        row, created = self._task_row(session, agent_id, task_id, change.at)
+        if row.state in FINAL_STATES and (state == RUNNING
+                                          or state != row.state):
+            # The endpoint's book keeps the first final state; a later
+            # different one never reaches here, but a store shared by
+            # several processes keeps the first too.
+            return
+        refill = row.state in FINAL_STATES
+        method = status.get("method")
+        if isinstance(method, str) and row.method is None:
+            row.method = method[:models.ID_LENGTH]
+        if started is not None and row.state not in (RUNNING,) + \
+                FINAL_STATES and state != RUNNING:
+            # The running updates went in this batch: keep the start.
+            self._event(session, agent_id, task_id, RUNNING, started)
+            row.started_at = row.started_at or started
+        if not refill and row.state != state:
+            self._event(session, agent_id, task_id, state, change.at,
+                        _number(status.get("percent")), status.get("msg"))
+        self.stats["task_writes"] += 1
+        row.updated_at = change.at
+        if state == RUNNING:
+            row.state = RUNNING
+            row.started_at = row.started_at or started or change.at
+            row.percent = _number(status.get("percent"))
+            row.eta = _number(status.get("eta"))
+            return
+        row.state = state
+        row.ended_at = row.ended_at or change.at
+        row.started_at = row.started_at or change.at
+        row.eta = None
+        if state == "complete":
+            row.percent = 100.0
+            if "result" in status:
+                row.result = status.get("result")
+        else:
+            row.msg = _text(status.get("msg"))
+            if "details" in status:
+                row.details = status.get("details")
+        self._write_erasures(session, agent_id, task_id, row.method, status,
+                             change.at)
+
+    def _write_erasures(self, session, agent_id, task_id, method, status,
+                        at):
+        entries = evidence.device_entries(method, status)
+        if not entries:
+            return
+        known = set(session.execute(sa.select(models.Erasure.device).where(
+            models.Erasure.agent_id == agent_id,
+            models.Erasure.task_id == task_id)).scalars())
+        agent = session.get(models.Agent, agent_id)
+        version = agent.agent_version if agent is not None else None
+        for entry in entries:
+            columns = evidence.record_columns(entry)
+            if columns["device"] in known:
+                continue
+            known.add(columns["device"])
+            session.add(models.Erasure(agent_id=agent_id, task_id=task_id,
+                                       agent_version=version,
+                                       recorded_at=at, **columns))
+            self.stats["erasures"] += 1
+
+    def _write_logs(self, session, agent_id, changes):
+        if self.log_history <= 0:
+            return
+        changes = changes[-self.log_history:]
+        session.add_all(models.AgentLog(
+            agent_id=agent_id,
+            at=_number(change.payload.get("time")) or change.at,
+            level=_text(change.payload.get("level"), 16),
+            logger=_text(change.payload.get("logger"), models.NAME_LENGTH),
+            message=_text(change.payload.get("message")))
+            for change in changes)
+        self.stats["log_records"] += len(changes)
+        session.flush()
+        cutoff = session.execute(
+            sa.select(models.AgentLog.id).where(
+                models.AgentLog.agent_id == agent_id).order_by(
+                    models.AgentLog.id.desc()).offset(
+                        self.log_history).limit(1)).scalar_one_or_none()
+        if cutoff is not None:
+            session.execute(sa.delete(models.AgentLog).where(
+                models.AgentLog.agent_id == agent_id,
+                models.AgentLog.id <= cutoff))
+
+    # -- reads (the caller's thread) --------------------------------------
+
+    def _read(self, func):
+        try:
+            with orm.Session(self.engine) as session:
+                return func(session)
+        except sa_exc.SQLAlchemyError as exc:
+            raise schema.DatabaseError(
+                "cannot read the database %s: %s"
+                % (schema.shown_url(str(self.engine.url)),
+                   schema.first_line(exc))) from None
+
+    def token_hashes(self):
+        """agent_id -> SHA-256 of its session token."""
+        return self._read(lambda session: dict(session.execute(
+            sa.select(models.Agent.agent_id, models.Agent.token_hash).where(
+                models.Agent.token_hash.is_not(None))).all()))
+
+    def import_tokens(self, hashes):
+        """Keep ``hashes`` (agent_id -> SHA-256) now, in one transaction
+        (the migration of the old token file)."""
+        now = self.clock()
+        with orm.Session(self.engine) as session, session.begin():
+            for agent_id, token_hash in hashes.items():
+                self._agent_row(session, agent_id, now).token_hash = \
+                    token_hash
+
+    def agents(self, limit=None):
+        """Every agent row as a dict, in agent_id order, with the name of
+        the process holding it (``process``)."""
+        def read(session):
+            query = sa.select(models.Agent, models.EndpointProcess.name).join(
+                models.EndpointProcess,
+                models.Agent.process_id == models.EndpointProcess.id,
+                isouter=True).order_by(models.Agent.agent_id)
+            if limit:
+                query = query.limit(limit)
+            return [dict(_agent_dict(row), process=name)
+                    for row, name in session.execute(query)]
+        return self._read(read)
+
+    def tasks(self, agent_id=None, state=None, limit=None, newest=False):
+        """Task rows as dicts, oldest first (the newest ``limit`` with
+        ``newest``)."""
+        def read(session):
+            query = sa.select(models.Task)
+            if agent_id is not None:
+                query = query.where(models.Task.agent_id == agent_id)
+            if state is not None:
+                query = query.where(models.Task.state == state)
+            if newest or limit:
+                query = query.order_by(models.Task.id.desc())
+                if limit:
+                    query = query.limit(limit)
+                rows = list(reversed(session.execute(query).scalars().all()))
+            else:
+                rows = session.execute(
+                    query.order_by(models.Task.id)).scalars().all()
+            return [_task_dict(row) for row in rows]
+        return self._read(read)
+
+    def task_events(self, agent_id, task_id):
+        def read(session):
+            return [{"state": row.state, "at": row.at,
+                     "percent": row.percent, "msg": row.msg}
+                    for row in session.execute(
+                        sa.select(models.TaskEvent).where(
+                            models.TaskEvent.agent_id == agent_id,
+                            models.TaskEvent.task_id == task_id).order_by(
+                                models.TaskEvent.id)).scalars()]
+        return self._read(read)
+
+    def recent_tasks(self, per_agent):
+        """agent_id -> its newest ``per_agent`` tasks (dicts, oldest
+        first), for every agent that has a row."""
+        def read(session):
+            kept = collections.defaultdict(
+                lambda: collections.deque(maxlen=per_agent))
+            query = sa.select(models.Task).join(
+                models.Agent,
+                models.Agent.agent_id == models.Task.agent_id).order_by(
+                    models.Task.agent_id, models.Task.id)
+            for row in session.execute(query).scalars():
+                kept[row.agent_id].append(_task_dict(row))
+            return {key: list(value) for key, value in kept.items()}
+        return self._read(read)
+
+    def erasures(self, agent_id=None):
+        def read(session):
+            query = sa.select(models.Erasure).order_by(models.Erasure.id)
+            if agent_id is not None:
+                query = query.where(models.Erasure.agent_id == agent_id)
+            return [_erasure_dict(row)
+                    for row in session.execute(query).scalars()]
+        return self._read(read)
+
+    def logs(self, agent_id):
+        def read(session):
+            return [{"at": row.at, "level": row.level, "logger": row.logger,
+                     "message": row.message}
+                    for row in session.execute(
+                        sa.select(models.AgentLog).where(
+                            models.AgentLog.agent_id == agent_id).order_by(
+                                models.AgentLog.id)).scalars()]
+        return self._read(read)
+
+
+def _agent_dict(row):
+    return {"agent_id": row.agent_id, "first_seen_at": row.first_seen_at,
+            "last_seen_at": row.last_seen_at, "connected": row.connected,
+            "peer": row.peer, "tls": row.tls, "identity": row.identity,
+            "agent_version": row.agent_version,
+            "handshake": row.handshake or {}}
+
+
+def _task_dict(row):
+    return {"agent_id": row.agent_id, "task_id": row.task_id,
+            "method": row.method, "params": row.params, "state": row.state,
+            "percent": row.percent, "eta": row.eta, "msg": row.msg,
+            "result": row.result, "details": row.details,
+            "created_at": row.created_at, "started_at": row.started_at,
+            "updated_at": row.updated_at, "ended_at": row.ended_at}
+
+
+ERASURE_FIELDS = (
+    "agent_id", "task_id", "device", "outcome", "method", "nist_category",
+    "verified", "serial", "model", "wwn", "firmware", "size_bytes", "tool",
+    "tool_version", "error", "started_at", "ended_at", "agent_version",
+    "recorded_at")
+
+
+def _erasure_dict(row):
+    kept = {field: getattr(row, field) for field in ERASURE_FIELDS}
+    kept["verification"] = row.verification
+    kept["record"] = row.record
+    return kept
+
+
+def task_status_of(task):
+    """The protocol status of a stored task (what the endpoint's task book
+    holds), or None for a task that was only sent."""
+    state = task["state"]
+    if state == RUNNING:
+        status = {"task_id": task["task_id"], "state": state}
+        if task["method"] is not None:
+            status["method"] = task["method"]
+        status["percent"] = task["percent"]
+        status["eta"] = task["eta"]
+        return status
+    if state not in FINAL_STATES:
+        return None
+    status = {"task_id": task["task_id"], "state": state,
+              "method": task["method"]}
+    if state == "complete":
+        status["result"] = task["result"] if task["result"] is not None \
+            else {}
+    else:
+        status["msg"] = task["msg"]
+        if task["details"] is not None:
+            status["details"] = task["details"]
+    return status
