@@ -20,6 +20,7 @@ from teeth_agent import conf as teeth_conf
 from teeth_agent.conf import strict
 from teeth_agent.endpoint import books
 from teeth_agent.endpoint import control
+from teeth_agent.endpoint import directory
 from teeth_agent.endpoint import server as endpoint_mod
 from teeth_agent.endpoint import sockets_dir
 from teeth_agent import pki
@@ -154,8 +155,12 @@ def serve(conf):
     endpoint.start()
     socket_path = sockets_dir.serve_socket(conf.endpoint.control_socket,
                                            conf.endpoint.reuse_port)
-    server = control.ControlServer(endpoint, socket_path)
+    # Processes sharing a database forward commands to each other.
+    router = directory.router_for(endpoint, socket_path, conf.endpoint)
+    server = control.ControlServer(endpoint, socket_path, router=router)
     server.start()
+    if router is not None:
+        router.start()
     print("teeth-endpoint listening on %s:%d, control socket %s"
           % (endpoint.host, endpoint.port, socket_path),
           flush=True)
@@ -165,6 +170,8 @@ def serve(conf):
     except KeyboardInterrupt:
         pass
     finally:
+        if router is not None:
+            router.stop()
         server.stop()
         endpoint.stop()
     return 0

@@ -8,6 +8,7 @@ shares the port. Every process is stopped at test cleanup, also on failure.
 
 import os
 import signal
+import sys
 
 from tests.functional import harness
 
@@ -36,19 +37,24 @@ class ServeProcess(harness.EndpointProcess):
         os.kill(self.pid, signal.SIGKILL)
         self.process.wait(harness.START_TIMEOUT)
 
-    def cli_on(self, *args, timeout=60):
-        """A command sent to this process's own control socket."""
+    def own_config(self):
+        """A copy of the config whose control_socket is this process's
+        own socket (made once)."""
         config = self.config_path + ".own"
         if not os.path.exists(config):
             with open(self.config_path) as stream:
                 text = stream.read()
-            harness_socket = os.path.join(self.shared_control_dir,
-                                          "control.sock")
+            configured = os.path.join(self.shared_control_dir,
+                                      "control.sock")
             with open(config, "w") as stream:
-                stream.write(text.replace(harness_socket,
-                                          self.control_socket))
-        return harness.run_command(harness.endpoint_cli_argv(config, *args),
-                                   timeout=timeout, cwd=self.workdir)
+                stream.write(text.replace(configured, self.control_socket))
+        return config
+
+    def cli_on(self, *args, timeout=60):
+        """A command sent to this process's own control socket."""
+        return harness.run_command(
+            harness.endpoint_cli_argv(self.own_config(), *args),
+            timeout=timeout, cwd=self.workdir)
 
 
 def start_serve(testcase, workdir, overrides=None):
@@ -59,3 +65,14 @@ def start_serve(testcase, workdir, overrides=None):
     testcase.addCleanup(process.stop)
     process.wait_ready()
     return process
+
+
+def migrate(url):
+    """Bring the database at ``url`` to the code's schema, in a child
+    process as an operator would (``teeth_agent.db.schema.upgrade``)."""
+    done = harness.run_command([
+        sys.executable, "-c",
+        "import sys; from teeth_agent.db import schema; "
+        "schema.upgrade(schema.make_engine(sys.argv[1]))", url], timeout=120)
+    if done.returncode != 0:
+        raise AssertionError("the migration failed: %s" % done.stderr)

@@ -12,19 +12,20 @@ final state once: one task row, one ``complete`` event.
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import unittest
 
 from tests.functional import harness
+from tests.functional import multi
 from tests.functional import postgres
 
 TASK = {"task_id": "failover-1", "seconds": 6, "steps": 120}
 
 
 class _Failover:
-    """The scenario; subclasses say which database the processes share."""
+    """The scenario; subclasses say which database the processes share
+    and how the agent finds them."""
 
     def database(self):
         raise NotImplementedError
@@ -37,37 +38,44 @@ class _Failover:
         self.workdir = harness.make_workdir(self)
         self.url = self.database()
 
-    def serve(self, name):
-        workdir = os.path.join(self.workdir, name)
-        os.mkdir(workdir)
+    def overrides(self):
         overrides = {"endpoint": {
             "state_dir": os.path.join(self.workdir, "state")}}
         if self.url:
             overrides["database"] = {"connection": self.url}
-        return harness.start_endpoint(self, overrides, workdir=workdir)
+        return overrides
 
-    def test_a_task_followed_through_a_survives_the_death_of_b(self):
-        first = self.serve("a")
-        if self.url:
-            done = first.cli("db", "upgrade")
-            self.assertEqual(0, done.returncode, done.stderr)
-        second = self.serve("b")
-        agent = harness.start_agent(self, [second.address, first.address],
-                                    workdir=self.workdir)
-        harness.wait_until(lambda: second.agents(), harness.START_TIMEOUT,
-                           what="the agent on B")
-        agent_id = second.agents()[0]["agent_id"]
+    def serve(self, name, overrides):
+        workdir = os.path.join(self.workdir, name)
+        os.mkdir(workdir)
+        return multi.start_serve(self, workdir, overrides)
+
+    def holder_pid(self, agent_id):
+        return self.query("SELECT p.pid FROM agents a JOIN "
+                          "endpoint_processes p ON a.process_id = p.id "
+                          "WHERE a.agent_id = '%s'" % agent_id)
+
+    def run_failover(self, processes, agent):
+        """``processes``: the two serve processes; the agent is connected
+        to one of them. Returns nothing; asserts the whole story."""
+        def connected(process):
+            return [entry for entry in harness.parse_json_lines(
+                process.cli_on("agents", "--json").stdout)
+                if entry["connected"]]
+        harness.wait_until(lambda: any(connected(p) for p in processes),
+                           harness.START_TIMEOUT, what="the agent")
+        second = [p for p in processes if connected(p)][0]
+        first = [p for p in processes if p is not second][0]
+        agent_id = connected(second)[0]["agent_id"]
         # Held by B, as A sees it through the database.
-        harness.wait_until(
-            lambda: self.query("SELECT p.pid FROM agents a JOIN "
-                               "endpoint_processes p ON a.process_id = p.id "
-                               "WHERE a.agent_id = '%s'" % agent_id)
-            == [(second.pid,)], 15, what="B recorded as the holder")
+        harness.wait_until(lambda: self.holder_pid(agent_id)
+                           == [(second.pid,)], 15,
+                           what="B recorded as the holder")
 
         follow = subprocess.Popen(
-            harness.endpoint_cli_argv(first.config_path, "call", agent_id,
-                                      "testing.sleep", json.dumps(TASK),
-                                      "--timeout", "60"),
+            harness.endpoint_cli_argv(first.own_config(), "call",
+                                      agent_id, "testing.sleep",
+                                      json.dumps(TASK), "--timeout", "60"),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env=harness.plugin_env(), cwd=self.workdir)
         self.addCleanup(_stop, follow)
@@ -76,10 +84,14 @@ class _Failover:
         progress = _Lines(follow.stderr)
         progress.wait_for(lambda line: "failover-1" in line and "%" in line)
 
-        os.kill(second.pid, signal.SIGKILL)
-        second.process.wait(harness.START_TIMEOUT)
-        harness.wait_until(lambda: first.agents(), harness.START_TIMEOUT,
-                           what="the agent failed over to A")
+        second.kill()
+        try:
+            harness.wait_until(lambda: connected(first),
+                               harness.START_TIMEOUT,
+                               what="the agent failed over to A")
+        except AssertionError:
+            raise AssertionError("no failover; agent:\n%s\nA:\n%s" % (
+                agent.output()[-3000:], first.output()[-3000:]))
 
         out, err = follow.communicate(timeout=60)
         self.assertEqual(0, follow.returncode, progress.text() + err)
@@ -93,14 +105,15 @@ class _Failover:
                             "'failover-1' AND state = 'complete'")
         self.assertEqual([("complete",)], events)
         # The agent is held by A now.
-        holder = self.query("SELECT p.pid FROM agents a JOIN "
-                            "endpoint_processes p ON a.process_id = p.id "
-                            "WHERE a.agent_id = '%s'" % agent_id)
-        self.assertEqual([(first.pid,)], holder)
-        agent.stop()
+        self.assertEqual([(first.pid,)], self.holder_pid(agent_id))
 
 
 class TestFailoverPostgres(_Failover, unittest.TestCase):
+    """PostgreSQL; two ports in the agent's endpoints list (B first);
+    mutual TLS with the agent's identity from its certificate, which
+    every process checks by itself (session tokens are kept by the agent
+    per endpoint address, see docs/endpoint.md)."""
+
     def database(self):
         self.cluster = postgres.start_postgres(self)
         return self.cluster.url
@@ -110,10 +123,28 @@ class TestFailoverPostgres(_Failover, unittest.TestCase):
         return [tuple(_typed(value) for value in line.split("|"))
                 for line in output.splitlines() if line]
 
+    def test_a_task_followed_through_a_survives_the_death_of_b(self):
+        multi.migrate(self.url)
+        overrides = self.overrides()
+        overrides["endpoint"].update({
+            "tls_ca_file": harness.tls_material().ca_file,
+            "tls_require_client_cert": True,
+            "agent_identity": "certificate"})
+        first = self.serve("a", overrides)
+        second = self.serve("b", overrides)
+        cert, key = harness.tls_material().agent_certificate("machine-f1")
+        agent = harness.start_agent(
+            self, [second.address, first.address], workdir=self.workdir,
+            overrides={"DEFAULT": {"agent_id": "machine-f1"},
+                       "tls": {"cert_file": cert, "key_file": key}})
+        self.run_failover([first, second], agent)
+
 
 class TestFailoverSQLite(_Failover, unittest.TestCase):
     """Two processes on one host sharing one SQLite file (the default
-    database under the shared state_dir)."""
+    database under the shared state_dir) and one port (reuse_port): the
+    agent's session token, issued by the process it met first, is checked
+    by the other one in the database."""
 
     def database(self):
         return None
@@ -122,6 +153,15 @@ class TestFailoverSQLite(_Failover, unittest.TestCase):
         path = os.path.join(self.workdir, "state", "endpoint.sqlite")
         with sqlite3.connect(path, timeout=10) as connection:
             return [tuple(row) for row in connection.execute(sql)]
+
+    def test_a_task_followed_through_a_survives_the_death_of_b(self):
+        overrides = self.overrides()
+        overrides["endpoint"].update({"listen_port": harness.free_port(),
+                                      "reuse_port": True})
+        processes = [self.serve("a", overrides), self.serve("b", overrides)]
+        agent = harness.start_agent(self, [processes[0].address],
+                                    workdir=self.workdir)
+        self.run_failover(processes, agent)
 
 
 def _typed(value):
