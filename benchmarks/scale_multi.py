@@ -162,7 +162,8 @@ def write_config(path, workdir, port, database):
             "reuse_port": "true", "tls_enabled": "false",
             "control_socket": os.path.join(workdir, "control",
                                            "control.sock"),
-            "state_dir": os.path.join(workdir, "state"),
+            # Empty without a database: memory only (no SQLite file).
+            "state_dir": os.path.join(workdir, "state") if database else "",
             "max_connections_per_address": "0",
             "max_connections": "0", "max_agents": "0",
             "handshake_timeout": "600", "keepalive_interval": "3600",
@@ -259,6 +260,11 @@ class WriteRate:
                            "current_database()" % ", ".join(self.FIELDS))
             return dict(zip(self.FIELDS, cursor.fetchone()))
 
+    def rows(self, table):
+        with self.connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM %s" % table)
+            return cursor.fetchone()[0]
+
     @staticmethod
     def rate(before, after, seconds):
         return {"%s_per_s" % key: round((after[key] - before[key]) / seconds)
@@ -326,6 +332,9 @@ def measure_level(generators, serves, count, args, write_rate, base_rss,
     }
     if write_rate:
         result["db"] = WriteRate.rate(db_before, db_after, elapsed)
+        # What the processes have written so far: every agent and its task.
+        result["db"]["agent_rows"] = write_rate.rows("agents")
+        result["db"]["task_rows"] = write_rate.rows("tasks")
     return result
 
 
@@ -342,7 +351,8 @@ def show(result):
     if "db" in result:
         line += (", DB %(xact_commit_per_s)d commits/s, %(tup_inserted_per_s)d"
                  " ins/s %(tup_updated_per_s)d upd/s %(tup_deleted_per_s)d "
-                 "del/s" % result["db"])
+                 "del/s (%(agent_rows)d agent rows, %(task_rows)d task rows)"
+                 % result["db"])
     print(line, flush=True)
 
 
@@ -398,10 +408,8 @@ def main(argv=None):
         config = write_config(os.path.join(workdir, "endpoint.conf"),
                               workdir, port, database)
         if database:
-            done = subprocess.run(endpoint_argv(config, "db", "upgrade"),
-                                  capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RuntimeError("db upgrade failed: %s" % done.stderr)
+            from teeth_agent.db import schema
+            schema.upgrade(schema.make_engine(database))
             write_rate = WriteRate(database) \
                 if database.startswith("postgresql") else None
         for index in range(args.processes):
