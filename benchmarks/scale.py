@@ -5,6 +5,7 @@ Usage::
 
     python3 benchmarks/scale.py [--levels 1000,2500,5000,7500,10000]
         [--ping-interval 5] [--status-interval 2] [--window 12]
+        [--database sqlite|URL]
 
 One :class:`teeth_agent.endpoint.server.Endpoint` runs in a child process on
 127.0.0.1. This process simulates the agents with raw non-blocking sockets
@@ -27,6 +28,10 @@ endpoint's latency; the endpoint runs as it would in production. The
 largest level whose p99 stays under 100 ms is reported (target: 10,000
 agents).
 
+With ``--database`` the endpoint keeps its state in a database (``sqlite``:
+an SQLite file in a temporary directory, else a SQLAlchemy URL, migrated
+first), as ``teeth-endpoint serve`` does; without it, in memory only.
+
 A process may hold at most 20,000 file descriptors here, so the soft limit
 is raised to the hard limit in both processes; 10,000 client sockets and
 10,000 server sockets fit. The last line printed is one JSON object.
@@ -44,6 +49,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
@@ -65,14 +71,24 @@ def raise_fd_limit():
 
 # -- the endpoint (child process) --------------------------------------------
 
-def serve():
+def serve(database=None):
     raise_fd_limit()
     from teeth_agent.endpoint import server as endpoint
     from teeth_agent import transport
+    store = None
+    if database:
+        from teeth_agent.db import schema
+        from teeth_agent.db import store as store_mod
+        if database == "sqlite":
+            database = "sqlite:///" + os.path.join(
+                tempfile.mkdtemp(prefix="teeth-scale-"), "endpoint.sqlite")
+        store = store_mod.Store.from_url(database)
+        schema.upgrade(store.engine)
     # Every simulated agent comes from 127.0.0.1: no per-address limit.
     server = endpoint.Endpoint(host=HOST, port=0, handshake_timeout=600,
                                keepalive_interval=3600, call_timeout=60,
-                               max_connections_per_address=0)
+                               max_connections_per_address=0,
+                               store=store)
     port = server.start()
     print(port, flush=True)
     while True:
@@ -362,6 +378,9 @@ def main(argv=None):
     parser.add_argument("--status-interval", type=float, default=2.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--window", type=float, default=12.0)
+    parser.add_argument("--database", default=None,
+                        help="keep the endpoint's state in a database: "
+                             "'sqlite' (a temporary file) or a URL")
     parser.add_argument("--serve", action="store_true",
                         help=argparse.SUPPRESS)
     parser.add_argument("--processes", type=int, default=1,
@@ -376,7 +395,7 @@ def main(argv=None):
                                      else sys.argv[1:]))
     args = parser.parse_args(argv)
     if args.serve:
-        return serve()
+        return serve(args.database)
     levels = sorted(int(level) for level in args.levels.split(","))
     # The generator is the measuring instrument: a cyclic-GC pause here
     # (thousands of long-lived agent objects) would be counted as endpoint
@@ -387,7 +406,9 @@ def main(argv=None):
         parser.error("%d agents need more than the %d descriptors this "
                      "process may hold" % (levels[-1], limit))
     server = subprocess.Popen([sys.executable, os.path.abspath(__file__),
-                               "--serve"], stdout=subprocess.PIPE,
+                               "--serve"] + (["--database", args.database]
+                                             if args.database else []),
+                              stdout=subprocess.PIPE,
                               stdin=subprocess.DEVNULL, text=True)
     results = []
     generator = None
@@ -429,7 +450,8 @@ def main(argv=None):
     largest = max(held) if held else 0
     print("largest level held with p99 < %.0f ms: %d agents (target %d)"
           % (TARGET_P99_MS, largest, TARGET_AGENTS))
-    print(json.dumps({"ping_interval_s": args.ping_interval,
+    print(json.dumps({"database": args.database or "memory",
+                      "ping_interval_s": args.ping_interval,
                       "status_interval_s": args.status_interval,
                       "base_rss_mib": round(base_rss / 2 ** 20, 1),
                       "levels": results, "largest_held": largest,

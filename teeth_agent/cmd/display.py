@@ -10,7 +10,8 @@ they write plain lines that scripts read, and whose form is kept:
   (``--:--`` while the agent has no estimate, ``1h05m`` past an hour);
 - agents: a header line then one line per agent, columns padded with
   spaces, the agent id first (``AGENT STATE LINK PEER TASKS``), or ``no
-  agents``.
+  agents``; a disconnected agent's PEER is ``seen`` and when, in ISO 8601
+  UTC (the holding process is in ``agents --json``: ``process``).
 
 Text an agent supplied (its id, peer, task ids) is shown through
 :func:`teeth_agent.endpoint.books.printable` and, on a terminal, as rich
@@ -22,6 +23,7 @@ not obeyed.
 """
 
 import math
+import time
 
 from rich import box
 from rich import console as rich_console
@@ -152,10 +154,17 @@ def _agent_cells(agent):
     running = sum(1 for task in tasks if task.get("state") == "running")
     connected = bool(agent["connected"])
     link = "tls" if agent.get("tls") else "PLAINTEXT"
+    peer = (agent["peer"] or "-").replace("agent at ", "")
+    seen = _number(agent.get("last_seen"))
+    if not connected and seen is not None and 0 <= seen < 2 ** 40:
+        # A disconnected agent (one loaded from the database after a
+        # restart, too) has no peer: when it was last seen instead.
+        peer = "seen " + time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                       time.gmtime(seen))
     cells = (show(agent["agent_id"]),
              "connected" if connected else "gone",
              link if connected else "-",
-             show((agent["peer"] or "-").replace("agent at ", "")),
+             show(peer),
              "%d (%d running)" % (len(tasks), running))
     return cells, connected, connected and not agent.get("tls"), running
 

@@ -16,6 +16,7 @@ from oslo_log import log
 
 from teeth_agent.cmd import display
 from teeth_agent.cmd import logsetup
+from teeth_agent.cmd import records
 from teeth_agent import conf as teeth_conf
 from teeth_agent.conf import strict
 from teeth_agent.endpoint import books
@@ -81,6 +82,7 @@ def add_parsers(subparsers):
                             "endpoint-key.pem")
     issue.add_argument("--days", type=int, default=pki.DEFAULT_DAYS,
                        help="validity in days")
+    records.add_parsers(subparsers)
 
 
 cli_opts = [cfg.SubCommandOpt("command", title="commands",
@@ -359,6 +361,8 @@ def main(argv=None):
         return list_agents(conf)
     if command in ("issue-ca", "issue-cert"):
         return issue(conf)
+    if command in records.COMMANDS:
+        return records.main(conf)
     return call(conf)
 
 

@@ -48,7 +48,7 @@ class Agent(Base):
     agent_id: orm.Mapped[str] = orm.mapped_column(
         sa.String(ID_LENGTH), primary_key=True)
     first_seen_at: orm.Mapped[float] = orm.mapped_column(sa.Float)
-    last_seen_at: orm.Mapped[float] = orm.mapped_column(sa.Float)
+    last_seen_at: orm.Mapped[float] = orm.mapped_column(sa.Float, index=True)
     connected: orm.Mapped[bool] = orm.mapped_column(sa.Boolean,
                                                     default=False)
     #: The process holding the agent's link now (None: disconnected).
@@ -166,5 +166,6 @@ class Erasure(Base):
     ended_at: orm.Mapped[float | None] = orm.mapped_column(sa.Float)
     agent_version: orm.Mapped[str | None] = orm.mapped_column(
         sa.String(NAME_LENGTH))
-    recorded_at: orm.Mapped[float] = orm.mapped_column(sa.Float)
+    recorded_at: orm.Mapped[float] = orm.mapped_column(sa.Float,
+                                                       index=True)
     record: orm.Mapped[dict] = orm.mapped_column(sa.JSON)

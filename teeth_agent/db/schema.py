@@ -11,16 +11,15 @@ older than the code (``serve`` refuses to start then) and
 import logging
 import os
 
-from alembic import command as alembic_command
-from alembic import config as alembic_config
-from alembic import migration
-from alembic import script as alembic_script
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from teeth_agent.conf import database as conf_database
 
 LOG = logging.getLogger(__name__)
+# Alembic says "Context impl SQLiteImpl" on every check at INFO; what a
+# migration did is logged here instead.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 #: Where Alembic finds env.py and versions/ (package resource notation).
 SCRIPT_LOCATION = "teeth_agent.db:migrations"
@@ -70,10 +69,12 @@ def _sqlite_pragmas(dbapi_connection, _record):
     cursor.close()
 
 
-def make_engine(url):
+def make_engine(url, create=True):
     """An engine for ``url``. An SQLite file is created mode 0600 in a
-    directory created mode 0700 (it holds session-token hashes). Raises
-    :class:`DatabaseError` for a URL that cannot be used."""
+    directory created mode 0700 (it holds session-token hashes); without
+    ``create`` a missing one is a :class:`DatabaseError` (a report never
+    makes an empty database). Raises :class:`DatabaseError` for a URL
+    that cannot be used."""
     try:
         parsed = sa.engine.make_url(url)
     except (sa_exc.ArgumentError, ValueError):
@@ -84,7 +85,12 @@ def make_engine(url):
     if parsed.get_backend_name() == "sqlite":
         path = parsed.database
         if path and path != ":memory:" and not path.startswith("file:"):
-            _prepare_sqlite_file(path)
+            if create:
+                _prepare_sqlite_file(path)
+            elif not os.path.exists(path):
+                raise DatabaseError(
+                    "there is no database at %s (the endpoint has not run "
+                    "yet, or [database] connection names another)" % path)
         else:
             # One shared in-memory database for every thread of a test.
             kwargs["poolclass"] = sa.pool.StaticPool
@@ -113,8 +119,19 @@ def _prepare_sqlite_file(path):
                             % (path, exc.strerror or exc)) from None
 
 
+def _alembic():
+    """Alembic's modules, imported on first use: they take a noticeable
+    part of a second, and the commands that never touch the schema
+    (``agents``, ``call``) should not pay it."""
+    from alembic import command
+    from alembic import config
+    from alembic import migration
+    from alembic import script
+    return command, config, migration, script
+
+
 def _config(connection):
-    config = alembic_config.Config()
+    config = _alembic()[1].Config()
     config.set_main_option("script_location", SCRIPT_LOCATION)
     config.attributes["connection"] = connection
     return config
@@ -122,7 +139,7 @@ def _config(connection):
 
 def head():
     """The newest revision the code knows."""
-    scripts = alembic_script.ScriptDirectory.from_config(_config(None))
+    scripts = _alembic()[3].ScriptDirectory.from_config(_config(None))
     return scripts.get_current_head()
 
 
@@ -132,7 +149,7 @@ def revision_of(engine):
     Raises :class:`DatabaseError` when the database cannot be reached."""
     try:
         with engine.connect() as connection:
-            return migration.MigrationContext.configure(
+            return _alembic()[2].MigrationContext.configure(
                 connection).get_current_revision()
     except sa_exc.SQLAlchemyError as exc:
         raise DatabaseError("cannot reach the database %s: %s"
@@ -142,14 +159,19 @@ def revision_of(engine):
 
 def upgrade(engine, revision="head"):
     """Apply the migrations up to ``revision``; returns the new revision."""
+    before = revision_of(engine)
     try:
         with engine.begin() as connection:
-            alembic_command.upgrade(_config(connection), revision)
+            _alembic()[0].upgrade(_config(connection), revision)
     except sa_exc.SQLAlchemyError as exc:
         raise DatabaseError("the migration of %s failed: %s"
                             % (shown_url(str(engine.url)),
                                first_line(exc))) from None
-    return revision_of(engine)
+    after = revision_of(engine)
+    if after != before:
+        LOG.info("migrated the database %s from %s to %s",
+                 shown_url(str(engine.url)), before or "empty", after)
+    return after
 
 
 def is_empty(engine):
@@ -175,7 +197,7 @@ def check(engine, create_empty=False):
         LOG.info("creating the tables of the new database %s",
                  shown_url(str(engine.url)))
         return upgrade(engine)
-    scripts = alembic_script.ScriptDirectory.from_config(_config(None))
+    scripts = _alembic()[3].ScriptDirectory.from_config(_config(None))
     known = {script.revision for script in scripts.walk_revisions()}
     if found is not None and found not in known:
         raise SchemaAhead(

@@ -224,6 +224,11 @@ class Store:
             "task_id": task_id, "method": method,
             "params": redact.redact(params or {})})
 
+    def task_refused(self, agent_id, task_id):
+        """The agent refused the task command: forget the task unless
+        the agent reported a state of it after all."""
+        self._put("refused", agent_id, {"task_id": task_id})
+
     def task_status(self, agent_id, status, on_committed=None):
         """A task state the endpoint recorded. For a final state pass
         ``on_committed(error)``: it is called from the writer thread once
@@ -234,6 +239,11 @@ class Store:
 
     def log_record(self, agent_id, record):
         self._put("log", agent_id, record)
+
+    def flush_async(self, on_committed):
+        """Have everything queued so far committed at once;
+        ``on_committed(error)`` is called from the writer thread."""
+        self._put("flush", None, None, on_committed)
 
     def flush(self, timeout=None):
         """Wait (this thread) until everything queued so far is committed;
@@ -286,23 +296,39 @@ class Store:
         return batch
 
     def _write(self, batch):
-        callbacks = [change.callback for change in batch
-                     if change.callback is not None]
-        error = None
+        """One transaction for the batch. When it fails, each change is
+        tried alone, so one change the database refuses (or a hostile
+        value) does not take the others with it; every waiter hears the
+        outcome of its own change."""
+        error = self._transaction(batch)
+        if error is None or len(batch) == 1:
+            outcomes = [(change, error) for change in batch]
+        else:
+            LOG.warning("retrying the %d changes of the failed transaction "
+                        "one by one", len(batch))
+            outcomes = [(change, self._transaction([change]))
+                        for change in batch]
+        for change, outcome in outcomes:
+            if change.callback is None:
+                continue
+            try:
+                change.callback(outcome)
+            except Exception:
+                LOG.exception("a database commit callback failed")
+
+    def _transaction(self, batch):
+        """Apply ``batch`` in one transaction; returns None or the error.
+        """
         try:
             with orm.Session(self.engine) as session, session.begin():
                 self._apply(session, batch)
-            self.stats["transactions"] += 1
-        except Exception as exc:  # handed to every waiter, then logged
-            error = exc
+        except Exception as exc:  # handed to the waiters, then logged
             self.stats["failures"] += 1
             LOG.error("cannot write %d change(s) to the database: %s",
                       len(batch), schema.first_line(exc))
-        for callback in callbacks:
-            try:
-                callback(error)
-            except Exception:
-                LOG.exception("a database commit callback failed")
+            return exc
+        self.stats["transactions"] += 1
+        return None
 
     def _apply(self, session, batch):
         now = self.clock()
@@ -327,6 +353,8 @@ class Store:
                 self._write_status(session, change, first_running.get(key))
             elif kind == "sent":
                 self._write_sent(session, change)
+            elif kind == "refused":
+                self._write_refused(session, change)
             elif kind == "log":
                 logs[change.agent_id].append(change)
             elif kind in ("connected", "disconnected", "forgotten",
@@ -419,6 +447,16 @@ class Store:
                         "sent", change.at)
         self.stats["task_writes"] += 1
 
+    def _write_refused(self, session, change):
+        task_id = change.payload["task_id"]
+        deleted = session.execute(sa.delete(models.Task).where(
+            models.Task.agent_id == change.agent_id,
+            models.Task.task_id == task_id, models.Task.state == "sent"))
+        if deleted.rowcount:
+            session.execute(sa.delete(models.TaskEvent).where(
+                models.TaskEvent.agent_id == change.agent_id,
+                models.TaskEvent.task_id == task_id))
+
     def _write_status(self, session, change, started=None):
         """Write one status; ``started`` is when the batch saw the task's
         first running update (its coalesced-away start)."""
@@ -436,12 +474,12 @@ class Store:
         method = status.get("method")
         if isinstance(method, str) and row.method is None:
             row.method = method[:models.ID_LENGTH]
-        if started is not None and row.state not in (RUNNING,) + \
-                FINAL_STATES and state != RUNNING:
+        fresh = created or row.state == "sent"
+        if started is not None and fresh and state != RUNNING:
             # The running updates went in this batch: keep the start.
             self._event(session, agent_id, task_id, RUNNING, started)
             row.started_at = row.started_at or started
-        if not refill and row.state != state:
+        if not refill and (fresh or row.state != state):
             self._event(session, agent_id, task_id, state, change.at,
                         _number(status.get("percent")), status.get("msg"))
         self.stats["task_writes"] += 1

@@ -205,10 +205,26 @@ class Persistence:
             self.store.log_record(agent.agent_id, data)
 
     def task_sent(self, agent_id, method, params):
+        """Store a task command (params redacted) and wait for the commit
+        before it goes to the agent: an operator's command is rare, and
+        its record then never misses from the history."""
         task_id = (params or {}).get("task_id")
         if isinstance(task_id, str) and \
                 0 < len(task_id) <= books.MAX_TASK_ID_LENGTH:
             self.store.task_sent(agent_id, task_id, method, params)
+            problem = self._wait(self.store.flush_async)
+            if problem is not None:
+                LOG.warning("sending task %s to agent %s although it is not "
+                            "stored: %s", books.printable(task_id),
+                            books.printable(agent_id), problem)
+
+    def task_refused(self, agent_id, params):
+        """The agent answered the task command with an error: the task
+        never existed on the agent, so its "sent" row goes."""
+        task_id = (params or {}).get("task_id")
+        if isinstance(task_id, str) and \
+                0 < len(task_id) <= books.MAX_TASK_ID_LENGTH:
+            self.store.task_refused(agent_id, task_id)
 
     def task_recorded(self, agent, task_id, acknowledge=True):
         """Store what the book now holds of ``task_id``. For a final state
@@ -221,6 +237,25 @@ class Persistence:
         if not final or not acknowledge:
             self.store.task_status(agent.agent_id, status)
             return None
+        key = (agent.agent_id, task_id)
+        problem = self._wait(lambda committed: self.store.task_status(
+            agent.agent_id, status, committed))
+        if problem is not None:
+            self.unsaved.add(key)
+        else:
+            self.unsaved.discard(key)
+        return problem
+
+    def token_committed(self):
+        """Wait until what is queued (a session token just issued) is
+        committed, so an agent never holds a token the database does not
+        know; returns None or the reason."""
+        return self._wait(lambda committed: self.store.flush_async(
+            committed))
+
+    def _wait(self, queue):
+        """``queue(callback)`` queues a change with a commit callback;
+        wait for it on the hub (this green thread only)."""
         done = transport.Event()
         outcome = []
 
@@ -231,15 +266,11 @@ class Persistence:
             except OSError:
                 pass  # the endpoint is stopping
 
-        key = (agent.agent_id, task_id)
-        self.store.task_status(agent.agent_id, status, committed)
+        queue(committed)
         if not done.wait(self.commit_timeout):
-            self.unsaved.add(key)
             return "the database did not commit within %ss" \
                 % self.commit_timeout
         if outcome[0] is not None:
-            self.unsaved.add(key)
             return "the database write failed: %s" \
                 % schema.first_line(outcome[0])
-        self.unsaved.discard(key)
         return None

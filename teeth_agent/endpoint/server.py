@@ -284,7 +284,8 @@ class Endpoint:
         if not self._state_loaded:
             if self.state_dir is not None:
                 self._make_state_dir()
-            elif self.agent_identity == endpoint_identity.IDENTITY_TOKEN:
+            elif self.agent_identity == endpoint_identity.IDENTITY_TOKEN \
+                    and self.persistence is None:
                 LOG.warning("[endpoint] state_dir is empty: session tokens "
                             "are kept in memory only, and after a restart "
                             "the first handshake of every agent_id is "
@@ -733,6 +734,13 @@ class Endpoint:
         if agent is None:
             self._check_room()
         proven, new_token = self._prove(connection, agent_id, params, agent)
+        if new_token is not None and self.persistence is not None:
+            problem = self.persistence.token_committed()
+            if problem is not None:
+                self.tokens.forget(agent_id)
+                raise errors.HandshakeRefused(
+                    "handshake refused: the endpoint cannot store the "
+                    "session token (%s)" % problem)
         if agent is None:
             self._make_room(agent_id)
         # Never keep the token in what describe() and subscribers see.
@@ -900,8 +908,13 @@ class Endpoint:
         agent = self.get_agent(agent_id)
         if self.persistence is not None:
             self.persistence.task_sent(agent_id, method, params)
-        return agent.connection.call(method, params or {},
-                                     timeout=timeout or self.call_timeout)
+        try:
+            return agent.connection.call(method, params or {},
+                                         timeout=timeout or self.call_timeout)
+        except transport.RemoteError:
+            if self.persistence is not None:
+                self.persistence.task_refused(agent_id, params)
+            raise
 
     def wait_for(self, predicate, timeout=None):
         """Wait until ``predicate()`` is true; False on timeout."""

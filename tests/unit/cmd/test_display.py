@@ -142,6 +142,20 @@ class PlainAgentTableTest(base.TestCase):
             stream.getvalue().splitlines())
         self.assertEqual(3, table.count)
 
+    def test_a_disconnected_agent_shows_when_it_was_last_seen(self):
+        stream = io.StringIO()
+        table = display.AgentTable(stream)
+        gone = samples.agent("a-4", connected=False, peer=None)
+        gone["last_seen"] = 1796169600.0
+        forged = samples.agent("a-5", connected=False, peer=None)
+        forged["last_seen"] = float("nan")
+        table.add(gone)
+        table.add(forged)
+        table.close()
+        lines = stream.getvalue().splitlines()
+        self.assertIn("seen 2026-12-02T00:00:00Z", lines[1])
+        self.assertEqual("-", lines[2].split()[3])
+
     def test_no_agents(self):
         stream = io.StringIO()
         display.AgentTable(stream).close()

@@ -1,16 +1,16 @@
 """Endpoint processes publish their control socket, so that the others
 can forward commands for the agents they hold (teeth_agent.endpoint.peers).
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-12-02
 """
 
 from alembic import op
 import sqlalchemy as sa
 
-revision = "0002"
-down_revision = "0001"
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 

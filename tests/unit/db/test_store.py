@@ -1,0 +1,311 @@
+"""The store with SQLite in memory: coalescing, commits before answers,
+erasure records, redaction, bounds, reads."""
+
+import os
+import shutil
+import tempfile
+import threading
+
+import sqlalchemy as sa
+
+from teeth_agent.db import evidence
+from teeth_agent.db import redact
+from teeth_agent.db import schema
+from teeth_agent.db import store as store_mod
+from tests import base
+
+WAIT = 30.0
+
+
+def erase_result(*devices, **fields):
+    return {"devices": [dict({"path": path, "outcome": "erased",
+                              "method": "nvme_sanitize_crypto",
+                              "nist_category": "purge", "verified": True},
+                             **fields) for path in devices]}
+
+
+class StoreTestCase(base.TestCase):
+    def make_store(self, **kwargs):
+        kwargs.setdefault("flush_interval", 0.05)
+        store = store_mod.Store.from_url("sqlite://", **kwargs)
+        schema.upgrade(store.engine)
+        store.open()
+        self.addCleanup(store.close)
+        return store
+
+    def final(self, store, agent_id, status):
+        """Queue a final state and wait for its commit callback."""
+        done = threading.Event()
+        errors = []
+
+        def committed(error):
+            errors.append(error)
+            done.set()
+        store.task_status(agent_id, status, committed)
+        self.assertTrue(done.wait(WAIT))
+        return errors[0]
+
+
+class TestWrites(StoreTestCase):
+    def test_running_updates_coalesce_latest_wins(self):
+        store = self.make_store(flush_interval=5.0)
+        for percent in range(100):
+            store.task_status("a", {"task_id": "t", "state": "running",
+                                    "percent": percent, "eta": 100 - percent})
+        store.flush(WAIT)
+        self.assertEqual(100, store.stats["task_updates"])
+        self.assertEqual(99, store.stats["running_coalesced"])
+        self.assertEqual(1, store.stats["task_writes"])
+        [task] = store.tasks()
+        self.assertEqual((99.0, 1.0), (task["percent"], task["eta"]))
+        self.assertEqual(["running"],
+                         [e["state"] for e in store.task_events("a", "t")])
+
+    def test_final_state_is_committed_before_its_callback(self):
+        store = self.make_store(flush_interval=60.0)
+        store.task_status("a", {"task_id": "t", "state": "running",
+                                "percent": 5})
+        seen = []
+
+        def committed(error):
+            # Read on another connection: it is there already.
+            seen.append((error, [task["state"] for task in store.tasks()]))
+            done.set()
+        done = threading.Event()
+        store.task_status("a", {"task_id": "t", "state": "complete",
+                                "result": {"ok": True}}, committed)
+        # Not held back by the 60 s interval.
+        self.assertTrue(done.wait(WAIT))
+        self.assertEqual([(None, ["complete"])], seen)
+        self.assertEqual(["running", "complete"],
+                         [e["state"] for e in store.task_events("a", "t")])
+
+    def test_failed_commit_reaches_the_callback(self):
+        store = self.make_store()
+        with store.engine.begin() as connection:
+            connection.execute(sa.text("DROP TABLE tasks"))
+        error = self.final(store, "a", {"task_id": "t", "state": "error",
+                                        "msg": "x"})
+        self.assertIsInstance(error, sa.exc.SQLAlchemyError)
+        self.assertEqual(1, store.stats["failures"])
+
+    def test_one_refused_change_does_not_sink_the_batch(self):
+        store = self.make_store(flush_interval=5.0)
+        store.agent_connected("a", {}, peer="p")
+        # A value the database refuses (here: one that is not JSON).
+        store.task_status("a", {"task_id": "bad", "state": "complete",
+                                "result": {"cannot be JSON": object()}})
+        error = self.final(store, "a", {"task_id": "t", "state": "complete",
+                                        "result": {}})
+        self.assertIsNone(error)
+        self.assertEqual(["a"], [row["agent_id"] for row in store.agents()])
+        self.assertEqual(["t"], [task["task_id"] for task in store.tasks()])
+
+    def test_a_later_different_final_state_is_ignored(self):
+        store = self.make_store()
+        self.assertIsNone(self.final(store, "a", {
+            "task_id": "t", "state": "complete", "result": {"n": 1}}))
+        self.assertIsNone(self.final(store, "a", {
+            "task_id": "t", "state": "error", "msg": "forged"}))
+        store.task_status("a", {"task_id": "t", "state": "running"})
+        store.flush(WAIT)
+        [task] = store.tasks()
+        self.assertEqual(("complete", {"n": 1}, None),
+                         (task["state"], task["result"], task["msg"]))
+
+    def test_a_summary_then_the_full_state(self):
+        store = self.make_store()
+        store.task_sent("a", "t", "decom.disk_erase", {"devices": None})
+        store.task_status("a", {"task_id": "t", "state": "complete",
+                                "method": "decom.disk_erase"})
+        store.flush(WAIT)
+        self.assertEqual([], store.erasures())
+        self.final(store, "a", {"task_id": "t", "state": "complete",
+                                "method": "decom.disk_erase",
+                                "result": erase_result("/dev/sda")})
+        [task] = store.tasks()
+        self.assertEqual("/dev/sda", task["result"]["devices"][0]["path"])
+        self.assertEqual(1, len(store.erasures()))
+        self.assertEqual(["sent", "complete"],
+                         [e["state"] for e in store.task_events("a", "t")])
+
+    def test_erasure_records_once_per_device_with_agent_version(self):
+        store = self.make_store()
+        store.agent_connected("a", {"agent_version": "9.9"}, peer="p")
+        store.task_sent("a", "t", "decom.disk_erase", {})
+        status = {"task_id": "t", "state": "complete",
+                  "method": "decom.disk_erase",
+                  "result": erase_result("/dev/sda", "/dev/sdb",
+                                         serial="S1", model="M",
+                                         wwn="0x5000", firmware="F1",
+                                         size_bytes=10 ** 12,
+                                         started_at=100.0,
+                                         ended_at="1970-01-01T00:03:20Z",
+                                         tool={"name": "nvme",
+                                               "version": "2.4"})}
+        self.final(store, "a", status)
+        self.final(store, "a", status)
+        records = store.erasures()
+        self.assertEqual(["/dev/sda", "/dev/sdb"],
+                         [r["device"] for r in records])
+        first = records[0]
+        self.assertEqual(("S1", "M", "0x5000", "F1", 10 ** 12, "9.9"),
+                         (first["serial"], first["model"], first["wwn"],
+                          first["firmware"], first["size_bytes"],
+                          first["agent_version"]))
+        self.assertEqual((100.0, 200.0, "nvme", "2.4", True, "purge"),
+                         (first["started_at"], first["ended_at"],
+                          first["tool"], first["tool_version"],
+                          first["verified"], first["nist_category"]))
+        self.assertEqual("S1", first["record"]["serial"])
+
+    def test_a_failed_erase_is_recorded_from_its_details(self):
+        store = self.make_store()
+        details = erase_result("/dev/sda")
+        details["devices"].append({"path": "/dev/sdb", "outcome": "failed",
+                                   "error": "sanitize failed",
+                                   "verified": False})
+        self.final(store, "a", {"task_id": "t", "state": "error",
+                                "method": "decom.disk_erase",
+                                "msg": "disk erase failed on 1 of 2",
+                                "details": details})
+        records = {r["device"]: r for r in store.erasures("a")}
+        self.assertEqual("failed", records["/dev/sdb"]["outcome"])
+        self.assertEqual("sanitize failed", records["/dev/sdb"]["error"])
+        self.assertEqual([], store.erasures("other"))
+
+    def test_params_are_redacted(self):
+        store = self.make_store()
+        store.task_sent("a", "t", "standbye.cache_image", {
+            "task_id": "t",
+            "image": {"urls": ["https://user:pw@h/i?temp_url_sig=SECRET"]},
+            "config_drive": "SECRETDRIVE"})
+        store.flush(WAIT)
+        [task] = store.tasks()
+        text = str(task["params"])
+        for secret in ("SECRET", "pw@"):
+            self.assertNotIn(secret, text)
+        self.assertEqual("sent", task["state"])
+
+    def test_a_refused_task_is_forgotten_unless_it_ran(self):
+        store = self.make_store()
+        store.task_sent("a", "t1", "testing.sleep", {})
+        store.task_sent("a", "t2", "testing.sleep", {})
+        store.task_status("a", {"task_id": "t2", "state": "running"})
+        store.task_refused("a", "t1")
+        store.task_refused("a", "t2")
+        store.flush(WAIT)
+        self.assertEqual(["t2"], [task["task_id"] for task in store.tasks()])
+        self.assertEqual([], store.task_events("a", "t1"))
+
+    def test_logs_are_bounded_per_agent(self):
+        store = self.make_store(log_history=10)
+        for index in range(25):
+            store.log_record("a", {"message": "m%d" % index,
+                                   "level": "INFO", "time": 1.0 + index})
+        store.log_record("b", {"message": "other"})
+        store.flush(WAIT)
+        self.assertEqual(["m%d" % i for i in range(15, 25)],
+                         [r["message"] for r in store.logs("a")])
+        self.assertEqual(1, len(store.logs("b")))
+
+    def test_agents_tokens_and_the_holding_process(self):
+        store = self.make_store()
+        store.agent_connected("a", {"agent_version": "1"}, peer="agent at x",
+                              tls=True, identity="token")
+        store.set_token("a", "ab" * 32)
+        store.agent_connected("b", {}, peer="y")
+        store.agent_disconnected("b")
+        store.flush(WAIT)
+        rows = {row["agent_id"]: row for row in store.agents()}
+        self.assertTrue(rows["a"]["connected"])
+        self.assertEqual(store.process_name, rows["a"]["process"])
+        self.assertEqual((False, None), (rows["b"]["connected"],
+                                         rows["b"]["process"]))
+        self.assertEqual({"a": "ab" * 32}, store.token_hashes())
+        store.agent_forgotten("a")
+        store.flush(WAIT)
+        self.assertEqual(["b"], [row["agent_id"] for row in store.agents()])
+        self.assertEqual({}, store.token_hashes())
+
+    def test_close_marks_the_process_stopped_and_its_agents_gone(self):
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        url = "sqlite:///" + os.path.join(directory, "e.sqlite")
+        store = store_mod.Store.from_url(url, flush_interval=0.05)
+        store.open()  # a new SQLite file is migrated on open
+        store.agent_connected("a", {}, peer="p")
+        store.close()
+        self.assertRaises(store_mod.StoreClosed, store.agent_disconnected,
+                          "a")
+        reader = store_mod.Store.from_url(url)
+        self.addCleanup(reader.engine.dispose)
+        [row] = reader.agents()
+        self.assertEqual((False, None), (row["connected"], row["process"]))
+        with reader.engine.connect() as connection:
+            stopped = connection.execute(sa.text(
+                "SELECT stopped_at FROM endpoint_processes")).scalar_one()
+        self.assertIsNotNone(stopped)
+
+    def test_recent_tasks_are_the_newest_per_known_agent(self):
+        store = self.make_store()
+        store.agent_connected("a", {}, peer="p")
+        for index in range(5):
+            store.task_status("a", {"task_id": "t%d" % index,
+                                    "state": "complete", "result": {}})
+        store.task_status("ghost", {"task_id": "g", "state": "complete"})
+        store.flush(WAIT)
+        recent = store.recent_tasks(2)
+        self.assertEqual(["a"], list(recent))
+        self.assertEqual(["t3", "t4"],
+                         [task["task_id"] for task in recent["a"]])
+        status = store_mod.task_status_of(recent["a"][0])
+        self.assertEqual({"task_id": "t3", "state": "complete",
+                          "method": None, "result": {}}, status)
+
+
+class TestRedact(base.TestCase):
+    def test_credentials_documents_and_urls(self):
+        kept = redact.redact({
+            "url": "https://u:pw@h/x?X-Amz-Signature=abc&part=1",
+            "meta_data": {"admin_pass": "hunter2", "hostname": "h",
+                          "public_keys": {"k": "ssh-rsa"}},
+            "user_data": "#cloud-config\npassword: x",
+            "token": "t", "allow_fallback": True, "devices": ["/dev/sda"]})
+        self.assertEqual("https://***@h/x?X-Amz-Signature=***&part=1",
+                         kept["url"])
+        self.assertEqual("***", kept["meta_data"]["admin_pass"])
+        self.assertEqual("***", kept["meta_data"]["public_keys"])
+        self.assertEqual("h", kept["meta_data"]["hostname"])
+        self.assertTrue(kept["user_data"].startswith("<redacted: "))
+        self.assertEqual("***", kept["token"])
+        self.assertIs(True, kept["allow_fallback"])
+        self.assertEqual(["/dev/sda"], kept["devices"])
+
+    def test_deep_nesting_is_cut(self):
+        value = "x"
+        for _ in range(50):
+            value = [value]
+        self.assertIn("nested too deep", str(redact.redact(value)))
+
+
+class TestEvidence(base.TestCase):
+    def test_hostile_entries_are_tolerated(self):
+        status = {"state": "complete", "result": {"devices": [
+            "not a dict", {"path": 7}, {"path": ""},
+            {"path": "/dev/sda", "size_bytes": float("nan"),
+             "serial": ["list"], "verified": "yes", "started_at": "never",
+             "model": "x" * 10000}]}}
+        [entry] = evidence.device_entries("decom.disk_erase", status)
+        columns = evidence.record_columns(entry)
+        self.assertEqual((None, None, None, None),
+                         (columns["size_bytes"], columns["serial"],
+                          columns["verified"], columns["started_at"]))
+        self.assertEqual(255, len(columns["model"]))
+
+    def test_other_methods_and_shapes_have_no_records(self):
+        self.assertEqual([], evidence.device_entries(
+            "decom.qc", {"state": "complete",
+                         "result": {"devices": [{"path": "/dev/sda"}]}}))
+        self.assertEqual([], evidence.device_entries(
+            "decom.disk_erase", {"state": "complete", "result": [1]}))
