@@ -386,6 +386,9 @@ def parse(argv):
 
 def main(argv=None):
     parser, args = parse(argv)
+    # A SIGTERM (timeout, Ctrl-C of a wrapper) still stops the endpoint
+    # processes and the PostgreSQL cluster in the finally below.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))
     if args.generator:
         return generator_main(args.port, args.id_offset, args.ping_interval,
                               args.status_interval)

@@ -36,6 +36,9 @@ class ProcessDirectory:
         self.address = address
         self.stale_after = stale_after
         self.clock = clock
+        #: Whether the last :meth:`heartbeat` found this process counted
+        #: dead by the others (and claimed its agents again).
+        self.revived = False
 
     @property
     def process_id(self):
@@ -69,32 +72,52 @@ class ProcessDirectory:
                        models.EndpointProcess.heartbeat_at
                        >= now - self.stale_after)
 
-    def heartbeat(self):
-        """Expire the processes that stopped beating; returns them as
-        :class:`~teeth_agent.endpoint.peers.Peer` values. (This process's
-        own heartbeat is the store's writer's.)"""
+    def heartbeat(self, held=()):
+        """Beat for this process and expire the processes that stopped
+        beating; returns them as :class:`~teeth_agent.endpoint.peers.Peer`
+        values.
+
+        The beat is written here, in its own small transaction, and not
+        only by the store's writer (whose queue may be long when the
+        database is slow), so a live process is not counted dead because
+        its writes lag. A process that was counted dead all the same (it
+        could not reach the database for ``stale_after``) says so, clears
+        its stop time and claims again the agents it holds (``held``: their
+        ids, or a callable giving them).
+        """
         now = self.clock()
+        me = models.EndpointProcess
         try:
             with self._session() as session, session.begin():
-                dead = session.execute(sa.select(models.EndpointProcess).where(
-                    models.EndpointProcess.stopped_at.is_(None),
-                    models.EndpointProcess.heartbeat_at
-                    < now - self.stale_after,
-                    models.EndpointProcess.id != self.process_id)
-                ).scalars().all()
-                if not dead:
-                    return []
-                ids = [row.id for row in dead]
-                session.execute(sa.update(models.EndpointProcess).where(
-                    models.EndpointProcess.id.in_(ids),
-                    models.EndpointProcess.stopped_at.is_(None)).values(
-                        stopped_at=models.EndpointProcess.heartbeat_at))
-                session.execute(sa.update(models.Agent).where(
-                    models.Agent.process_id.in_(ids)).values(
-                        connected=False, process_id=None))
-                return [_peer(row) for row in dead]
+                own = session.get(me, self.process_id)
+                revived = own is not None and own.stopped_at is not None
+                session.execute(sa.update(me).where(
+                    me.id == self.process_id).values(
+                        heartbeat_at=now, stopped_at=None))
+                if revived:
+                    ids = list(held() if callable(held) else held)
+                    for start in range(0, len(ids), 500):
+                        session.execute(sa.update(models.Agent).where(
+                            models.Agent.agent_id.in_(
+                                ids[start:start + 500])).values(
+                                    connected=True,
+                                    process_id=self.process_id))
+                dead = session.execute(sa.select(me).where(
+                    me.stopped_at.is_(None),
+                    me.heartbeat_at < now - self.stale_after,
+                    me.id != self.process_id)).scalars().all()
+                if dead:
+                    ids = [row.id for row in dead]
+                    session.execute(sa.update(me).where(
+                        me.id.in_(ids)).values(stopped_at=me.heartbeat_at))
+                    session.execute(sa.update(models.Agent).where(
+                        models.Agent.process_id.in_(ids)).values(
+                            connected=False, process_id=None))
+                expired = [_peer(row) for row in dead]
         except sa_exc.SQLAlchemyError as exc:
             raise self._fail("expire", exc) from None
+        self.revived = revived
+        return expired
 
     def live(self):
         """The live processes (this one included), oldest first."""

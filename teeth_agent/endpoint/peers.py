@@ -115,12 +115,20 @@ class PeerRouter:
     def _heartbeat_loop(self):
         while True:
             transport.sleep(self.heartbeat_interval)
+            held = [agent_id for agent_id, agent in
+                    list(self.endpoint.agents.items()) if agent.connected]
             try:
-                expired = transport.run_in_thread(self.directory.heartbeat)
+                expired = transport.run_in_thread(self.directory.heartbeat,
+                                                  held)
             except Exception as exc:
                 # The database is away: keep serving the agents held here.
                 LOG.warning("endpoint process heartbeat failed: %s", exc)
                 continue
+            if getattr(self.directory, "revived", False):
+                LOG.warning("this endpoint process (%s) had been counted "
+                            "dead by the others (no heartbeat for too "
+                            "long); it claimed its %d agents again",
+                            self.process_id, len(held))
             for peer in expired:
                 LOG.warning("endpoint process %s (host %s, pid %s) missed "
                             "its heartbeats: counted dead, its agents are "

@@ -89,12 +89,8 @@ class TwoProcessesTest(base.TestCase):
     def test_a_silent_process_is_expired_with_its_agents(self):
         self.connect(self.b)
         self.clock.now += 31.0
-        # A beats (its store's writer does; here by hand), B does not.
-        with self.a.engine.begin() as connection:
-            connection.execute(sa.update(models.EndpointProcess).where(
-                models.EndpointProcess.id == self.a.process_id).values(
-                    heartbeat_at=self.clock.now))
         self.assertIsNone(self.dir_a.holder("agent-1"))
+        # A beats (its directory writes the beat), B does not.
         expired = self.dir_a.heartbeat()
         self.assertEqual([self.b.process_id],
                          [peer.process_id for peer in expired])
@@ -106,6 +102,22 @@ class TwoProcessesTest(base.TestCase):
         self.assertEqual((False, None), tuple(row))
         self.assertEqual([self.a.process_id],
                          [peer.process_id for peer in self.dir_a.live()])
+
+    def test_a_process_counted_dead_by_mistake_claims_its_agents_again(
+            self):
+        self.connect(self.b)
+        self.clock.now += 31.0
+        self.assertEqual([self.b.process_id],
+                         [p.process_id for p in self.dir_a.heartbeat()])
+        self.assertFalse(self.dir_a.revived)
+        self.assertIsNone(self.dir_a.holder("agent-1"))
+        # B was only slow: its next beat sees it and claims its agent.
+        self.assertEqual([], self.dir_b.heartbeat(held=["agent-1"]))
+        self.assertTrue(self.dir_b.revived)
+        self.assertEqual(self.b.process_id,
+                         self.dir_a.holder("agent-1").process_id)
+        self.dir_b.heartbeat(held=["agent-1"])
+        self.assertFalse(self.dir_b.revived)
 
     def test_a_final_state_recorded_by_one_is_seen_by_the_other(self):
         self.connect(self.b)
