@@ -134,8 +134,12 @@ class SimAgent:
 
 
 class LoadGenerator:
-    def __init__(self, port, ping_interval, status_interval):
+    def __init__(self, port, ping_interval, status_interval, id_offset=0):
         self.port = port
+        # Several generators (the multi-process mode) name their agents
+        # apart: sim-<offset + index>.
+        self.id_offset = id_offset
+        self.on_control = None
         self.ping_interval = ping_interval
         self.status_interval = status_interval
         self.selector = selectors.DefaultSelector()
@@ -170,7 +174,7 @@ class LoadGenerator:
         self.agents.append(agent)
         self.selector.register(sock, selectors.EVENT_READ, agent)
         agent.handshake_id = self._send_command(agent, "handshake", {
-            "agent_id": "sim-%06d" % agent.index,
+            "agent_id": "sim-%06d" % (self.id_offset + agent.index),
             "agent_version": "scale-bench",
             "protocol_versions": ["v1"],
             "hardware": {"vendor": "Sim", "product": "Agent",
@@ -309,6 +313,10 @@ class LoadGenerator:
                 wait = min(wait, max(0.0, self.timers[0][0] - now))
             for key, mask in self.selector.select(wait):
                 agent = key.data
+                if agent is None:
+                    # The multi-process mode's command pipe.
+                    self.on_control()
+                    continue
                 if mask & selectors.EVENT_READ:
                     self._read(agent)
                 if mask & selectors.EVENT_WRITE and agent.outbuf:
@@ -375,6 +383,16 @@ def main(argv=None):
                              "'sqlite' (a temporary file) or a URL")
     parser.add_argument("--serve", action="store_true",
                         help=argparse.SUPPRESS)
+    parser.add_argument("--processes", type=int, default=1,
+                        help="endpoint processes sharing one port "
+                             "(SO_REUSEPORT) and one database; more than "
+                             "one runs benchmarks/scale_multi.py, see its "
+                             "--help")
+    args, rest = parser.parse_known_args(argv)
+    if args.processes > 1:
+        from benchmarks import scale_multi
+        return scale_multi.main(list(argv if argv is not None
+                                     else sys.argv[1:]))
     args = parser.parse_args(argv)
     if args.serve:
         return serve(args.database)

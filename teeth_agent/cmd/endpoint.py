@@ -26,7 +26,9 @@ from teeth_agent import conf as teeth_conf
 from teeth_agent.conf import strict
 from teeth_agent.endpoint import books
 from teeth_agent.endpoint import control
+from teeth_agent.endpoint import directory
 from teeth_agent.endpoint import server as endpoint_mod
+from teeth_agent.endpoint import sockets_dir
 from teeth_agent import pki
 from teeth_agent import protocol
 from teeth_agent import transport
@@ -226,7 +228,10 @@ def issue(conf):
 def serve(conf):
     limit = raise_file_limit()
     LOG.info("open-file limit %d (each agent needs one)", limit)
-    path = conf.endpoint.control_socket
+    # With [endpoint] reuse_port each process has a control socket of its
+    # own next to the configured one (endpoint/sockets_dir.py).
+    path = sockets_dir.serve_socket(conf.endpoint.control_socket,
+                                    conf.endpoint.reuse_port)
     failure = None
     try:
         lifecycle.claim_control_socket(path)
@@ -244,7 +249,9 @@ def serve(conf):
     if failure is not None:
         endpoint.stop()
         return lifecycle.cannot_start("teeth-endpoint", failure)
-    server = control.ControlServer(endpoint, path)
+    # Processes sharing a database forward commands to each other.
+    router = directory.router_for(endpoint, path, conf.endpoint)
+    server = control.ControlServer(endpoint, path, router=router)
     try:
         server.start()
     except OSError as exc:
@@ -254,6 +261,8 @@ def serve(conf):
         cmd_dashboard.stop(dashboard)
         endpoint.stop()
         return lifecycle.cannot_start("teeth-endpoint", failure)
+    if router is not None:
+        router.start()
     if conf.command.json:
         follow.json_line({"host": endpoint.host, "port": endpoint.port,
                           "control_socket": path}, sys.stdout)
@@ -277,6 +286,8 @@ def serve(conf):
         finally:
             signals.release()
             LOG.info("teeth-endpoint shutting down: %s", reason)
+            if router is not None:
+                router.stop()
             cmd_dashboard.stop(dashboard)
             server.stop()
             endpoint.stop()
@@ -289,22 +300,28 @@ def _connect(conf, dispatch=None):
         if command.method == "ping":
             return command.params
         raise protocol.UnknownMethod(command.method)
-    path = conf.endpoint.control_socket
-    try:
-        sock = transport.connect_unix(path)
-    except (FileNotFoundError, ConnectionRefusedError):
-        raise SystemExit(
+    configured = conf.endpoint.control_socket
+    sock, failure = None, None
+    # Several serve processes (reuse_port): any live one answers.
+    for path in sockets_dir.candidates(configured):
+        try:
+            sock = transport.connect_unix(path)
+            break
+        except (FileNotFoundError, ConnectionRefusedError):
+            continue
+        except PermissionError:
+            failure = (
+                "teeth-endpoint: not allowed to reach the server at %s (run "
+                "as root or as the user running `teeth-endpoint serve`)"
+                % path)
+        except OSError as exc:
+            failure = ("teeth-endpoint: cannot reach the server at %s: %s"
+                       % (path, lifecycle.os_error_text(exc)))
+    if sock is None:
+        raise SystemExit(failure or (
             "teeth-endpoint: the server is not running at %s (start it with "
             "`teeth-endpoint serve`, or point [endpoint] control_socket at "
-            "the socket of the one running)" % path) from None
-    except PermissionError:
-        raise SystemExit(
-            "teeth-endpoint: not allowed to reach the server at %s (run as "
-            "root or as the user running `teeth-endpoint serve`)" % path) \
-            from None
-    except OSError as exc:
-        raise SystemExit("teeth-endpoint: cannot reach the server at %s: %s"
-                         % (path, lifecycle.os_error_text(exc))) from None
+            "the socket of the one running)" % configured))
     return transport.Connection(sock, dispatch or refuse,
                                 name="teeth-endpoint server").start()
 

@@ -21,6 +21,25 @@ opts = [
         help="The TCP port the endpoint listens on for agents. 0 picks a "
              "free port (it is logged and written to the control socket's "
              "status)."),
+    cfg.BoolOpt(
+        "reuse_port",
+        default=False,
+        help="Listen for agents with SO_REUSEPORT, so that several "
+             "teeth-endpoint serve processes of the same user on one machine "
+             "share listen_port and the kernel spreads new agents over them. "
+             "Each process then opens its own control socket, named after "
+             "control_socket with the process id added (control.1234.sock), "
+             "and the commands find a live one in that directory."),
+    cfg.FloatOpt(
+        "process_stale_after",
+        default=60.0,
+        min=20.0,
+        help="With several endpoint processes on one database: seconds "
+             "after its last heartbeat (written every 10 seconds) that a "
+             "process which never said it stopped is counted dead; the "
+             "others then mark it stopped and its agents as disconnected. "
+             "Its agents reconnect to other processes on their own, "
+             "sooner; this only cleans the listings and the routing."),
     cfg.StrOpt(
         "control_socket",
         default="/run/teeth-endpoint/control.sock",

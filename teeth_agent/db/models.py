@@ -31,6 +31,10 @@ class EndpointProcess(Base):
     pid: orm.Mapped[int] = orm.mapped_column(sa.Integer)
     listen: orm.Mapped[str | None] = orm.mapped_column(
         sa.String(NAME_LENGTH))
+    #: Where the other processes reach its control socket
+    #: (``unix:/path``; see teeth_agent.endpoint.peers).
+    control: orm.Mapped[str | None] = orm.mapped_column(
+        sa.String(NAME_LENGTH))
     started_at: orm.Mapped[float] = orm.mapped_column(sa.Float)
     heartbeat_at: orm.Mapped[float] = orm.mapped_column(sa.Float)
     stopped_at: orm.Mapped[float | None] = orm.mapped_column(sa.Float)

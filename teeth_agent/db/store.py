@@ -405,11 +405,15 @@ class Store:
         if change.kind == "token":
             row.token_hash = change.payload
             return
-        row.last_seen_at = change.at
         if change.kind == "disconnected":
-            row.connected = False
-            row.process_id = None
+            # With several processes the agent may already be held by
+            # another one (it reconnected there first): never undo that.
+            if row.process_id in (None, self.process_id):
+                row.last_seen_at = change.at
+                row.connected = False
+                row.process_id = None
             return
+        row.last_seen_at = change.at
         payload = change.payload
         row.connected = True
         row.process_id = self.process_id
@@ -621,6 +625,12 @@ class Store:
         return self._read(lambda session: dict(session.execute(
             sa.select(models.Agent.agent_id, models.Agent.token_hash).where(
                 models.Agent.token_hash.is_not(None))).all()))
+
+    def token_hash(self, agent_id):
+        """The SHA-256 of one agent's session token, or None."""
+        return self._read(lambda session: session.execute(
+            sa.select(models.Agent.token_hash).where(
+                models.Agent.agent_id == agent_id)).scalar_one_or_none())
 
     def import_tokens(self, hashes):
         """Keep ``hashes`` (agent_id -> SHA-256) now, in one transaction

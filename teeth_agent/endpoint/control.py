@@ -32,6 +32,14 @@ Methods served:
 ``ping``
     Echoes its params.
 
+With several endpoint processes on one database (:mod:`.peers`), ``call``
+and ``watch_task`` for an agent that another process holds are forwarded
+to that process's control socket with ``forwarded: true``; a forwarded
+command is answered by the process it reaches and never forwarded again.
+A forwarded ``watch_task`` follows the task only while the agent stays
+there and answers ``{"status": null, "gone": true}`` when it left, so the
+first process looks for the agent again.
+
 The methods are a :class:`teeth_agent.commands.CommandTable`; their params
 are checked as declared there (undeclared params are ignored).
 """
@@ -90,10 +98,21 @@ class PassedThroughError(protocol.WireError):
         self.code = wire.code or -32603
 
 
+#: Set by a process that forwards a command to the one holding the agent
+#: (:mod:`teeth_agent.endpoint.peers`): it is answered here, never again
+#: forwarded.
+_FORWARDED = params_mod.Boolean(default=False)
+
+
 class ControlServer:
-    def __init__(self, endpoint, path):
+    """``router`` (a :class:`~teeth_agent.endpoint.peers.PeerRouter`, or
+    None for a lone process) forwards commands for agents that another
+    process holds."""
+
+    def __init__(self, endpoint, path, router=None):
         self.endpoint = endpoint
         self.path = path
+        self.router = router
         self._listener = None
         self._acceptor = None
         self.commands = commands.CommandTable.of(self)
@@ -188,7 +207,7 @@ class ControlServer:
 
     @commands.command(name="call", extra=True, params={
         "agent_id": _name(), "method": _name(), "params": _CommandParams(),
-        "timeout": _TIMEOUT,
+        "timeout": _TIMEOUT, "forwarded": _FORWARDED,
     })
     def _call(self, connection, params):
         agent_id = params["agent_id"]
@@ -196,8 +215,14 @@ class ControlServer:
         call_params = params["params"] or {}
         timeout = params["timeout"] or self.endpoint.call_timeout
         try:
-            result = self.endpoint.call(agent_id, method, call_params,
-                                        timeout=timeout)
+            try:
+                result = self.endpoint.call(agent_id, method, call_params,
+                                            timeout=timeout)
+            except errors.AgentNotConnected:
+                if self.router is None or params["forwarded"]:
+                    raise
+                result = self.router.call(agent_id, method, call_params,
+                                          timeout)
         except errors.AgentNotConnected as exc:
             raise protocol.NotFound(str(exc)) from None
         except transport.RemoteError as exc:
@@ -208,11 +233,14 @@ class ControlServer:
 
     @commands.command(name="watch_task", extra=True, params={
         "agent_id": _name(), "task_id": _name(), "timeout": _TIMEOUT,
+        "forwarded": _FORWARDED,
     })
     def _watch(self, connection, params):
         agent_id = params["agent_id"]
         task_id = params["task_id"]
         timeout = params["timeout"]
+        if self.router is not None:
+            return self._watch_routed(connection, params)
         agent = self.endpoint.agents.get(agent_id)
         if agent is None:
             raise protocol.NotFound("agent %s is unknown" % agent_id)
@@ -233,5 +261,32 @@ class ControlServer:
         if final is None:
             # The wait ended first: the task goes on; the caller decides.
             return {"status": agent.tasks.get(task_id), "terminal": False}
+        return {"status": final,
+                "terminal": final.get("state") in tasks_mod.TERMINAL}
+
+    def _watch_routed(self, connection, params):
+        """``watch_task`` of a process among several: the task is followed
+        wherever its agent goes. A forwarded watch follows it only while
+        the agent is here and answers ``{"gone": true}`` when it left."""
+        agent_id = params["agent_id"]
+        task_id = params["task_id"]
+        timeout = params["timeout"]
+
+        def push(status):
+            if not connection.closed:
+                connection.call_async("task_status", status)
+
+        if params["forwarded"]:
+            final = self.router.follow_here(agent_id, task_id, timeout, push)
+            if final is None:
+                return {"status": None, "gone": True, "terminal": False}
+        else:
+            try:
+                final = self.router.follow(agent_id, task_id, timeout, push)
+            except errors.AgentNotConnected as exc:
+                raise protocol.NotFound(str(exc)) from None
+        if final is None:
+            raise protocol.InternalError("task %s did not end within %ss"
+                                         % (task_id, timeout))
         return {"status": final,
                 "terminal": final.get("state") in tasks_mod.TERMINAL}

@@ -35,3 +35,8 @@ class IdentityHeld(HandshakeRefused):
 class TooManyAgents(HandshakeRefused):
     """A new agent_id while the endpoint already knows ``max_agents``
     agents, all of them connected."""
+
+
+class IdentityUnverifiable(HandshakeRefused):
+    """The database that holds the session tokens of several endpoint
+    processes cannot be read, so the identity cannot be checked."""

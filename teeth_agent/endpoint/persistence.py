@@ -55,6 +55,36 @@ class DbTokenStore(endpoint_identity.TokenStore):
         self.store = store
         self._hashes = dict(hashes)
 
+    def refresh(self, agent_id):
+        """Re-read the agent's hash from the database, where another
+        endpoint process on it may have issued (or forgotten) one since
+        this process loaded them; runs the read off the hub."""
+        try:
+            found = transport.run_in_thread(self.store.token_hash, agent_id)
+        except schema.DatabaseError as exc:
+            # Fail closed: without the database a first use here could
+            # hand a held identity to anyone.
+            raise errors.IdentityUnverifiable(
+                "handshake refused: cannot check the session token of "
+                "agent_id %s in the database: %s" % (agent_id, exc)) \
+                from None
+        if found is None:
+            self._hashes.pop(agent_id, None)
+        else:
+            self._hashes[agent_id] = found
+
+    def __contains__(self, agent_id):
+        if agent_id not in self._hashes:
+            self.refresh(agent_id)
+        return agent_id in self._hashes
+
+    def verify(self, agent_id, token):
+        if super().verify(agent_id, token):
+            return True
+        # The token may have been issued again by another process.
+        self.refresh(agent_id)
+        return super().verify(agent_id, token)
+
     def issue(self, agent_id):
         token = super().issue(agent_id)
         self.store.set_token(agent_id, self._hashes[agent_id])

@@ -195,7 +195,7 @@ class Endpoint:
                  forget_after=books.DEFAULTS["forget_after"],
                  max_agents=books.DEFAULTS["max_agents"],
                  line_idle_timeout=books.DEFAULTS["line_idle_timeout"],
-                 store=None):
+                 store=None, reuse_port=False):
         if agent_identity not in endpoint_identity.IDENTITIES:
             raise errors.EndpointConfigError(
                 "agent_identity must be one of %s"
@@ -231,6 +231,7 @@ class Endpoint:
         self.forget_after = forget_after
         self.max_agents = max_agents
         self.line_idle_timeout = line_idle_timeout
+        self.reuse_port = reuse_port
         self.state_dir = state_dir or None
         self.tokens = endpoint_identity.TokenStore(
             os.path.join(state_dir, endpoint_identity.TOKEN_FILE)
@@ -273,6 +274,7 @@ class Endpoint:
                    keepalive_timeout=group.keepalive_timeout,
                    max_connections_per_address=(
                        group.max_connections_per_address),
+                   reuse_port=group.reuse_port,
                    store=persistence_mod.store_from_conf(conf),
                    **trust_options(group)).load_state()
 
@@ -322,7 +324,8 @@ class Endpoint:
     def start(self):
         """Listen and accept in the background; returns the bound port."""
         self.load_state()
-        self._listener = transport.listen(self.host, self.port)
+        self._listener = transport.listen(self.host, self.port,
+                                          reuse_port=self.reuse_port)
         self.port = self._listener.getsockname()[1]
         # The TLS handshake runs in _on_socket, after the connection has
         # been counted against the limits, so a flood of half-done TLS

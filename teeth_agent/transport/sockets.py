@@ -140,11 +140,18 @@ def _tune(sock):
         pass
 
 
-def listen(host, port, backlog=1024):
-    """A listening TCP socket; ``port=0`` picks a free port."""
+def listen(host, port, backlog=1024, reuse_port=False):
+    """A listening TCP socket; ``port=0`` picks a free port.
+
+    With ``reuse_port`` the socket sets SO_REUSEPORT before binding, so
+    several processes of the same user listen on one port and the kernel
+    spreads new connections over them (a process that exits leaves the
+    others listening)."""
     family = _std_socket.AF_INET6 if ":" in host else _std_socket.AF_INET
     sock = green_socket.socket(family, _std_socket.SOCK_STREAM)
     sock.setsockopt(_std_socket.SOL_SOCKET, _std_socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(_std_socket.SOL_SOCKET, _std_socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(backlog)
     return sock

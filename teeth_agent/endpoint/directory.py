@@ -1,0 +1,191 @@
+"""The endpoint processes of one database, as the others see them.
+
+Each ``serve`` process has a row in ``endpoint_processes`` (written by
+:class:`teeth_agent.db.store.Store`: id, name, host, pid, where it listens,
+start, heartbeat, stop) and the agents it holds point at it
+(``agents.process_id``). :class:`ProcessDirectory` adds the address of the
+process's control socket to its row and answers the questions routing asks:
+which live process holds an agent, is the agent known at all, has any
+process recorded a task's final state. It also expires the processes that
+died: a row whose heartbeat is older than ``stale_after`` seconds and that
+never said it stopped is marked stopped, and its agents as disconnected, so
+the listings and the routing stop pointing at it.
+
+Every method blocks on the database: call them from an OS thread
+(``transport.run_in_thread``), never on the hub.
+"""
+
+import time
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import orm
+
+from teeth_agent.db import models
+from teeth_agent.db import schema
+from teeth_agent.db import store as store_mod
+from teeth_agent.endpoint import peers
+
+
+class ProcessDirectory:
+    """See the module docstring. ``store`` is this process's open
+    :class:`~teeth_agent.db.store.Store` (its engine and process id)."""
+
+    def __init__(self, store, address, stale_after=30.0, clock=time.time):
+        self.store = store
+        self.address = address
+        self.stale_after = stale_after
+        self.clock = clock
+        #: Whether the last :meth:`heartbeat` found this process counted
+        #: dead by the others (and claimed its agents again).
+        self.revived = False
+
+    @property
+    def process_id(self):
+        return self.store.process_id
+
+    def _session(self):
+        return orm.Session(self.store.engine)
+
+    def _fail(self, what, exc):
+        return schema.DatabaseError(
+            "cannot %s the endpoint processes in %s: %s"
+            % (what, schema.shown_url(str(self.store.engine.url)),
+               schema.first_line(exc)))
+
+    def register(self):
+        """Publish this process's control-socket address."""
+        try:
+            with self._session() as session, session.begin():
+                session.execute(sa.update(models.EndpointProcess).where(
+                    models.EndpointProcess.id == self.process_id).values(
+                        control=self.address[:models.NAME_LENGTH]))
+        except sa_exc.SQLAlchemyError as exc:
+            raise self._fail("register in", exc) from None
+
+    def unregister(self):
+        """Nothing to do: the store marks the row stopped when it closes
+        (a process that dies is expired by :meth:`heartbeat`)."""
+
+    def _live(self, now):
+        return sa.and_(models.EndpointProcess.stopped_at.is_(None),
+                       models.EndpointProcess.heartbeat_at
+                       >= now - self.stale_after)
+
+    def heartbeat(self, held=()):
+        """Beat for this process and expire the processes that stopped
+        beating; returns them as :class:`~teeth_agent.endpoint.peers.Peer`
+        values.
+
+        The beat is written here, in its own small transaction, and not
+        only by the store's writer (whose queue may be long when the
+        database is slow), so a live process is not counted dead because
+        its writes lag. A process that was counted dead all the same (it
+        could not reach the database for ``stale_after``) says so, clears
+        its stop time and claims again the agents it holds (``held``: their
+        ids, or a callable giving them).
+        """
+        now = self.clock()
+        me = models.EndpointProcess
+        try:
+            with self._session() as session, session.begin():
+                own = session.get(me, self.process_id)
+                revived = own is not None and own.stopped_at is not None
+                session.execute(sa.update(me).where(
+                    me.id == self.process_id).values(
+                        heartbeat_at=now, stopped_at=None))
+                if revived:
+                    ids = list(held() if callable(held) else held)
+                    for start in range(0, len(ids), 500):
+                        session.execute(sa.update(models.Agent).where(
+                            models.Agent.agent_id.in_(
+                                ids[start:start + 500])).values(
+                                    connected=True,
+                                    process_id=self.process_id))
+                dead = session.execute(sa.select(me).where(
+                    me.stopped_at.is_(None),
+                    me.heartbeat_at < now - self.stale_after,
+                    me.id != self.process_id)).scalars().all()
+                if dead:
+                    ids = [row.id for row in dead]
+                    session.execute(sa.update(me).where(
+                        me.id.in_(ids)).values(stopped_at=me.heartbeat_at))
+                    session.execute(sa.update(models.Agent).where(
+                        models.Agent.process_id.in_(ids)).values(
+                            connected=False, process_id=None))
+                expired = [_peer(row) for row in dead]
+        except sa_exc.SQLAlchemyError as exc:
+            raise self._fail("expire", exc) from None
+        self.revived = revived
+        return expired
+
+    def live(self):
+        """The live processes (this one included), oldest first."""
+        now = self.clock()
+        try:
+            with self._session() as session:
+                return [_peer(row) for row in session.execute(
+                    sa.select(models.EndpointProcess).where(
+                        self._live(now)).order_by(
+                            models.EndpointProcess.id)).scalars()]
+        except sa_exc.SQLAlchemyError as exc:
+            raise self._fail("read", exc) from None
+
+    def holder(self, agent_id):
+        """The live process holding ``agent_id``, or None."""
+        now = self.clock()
+        try:
+            with self._session() as session:
+                row = session.execute(
+                    sa.select(models.EndpointProcess).join(
+                        models.Agent,
+                        models.Agent.process_id
+                        == models.EndpointProcess.id).where(
+                            models.Agent.agent_id == agent_id,
+                            models.Agent.connected.is_(True),
+                            self._live(now))).scalar_one_or_none()
+                return _peer(row) if row is not None else None
+        except sa_exc.SQLAlchemyError as exc:
+            raise self._fail("read", exc) from None
+
+    def known(self, agent_id):
+        """Whether any process has recorded ``agent_id``."""
+        try:
+            with self._session() as session:
+                return session.get(models.Agent, agent_id) is not None
+        except sa_exc.SQLAlchemyError as exc:
+            raise self._fail("read", exc) from None
+
+    def task_final(self, agent_id, task_id):
+        """The task's final status as recorded by any process, or None."""
+        try:
+            with self._session() as session:
+                row = session.execute(sa.select(models.Task).where(
+                    models.Task.agent_id == agent_id,
+                    models.Task.task_id == task_id,
+                    models.Task.state.in_(store_mod.FINAL_STATES))
+                ).scalar_one_or_none()
+                if row is None:
+                    return None
+                return store_mod.task_status_of(store_mod._task_dict(row))
+        except sa_exc.SQLAlchemyError as exc:
+            raise self._fail("read", exc) from None
+
+
+def _peer(row):
+    return peers.Peer(row.id, row.name, row.host, row.pid, row.control,
+                      row.heartbeat_at)
+
+
+def router_for(endpoint, control_socket, conf_group):
+    """The :class:`~teeth_agent.endpoint.peers.PeerRouter` of a ``serve``
+    process whose endpoint keeps its state in a database (its control
+    socket published as the process's address), or None for a process in
+    memory only (it shares nothing, so there is nobody to route to)."""
+    if endpoint.persistence is None:
+        return None
+    directory = ProcessDirectory(endpoint.persistence.store,
+                                 peers.unix_address(control_socket),
+                                 stale_after=conf_group.process_stale_after)
+    return peers.PeerRouter(endpoint, directory,
+                            heartbeat_interval=store_mod.HEARTBEAT_INTERVAL)
