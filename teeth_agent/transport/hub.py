@@ -26,8 +26,27 @@ with warnings.catch_warnings():
     import eventlet.tpool
 
 
-Timeout = eventlet.Timeout
 monotonic = time.monotonic
+
+#: The longest timer the hub arms (seconds). epoll takes its timeout in
+#: milliseconds in a C int (about 24.8 days): a longer timer, once it is the
+#: nearest, stops the whole hub with OverflowError. Longer waits are cut to
+#: this; nothing in the project waits that long for one event.
+MAX_WAIT = 14 * 86400.0
+
+
+def bounded(seconds):
+    """``seconds`` as a timer the hub can arm (None stays None: no timer)."""
+    if seconds is None:
+        return None
+    return min(float(seconds), MAX_WAIT)
+
+
+class Timeout(eventlet.Timeout):
+    """eventlet's Timeout, its length cut to :data:`MAX_WAIT`."""
+
+    def __init__(self, seconds=None, exception=None):
+        super().__init__(bounded(seconds), exception)
 
 
 def spawn(func, *args, **kwargs):
@@ -37,11 +56,11 @@ def spawn(func, *args, **kwargs):
 
 
 def spawn_after(seconds, func, *args, **kwargs):
-    return eventlet.spawn_after(seconds, func, *args, **kwargs)
+    return eventlet.spawn_after(bounded(seconds), func, *args, **kwargs)
 
 
 def sleep(seconds=0):
-    eventlet.sleep(seconds)
+    eventlet.sleep(bounded(seconds))
 
 
 def run_in_thread(func, *args, **kwargs):
