@@ -452,7 +452,7 @@ class Endpoint:
             sock, self._dispatch, name="agent at %s" % name,
             max_line_length=self.max_line_length,
             write_timeout=self.keepalive_interval + self.keepalive_timeout,
-            on_close=self._on_close, inline_methods=self.INLINE_METHODS,
+            on_close=self._on_close, inline_methods=self._inline_methods(),
             line_idle_timeout=self.line_idle_timeout,
             stats=self.message_stats)
         connection.user_data["address"] = host
@@ -463,6 +463,17 @@ class Endpoint:
             endpoint_identity.agent_id_from_certificate(peercert)
         self.connections.add(connection)
         connection.start()
+
+    def _inline_methods(self):
+        """With a database a final ``task_status`` waits for its commit:
+        each one then runs in a green thread of its link's pool, so the
+        finals of one link are committed together (up to the pool's
+        bound, which is also the link's backpressure) instead of one
+        commit after the other."""
+        if self.persistence is None:
+            return self.INLINE_METHODS
+        return tuple(method for method in self.INLINE_METHODS
+                     if method != "task_status")
 
     def _on_close(self, connection, reason):
         self.connections.discard(connection)

@@ -28,6 +28,19 @@ class TestSchema(base.TestCase):
                 models.Base.metadata)
         self.assertEqual([], diff)
 
+    def test_the_written_revisions_are_the_migrations(self):
+        from alembic import config
+        from alembic import script
+        alembic_config = config.Config()
+        alembic_config.set_main_option("script_location",
+                                       schema.SCRIPT_LOCATION)
+        scripts = script.ScriptDirectory.from_config(alembic_config)
+        self.assertEqual(
+            list(schema.REVISIONS),
+            [s.revision for s in reversed(list(scripts.walk_revisions()))])
+        self.assertEqual(scripts.get_current_head(), schema.HEAD)
+        self.assertEqual(schema.HEAD, schema.head())
+
     def test_an_empty_database_is_behind(self):
         with self.assertRaises(schema.SchemaBehind) as caught:
             schema.check(self.engine)
