@@ -169,6 +169,47 @@ class HardwareManager:
         "setup_mode": bool or None}``."""
         raise IncompatibleHardwareMethodError()
 
+    def get_boot_mode(self):
+        """Return ``{"boot_mode" ("uefi" or "bios": how the ramdisk was
+        booted), "secure_boot", "setup_mode" (bool or None), "lockdown"
+        ("none", "integrity", "confidentiality" or None)}``."""
+        raise IncompatibleHardwareMethodError()
+
+    # -- UEFI boot entries ----------------------------------------------------
+    # Called only when the ramdisk was booted in UEFI mode. Which entries to
+    # remove and where a new one goes in BootOrder is the command group's
+    # policy (teeth_agent.hardware.efi.stale_entries); these only act.
+
+    def list_boot_entries(self):
+        """Return the firmware's boot configuration: ``{"boot_current",
+        "boot_next", "timeout", "boot_order" (list of 4-digit hex),
+        "entries": [{"entry", "label", "active", "device_path", "kind"
+        ("disk", "network", "firmware" or "other"), "partition",
+        "partition_uuid", "mbr_signature", "loader"}]}`` (the shape of
+        :func:`teeth_agent.hardware.efi.parse_efibootmgr`)."""
+        raise IncompatibleHardwareMethodError()
+
+    def create_boot_entry(self, path, partition, loader, label):
+        """Create a boot entry booting ``loader`` (a UEFI path such as
+        ``\\EFI\\debian\\shimx64.efi``) from partition number
+        ``partition`` of the disk ``path``, shown as ``label``. Return the
+        new entry's number (4-digit upper-case hex)."""
+        raise IncompatibleHardwareMethodError()
+
+    def delete_boot_entry(self, entry):
+        """Delete boot entry ``entry`` (4-digit hex). Return nothing."""
+        raise IncompatibleHardwareMethodError()
+
+    def set_boot_order(self, order):
+        """Set BootOrder to ``order`` (list of 4-digit hex). Return
+        nothing."""
+        raise IncompatibleHardwareMethodError()
+
+    def set_boot_next(self, entry):
+        """Boot ``entry`` (4-digit hex) once at the next reset (BootNext).
+        Return nothing."""
+        raise IncompatibleHardwareMethodError()
+
     # -- disks ----------------------------------------------------------------
 
     def get_erase_capabilities(self, device):
@@ -270,6 +311,21 @@ class HardwareManager:
         ``boot`` what was found there: ``{"kernel", "initrd", "cmdline",
         "fs_uuid", ...}`` (paths inside that file system). Return the name
         of the boot loader installed (``"grub"``).
+        """
+        raise IncompatibleHardwareMethodError()
+
+    def install_uefi_boot_loader(self, path, root, fs_type, boot):
+        """Make the disk ``path`` boot the image's kernel in UEFI mode.
+
+        Called only when the image's EFI system partition holds no loader
+        (or it has none). ``root``, ``fs_type`` and ``boot`` are as for
+        :meth:`install_boot_loader`. Install signed loaders that never
+        come from the image into its ESP, creating one when the table has
+        room, and a grub.cfg booting ``boot``. Return ``{"loader" (UEFI
+        path), "partition" (the ESP's number), "esp_created" (bool),
+        "removable" (bool: the removable path was written too)}``. Raise
+        :class:`HardwareManagerError` when it cannot (no room for an
+        ESP, an MBR table, ...).
         """
         raise IncompatibleHardwareMethodError()
 

@@ -24,13 +24,16 @@ import platform
 import re
 
 from teeth_agent.disk import blockdev
+from teeth_agent.disk import esp
 from teeth_agent.disk import partitions
 from teeth_agent.disk import writer
 from teeth_agent.hardware import base
+from teeth_agent.hardware import efi
 from teeth_agent.hardware import safety
 from teeth_agent.hardware import sysfs
 from teeth_agent.images import boot as boot_images
 from teeth_agent.images import qcow2
+from teeth_agent.images import uefi
 from teeth_agent import processes
 
 LOG = logging.getLogger(__name__)
@@ -526,6 +529,43 @@ class GenericHardwareManager(base.HardwareManager):
                 "enabled": self._efi_variable("SecureBoot"),
                 "setup_mode": self._efi_variable("SetupMode")}
 
+    def get_boot_mode(self):
+        """From ``firmware/efi``, the SecureBoot and SetupMode variables
+        and ``kernel/security/lockdown`` below ``[hardware] sysfs_root``
+        (:func:`teeth_agent.hardware.efi.boot_state`)."""
+        return efi.boot_state(self.conf.hardware.sysfs_root)
+
+    # -- UEFI boot entries ----------------------------------------------------
+
+    def list_boot_entries(self):
+        """``efibootmgr -v``, parsed
+        (:func:`teeth_agent.hardware.efi.parse_efibootmgr`)."""
+        return self._efi(efi.read_entries, self.conf.hardware.sysfs_root)
+
+    def create_boot_entry(self, path, partition, loader, label):
+        """``efibootmgr -c -d path -p partition -L label -l loader``."""
+        return self._efi(efi.create_entry, self.conf.hardware.sysfs_root,
+                         path, partition, loader, label)
+
+    def delete_boot_entry(self, entry):
+        """``efibootmgr -b entry -B``."""
+        self._efi(efi.delete_entry, entry)
+
+    def set_boot_order(self, order):
+        """``efibootmgr -o``."""
+        self._efi(efi.set_boot_order, order)
+
+    def set_boot_next(self, entry):
+        """``efibootmgr -n``."""
+        self._efi(efi.set_boot_next, entry)
+
+    @staticmethod
+    def _efi(function, *args):
+        try:
+            return function(*args)
+        except efi.EfiError as exc:
+            raise base.HardwareManagerError(str(exc)) from exc
+
     # -- disks ----------------------------------------------------------------
 
     def get_erase_capabilities(self, device):
@@ -600,6 +640,32 @@ class GenericHardwareManager(base.HardwareManager):
         :func:`teeth_agent.images.boot.install_grub`."""
         boot_images.install_grub(path, root, fs_type, "i386-pc", boot)
         return "grub"
+
+    def install_uefi_boot_loader(self, path, root, fs_type, boot):
+        """Debian's signed shim and grub, copied with mtools into the
+        image's first ESP (one is created when the GPT table has room,
+        :func:`teeth_agent.disk.esp.create_esp`) with a grub.cfg booting
+        ``boot`` (:func:`teeth_agent.images.boot.grub_config`); see
+        :func:`teeth_agent.images.uefi.install_signed_loader`."""
+        def node_of(number):
+            return partitions.partition_node(
+                path, number, self.conf.hardware.sysfs_root,
+                self.conf.hardware.dev_root)
+        created = False
+        try:
+            table = partitions.read_table(path)
+            found = uefi.find_esps(table) if table else []
+            if found:
+                number = found[0]["number"]
+            else:
+                number = esp.create_esp(path, node_of)
+                created = True
+            installed = uefi.install_signed_loader(
+                node_of(number), boot_images.grub_config(boot))
+        except (esp.NoRoomForEsp, uefi.EspError) as exc:
+            raise base.HardwareManagerError(str(exc)) from exc
+        return {"loader": installed["loader"], "partition": number,
+                "esp_created": created, "removable": installed["removable"]}
 
     def get_os_install_device(self, hints):
         """Choose among the eligible devices (see

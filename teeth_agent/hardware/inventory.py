@@ -20,6 +20,7 @@ LOG = logging.getLogger(__name__)
 
 SYSTEM_FIELDS = ("vendor", "product", "serial", "uuid", "bios_version",
                  "bios_date")
+BOOT_FIELDS = ("boot_mode", "secure_boot", "setup_mode", "lockdown")
 CPU_FIELDS = ("count", "model", "arch", "sockets", "cores", "threads")
 MEMORY_FIELDS = ("total_bytes", "dimms")
 DISK_FIELDS = ("path", "name", "size_bytes", "model", "serial", "wwn",
@@ -56,10 +57,20 @@ def _shape(record, fields):
     return shaped
 
 
+def boot_info(dispatcher):
+    """``{"boot_mode", "secure_boot", "setup_mode", "lockdown"}``: how the
+    ramdisk was booted (``get_boot_mode``)."""
+    return _shape(_ask(dispatcher, "get_boot_mode"), BOOT_FIELDS)
+
+
 def system_info(dispatcher):
     """``{"vendor", "product", "serial", "uuid", "bios_version",
-    "bios_date"}``."""
-    return _shape(_ask(dispatcher, "get_system_info"), SYSTEM_FIELDS)
+    "bios_date", "boot_mode", "secure_boot", "setup_mode",
+    "lockdown"}``."""
+    system = _shape(_ask(dispatcher, "get_system_info"), SYSTEM_FIELDS)
+    for key, value in boot_info(dispatcher).items():
+        system.setdefault(key, value)
+    return system
 
 
 def network_interfaces(dispatcher):

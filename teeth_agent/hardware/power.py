@@ -12,6 +12,25 @@ from teeth_agent import processes
 
 LOG = logging.getLogger(__name__)
 
+# What kexec-tools prints (strerror) when the kernel refuses a load for its
+# signature (EKEYREJECTED, ENOKEY, EBADMSG, EKEYREVOKED/EXPIRED) or
+# because it is locked down (EPERM).
+_REJECTIONS = ("key was rejected", "required key not available",
+               "bad message", "key has been revoked", "key has expired",
+               "operation not permitted", "lockdown")
+
+
+class KexecRejected(processes.ProcessError):
+    """The running kernel refused to load the new one: its signature is
+    not trusted (or it has none), or lockdown forbids the load."""
+
+
+def rejected_for_signature(stderr):
+    """Whether kexec's ``stderr`` says the kernel refused the load for a
+    signature or lockdown reason."""
+    text = (stderr or "").lower()
+    return any(reason in text for reason in _REJECTIONS)
+
 
 class PowerController:
     """Carries out (or, when simulating, records) power actions."""
@@ -24,16 +43,36 @@ class PowerController:
     def from_conf(cls, conf):
         return cls(simulate=conf.power.simulate)
 
-    def load_kexec(self, kernel, initrd=None, cmdline=""):
-        """Stage a kernel with ``kexec -l`` (harmless: nothing runs yet)."""
-        argv = ["kexec", "-l", kernel, "--append=%s" % cmdline]
+    def load_kexec(self, kernel, initrd=None, cmdline="", file_load=False):
+        """Stage a kernel (harmless: nothing runs yet).
+
+        ``file_load`` uses ``kexec -s`` (the ``kexec_file_load`` syscall:
+        the running kernel checks the new one's signature, and it is the
+        only one a locked-down kernel allows); otherwise ``kexec -l``.
+        Raises :class:`KexecRejected` when the kernel refused the load for
+        its signature or lockdown, ``processes.ProcessError`` for other
+        failures.
+        """
+        argv = ["kexec", "-s" if file_load else "-l", kernel,
+                "--append=%s" % cmdline]
         if initrd:
             argv.append("--initrd=%s" % initrd)
         if self.simulate:
+            # file_load is recorded only when set, so records of plain
+            # kexec_load stay as they were.
             self._record("kexec_load", kernel=kernel, initrd=initrd,
-                         cmdline=cmdline)
+                         cmdline=cmdline,
+                         **({"file_load": True} if file_load else {}))
             return
-        processes.execute(*argv, log_level=logging.INFO)
+        try:
+            processes.execute(*argv, log_level=logging.INFO)
+        except processes.ToolNotFound:
+            raise
+        except processes.ProcessError as exc:
+            if rejected_for_signature(exc.stderr):
+                raise KexecRejected(argv, exc.returncode, exc.stdout,
+                                    exc.stderr) from None
+            raise
 
     def kexec(self):
         """Jump into the kernel staged by :meth:`load_kexec`."""

@@ -33,17 +33,22 @@ from teeth_agent.disk import blockdev
 from teeth_agent.disk import partitions
 from teeth_agent.disk import writer
 from teeth_agent.extensions import base
+from teeth_agent.extensions.standbye import uefi_boot
 from teeth_agent.fetch import download
 from teeth_agent.fetch import errors
 from teeth_agent.fetch import http_source
 from teeth_agent import hardware
+from teeth_agent.hardware import boot_entries
+from teeth_agent.hardware import efi
 from teeth_agent.hardware import inventory
+from teeth_agent.hardware import power as power_mod
 from teeth_agent.hardware import safety
 from teeth_agent.images import boot
 from teeth_agent.images import cache as cache_mod
 from teeth_agent.images import configdrive
 from teeth_agent.images import formats
 from teeth_agent.images import qcow2
+from teeth_agent.images import uefi
 from teeth_agent import params
 from teeth_agent import processes
 from teeth_agent import protocol
@@ -81,7 +86,7 @@ _EXPECTED_ERRORS = (
     formats.UnsupportedFormat, qcow2.UnsafeImage, processes.ProcessError,
     partitions.PartitionError, configdrive.InvalidConfigDrive,
     boot.UnsafePath, safety.DeviceNotEligible, hardware.HardwareManagerError,
-    OSError)
+    uefi.EspError, OSError)
 
 
 def _sync_directory(path):
@@ -528,7 +533,8 @@ class StandbyeExtension(base.Extension):
                     details={"task_id": task.task_id,
                              "method": task.method})
 
-    def validate_run_image(self, task_id, image_id, config_drive):
+    def validate_run_image(self, task_id, image_id, config_drive,
+                           boot_mode=None):
         # Cheap checks first: decompressing a prebuilt drive costs CPU, and
         # a command the agent cannot start now must not cost anything.
         self._refuse_when_busy()
@@ -557,18 +563,22 @@ class StandbyeExtension(base.Extension):
                 "config_drive: %s" % exc,
                 details={"param": "config_drive"}) from None
         return {"task_id": task_id, "image_id": image_id,
-                "config_drive": config_drive}
+                "config_drive": config_drive, "boot_mode": boot_mode}
 
     @base.task_command(exclusive=True, params={
         "image_id": params.UUID(required=True),
         "config_drive": params.Any(required=True),
+        "boot_mode": params.String(choices=efi.BOOT_MODES, nullable=True),
     }, validator=validate_run_image)
-    def run_image(self, task, image_id, config_drive):
+    def run_image(self, task, image_id, config_drive, boot_mode=None):
         """Write the config drive, make the disk bootable, then kexec.
 
-        Completes with ``boot = {method, kernel, initrd, cmdline}`` and
-        only after the server acknowledged it (or the timeout passed)
-        kexecs or reboots through the power interface.
+        ``boot_mode`` (``uefi`` or ``bios``, default: how the ramdisk was
+        booted) says which firmware the disk is set up for. Completes with
+        ``boot = {method, reason, mode, entry, kernel, initrd, cmdline,
+        ...}`` (docs/standbye.md) and only after the server acknowledged
+        it (or the timeout passed) kexecs or reboots through the power
+        interface.
         """
         prepared = self._prepared
         if prepared is None or prepared.get("image_id") != image_id:
@@ -577,7 +587,8 @@ class StandbyeExtension(base.Extension):
         path = prepared["device"]
         try:
             with self._writing(path, "run_image", image_id):
-                result, action = self._run(task, path, config_drive)
+                result, action = self._run(task, path, config_drive,
+                                           boot_mode)
         except _EXPECTED_ERRORS as exc:
             raise tasks.TaskFailed("run_image failed: %s" % exc) from exc
         result["image_id"] = image_id
@@ -591,8 +602,10 @@ class StandbyeExtension(base.Extension):
                 self.conf.hardware.dev_root)
         return node_of
 
-    def _run(self, task, path, config_drive):
+    def _run(self, task, path, config_drive, boot_mode=None):
         safety.ensure_writable(path, self.conf, self.hardware)
+        state = boot_entries.current_state(self.hardware)
+        mode = boot_mode or state["boot_mode"]
         partitions.tell_kernel(path)
         table = partitions.read_table(path)
         if table is None:
@@ -600,9 +613,16 @@ class StandbyeExtension(base.Extension):
                 "%s has no partition table; the image must be a whole-disk "
                 "image" % path)
         node_of = self._node_of(path)
-        loader = boot.has_boot_loader(path, table, node_of)
-        if loader is None and not processes.which("grub-install"):
-            raise processes.ToolNotFound(["grub-install"])
+        if mode == efi.UEFI:
+            loader = self._efi_loader(table, node_of)
+            if loader is None:
+                for tool in (uefi.SHIM_PATH, uefi.GRUB_PATH):
+                    if not os.path.isfile(tool):
+                        raise processes.ToolNotFound([tool])
+        else:
+            loader = boot.has_boot_loader(path, table, node_of)
+            if loader is None and not processes.which("grub-install"):
+                raise processes.ToolNotFound(["grub-install"])
         task.progress(percent=10.0)
         drive = self._write_config_drive(path, config_drive)
         task.progress(percent=40.0)
@@ -613,17 +633,52 @@ class StandbyeExtension(base.Extension):
             if found is None or found.get("fs_uuid") is None:
                 raise boot.UnsafePath("the image has no boot loader and no "
                                       "kernel to configure grub for")
-            safety.ensure_writable(path, self.conf, self.hardware)
-            installed = self.hardware.call(
-                "install_boot_loader", path, found["node"], found["fs_type"],
-                found)
-            loader_result = {"action": "installed", "loader": installed}
+            pin = self._pin(path, safety.ensure_writable(
+                path, self.conf, self.hardware).get("devnum"))
+            if mode == efi.UEFI:
+                installed = self.hardware.call(
+                    "install_uefi_boot_loader", path, found["node"],
+                    found["fs_type"], found)
+                # The ESP may be new: the table changed and was written.
+                pin["recheck"]()
+                partitions.tell_kernel(path)
+                loader = {"loader": installed["loader"],
+                          "partition": installed["partition"]}
+                loader_result = {"action": "installed",
+                                 "loader": "shim+grub", **installed}
+            else:
+                installed = self.hardware.call(
+                    "install_boot_loader", path, found["node"],
+                    found["fs_type"], found)
+                loader_result = {"action": "installed", "loader": installed}
+            pin["recheck"]()
+        elif mode == efi.UEFI:
+            loader_result = {"action": "left alone", "found": loader["loader"],
+                             "partition": loader["partition"]}
         else:
             loader_result = {"action": "left alone", "found": loader}
-        boot_result, action = self._stage_kexec(found)
+        entry = None
+        if mode == efi.UEFI and state["boot_mode"] == efi.UEFI:
+            label = (found or {}).get("label") or "Linux"
+            entry = boot_entries.set_up_entry(
+                self.hardware, self.conf, path, loader["partition"],
+                loader["loader"], label)
+            loader_result["entry"] = entry["entry"]
+        boot_result, action = self._stage_kexec(found, state, mode, entry)
         result = {"device": path, "config_drive": drive,
-                  "boot_loader": loader_result, "boot": boot_result}
+                  "boot_loader": loader_result, "boot": boot_result,
+                  "boot_entries": entry}
         return result, action
+
+    def _efi_loader(self, table, node_of):
+        """The loader the image's ESPs hold (``{"loader", "vendor",
+        "partition"}``), or None."""
+        for partition in uefi.find_esps(table):
+            found = uefi.find_loader(node_of(partition["number"]))
+            if found is not None:
+                found["partition"] = partition["number"]
+                return found
+        return None
 
     def _write_config_drive(self, path, config_drive):
         max_size = self.conf.standbye.max_config_drive_size
@@ -705,7 +760,7 @@ class StandbyeExtension(base.Extension):
         the image instead of failing.
         """
         found = None
-        root_uuid = None
+        root_uuid = label = None
         for partition in table["partitions"]:
             if partition["number"] in (exclude, None):
                 continue
@@ -718,6 +773,7 @@ class StandbyeExtension(base.Extension):
                 with boot.mounted_read_only(node, fs_type) as root:
                     if root_uuid is None and self._has_etc(root, node):
                         root_uuid = props.get("UUID")
+                        label = uefi.os_release_label(root)
                     if found is None:
                         found = self._kernel_in(root, node)
                         if found is not None:
@@ -736,6 +792,7 @@ class StandbyeExtension(base.Extension):
                     return None
                 options = ("root=UUID=%s ro %s" % (root_uuid, options)).strip()
             found["cmdline"] = options
+            found["label"] = label
         return found
 
     @staticmethod
@@ -787,23 +844,68 @@ class StandbyeExtension(base.Extension):
             "options": entry["options"], "source": entry["source"],
             "kernel_copy": kernel, "initrd_copy": initrd}
 
-    def _stage_kexec(self, found):
+    def _stage_kexec(self, found, state=None, mode=efi.BIOS, entry=None):
+        """``(boot result, power action)``: the decision table of
+        :func:`uefi_boot.kexec_plan`, then the kexec load itself."""
         power = self.context.power
+        state = state or {"boot_mode": efi.BIOS, "secure_boot": None,
+                          "setup_mode": None, "lockdown": None}
+        signed = None
+        file_load = efi.signed_load_required(state)
+        if found is not None and file_load:
+            signed = uefi.kernel_signed(found["kernel_copy"])
+        method, file_load, reason = uefi_boot.kexec_plan(found, state,
+                                                         signed)
+        boot_result = {"method": method, "mode": mode,
+                       "firmware_mode": state["boot_mode"],
+                       "secure_boot": state.get("secure_boot"),
+                       "lockdown": state.get("lockdown"),
+                       "entry": entry["entry"] if entry else None,
+                       "kexec_syscall": None, "kernel_signed": signed,
+                       **uefi_boot.reason_fields(reason)}
         if found is None:
             LOG.warning("no kernel found in the image; rebooting into it")
-            return ({"method": "reboot", "kernel": None, "initrd": None,
-                     "cmdline": None}, power.reboot)
-        boot_result = {"method": "kexec", "kernel": found["kernel"],
-                       "initrd": found["initrd"],
-                       "cmdline": found["cmdline"],
-                       "partition": found["partition"],
-                       "source": found["source"]}
+            boot_result.update(kernel=None, initrd=None, cmdline=None)
+            return boot_result, self._reboot_into(boot_result)
+        boot_result.update(kernel=found["kernel"], initrd=found["initrd"],
+                           cmdline=found["cmdline"],
+                           partition=found["partition"],
+                           source=found["source"])
+        if method == uefi_boot.REBOOT:
+            LOG.warning("%s", boot_result["reason_text"])
+            return boot_result, self._reboot_into(boot_result)
+        boot_result["kexec_syscall"] = "kexec_file_load" if file_load \
+            else "kexec_load"
         try:
             power.load_kexec(found["kernel_copy"], found["initrd_copy"],
-                             found["cmdline"])
+                             found["cmdline"], **(
+                                 {"file_load": True} if file_load else {}))
+        except power_mod.KexecRejected as exc:
+            LOG.warning("the kernel refused to load %s (%s); rebooting "
+                        "instead", found["kernel"], exc)
+            boot_result.update(method=uefi_boot.REBOOT, kexec_error=str(exc),
+                               **uefi_boot.reason_fields(
+                                   "signature_rejected"))
+            return boot_result, self._reboot_into(boot_result)
         except processes.ProcessError as exc:
             LOG.warning("kexec cannot load %s (%s); rebooting instead",
                         found["kernel"], exc)
-            boot_result.update(method="reboot", kexec_error=str(exc))
-            return boot_result, power.reboot
+            boot_result.update(method=uefi_boot.REBOOT, kexec_error=str(exc),
+                               **uefi_boot.reason_fields("kexec_failed"))
+            return boot_result, self._reboot_into(boot_result)
         return boot_result, power.kexec
+
+    def _reboot_into(self, boot_result):
+        """The reboot action; in UEFI mode BootNext names the new entry
+        first, so the next boot is the image's whatever the firmware does
+        with BootOrder. A failure to set it is noted, not fatal: the
+        entry is first in BootOrder already."""
+        if boot_result.get("entry"):
+            try:
+                self.hardware.call("set_boot_next", boot_result["entry"])
+                boot_result["boot_next"] = boot_result["entry"]
+            except hardware.HardwareManagerError as exc:
+                LOG.warning("cannot set BootNext to %s: %s",
+                            boot_result["entry"], exc)
+                boot_result["boot_next_error"] = str(exc)
+        return self.context.power.reboot

@@ -67,7 +67,9 @@ class TestCollectInventory(fixtures.FakeMachineTestCase):
         self.assertEqual(
             {"vendor": "Supermicro", "product": "X11", "serial": "SM123",
              "uuid": "00000000-0000-0000-0000-0cc47a000001",
-             "bios_version": "3.4", "bios_date": None}, found["system"])
+             "bios_version": "3.4", "bios_date": None,
+             "boot_mode": "bios", "secure_boot": False, "setup_mode": None,
+             "lockdown": None}, found["system"])
         self.assertEqual(8, found["cpu"]["count"])
         self.assertEqual("EPYC", found["cpu"]["model"])
         self.assertNotIn("flags", found["cpu"])

@@ -38,3 +38,31 @@ class PowerTest(base.TestCase):
         execute.assert_called_once_with(
             "kexec", "-l", "/k", "--append=quiet", "--initrd=/i",
             log_level=mock.ANY)
+
+    def test_load_kexec_file_load_uses_kexec_s(self):
+        controller = power.PowerController(simulate=False)
+        with mock.patch.object(processes, "execute") as execute:
+            controller.load_kexec("/k", None, "quiet", file_load=True)
+        execute.assert_called_once_with(
+            "kexec", "-s", "/k", "--append=quiet", log_level=mock.ANY)
+
+    def test_signature_rejection_is_its_own_error(self):
+        controller = power.PowerController(simulate=False)
+        for stderr in ("kexec_file_load failed: Key was rejected by service",
+                       "kexec_file_load failed: Required key not available",
+                       "kexec_load failed: Operation not permitted"):
+            error = processes.ProcessError(["kexec"], 255, stderr=stderr)
+            with mock.patch.object(processes, "execute", side_effect=error):
+                with self.assertRaises(power.KexecRejected):
+                    controller.load_kexec("/k", None, "", file_load=True)
+        error = processes.ProcessError(["kexec"], 255,
+                                       stderr="Cannot open /k: No such file")
+        with mock.patch.object(processes, "execute", side_effect=error):
+            with self.assertRaises(processes.ProcessError) as caught:
+                controller.load_kexec("/k", None, "", file_load=True)
+        self.assertNotIsInstance(caught.exception, power.KexecRejected)
+
+    def test_simulated_file_load_is_recorded(self):
+        controller = power.PowerController(simulate=True)
+        controller.load_kexec("/k", None, "", file_load=True)
+        self.assertTrue(controller.actions[0]["file_load"])
