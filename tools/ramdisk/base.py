@@ -280,10 +280,21 @@ def install_files(root):
 
 
 def trim(root):
-    """Remove what the ramdisk never uses (trim.txt)."""
+    """Remove what the ramdisk never uses (trim.txt), except the paths its
+    ``!`` lines keep."""
     removed = 0
-    for pattern in read_list("trim.txt"):
+    entries = read_list("trim.txt")
+    kept = set()
+    for pattern in entries:
+        if pattern.startswith("!"):
+            kept.update(glob.glob(os.path.join(root, pattern[1:])))
+    for pattern in entries:
+        if pattern.startswith("!"):
+            continue
         for path in glob.glob(os.path.join(root, pattern)):
+            if path in kept or any(k.startswith(path + os.sep)
+                                   for k in kept):
+                continue
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path)
             else:

@@ -183,5 +183,6 @@ def build(base_dir, base_info, kernel, initrd, output, cmdline):
         shutil.rmtree(workdir, ignore_errors=True)
     return {"id": identity, "cmdline": cmdline,
             "loader_packages": base_info["uefi_loaders"]["packages"],
+            "loaders": signed,
             "files": {"esp.img": esp, "teeth-ramdisk.iso": iso,
                       "netboot": netboot}}
