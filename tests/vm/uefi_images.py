@@ -31,6 +31,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 
 from tests.vm import images
@@ -137,9 +138,9 @@ def build(cache, kind, kernel, release, loaders, signed=True):
                 "root_offset": ROOT_START,
                 "root_size": int(fields["root_size"]),
                 "kernel_signed": signed}
-    work = directory + ".tmp"
-    shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(work)
+    os.makedirs(cache, exist_ok=True)
+    # A private work directory: two test sessions may build at once.
+    work = tempfile.mkdtemp(prefix="uefi-images-tmp-", dir=cache)
     tree = os.path.join(work, "root")
     boot = os.path.join(tree, "boot")
     os.makedirs(os.path.join(boot, "loader", "entries"))
@@ -200,6 +201,9 @@ def build(cache, kind, kernel, release, loaders, signed=True):
     shutil.rmtree(tree)
     with open(os.path.join(work, "image.txt"), "w") as stream:
         stream.write("root_uuid=%s\nroot_size=%d\n" % (root_uuid, root_size))
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(work, directory)
+    try:
+        os.rename(work, directory)
+    except OSError:
+        # Another session finished the same image first: use that one.
+        shutil.rmtree(work, ignore_errors=True)
     return build(cache, kind, kernel, release, loaders, signed)
