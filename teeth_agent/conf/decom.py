@@ -83,6 +83,15 @@ opts = [
         min=1,
         help="The largest firmware image, in bytes, the agent downloads. A "
              "larger one fails the component."),
+    cfg.BoolOpt(
+        "remove_boot_entries",
+        default=True,
+        help="Whether decom.disk_erase removes the UEFI boot entries that "
+             "boot a partition of a disk it erased, so the firmware does "
+             "not keep trying a system that is gone. Only entries booting "
+             "those disks' partitions are removed, never network, setup or "
+             "firmware entries; nothing changes on a machine booted in "
+             "BIOS mode."),
 ]
 
 

@@ -321,9 +321,12 @@ class HardwareManager:
         (or it has none). ``root``, ``fs_type`` and ``boot`` are as for
         :meth:`install_boot_loader`. Install signed loaders that never
         come from the image into its ESP, creating one when the table has
-        room, and a grub.cfg booting ``boot``. Return ``{"loader" (UEFI
-        path), "partition" (the ESP's number), "esp_created" (bool),
-        "removable" (bool: the removable path was written too)}``. Raise
+        room, and a grub.cfg booting ``boot``. Return ``{"loader" (the
+        UEFI path a boot entry should point at), "partition" (the ESP's
+        number), "esp_created" (bool), "removable" (bool: the removable
+        path was written too)}``, optionally with ``"name"`` (what was
+        installed, reported as ``boot_loader.loader``; default
+        ``"shim+grub"``). Raise
         :class:`HardwareManagerError` when it cannot (no room for an
         ESP, an MBR table, ...).
         """

@@ -14,6 +14,7 @@ from teeth_agent.disk import partitions
 from teeth_agent import hardware
 from teeth_agent.hardware import efi
 from teeth_agent.hardware import safety
+from teeth_agent import processes
 
 LOG = logging.getLogger(__name__)
 
@@ -33,13 +34,14 @@ def current_state(dispatcher):
 
 
 def partition_uuids(path):
-    """The GPT partition UUIDs of ``path`` (lower case); empty when it
-    has no table or it cannot be read."""
+    """The GPT partition UUIDs of ``path`` (lower case): empty when it has
+    no table, None when the table cannot be read."""
     try:
         table = partitions.read_table(path)
-    except (partitions.PartitionError, OSError) as exc:
+    except (partitions.PartitionError, processes.ProcessError,
+            OSError) as exc:
         LOG.warning("cannot read the partition table of %s: %s", path, exc)
-        return set()
+        return None
     if table is None:
         return set()
     return {p["uuid"].lower() for p in table["partitions"] if p.get("uuid")}
@@ -47,7 +49,9 @@ def partition_uuids(path):
 
 def machine_uuids(dispatcher, conf):
     """``(writable, known)``: the partition UUIDs of the disks the agent
-    may write, and of every disk it sees."""
+    may write, and of every disk it sees; ``known`` is None when a disk's
+    table could not be read (then no entry counts as dangling: it may
+    boot that disk)."""
     writable, known = set(), set()
     try:
         devices = dispatcher.dispatch("list_block_devices") or []
@@ -55,7 +59,11 @@ def machine_uuids(dispatcher, conf):
         devices = []
     for device in devices:
         uuids = partition_uuids(device["path"])
-        known |= uuids
+        if uuids is None:
+            known = None
+            continue
+        if known is not None:
+            known |= uuids
         if safety.inclusion(device["path"], conf)[0] and \
                 safety.eligibility(device, conf)[0]:
             writable |= uuids
@@ -66,12 +74,13 @@ def set_up_entry(dispatcher, conf, path, partition, loader, label):
     """Remove stale disk entries, create one for ``loader`` on
     ``partition`` of ``path``, and put it first in BootOrder.
 
-    Returns ``{"entry", "label", "loader", "removed" (list of {"entry",
-    "label"}), "boot_order"}``. Raises
+    Returns ``{"entry" (None when the manager only simulated it),
+    "label", "loader", "removed" (list of {"entry", "label",
+    "partition_uuid"}), "boot_order"}``. Raises
     :class:`hardware.HardwareManagerError`.
     """
     writable, known = machine_uuids(dispatcher, conf)
-    writable |= partition_uuids(path)
+    writable |= partition_uuids(path) or set()
     config = dispatcher.call("list_boot_entries")
     removed = []
     for entry in efi.stale_entries(config, writable, known):
@@ -82,6 +91,10 @@ def set_up_entry(dispatcher, conf, path, partition, loader, label):
                         "partition_uuid": entry["partition_uuid"]})
     number = dispatcher.call("create_boot_entry", path, partition, loader,
                              label)
+    if number is None:
+        # Simulated ([power] simulate): nothing was created.
+        return {"entry": None, "label": label, "loader": loader,
+                "removed": removed, "boot_order": config["boot_order"]}
     current = dispatcher.call("list_boot_entries")
     order = efi.order_first(current["boot_order"], number)
     dispatcher.call("set_boot_order", order)
@@ -101,3 +114,43 @@ def remove_entries_for(dispatcher, uuids):
         removed.append({"entry": entry["entry"], "label": entry["label"],
                         "partition_uuid": entry["partition_uuid"]})
     return removed
+
+
+def before_erase(dispatcher, paths):
+    """``{path: partition UUIDs}`` of the disks about to be erased, read
+    while their tables still exist (unreadable ones are left out); empty
+    outside UEFI, where there are no boot entries to clean."""
+    found = {}
+    if current_state(dispatcher)["boot_mode"] != efi.UEFI:
+        return found
+    for path in paths:
+        uuids = partition_uuids(path)
+        if uuids:
+            found[path] = uuids
+    return found
+
+
+def after_erase(dispatcher, uuids_by_disk, erased):
+    """Remove the boot entries booting the disks in ``erased`` (paths),
+    with their UUIDs from :func:`before_erase`.
+
+    Returns ``(removed, error)``: the removed entries, and None or the
+    sentence saying why entries could not be removed. Outside UEFI
+    ``uuids_by_disk`` is empty and the firmware is not asked anything.
+    """
+    uuids = set()
+    for path in erased:
+        uuids |= uuids_by_disk.get(path, set())
+    if not uuids:
+        return [], None
+    try:
+        removed = remove_entries_for(dispatcher, uuids)
+    except hardware.HardwareManagerError as exc:
+        LOG.error("cannot remove the boot entries of the erased disks: %s",
+                  exc)
+        return [], "the boot entries of the erased disks could not be " \
+            "removed: %s" % exc
+    for entry in removed:
+        LOG.info("removed boot entry %s (%s) of an erased disk",
+                 entry["entry"], entry["label"])
+    return removed, None

@@ -242,17 +242,19 @@ def stale_entries(config, writable_uuids, known_uuids, keep=()):
     left: those booting a partition of a disk the agent may write
     (``writable_uuids``), and those booting a GPT partition no disk of
     this machine has (``known_uuids``: every partition the agent sees,
-    writable or not). Entries numbered in ``keep``, network, firmware
-    (setup, shell, boot manager) and other entries are never listed, nor
-    an entry for a disk the agent must not write."""
+    writable or not; None when a disk could not be read, and then no
+    entry counts as dangling). Entries numbered in ``keep``, network,
+    firmware (setup, shell, boot manager) and other entries are never
+    listed, nor an entry for a disk the agent must not write."""
     writable = {guid.lower() for guid in writable_uuids if guid}
-    known = {guid.lower() for guid in known_uuids if guid} | writable
+    known = None if known_uuids is None else \
+        {guid.lower() for guid in known_uuids if guid} | writable
     stale = []
     for entry in config["entries"]:
         guid = entry["partition_uuid"]
         if entry["kind"] != "disk" or entry["entry"] in keep or not guid:
             continue
-        if guid in writable or guid not in known:
+        if guid in writable or (known is not None and guid not in known):
             stale.append(entry)
     return stale
 
@@ -282,8 +284,9 @@ def _efibootmgr(*args):
     except processes.ToolNotFound:
         raise
     except processes.ProcessError as exc:
-        raise EfiError("efibootmgr %s failed: %s" % (" ".join(args),
-                                                     exc)) from exc
+        # The ProcessError names the command and its stderr already.
+        raise EfiError("the firmware's boot entries could not be read or "
+                       "changed: %s" % exc) from exc
     return out
 
 

@@ -401,9 +401,16 @@ class FakeMachine:
                            "attributes", name, "current_value")) as stream:
             return stream.read().strip()
 
-    def set_efi(self, secure_boot=None, setup_mode=None):
+    def set_efi(self, secure_boot=None, setup_mode=None, lockdown=None):
         """Boot in UEFI mode; ``secure_boot``/``setup_mode`` (bools) write
-        the EFI variables, ``None`` leaves a variable out."""
+        the EFI variables, ``None`` leaves a variable out; ``lockdown``
+        (``"none"``, ``"integrity"``, ``"confidentiality"``) writes the
+        kernel's ``kernel/security/lockdown``."""
+        if lockdown is not None:
+            _write(self.sys("kernel", "security", "lockdown"),
+                   " ".join("[%s]" % mode if mode == lockdown else mode
+                            for mode in ("none", "integrity",
+                                         "confidentiality")) + "\n")
         efivars = self.sys("firmware", "efi", "efivars")
         os.makedirs(efivars, exist_ok=True)
         guid = "8be4df61-93ca-11d2-aa0d-00e098032b8c"

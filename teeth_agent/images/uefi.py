@@ -12,8 +12,10 @@ image file) with ``MTOOLS_SKIP_CHECK`` and no user configuration
   used; a name with a separator, a dot-dot or an odd character is skipped,
   so no path the agent builds can leave ``\\EFI``;
 - size and depth: only ``\\EFI`` and its direct subdirectories are listed
-  (never a recursive walk), at most :data:`MAX_VENDORS` of them, and a
-  listing over :data:`MAX_LISTING` bytes is refused;
+  (never a recursive walk), at most :data:`MAX_VENDORS` of them; each
+  ``mdir`` runs under ``prlimit`` and is read through a pipe, cut (and
+  refused) past :data:`MAX_LISTING` bytes, so a directory whose cluster
+  chain loops cannot fill the ramdisk's memory;
 - the loader is never read or run, only pointed at by a boot entry; the
   agent's own signed shim and grub come from the ramdisk
   (:data:`SHIM_PATH`, :data:`GRUB_PATH`), never from the image;
@@ -50,6 +52,10 @@ AGENT_VENDOR = "debian"
 MAX_VENDORS = 64
 #: Largest ``mdir`` output read for one directory.
 MAX_LISTING = 1024 * 1024
+#: Limits of one ``mdir`` run (``prlimit``): a FAT directory of any size
+#: lists in well under a second.
+MDIR_CPU_SECONDS = 20
+MDIR_ADDRESS_SPACE = 512 * 1024 * 1024
 #: Largest os-release read.
 MAX_OS_RELEASE = 64 * 1024
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
@@ -80,6 +86,30 @@ def find_esps(table):
     return [p for p in table["partitions"] if is_esp(p) and p["number"]]
 
 
+def _listing(image, path, offset):
+    """``(returncode, stdout, stderr)`` of ``mdir -a -b`` on ``path``,
+    read through a pipe: at most :data:`MAX_LISTING` bytes are ever held
+    (a directory whose cluster chain loops would print without end), and
+    mdir runs under ``prlimit`` (CPU seconds and address space)."""
+    # open_pipe passes no environment: env(1) sets mtools' own.
+    pipe = processes.open_pipe(
+        "prlimit", "--cpu=%d" % MDIR_CPU_SECONDS,
+        "--as=%d" % MDIR_ADDRESS_SPACE, "env", "MTOOLS_SKIP_CHECK=1",
+        "MTOOLSRC=/dev/null", "mdir", "-a", "-b", "-i",
+        _target(image, offset), "::" + path, stdin=False)
+    try:
+        out = pipe.stdout.read(MAX_LISTING + 1)
+        if len(out) > MAX_LISTING:
+            raise EspError("the directory %s on %s lists more than %d bytes"
+                           % (path, image, MAX_LISTING))
+    except BaseException:
+        pipe.kill()
+        raise
+    pipe.stdout.close()
+    returncode, err = pipe.finish(timeout=MDIR_CPU_SECONDS * 4, check=False)
+    return returncode, out.decode("utf-8", "replace"), err
+
+
 def list_directory(image, path, offset=0):
     """``{name: is_directory}`` of the FAT directory ``path`` (``/EFI``).
 
@@ -87,17 +117,18 @@ def list_directory(image, path, offset=0):
     file system cannot be read or the listing is too long. Names with a
     separator or a control character are left out.
     """
-    returncode, out, err = processes.run(
-        "mdir", "-a", "-b", "-i", _target(image, offset), "::" + path,
-        env=_env(), timeout=120)
+    try:
+        returncode, out, err = _listing(image, path, offset)
+    except processes.ToolNotFound:
+        raise
+    except processes.ProcessError as exc:
+        raise EspError("cannot list %s on %s: %s" % (path, image, exc)) \
+            from None
     if returncode != 0:
         if "not found" in err:
             return None
         raise EspError("cannot list %s on %s: %s"
                        % (path, image, (err or "").strip()[-200:]))
-    if len(out) > MAX_LISTING:
-        raise EspError("the directory %s on %s lists more than %d bytes"
-                       % (path, image, MAX_LISTING))
     prefix = "::" + path.rstrip("/") + "/"
     entries = {}
     for line in out.splitlines():

@@ -144,12 +144,12 @@ class HostileEspTest(EspTestBase):
         self.mkdirs(esp, *["/EFI/v%03d" % n for n in range(80)])
         self.put(esp, "/EFI/v079/shimx64.efi")
         calls = []
-        real_run = processes.run
+        real_open = processes.open_pipe
 
         def counting(*argv, **kwargs):
             calls.append(argv)
-            return real_run(*argv, **kwargs)
-        with mock.patch.object(processes, "run", counting):
+            return real_open(*argv, **kwargs)
+        with mock.patch.object(processes, "open_pipe", counting):
             found = uefi.find_loader(esp)
         # v079 is past the first MAX_VENDORS directories: never looked at.
         self.assertIsNone(found)
@@ -164,12 +164,25 @@ class HostileEspTest(EspTestBase):
             stream.write(b"MZ")
             stream.truncate(40 * MIB)
         self.put(esp, "/EFI/big/shimx64.efi", huge)
-        with mock.patch.object(processes, "run",
-                               wraps=processes.run) as run:
+        with mock.patch.object(processes, "open_pipe",
+                               wraps=processes.open_pipe) as pipes, \
+                mock.patch.object(processes, "run",
+                                  wraps=processes.run) as runs:
             self.assertEqual("\\EFI\\big\\shimx64.efi",
                              uefi.find_loader(esp)["loader"])
-        self.assertEqual({"mdir"}, {call.args[0]
-                                    for call in run.call_args_list})
+        # Only listings: nothing copies or reads the file.
+        self.assertEqual([], runs.call_args_list)
+        self.assertTrue(all("mdir" in call.args
+                            for call in pipes.call_args_list))
+
+    def test_an_endless_listing_is_cut(self):
+        esp = self.esp()
+        self.mkdirs(esp, "/EFI")
+        with mock.patch.object(uefi, "MAX_LISTING", 64):
+            self.mkdirs(esp, *["/EFI/v%03d" % n for n in range(10)])
+            with self.assertRaises(uefi.EspError) as caught:
+                uefi.find_loader(esp)
+        self.assertIn("lists more than 64 bytes", str(caught.exception))
 
     def test_not_a_fat_file_system(self):
         junk = os.path.join(self.work, "junk.img")

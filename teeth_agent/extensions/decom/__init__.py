@@ -35,6 +35,7 @@ from teeth_agent.extensions.decom import qc
 from teeth_agent.fetch import errors
 from teeth_agent.fetch import http_source
 from teeth_agent import hardware
+from teeth_agent.hardware import boot_entries
 from teeth_agent.hardware import erase
 from teeth_agent.hardware import inventory
 from teeth_agent.hardware import safety
@@ -271,7 +272,14 @@ class DecomExtension(base.Extension):
         else:
             accounted = None
             targets = list(devices)
+        remove_entries = self.conf.decom.remove_boot_entries
+        if remove_entries:
+            uuids = boot_entries.before_erase(self.hardware, targets)
         results = self._erase_all(task, targets, method, allow_fallback)
+        if remove_entries:
+            removed, entries_error = boot_entries.after_erase(
+                self.hardware, uuids, [path for path in targets
+                                       if results[path]["outcome"] == ERASED])
         if accounted is None:
             ordered = [results[path] for path in targets]
         else:
@@ -282,6 +290,10 @@ class DecomExtension(base.Extension):
         failures = [entry for entry in in_scope
                     if entry["outcome"] != ERASED]
         result = {"devices": ordered}
+        if remove_entries:
+            result["boot_entries_removed"] = removed
+            if entries_error:
+                result["boot_entries_error"] = entries_error
         if failures:
             result["not_erased"] = [entry["path"] for entry in failures]
             raise tasks.TaskFailed(

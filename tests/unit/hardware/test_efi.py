@@ -32,8 +32,8 @@ class BootStateTest(fixtures.FakeMachineTestCase):
                          self.state())
 
     def test_uefi_with_secure_boot_and_lockdown(self):
-        self.machine.set_efi(secure_boot=True, setup_mode=False)
-        self.set_lockdown("none [integrity] confidentiality\n")
+        self.machine.set_efi(secure_boot=True, setup_mode=False,
+                             lockdown="integrity")
         self.assertEqual({"boot_mode": "uefi", "secure_boot": True,
                           "setup_mode": False, "lockdown": "integrity"},
                          self.state())
@@ -248,3 +248,27 @@ class StaleEntriesTest(fixtures.FakeMachineTestCase):
         self.assertEqual(["0009", "0001", "0000"],
                          efi.order_first(["0001", "0009", "0000"], "0009"))
         self.assertEqual(["0009"], efi.order_first([], "0009"))
+
+    def test_no_dangling_rule_when_a_disk_could_not_be_read(self):
+        self.assertEqual(["0004"], self.stale(
+            samples.V17, {samples.DISK_GUID}, None))
+
+
+class SimulatedNvramTest(fixtures.FakeMachineTestCase):
+    """With [power] simulate the generic manager never changes NVRAM: a
+    test host booted UEFI keeps its own entries."""
+
+    def test_changes_are_only_logged(self):
+        self.machine.set_efi(secure_boot=False)
+        self.set_config(**{"power.simulate": True})
+        self.tools.answer(["efibootmgr", "-v"], stdout=samples.V17)
+        dispatcher = self.build_dispatcher(GENERIC)
+        self.assertIsNone(dispatcher.call(
+            "create_boot_entry", "/dev/sda", 1, "\\EFI\\x\\shimx64.efi",
+            "x"))
+        dispatcher.call("delete_boot_entry", "0004")
+        dispatcher.call("set_boot_order", ["0004"])
+        dispatcher.call("set_boot_next", "0004")
+        self.assertEqual(7, len(dispatcher.call("list_boot_entries")[
+            "entries"]))
+        self.assertEqual([["efibootmgr", "-v"]], self.tools.calls)
