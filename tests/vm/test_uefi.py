@@ -224,7 +224,8 @@ def test_agent_loader(ramdisk, uefi_test_images, image_server, endpoints,
                      "no-loader.img")
     loader = result["boot_loader"]
     assert loader["action"] == "installed", loader
-    assert loader["loader"] == "\\EFI\\debian\\shimx64.efi", loader
+    assert loader["loader"] == "shim+grub", loader
+    assert loader["path"] == "\\EFI\\debian\\shimx64.efi", loader
     assert loader["partition"] == 1 and loader["esp_created"] is False, \
         loader
     entry = check_entry_first(result)
