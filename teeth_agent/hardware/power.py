@@ -46,15 +46,17 @@ class PowerController:
     def load_kexec(self, kernel, initrd=None, cmdline="", file_load=False):
         """Stage a kernel (harmless: nothing runs yet).
 
-        ``file_load`` uses ``kexec -s`` (the ``kexec_file_load`` syscall:
+        ``file_load`` uses ``kexec -s -l`` (the ``kexec_file_load`` syscall:
         the running kernel checks the new one's signature, and it is the
         only one a locked-down kernel allows); otherwise ``kexec -l``.
         Raises :class:`KexecRejected` when the kernel refused the load for
         its signature or lockdown, ``processes.ProcessError`` for other
         failures.
         """
-        argv = ["kexec", "-s" if file_load else "-l", kernel,
-                "--append=%s" % cmdline]
+        # -s only picks the system call: -l is still the action (without
+        # it kexec loads, then runs shutdown to execute at once).
+        argv = ["kexec"] + (["-s"] if file_load else []) + [
+            "-l", kernel, "--append=%s" % cmdline]
         if initrd:
             argv.append("--initrd=%s" % initrd)
         if self.simulate:

@@ -30,6 +30,7 @@ from teeth_agent import transport
 from tests.functional import standbye_http
 from tests.vm import images
 from tests.vm import machine
+from tests.vm import uefi
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -93,7 +94,9 @@ def ramdisk(vm_requirements, vm_tls, tmp_path_factory):
     ``files``."""
     output = str(tmp_path_factory.mktemp("ramdisk"))
     argv = [sys.executable, BUILD_RAMDISK, "--output", output,
-            "--ca-file", vm_tls.ca.cert_path]
+            "--ca-file", vm_tls.ca.cert_path,
+            # The UEFI media too (tests/vm/test_uefi.py): ~20 s more.
+            "--uefi", "--uefi-cmdline", uefi.media_cmdline()]
     if os.environ.get("TEETH_RAMDISK_CACHE"):
         argv += ["--cache", os.environ["TEETH_RAMDISK_CACHE"]]
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -162,10 +165,10 @@ def machines(tmp_path, request):
     created = []
 
     class Machines:
-        def create(self, name, **kwargs):
+        def create(self, name, cls=machine.VirtualMachine, **kwargs):
             directory = os.path.join(str(tmp_path), name)
             os.makedirs(directory)
-            vm = machine.VirtualMachine(directory, **kwargs)
+            vm = cls(directory, **kwargs)
             created.append(vm)
             return vm
 

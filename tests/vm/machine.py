@@ -32,9 +32,14 @@ class MachineError(AssertionError):
 class VirtualMachine:
     """One qemu process; :meth:`stop` always ends it.
 
+    Subclasses (``tests.vm.uefi``) add firmware with :meth:`firmware_argv`
+    and may let the guest reboot (``no_reboot`` False) or leave the boot
+    order to the firmware (``bootindex`` False).
+
     ``disks`` is a list of ``(kind, path, serial)`` with kind ``virtio``,
-    ``nvme``, ``nvme-ns`` (one namespace of a controller the ``nvme-ns``
-    disks share), ``sata`` or ``cdrom`` (an ISO image, read-only);
+    ``virtio-ro`` (read-only), ``nvme``, ``nvme-ns`` (one namespace of a
+    controller the ``nvme-ns`` disks share), ``sata`` or ``cdrom`` (an ISO
+    image, read-only);
     ``forwards`` maps a guest port on :data:`GUEST_SERVER` to a host port
     on 127.0.0.1. With ``kernel``
     None the firmware (SeaBIOS) boots the first disk instead, through
@@ -56,6 +61,13 @@ class VirtualMachine:
         self.process = None
         self.started_at = None
 
+    no_reboot = True
+    bootindex = True
+
+    def firmware_argv(self):
+        """Extra qemu arguments for the firmware (none: SeaBIOS)."""
+        return []
+
     def _relay(self, host_port):
         # guestfwd's cmd: takes no spaces, so the relay is a script.
         path = os.path.join(self.directory, "relay-%d.sh" % host_port)
@@ -72,9 +84,10 @@ class VirtualMachine:
         argv = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max",
                 "-smp", "1", "-m", str(self.memory_mib),
                 # No default CD-ROM, VGA or NIC: only the devices below.
-                "-nodefaults", "-nographic", "-no-reboot",
-                "-monitor", "none",
-                "-serial", "file:%s" % self.console_path]
+                "-nodefaults", "-nographic"] + \
+            (["-no-reboot"] if self.no_reboot else []) + \
+            ["-monitor", "none", "-serial", "file:%s" % self.console_path]
+        argv += self.firmware_argv()
         if self.kernel is not None:
             argv += ["-kernel", self.kernel, "-initrd", self.initrd,
                      "-append", self.cmdline]
@@ -88,11 +101,12 @@ class VirtualMachine:
             argv += ["-drive", "file=%s,if=none,id=%s,format=raw%s"
                      % (path, drive,
                         ",media=cdrom,readonly=on" if kind == "cdrom"
+                        else ",readonly=on" if kind == "virtio-ro"
                         else "")]
-            if self.kernel is None and index == 0:
+            if self.kernel is None and index == 0 and self.bootindex:
                 # The firmware's boot order: this disk first.
                 drive += ",bootindex=0"
-            if kind == "virtio":
+            if kind in ("virtio", "virtio-ro"):
                 argv += ["-device", "virtio-blk-pci,drive=%s,serial=%s"
                          % (drive, serial)]
             elif kind == "nvme":

@@ -34,7 +34,7 @@ PYTHON_SITE = "usr/local/lib/python3.11/dist-packages"
 # The files of this directory that shape the base: their bytes are hashed.
 BASE_INPUT_FILES = ("packages.txt", "modules.txt", "trim.txt", "init",
                     "udhcpc.script", "teeth-agent.conf", "base.py",
-                    "vmlinux.py")
+                    "vmlinux.py", "loaders.py")
 DPKG_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*",
                  "/usr/share/locale/*", "/usr/share/lintian/*",
                  "/usr/share/bug/*")
@@ -123,9 +123,10 @@ def kernel_package():
     return package, candidate.group(1)
 
 
-def base_key(suite, mirror, kernel):
+def base_key(suite, mirror, kernel, loader_versions=None):
     """The hash naming the cached base: every file that shapes it, the
-    Python requirements, the suite, the mirror and the kernel version."""
+    Python requirements, the suite, the mirror, the kernel version and
+    the versions of the signed UEFI loader packages."""
     digest = hashlib.sha256()
     for name in BASE_INPUT_FILES:
         with open(os.path.join(HERE, name), "rb") as stream:
@@ -133,6 +134,8 @@ def base_key(suite, mirror, kernel):
     with open(os.path.join(REPO_ROOT, "requirements.txt"), "rb") as stream:
         digest.update(b"requirements\0" + stream.read() + b"\0")
     digest.update(("%s\0%s\0%s=%s" % (suite, mirror, *kernel)).encode())
+    for package, version in sorted((loader_versions or {}).items()):
+        digest.update(("\0%s=%s" % (package, version)).encode())
     return digest.hexdigest()[:16]
 
 
@@ -277,10 +280,21 @@ def install_files(root):
 
 
 def trim(root):
-    """Remove what the ramdisk never uses (trim.txt)."""
+    """Remove what the ramdisk never uses (trim.txt), except the paths its
+    ``!`` lines keep."""
     removed = 0
-    for pattern in read_list("trim.txt"):
+    entries = read_list("trim.txt")
+    kept = set()
+    for pattern in entries:
+        if pattern.startswith("!"):
+            kept.update(glob.glob(os.path.join(root, pattern[1:])))
+    for pattern in entries:
+        if pattern.startswith("!"):
+            continue
         for path in glob.glob(os.path.join(root, pattern)):
+            if path in kept or any(k.startswith(path + os.sep)
+                                   for k in kept):
+                continue
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path)
             else:
@@ -315,8 +329,13 @@ def pack(root, output):
     os.replace(output + ".tmp", output)
 
 
-def build_base(cache, suite, mirror, kernel, key):
-    """Build the base into ``cache/base-<key>`` unless it is there."""
+def build_base(cache, suite, mirror, kernel, key, loader_versions=None):
+    """Build the base into ``cache/base-<key>`` unless it is there. With
+    ``loader_versions`` (``{package: version}``, see
+    :mod:`tools.ramdisk.loaders`) the signed UEFI loaders go into the root
+    and, by role, into ``efi/`` of the base for the UEFI outputs."""
+    # Imported here: loaders uses this module's helpers.
+    from tools.ramdisk import loaders
     base_dir = os.path.join(cache, "base-" + key)
     if os.path.exists(os.path.join(base_dir, "base.json")):
         log("base %s is cached", key)
@@ -328,6 +347,10 @@ def build_base(cache, suite, mirror, kernel, key):
         unpacked, release = fetch_kernel(cache, kernel[0], kernel[1],
                                          workdir)
         bootstrap(root, suite, mirror, cache)
+        signed = {}
+        if loader_versions:
+            signed = loaders.fetch(cache, loader_versions, workdir)
+            loaders.install(signed, root)
         install_requirements(root)
         install_kernel(unpacked, release, root)
         install_files(root)
@@ -339,9 +362,14 @@ def build_base(cache, suite, mirror, kernel, key):
                      os.path.join(staged, "vmlinuz"))
         vmlinux.extract(os.path.join(staged, "vmlinuz"),
                         os.path.join(staged, "vmlinux"))
+        kept = loaders.keep(signed, os.path.join(staged, "efi"))
         info = {"key": key, "suite": suite, "mirror": mirror,
                 "kernel_package": kernel[0], "kernel_version": kernel[1],
                 "kernel_release": release,
+                "uefi_loaders": {
+                    "packages": dict(loader_versions or {}),
+                    "files": {role: os.path.relpath(path, staged)
+                              for role, path in kept.items()}},
                 "build_seconds": round(time.monotonic() - started, 1),
                 "base_bytes": os.path.getsize(
                     os.path.join(staged, "base.cpio"))}

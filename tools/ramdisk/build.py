@@ -25,7 +25,11 @@ first in the concatenation, so its files win over the base's.
 Outputs, in ``--output`` (default ``.ramdisk-cache/out``): ``vmlinuz`` (the
 Debian bzImage), ``vmlinux`` (the same kernel as an uncompressed ELF, which
 qemu boots several times faster under emulation), ``initrd.img`` and
-``manifest.json`` (versions, hashes, sizes).
+``manifest.json`` (versions, hashes, sizes). With ``--uefi``, also the
+UEFI media of :mod:`tools.ramdisk.uefi_media` (``esp.img``,
+``teeth-ramdisk.iso``, ``netboot/``): Debian's signed shim and grub (from
+their packages, unpacked by :mod:`tools.ramdisk.loaders`, which also puts
+them into the base for the agent) and the same kernel and initramfs.
 """
 
 import argparse
@@ -40,6 +44,8 @@ from tools.ramdisk import base
 from tools.ramdisk.base import BuildError
 from tools.ramdisk.base import log
 from tools.ramdisk.base import run
+from tools.ramdisk import loaders
+from tools.ramdisk import uefi_media
 
 
 def concatenate(parts, output):
@@ -51,13 +57,17 @@ def concatenate(parts, output):
 
 
 def build(output=None, cache=base.DEFAULT_CACHE, suite=base.DEFAULT_SUITE,
-          mirror=None, extra_packages=(), compress=None, tls=None):
+          mirror=None, extra_packages=(), compress=None, tls=None,
+          uefi=False, uefi_cmdline=uefi_media.DEFAULT_CMDLINE):
     """Build (or reuse) the ramdisk; returns the manifest (a dict) also
     written to ``output/manifest.json``. ``tls`` is an
     :class:`agent_layer.TLSInputs` (a CA file is required unless it says
-    plaintext)."""
+    plaintext). With ``uefi`` the UEFI media are made too (see
+    :mod:`uefi_media`), booting the kernel with ``uefi_cmdline``."""
     tls = tls or agent_layer.TLSInputs()
     agent_layer.check_tls(tls)
+    if uefi:
+        uefi_media.check_cmdline(uefi_cmdline)
     if os.geteuid() != 0:
         raise BuildError("run as root: mmdebstrap and device nodes need it")
     started = time.monotonic()
@@ -66,8 +76,10 @@ def build(output=None, cache=base.DEFAULT_CACHE, suite=base.DEFAULT_SUITE,
     os.makedirs(output, exist_ok=True)
     mirror = mirror or base.apt_mirror()
     kernel = base.kernel_package()
-    key = base.base_key(suite, mirror, kernel)
-    base_dir, built = base.build_base(cache, suite, mirror, kernel, key)
+    loader_versions = loaders.versions()
+    key = base.base_key(suite, mirror, kernel, loader_versions)
+    base_dir, built = base.build_base(cache, suite, mirror, kernel, key,
+                                      loader_versions)
     agent_cpio = os.path.join(output, "agent.cpio")
     agent_layer.build_agent_layer(agent_cpio, extra_packages, tls)
     initrd = os.path.join(output, "initrd.img")
@@ -84,6 +96,10 @@ def build(output=None, cache=base.DEFAULT_CACHE, suite=base.DEFAULT_SUITE,
                      os.path.join(output, name))
     with open(os.path.join(base_dir, "base.json")) as stream:
         manifest = json.load(stream)
+    if uefi:
+        manifest["uefi"] = uefi_media.build(
+            base_dir, manifest, os.path.join(output, "vmlinuz"), initrd,
+            output, uefi_cmdline)
     manifest.update({
         "base_cached": not built,
         "agent_version": agent_layer.agent_version(),
@@ -128,6 +144,17 @@ def main(argv=None):
     parser.add_argument("--compress", choices=["gzip", "zstd"],
                         help="compress initrd.img (for network boot; "
                              "qemu boots the uncompressed one as fast)")
+    uefi_args = parser.add_argument_group(
+        "UEFI", "Also make media that boot UEFI machines, with Secure Boot "
+                "on or off, through Debian's signed shim and grub: esp.img, "
+                "teeth-ramdisk.iso and the netboot/ tree (docs/ramdisk.md).")
+    uefi_args.add_argument("--uefi", action="store_true",
+                           help="make the UEFI media too")
+    uefi_args.add_argument("--uefi-cmdline",
+                           default=uefi_media.DEFAULT_CMDLINE,
+                           help="the kernel command line the media's "
+                                "grub.cfg gives the ramdisk (default: "
+                                "%(default)s)")
     tls_args = parser.add_argument_group(
         "TLS", "The agent talks TLS to its endpoint: the image carries the "
                "CA it trusts, and optionally one machine's client "
@@ -156,7 +183,8 @@ def main(argv=None):
                              ca_file=args.ca_file,
                              agent_cert=args.agent_cert,
                              agent_key=args.agent_key,
-                             plaintext=args.plaintext))
+                             plaintext=args.plaintext),
+                         uefi=args.uefi, uefi_cmdline=args.uefi_cmdline)
     except BuildError as exc:
         log("failed: %s", exc)
         return 1

@@ -44,7 +44,7 @@ class PowerTest(base.TestCase):
         with mock.patch.object(processes, "execute") as execute:
             controller.load_kexec("/k", None, "quiet", file_load=True)
         execute.assert_called_once_with(
-            "kexec", "-s", "/k", "--append=quiet", log_level=mock.ANY)
+            "kexec", "-s", "-l", "/k", "--append=quiet", log_level=mock.ANY)
 
     def test_signature_rejection_is_its_own_error(self):
         controller = power.PowerController(simulate=False)
