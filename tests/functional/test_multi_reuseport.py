@@ -84,4 +84,5 @@ class TestSharedPort(unittest.TestCase):
             "listen_port": self.port, "tls_enabled": False}})
         self.addCleanup(lone.stop)
         self.assertNotEqual(0, lone.wait_exit())
-        self.assertIn("Address already in use", lone.output())
+        self.assertIn("port %d on 127.0.0.1 is in use" % self.port,
+                      lone.output())
