@@ -286,7 +286,11 @@ class ControlServer:
             except errors.AgentNotConnected as exc:
                 raise protocol.NotFound(str(exc)) from None
         if final is None:
-            raise protocol.InternalError("task %s did not end within %ss"
-                                         % (task_id, timeout))
+            # The wait ended first: the task goes on; the caller decides
+            # (as without a router). The status is known when the agent
+            # is held here.
+            agent = self.endpoint.agents.get(agent_id)
+            return {"status": agent.tasks.get(task_id) if agent else None,
+                    "terminal": False}
         return {"status": final,
                 "terminal": final.get("state") in tasks_mod.TERMINAL}

@@ -54,11 +54,16 @@ class DbTokenStore(endpoint_identity.TokenStore):
         super().__init__(path=None)
         self.store = store
         self._hashes = dict(hashes)
+        # Agents forgotten here whose deletion the writer has not committed
+        # yet: a refresh must not bring their old hash back meanwhile.
+        self._forgotten = set()
 
     def refresh(self, agent_id):
         """Re-read the agent's hash from the database, where another
         endpoint process on it may have issued (or forgotten) one since
         this process loaded them; runs the read off the hub."""
+        if agent_id in self._forgotten:
+            return
         try:
             found = transport.run_in_thread(self.store.token_hash, agent_id)
         except schema.DatabaseError as exc:
@@ -87,14 +92,21 @@ class DbTokenStore(endpoint_identity.TokenStore):
 
     def issue(self, agent_id):
         token = super().issue(agent_id)
+        self._forgotten.discard(agent_id)
         self.store.set_token(agent_id, self._hashes[agent_id])
         return token
 
     def forget(self, agent_id):
-        known = agent_id in self._hashes
         super().forget(agent_id)
-        if known:
-            self.store.set_token(agent_id, None)
+        # Queued even when this process had no hash: another process on
+        # the database may have issued one.
+        self._forgotten.add(agent_id)
+        self.store.set_token(agent_id, None)
+
+        def committed(error, agent_id=agent_id):
+            if error is None:
+                self._forgotten.discard(agent_id)
+        self.store.flush_async(committed)
 
 
 class Persistence:
