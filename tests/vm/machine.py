@@ -48,7 +48,7 @@ class VirtualMachine:
     """
 
     def __init__(self, directory, kernel, initrd, cmdline, disks,
-                 forwards, memory_mib=1536):
+                 forwards, memory_mib=3072):
         self.directory = directory
         self.kernel = kernel
         self.initrd = initrd

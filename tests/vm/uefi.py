@@ -68,7 +68,7 @@ class UefiMachine(machine.VirtualMachine):
     bootindex = False
 
     def __init__(self, directory, disks, forwards, variables, reboot=False,
-                 memory_mib=1536):
+                 memory_mib=3072):
         super().__init__(directory, kernel=None, initrd=None, cmdline=None,
                          disks=disks, forwards=forwards,
                          memory_mib=memory_mib)
