@@ -143,25 +143,12 @@ def main(argv=None):
              ", ".join(conf.endpoints))
     if metrics is not None:
         LOG.info("agent metrics at http://%s/metrics", conf.metrics.listen)
-    reason = "stopped"
-    with lifecycle.StopSignals() as signals:
-        try:
-            agent.run()
-        except lifecycle.Stop as stop:
-            reason = stop.reason
-        except KeyboardInterrupt:
-            reason = "interrupted (SIGINT)"
-        except Exception as exc:
-            reason = "error: %s" % exc
-            raise
-        finally:
-            signals.release()
-            LOG.info("teeth-agent shutting down: %s", reason)
-            agent.stop()
-            if metrics is not None:
-                metrics[1].shutdown()
-            LOG.info("teeth-agent stopped")
-    return 0
+
+    def cleanup():
+        agent.stop()
+        if metrics is not None:
+            metrics[1].shutdown()
+    return lifecycle.run_until_stopped("teeth-agent", agent.run, cleanup)
 
 
 if __name__ == "__main__":

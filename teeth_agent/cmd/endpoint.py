@@ -271,28 +271,18 @@ def serve(conf):
               % (endpoint.host, endpoint.port, path), flush=True)
     LOG.info("teeth-endpoint started (pid %d): agents on %s:%d, control "
              "socket %s", os.getpid(), endpoint.host, endpoint.port, path)
-    reason = "stopped"
-    with lifecycle.StopSignals() as signals:
-        try:
-            while True:
-                transport.sleep(3600)
-        except lifecycle.Stop as stop:
-            reason = stop.reason
-        except KeyboardInterrupt:
-            reason = "interrupted (SIGINT)"
-        except Exception as exc:
-            reason = "error: %s" % exc
-            raise
-        finally:
-            signals.release()
-            LOG.info("teeth-endpoint shutting down: %s", reason)
-            if router is not None:
-                router.stop()
-            cmd_dashboard.stop(dashboard)
-            server.stop()
-            endpoint.stop()
-            LOG.info("teeth-endpoint stopped")
-    return 0
+
+    def wait():
+        while True:
+            transport.sleep(3600)
+
+    def cleanup():
+        if router is not None:
+            router.stop()
+        cmd_dashboard.stop(dashboard)
+        server.stop()
+        endpoint.stop()
+    return lifecycle.run_until_stopped("teeth-endpoint", wait, cleanup)
 
 
 def _connect(conf, dispatch=None):

@@ -140,3 +140,27 @@ class StopSignals:
     def __exit__(self, *exc_info):
         self.release()
         return False
+
+
+def run_until_stopped(program, work, cleanup):
+    """Run ``work()`` until it returns or a stop signal, Ctrl-C or an
+    error ends it; then log ``<program> shutting down: <reason>``, call
+    ``cleanup()`` and log ``<program> stopped``. An error is re-raised
+    after the clean-up. Returns 0."""
+    reason = "stopped"
+    with StopSignals() as signals:
+        try:
+            work()
+        except Stop as stop:
+            reason = stop.reason
+        except KeyboardInterrupt:
+            reason = "interrupted (SIGINT)"
+        except Exception as exc:
+            reason = "error: %s" % exc
+            raise
+        finally:
+            signals.release()
+            LOG.info("%s shutting down: %s", program, reason)
+            cleanup()
+            LOG.info("%s stopped", program)
+    return 0
