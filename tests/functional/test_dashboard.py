@@ -53,14 +53,24 @@ class TestDashboardInBrowser(unittest.TestCase):
                            harness.START_TIMEOUT, interval=0.1,
                            what="the agent shown as connected")
         harness.wait_until(
-            lambda: self.driver.find_element("id", "live").text == "live",
+            lambda: self.texts("#live") == ["live"],
             harness.START_TIMEOUT, interval=0.1, what="live updates")
 
+    def texts(self, selector):
+        """The text of every element matching ``selector``, read in one
+        script run: the page replaces rows on every live update, so
+        element handles kept across WebDriver calls can go stale."""
+        return self.driver.execute_script(
+            "return Array.from(document.querySelectorAll(arguments[0]),"
+            " e => e.innerText);", selector)
+
+    def agent_cells(self):
+        return self.texts(
+            "#agents tbody tr[data-agent='%s'] td" % AGENT_ID)
+
     def agent_state(self):
-        rows = self.driver.find_elements(
-            "css selector", "#agents tbody tr[data-agent='%s']" % AGENT_ID)
-        return rows[0].find_elements("tag name", "td")[1].text if rows \
-            else None
+        cells = self.agent_cells()
+        return cells[1] if len(cells) > 1 else None
 
     def task(self, task_id):
         """``(state, progress value, percent text)`` of a task row."""
@@ -76,9 +86,7 @@ class TestDashboardInBrowser(unittest.TestCase):
         browser.console_errors(self.driver)
         self.load()
         self.assertEqual("teeth-endpoint dashboard", self.driver.title)
-        row = self.driver.find_element(
-            "css selector", "#agents tbody tr[data-agent='%s']" % AGENT_ID)
-        cells = [cell.text for cell in row.find_elements("tag name", "td")]
+        cells = self.agent_cells()
         self.assertEqual("TLS", cells[2])
         # The endpoint process holding the link: host:pid.
         self.assertTrue(cells[5].endswith(
@@ -124,8 +132,8 @@ class TestDashboardInBrowser(unittest.TestCase):
         self.assertEqual(0, done.returncode, done.stderr)
 
         def shown():
-            return [cell.text for cell in self.driver.find_elements(
-                "css selector", "#logs td.message") if "onerror" in cell.text]
+            return [text for text in self.texts("#logs td.message")
+                    if "onerror" in text]
         texts = harness.wait_until(shown, 30, interval=0.1,
                                    what="the hostile log record shown")
         self.assertIn('<img src=x onerror="window.__pwned=1">', texts[0])
