@@ -50,6 +50,10 @@ HEARTBEAT_INTERVAL = 10.0
 TEXT_LIMIT = 16 * 1024
 
 _STOP = "stop"
+#: The changes that write an agent's row.
+_AGENT_KINDS = ("connected", "disconnected", "forgotten", "token")
+#: Keys per ``IN`` query when a batch's rows are loaded.
+PREFETCH_CHUNK = 500
 
 
 class StoreClosed(schema.DatabaseError):
@@ -111,6 +115,9 @@ class Store:
         self._closed = False
         self._lock = threading.Lock()
         self._last_heartbeat = 0.0
+        # Per transaction (the writer thread's): see _prefetch.
+        self._missing = set()
+        self._agents, self._tasks = {}, {}
         #: Counters: transactions, task_updates (received), task_writes
         #: (rows written), running_coalesced, erasures, log_records,
         #: failures.
@@ -341,6 +348,7 @@ class Store:
                 last[key] = index
                 if change.payload.get("state") == RUNNING:
                     first_running.setdefault(key, change.at)
+        self._prefetch(session, batch)
         logs = collections.defaultdict(list)
         running = []
         for index, change in enumerate(batch):
@@ -362,8 +370,7 @@ class Store:
                 self._write_refused(session, change)
             elif kind == "log":
                 logs[change.agent_id].append(change)
-            elif kind in ("connected", "disconnected", "forgotten",
-                          "token"):
+            elif kind in _AGENT_KINDS:
                 self._write_agent(session, change)
             elif kind == "listen":
                 session.execute(sa.update(models.EndpointProcess).where(
@@ -387,12 +394,60 @@ class Store:
                 models.EndpointProcess.id == self.process_id).values(
                     heartbeat_at=now))
 
+    def _prefetch(self, session, batch, chunk=PREFETCH_CHUNK):
+        """Load, in a few ``IN`` queries, every agent and task row the
+        batch's changes touch, so that writing them costs no query per
+        change: a ramp of thousands of first handshakes is one batch of
+        ``connected`` and ``token`` changes. The rows land in the
+        session's identity map (``session.get`` then needs no query);
+        ``self._missing`` holds the keys known to have no row yet."""
+        agent_ids, task_keys = set(), set()
+        for change in batch:
+            if change.kind in _AGENT_KINDS:
+                agent_ids.add(change.agent_id)
+            elif change.kind == "sent" or (
+                    change.kind == "status"
+                    and change.payload.get("state") != RUNNING):
+                # (Running updates are looked up by _write_running.)
+                task_keys.add((change.agent_id, change.payload["task_id"]))
+        self._agents, self._tasks = {}, {}
+        agent_ids = sorted(agent_ids)
+        for start in range(0, len(agent_ids), chunk):
+            for row in session.scalars(sa.select(models.Agent).where(
+                    models.Agent.agent_id.in_(
+                        agent_ids[start:start + chunk]))):
+                self._agents[row.agent_id] = row
+        self._missing = {("agent", agent_id) for agent_id in agent_ids
+                         if agent_id not in self._agents}
+        task_keys = sorted(task_keys)
+        for start in range(0, len(task_keys), chunk):
+            part = task_keys[start:start + chunk]
+            for row in session.scalars(sa.select(models.Task).where(
+                    models.Task.agent_id.in_({key[0] for key in part}),
+                    models.Task.task_id.in_({key[1] for key in part}))):
+                self._tasks[(row.agent_id, row.task_id)] = row
+        self._missing.update(("task",) + key for key in task_keys
+                             if key not in self._tasks)
+
+    def _forget_cached(self, session, row, key):
+        """A row deleted with a bulk ``DELETE``: out of the session and
+        the batch's cache, so a later change of the batch makes a new
+        one instead of updating the deleted one."""
+        if row is not None and row in session:
+            session.expunge(row)
+        self._missing.add(key)
+
     def _agent_row(self, session, agent_id, at):
-        row = session.get(models.Agent, agent_id)
+        key = ("agent", agent_id)
+        row = self._agents.get(agent_id)
+        if row is None and key not in self._missing:
+            row = session.get(models.Agent, agent_id)
         if row is None:
+            self._missing.discard(key)
             row = models.Agent(agent_id=agent_id, first_seen_at=at,
                                last_seen_at=at, connected=False, tls=False)
             session.add(row)
+        self._agents[agent_id] = row
         return row
 
     def _write_agent(self, session, change):
@@ -400,6 +455,8 @@ class Store:
         if change.kind == "forgotten":
             session.execute(sa.delete(models.Agent).where(
                 models.Agent.agent_id == agent_id))
+            self._forget_cached(session, self._agents.pop(agent_id, None),
+                                ("agent", agent_id))
             return
         row = self._agent_row(session, agent_id, change.at)
         if change.kind == "token":
@@ -424,14 +481,19 @@ class Store:
         row.agent_version = _version(payload["handshake"])
 
     def _task_row(self, session, agent_id, task_id, at):
-        row = session.execute(sa.select(models.Task).where(
-            models.Task.agent_id == agent_id,
-            models.Task.task_id == task_id)).scalar_one_or_none()
+        key = (agent_id, task_id)
+        row = self._tasks.get(key)
+        if row is None and ("task",) + key not in self._missing:
+            row = session.execute(sa.select(models.Task).where(
+                models.Task.agent_id == agent_id,
+                models.Task.task_id == task_id)).scalar_one_or_none()
         created = row is None
         if created:
+            self._missing.discard(("task",) + key)
             row = models.Task(agent_id=agent_id, task_id=task_id,
                               state=RUNNING, created_at=at, updated_at=at)
             session.add(row)
+            self._tasks[key] = row
         return row, created
 
     def _event(self, session, agent_id, task_id, state, at, percent=None,
@@ -513,6 +575,9 @@ class Store:
             models.Task.agent_id == change.agent_id,
             models.Task.task_id == task_id, models.Task.state == "sent"))
         if deleted.rowcount:
+            key = (change.agent_id, task_id)
+            self._forget_cached(session, self._tasks.pop(key, None),
+                                ("task",) + key)
             session.execute(sa.delete(models.TaskEvent).where(
                 models.TaskEvent.agent_id == change.agent_id,
                 models.TaskEvent.task_id == task_id))

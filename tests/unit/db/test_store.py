@@ -228,6 +228,64 @@ class TestWrites(StoreTestCase):
         self.assertEqual(["b"], [row["agent_id"] for row in store.agents()])
         self.assertEqual({}, store.token_hashes())
 
+    def count_selects(self, store):
+        selects = []
+
+        def before(conn, cursor, statement, *args):
+            if statement.lstrip().upper().startswith("SELECT"):
+                selects.append(statement)
+        sa.event.listen(store.engine, "before_cursor_execute", before)
+        self.addCleanup(sa.event.remove, store.engine,
+                        "before_cursor_execute", before)
+        return selects
+
+    def test_a_ramp_of_first_handshakes_is_a_few_queries(self):
+        # Thousands of agents shaking hands for the first time: their
+        # rows are looked up a few hundred at a time, not one by one.
+        store = self.make_store(flush_interval=5.0)
+        selects = self.count_selects(store)
+        for index in range(1200):
+            agent_id = "agent-%04d" % index
+            store.agent_connected(agent_id, {"agent_version": "1"},
+                                  peer="p")
+            store.set_token(agent_id, "%064x" % index)
+            store.task_status(agent_id, {"task_id": "t", "state": "running",
+                                         "percent": 1.0})
+        store.flush(WAIT)
+        self.assertLessEqual(len(selects), 8,
+                             [select[:60] for select in selects])
+        self.assertEqual(1200, len(store.token_hashes()))
+        self.assertEqual(1200, len(store.tasks()))
+        # The same agents again (known rows now): still a few queries.
+        del selects[:]
+        for index in range(1200):
+            store.agent_disconnected("agent-%04d" % index)
+        store.flush(WAIT)
+        self.assertLessEqual(len(selects), 8,
+                             [select[:60] for select in selects])
+        self.assertFalse(any(row["connected"] for row in store.agents()))
+
+    def test_forgotten_and_back_in_one_batch(self):
+        store = self.make_store(flush_interval=5.0)
+        store.agent_connected("a", {"agent_version": "1"}, peer="p")
+        store.set_token("a", "ab" * 32)
+        store.task_sent("a", "t", "testing.sleep", {})
+        store.flush(WAIT)
+        # One batch: the rows loaded for it are deleted and made again.
+        store.agent_forgotten("a")
+        store.agent_connected("a", {"agent_version": "2"}, peer="q")
+        store.set_token("a", "cd" * 32)
+        store.task_refused("a", "t")
+        store.task_sent("a", "t", "testing.echo", {})
+        store.flush(WAIT)
+        self.assertEqual({"a": "cd" * 32}, store.token_hashes())
+        [row] = store.agents()
+        self.assertEqual("2", row["agent_version"])
+        [task] = store.tasks()
+        self.assertEqual(("sent", "testing.echo"),
+                         (task["state"], task["method"]))
+        self.assertEqual(0, store.stats["failures"])
+
     def test_close_marks_the_process_stopped_and_its_agents_gone(self):
         directory = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, directory)
