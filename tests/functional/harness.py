@@ -56,8 +56,8 @@ PLUGINS_DIR = os.path.join(REPO_ROOT, "tests", "fixtures", "plugins")
 HOST = "127.0.0.1"
 
 # Generous bounds: they only decide how long a broken build takes to fail.
-START_TIMEOUT = 30.0
-MESSAGE_TIMEOUT = 15.0
+START_TIMEOUT = 60.0
+MESSAGE_TIMEOUT = 30.0
 
 _PR_SET_PDEATHSIG = 1
 
