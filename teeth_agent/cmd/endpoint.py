@@ -154,9 +154,10 @@ def add_parsers(subparsers):
                             "(SAN URI teeth-agent:ID): agent.pem, "
                             "agent-key.pem")
     which.add_argument("--server", action="append", metavar="HOST",
-                       help="a server certificate for this DNS name or IP "
-                            "address (repeatable): endpoint.pem, "
-                            "endpoint-key.pem")
+                       help="an endpoint certificate for this DNS name or "
+                            "IP address (repeatable: name every address "
+                            "agents and other endpoint processes dial): "
+                            "endpoint.pem, endpoint-key.pem")
     issue.add_argument("--days", type=int, default=pki.DEFAULT_DAYS,
                        help="validity in days")
     _json_flag(issue, "print the paths written as one JSON object")
