@@ -47,6 +47,11 @@ PEER_METHODS = ("ping", "call", "watch_task")
 HANDSHAKE_TIMEOUT = 10.0
 LINE_IDLE_TIMEOUT = 60.0
 
+#: The most connections the peer port holds at once, TLS handshakes in
+#: progress included (far more than a fleet's processes need: one per
+#: routed command being answered); further ones are closed at once.
+CONNECTION_LIMIT = 256
+
 
 class NotAnEndpoint(OSError):
     """The other end of a peer link showed a certificate that is not an
@@ -108,6 +113,8 @@ class PeerLink:
         except transport.TLSContextError as exc:
             raise conf_tls.TLSConfigError(str(exc)) from None
         self.port = None
+        self.connection_limit = CONNECTION_LIMIT
+        self._held = 0
         self._listener = None
         self._acceptor = None
         self._control = None
@@ -127,10 +134,10 @@ class PeerLink:
         self._listener = transport.listen(self.settings["host"],
                                           self.settings["port"])
         self.port = self._listener.getsockname()[1]
+        # The TLS handshake is done in _on_socket, so that the
+        # connections it holds count against CONNECTION_LIMIT.
         self._acceptor = transport.spawn(
-            transport.accept_loop, self._listener, self._on_socket,
-            tls_context=self.server_context,
-            handshake_timeout=HANDSHAKE_TIMEOUT)
+            transport.accept_loop, self._listener, self._on_socket)
         LOG.info("peer link on %s:%d (published as %s)",
                  self.settings["host"], self.port, self.address)
         return self.port
@@ -147,16 +154,36 @@ class PeerLink:
 
     def _on_socket(self, sock, address):
         peer = "%s:%d" % tuple(address[:2])
-        if not pki.is_endpoint_certificate_der(
-                sock.getpeercert(binary_form=True)):
-            LOG.warning("refusing the peer link from %s: its certificate "
-                        "is not an endpoint certificate (an agent's?)",
-                        peer)
+        if self._held >= self.connection_limit:
+            LOG.warning("refusing the peer link from %s: %d peer "
+                        "connections are open", peer, self._held)
             sock.close()
             return
-        transport.Connection(sock, self._dispatch,
-                             name="endpoint peer %s" % peer,
-                             line_idle_timeout=LINE_IDLE_TIMEOUT).start()
+        self._held += 1
+        connection = None
+        try:
+            sock = transport.secure_accepted(sock, peer, self.server_context,
+                                             HANDSHAKE_TIMEOUT)
+            if sock is None:
+                return
+            if not pki.is_endpoint_certificate_der(
+                    sock.getpeercert(binary_form=True)):
+                LOG.warning("refusing the peer link from %s: its "
+                            "certificate is not an endpoint certificate (an "
+                            "agent's?)", peer)
+                sock.close()
+                return
+            connection = transport.Connection(
+                sock, self._dispatch, name="endpoint peer %s" % peer,
+                line_idle_timeout=LINE_IDLE_TIMEOUT,
+                on_close=self._released)
+            connection.start()
+        finally:
+            if connection is None:
+                self._held -= 1
+
+    def _released(self, connection, reason):
+        self._held -= 1
 
     def _dispatch(self, connection, command):
         if command.method not in PEER_METHODS:

@@ -494,6 +494,21 @@ class PeerLinkTest(base.TestCase):
         link.wait_closed(WAIT)
         self.assertTrue(link.closed)
 
+    def test_connections_beyond_the_limit_are_closed_at_once(self):
+        self.b.link.connection_limit = 1
+        held = self.peer_port(self.b)
+        self.assertEqual({}, held.call("ping", {}, timeout=WAIT))
+        with self.assertLogs(peer_link.LOG, "WARNING") as logs:
+            extra = transport.connect("127.0.0.1", self.b.link.port)
+            self.addCleanup(extra.close)
+            extra.settimeout(WAIT)
+            self.assertEqual(b"", extra.recv(1))
+        self.assertIn("1 peer connections are open", logs.output[0])
+        held.close()
+        base_wait(lambda: self.b.link._held == 0)
+        self.assertEqual({}, self.peer_port(self.b).call("ping", {},
+                                                         timeout=WAIT))
+
     def test_a_server_that_is_no_endpoint_is_not_dialled(self):
         for issued in (self.certs.unmarked, self.certs.agent):
             server = transport.server_tls_context(issued.cert_path,
