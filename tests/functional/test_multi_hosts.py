@@ -3,7 +3,8 @@ them over the peer link (TLS with endpoint certificates both ways).
 
 Endpoint processes A and B run in two network namespaces joined by a veth
 pair the test creates, each with a host name of its own, and share one
-SQLite file (the default database under one state_dir). Each listens for
+database: a SQLite file (the default database under one state_dir), and a
+throwaway PostgreSQL cluster reached over its Unix socket. Each listens for
 peers on its veth address (``[endpoint] peer_listen``) with a certificate
 of the session CA that names that address. An agent in B's namespace is
 held by B; ``teeth-endpoint call`` and ``watch`` given to A reach it
@@ -22,50 +23,69 @@ import unittest
 from teeth_agent import pki
 from tests.functional import harness
 from tests.functional import multi
+from tests.functional import postgres
 
 TASK = {"task_id": "far-1", "seconds": 2, "steps": 20}
 
 
-class TestRoutedAcrossHosts(unittest.TestCase):
+#: The pid of the process holding an agent (its id is checked by the
+#: callers to be a plain word).
+HOLDER_SQL = ("SELECT p.pid FROM agents a JOIN endpoint_processes p ON "
+              "a.process_id = p.id WHERE a.agent_id = '%s' AND a.connected")
+
+
+class _AcrossHosts:
+    """The scenarios; subclasses say which database A and B share."""
+
+    def database(self):
+        """The ``[database] connection`` of both processes (None: the
+        SQLite file under the shared state_dir)."""
+        raise NotImplementedError
+
+    def holder_pids(self, agent_id):
+        raise NotImplementedError
+
     def setUp(self):
         super().setUp()
         self.hosts = multi.Hosts(self)
         self.workdir = harness.make_workdir(self)
+        self.url = self.database()
 
-    def serve(self, index, name):
+    def serve(self, index, name, peer=True):
         """Endpoint process ``name`` in namespace ``index``, its peer port
-        on the veth address that its own certificate names."""
+        (unless not ``peer``) on the veth address that its own certificate
+        names."""
         workdir = os.path.join(self.workdir, name)
         os.mkdir(workdir)
-        address = self.hosts.address(index)
-        certificate = pki.make_server_certificate(
-            harness.tls_material().ca, [address, "127.0.0.1", "localhost"],
-            os.path.join(workdir, "pki"))
         overrides = {"endpoint": {
-            "state_dir": os.path.join(self.workdir, "state"),
-            "tls_cert_file": certificate.cert_path,
-            "tls_key_file": certificate.key_path,
-            "tls_ca_file": harness.tls_material().ca_file,
-            "peer_listen": "%s:0" % address}}
+            "state_dir": os.path.join(self.workdir, "state")}}
+        if self.url:
+            overrides["database"] = {"connection": self.url}
+        if peer:
+            address = self.hosts.address(index)
+            certificate = pki.make_server_certificate(
+                harness.tls_material().ca,
+                [address, "127.0.0.1", "localhost"],
+                os.path.join(workdir, "pki"))
+            overrides["endpoint"].update({
+                "tls_cert_file": certificate.cert_path,
+                "tls_key_file": certificate.key_path,
+                "tls_ca_file": harness.tls_material().ca_file,
+                "peer_listen": "%s:0" % address})
         process = multi.start_serve(
             self, workdir, overrides,
             self.hosts.run(index, "teeth-host-%s" % name))
-        process.peer_address = process.wait_for_output(
-            r"teeth-endpoint peer port (\S+)").group(1)
+        if peer:
+            process.peer_address = process.wait_for_output(
+                r"teeth-endpoint peer port (\S+)").group(1)
         return process
 
     def wait_held_in_database(self, process, agent_id):
         """Until the shared database names ``process`` as the holder."""
-        path = os.path.join(self.workdir, "state", "endpoint.sqlite")
-
-        def holder():
-            with sqlite3.connect(path, timeout=10) as connection:
-                return connection.execute(
-                    "SELECT p.pid FROM agents a JOIN endpoint_processes p "
-                    "ON a.process_id = p.id WHERE a.agent_id = ? AND "
-                    "a.connected", (agent_id,)).fetchall()
-        harness.wait_until(lambda: holder() == [(process.pid,)], 15,
-                           what="the holder in the database")
+        self.assertRegex(agent_id, r"^[\w-]+$")
+        harness.wait_until(
+            lambda: self.holder_pids(agent_id) == [process.pid], 15,
+            what="the holder in the database")
 
     def cli(self, process, *args):
         return harness.run_command(
@@ -123,12 +143,7 @@ class TestRoutedAcrossHosts(unittest.TestCase):
 
     def test_a_holder_whose_peer_port_is_off_is_refused_by_name(self):
         first = self.serve(0, "a")
-        workdir = os.path.join(self.workdir, "b")
-        os.mkdir(workdir)
-        second = multi.start_serve(
-            self, workdir, {"endpoint": {
-                "state_dir": os.path.join(self.workdir, "state")}},
-            self.hosts.run(1, "teeth-host-b"))
+        second = self.serve(1, "b", peer=False)
         agent = multi.AgentIn(self.workdir, [second.address],
                               argv_prefix=self.hosts.run(1, "teeth-host-b"))
         self.addCleanup(agent.stop)
@@ -141,6 +156,31 @@ class TestRoutedAcrossHosts(unittest.TestCase):
         self.assertEqual(1, done.returncode, done.stderr)
         self.assertIn("on host teeth-host-b", done.stderr)
         self.assertIn("no peer port", done.stderr)
+
+
+class TestAcrossHostsSQLite(_AcrossHosts, unittest.TestCase):
+    def database(self):
+        return None
+
+    def holder_pids(self, agent_id):
+        path = os.path.join(self.workdir, "state", "endpoint.sqlite")
+        with sqlite3.connect(path, timeout=10) as connection:
+            return [row[0] for row in connection.execute(
+                HOLDER_SQL % agent_id)]
+
+
+class TestAcrossHostsPostgres(_AcrossHosts, unittest.TestCase):
+    def database(self):
+        self.cluster = postgres.start_postgres(self)
+        # The Unix socket: it is on the file system every namespace
+        # shares, so processes in both reach the one server.
+        url = self.cluster.socket_url
+        multi.migrate(url)
+        return url
+
+    def holder_pids(self, agent_id):
+        return [int(line) for line in self.cluster.psql(
+            HOLDER_SQL % agent_id).split()]
 
 
 class TestPeerSettingsRefused(unittest.TestCase):
