@@ -111,8 +111,8 @@ class _Failover:
 class TestFailoverPostgres(_Failover, unittest.TestCase):
     """PostgreSQL; two ports in the agent's endpoints list (B first);
     mutual TLS with the agent's identity from its certificate, which
-    every process checks by itself (session tokens are kept by the agent
-    per endpoint address, see docs/endpoint.md)."""
+    every process checks by itself (token identity across two addresses
+    is TestFailoverSQLiteTwoAddresses)."""
 
     def database(self):
         self.cluster = postgres.start_postgres(self)
