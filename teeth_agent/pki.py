@@ -10,7 +10,11 @@ ones with it:
 * :func:`make_ca`: a self-signed CA (EC P-256, ``CA:TRUE``, may only sign
   certificates and CRLs);
 * :func:`make_server_certificate`: the endpoint's certificate, naming the
-  DNS names and IP addresses agents use to reach it (``serverAuth``);
+  DNS names and IP addresses agents (and the other endpoint processes) use
+  to reach it, and marked as an endpoint's: the SAN URI
+  ``teeth-endpoint:<first host>`` and both ``serverAuth`` and ``clientAuth``
+  (it is the server to agents and to other endpoint processes, and the
+  client of its own links to those: see :func:`is_endpoint_certificate`);
 * :func:`make_agent_certificate`: one machine's client certificate, whose
   identity is the SAN URI ``teeth-agent:<agent_id>`` (``clientAuth``), the
   form the endpoint's ``agent_identity = certificate`` reads.
@@ -33,6 +37,10 @@ from cryptography.x509.oid import NameOID
 
 #: The scheme of the SAN URI that names an agent in its client certificate.
 AGENT_URI_SCHEME = "teeth-agent"
+#: The scheme of the SAN URI that marks an endpoint's certificate. The peer
+#: link between endpoint processes accepts only such certificates, and the
+#: agents' port never takes one for an agent's.
+ENDPOINT_URI_SCHEME = "teeth-endpoint"
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca-key.pem"
@@ -143,19 +151,84 @@ def _host_names(hosts):
     return names
 
 
+def endpoint_uri(name):
+    """The SAN URI marking an endpoint's certificate:
+    ``teeth-endpoint:<name>``."""
+    return "%s:%s" % (ENDPOINT_URI_SCHEME, name)
+
+
 def create_server_certificate(ca, hosts, days=DEFAULT_DAYS):
     """The endpoint's certificate for ``hosts`` (DNS names and IP
-    addresses), signed by ``ca`` (an :class:`Issued`)."""
+    addresses), signed by ``ca`` (an :class:`Issued`), marked as an
+    endpoint's (:func:`is_endpoint_certificate`)."""
     names = _host_names(hosts)
     key = _new_key()
     certificate = (
         _leaf_usage(_builder(_name(hosts[0]), ca.certificate.subject,
                              key.public_key(), days), ca)
         .add_extension(x509.ExtendedKeyUsage(
-            [ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            [ExtendedKeyUsageOID.SERVER_AUTH,
+             ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(
+            names + [x509.UniformResourceIdentifier(
+                endpoint_uri(hosts[0].strip()))]), critical=False)
         .sign(ca.key, hashes.SHA256()))
     return Issued(certificate, key)
+
+
+def _san_uris(certificate):
+    try:
+        san = certificate.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return san.get_values_for_type(x509.UniformResourceIdentifier)
+
+
+def _usages(certificate):
+    try:
+        return set(certificate.extensions.get_extension_for_class(
+            x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        return set()
+
+
+def is_endpoint_certificate(certificate):
+    """Whether ``certificate`` (a ``cryptography`` certificate) is an
+    endpoint's, as :func:`create_server_certificate` makes them: a SAN URI
+    ``teeth-endpoint:...``, no SAN URI ``teeth-agent:...``, and both
+    ``serverAuth`` and ``clientAuth``. An agent's certificate (only
+    ``clientAuth``, a ``teeth-agent:`` URI) never is; nor is a server
+    certificate the same CA signed for something else (an image server:
+    no marker). Whether the CA signed it is the TLS handshake's check."""
+    uris = _san_uris(certificate)
+    marked = any(uri.startswith(ENDPOINT_URI_SCHEME + ":") for uri in uris)
+    agent = any(uri.startswith(AGENT_URI_SCHEME + ":") for uri in uris)
+    needed = {ExtendedKeyUsageOID.SERVER_AUTH,
+              ExtendedKeyUsageOID.CLIENT_AUTH}
+    return marked and not agent and needed <= _usages(certificate)
+
+
+def is_endpoint_certificate_der(data):
+    """:func:`is_endpoint_certificate` of a DER certificate (what a TLS
+    socket's ``getpeercert(binary_form=True)`` gives); False for None or
+    bytes that are no certificate."""
+    if not data:
+        return False
+    try:
+        return is_endpoint_certificate(x509.load_der_x509_certificate(data))
+    except ValueError:
+        return False
+
+
+def load_certificate(path):
+    """The first PEM certificate in ``path``. Raises :class:`PKIError`."""
+    try:
+        with open(path, "rb") as stream:
+            return x509.load_pem_x509_certificate(stream.read())
+    except (OSError, ValueError) as exc:
+        raise PKIError("cannot load the certificate %s: %s"
+                       % (path, exc)) from None
 
 
 def create_agent_certificate(ca, agent_id, days=DEFAULT_DAYS):

@@ -24,9 +24,11 @@ from teeth_agent.cmd import logsetup
 from teeth_agent.cmd import records
 from teeth_agent import conf as teeth_conf
 from teeth_agent.conf import strict
+from teeth_agent.conf import tls as conf_tls
 from teeth_agent.endpoint import books
 from teeth_agent.endpoint import control
 from teeth_agent.endpoint import directory
+from teeth_agent.endpoint import peer_link as peer_link_mod
 from teeth_agent.endpoint import server as endpoint_mod
 from teeth_agent.endpoint import sockets_dir
 from teeth_agent import pki
@@ -152,9 +154,10 @@ def add_parsers(subparsers):
                             "(SAN URI teeth-agent:ID): agent.pem, "
                             "agent-key.pem")
     which.add_argument("--server", action="append", metavar="HOST",
-                       help="a server certificate for this DNS name or IP "
-                            "address (repeatable): endpoint.pem, "
-                            "endpoint-key.pem")
+                       help="an endpoint certificate for this DNS name or "
+                            "IP address (repeatable: name every address "
+                            "agents and other endpoint processes dial): "
+                            "endpoint.pem, endpoint-key.pem")
     issue.add_argument("--days", type=int, default=pki.DEFAULT_DAYS,
                        help="validity in days")
     _json_flag(issue, "print the paths written as one JSON object")
@@ -233,9 +236,17 @@ def serve(conf):
     path = sockets_dir.serve_socket(conf.endpoint.control_socket,
                                     conf.endpoint.reuse_port)
     failure = None
+    peer_link = None
     try:
         lifecycle.claim_control_socket(path)
+        peer_settings = conf_tls.peer_settings(conf)
+        if peer_settings is not None:
+            peer_link = peer_link_mod.PeerLink(peer_settings)
         endpoint = endpoint_mod.Endpoint.from_conf(conf)
+        if peer_link is not None and endpoint.persistence is None:
+            raise ValueError(
+                "[endpoint] peer_listen needs a database shared with the "
+                "other processes ([database] connection, or state_dir)")
         dashboard = cmd_dashboard.build(conf, endpoint)
         lifecycle.start_listening(endpoint)
     except (ValueError, lifecycle.StartError) as exc:
@@ -250,25 +261,38 @@ def serve(conf):
         endpoint.stop()
         return lifecycle.cannot_start("teeth-endpoint", failure)
     # Processes sharing a database forward commands to each other.
-    router = directory.router_for(endpoint, path, conf.endpoint)
+    router = directory.router_for(endpoint, path, conf.endpoint, peer_link)
     server = control.ControlServer(endpoint, path, router=router)
     try:
         server.start()
     except OSError as exc:
         failure = "cannot listen on %s: %s" % (path,
                                                lifecycle.os_error_text(exc))
+    if failure is None and peer_link is not None:
+        try:
+            peer_link.start(server)
+        except OSError as exc:
+            failure = "cannot listen for peers on %s: %s" % (
+                conf.endpoint.peer_listen, lifecycle.os_error_text(exc))
     if failure is not None:
+        server.stop()
         cmd_dashboard.stop(dashboard)
         endpoint.stop()
         return lifecycle.cannot_start("teeth-endpoint", failure)
     if router is not None:
         router.start()
     if conf.command.json:
-        follow.json_line({"host": endpoint.host, "port": endpoint.port,
-                          "control_socket": path}, sys.stdout)
+        shown = {"host": endpoint.host, "port": endpoint.port,
+                 "control_socket": path}
+        if peer_link is not None:
+            shown["peer_address"] = peer_link.address
+        follow.json_line(shown, sys.stdout)
     else:
         print("teeth-endpoint listening on %s:%d, control socket %s"
               % (endpoint.host, endpoint.port, path), flush=True)
+        if peer_link is not None:
+            print("teeth-endpoint peer port %s" % peer_link.address,
+                  flush=True)
     LOG.info("teeth-endpoint started (pid %d): agents on %s:%d, control "
              "socket %s", os.getpid(), endpoint.host, endpoint.port, path)
 
@@ -279,6 +303,8 @@ def serve(conf):
     def cleanup():
         if router is not None:
             router.stop()
+        if peer_link is not None:
+            peer_link.stop()
         cmd_dashboard.stop(dashboard)
         server.stop()
         endpoint.stop()

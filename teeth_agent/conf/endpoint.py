@@ -41,6 +41,32 @@ opts = [
              "Its agents reconnect to other processes on their own, "
              "sooner; this only cleans the listings and the routing."),
     cfg.StrOpt(
+        "peer_listen",
+        default="",
+        help="With several endpoint processes on one database on more "
+             "than one machine: the host:port (e.g. 0.0.0.0:9998) where "
+             "this process accepts the commands (call, watch) that other "
+             "processes route to the agents it holds, over TLS with "
+             "client certificates both ways: tls_cert_file and "
+             "tls_key_file, an endpoint certificate from teeth-endpoint "
+             "issue-cert --server, verified against peer_ca_file. It is "
+             "published in the database as tls:HOST:PORT. Empty (the "
+             "default): no peer port; commands reach the processes of "
+             "this machine only, through their control sockets."),
+    cfg.StrOpt(
+        "peer_advertise",
+        default="",
+        help="The host or host:port the other processes should dial to "
+             "reach peer_listen, named in this process's certificate "
+             "(required when peer_listen listens on 0.0.0.0 or ::). "
+             "Empty: the address of peer_listen."),
+    cfg.StrOpt(
+        "peer_ca_file",
+        default="",
+        help="A PEM file of the authorities that sign the endpoint "
+             "certificates of the peer link (both ways). Empty: "
+             "tls_ca_file."),
+    cfg.StrOpt(
         "control_socket",
         default="/run/teeth-endpoint/control.sock",
         help="The Unix socket through which the teeth-endpoint commands "

@@ -159,3 +159,84 @@ def endpoint_settings(conf):
             "ca_file": group.tls_ca_file or None,
             "require_client_cert": group.tls_require_client_cert,
             "minimum_version": group.tls_minimum_version}
+
+
+#: The addresses a peer port may listen on but nobody can dial.
+_WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def _host_port(option, text, port_required=True):
+    """``host:port`` (``[v6]:port``) -> ``(host, port)``; port None when
+    it is not required and absent."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else None
+        if rest and port is None:
+            port = ""
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            host, port = text, None
+        elif ":" in host:
+            # A bare IPv6 address without a port.
+            host, port = text, None
+    if port is None and not port_required:
+        return host, None
+    if port is None or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise TLSConfigError("[endpoint] %s %r is not host:port (e.g. "
+                             "0.0.0.0:9998, [::]:9998)" % (option, text))
+    return host, int(port)
+
+
+def peer_settings(conf):
+    """The checked settings of the peer link (``[endpoint] peer_listen``),
+    or None when it is off.
+
+    Returns ``{"host", "port", "advertise_host", "advertise_port",
+    "cert_file", "key_file", "ca_file", "minimum_version"}``
+    (``advertise_port`` None: the port bound). Raises
+    :class:`TLSConfigError`: there is no plaintext peer link, so the
+    listen address, the endpoint's certificate and key and a CA are all
+    required.
+    """
+    group = conf.endpoint
+    if not group.peer_listen.strip():
+        for name in ("peer_advertise", "peer_ca_file"):
+            if getattr(group, name).strip():
+                raise TLSConfigError("[endpoint] %s is set but peer_listen "
+                                     "is empty" % name)
+        return None
+    host, port = _host_port("peer_listen", group.peer_listen)
+    if group.peer_advertise.strip():
+        advertise_host, advertise_port = _host_port(
+            "peer_advertise", group.peer_advertise, port_required=False)
+        if advertise_host in _WILDCARDS:
+            raise TLSConfigError("[endpoint] peer_advertise %r is no "
+                                 "address another machine can dial"
+                                 % group.peer_advertise)
+    elif host in _WILDCARDS:
+        raise TLSConfigError(
+            "[endpoint] peer_listen %s listens on every address: set "
+            "peer_advertise to the host name or address the other "
+            "processes dial (one the certificate names)"
+            % group.peer_listen)
+    else:
+        advertise_host, advertise_port = host, None
+    if not group.tls_cert_file:
+        raise TLSConfigError(
+            "[endpoint] peer_listen needs tls_cert_file and tls_key_file, "
+            "an endpoint certificate (teeth-endpoint issue-cert --server); "
+            "the peer link is never plaintext")
+    _check_pair("[endpoint] tls_cert_file", group.tls_cert_file,
+                "[endpoint] tls_key_file", group.tls_key_file)
+    ca_file = group.peer_ca_file.strip() or group.tls_ca_file
+    if not ca_file:
+        raise TLSConfigError(
+            "[endpoint] peer_listen needs peer_ca_file or tls_ca_file (the "
+            "CA that signs the endpoint certificates)")
+    return {"host": host, "port": port, "advertise_host": advertise_host,
+            "advertise_port": advertise_port,
+            "cert_file": group.tls_cert_file,
+            "key_file": group.tls_key_file or None, "ca_file": ca_file,
+            "minimum_version": group.tls_minimum_version}

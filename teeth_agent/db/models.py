@@ -35,6 +35,11 @@ class EndpointProcess(Base):
     #: (``unix:/path``; see teeth_agent.endpoint.peers).
     control: orm.Mapped[str | None] = orm.mapped_column(
         sa.String(NAME_LENGTH))
+    #: Where processes on other machines reach its peer port
+    #: (``tls:host:port``; None: it has none; see
+    #: teeth_agent.endpoint.peer_link).
+    peer_address: orm.Mapped[str | None] = orm.mapped_column(
+        sa.String(NAME_LENGTH))
     started_at: orm.Mapped[float] = orm.mapped_column(sa.Float)
     heartbeat_at: orm.Mapped[float] = orm.mapped_column(sa.Float)
     stopped_at: orm.Mapped[float | None] = orm.mapped_column(sa.Float)

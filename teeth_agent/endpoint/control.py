@@ -34,7 +34,8 @@ Methods served:
 
 With several endpoint processes on one database (:mod:`.peers`), ``call``
 and ``watch_task`` for an agent that another process holds are forwarded
-to that process's control socket with ``forwarded: true``; a forwarded
+to that process's control socket (same host) or peer port (another host,
+:mod:`.peer_link`) with ``forwarded: true``; a forwarded
 command is answered by the process it reaches and never forwarded again.
 A forwarded ``watch_task`` follows the task only while the agent stays
 there and answers ``{"status": null, "gone": true}`` when it left, so the

@@ -31,9 +31,13 @@ class ProcessDirectory:
     """See the module docstring. ``store`` is this process's open
     :class:`~teeth_agent.db.store.Store` (its engine and process id)."""
 
-    def __init__(self, store, address, stale_after=30.0, clock=time.time):
+    def __init__(self, store, address, stale_after=30.0, clock=time.time,
+                 peer_address=None):
         self.store = store
         self.address = address
+        #: The peer port (``tls:host:port``) published with the control
+        #: socket, or None.
+        self.peer_address = peer_address
         self.stale_after = stale_after
         self.clock = clock
         #: Whether the last :meth:`heartbeat` found this process counted
@@ -54,12 +58,17 @@ class ProcessDirectory:
                schema.first_line(exc)))
 
     def register(self):
-        """Publish this process's control-socket address."""
+        """Publish this process's control-socket and peer addresses."""
+        peer = self.peer_address
+        if peer is not None and len(peer) > models.NAME_LENGTH:
+            # Cut, it would be a wrong address: better none.
+            peer = None
         try:
             with self._session() as session, session.begin():
                 session.execute(sa.update(models.EndpointProcess).where(
                     models.EndpointProcess.id == self.process_id).values(
-                        control=self.address[:models.NAME_LENGTH]))
+                        control=self.address[:models.NAME_LENGTH],
+                        peer_address=peer))
         except sa_exc.SQLAlchemyError as exc:
             raise self._fail("register in", exc) from None
 
@@ -174,18 +183,20 @@ class ProcessDirectory:
 
 def _peer(row):
     return peers.Peer(row.id, row.name, row.host, row.pid, row.control,
-                      row.heartbeat_at)
+                      row.heartbeat_at, row.peer_address)
 
 
-def router_for(endpoint, control_socket, conf_group):
+def router_for(endpoint, control_socket, conf_group, peer_link=None):
     """The :class:`~teeth_agent.endpoint.peers.PeerRouter` of a ``serve``
     process whose endpoint keeps its state in a database (its control
-    socket published as the process's address), or None for a process in
-    memory only (it shares nothing, so there is nobody to route to)."""
+    socket and, with ``peer_link``, its peer port published as the
+    process's addresses), or None for a process in memory only (it shares
+    nothing, so there is nobody to route to)."""
     if endpoint.persistence is None:
         return None
     directory = ProcessDirectory(endpoint.persistence.store,
                                  peers.unix_address(control_socket),
                                  stale_after=conf_group.process_stale_after)
     return peers.PeerRouter(endpoint, directory,
-                            heartbeat_interval=store_mod.HEARTBEAT_INTERVAL)
+                            heartbeat_interval=store_mod.HEARTBEAT_INTERVAL,
+                            peer_link=peer_link)

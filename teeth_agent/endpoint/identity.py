@@ -9,13 +9,16 @@ import secrets
 import tempfile
 
 from teeth_agent.endpoint import errors
+from teeth_agent import pki
 
 
 IDENTITY_TOKEN = "token"
 IDENTITY_CERTIFICATE = "certificate"
 IDENTITIES = (IDENTITY_TOKEN, IDENTITY_CERTIFICATE)
 #: The SAN URI scheme of an agent's client certificate.
-CERT_URI_PREFIX = "teeth-agent:"
+CERT_URI_PREFIX = pki.AGENT_URI_SCHEME + ":"
+#: The SAN URI scheme of an endpoint's certificate (never an agent's).
+ENDPOINT_URI_PREFIX = pki.ENDPOINT_URI_SCHEME + ":"
 #: The file in ``state_dir`` that keeps the session-token hashes.
 TOKEN_FILE = "agent-tokens.json"
 #: Bytes of randomness in a session token (256 bits).
@@ -28,8 +31,13 @@ def agent_id_from_certificate(peercert):
     ``peercert`` is what ``SSLSocket.getpeercert()`` returns. A SAN URI
     ``teeth-agent:<agent_id>`` wins; without one the subject's common name
     is taken. Two different SAN URIs make the certificate ambiguous: None.
+    An endpoint's certificate (SAN URI ``teeth-endpoint:...``, see
+    :func:`teeth_agent.pki.is_endpoint_certificate`) names no agent: None.
     """
     if not peercert:
+        return None
+    if any(kind == "URI" and value.startswith(ENDPOINT_URI_PREFIX)
+           for kind, value in peercert.get("subjectAltName") or ()):
         return None
     names = {value[len(CERT_URI_PREFIX):]
              for kind, value in peercert.get("subjectAltName") or ()

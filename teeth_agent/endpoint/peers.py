@@ -14,11 +14,18 @@ needs an answer and a stream of progress back to one caller, which a
 request/response link gives for free and a broadcast channel does not (every
 process would read every update of every task, and NOTIFY payloads are
 capped at 8000 bytes, smaller than a task's final result). It also works
-the same with SQLite, where there is no NOTIFY. The control socket is a Unix
-socket checked with SO_PEERCRED (only root and the server's user), so
-processes on one machine reach each other without any new secret or port;
-a process registered on another host is refused with a clear message
-(see docs/endpoint.md, "Scaling out").
+the same with SQLite, where there is no NOTIFY.
+
+The link is picked per holder: a process on this machine (same host name)
+is reached through its control socket, a Unix socket checked with
+SO_PEERCRED (only root and the server's user), which needs no secret or
+port; a process on another machine through its peer port
+(:mod:`teeth_agent.endpoint.peer_link`: ``[endpoint] peer_listen``, TLS
+with endpoint certificates both ways), published as ``tls:host:port``. Both
+carry the same requests and the same pushed ``task_status`` updates. A
+holder on another host without a peer port, or a process here without one,
+is refused with a message naming the holder (see docs/endpoint.md,
+"Scaling out").
 
 A process that dies (SIGKILL, power loss) stops its heartbeat; after
 ``[endpoint] process_stale_after`` seconds the others count it dead and its
@@ -53,9 +60,11 @@ HOP_SLACK = 5.0
 
 
 #: What routing needs of a process (a row of ``endpoint_processes``):
-#: ``address`` is its control socket as ``unix:/path`` (None: unknown).
+#: ``address`` is its control socket as ``unix:/path`` (None: unknown),
+#: ``peer_address`` its peer port as ``tls:host:port`` (None: none).
 Peer = collections.namedtuple(
-    "Peer", "process_id name host pid address heartbeat_at")
+    "Peer", "process_id name host pid address heartbeat_at peer_address",
+    defaults=(None,))
 
 
 class PeerUnreachable(errors.AgentNotConnected):
@@ -78,15 +87,19 @@ class PeerRouter:
     ``directory`` is a :class:`~teeth_agent.endpoint.directory.
     ProcessDirectory` (its calls block: they are run off the hub here).
     ``connect(path)`` opens a control socket (a test may pass its own).
+    ``peer_link`` (a :class:`~teeth_agent.endpoint.peer_link.PeerLink`,
+    started, or None) dials processes on other hosts; its address is
+    published with this process's.
     """
 
     def __init__(self, endpoint, directory, heartbeat_interval=5.0,
-                 connect=transport.connect_unix, host=None):
+                 connect=transport.connect_unix, host=None, peer_link=None):
         self.endpoint = endpoint
         self.directory = directory
         self.heartbeat_interval = heartbeat_interval
         self.host = host or local_host()
         self._connect = connect
+        self.peer_link = peer_link
         self._beater = None
 
     @property
@@ -96,7 +109,10 @@ class PeerRouter:
     # -- lifecycle ------------------------------------------------------------
 
     def start(self):
-        """Register this process and keep its heartbeat."""
+        """Register this process (with its peer address) and keep its
+        heartbeat."""
+        if self.peer_link is not None:
+            self.directory.peer_address = self.peer_link.address
         transport.run_in_thread(self.directory.register)
         self._beater = transport.spawn(self._heartbeat_loop)
         LOG.info("endpoint process %s registered (host %s)",
@@ -146,21 +162,37 @@ class PeerRouter:
         return peer
 
     def _open(self, peer, dispatch):
-        if not (peer.address or "").startswith(UNIX_SCHEME) or \
-                peer.host != self.host:
+        """A link to ``peer``: its control socket when it is on this
+        host, else its peer port."""
+        if peer.host == self.host and \
+                (peer.address or "").startswith(UNIX_SCHEME):
+            where = peer.address[len(UNIX_SCHEME):]
+            what = "control socket"
+            connect = self._connect
+        elif peer.peer_address and self.peer_link is not None:
+            where = peer.peer_address
+            what = "peer port"
+            connect = self.peer_link.dial
+        elif peer.peer_address:
+            raise PeerUnreachable(
+                "agent is held by endpoint process %s on host %s, "
+                "reachable only at its peer port %s, and this process has "
+                "no peer link ([endpoint] peer_listen is empty)"
+                % (peer.process_id, peer.host, peer.peer_address))
+        else:
             raise PeerUnreachable(
                 "agent is held by endpoint process %s on host %s, which "
-                "this process cannot reach (processes route commands to "
-                "each other only on one machine)"
+                "this process cannot reach (it has no peer port: set "
+                "[endpoint] peer_listen on both, or run the command there)"
                 % (peer.process_id, peer.host))
-        path = peer.address[len(UNIX_SCHEME):]
         try:
-            sock = self._connect(path)
-        except OSError as exc:
+            sock = connect(where)
+        except (OSError, ValueError) as exc:
             raise PeerUnreachable(
-                "agent is held by endpoint process %s, whose control "
-                "socket %s does not answer: %s"
-                % (peer.process_id, path, exc.strerror or exc)) from None
+                "agent is held by endpoint process %s, whose %s %s does "
+                "not answer: %s" % (peer.process_id, what, where,
+                                    getattr(exc, "strerror", None) or exc)
+            ) from None
         return transport.Connection(
             sock, dispatch, name="endpoint process %s" % peer.process_id
         ).start()

@@ -273,7 +273,9 @@ class Agent:
 
     def handshake_params(self, endpoint=None, room=None):
         """The handshake for ``endpoint`` (``"host:port"``): its session
-        token when one is held; task summaries fitted to ``room`` bytes."""
+        token when one is held, else the newest one held for another
+        endpoint of the list (:meth:`SessionTokens.for_handshake`); task
+        summaries fitted to ``room`` bytes."""
         params = {
             "agent_id": self.agent_id,
             "agent_version": agent_version(),
@@ -281,10 +283,16 @@ class Agent:
             "hardware": self.hardware_summary,
             "extensions": self.extension_methods(),
         }
-        token = self.session_tokens.get(endpoint) if endpoint else None
+        token = self.session_tokens.for_handshake(
+            endpoint, self.fleet()) if endpoint else None
         if token is not None:
             params["session_token"] = token
         return fit_task_summaries(params, self.tasks.summaries(), room)
+
+    def fleet(self):
+        """The endpoints of the list, as ``"host:port"`` values (the keys
+        of :attr:`session_tokens`)."""
+        return ["%s:%d" % endpoint for endpoint in self.endpoints]
 
     def _handshake_room(self, connection, endpoint):
         """Bytes the handshake params may take on ``connection``: what the
@@ -353,11 +361,11 @@ class Agent:
         connection.start()
         endpoint = "%s:%d" % (host, port)
         failure = None
+        handshake = self.handshake_params(
+            endpoint, self._handshake_room(connection, endpoint))
         try:
-            answer = connection.call(
-                "handshake", self.handshake_params(
-                    endpoint, self._handshake_room(connection, endpoint)),
-                timeout=self.conf.call_timeout)
+            answer = connection.call("handshake", handshake,
+                                     timeout=self.conf.call_timeout)
         except (transport.RemoteError, transport.CallTimeout,
                 transport.ConnectionLost, protocol.LocalProtocolError) as exc:
             failure = exc
@@ -375,7 +383,9 @@ class Agent:
                             failure)
             connection.close("handshake failed")
             return False
-        if not self._accept_handshake_answer(connection, endpoint, answer):
+        if not self._accept_handshake_answer(
+                connection, endpoint, answer,
+                handshake.get("session_token")):
             connection.close("unusable handshake answer")
             return False
         if backoff is not None:
@@ -401,8 +411,10 @@ class Agent:
                         connection.close_reason)
         return True
 
-    def _accept_handshake_answer(self, connection, endpoint, answer):
-        """Act on the handshake answer's ``session_token`` and
+    def _accept_handshake_answer(self, connection, endpoint, answer,
+                                 sent_token=None):
+        """Act on the handshake answer's ``session_token`` (or, without
+        one, keep ``sent_token`` as the endpoint's) and
         ``max_line_length``; False when the limit is unusable."""
         # The token first: an endpoint that issued one holds it whatever
         # becomes of this link.
@@ -410,6 +422,8 @@ class Agent:
             if self.session_tokens.set(endpoint, answer["session_token"]):
                 LOG.info("endpoint %s issued a session token for %s",
                          endpoint, self.agent_id)
+        else:
+            self.session_tokens.accepted(endpoint, sent_token)
         limit = answer.get("max_line_length")
         if limit is not None:
             if isinstance(limit, bool) or not isinstance(limit, int) or \

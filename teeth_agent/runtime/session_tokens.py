@@ -8,6 +8,17 @@ directory is configured, in one file there: written atomically (a new file
 then a rename, so a crash leaves the old or the new token, never half of
 one) with mode 0600 (the token is a credential).
 
+Several endpoint processes at different addresses may share one database
+and so one token per agent: a token issued by one of them is what the
+others ask for. So the handshake to an endpoint of the agent's
+``endpoints`` list for which the agent holds no token carries the newest
+token it holds for any endpoint of that list (:meth:`SessionTokens.
+for_handshake`); an endpoint that lets the agent in with it keeps it as
+its own (:meth:`SessionTokens.accepted`), and a token newly issued in place
+of an old one replaces that old one wherever the agent holds it (the same
+fleet forgot the agent and issued a new one). The trade-off (an endpoint of
+the list sees the others' token) is in docs/security.md.
+
 A file that cannot be read, is garbled or was written for another
 ``agent_id`` is not trusted: the agent logs a WARNING and starts without a
 token (the endpoint then decides whether to accept it).
@@ -53,8 +64,27 @@ class SessionTokens:
         """The token held for ``endpoint`` (``"host:port"``), or None."""
         return self._tokens.get(endpoint)
 
+    def for_handshake(self, endpoint, fleet=()):
+        """The token to send to ``endpoint``: its own, else (when it is
+        one of ``fleet``, the agent's ``endpoints`` list as ``"host:port"``
+        values) the newest held for an endpoint of ``fleet``, else None."""
+        own = self._tokens.get(endpoint)
+        if own is not None:
+            return own
+        members = set(fleet)
+        if endpoint not in members:
+            return None
+        # The dict keeps the order tokens were set in: the newest last.
+        for held, token in reversed(list(self._tokens.items())):
+            if held in members:
+                return token
+        return None
+
     def set(self, endpoint, token):
-        """Keep ``token`` for ``endpoint``, replacing the old one.
+        """Keep ``token`` for ``endpoint``, newly issued by it: it replaces
+        the endpoint's old one, and that old one wherever else it is held
+        (those endpoints shared it: they share the database that issued
+        the new one).
 
         Returns False (and keeps the old one) when the token is not a
         printable string of at most :data:`MAX_TOKEN_LENGTH` characters.
@@ -65,12 +95,30 @@ class SessionTokens:
                         "printable string of at most %d characters",
                         endpoint, MAX_TOKEN_LENGTH)
             return False
-        if self._tokens.get(endpoint) == token:
+        old = self._tokens.get(endpoint)
+        if old == token:
             return True
+        if old is not None:
+            for held in [held for held, value in self._tokens.items()
+                         if value == old]:
+                del self._tokens[held]
+                self._tokens[held] = token
+        self._keep(endpoint, token)
+        return True
+
+    def accepted(self, endpoint, token):
+        """``endpoint`` let the agent in with ``token`` (sent by
+        :meth:`for_handshake`) and issued none: keep it as the endpoint's
+        own."""
+        if token is None or self._tokens.get(endpoint) == token:
+            return
+        self._keep(endpoint, token)
+
+    def _keep(self, endpoint, token):
+        self._tokens.pop(endpoint, None)
         self._tokens[endpoint] = token
         if self.state_dir:
             self._save()
-        return True
 
     # -- the file -------------------------------------------------------------
 
@@ -126,8 +174,10 @@ class SessionTokens:
         self._tokens = tokens
 
     def _save(self):
+        # Not sorted: the order of the tokens is the order they were set
+        # in (for_handshake takes the newest).
         data = json.dumps({"agent_id": self.agent_id,
-                           "tokens": self._tokens}, sort_keys=True)
+                           "tokens": self._tokens})
         tmp = None
         try:
             os.makedirs(self.state_dir, mode=0o700, exist_ok=True)

@@ -35,6 +35,7 @@ connect_unix = sockets.connect_unix
 listen = sockets.listen
 listen_unix = sockets.listen_unix
 peer_uid = sockets.peer_uid
+secure_accepted = sockets.secure_accepted
 server_tls_context = sockets.server_tls_context
 socketpair = sockets.socketpair
 TLS_VERSIONS = sockets.TLS_VERSIONS

@@ -227,15 +227,24 @@ def accept_loop(listener, on_socket, tls_context=None, handshake_timeout=10.0,
                          tls_context, handshake_timeout)
 
 
+def secure_accepted(sock, address, tls_context, handshake_timeout=10.0):
+    """The TLS socket of an accepted ``sock`` after the server side of the
+    handshake, or None when it failed or took longer than
+    ``handshake_timeout`` (logged, ``sock`` closed)."""
+    try:
+        with hub.Timeout(handshake_timeout):
+            return tls_context.wrap_socket(sock, server_side=True)
+    except (OSError, hub.Timeout) as exc:
+        LOG.warning(
+            "TLS handshake with %s failed: %s", address,
+            exc if not isinstance(exc, hub.Timeout) else "timed out")
+        sock.close()
+        return None
+
+
 def _start_accepted(sock, address, on_socket, tls_context, handshake_timeout):
     if tls_context is not None:
-        try:
-            with hub.Timeout(handshake_timeout):
-                sock = tls_context.wrap_socket(sock, server_side=True)
-        except (OSError, hub.Timeout) as exc:
-            LOG.warning(
-                "TLS handshake with %s failed: %s", address,
-                exc if not isinstance(exc, hub.Timeout) else "timed out")
-            sock.close()
+        sock = secure_accepted(sock, address, tls_context, handshake_timeout)
+        if sock is None:
             return
     on_socket(sock, address)

@@ -565,8 +565,11 @@ class ManagedProcess:
     """A child process whose output goes to a file in ``workdir``."""
 
     name = "process"
+    #: Prepended to the argv (e.g. to run it in a network namespace).
+    argv_prefix = ()
 
     def __init__(self, argv, workdir, env=None):
+        argv = list(self.argv_prefix) + list(argv)
         self.argv = argv
         self.workdir = workdir
         self.log_path = os.path.join(

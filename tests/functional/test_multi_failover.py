@@ -111,8 +111,8 @@ class _Failover:
 class TestFailoverPostgres(_Failover, unittest.TestCase):
     """PostgreSQL; two ports in the agent's endpoints list (B first);
     mutual TLS with the agent's identity from its certificate, which
-    every process checks by itself (session tokens are kept by the agent
-    per endpoint address, see docs/endpoint.md)."""
+    every process checks by itself (token identity across two addresses
+    is TestFailoverSQLiteTwoAddresses)."""
 
     def database(self):
         self.cluster = postgres.start_postgres(self)
@@ -162,6 +162,23 @@ class TestFailoverSQLite(_Failover, unittest.TestCase):
         agent = harness.start_agent(self, [processes[0].address],
                                     workdir=self.workdir)
         self.run_failover(processes, agent)
+
+
+class TestFailoverSQLiteTwoAddresses(TestFailoverSQLite):
+    """Two processes on one SQLite file at two addresses (two ports), in
+    the agent's endpoints list, in token mode: the session token B issued
+    is presented to A after the failover (the agent keeps tokens per
+    address, and an address of its list without one of its own gets the
+    newest of the others), so A lets the agent in."""
+
+    def test_a_task_followed_through_a_survives_the_death_of_b(self):
+        overrides = self.overrides()
+        first = self.serve("a", overrides)
+        second = self.serve("b", overrides)
+        agent = harness.start_agent(self, [second.address, first.address],
+                                    workdir=self.workdir)
+        self.run_failover([first, second], agent)
+        self.assertNotIn("session_token missing", first.output())
 
 
 def _typed(value):

@@ -93,9 +93,14 @@ class TestLeafCertificates(PKITestCase):
                          san.get_values_for_type(x509.IPAddress))
         self.assertEqual(["endpoint.example"],
                          san.get_values_for_type(x509.DNSName))
+        self.assertEqual(["teeth-endpoint:127.0.0.1"],
+                         san.get_values_for_type(
+                             x509.UniformResourceIdentifier))
         eku = cert.extensions.get_extension_for_class(
             x509.ExtendedKeyUsage).value
-        self.assertEqual([ExtendedKeyUsageOID.SERVER_AUTH], list(eku))
+        self.assertEqual([ExtendedKeyUsageOID.SERVER_AUTH,
+                          ExtendedKeyUsageOID.CLIENT_AUTH], list(eku))
+        self.assertTrue(pki.is_endpoint_certificate(cert))
         self.assertFalse(cert.extensions.get_extension_for_class(
             x509.BasicConstraints).value.ca)
         self.assertEqual(self.ca.certificate.subject, cert.issuer)
@@ -115,9 +120,58 @@ class TestLeafCertificates(PKITestCase):
         eku = cert.extensions.get_extension_for_class(
             x509.ExtendedKeyUsage).value
         self.assertEqual([ExtendedKeyUsageOID.CLIENT_AUTH], list(eku))
+        self.assertFalse(pki.is_endpoint_certificate(cert))
         cert.verify_directly_issued_by(self.ca.certificate)
         self.assertEqual(0o600, stat.S_IMODE(os.stat(
             agent.key_path).st_mode))
+
+    def test_only_a_marked_certificate_with_both_usages_is_an_endpoints(
+            self):
+        key = ec.generate_private_key(ec.SECP256R1())
+
+        def leaf(usages, uris):
+            builder = pki._leaf_usage(pki._builder(
+                pki._name("x"), self.ca.certificate.subject,
+                key.public_key(), 1), self.ca)
+            names = [x509.DNSName("x.example")] + [
+                x509.UniformResourceIdentifier(uri) for uri in uris]
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(names), critical=False)
+            if usages:
+                builder = builder.add_extension(
+                    x509.ExtendedKeyUsage(usages), critical=False)
+            return builder.sign(self.ca.key, pki.hashes.SHA256())
+        both = [ExtendedKeyUsageOID.SERVER_AUTH,
+                ExtendedKeyUsageOID.CLIENT_AUTH]
+        marker = pki.endpoint_uri("x")
+        self.assertTrue(pki.is_endpoint_certificate(leaf(both, [marker])))
+        # An older endpoint certificate (serverAuth only, no marker), an
+        # image server's, an agent's claiming the marker too, no usages.
+        for usages, uris in (
+                ([ExtendedKeyUsageOID.SERVER_AUTH], []),
+                (both, []),
+                ([ExtendedKeyUsageOID.SERVER_AUTH], [marker]),
+                ([ExtendedKeyUsageOID.CLIENT_AUTH], [marker]),
+                (both, [marker, pki.agent_uri("m-1")]),
+                ([], [marker])):
+            self.assertFalse(pki.is_endpoint_certificate(leaf(usages, uris)),
+                             (usages, uris))
+
+    def test_endpoint_certificate_from_der(self):
+        server = pki.create_server_certificate(self.ca, ["h.example"])
+        der = server.certificate.public_bytes(
+            pki.serialization.Encoding.DER)
+        self.assertTrue(pki.is_endpoint_certificate_der(der))
+        self.assertFalse(pki.is_endpoint_certificate_der(None))
+        self.assertFalse(pki.is_endpoint_certificate_der(b"not a cert"))
+
+    def test_load_certificate(self):
+        server = pki.make_server_certificate(self.ca, ["h.example"],
+                                             self.dir)
+        self.assertTrue(pki.is_endpoint_certificate(
+            pki.load_certificate(server.cert_path)))
+        self.assertRaisesRegex(pki.PKIError, "cannot load the certificate",
+                               pki.load_certificate, server.key_path)
 
     def test_agent_id_must_be_a_word(self):
         for bad in ("", "two words", "tab\tid"):

@@ -354,3 +354,58 @@ class TestMinimumVersion(TLSTestCase):
         with self.assertRaises(ssl.SSLError):
             transport.connect("127.0.0.1", listener.getsockname()[1],
                               context, timeout=5)
+
+
+class TestPeerSettings(TLSTestCase):
+    def settings(self, **overrides):
+        options = {"endpoint.tls_cert_file": self.pem.server.cert_path,
+                   "endpoint.tls_key_file": self.pem.server.key_path,
+                   "endpoint.tls_ca_file": self.pem.ca.cert_path}
+        options.update({"endpoint." + name: value
+                        for name, value in overrides.items()})
+        return conf_tls.peer_settings(base.make_conf(**options))
+
+    def assert_refused(self, pattern, **overrides):
+        with self.assertRaisesRegex(conf_tls.TLSConfigError, pattern) as ctx:
+            self.settings(**overrides)
+        self.assertNotIn("\n", str(ctx.exception))
+
+    def test_off_by_default(self):
+        self.assertIsNone(self.settings())
+
+    def test_listen_advertise_and_the_ca_default(self):
+        settings = self.settings(peer_listen="10.0.0.11:9998")
+        self.assertEqual(("10.0.0.11", 9998, "10.0.0.11", None),
+                         (settings["host"], settings["port"],
+                          settings["advertise_host"],
+                          settings["advertise_port"]))
+        self.assertEqual(self.pem.ca.cert_path, settings["ca_file"])
+        settings = self.settings(peer_listen="[::]:9998",
+                                 peer_advertise="ep1.example:443",
+                                 peer_ca_file="/other/ca.pem")
+        self.assertEqual(("::", "ep1.example", 443, "/other/ca.pem"),
+                         (settings["host"], settings["advertise_host"],
+                          settings["advertise_port"], settings["ca_file"]))
+        settings = self.settings(peer_listen="0.0.0.0:0",
+                                 peer_advertise="fd00::11")
+        self.assertEqual(("fd00::11", None), (settings["advertise_host"],
+                                              settings["advertise_port"]))
+
+    def test_typos_and_missing_pieces_are_one_line_each(self):
+        for text in ("9998", "host:", "host:port", "h:70000", "[::]9998"):
+            self.assert_refused("peer_listen .* is not host:port",
+                                peer_listen=text)
+        self.assert_refused("listens on every address: set peer_advertise",
+                            peer_listen="0.0.0.0:9998")
+        self.assert_refused("peer_advertise '0.0.0.0' is no address",
+                            peer_listen="0.0.0.0:9998",
+                            peer_advertise="0.0.0.0")
+        self.assert_refused("peer_advertise is set but peer_listen is empty",
+                            peer_advertise="ep1.example")
+        self.assert_refused("peer_ca_file is set but peer_listen is empty",
+                            peer_ca_file="/x.pem")
+        self.assert_refused("peer_listen needs tls_cert_file .* never "
+                            "plaintext", peer_listen="127.0.0.1:9998",
+                            tls_cert_file="", tls_key_file="")
+        self.assert_refused("peer_listen needs peer_ca_file or tls_ca_file",
+                            peer_listen="127.0.0.1:9998", tls_ca_file="")

@@ -6,13 +6,21 @@ a directory double standing for the database (which process holds which
 agent, which final states are recorded).
 """
 
+import ipaddress
 import os
 import shutil
 import tempfile
 
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from teeth_agent.conf import tls as conf_tls
 from teeth_agent.endpoint import control
+from teeth_agent.endpoint import peer_link
 from teeth_agent.endpoint import peers
 from teeth_agent.endpoint import server as endpoint_mod
+from teeth_agent import pki
 from teeth_agent import protocol
 from teeth_agent import transport
 from tests import base
@@ -86,16 +94,22 @@ class Process:
         self.endpoint.start()
         self.path = os.path.join(tempdir, "control.%s.sock" % name)
         self.directory = FakeDirectory(name, shared)
-        self.router = peers.PeerRouter(self.endpoint, self.directory,
-                                       heartbeat_interval=60,
-                                       host="this-host")
+        self.router = self.make_router()
         self.control = control.ControlServer(self.endpoint, self.path,
                                              router=self.router)
         self.control.start()
+        self.start_links()
         self.router.start()
         shared["processes"][name] = peers.Peer(
             name, "host:" + name, "this-host", 1, peers.unix_address(
                 self.path), 0.0)
+
+    def make_router(self):
+        return peers.PeerRouter(self.endpoint, self.directory,
+                                heartbeat_interval=60, host="this-host")
+
+    def start_links(self):
+        """What starts between the control socket and the router."""
 
     def stop(self):
         self.router.stop()
@@ -267,3 +281,270 @@ def base_wait(predicate, timeout=WAIT):
         if transport.monotonic() > deadline:
             raise AssertionError("condition not met within %ss" % timeout)
         transport.sleep(0.02)
+
+
+class Certificates:
+    """A fleet CA with endpoint and agent certificates, a stranger's
+    self-signed pair, and a server certificate of the fleet CA without the
+    endpoint marker (an image server's)."""
+
+    def __init__(self, directory):
+        self.ca, self.endpoint = pki.make_throwaway(directory)
+        self.agent = pki.make_agent_certificate(
+            self.ca, "machine-1", os.path.join(directory, "agent"))
+        stranger_dir = os.path.join(directory, "stranger")
+        self.stranger_ca, self.stranger = pki.make_throwaway(stranger_dir)
+        key = ec.generate_private_key(ec.SECP256R1())
+        unmarked = (pki._leaf_usage(pki._builder(
+            pki._name("127.0.0.1"), self.ca.certificate.subject,
+            key.public_key(), 1), self.ca)
+            .add_extension(x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH,
+                 ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False)
+            .sign(self.ca.key, pki.hashes.SHA256()))
+        self.unmarked = pki.write(
+            pki.Issued(unmarked, key), os.path.join(directory, "u.pem"),
+            os.path.join(directory, "u-key.pem"))
+
+    def settings(self, issued=None, **changes):
+        issued = issued or self.endpoint
+        settings = {"host": "127.0.0.1", "port": 0,
+                    "advertise_host": "127.0.0.1", "advertise_port": None,
+                    "cert_file": issued.cert_path,
+                    "key_file": issued.key_path,
+                    "ca_file": self.ca.cert_path, "minimum_version": "1.2"}
+        settings.update(changes)
+        return settings
+
+    def context(self, issued=None):
+        """A client context trusting the fleet CA, presenting ``issued``."""
+        if issued is None:
+            return transport.client_tls_context(self.ca.cert_path)
+        return transport.client_tls_context(
+            self.ca.cert_path, issued.cert_path, issued.key_path)
+
+
+class TLSProcess(Process):
+    """A process on a host of its own whose peers reach it over its peer
+    port (TLS) only."""
+
+    def __init__(self, name, tempdir, shared, certificates, link=True):
+        self.link = None
+        if link:
+            self.link = peer_link.PeerLink(certificates.settings())
+        self.host = "host-" + name
+        super().__init__(name, tempdir, shared)
+        shared["processes"][name] = peers.Peer(
+            name, "%s:1" % self.host, self.host, 1,
+            peers.unix_address(self.path), 0.0,
+            self.link.address if self.link else None)
+
+    def make_router(self):
+        return peers.PeerRouter(self.endpoint, self.directory,
+                                heartbeat_interval=60, host=self.host,
+                                peer_link=self.link)
+
+    def start_links(self):
+        if self.link is not None:
+            self.link.start(self.control)
+
+    def stop(self):
+        if self.link is not None:
+            self.link.stop()
+        super().stop()
+
+
+class PeerLinkTest(base.TestCase):
+    """Processes on two hosts: commands go over the peer port (TLS with
+    endpoint certificates both ways), never a control socket."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.certdir = tempfile.mkdtemp(prefix="teeth-peer-tls-")
+        cls.addClassCleanup(shutil.rmtree, cls.certdir, True)
+        cls.certs = Certificates(cls.certdir)
+
+    def setUp(self):
+        super().setUp()
+        self.tempdir = tempfile.mkdtemp(prefix="teeth-peers-")
+        self.addCleanup(shutil.rmtree, self.tempdir, True)
+        self.shared = {"holders": {}, "processes": {}, "known": set(),
+                       "finals": {}}
+        self.a = self.process("A")
+        self.b = self.process("B")
+        # Were a control socket dialled, this would show it.
+        self.a.router._connect = self.b.router._connect = _no_unix
+
+    def process(self, name, link=True):
+        process = TLSProcess(name, self.tempdir, self.shared, self.certs,
+                             link=link)
+        self.addCleanup(process.stop)
+        return process
+
+    agent_on = RoutingTest.agent_on
+    client = RoutingTest.client
+
+    def peer_port(self, process, issued=None, context=None):
+        """A raw TLS client of ``process``'s peer port."""
+        context = context or self.certs.context(issued or
+                                                self.certs.endpoint)
+        sock = transport.connect("127.0.0.1", process.link.port, context)
+        link = transport.Connection(sock, _refuse_all, name="peer").start()
+        self.addCleanup(link.close)
+        return link
+
+    def test_a_call_and_its_progress_go_over_the_peer_port(self):
+        agent = self.agent_on(self.b)
+        client = self.client(self.a)
+        answer = client.call("call", {
+            "agent_id": "agent-1", "method": "testing.sleep",
+            "params": {"task_id": "t1"}})
+        self.assertEqual({"task_id": "t1", "state": "running"},
+                         answer["result"])
+        self.assertEqual([("testing.sleep", {"task_id": "t1"})],
+                         agent.calls)
+        watching = transport.spawn(client.call, "watch_task", {
+            "agent_id": "agent-1", "task_id": "t1"}, 30)
+        base_wait(lambda: self.b.endpoint.agents["agent-1"].connected)
+        transport.sleep(0.3)
+        agent.status("t1", "running", percent=40.0)
+        agent.status("t1", "complete", result={"ok": True})
+        answer = watching.wait()
+        self.assertEqual({"ok": True}, answer["status"]["result"])
+        self.assertIn(40.0, [s.get("percent") for s in client.pushed])
+
+    def test_a_process_without_a_peer_link_is_refused_with_the_reason(self):
+        self.agent_on(self.b)
+        lone = self.process("C", link=False)
+        with self.assertRaises(transport.RemoteError) as caught:
+            self.client(lone).call("call", {"agent_id": "agent-1",
+                                            "method": "ping"})
+        self.assertEqual("NotFound", caught.exception.type)
+        self.assertIn("this process has no peer link", caught.exception.msg)
+        # And a holder on another host without a peer port: today's
+        # refusal.
+        self.agent_on(lone, "agent-2")
+        with self.assertRaises(transport.RemoteError) as caught:
+            self.client(self.a).call("call", {"agent_id": "agent-2",
+                                              "method": "ping"})
+        self.assertIn("on host host-C", caught.exception.msg)
+        self.assertIn("no peer port", caught.exception.msg)
+
+    def test_a_command_over_the_link_is_never_routed_again(self):
+        # The directory is wrong: it says B holds an agent that is on A,
+        # and B would route it back to A. A peer claiming forwarded false
+        # changes nothing.
+        self.agent_on(self.a)
+        self.shared["holders"]["agent-1"] = "A"
+        link = self.peer_port(self.b)
+        with self.assertRaises(transport.RemoteError) as caught:
+            link.call("call", {"agent_id": "agent-1", "method": "ping",
+                               "forwarded": False}, timeout=WAIT)
+        self.assertEqual("NotFound", caught.exception.type)
+        self.assertEqual({"status": None, "gone": True, "terminal": False},
+                         link.call("watch_task", {
+                             "agent_id": "agent-1", "task_id": "t1",
+                             "forwarded": False}, timeout=WAIT))
+
+    def test_only_routed_commands_are_served(self):
+        link = self.peer_port(self.b)
+        self.assertEqual({"x": 1}, link.call("ping", {"x": 1}, timeout=WAIT))
+        for method in ("agents", "forget", "handshake"):
+            with self.assertRaises(transport.RemoteError) as caught:
+                link.call(method, {"agent_id": "agent-1"}, timeout=WAIT)
+            self.assertEqual("UnknownMethod", caught.exception.type)
+
+    def test_an_agent_certificate_is_refused_on_the_peer_port(self):
+        with self.assertLogs(peer_link.LOG, "WARNING") as logs:
+            link = self.peer_port(self.b, issued=self.certs.agent)
+            link.wait_closed(WAIT)
+        self.assertIn("not an endpoint certificate", logs.output[0])
+        self.assertTrue(link.closed)
+
+    def test_self_signed_plaintext_and_no_certificate_get_nothing(self):
+        # The stranger trusts the peer port's certificate but shows a
+        # self-signed one of its own.
+        stranger = self.certs.context(self.certs.stranger)
+        anonymous = self.certs.context()
+        for context in (stranger, anonymous):
+            # TLS 1.3: the refusal may come after the client's handshake,
+            # at the first read.
+            with self.assertRaises((OSError, transport.ConnectionLost)):
+                link = self.peer_port(self.b, context=context)
+                link.call("ping", {}, timeout=WAIT)
+        plain = transport.connect("127.0.0.1", self.b.link.port)
+        self.addCleanup(plain.close)
+        plain.sendall(b'{"id": "1", "method": "ping", "params": {}}\n')
+        plain.settimeout(2.0)
+        try:
+            received = plain.recv(4096)
+        except TimeoutError:
+            received = b""
+        # A TLS alert at most, never a JSON answer.
+        self.assertNotIn(b'"result"', received)
+
+    def test_an_oversize_line_ends_the_link(self):
+        link = self.peer_port(self.b)
+        link.sock.sendall(b'{"x": "' + b"y" * (
+            protocol.DEFAULT_MAX_LINE_LENGTH + 10))
+        link.wait_closed(WAIT)
+        self.assertTrue(link.closed)
+
+    def test_connections_beyond_the_limit_are_closed_at_once(self):
+        self.b.link.connection_limit = 1
+        held = self.peer_port(self.b)
+        self.assertEqual({}, held.call("ping", {}, timeout=WAIT))
+        with self.assertLogs(peer_link.LOG, "WARNING") as logs:
+            extra = transport.connect("127.0.0.1", self.b.link.port)
+            self.addCleanup(extra.close)
+            extra.settimeout(WAIT)
+            self.assertEqual(b"", extra.recv(1))
+        self.assertIn("1 peer connections are open", logs.output[0])
+        held.close()
+        base_wait(lambda: self.b.link._held == 0)
+        self.assertEqual({}, self.peer_port(self.b).call("ping", {},
+                                                         timeout=WAIT))
+
+    def test_a_server_that_is_no_endpoint_is_not_dialled(self):
+        for issued in (self.certs.unmarked, self.certs.agent):
+            server = transport.server_tls_context(issued.cert_path,
+                                                  issued.key_path)
+            listener = transport.listen("127.0.0.1", 0)
+            self.addCleanup(listener.close)
+            acceptor = transport.spawn(transport.accept_loop, listener,
+                                       lambda sock, address: sock.close(),
+                                       tls_context=server)
+            self.addCleanup(acceptor.kill)
+            address = peer_link.tls_address(
+                "127.0.0.1", listener.getsockname()[1])
+            with self.assertRaises(OSError):
+                self.a.link.dial(address)
+
+    def test_a_certificate_that_is_no_endpoints_cannot_listen(self):
+        for issued in (self.certs.agent, self.certs.unmarked):
+            with self.assertRaisesRegex(conf_tls.TLSConfigError,
+                                        "is not an endpoint certificate"):
+                peer_link.PeerLink(self.certs.settings(issued))
+
+    def test_addresses(self):
+        self.assertEqual("tls:10.0.0.1:9998",
+                         peer_link.tls_address("10.0.0.1", 9998))
+        self.assertEqual("tls:[fd00::1]:9998",
+                         peer_link.tls_address("fd00::1", 9998))
+        self.assertEqual(("fd00::1", 9998),
+                         peer_link.parse_tls_address("tls:[fd00::1]:9998"))
+        for bad in ("unix:/x", "tls:host", "tls::9", "tls:h:0", "tls:h:x",
+                    None):
+            self.assertRaises(ValueError, peer_link.parse_tls_address, bad)
+
+
+def _no_unix(path):
+    raise AssertionError("dialled the control socket %s" % path)
+
+
+def _refuse_all(connection, command):
+    raise protocol.UnknownMethod(command.method)

@@ -90,6 +90,12 @@ class TestCertificateIdentity(base.TestCase):
                                    ("URI", "teeth-agent:b"))}
         self.assertIsNone(identity.agent_id_from_certificate(cert))
 
+    def test_an_endpoint_certificate_names_no_agent(self):
+        cert = {"subject": ((("commonName", "10.0.0.11"),),),
+                "subjectAltName": (("IP Address", "10.0.0.11"),
+                                   ("URI", "teeth-endpoint:10.0.0.11"))}
+        self.assertIsNone(identity.agent_id_from_certificate(cert))
+
     def test_no_certificate(self):
         self.assertIsNone(identity.agent_id_from_certificate(None))
         self.assertIsNone(identity.agent_id_from_certificate({}))

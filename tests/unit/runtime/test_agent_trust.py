@@ -427,6 +427,39 @@ class SessionTokensTest(TempDirMixin, base.TestCase):
         self.assertEqual("tok-3", session_tokens.SessionTokens(
             "agent-1", state_dir).get("h:1"))
 
+    def test_an_endpoint_without_a_token_gets_the_newest_of_its_fleet(self):
+        store = session_tokens.SessionTokens("agent-1", self.make_dir())
+        fleet = ["a:1", "b:1", "c:1"]
+        self.assertIsNone(store.for_handshake("a:1", fleet))
+        store.set("b:1", "tok-b")
+        store.set("elsewhere:1", "tok-other-fleet")
+        store.set("c:1", "tok-c")
+        self.assertEqual("tok-c", store.for_handshake("a:1", fleet))
+        # Its own token first; none for an endpoint outside the list.
+        self.assertEqual("tok-b", store.for_handshake("b:1", fleet))
+        self.assertIsNone(store.for_handshake("a:1", ["a:1"]))
+        # Newest: the order survives a restart.
+        store.set("b:1", "tok-b2")
+        again = session_tokens.SessionTokens("agent-1", store.state_dir)
+        self.assertEqual("tok-b2", again.for_handshake("a:1", fleet))
+
+    def test_accepted_and_reissued_tokens_follow_the_fleet(self):
+        store = session_tokens.SessionTokens("agent-1", self.make_dir())
+        fleet = ["a:1", "b:1"]
+        store.set("a:1", "tok-1")
+        store.set("other:1", "tok-x")
+        store.accepted("b:1", store.for_handshake("b:1", fleet))
+        self.assertEqual("tok-1", store.get("b:1"))
+        # The fleet forgot the agent; b issues a new token: a's copy of
+        # the old one goes too, another fleet's token stays.
+        store.set("b:1", "tok-2")
+        self.assertEqual("tok-2", store.get("a:1"))
+        self.assertEqual("tok-x", store.get("other:1"))
+        store.accepted("a:1", None)
+        self.assertEqual("tok-2", store.get("a:1"))
+        self.assertEqual("tok-2", session_tokens.SessionTokens(
+            "agent-1", store.state_dir).get("a:1"))
+
     def test_other_agent_id_garbled_or_unreadable_start_without(self):
         state_dir = self.make_dir()
         session_tokens.SessionTokens("agent-1", state_dir).set("h:1", "tok")
@@ -544,6 +577,18 @@ class HandshakeAnswerTest(TempDirMixin, base.TestCase):
                          self.agent.handshake_params("h:2"))
         restored = session_tokens.SessionTokens("agent-1", self.state_dir)
         self.assertEqual("tok-1", restored.get("h:1"))
+
+    def test_a_token_of_the_list_is_sent_and_kept_when_accepted(self):
+        self.agent.endpoints = [("h", 1), ("h", 2)]
+        self.agent._accept_handshake_answer(
+            self.connection, "h:1", {"session_token": "tok-1"})
+        params = self.agent.handshake_params("h:2")
+        self.assertEqual("tok-1", params["session_token"])
+        self.assertNotIn("session_token",
+                         self.agent.handshake_params("h:3"))
+        self.assertTrue(self.agent._accept_handshake_answer(
+            self.connection, "h:2", {}, params["session_token"]))
+        self.assertEqual("tok-1", self.agent.session_tokens.get("h:2"))
 
     def test_announced_limit_bounds_the_connection(self):
         self.assertTrue(self.agent._accept_handshake_answer(
