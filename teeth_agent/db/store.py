@@ -88,6 +88,9 @@ class Pruned:
     states: dict = dataclasses.field(default_factory=dict)
     events: int = 0
     transactions: int = 0
+    #: Whether the last transaction found a whole chunk (there may be
+    #: more to delete).
+    more: bool = False
 
     @property
     def tasks(self):
@@ -98,6 +101,7 @@ class Pruned:
             self.states[state] = self.states.get(state, 0) + count
         self.events += other.events
         self.transactions += other.transactions
+        self.more = other.more
 
 
 def _text(value, limit=TEXT_LIMIT):
@@ -398,7 +402,7 @@ class Store:
             self._backlog = pruned
         else:
             self._backlog.add(pruned)
-        if pruned.tasks >= self.prune_chunk:
+        if pruned.more:
             self._next_prune = now
             return
         done, self._backlog = self._backlog, None
@@ -443,29 +447,42 @@ class Store:
                     % (schema.shown_url(str(self.engine.url)),
                        schema.first_line(exc))) from None
             total.add(chunk)
-            if chunk.tasks < self.prune_chunk:
+            if not chunk.more:
                 break
         return total
 
     def _prune_chunk(self, session, cutoff):
+        """One chunk in ``session``'s transaction. No ``RETURNING`` (SQLite
+        has it only since 3.35, which some server distributions lack):
+        the chosen rows are deleted by id, a state at a time, with the
+        condition checked again, so the counts are exact also when another
+        process deleted some of them meanwhile."""
         table, events = models.Task.__table__, models.TaskEvent.__table__
-        chosen = sa.select(table.c.id).where(
-            *self._finished_before(cutoff)).order_by(
+        condition = self._finished_before(cutoff)
+        chosen = session.execute(sa.select(
+            table.c.id, table.c.agent_id, table.c.task_id,
+            table.c.state).where(*condition).order_by(
                 table.c.ended_at).limit(self.prune_chunk).with_for_update(
-                    skip_locked=True)
-        gone = session.execute(table.delete().where(
-            table.c.id.in_(chosen)).returning(
-                table.c.agent_id, table.c.task_id, table.c.state)).all()
-        pruned = Pruned(cutoff, transactions=1)
-        for row in gone:
-            pruned.states[row.state] = pruned.states.get(row.state, 0) + 1
-        # The (agent_id, task_id) of a deleted task is unique and now
-        # free: every event under it was that task's.
-        keys = [(row.agent_id, row.task_id) for row in gone]
+                    skip_locked=True)).all()
+        pruned = Pruned(cutoff, transactions=1,
+                        more=len(chosen) >= self.prune_chunk)
+        for state in sorted({row.state for row in chosen}):
+            ids = [row.id for row in chosen if row.state == state]
+            deleted = session.execute(table.delete().where(
+                table.c.id.in_(ids), table.c.state == state,
+                table.c.ended_at < cutoff)).rowcount
+            if deleted:
+                pruned.states[state] = deleted
+        # The events of the chosen tasks whose row is gone (deleted here
+        # or by another pruner); a task that took up the same
+        # (agent_id, task_id) since keeps its own.
+        orphan = ~sa.exists().where(table.c.agent_id == events.c.agent_id,
+                                    table.c.task_id == events.c.task_id)
+        keys = [(row.agent_id, row.task_id) for row in chosen]
         for start in range(0, len(keys), _EVENT_KEYS):
             pruned.events += session.execute(events.delete().where(
                 sa.tuple_(events.c.agent_id, events.c.task_id).in_(
-                    keys[start:start + _EVENT_KEYS]))).rowcount
+                    keys[start:start + _EVENT_KEYS]), orphan)).rowcount
         return pruned
 
     def _count_prunable(self, session, cutoff):
