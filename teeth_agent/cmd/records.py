@@ -3,7 +3,10 @@
 ``db upgrade`` applies the migrations shipped in the package to the
 database ``[database] connection`` names (by default the SQLite file in
 ``[endpoint] state_dir``); ``db current`` says which revision it is at and
-exits 1 when it is behind the code.
+exits 1 when it is behind the code; ``db prune`` deletes the finished
+tasks older than ``[database] task_retention`` days (or ``--older-than``)
+with their events, as every ``serve`` process does about once a minute,
+and prints how many (``--dry-run``: how many it would).
 
 ``tasks`` and ``erasures`` are reports: they read the database directly,
 so they work whether a server runs or not, and on any machine that can
@@ -45,9 +48,19 @@ class ReportError(Exception):
 def add_parsers(subparsers):
     db = subparsers.add_parser(
         "db", help="manage the endpoint's database schema")
-    db.add_argument("action", choices=("upgrade", "current"),
+    db.add_argument("action", choices=("upgrade", "current", "prune"),
                     help="upgrade: apply the migrations; current: show the "
-                         "revision (exit 1 when behind the code)")
+                         "revision (exit 1 when behind the code); prune: "
+                         "delete the finished tasks older than [database] "
+                         "task_retention days, with their events (erasure "
+                         "records are kept)")
+    db.add_argument("--older-than", type=float, default=None,
+                    metavar="DAYS",
+                    help="prune: the finished tasks that ended more than "
+                         "DAYS days ago (default: [database] "
+                         "task_retention)")
+    db.add_argument("--dry-run", action="store_true",
+                    help="prune: only count what would be deleted")
     tasks = subparsers.add_parser(
         "tasks", help="the task history, read from the database")
     tasks.add_argument("agent_id", nargs="?", default=None,
@@ -96,6 +109,11 @@ def open_store(conf):
 
 
 def db_command(conf, out=sys.stdout):
+    args = conf.command
+    if args.action == "prune":
+        return prune(conf, out)
+    if args.older_than is not None or args.dry_run:
+        raise ReportError("--older-than and --dry-run go with db prune")
     url = schema.url_from_conf(conf)
     if url is None:
         raise ReportError("no database is configured: [database] connection "
@@ -123,6 +141,34 @@ def db_command(conf, out=sys.stdout):
         return 0 if before == wanted else 1
     finally:
         engine.dispose()
+
+
+def prune(conf, out=sys.stdout):
+    """``db prune``: exit 0 when done (whether or not anything was old
+    enough); a usage or database error is a :class:`ReportError` (2)."""
+    args = conf.command
+    days = args.older_than
+    if days is None:
+        days = conf.database.task_retention
+        if days <= 0:
+            raise ReportError("[database] task_retention is 0 (the task "
+                              "history is kept forever): give --older-than "
+                              "DAYS")
+    elif not days > 0 or days == float("inf"):
+        raise ReportError("--older-than must be a positive number of days")
+    store = open_store(conf)
+    try:
+        pruned = store.prune_tasks(days, dry_run=args.dry_run)
+    finally:
+        store.engine.dispose()
+    states = ", ".join("%s %d" % (state, pruned.states[state])
+                       for state in sorted(pruned.states)) or "none"
+    print("database %s: %s %d finished tasks (%s) and their %d events that "
+          "ended before %s (older than %g days); erasure records are kept"
+          % (schema.shown_url(schema.url_from_conf(conf)),
+             "would delete" if args.dry_run else "deleted", pruned.tasks,
+             states, pruned.events, iso(pruned.cutoff), days), file=out)
+    return 0
 
 
 def _printable_row(values):

@@ -48,6 +48,17 @@ opts = [
         min=1,
         help="The most queued changes written in one transaction; more "
              "are written in the next one."),
+    cfg.IntOpt(
+        "task_retention",
+        default=90,
+        min=0,
+        help="Days a finished task (complete or error) and its state "
+             "changes are kept after it ended; older ones are deleted by "
+             "each serve process, at most 1000 tasks per transaction, "
+             "about once a minute. 0 keeps them forever. Running tasks, "
+             "tasks that were only sent and erasure records are never "
+             "deleted by it; teeth-endpoint db prune does the same on "
+             "demand."),
 ]
 
 

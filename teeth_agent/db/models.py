@@ -97,7 +97,10 @@ class Task(Base):
     created_at: orm.Mapped[float] = orm.mapped_column(sa.Float)
     started_at: orm.Mapped[float | None] = orm.mapped_column(sa.Float)
     updated_at: orm.Mapped[float] = orm.mapped_column(sa.Float)
-    ended_at: orm.Mapped[float | None] = orm.mapped_column(sa.Float)
+    #: Set with the final state only; indexed for the retention
+    #: (``[database] task_retention``), which deletes the oldest first.
+    ended_at: orm.Mapped[float | None] = orm.mapped_column(sa.Float,
+                                                           index=True)
 
 
 class TaskEvent(Base):

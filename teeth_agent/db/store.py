@@ -21,12 +21,21 @@ writes it in one transaction:
 The read methods (:meth:`agents`, :meth:`tasks`, :meth:`erasures`, ...) run
 in the caller's thread on their own connection; they are what the
 operator's reports and the endpoint's start-up use.
+
+With ``task_retention`` (days) the writer thread also deletes the finished
+tasks that ended longer ago than that, with their events, between two
+batches: one transaction of at most ``prune_chunk`` tasks about every
+``prune_interval`` seconds, back to back while a backlog lasts.
+:meth:`prune_tasks` is the same on demand (``teeth-endpoint db prune``).
+Erasure records are never deleted.
 """
 
 import collections
+import dataclasses
 import logging
 import os
 import queue
+import random
 import socket
 import threading
 import time
@@ -54,10 +63,45 @@ _STOP = "stop"
 _AGENT_KINDS = ("connected", "disconnected", "forgotten", "token")
 #: Keys per ``IN`` query when a batch's rows are loaded.
 PREFETCH_CHUNK = 500
+#: Seconds in a day of ``task_retention``.
+DAY = 86400.0
+#: Finished tasks deleted per transaction by the retention.
+PRUNE_CHUNK = 1000
+#: Seconds between two retention passes of one process (each jittered by
+#: a quarter, so that the processes sharing a database drift apart).
+PRUNE_INTERVAL = 60.0
+#: Tasks per statement when the events of deleted tasks are deleted.
+_EVENT_KEYS = 250
 
 
 class StoreClosed(schema.DatabaseError):
     """A write was queued after :meth:`Store.close`."""
+
+
+@dataclasses.dataclass
+class Pruned:
+    """What :meth:`Store.prune_tasks` deleted (or, for a dry run, would
+    delete): finished tasks that ended before ``cutoff`` (epoch seconds),
+    counted by final state, and their events."""
+
+    cutoff: float
+    states: dict = dataclasses.field(default_factory=dict)
+    events: int = 0
+    transactions: int = 0
+    #: Whether the last transaction found a whole chunk (there may be
+    #: more to delete).
+    more: bool = False
+
+    @property
+    def tasks(self):
+        return sum(self.states.values())
+
+    def add(self, other):
+        for state, count in other.states.items():
+            self.states[state] = self.states.get(state, 0) + count
+        self.events += other.events
+        self.transactions += other.transactions
+        self.more = other.more
 
 
 def _text(value, limit=TEXT_LIMIT):
@@ -102,12 +146,21 @@ class Store:
     :meth:`close`."""
 
     def __init__(self, engine, log_history=1000, flush_interval=5.0,
-                 batch_limit=5000, clock=time.time):
+                 batch_limit=5000, clock=time.time, task_retention=0,
+                 prune_chunk=PRUNE_CHUNK, prune_interval=PRUNE_INTERVAL):
         self.engine = engine
         self.log_history = log_history
         self.flush_interval = flush_interval
         self.batch_limit = batch_limit
         self.clock = clock
+        #: Days finished tasks are kept by the writer (0: forever).
+        self.task_retention = task_retention
+        self.prune_chunk = prune_chunk
+        self.prune_interval = prune_interval
+        #: When (``clock``) the writer's next retention pass is due.
+        self._next_prune = None
+        #: What the passes of the current backlog deleted so far.
+        self._backlog = None
         self.process_id = None
         self.process_name = None
         self._queue = queue.SimpleQueue()
@@ -138,7 +191,8 @@ class Store:
             url,
             log_history=conf.endpoint.log_history,
             flush_interval=conf.database.flush_interval,
-            batch_limit=conf.database.batch_limit)
+            batch_limit=conf.database.batch_limit,
+            task_retention=conf.database.task_retention)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -171,6 +225,9 @@ class Store:
                 % (schema.shown_url(str(self.engine.url)),
                    schema.first_line(exc))) from None
         self._last_heartbeat = now
+        # The first retention pass soon after start, the next ones about
+        # every prune_interval.
+        self._next_prune = now
         self._thread = threading.Thread(target=self._run,
                                         name="teeth-db-writer", daemon=True)
         self._thread.start()
@@ -273,15 +330,21 @@ class Store:
     def _run(self):
         stop = False
         while not stop:
-            batch = self._gather()
+            batch = self._gather(self._idle_timeout())
             stop = any(change.kind == _STOP for change in batch)
+            if not stop:
+                self._prune_if_due()
             self._write(batch)
 
-    def _gather(self):
-        """The next batch: at least one change, more for up to
-        ``flush_interval`` unless an urgent one is among them."""
+    def _gather(self, timeout=HEARTBEAT_INTERVAL):
+        """The next batch: at least one change (none after ``timeout``
+        seconds), more for up to ``flush_interval`` unless an urgent one
+        is among them."""
         try:
-            first = self._queue.get(timeout=HEARTBEAT_INTERVAL)
+            if timeout > 0:
+                first = self._queue.get(timeout=timeout)
+            else:
+                first = self._queue.get_nowait()
         except queue.Empty:
             return []
         batch = [first]
@@ -301,6 +364,143 @@ class Store:
             batch.append(change)
             urgent = urgent or change.urgent
         return batch
+
+    # -- retention ----------------------------------------------------------
+
+    def _idle_timeout(self):
+        """How long the writer may wait for a change: until the next
+        heartbeat, or the next retention pass when that comes first."""
+        if self.task_retention <= 0 or self._next_prune is None:
+            return HEARTBEAT_INTERVAL
+        return min(HEARTBEAT_INTERVAL,
+                   max(0.0, self._next_prune - self.clock()))
+
+    def _prune_if_due(self):
+        """One retention transaction (the writer thread's) when it is
+        due. A full chunk means there is more: the next one follows the
+        next batch at once, so a backlog (the first start after an
+        upgrade, or a lowered ``task_retention``) drains without ever
+        holding the writer for more than one chunk."""
+        if self.task_retention <= 0 or self._next_prune is None:
+            return
+        now = self.clock()
+        if self._next_prune - now > 2 * self.prune_interval:
+            self._next_prune = now  # the clock went back
+        if now < self._next_prune:
+            return
+        try:
+            pruned = self.prune_tasks(self.task_retention, max_chunks=1)
+        except schema.DatabaseError as exc:
+            self.stats["prune_failures"] += 1
+            LOG.warning("cannot delete old finished tasks: %s", exc)
+            self._backlog = None
+            self._next_prune = now + self.prune_interval
+            return
+        self.stats["tasks_pruned"] += pruned.tasks
+        self.stats["task_events_pruned"] += pruned.events
+        if self._backlog is None:
+            self._backlog = pruned
+        else:
+            self._backlog.add(pruned)
+        if pruned.more:
+            self._next_prune = now
+            return
+        done, self._backlog = self._backlog, None
+        if done.tasks:
+            LOG.info("deleted %d finished tasks and their %d events that "
+                     "ended before %s ([database] task_retention = %s "
+                     "days; erasure records are kept)", done.tasks,
+                     done.events, _iso(done.cutoff), self.task_retention)
+        self._next_prune = now + self.prune_interval * random.uniform(
+            0.75, 1.25)
+
+    def _finished_before(self, cutoff):
+        table = models.Task.__table__
+        return (table.c.state.in_(FINAL_STATES), table.c.ended_at < cutoff)
+
+    def prune_tasks(self, older_than, dry_run=False, max_chunks=None):
+        """Delete the finished tasks (``complete``/``error``) that ended
+        more than ``older_than`` days ago (by ``clock``), with their
+        events, oldest first, in transactions of at most ``prune_chunk``
+        tasks (``max_chunks`` of them at most; None: until none is left).
+        With ``dry_run`` only count them. Running and sent tasks and
+        erasure records are never touched. Returns :class:`Pruned`;
+        raises :class:`schema.DatabaseError`.
+
+        Several processes may prune one database at once: on PostgreSQL
+        each takes the rows no other one has locked (``FOR UPDATE SKIP
+        LOCKED``), so none waits for another; SQLite has one writer at a
+        time anyway. A task deleted under another process's feet is
+        simply not counted twice."""
+        cutoff = self.clock() - float(older_than) * DAY
+        if dry_run:
+            return self._read(lambda session: self._count_prunable(
+                session, cutoff))
+        total = Pruned(cutoff)
+        while max_chunks is None or total.transactions < max_chunks:
+            try:
+                with orm.Session(self.engine) as session, session.begin():
+                    chunk = self._prune_chunk(session, cutoff)
+            except sa_exc.SQLAlchemyError as exc:
+                raise schema.DatabaseError(
+                    "cannot delete old tasks from the database %s: %s"
+                    % (schema.shown_url(str(self.engine.url)),
+                       schema.first_line(exc))) from None
+            total.add(chunk)
+            if not chunk.more:
+                break
+        return total
+
+    def _prune_chunk(self, session, cutoff):
+        """One chunk in ``session``'s transaction. No ``RETURNING`` (SQLite
+        has it only since 3.35, which some server distributions lack):
+        the chosen rows are deleted by id, a state at a time, with the
+        condition checked again, so the counts are exact also when another
+        process deleted some of them meanwhile."""
+        table, events = models.Task.__table__, models.TaskEvent.__table__
+        condition = self._finished_before(cutoff)
+        chosen = session.execute(sa.select(
+            table.c.id, table.c.agent_id, table.c.task_id,
+            table.c.state).where(*condition).order_by(
+                table.c.ended_at).limit(self.prune_chunk).with_for_update(
+                    skip_locked=True)).all()
+        pruned = Pruned(cutoff, transactions=1,
+                        more=len(chosen) >= self.prune_chunk)
+        for state in sorted({row.state for row in chosen}):
+            ids = [row.id for row in chosen if row.state == state]
+            deleted = session.execute(table.delete().where(
+                table.c.id.in_(ids), table.c.state == state,
+                table.c.ended_at < cutoff)).rowcount
+            if deleted:
+                pruned.states[state] = deleted
+        # The events of the chosen tasks whose row is gone (deleted here
+        # or by another pruner); a task that took up the same
+        # (agent_id, task_id) since keeps its own.
+        orphan = ~sa.exists().where(table.c.agent_id == events.c.agent_id,
+                                    table.c.task_id == events.c.task_id)
+        keys = [(row.agent_id, row.task_id) for row in chosen]
+        for start in range(0, len(keys), _EVENT_KEYS):
+            pruned.events += session.execute(events.delete().where(
+                sa.tuple_(events.c.agent_id, events.c.task_id).in_(
+                    keys[start:start + _EVENT_KEYS]), orphan)).rowcount
+        return pruned
+
+    def _count_prunable(self, session, cutoff):
+        table, events = models.Task.__table__, models.TaskEvent.__table__
+        condition = self._finished_before(cutoff)
+        pruned = Pruned(cutoff)
+        for state, count in session.execute(
+                sa.select(table.c.state, sa.func.count()).where(
+                    *condition).group_by(table.c.state)):
+            pruned.states[state] = count
+        pruned.events = session.execute(
+            sa.select(sa.func.count()).select_from(events.join(
+                table, sa.and_(events.c.agent_id == table.c.agent_id,
+                               events.c.task_id == table.c.task_id))).where(
+                *condition)).scalar_one()
+        return pruned
+
+    # -- the writer thread: writes ------------------------------------------
 
     def _write(self, batch):
         """One transaction for the batch. When it fails, each change is
@@ -784,6 +984,10 @@ class Store:
                             models.AgentLog.agent_id == agent_id).order_by(
                                 models.AgentLog.id)).scalars()]
         return self._read(read)
+
+
+def _iso(at):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
 
 def _agent_dict(row):

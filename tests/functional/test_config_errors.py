@@ -253,6 +253,22 @@ class TestEndpoint(ConfigCase):
         self.assertRefused(done, path, "[endpoint] listen_port = http is "
                            "not valid")
 
+    def test_bad_task_retention(self):
+        for value, reason in (("-1", "-1 is not valid"),
+                              ("90 days", "90 days is not valid")):
+            path = self.endpoint_config(
+                {"database": {"task_retention": value}})
+            for args in (["serve"], ["db", "prune"]):
+                done = self.run_script(
+                    ENDPOINT + ["--config-file", path] + args, timeout=20)
+                self.assertRefused(done, path,
+                                   "[database] task_retention = " + reason)
+        path = self.endpoint_config({"database": {"task_retension": 30}})
+        done = self.run_script(ENDPOINT + ["--config-file", path, "serve"],
+                               timeout=20)
+        self.assertRefused(done, "[database] task_retension is not a known "
+                           "option", "did you mean task_retention?")
+
     def accepted(self, *config_files):
         argv = list(ENDPOINT)
         for path in config_files:

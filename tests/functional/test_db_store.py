@@ -11,6 +11,8 @@ import json
 import os
 import re
 import sqlite3
+import threading
+import time
 import unittest
 
 from teeth_agent.db import schema
@@ -168,6 +170,105 @@ class DatabaseCase:
             # About 80 running updates were sent (every 0.05 s for 4 s);
             # gathered for 2 s, a handful of writes carry them.
             self.assertLess(writes, 20)
+
+    # -- retention ----------------------------------------------------------
+
+    def history(self, days_ago, prefix):
+        """Write, as if ``days_ago`` days ago, an erase that completed
+        (two erasure records), a task that failed, one still running and
+        one only sent."""
+        offset = days_ago * store_mod.DAY
+        store = store_mod.Store.from_url(
+            self.url, flush_interval=0.05,
+            clock=lambda: time.time() - offset)
+        store.open()
+        try:
+            store.agent_connected(AGENT_ID, {"agent_version": "1"})
+            store.task_sent(AGENT_ID, prefix + "-erase", "decom.disk_erase",
+                            {})
+            store.task_status(AGENT_ID, {
+                "task_id": prefix + "-erase", "state": "complete",
+                "method": "decom.disk_erase",
+                "result": {"devices": [
+                    {"path": path, "outcome": "erased", "serial": path[-3:],
+                     "method": "overwrite", "verified": True}
+                    for path in ("/dev/sda", "/dev/sdb")]}})
+            store.task_status(AGENT_ID, {"task_id": prefix + "-failed",
+                                         "state": "error", "msg": "no"})
+            store.task_status(AGENT_ID, {"task_id": prefix + "-running",
+                                         "state": "running"})
+            store.task_sent(AGENT_ID, prefix + "-sent", "decom.qc", {})
+            store.agent_disconnected(AGENT_ID)
+            store.flush(60)
+        finally:
+            store.close()
+
+    def task_ids(self):
+        return sorted(task["task_id"] for task in self.reader().tasks())
+
+    def test_retention_at_serve_and_db_prune(self):
+        self.upgrade_here()
+        self.history(30, "old")
+        self.history(0, "new")
+        self.assertEqual(8, len(self.task_ids()))
+        evidence = self.reader().erasures()
+        self.assertEqual(4, len(evidence))
+        self.db_section["database"]["task_retention"] = 20
+        endpoint = self.start_endpoint()
+        kept = ["new-erase", "new-failed", "new-running", "new-sent",
+                "old-running", "old-sent"]
+        # The first pass comes right after the start.
+        harness.wait_until(lambda: self.task_ids() == kept, 60,
+                           what="the old finished tasks pruned")
+        self.assertEqual(evidence, self.reader().erasures())
+        self.assertEqual([], self.reader().task_events(AGENT_ID,
+                                                       "old-erase"))
+        harness.wait_until(
+            lambda: "deleted 2 finished tasks and their 3 events" in
+            endpoint.current.output(), 30, what="the pruning logged")
+        # On demand, next to the running server: tasks of 10 days ago,
+        # which its retention (20) keeps, with --older-than 5.
+        self.history(10, "mid")
+        result = self.cli("db", "prune", "--older-than", "5", "--dry-run")
+        self.assertEqual(0, result.returncode, result.stderr)
+        self.assertIn("would delete 2 finished tasks (complete 1, error 1) "
+                      "and their 3 events", result.stdout)
+        self.assertEqual(10, len(self.task_ids()))
+        result = self.cli("db", "prune", "--older-than", "5")
+        self.assertEqual(0, result.returncode, result.stderr)
+        self.assertIn("deleted 2 finished tasks (complete 1, error 1) and "
+                      "their 3 events", result.stdout)
+        self.assertIn("erasure records are kept", result.stdout)
+        self.assertEqual(sorted(kept + ["mid-running", "mid-sent"]),
+                         self.task_ids())
+        self.assertEqual(6, len(self.reader().erasures()))
+
+    def test_concurrent_pruning_deletes_each_task_once(self):
+        self.upgrade_here()
+        for index in range(4):
+            self.history(30, "h%d" % index)
+        pruners = [store_mod.Store.from_url(self.url, prune_chunk=1)
+                   for _ in range(3)]
+        results, errors = [], []
+
+        def prune(store):
+            try:
+                results.append(store.prune_tasks(20))
+            except Exception as exc:
+                errors.append(exc)
+            finally:
+                store.engine.dispose()
+        threads = [threading.Thread(target=prune, args=(store,))
+                   for store in pruners]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        self.assertEqual([], errors)
+        self.assertEqual(8, sum(result.tasks for result in results))
+        self.assertEqual(12, sum(result.events for result in results))
+        self.assertEqual(8, len(self.task_ids()))
+        self.assertEqual(8, len(self.reader().erasures()))
 
     # -- restart ------------------------------------------------------------
 

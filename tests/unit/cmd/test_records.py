@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import types
 from unittest import mock
 
@@ -29,6 +30,8 @@ class RecordsTestCase(base.TestCase):
                                                     "none.sock")})
 
     def run_command(self, name, **args):
+        if name == "db":
+            args = dict({"older_than": None, "dry_run": False}, **args)
         conf = types.SimpleNamespace(
             command=types.SimpleNamespace(name=name, **args),
             database=self.conf.database, endpoint=self.conf.endpoint)
@@ -79,6 +82,55 @@ class TestDbCommand(RecordsTestCase):
         self.assertIn("revision %s (was empty)" % schema.head(), out)
         code, out, _ = self.run_command("db", action="current")
         self.assertEqual(0, code, out)
+
+    def test_prune_dry_run_then_prune(self):
+        self.fill().close()
+        # [database] task_retention (90 days): nothing is that old.
+        code, out, _ = self.run_command("db", action="prune")
+        self.assertEqual(0, code)
+        self.assertIn("deleted 0 finished tasks (none) and their 0 events",
+                      out)
+        self.assertIn("(older than 90 days)", out)
+        # A hundredth of a second in days.
+        days = 0.01 / 86400
+        time.sleep(0.05)
+        code, out, _ = self.run_command("db", action="prune",
+                                        older_than=days, dry_run=True)
+        self.assertEqual(0, code)
+        self.assertIn("would delete 2 finished tasks (complete 1, error 1) "
+                      "and their 3 events", out)
+        self.assertIn("erasure records are kept", out)
+        self.assertEqual(2, len(self.reader().tasks()))
+        code, out, _ = self.run_command("db", action="prune",
+                                        older_than=days)
+        self.assertEqual(0, code)
+        self.assertIn("deleted 2 finished tasks (complete 1, error 1) and "
+                      "their 3 events", out)
+        self.assertEqual([], self.reader().tasks())
+        self.assertEqual(1, len(self.reader().erasures()))
+
+    def test_prune_refusals(self):
+        self.fill().close()
+        for args, message in (
+                ({"older_than": 0.0}, "--older-than must be a positive"),
+                ({"older_than": -3.0}, "--older-than must be a positive"),
+                ({"older_than": float("nan")},
+                 "--older-than must be a positive")):
+            with self.assertRaisesRegex(records.ReportError, message):
+                self.run_command("db", action="prune", **args)
+        with self.assertRaisesRegex(records.ReportError,
+                                    "go with db prune"):
+            self.run_command("db", action="upgrade", dry_run=True)
+        self.conf.set_override("task_retention", 0, group="database")
+        with self.assertRaisesRegex(records.ReportError,
+                                    r"task_retention is 0 .*--older-than"):
+            self.run_command("db", action="prune")
+        self.assertEqual(2, len(self.reader().tasks()))
+
+    def reader(self):
+        reader = store_mod.Store.from_url(self.url)
+        self.addCleanup(reader.engine.dispose)
+        return reader
 
 
 class TestReports(RecordsTestCase):

@@ -5,6 +5,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 
 import sqlalchemy as sa
 
@@ -320,6 +321,190 @@ class TestWrites(StoreTestCase):
         status = store_mod.task_status_of(recent["a"][0])
         self.assertEqual({"task_id": "t3", "state": "complete",
                           "method": None, "result": {}}, status)
+
+
+class FakeClock:
+    """Epoch seconds that move only when a test says so."""
+
+    def __init__(self, now=1_800_000_000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
+class TestRetention(StoreTestCase):
+    def setUp(self):
+        super().setUp()
+        self.clock = FakeClock()
+
+    def history(self, store, prefix="old"):
+        """An erase that completed, a task that failed, a running one and
+        one only sent, all now (by the fake clock)."""
+        store.agent_connected("a", {"agent_version": "1"}, peer="p")
+        store.task_sent("a", prefix + "-erase", "decom.disk_erase", {})
+        store.task_status("a", {"task_id": prefix + "-erase",
+                                "state": "running", "percent": 50})
+        self.assertIsNone(self.final(store, "a", {
+            "task_id": prefix + "-erase", "state": "complete",
+            "method": "decom.disk_erase",
+            "result": erase_result("/dev/sda", "/dev/sdb")}))
+        self.assertIsNone(self.final(store, "a", {
+            "task_id": prefix + "-failed", "state": "error", "msg": "no"}))
+        store.task_status("a", {"task_id": prefix + "-running",
+                                "state": "running", "percent": 1})
+        store.task_sent("a", prefix + "-sent", "decom.qc", {})
+        store.flush(WAIT)
+
+    def wait_for(self, predicate, what):
+        deadline = time.monotonic() + WAIT
+        while not predicate():
+            if time.monotonic() > deadline:
+                self.fail("timed out waiting for " + what)
+            time.sleep(0.02)
+
+    def task_ids(self, store):
+        return sorted(task["task_id"] for task in store.tasks())
+
+    def test_old_finished_tasks_go_recent_running_sent_and_evidence_stay(
+            self):
+        store = self.make_store(clock=self.clock)
+        self.history(store, "old")
+        self.clock.advance(10 * store_mod.DAY)
+        self.history(store, "new")
+        erasures = store.erasures()
+        self.assertEqual(4, len(erasures))
+        dry = store.prune_tasks(5, dry_run=True)
+        self.assertEqual(({"complete": 1, "error": 1}, 4, 0),
+                         (dry.states, dry.events, dry.transactions))
+        self.assertEqual(8, len(self.task_ids(store)))
+        pruned = store.prune_tasks(5)
+        self.assertEqual(({"complete": 1, "error": 1}, 4),
+                         (pruned.states, pruned.events))
+        self.assertEqual(self.clock.now - 5 * store_mod.DAY, pruned.cutoff)
+        self.assertEqual(
+            ["new-erase", "new-failed", "new-running", "new-sent",
+             "old-running", "old-sent"], self.task_ids(store))
+        self.assertEqual([], store.task_events("a", "old-erase"))
+        self.assertEqual([], store.task_events("a", "old-failed"))
+        self.assertEqual(["running"], [e["state"] for e in store.task_events(
+            "a", "old-running")])
+        self.assertEqual(["sent"], [e["state"] for e in store.task_events(
+            "a", "old-sent")])
+        self.assertEqual(["sent", "running", "complete"],
+                         [e["state"] for e in store.task_events(
+                             "a", "new-erase")])
+        # The evidence of the pruned erase is all still there.
+        self.assertEqual(erasures, store.erasures())
+        # Nothing is left to prune.
+        self.assertEqual(0, store.prune_tasks(5).tasks)
+        # Running and sent tasks stay however old they are.
+        self.clock.advance(1000 * store_mod.DAY)
+        store.prune_tasks(1)
+        self.assertEqual(["new-running", "new-sent", "old-running",
+                          "old-sent"], self.task_ids(store))
+
+    def test_the_writer_prunes_a_backlog_in_bounded_chunks(self):
+        store = self.make_store(clock=self.clock, task_retention=1,
+                                prune_chunk=3)
+        chunks = []
+        prune_chunk = store._prune_chunk
+
+        def recorded(session, cutoff):
+            chunk = prune_chunk(session, cutoff)
+            chunks.append(chunk.tasks)
+            return chunk
+        store._prune_chunk = recorded
+        for index in range(8):
+            store.task_status("a", {"task_id": "t%d" % index,
+                                    "state": "complete", "result": {}})
+        store.task_status("a", {"task_id": "r", "state": "running"})
+        store.flush(WAIT)
+        self.assertEqual(9, len(self.task_ids(store)))
+        self.clock.advance(2 * store_mod.DAY)
+        store.task_status("a", {"task_id": "fresh", "state": "error",
+                                "msg": "x"})
+        store.flush(WAIT)
+        self.wait_for(lambda: self.task_ids(store) == ["fresh", "r"],
+                      "the old tasks pruned")
+        self.assertEqual(8, store.stats["tasks_pruned"])
+        self.assertEqual(8, store.stats["task_events_pruned"])
+        # Each transaction deleted at most a chunk; the backlog took
+        # three back to back, not three minutes.
+        self.assertEqual([3, 3, 2], [n for n in chunks if n])
+        self.assertLessEqual(max(chunks), 3)
+
+    def test_a_pass_at_most_once_per_interval(self):
+        # task_retention in days: 0.001 is 86.4 seconds. The first pass
+        # is at the start (nothing old yet), the next 450-750 s later.
+        store = self.make_store(clock=self.clock, task_retention=0.001,
+                                prune_interval=600.0)
+        store.task_status("a", {"task_id": "first", "state": "complete"})
+        store.flush(WAIT)
+        self.clock.advance(800)
+        store.flush(WAIT)
+        self.wait_for(lambda: self.task_ids(store) == [], "the second pass")
+        store.task_status("a", {"task_id": "second", "state": "complete"})
+        store.flush(WAIT)
+        self.clock.advance(100)
+        # Old enough, but the next pass is due 450 s after the last at
+        # the earliest: the writer wakes and writes but does not prune.
+        for _ in range(3):
+            store.flush(WAIT)
+        self.assertEqual(["second"], self.task_ids(store))
+        self.clock.advance(700)
+        store.flush(WAIT)
+        self.wait_for(lambda: self.task_ids(store) == [], "the third pass")
+        self.assertEqual(2, store.stats["tasks_pruned"])
+
+    def test_zero_keeps_the_history_forever(self):
+        store = self.make_store(clock=self.clock, task_retention=0)
+        self.history(store)
+        self.clock.advance(10000 * store_mod.DAY)
+        for _ in range(3):
+            store.flush(WAIT)
+        self.assertEqual(4, len(self.task_ids(store)))
+        self.assertEqual(0, store.stats["tasks_pruned"])
+
+    def test_processes_pruning_one_database_at_once(self):
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        url = "sqlite:///" + os.path.join(directory, "e.sqlite")
+        writer = store_mod.Store.from_url(url, flush_interval=0.01,
+                                          clock=self.clock)
+        writer.open()
+        self.addCleanup(writer.close)
+        for index in range(50):
+            writer.task_status("a", {"task_id": "t%03d" % index,
+                                     "state": "complete", "result": {}})
+        writer.flush(WAIT)
+        self.clock.advance(3 * store_mod.DAY)
+        pruners = [store_mod.Store.from_url(url, clock=self.clock,
+                                            prune_chunk=4)
+                   for _ in range(3)]
+        results, errors = [], []
+
+        def prune(store):
+            try:
+                results.append(store.prune_tasks(1))
+            except Exception as exc:
+                errors.append(exc)
+            finally:
+                store.engine.dispose()
+        threads = [threading.Thread(target=prune, args=(store,))
+                   for store in pruners]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+        self.assertEqual([], errors)
+        # Every task deleted once, by one of them.
+        self.assertEqual(50, sum(result.tasks for result in results))
+        self.assertEqual(50, sum(result.events for result in results))
+        self.assertEqual([], writer.tasks())
 
 
 class TestRedact(base.TestCase):
