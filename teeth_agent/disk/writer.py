@@ -33,6 +33,7 @@ import mmap
 import os
 import struct
 import threading
+import traceback
 import zlib
 
 from teeth_agent.disk import blockdev
@@ -566,6 +567,10 @@ class _Qcow2Sink:
         except qcow2_stream.NotStreamable as exc:
             raise NeedsStaging(formats.QCOW2, str(exc)) from None
 
+    def abort(self):
+        """Drop what the parser kept (up to ``buffer_limit`` bytes)."""
+        self._parser.discard()
+
 
 class _FormatSink:
     """Chooses how to write an image from its own first bytes.
@@ -719,6 +724,25 @@ def _undo(writer, path):
         LOG.error("%s is not device %s any more; not wiping its signatures",
                   path, pinned)
     return zeroed
+
+
+def release(exc):
+    """Let go, now, of what a failed :func:`write_stream` still holds.
+
+    An exception re-raised from an ``except ... as`` block keeps the
+    frames it went through alive, their locals with them, in a reference
+    cycle that only the garbage collector breaks: after a failed write
+    those are the download pipeline's buffers and, for a qcow2 image, up
+    to ``qcow2_buffer`` bytes kept for tables that never came. A caller
+    that goes on to more work with the same budget of memory (the staged
+    fall-back after :class:`NeedsStaging`) calls this first; it clears
+    the frames of ``exc`` and of the exceptions it was raised from.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
 
 
 def describe_failure(exc):

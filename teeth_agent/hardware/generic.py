@@ -632,6 +632,9 @@ class GenericHardwareManager(base.HardwareManager):
                 memory_limit=options.decompression_memory_limit,
                 qcow2_buffer=options.qcow2_stream_buffer, **(pin or {}))
         except writer.NeedsStaging as staging:
+            # The staged copy that follows needs the memory this attempt
+            # held (its buffers, the qcow2 bytes it kept) back first.
+            writer.release(staging)
             return {"format": staging.format, "needs_staging": True}
 
     def convert_qcow2_image(self, path, image_path):

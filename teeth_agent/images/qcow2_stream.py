@@ -239,6 +239,7 @@ class Qcow2Stream:
         self._tables_pending = 0
         self._zeros = []
         self._closed = False
+        self._discarded = False
         # The last compressed clusters' bytes: the sector a compressed
         # cluster ends in may hold the start of one whose table comes
         # later.
@@ -248,6 +249,7 @@ class Qcow2Stream:
 
     def feed(self, data):
         """Take the next bytes of the file (any length)."""
+        self._refuse_discarded()
         view = memoryview(data).cast("B")
         if self.header is None:
             self._head += view
@@ -573,6 +575,26 @@ class Qcow2Stream:
         for start, end in zeros:
             self.target.zero(start, end)
 
+    def _refuse_discarded(self):
+        if self._discarded:
+            raise ValueError("this qcow2 stream was discarded")
+
+    def discard(self):
+        """Drop every byte kept and every range awaited, now: the stream is
+        abandoned (a failed write, a layout that must be staged). The
+        parser's objects refer to each other, so without this what they
+        hold would wait for the garbage collector. Nothing more may be fed.
+        """
+        self._kept.clear()
+        self._kept_starts.clear()
+        self._heap.clear()
+        self._active.clear()
+        self._recent.clear()
+        self._zeros.clear()
+        self._head = None
+        self._kept_bytes = self._collecting = 0
+        self._discarded = True
+
     def close(self):
         """End of the file: complete what the end pads (qemu reads past
         the end of a file as zeros), zero the unallocated ranges.
@@ -581,6 +603,7 @@ class Qcow2Stream:
         header or names a table or cluster that starts past its end.
         Returns the virtual size.
         """
+        self._refuse_discarded()
         if self._closed:
             return self.header.virtual_size
         if self.header is None:

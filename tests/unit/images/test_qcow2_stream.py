@@ -103,6 +103,22 @@ class StreamTest(base.TestCase):
         else:
             self.assertEqual(content, bytes(disk.data))
 
+    def test_discard_drops_what_was_kept_and_ends_the_stream(self):
+        guest = [(samples.DATA, os.urandom(512)) for _ in range(128)]
+        # The second table's data comes before the table: it is kept.
+        order = [0, 1] + list(range(3, 131)) + [2]
+        image, _ = samples.build_qcow2(9, guest, order)
+        parser = qcow2_stream.Qcow2Stream(_Disk(128 * 512), 1 << 20,
+                                          total=len(image))
+        parser.feed(image[:64 * 1024])
+        self.assertGreater(parser._kept_bytes, 0)
+        parser.discard()
+        self.assertEqual(([], 0), (parser._kept, parser._kept_bytes))
+        with self.assertRaises(ValueError):
+            parser.feed(image[64 * 1024:])
+        with self.assertRaises(ValueError):
+            parser.close()
+
     def test_tables_first_needs_no_buffer(self):
         guest = [(samples.DATA, os.urandom(512)) for _ in range(300)]
         image, content = samples.build_qcow2(9, guest)
