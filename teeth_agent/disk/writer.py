@@ -530,9 +530,10 @@ class NeedsStaging(Exception):
 
 #: Bytes a streamed qcow2 image may need kept before the tables that place
 #: them arrive, unless the caller says otherwise (``[standbye]
-#: qcow2_stream_buffer``). A 1 GiB image that keeps 31 MiB of it took the
-#: benchmark's process (agent and HTTP server) from 77 to 124 MiB of peak
-#: RSS: 32 MiB stays under the 150 MiB of issue 17.
+#: qcow2_stream_buffer``). What is kept costs about its size: a 1 GiB
+#: image that keeps 31 MiB took the benchmark's process (agent and HTTP
+#: server) from 73 to 105 MiB of peak RSS, well under the 150 MiB of issue
+#: 17.
 QCOW2_STREAM_BUFFER = 32 * _MIB
 
 

@@ -47,6 +47,11 @@ from teeth_agent import units
 #: costs in memory, at most (measured: 284 bytes for a run, 759 for a
 #: compressed cluster).
 WANT_COST = 768
+#: Contiguous kept bytes are gathered in pieces of at most this size (or
+#: one segment as it came, when larger): one ``bytearray`` grown by every
+#: segment would be reallocated, and copied, all along, and the copies
+#: left behind cost half as much again as what was kept.
+KEPT_PIECE = units.MIB
 #: The largest L1 table accepted, in bytes (qemu's own limit).
 MAX_L1_BYTES = 32 * units.MIB
 #: Compressed clusters whose bytes stay at hand for a later cluster that
@@ -316,7 +321,8 @@ class Qcow2Stream:
     def _keep(self, start, segment):
         kept = self._kept
         self._kept_bytes += len(segment)
-        if kept and self._kept_starts[-1] + len(kept[-1]) == start:
+        if kept and self._kept_starts[-1] + len(kept[-1]) == start and \
+                len(kept[-1]) + len(segment) <= KEPT_PIECE:
             kept[-1] += segment
         else:
             # A separate piece also costs its bookkeeping.
