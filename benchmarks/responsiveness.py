@@ -23,8 +23,13 @@ every ``--interval-ms`` milliseconds, measuring each round trip:
 
 For each phase and run the p50 and p99 of the pings sent while the task ran
 are taken; the figures are the medians over ``--runs`` with their spread,
-and the ratios are against the idle phase. Target: p99 < 50 ms while a task
-runs. The last line printed is one JSON object.
+and the ratios are against the idle phase. Target (issue 17): p99 < 10 ms
+while a task runs. The last line printed is one JSON object.
+
+The endpoint side's socket has Nagle's algorithm off, as the real
+endpoint's has: with it on, a ping written right after the answer to a
+``task_status`` waited for the agent's delayed ACK (about 40 ms), which
+was this benchmark's own latency, not the agent's.
 """
 
 import argparse
@@ -48,7 +53,7 @@ from tests.functional import harness  # noqa: E402
 from tests.functional import loopdev  # noqa: E402
 
 MIB = 1024 * 1024
-TARGET_P99_MS = 50.0
+TARGET_P99_MS = 10.0
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):

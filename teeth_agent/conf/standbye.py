@@ -175,13 +175,15 @@ opts = [
              "limit."),
     cfg.IntOpt(
         "qcow2_stream_buffer",
-        default=256 * 1024 * 1024,
+        default=32 * 1024 * 1024,
         min=16 * 1024 * 1024,
         help="Bytes of memory a qcow2 image written as it downloads may "
              "use to keep clusters that arrive before the table that "
              "places them (qemu-img lays tables out first, so it usually "
              "needs none). An image whose layout needs more is written "
-             "again from a copy staged in work_dir instead."),
+             "again from a copy staged in work_dir instead. The agent's "
+             "resident memory during a write grows by about this much "
+             "(with the default, it stays under 150 MiB)."),
 ]
 
 

@@ -22,6 +22,7 @@ import logging
 import os
 import platform
 import re
+import threading
 
 from teeth_agent.disk import blockdev
 from teeth_agent.disk import esp
@@ -142,6 +143,11 @@ def device_matches_hints(device, hints):
 
 class GenericHardwareManager(base.HardwareManager):
     """Any Linux machine, from sysfs, procfs, DMI and standard tools."""
+
+    #: The pyudev context :meth:`_udev_disks` makes on first use (one per
+    #: manager) and the lock every use of one is made under.
+    _udev_context = None
+    _udev_lock = threading.Lock()
 
     def evaluate_hardware_support(self):
         return base.HardwareSupport.GENERIC
@@ -282,10 +288,17 @@ class GenericHardwareManager(base.HardwareManager):
             return None
         try:
             import pyudev
-            context = pyudev.Context()
-            return {device.sys_name: dict(device.properties)
-                    for device in context.list_devices(subsystem="block",
-                                                       DEVTYPE="disk")}
+            # One context per manager, used under a lock (libudev objects
+            # are not thread-safe; the devices are dropped inside it too):
+            # making one looks libudev up with ctypes.util.find_library,
+            # which runs ``ldconfig -p``, a fork and exec at every safety
+            # check of every write.
+            with self._udev_lock:
+                if self._udev_context is None:
+                    self._udev_context = pyudev.Context()
+                return {device.sys_name: dict(device.properties)
+                        for device in self._udev_context.list_devices(
+                            subsystem="block", DEVTYPE="disk")}
         except Exception as exc:
             LOG.debug("pyudev cannot enumerate block devices: %s", exc)
             return None
@@ -619,6 +632,9 @@ class GenericHardwareManager(base.HardwareManager):
                 memory_limit=options.decompression_memory_limit,
                 qcow2_buffer=options.qcow2_stream_buffer, **(pin or {}))
         except writer.NeedsStaging as staging:
+            # The staged copy that follows needs the memory this attempt
+            # held (its buffers, the qcow2 bytes it kept) back first.
+            writer.release(staging)
             return {"format": staging.format, "needs_staging": True}
 
     def convert_qcow2_image(self, path, image_path):

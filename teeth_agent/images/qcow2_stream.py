@@ -47,6 +47,11 @@ from teeth_agent import units
 #: costs in memory, at most (measured: 284 bytes for a run, 759 for a
 #: compressed cluster).
 WANT_COST = 768
+#: Contiguous kept bytes are gathered in pieces of at most this size (or
+#: one segment as it came, when larger): one ``bytearray`` grown by every
+#: segment would be reallocated, and copied, all along, and the copies
+#: left behind cost half as much again as what was kept.
+KEPT_PIECE = units.MIB
 #: The largest L1 table accepted, in bytes (qemu's own limit).
 MAX_L1_BYTES = 32 * units.MIB
 #: Compressed clusters whose bytes stay at hand for a later cluster that
@@ -239,6 +244,7 @@ class Qcow2Stream:
         self._tables_pending = 0
         self._zeros = []
         self._closed = False
+        self._discarded = False
         # The last compressed clusters' bytes: the sector a compressed
         # cluster ends in may hold the start of one whose table comes
         # later.
@@ -248,6 +254,7 @@ class Qcow2Stream:
 
     def feed(self, data):
         """Take the next bytes of the file (any length)."""
+        self._refuse_discarded()
         view = memoryview(data).cast("B")
         if self.header is None:
             self._head += view
@@ -314,7 +321,8 @@ class Qcow2Stream:
     def _keep(self, start, segment):
         kept = self._kept
         self._kept_bytes += len(segment)
-        if kept and self._kept_starts[-1] + len(kept[-1]) == start:
+        if kept and self._kept_starts[-1] + len(kept[-1]) == start and \
+                len(kept[-1]) + len(segment) <= KEPT_PIECE:
             kept[-1] += segment
         else:
             # A separate piece also costs its bookkeeping.
@@ -573,6 +581,26 @@ class Qcow2Stream:
         for start, end in zeros:
             self.target.zero(start, end)
 
+    def _refuse_discarded(self):
+        if self._discarded:
+            raise ValueError("this qcow2 stream was discarded")
+
+    def discard(self):
+        """Drop every byte kept and every range awaited, now: the stream is
+        abandoned (a failed write, a layout that must be staged). The
+        parser's objects refer to each other, so without this what they
+        hold would wait for the garbage collector. Nothing more may be fed.
+        """
+        self._kept.clear()
+        self._kept_starts.clear()
+        self._heap.clear()
+        self._active.clear()
+        self._recent.clear()
+        self._zeros.clear()
+        self._head = None
+        self._kept_bytes = self._collecting = 0
+        self._discarded = True
+
     def close(self):
         """End of the file: complete what the end pads (qemu reads past
         the end of a file as zeros), zero the unallocated ranges.
@@ -581,6 +609,7 @@ class Qcow2Stream:
         header or names a table or cluster that starts past its end.
         Returns the virtual size.
         """
+        self._refuse_discarded()
         if self._closed:
             return self.header.virtual_size
         if self.header is None:

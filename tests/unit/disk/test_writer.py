@@ -3,6 +3,7 @@ the write path's limits (issue 11): decoder memory, the pinned
 descriptor, zeroing what a failed write left.
 """
 
+import gc
 import gzip
 import hashlib
 import io
@@ -14,6 +15,7 @@ from unittest import mock
 
 from teeth_agent.disk import blockdev
 from teeth_agent.disk import writer
+from teeth_agent.fetch import download
 from teeth_agent.fetch import errors
 from teeth_agent.fetch import http_source
 from teeth_agent.hardware import safety
@@ -203,6 +205,38 @@ class DeviceWriterTest(base.TestCase):
         self.stream_once(path, image, qcow2_buffer=64 * 1024)
         with open(path, "rb") as stream:
             self.assertEqual(content, stream.read(len(content)))
+
+    @mock.patch.object(writer, "wipe_signatures")
+    def test_a_failed_qcow2_attempt_lets_its_memory_go(self, wipe):
+        # The staged fall-back needs the failed attempt's memory back. The
+        # collector is off: only the sink's abort (the bytes the parser
+        # kept) and release() (the pipeline's buffers, held by the
+        # exception's frames) can give it back.
+        guest = [(samples.DATA, os.urandom(512)) for _ in range(128)]
+        order = [0, 1] + list(range(3, 131)) + [2]
+        image, _ = samples.build_qcow2(9, guest, order)
+        path = self.make_target(MIB)
+
+        def alive(kind):
+            return [thing for thing in gc.get_objects()
+                    if isinstance(thing, kind)]
+        gc.collect()
+        self.assertEqual([], alive(download._Slot))
+        gc.disable()
+        self.addCleanup(gc.enable)
+        try:
+            self.stream_once(path, image, qcow2_buffer=16 * 1024)
+        except writer.NeedsStaging as exc:
+            staging = exc
+        parsers = alive(qcow2_stream.Qcow2Stream)
+        self.assertTrue(parsers)
+        for parser in parsers:
+            self.assertEqual(([], 0, []), (parser._kept, parser._kept_bytes,
+                                           parser._heap))
+        del parsers, parser
+        self.assertTrue(alive(download._Slot))
+        writer.release(staging)
+        self.assertEqual([], alive(download._Slot))
 
     def test_aligned_buffers_are_written_without_a_copy(self):
         import mmap

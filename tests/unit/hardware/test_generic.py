@@ -308,6 +308,22 @@ class TestUdev(GenericTestCase):
         fake_pyudev.Context.return_value.list_devices.assert_called_once_with(
             subsystem="block", DEVTYPE="disk")
 
+    def test_one_udev_context_serves_every_enumeration(self):
+        # Each new context runs ``ldconfig -p`` (ctypes.util.find_library);
+        # the safety check before every write enumerates again.
+        device = mock.Mock(sys_name="sda", properties={"ID_WWN": "0x1"})
+        fake_pyudev = mock.Mock()
+        fake_pyudev.Context.return_value.list_devices.return_value = [device]
+        with mock.patch.object(self.manager, "_uses_real_sysfs",
+                               return_value=True), \
+                mock.patch.dict(sys.modules, {"pyudev": fake_pyudev}):
+            for _ in range(3):
+                self.assertEqual({"sda": {"ID_WWN": "0x1"}},
+                                 self.manager._udev_disks())
+        fake_pyudev.Context.assert_called_once_with()
+        self.assertEqual(
+            3, fake_pyudev.Context.return_value.list_devices.call_count)
+
     def test_udev_failure_falls_back_to_sysfs(self):
         fake_pyudev = mock.Mock()
         fake_pyudev.Context.side_effect = OSError("no libudev")

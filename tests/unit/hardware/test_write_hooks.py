@@ -48,9 +48,13 @@ class GenericWriteHooksTest(base.TestCase):
     @mock.patch("teeth_agent.disk.writer.write_stream",
                 side_effect=writer.NeedsStaging("qcow2"))
     def test_qcow2_is_answered_not_raised(self, write_stream):
-        self.assertEqual({"format": "qcow2", "needs_staging": True},
-                         self.manager.write_image("/dev/loop9", None, None,
-                                                  None, None))
+        with mock.patch.object(writer, "release",
+                               wraps=writer.release) as release:
+            self.assertEqual({"format": "qcow2", "needs_staging": True},
+                             self.manager.write_image("/dev/loop9", None,
+                                                      None, None, None))
+        # What the attempt held is let go before the staged copy starts.
+        release.assert_called_once_with(write_stream.side_effect)
 
     @mock.patch("teeth_agent.disk.blockdev.wipe_signatures")
     def test_wipe_forgets_partitions_unless_there_are_none(self, wipe):

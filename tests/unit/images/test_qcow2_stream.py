@@ -103,6 +103,43 @@ class StreamTest(base.TestCase):
         else:
             self.assertEqual(content, bytes(disk.data))
 
+    def test_discard_drops_what_was_kept_and_ends_the_stream(self):
+        guest = [(samples.DATA, os.urandom(512)) for _ in range(128)]
+        # The second table's data comes before the table: it is kept.
+        order = [0, 1] + list(range(3, 131)) + [2]
+        image, _ = samples.build_qcow2(9, guest, order)
+        parser = qcow2_stream.Qcow2Stream(_Disk(128 * 512), 1 << 20,
+                                          total=len(image))
+        parser.feed(image[:64 * 1024])
+        self.assertGreater(parser._kept_bytes, 0)
+        parser.discard()
+        self.assertEqual(([], 0), (parser._kept, parser._kept_bytes))
+        with self.assertRaises(ValueError):
+            parser.feed(image[64 * 1024:])
+        with self.assertRaises(ValueError):
+            parser.close()
+
+    def test_kept_bytes_are_gathered_in_bounded_pieces(self):
+        # One bytearray grown by every segment is reallocated all along;
+        # the copies it leaves in the heap cost half again what is kept.
+        guest = [(samples.DATA, os.urandom(512)) for _ in range(4096)]
+        objects = 1 + 4096 // 64 + 4096
+        # The L1 table last: every table and cluster before it is kept.
+        image, content = samples.build_qcow2(
+            9, guest, list(range(1, objects)) + [0])
+        disk = _Disk(len(content))
+        parser = qcow2_stream.Qcow2Stream(disk, 8 << 20, total=len(image))
+        end = struct.unpack(">Q", image[40:48])[0]  # the L1 table's offset
+        for offset in range(0, end, 64 * 1024):
+            parser.feed(image[offset:min(offset + 64 * 1024, end)])
+        sizes = [len(piece) for piece in parser._kept]
+        self.assertGreater(sum(sizes), 2 * qcow2_stream.KEPT_PIECE)
+        self.assertLessEqual(max(sizes), qcow2_stream.KEPT_PIECE)
+        self.assertLess(len(sizes), 4 + sum(sizes) // qcow2_stream.KEPT_PIECE)
+        parser.feed(image[end:])
+        parser.close()
+        self.assertEqual(content, bytes(disk.data))
+
     def test_tables_first_needs_no_buffer(self):
         guest = [(samples.DATA, os.urandom(512)) for _ in range(300)]
         image, content = samples.build_qcow2(9, guest)
