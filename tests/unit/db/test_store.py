@@ -255,6 +255,11 @@ class TestWrites(StoreTestCase):
         store.flush(WAIT)
         self.assertLessEqual(len(selects), 8,
                              [select[:60] for select in selects])
+        # Tasks are looked up by (agent, task) pair, never by a list of
+        # agents crossed with a list of task ids (SQLite probes every
+        # combination).
+        self.assertEqual([], [select[:80] for select in selects
+                              if "tasks.task_id IN" in select])
         self.assertEqual(1200, len(store.token_hashes()))
         self.assertEqual(1200, len(store.tasks()))
         # The same agents again (known rows now): still a few queries.
