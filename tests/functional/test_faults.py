@@ -204,7 +204,10 @@ class TestEndpointRestartsDuringDiskTasks(FaultTestCase):
         self.assert_never_broke_protocol(agent.output(), *endpoint.outputs())
 
     def test_image_write_survives_ten_endpoint_restarts(self):
-        size = 8 * 1024 * 1024
+        # 64 s of writing at SLOW: the ten restarts (two or three seconds
+        # each on a loaded machine) must all happen while it runs. The
+        # limit is lifted after them.
+        size = 32 * 1024 * 1024
         images = harness.make_workdir(self)
         content = os.urandom(size)
         with open(os.path.join(images, "image.raw"), "wb") as stream:
@@ -313,7 +316,11 @@ class TestBrokenLinks(FaultTestCase):
             AGENT_ID, "testing.echo",
             {"value": 1, "log_message": "cut-marker-one"}))
         self.assertIn("error", response, response)
-        self.assertTrue(proxy.wait_cut(faults_proxy.DOWN, 0))
+        # The proxy marks the cut done just after closing the link, which
+        # is what ended the call: on a loaded machine the mark may come a
+        # moment after the answer.
+        self.assertTrue(proxy.wait_cut(faults_proxy.DOWN,
+                                       harness.MESSAGE_TIMEOUT))
         endpoint.wait_agent(AGENT_ID)
         harness.wait_until(lambda: proxy.accepted >= 2, harness.START_TIMEOUT,
                            what="the agent's new connection")
