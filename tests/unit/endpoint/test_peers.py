@@ -136,7 +136,11 @@ class Client:
         return self.link.call(method, params, timeout=timeout)
 
 
-class RoutingTest(base.TestCase):
+class TwoProcessesTestCase(base.TestCase):
+    """Processes A and B on one fake directory; :meth:`process` makes
+    one, :meth:`agent_on` connects an agent to one, :meth:`client` opens
+    a control client of one."""
+
     def setUp(self):
         super().setUp()
         self.tempdir = tempfile.mkdtemp(prefix="teeth-peers-")
@@ -164,6 +168,8 @@ class RoutingTest(base.TestCase):
         self.addCleanup(client.link.close)
         return client
 
+
+class RoutingTest(TwoProcessesTestCase):
     def test_a_call_reaches_the_agent_through_the_holding_process(self):
         agent = self.agent_on(self.b)
         answer = self.client(self.a).call("call", {
@@ -357,7 +363,7 @@ class TLSProcess(Process):
         super().stop()
 
 
-class PeerLinkTest(base.TestCase):
+class PeerLinkTest(TwoProcessesTestCase):
     """Processes on two hosts: commands go over the peer port (TLS with
     endpoint certificates both ways), never a control socket."""
 
@@ -370,12 +376,6 @@ class PeerLinkTest(base.TestCase):
 
     def setUp(self):
         super().setUp()
-        self.tempdir = tempfile.mkdtemp(prefix="teeth-peers-")
-        self.addCleanup(shutil.rmtree, self.tempdir, True)
-        self.shared = {"holders": {}, "processes": {}, "known": set(),
-                       "finals": {}}
-        self.a = self.process("A")
-        self.b = self.process("B")
         # Were a control socket dialled, this would show it.
         self.a.router._connect = self.b.router._connect = _no_unix
 
@@ -384,9 +384,6 @@ class PeerLinkTest(base.TestCase):
                              link=link)
         self.addCleanup(process.stop)
         return process
-
-    agent_on = RoutingTest.agent_on
-    client = RoutingTest.client
 
     def peer_port(self, process, issued=None, context=None):
         """A raw TLS client of ``process``'s peer port."""
