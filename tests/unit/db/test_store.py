@@ -346,6 +346,22 @@ class TestRetention(StoreTestCase):
         super().setUp()
         self.clock = FakeClock()
 
+    def make_store(self, **kwargs):
+        # A file, not SQLite in memory: that one is a single connection
+        # shared by every thread (StaticPool), so the test's reads while
+        # it waits would run inside the writer's pruning transaction and
+        # could end it.
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        kwargs.setdefault("flush_interval", 0.05)
+        store = store_mod.Store.from_url(
+            "sqlite:///" + os.path.join(directory, "e.sqlite"), **kwargs)
+        schema.upgrade(store.engine)
+        store.open()
+        self.addCleanup(store.engine.dispose)
+        self.addCleanup(store.close)
+        return store
+
     def history(self, store, prefix="old"):
         """An erase that completed, a task that failed, a running one and
         one only sent, all now (by the fake clock)."""
