@@ -9,6 +9,7 @@ a tool on the machine. The blocking itself is
 test kit.
 """
 
+import threading
 import unittest
 from unittest import mock
 
@@ -51,3 +52,25 @@ class TestCase(unittest.TestCase):
         pipe_patcher = mock.patch.object(processes, "_open", blocked_pipe)
         pipe_patcher.start()
         self.addCleanup(pipe_patcher.stop)
+
+
+def prune_at_once(stores, older_than, timeout):
+    """``store.prune_tasks(older_than)`` of every store at the same time,
+    one thread each (each store's engine disposed after); returns the
+    results and the exceptions raised."""
+    results, errors = [], []
+
+    def prune(store):
+        try:
+            results.append(store.prune_tasks(older_than))
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            store.engine.dispose()
+    threads = [threading.Thread(target=prune, args=(store,))
+               for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    return results, errors

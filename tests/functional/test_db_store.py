@@ -11,12 +11,12 @@ import json
 import os
 import re
 import sqlite3
-import threading
 import time
 import unittest
 
 from teeth_agent.db import schema
 from teeth_agent.db import store as store_mod
+from tests import base
 from tests.functional import faults_endpoint
 from tests.functional import faults_throttle
 from tests.functional import harness
@@ -249,21 +249,7 @@ class DatabaseCase:
             self.history(30, "h%d" % index)
         pruners = [store_mod.Store.from_url(self.url, prune_chunk=1)
                    for _ in range(3)]
-        results, errors = [], []
-
-        def prune(store):
-            try:
-                results.append(store.prune_tasks(20))
-            except Exception as exc:
-                errors.append(exc)
-            finally:
-                store.engine.dispose()
-        threads = [threading.Thread(target=prune, args=(store,))
-                   for store in pruners]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
+        results, errors = base.prune_at_once(pruners, 20, 120)
         self.assertEqual([], errors)
         self.assertEqual(8, sum(result.tasks for result in results))
         self.assertEqual(12, sum(result.events for result in results))

@@ -506,21 +506,7 @@ class TestRetention(StoreTestCase):
         pruners = [store_mod.Store.from_url(url, clock=self.clock,
                                             prune_chunk=4)
                    for _ in range(3)]
-        results, errors = [], []
-
-        def prune(store):
-            try:
-                results.append(store.prune_tasks(1))
-            except Exception as exc:
-                errors.append(exc)
-            finally:
-                store.engine.dispose()
-        threads = [threading.Thread(target=prune, args=(store,))
-                   for store in pruners]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(WAIT)
+        results, errors = base.prune_at_once(pruners, 1, WAIT)
         self.assertEqual([], errors)
         # Every task deleted once, by one of them.
         self.assertEqual(50, sum(result.tasks for result in results))
