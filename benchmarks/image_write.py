@@ -250,13 +250,23 @@ class Agent:
             "root_device_hints": {"name": self.device}})
         checked = self.extension.validator(spec)(**checked)
         task_id = checked.pop("task_id")
-        task, _ = self.registry.start(task_id, "prepare_image",
-                                      lambda task: bound(task, **checked),
-                                      True)
-        with RSSPeak() as rss:
-            before = rss.peak
-            while not task.terminal:
-                time.sleep(0.01)
+        # Woken by the task's own end, not a polling interval (a 10 ms poll
+        # added 5 ms on average, about 1 % of a 1 GiB write).
+        ended = threading.Event()
+
+        def changed(task):
+            if task.task_id == task_id and task.terminal:
+                ended.set()
+        self.registry.subscribe(changed)
+        try:
+            with RSSPeak() as rss:
+                before = rss.peak
+                task, _ = self.registry.start(
+                    task_id, "prepare_image",
+                    lambda task: bound(task, **checked), True)
+                ended.wait()
+        finally:
+            self.registry.unsubscribe(changed)
         self.rss_peaks.append(rss.peak)
         self.rss_before.append(before)
         if task.state != tasks.COMPLETE:

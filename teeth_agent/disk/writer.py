@@ -652,7 +652,7 @@ class _FormatSink:
 def write_stream(source, path, hasher, progress=None, total=None,
                  buffer_size=4 * _MIB, buffer_count=8, devnum=None,
                  recheck=None, memory_limit=DECOMPRESSION_MEMORY_LIMIT,
-                 qcow2_buffer=QCOW2_STREAM_BUFFER):
+                 qcow2_buffer=QCOW2_STREAM_BUFFER, pin_hash=False):
     """Write the image read from ``source`` onto the device ``path``.
 
     The format (raw, gzip, xz or zstd) is detected from the first bytes of
@@ -663,8 +663,9 @@ def write_stream(source, path, hasher, progress=None, total=None,
     bytes read; ``total``, when given, is the image's size as served.
     ``devnum`` and ``recheck`` pin the device (see :class:`DeviceWriter`:
     one ``O_EXCL`` descriptor from the first write to the verification);
-    ``memory_limit`` bounds what an xz or zstd decoder may allocate.
-    Returns ``{"format", "bytes_read", "bytes_written"}``.
+    ``memory_limit`` bounds what an xz or zstd decoder may allocate;
+    ``pin_hash`` is :func:`teeth_agent.fetch.download.stream`'s. Returns
+    ``{"format", "bytes_read", "bytes_written"}``.
 
     A qcow2 image is parsed as it streams (:class:`_Qcow2Sink`, keeping
     at most ``qcow2_buffer`` bytes for clusters that arrive before their
@@ -688,7 +689,8 @@ def write_stream(source, path, hasher, progress=None, total=None,
                        qcow2_buffer)
     try:
         read = download.stream(source, sink, hasher, progress, total,
-                               buffer_size, buffer_count)
+                               buffer_size, buffer_count,
+                               pin_hash=pin_hash)
         sink.close()
         written = writer.finish()
         if sink.format == formats.QCOW2:

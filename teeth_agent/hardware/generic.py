@@ -622,15 +622,16 @@ class GenericHardwareManager(base.HardwareManager):
 
     def write_image(self, path, source, hasher, progress, pin, size=None):
         """Streamed through the device's one ``O_EXCL`` descriptor, with
-        ``[standbye]`` buffers and decompression memory limit
-        (:func:`teeth_agent.disk.writer.write_stream`)."""
+        ``[standbye]`` buffers, decompression memory limit and checksum
+        thread pinning (:func:`teeth_agent.disk.writer.write_stream`)."""
         options = self.conf.standbye
         try:
             return writer.write_stream(
                 source, path, hasher, progress, size,
                 options.write_buffer_size, options.write_buffer_count,
                 memory_limit=options.decompression_memory_limit,
-                qcow2_buffer=options.qcow2_stream_buffer, **(pin or {}))
+                qcow2_buffer=options.qcow2_stream_buffer,
+                pin_hash=options.pin_checksum_thread, **(pin or {}))
         except writer.NeedsStaging as staging:
             # The staged copy that follows needs the memory this attempt
             # held (its buffers, the qcow2 bytes it kept) back first.

@@ -128,6 +128,7 @@ class StandbyeExtension(base.Extension):
                 "timeout": options.download_timeout,
                 "buffer_size": options.write_buffer_size,
                 "buffer_count": options.write_buffer_count,
+                "pin_hash": options.pin_checksum_thread,
                 "redirects": http_source.RedirectPolicy(
                     options.allowed_redirect_networks,
                     proxies=proxy.Proxies.configured(
@@ -415,7 +416,8 @@ class StandbyeExtension(base.Extension):
             with open(record["path"], "rb") as stream:
                 download.stream(stream, lambda chunk: None, hasher,
                                 buffer_size=options["buffer_size"],
-                                buffer_count=options["buffer_count"])
+                                buffer_count=options["buffer_count"],
+                                pin_hash=options["pin_hash"])
             hasher.verify()
             written = self._write_staged(task, record["path"], path,
                                          record["algorithm"],

@@ -94,6 +94,124 @@ class StreamTest(base.TestCase):
             hasher.verify()
 
 
+class _AffinityProbe(http_source.Hasher):
+    """A hasher that records the CPUs its thread may use."""
+
+    def update(self, data):
+        self.cpus = os.sched_getaffinity(0)
+        super().update(data)
+
+
+class _ProbedSource(_Chunky):
+
+    def readinto(self, buffer):
+        self.cpus = os.sched_getaffinity(0)
+        return super().readinto(buffer)
+
+
+class PinnedStreamTest(base.TestCase):
+    """``pin_hash``: the hasher on a CPU of its own, the reader on the
+    rest; the caller's thread keeps its own affinity."""
+
+    def test_split(self):
+        self.assertEqual(({3}, {0, 1, 2}), download.hash_cpus({0, 1, 2, 3}))
+        self.assertEqual(({7}, {5}), download.hash_cpus([7, 5]))
+        self.assertIsNone(download.hash_cpus({0}))
+        self.assertIsNone(download.hash_cpus(set()))
+
+    def test_the_cpu_with_the_fewest_device_interrupts_hashes(self):
+        # The disk's interrupt goes to CPU 1: hashing there is preempted
+        # by every completion.
+        self.assertEqual(({0}, {1}), download.hash_cpus(
+            {0, 1}, {0: 1200, 1: 272287}))
+        # Only allowed CPUs count; a tie goes to the highest.
+        self.assertEqual(({2}, {1, 3}), download.hash_cpus(
+            {1, 2, 3}, {0: 0, 1: 50, 2: 7, 3: 9}))
+        self.assertEqual(({3}, {1, 2}), download.hash_cpus(
+            {1, 2, 3}, {1: 5, 2: 5, 3: 5}))
+        # A CPU the counts do not name counts as none served.
+        self.assertEqual(({4}, {0}), download.hash_cpus({0, 4}, {0: 3}))
+
+    def test_device_interrupts(self):
+        text = (
+            "           CPU0       CPU1       CPU3\n"
+            " 28:          0          0          5   PCI-MSIX  virtio0-cfg\n"
+            " 36:         10     272287          1   PCI-MSIX  virtio1-req.0\n"
+            "  9:          1          2   IO-APIC  9-fasteoi   acpi\n"
+            "NMI:          0          0          0   Non-maskable interrupts\n"
+            "LOC:    1092616     875261     999999   Local timer interrupts\n"
+            "ERR:          0\n")
+        with tempfile.NamedTemporaryFile("w", suffix="interrupts") as stream:
+            stream.write(text)
+            stream.flush()
+            self.assertEqual({0: 11, 1: 272289, 3: 6},
+                             download.device_interrupts(stream.name))
+        self.assertEqual({}, download.device_interrupts("/nonexistent/x"))
+        with tempfile.NamedTemporaryFile("w") as stream:
+            self.assertEqual({}, download.device_interrupts(stream.name))
+            stream.write("CPUx CPU1\n")
+            stream.flush()
+            self.assertEqual({}, download.device_interrupts(stream.name))
+
+    def test_this_machine_is_read(self):
+        if not os.path.exists(download.PROC_INTERRUPTS):
+            self.skipTest("no /proc/interrupts")
+        counts = download.device_interrupts()
+        self.assertEqual(set(), set(os.sched_getaffinity(0)) - set(counts))
+
+    def _run(self, pin_hash):
+        data = os.urandom(5 * 65536 + 17)
+        hasher = _AffinityProbe("sha256", hashlib.sha256(data).hexdigest())
+        source = _ProbedSource(data, 65536)
+        caller = []
+        download.stream(source, lambda chunk: caller.append(
+            os.sched_getaffinity(0)), hasher, buffer_size=65536,
+            buffer_count=2, pin_hash=pin_hash)
+        hasher.verify()
+        return hasher.cpus, source.cpus, caller
+
+    def test_real_threads_are_pinned(self):
+        allowed = os.sched_getaffinity(0)
+        if len(allowed) < 2:
+            self.skipTest("needs at least two CPUs")
+        hashing, reading, caller = self._run(True)
+        expected, rest = download.hash_cpus(allowed,
+                                            download.device_interrupts())
+        self.assertEqual(expected, hashing)
+        self.assertEqual(rest, reading)
+        self.assertEqual(1, len(hashing))
+        self.assertEqual({frozenset(allowed)}, set(map(frozenset, caller)))
+        self.assertEqual(allowed, os.sched_getaffinity(0))
+
+    def test_not_pinned_unless_asked(self):
+        allowed = os.sched_getaffinity(0)
+        hashing, reading, _ = self._run(False)
+        self.assertEqual(allowed, hashing)
+        self.assertEqual(allowed, reading)
+
+    def test_one_cpu_is_left_alone(self):
+        with mock.patch.object(download.os, "sched_getaffinity",
+                               return_value={0}), \
+                mock.patch.object(download.os,
+                                  "sched_setaffinity") as setaffinity:
+            self._run(True)
+        setaffinity.assert_not_called()
+
+    def test_a_refused_pin_only_costs_speed(self):
+        with mock.patch.object(download.os, "sched_setaffinity",
+                               side_effect=OSError(22, "Invalid argument")):
+            data = os.urandom(3 * 65536)
+            received = []
+            hasher = http_source.Hasher("sha256",
+                                        hashlib.sha256(data).hexdigest())
+            download.stream(io.BytesIO(data),
+                            lambda chunk: received.append(bytes(chunk)),
+                            hasher, buffer_size=65536, buffer_count=2,
+                            pin_hash=True)
+        hasher.verify()
+        self.assertEqual(data, b"".join(received))
+
+
 class FetchTest(base.TestCase):
     """Downloads from a server on 127.0.0.1."""
 

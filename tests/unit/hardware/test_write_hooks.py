@@ -32,6 +32,7 @@ class GenericWriteHooksTest(base.TestCase):
     def test_write_image_streams_with_the_pin_and_limits(self, write_stream):
         self.conf.set_override("write_buffer_size", 1 << 20, "standbye")
         self.conf.set_override("write_buffer_count", 3, "standbye")
+        self.conf.set_override("pin_checksum_thread", False, "standbye")
         write_stream.return_value = {"format": "raw", "bytes_read": 1,
                                      "bytes_written": 1}
         recheck = mock.Mock()
@@ -43,7 +44,7 @@ class GenericWriteHooksTest(base.TestCase):
             "SOURCE", "/dev/loop9", "HASHER", "PROGRESS", 5, 1 << 20, 3,
             memory_limit=self.conf.standbye.decompression_memory_limit,
             qcow2_buffer=self.conf.standbye.qcow2_stream_buffer,
-            devnum="7:9", recheck=recheck)
+            pin_hash=False, devnum="7:9", recheck=recheck)
 
     @mock.patch("teeth_agent.disk.writer.write_stream",
                 side_effect=writer.NeedsStaging("qcow2"))
