@@ -32,6 +32,7 @@ Erasure records are never deleted.
 
 import collections
 import dataclasses
+import itertools
 import logging
 import os
 import queue
@@ -72,6 +73,8 @@ PRUNE_CHUNK = 1000
 PRUNE_INTERVAL = 60.0
 #: Tasks per statement when the events of deleted tasks are deleted.
 _EVENT_KEYS = 250
+#: Running tasks whose row id the writer keeps (see ``Store._running``).
+RUNNING_CACHE = 200000
 
 
 def _task_keys_in(table, keys):
@@ -179,6 +182,13 @@ class Store:
         # Per transaction (the writer thread's): see _prefetch.
         self._missing = set()
         self._agents, self._tasks = {}, {}
+        #: ``{(agent_id, task_id): row id}`` of the tasks this writer last
+        #: wrote as running (the writer thread's; oldest first, at most
+        #: ``RUNNING_CACHE``): their next running update is one ``UPDATE``
+        #: by id, with no query to find the row first.
+        self._running = {}
+        #: Entries of the open transaction, kept once it commits.
+        self._running_new = {}
         #: Counters: transactions, task_updates (received), task_writes
         #: (rows written), running_coalesced, erasures, log_records,
         #: failures.
@@ -534,16 +544,37 @@ class Store:
     def _transaction(self, batch):
         """Apply ``batch`` in one transaction; returns None or the error.
         """
+        self._running_new = {}
         try:
             with orm.Session(self.engine) as session, session.begin():
                 self._apply(session, batch)
         except Exception as exc:  # handed to the waiters, then logged
+            # What the rolled-back transaction read or wrote is not what
+            # the database holds: every running row is looked up again.
+            self._running.clear()
+            self._running_new = {}
             self.stats["failures"] += 1
             LOG.error("cannot write %d change(s) to the database: %s",
                       len(batch), schema.first_line(exc))
             return exc
+        self._keep_running(self._running_new)
+        self._running_new = {}
         self.stats["transactions"] += 1
         return None
+
+    def _keep_running(self, entries):
+        running = self._running
+        running.update(entries)
+        excess = len(running) - RUNNING_CACHE
+        if excess > 0:
+            for key in list(itertools.islice(running, excess)):
+                del running[key]
+
+    def _not_running(self, key):
+        """The task ``key`` is no longer running as this writer wrote it
+        (a final state, a refusal, a deletion)."""
+        self._running.pop(key, None)
+        self._running_new.pop(key, None)
 
     def _apply(self, session, batch):
         now = self.clock()
@@ -664,6 +695,12 @@ class Store:
                 models.Agent.agent_id == agent_id))
             self._forget_cached(session, self._agents.pop(agent_id, None),
                                 ("agent", agent_id))
+            for key in [key for key in self._running
+                        if key[0] == agent_id]:
+                del self._running[key]
+            for key in [key for key in self._running_new
+                        if key[0] == agent_id]:
+                del self._running_new[key]
             return
         row = self._agent_row(session, agent_id, change.at)
         if change.kind == "token":
@@ -726,54 +763,98 @@ class Store:
     def _write_running(self, session, changes, chunk=400):
         """The running updates of a batch (one per task), in a few
         statements: the hot path of a busy fleet, so Core executemany
-        rather than one ORM object per task."""
+        rather than one ORM object per task. A task this writer already
+        wrote as running (``self._running``) is one ``UPDATE`` by row id
+        that applies only while the row is still running; the others (and
+        any of those whose row changed meanwhile, seen from the rows
+        updated) are looked up first."""
+        table = models.Task.__table__
+        cached, looked_up = [], []
+        for change in changes:
+            key = (change.agent_id, change.payload["task_id"])
+            row_id = self._running.get(key)
+            if row_id is None:
+                row_id = self._running_new.get(key)
+            if row_id is None:
+                looked_up.append(change)
+            else:
+                cached.append((change, row_id))
+        for start in range(0, len(cached), chunk):
+            part = cached[start:start + chunk]
+            updated = session.execute(
+                table.update().where(
+                    table.c.id == sa.bindparam("b_id"),
+                    table.c.state == RUNNING).values(
+                        started_at=sa.func.coalesce(
+                            table.c.started_at, sa.bindparam("b_at"))),
+                [{"b_id": row_id, "b_at": change.at,
+                  "percent": _number(change.payload.get("percent")),
+                  "eta": _number(change.payload.get("eta")),
+                  "updated_at": change.at}
+                 for change, row_id in part]).rowcount
+            if updated == len(part):
+                self.stats["task_writes"] += updated
+                continue
+            # Some rows are no longer running (another process wrote a
+            # final state) or are gone: those are looked up like new ones
+            # (updating again the rows that were updated is harmless).
+            for change, _ in part:
+                self._not_running((change.agent_id,
+                                   change.payload["task_id"]))
+            looked_up.extend(change for change, _ in part)
+        for start in range(0, len(looked_up), chunk):
+            self._look_up_running(session, looked_up[start:start + chunk])
+
+    def _look_up_running(self, session, part):
         table, events = models.Task.__table__, models.TaskEvent.__table__
-        for start in range(0, len(changes), chunk):
-            part = changes[start:start + chunk]
-            keys = {(change.agent_id, change.payload["task_id"])
-                    for change in part}
-            known = {(row.agent_id, row.task_id): row for row in
-                     session.execute(sa.select(
-                         table.c.id, table.c.agent_id, table.c.task_id,
-                         table.c.state, table.c.started_at).where(
-                             _task_keys_in(table, keys)))}
-            updates, inserts, new_events = [], [], []
-            for change in part:
-                status = change.payload
-                key = (change.agent_id, status["task_id"])
-                values = {"percent": _number(status.get("percent")),
-                          "eta": _number(status.get("eta")),
-                          "updated_at": change.at}
-                row = known.get(key)
-                if row is None:
-                    method = status.get("method")
-                    inserts.append(dict(
-                        values, agent_id=change.agent_id,
-                        task_id=status["task_id"], state=RUNNING,
-                        method=method[:models.ID_LENGTH]
-                        if isinstance(method, str) else None,
-                        created_at=change.at, started_at=change.at))
-                elif row.state in FINAL_STATES:
-                    continue
-                else:
-                    updates.append(dict(
-                        values, b_id=row.id,
-                        started_at=row.started_at or change.at))
-                if row is None or row.state != RUNNING:
-                    new_events.append({
-                        "agent_id": change.agent_id,
-                        "task_id": status["task_id"], "state": RUNNING,
-                        "at": change.at, "percent": values["percent"],
-                        "msg": None})
-            if updates:
-                session.execute(table.update().where(
-                    table.c.id == sa.bindparam("b_id")).values(
-                        state=RUNNING), updates)
-            if inserts:
-                session.execute(table.insert(), inserts)
-            if new_events:
-                session.execute(events.insert(), new_events)
-            self.stats["task_writes"] += len(updates) + len(inserts)
+        keys = {(change.agent_id, change.payload["task_id"])
+                for change in part}
+        known = {(row.agent_id, row.task_id): row for row in
+                 session.execute(sa.select(
+                     table.c.id, table.c.agent_id, table.c.task_id,
+                     table.c.state, table.c.started_at).where(
+                         _task_keys_in(table, keys)))}
+        updates, inserts, new_events = [], [], []
+        for change in part:
+            status = change.payload
+            key = (change.agent_id, status["task_id"])
+            values = {"percent": _number(status.get("percent")),
+                      "eta": _number(status.get("eta")),
+                      "updated_at": change.at}
+            row = known.get(key)
+            if row is None:
+                method = status.get("method")
+                inserts.append(dict(
+                    values, agent_id=change.agent_id,
+                    task_id=status["task_id"], state=RUNNING,
+                    method=method[:models.ID_LENGTH]
+                    if isinstance(method, str) else None,
+                    created_at=change.at, started_at=change.at))
+            elif row.state in FINAL_STATES:
+                continue
+            else:
+                updates.append(dict(
+                    values, b_id=row.id,
+                    started_at=row.started_at or change.at))
+                self._running_new[key] = row.id
+            if row is None or row.state != RUNNING:
+                new_events.append({
+                    "agent_id": change.agent_id,
+                    "task_id": status["task_id"], "state": RUNNING,
+                    "at": change.at, "percent": values["percent"],
+                    "msg": None})
+        if updates:
+            session.execute(table.update().where(
+                table.c.id == sa.bindparam("b_id")).values(
+                    state=RUNNING), updates)
+        if inserts:
+            for row in session.execute(table.insert().returning(
+                    table.c.id, table.c.agent_id, table.c.task_id,
+                    sort_by_parameter_order=True), inserts):
+                self._running_new[(row.agent_id, row.task_id)] = row.id
+        if new_events:
+            session.execute(events.insert(), new_events)
+        self.stats["task_writes"] += len(updates) + len(inserts)
 
     def _write_refused(self, session, change):
         task_id = change.payload["task_id"]
@@ -782,6 +863,7 @@ class Store:
             models.Task.task_id == task_id, models.Task.state == "sent"))
         if deleted.rowcount:
             key = (change.agent_id, task_id)
+            self._not_running(key)
             self._forget_cached(session, self._tasks.pop(key, None),
                                 ("task",) + key)
             session.execute(sa.delete(models.TaskEvent).where(
@@ -794,6 +876,8 @@ class Store:
         status = change.payload
         agent_id, task_id = change.agent_id, status["task_id"]
         state = status.get("state")
+        if state != RUNNING:
+            self._not_running((agent_id, task_id))
         row, created = self._task_row(session, agent_id, task_id, change.at)
         if row.state in FINAL_STATES and (state == RUNNING
                                           or state != row.state):

@@ -6,6 +6,7 @@ import shutil
 import tempfile
 import threading
 import time
+from unittest import mock
 
 import sqlalchemy as sa
 
@@ -270,6 +271,121 @@ class TestWrites(StoreTestCase):
         self.assertLessEqual(len(selects), 8,
                              [select[:60] for select in selects])
         self.assertFalse(any(row["connected"] for row in store.agents()))
+
+    def test_known_running_tasks_are_updated_without_a_lookup(self):
+        store = self.make_store(flush_interval=5.0)
+        for index in range(500):
+            store.task_status("a%03d" % index, {
+                "task_id": "t", "state": "running", "percent": 1.0})
+        store.flush(WAIT)
+        selects = self.count_selects(store)
+        for percent in (2.0, 3.0):
+            for index in range(500):
+                store.task_status("a%03d" % index, {
+                    "task_id": "t", "state": "running",
+                    "percent": percent, "eta": 7})
+            store.flush(WAIT)
+        self.assertEqual([], [select[:60] for select in selects
+                              if "FROM tasks" in select])
+        tasks = store.tasks()
+        self.assertEqual({(3.0, 7.0)},
+                         {(task["percent"], task["eta"]) for task in tasks})
+        self.assertEqual(1500, store.stats["task_writes"])
+        # One running event per task: an update is no state change.
+        self.assertEqual(["running"],
+                         [e["state"] for e in store.task_events("a007", "t")])
+
+    def two_writers(self):
+        """Two stores on one SQLite file: two endpoint processes."""
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        url = "sqlite:///" + os.path.join(directory, "e.sqlite")
+        stores = []
+        for _ in range(2):
+            store = store_mod.Store.from_url(url, flush_interval=0.01)
+            store.open()
+            self.addCleanup(store.close)
+            stores.append(store)
+        return stores
+
+    def test_a_task_another_process_ended_is_not_reopened(self):
+        first, second = self.two_writers()
+        first.task_status("a", {"task_id": "t", "state": "running",
+                                "percent": 10.0})
+        first.flush(WAIT)
+        # The agent failed over: the other process records the end.
+        self.assertIsNone(self.final(second, "a", {
+            "task_id": "t", "state": "complete", "result": {"ok": 1}}))
+        # A late running update reaches the first process.
+        first.task_status("a", {"task_id": "t", "state": "running",
+                                "percent": 50.0})
+        first.flush(WAIT)
+        [task] = first.tasks()
+        self.assertEqual(("complete", 100.0), (task["state"],
+                                               task["percent"]))
+        self.assertEqual(["running", "complete"],
+                         [e["state"] for e in first.task_events("a", "t")])
+        self.assertNotIn(("a", "t"), first._running)
+
+    def test_a_task_row_deleted_elsewhere_is_made_again(self):
+        first, second = self.two_writers()
+        self.assertIn("tasks", sa.inspect(second.engine).get_table_names())
+        first.task_status("a", {"task_id": "t", "state": "running",
+                                "percent": 10.0})
+        first.flush(WAIT)
+        # (No endpoint deletes a running task; an operator's clean-up
+        # of the database may.)
+        with second.engine.begin() as connection:
+            connection.execute(sa.text("DELETE FROM tasks"))
+        self.assertEqual([], first.tasks())
+        first.task_status("a", {"task_id": "t", "state": "running",
+                                "percent": 20.0})
+        first.flush(WAIT)
+        [task] = first.tasks()
+        self.assertEqual(("running", 20.0), (task["state"],
+                                             task["percent"]))
+
+    def test_a_failed_transaction_forgets_the_known_rows(self):
+        store = self.make_store()
+        store.task_status("a", {"task_id": "t", "state": "running",
+                                "percent": 1.0})
+        store.flush(WAIT)
+        self.assertIn(("a", "t"), store._running)
+        store.task_status("a", {"task_id": "t", "state": "running",
+                                "percent": 2.0})
+        store.task_status("b", {"task_id": "u", "state": "running",
+                                "percent": 2.0})
+
+        def refuse(conn, cursor, statement, *args):
+            if statement.lstrip().upper().startswith("UPDATE"):
+                raise RuntimeError("disk I/O error")
+        sa.event.listen(store.engine, "before_cursor_execute", refuse)
+        try:
+            store.flush(WAIT)
+        finally:
+            sa.event.remove(store.engine, "before_cursor_execute", refuse)
+        # The batch was retried change by change: the new task's insert
+        # went in alone and is known; the refused update is not.
+        self.assertNotIn(("a", "t"), store._running)
+        self.assertEqual({}, store._running_new)
+        store.task_status("a", {"task_id": "t", "state": "running",
+                                "percent": 3.0})
+        store.flush(WAIT)
+        self.assertEqual({"a": 3.0, "b": 2.0},
+                         {task["agent_id"]: task["percent"]
+                          for task in store.tasks()})
+
+    def test_the_known_rows_are_bounded(self):
+        store = self.make_store(flush_interval=5.0)
+        with mock.patch.object(store_mod, "RUNNING_CACHE", 50):
+            for index in range(120):
+                store.task_status("a%03d" % index, {
+                    "task_id": "t", "state": "running", "percent": 1.0})
+            store.flush(WAIT)
+            self.assertEqual(50, len(store._running))
+            # The newest are kept.
+            self.assertIn(("a119", "t"), store._running)
+            self.assertNotIn(("a000", "t"), store._running)
 
     def test_forgotten_and_back_in_one_batch(self):
         store = self.make_store(flush_interval=5.0)
