@@ -90,6 +90,10 @@ def serve(database=None):
                                max_connections_per_address=0,
                                store=store)
     port = server.start()
+    # As teeth-endpoint serve does ([endpoint] gc_thresholds' default).
+    from teeth_agent.cmd import lifecycle
+    from teeth_agent.conf import defaults
+    lifecycle.tune_gc(defaults.GC_THRESHOLDS)
     print(port, flush=True)
     while True:
         transport.sleep(3600)

@@ -248,6 +248,7 @@ def serve(conf):
                 "[endpoint] peer_listen needs a database shared with the "
                 "other processes ([database] connection, or state_dir)")
         dashboard = cmd_dashboard.build(conf, endpoint)
+        lifecycle.tune_gc(conf.endpoint.gc_thresholds)
         lifecycle.start_listening(endpoint)
     except (ValueError, lifecycle.StartError) as exc:
         failure = str(exc)

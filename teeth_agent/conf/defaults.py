@@ -34,3 +34,7 @@ ERASE_METHODS = (
 #: methods strongest first, so the two are the same tuple; the test above
 #: checks each against the catalogue, and tells when they part.
 DEFAULT_ERASE_ORDER = ERASE_METHODS
+
+#: ``gc.set_threshold`` of a ``teeth-endpoint serve`` process
+#: (``[endpoint] gc_thresholds``); CPython's own are 700, 10, 10.
+GC_THRESHOLDS = (50000, 20, 100)
