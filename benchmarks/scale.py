@@ -154,6 +154,10 @@ class LoadGenerator:
         self.handshook = 0
         self.errors = 0
         self.closed = 0
+        #: Connections the endpoint closed before answering their
+        #: handshake (its [endpoint] max_connections, 16,000 by default,
+        #: or any other refusal).
+        self.refused = 0
 
     # -- connections ---------------------------------------------------------
 
@@ -164,11 +168,17 @@ class LoadGenerator:
             for _ in range(min(batch, count - len(self.agents))):
                 self._connect()
             target = len(self.agents)
-            while self.handshook < target:
+            while self.handshook + self.refused < target:
                 if time.monotonic() > deadline:
                     raise RuntimeError("only %d of %d agents shook hands"
                                        % (self.handshook, target))
                 self.run_for(0.05)
+            if self.refused:
+                raise RuntimeError(
+                    "the endpoint closed %d of %d connections before "
+                    "answering their handshake (%d agents held; its "
+                    "[endpoint] max_connections is 16,000 by default)"
+                    % (self.refused, target, self.handshook))
 
     def _connect(self):
         sock = socket.create_connection((HOST, self.port), timeout=30)
@@ -233,6 +243,8 @@ class LoadGenerator:
             self.selector.unregister(agent.sock)
             agent.sock.close()
             self.closed += 1
+            if not agent.handshook:
+                self.refused += 1
 
     # -- receiving -----------------------------------------------------------
 
