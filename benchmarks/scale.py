@@ -138,8 +138,17 @@ class SimAgent:
 
 
 class LoadGenerator:
-    def __init__(self, port, ping_interval, status_interval, id_offset=0):
+    def __init__(self, port, ping_interval, status_interval, id_offset=0,
+                 source_ports=None):
         self.port = port
+        #: ``(first, last)``: bind each connection to a port of this range
+        #: of 127.0.0.1 instead of letting the kernel pick one. The kernel
+        #: picks from net.ipv4.ip_local_port_range (28,232 ports by
+        #: default), and every connection goes to the same address and
+        #: port: beyond that many agents ``connect`` fails with
+        #: EADDRNOTAVAIL. Ports already in use are skipped.
+        self._source_ports = None if source_ports is None else iter(
+            range(source_ports[0], source_ports[1] + 1))
         # Several generators (the multi-process mode) name their agents
         # apart: sim-<offset + index>.
         self.id_offset = id_offset
@@ -180,8 +189,27 @@ class LoadGenerator:
                     "[endpoint] max_connections is 16,000 by default)"
                     % (self.refused, target, self.handshook))
 
+    def _open(self):
+        if self._source_ports is None:
+            return socket.create_connection((HOST, self.port), timeout=30)
+        for source in self._source_ports:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind((HOST, source))
+            except OSError:
+                sock.close()  # in use: the next one
+                continue
+            sock.settimeout(30)
+            try:
+                sock.connect((HOST, self.port))
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        raise RuntimeError("the generator's source ports ran out")
+
     def _connect(self):
-        sock = socket.create_connection((HOST, self.port), timeout=30)
+        sock = self._open()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         agent = SimAgent(len(self.agents), sock)

@@ -59,13 +59,29 @@ START_TIMEOUT = 120.0
 
 # -- a generator child --------------------------------------------------------
 
-def generator_main(port, id_offset, ping_interval, status_interval):
+#: The source ports the generators bind their connections to, split
+#: between them: 40,000 connections to one address and port cannot all
+#: come from the kernel's ephemeral range (28,232 ports by default).
+SOURCE_PORTS = (10000, 64999)
+
+
+def source_ranges(count):
+    """``count`` disjoint ``(first, last)`` slices of SOURCE_PORTS."""
+    first, last = SOURCE_PORTS
+    size = (last - first + 1) // count
+    return [(first + index * size, first + (index + 1) * size - 1)
+            for index in range(count)]
+
+
+def generator_main(port, id_offset, ping_interval, status_interval,
+                   source_ports=None):
     """One generator: commands on stdin, answers on stdout."""
     import gc
     gc.disable()
     scale.raise_fd_limit()
     generator = scale.LoadGenerator(port, ping_interval, status_interval,
-                                    id_offset=id_offset)
+                                    id_offset=id_offset,
+                                    source_ports=source_ports)
     stdin = sys.stdin.buffer
     os.set_blocking(stdin.fileno(), False)
     generator.selector.register(stdin, selectors.EVENT_READ, None)
@@ -116,12 +132,13 @@ def generator_main(port, id_offset, ping_interval, status_interval):
 class Generator:
     """The parent's handle on one generator child."""
 
-    def __init__(self, port, id_offset, args):
+    def __init__(self, port, id_offset, args, source_ports):
         self.process = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--generator",
              "--port", str(port), "--id-offset", str(id_offset),
              "--ping-interval", str(args.ping_interval),
-             "--status-interval", str(args.status_interval)],
+             "--status-interval", str(args.status_interval),
+             "--source-ports", "%d-%d" % source_ports],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def send(self, command):
@@ -381,6 +398,7 @@ def parse(argv):
                         help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--id-offset", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--source-ports", help=argparse.SUPPRESS)
     return parser, parser.parse_args(argv)
 
 
@@ -390,8 +408,9 @@ def main(argv=None):
     # processes and the PostgreSQL cluster in the finally below.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))
     if args.generator:
+        first, _, last = args.source_ports.partition("-")
         return generator_main(args.port, args.id_offset, args.ping_interval,
-                              args.status_interval)
+                              args.status_interval, (int(first), int(last)))
     levels = sorted(int(level) for level in args.levels.split(","))
     needed = -(-levels[-1] // FDS_PER_GENERATOR)
     count = args.generators or max(2, needed)
@@ -423,7 +442,8 @@ def main(argv=None):
         base_rss = [scale.process_rss_bytes(s.pid) for s in serves]
         offsets = [0] + [sum(shares(levels[-1], count)[:index + 1])
                          for index in range(count - 1)]
-        generators = [Generator(port, offset, args) for offset in offsets]
+        generators = [Generator(port, offset, args, ports) for offset, ports
+                      in zip(offsets, source_ranges(count))]
         for level in levels:
             try:
                 result = measure_level(generators, serves, level, args,
