@@ -175,6 +175,10 @@ def _agent_cells(agent):
     connected = bool(agent["connected"])
     link = "tls" if agent.get("tls") else "PLAINTEXT"
     peer = (agent["peer"] or "-").replace("agent at ", "")
+    if connected and agent.get("source") == "database" and \
+            agent.get("process"):
+        # Held by another endpoint process on the same database.
+        peer = "%s on %s" % (peer, agent["process"])
     seen = _number(agent.get("last_seen"))
     if not connected and seen is not None and 0 <= seen < 2 ** 40:
         # A disconnected agent (one loaded from the database after a

@@ -346,12 +346,16 @@ def _connect(conf, dispatch=None):
 def _agent_pages(connection, limit=None):
     """Every agent the server knows, fetched page by page, so no single
     answer grows with the fleet."""
-    after, listed = None, 0
+    after, listed, warned = None, 0, False
     while True:
         params = {} if after is None else {"after": after}
         if limit is not None:
             params["limit"] = min(limit - listed, control.PAGE_LIMIT)
         page = connection.call("agents", params)
+        if page.get("partial") and not warned:
+            warned = True
+            print("teeth-endpoint: warning: %s"
+                  % books.printable(page["partial"]), file=sys.stderr)
         for agent in page["agents"]:
             yield agent
             listed += 1

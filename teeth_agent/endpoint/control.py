@@ -17,7 +17,15 @@ Methods served:
     any size is listed page by page; ``next`` is the ``after`` of the next
     page. An agent whose entry alone would be too large has its tasks
     listed as summaries (``task_summaries``: true) or, failing that, only
-    its identity and link (``truncated``: true).
+    its identity and link (``truncated``: true). With a database the
+    listing is the fleet's: the agents this process holds (``source``:
+    ``"process"``, as it sees them live) and every other agent the
+    database records (``source``: ``"database"``: held by another live
+    process, named in ``process``, or disconnected, with its last seen
+    time and newest tasks), see
+    :func:`teeth_agent.endpoint.directory.describe_stored`. When the
+    database cannot be read the page lists what this process knows and
+    says why in ``partial``.
 ``forget``  ``{agent_id}``
     Forget a disconnected agent, its session token included, so that it
     may make a first handshake again (an agent that lost its token).
@@ -51,6 +59,8 @@ import logging
 import os
 
 from teeth_agent import commands
+from teeth_agent.db import schema
+from teeth_agent.endpoint import directory as directory_mod
 from teeth_agent.endpoint import errors
 from teeth_agent import params as params_mod
 from teeth_agent import protocol
@@ -162,25 +172,60 @@ class ControlServer:
     def _agents(self, connection, params):
         after = params["after"]
         limit = min(params["limit"], PAGE_LIMIT)
-        ids = sorted(self.endpoint.agents)
+        local = self.endpoint.agents
+        stored, problem = (), None
+        if self.router is not None:
+            try:
+                stored = transport.run_in_thread(
+                    self.router.directory.agent_ids)
+            except schema.DatabaseError as exc:  # a partial listing
+                problem = str(exc)
+        ids = sorted(set(local).union(stored)) if stored else sorted(local)
         start = 0 if after is None else bisect.bisect_right(ids, after)
+        rows = {}
+        if stored:
+            wanted = [agent_id for agent_id in ids[start:start + limit]
+                      if not (agent_id in local
+                              and local[agent_id].connected)]
+            try:
+                rows = transport.run_in_thread(
+                    self.router.directory.agent_rows, wanted,
+                    self.endpoint.task_history)
+            except schema.DatabaseError as exc:  # a partial listing
+                problem = str(exc)
+                ids = sorted(local)
+                start = 0 if after is None else bisect.bisect_right(
+                    ids, after)
+
+        def describe(agent_id, full):
+            agent = local.get(agent_id)
+            if agent_id in rows and (agent is None or not agent.connected):
+                return directory_mod.describe_stored(rows[agent_id], full)
+            entry = agent.describe(full=full)
+            entry["source"] = "process"
+            return entry
         # Half the line limit: room for the envelope and for an agent whose
         # description alone is large.
         budget = connection.session.max_line_length // 2
         page, used, index = [], 0, start
         while index < len(ids) and len(page) < limit:
-            agent = self.endpoint.agents[ids[index]]
-            entry = agent.describe()
+            agent_id = ids[index]
+            if agent_id not in local and agent_id not in rows:
+                # Recorded by another process, but its row is gone since
+                # the ids were read (forgotten meanwhile).
+                index += 1
+                continue
+            entry = describe(agent_id, True)
             size = len(json.dumps(entry, default=str))
             if size > budget:
                 # Full task results are what make an entry big.
-                entry = agent.describe(full=False)
+                entry = describe(agent_id, False)
                 entry["task_summaries"] = True
                 size = len(json.dumps(entry, default=str))
             if size > budget:
                 entry = {key: entry[key] for key in (
                     "agent_id", "connected", "peer", "tls", "identity",
-                    "connected_at", "agent_version")}
+                    "connected_at", "agent_version", "source")}
                 entry["truncated"] = True
                 size = len(json.dumps(entry, default=str))
             if page and used + size > budget:
@@ -189,9 +234,14 @@ class ControlServer:
             used += size
             index += 1
         more = index < len(ids)
-        return {"agents": page, "total": len(ids),
-                "next": page[-1]["agent_id"] if more and page else None,
-                "port": self.endpoint.port}
+        answer = {"agents": page, "total": len(ids),
+                  "next": page[-1]["agent_id"] if more and page else None,
+                  "port": self.endpoint.port}
+        if problem is not None:
+            answer["partial"] = (
+                "the database could not be read: only the agents this "
+                "process knows are listed (%s)" % problem)
+        return answer
 
     @commands.command(name="forget", extra=True,
                       params={"agent_id": _name()})

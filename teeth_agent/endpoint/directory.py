@@ -24,6 +24,7 @@ from sqlalchemy import orm
 from teeth_agent.db import models
 from teeth_agent.db import schema
 from teeth_agent.db import store as store_mod
+from teeth_agent.endpoint import books
 from teeth_agent.endpoint import peers
 
 
@@ -165,6 +166,59 @@ class ProcessDirectory:
         except sa_exc.SQLAlchemyError as exc:
             raise self._fail("read", exc) from None
 
+    def agent_ids(self):
+        """Every agent id any process has recorded, sorted (the fleet's
+        listing is paged over these)."""
+        try:
+            with self._session() as session:
+                return list(session.execute(
+                    sa.select(models.Agent.agent_id).order_by(
+                        models.Agent.agent_id)).scalars())
+        except sa_exc.SQLAlchemyError as exc:
+            raise self._fail("read", exc) from None
+
+    def agent_rows(self, agent_ids, task_history):
+        """``agent_id -> row`` of the agents ``agent_ids``, as
+        :meth:`teeth_agent.db.store.Store.agents` gives them, each with
+        the live process holding it (``process``, ``holder_heartbeat_at``,
+        or None) and its newest ``task_history`` tasks (``tasks``, oldest
+        first)."""
+        if not agent_ids:
+            return {}
+        now = self.clock()
+        me, agent = models.EndpointProcess, models.Agent
+        try:
+            with self._session() as session:
+                rows = {}
+                for row, name, beat in session.execute(
+                        sa.select(agent, me.name, me.heartbeat_at).join(
+                            me, sa.and_(agent.process_id == me.id,
+                                        self._live(now)),
+                            isouter=True).where(
+                                agent.agent_id.in_(list(agent_ids)))):
+                    held = bool(row.connected) and name is not None
+                    rows[row.agent_id] = dict(
+                        store_mod._agent_dict(row), connected=held,
+                        process=name if held else None,
+                        holder_heartbeat_at=beat if held else None,
+                        tasks=[])
+                task = models.Task
+                newest = sa.select(
+                    task.id, sa.func.row_number().over(
+                        partition_by=task.agent_id,
+                        order_by=task.id.desc()).label("rank")).where(
+                            task.agent_id.in_(list(rows))).subquery()
+                for row in session.execute(
+                        sa.select(task).join(
+                            newest, newest.c.id == task.id).where(
+                                newest.c.rank <= task_history).order_by(
+                                    task.id)).scalars():
+                    rows[row.agent_id]["tasks"].append(
+                        store_mod._task_dict(row))
+                return rows
+        except sa_exc.SQLAlchemyError as exc:
+            raise self._fail("read", exc) from None
+
     def task_final(self, agent_id, task_id):
         """The task's final status as recorded by any process, or None."""
         try:
@@ -179,6 +233,44 @@ class ProcessDirectory:
                 return store_mod.task_status_of(store_mod._task_dict(row))
         except sa_exc.SQLAlchemyError as exc:
             raise self._fail("read", exc) from None
+
+
+def describe_stored(row, full=True):
+    """The ``agents`` listing entry of an agent from its database row (see
+    :meth:`ProcessDirectory.agent_rows`): the keys of
+    :meth:`teeth_agent.endpoint.server.AgentHandle.describe`, as another
+    process (or nobody) holds it. ``last_seen`` of an agent held by a live
+    process is that process's last heartbeat (it held the link then);
+    ``connected_at``, ``log_records`` and ``violations`` are known only to
+    the holder (null, null, [])."""
+    handshake = row["handshake"] or {}
+    connected = row["connected"]
+    seen = row["last_seen_at"]
+    if connected and row["holder_heartbeat_at"] is not None:
+        seen = max(seen, row["holder_heartbeat_at"])
+    statuses = [status for status in (
+        store_mod.task_status_of(task) for task in row["tasks"])
+        if status is not None]
+    if not full:
+        statuses = [books.task_summary(status) for status in statuses]
+    return {
+        "agent_id": row["agent_id"],
+        "connected": connected,
+        "peer": row["peer"] if connected else None,
+        "tls": bool(row["tls"]) if connected else False,
+        "identity": row["identity"],
+        "connected_at": None,
+        "first_seen": row["first_seen_at"],
+        "last_seen": seen,
+        "process": row["process"],
+        "agent_version": handshake.get("agent_version"),
+        "hardware": handshake.get("hardware"),
+        "extensions": handshake.get("extensions"),
+        "tasks": statuses,
+        "log_records": None,
+        "violations": [],
+        "source": "database",
+    }
 
 
 def _peer(row):

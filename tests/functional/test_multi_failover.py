@@ -61,7 +61,7 @@ class _Failover:
         def connected(process):
             return [entry for entry in harness.parse_json_lines(
                 process.cli_on("agents", "--json").stdout)
-                if entry["connected"]]
+                if entry["connected"] and entry["source"] == "process"]
         harness.wait_until(lambda: any(connected(p) for p in processes),
                            harness.START_TIMEOUT, what="the agent")
         second = [p for p in processes if connected(p)][0]

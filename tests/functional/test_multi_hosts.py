@@ -104,7 +104,7 @@ class _AcrossHosts:
         def held_by_b():
             done = self.cli(second, "agents", "--json")
             return [entry for entry in harness.parse_json_lines(done.stdout)
-                    if entry["connected"]]
+                    if entry["connected"] and entry["source"] == "process"]
         try:
             agent_id = harness.wait_until(
                 held_by_b, harness.START_TIMEOUT, what="the agent on B"
@@ -149,7 +149,8 @@ class _AcrossHosts:
         self.addCleanup(agent.stop)
         agent_id = harness.wait_until(
             lambda: [entry for entry in harness.parse_json_lines(self.cli(
-                second, "agents", "--json").stdout) if entry["connected"]],
+                second, "agents", "--json").stdout)
+                if entry["connected"] and entry["source"] == "process"],
             harness.START_TIMEOUT, what="the agent on B")[0]["agent_id"]
         self.wait_held_in_database(second, agent_id)
         done = self.cli(first, "call", agent_id, "ping")

@@ -39,11 +39,14 @@ class TestSharedPort(unittest.TestCase):
         return multi.start_serve(self, self.workdir,
                                  overrides or self.overrides)
 
-    def held_by(self, process):
+    def listing(self, process):
         done = process.cli_on("agents", "--json", timeout=30)
         self.assertEqual(0, done.returncode, done.stderr)
-        return {agent["agent_id"] for agent in
-                harness.parse_json_lines(done.stdout) if agent["connected"]}
+        return harness.parse_json_lines(done.stdout)
+
+    def held_by(self, process):
+        return {agent["agent_id"] for agent in self.listing(process)
+                if agent["connected"] and agent["source"] == "process"}
 
     def test_two_processes_share_one_port_and_the_agents(self):
         first, second = self.start(), self.start()
@@ -64,6 +67,23 @@ class TestSharedPort(unittest.TestCase):
         self.assertTrue(on_first and on_second,
                         "the kernel gave every agent to one process: %s / "
                         "%s" % (sorted(on_first), sorted(on_second)))
+        # Either process lists the whole fleet: the agents the other holds
+        # come from the database, connected, with the holder's name.
+        for process, other, others in ((first, second, on_second),
+                                       (second, first, on_first)):
+            def fleet_seen(process=process, other=other, others=others):
+                fleet = {agent["agent_id"]: agent
+                         for agent in self.listing(process)}
+                return set(fleet) == on_first | on_second and all(
+                    (fleet[agent_id]["source"], fleet[agent_id]["connected"],
+                     (fleet[agent_id]["process"] or "").rsplit(":", 1)[-1])
+                    == ("database", True, str(other.pid))
+                    for agent_id in others)
+            # The holder writes its connects within [database]
+            # flush_interval.
+            harness.wait_until(fleet_seen, 30, interval=0.5,
+                               what="the fleet as process %d lists it"
+                               % process.pid)
         # The configured path names no process: a command finds one.
         done = harness.run_command(harness.endpoint_cli_argv(
             first.config_path, "agents", "--json"), timeout=30)

@@ -85,6 +85,20 @@ class ListAgentsTest(base.TestCase):
         self.assertNotIn("\x1b", out)
         self.assertEqual("a-\x1b", json.loads(out)["agent_id"])
 
+    def test_a_partial_listing_is_warned_about_once(self):
+        held = dict(samples.agent("a-2"), source="database",
+                    process="host-b:4242")
+        pages = [{"agents": [samples.agent("a-1")], "next": "a-1",
+                  "partial": "the database could not be read: \x1b"},
+                 {"agents": [held], "partial": "the database could not be "
+                  "read: \x1b"}]
+        code, out, err, _ = self.list_agents(pages, io.StringIO())
+        self.assertEqual(0, code)
+        self.assertEqual(1, err.count("teeth-endpoint: warning: "), err)
+        self.assertIn("the database could not be read", err)
+        self.assertNotIn("\x1b", err)
+        self.assertIn("on host-b:4242", out.splitlines()[2])
+
     def test_terminal_table_is_drawn_before_an_error(self):
         pages = [{"agents": [samples.agent("a-1")], "next": "a-1"},
                  transport.ConnectionLost("server went away")]

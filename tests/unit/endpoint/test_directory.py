@@ -132,6 +132,70 @@ class TwoProcessesTest(base.TestCase):
         self.assertEqual("complete", final["state"])
         self.assertEqual({"ok": 1}, final["result"])
 
+    def test_the_fleet_listing_names_each_agents_holder(self):
+        self.assertEqual([], self.dir_a.agent_ids())
+        self.assertEqual({}, self.dir_a.agent_rows([], 5))
+        self.b.agent_connected("agent-2", {
+            "agent_id": "agent-2", "agent_version": "1.2",
+            "hardware": {"cpus": 4}, "extensions": ["decom"]},
+            peer="agent at 10.0.0.2:4000", tls=True)
+        self.b.flush(10)
+        self.connect(self.a, "agent-1")
+        self.connect(self.b, "agent-3")
+        self.b.agent_disconnected("agent-3")
+        self.b.flush(10)
+        self.assertEqual(["agent-1", "agent-2", "agent-3"],
+                         self.dir_a.agent_ids())
+        self.clock.now += 5.0
+        self.dir_b.heartbeat()
+        rows = self.dir_a.agent_rows(["agent-2", "agent-3", "nobody"], 5)
+        self.assertEqual({"agent-2", "agent-3"}, set(rows))
+        held = directory_mod.describe_stored(rows["agent-2"])
+        name_b = rows["agent-2"]["process"]
+        self.assertTrue(name_b)
+        self.assertEqual({
+            "agent_id": "agent-2", "connected": True,
+            "peer": "agent at 10.0.0.2:4000", "tls": True,
+            "identity": None, "connected_at": None, "first_seen": 1000.0,
+            # The holder beat since: it held the link then.
+            "last_seen": 1005.0, "process": name_b, "agent_version": "1.2",
+            "hardware": {"cpus": 4}, "extensions": ["decom"], "tasks": [],
+            "log_records": None, "violations": [], "source": "database"},
+            held)
+        gone = directory_mod.describe_stored(rows["agent-3"])
+        self.assertEqual((False, None, None, False, 1000.0), (
+            gone["connected"], gone["process"], gone["peer"], gone["tls"],
+            gone["last_seen"]))
+
+    def test_an_agent_of_a_dead_process_is_listed_as_held_by_nobody(self):
+        self.connect(self.b, "agent-1")
+        self.clock.now += 31.0
+        # Not expired yet by anyone: the join itself wants a live holder.
+        row = self.dir_a.agent_rows(["agent-1"], 5)["agent-1"]
+        self.assertEqual((False, None), (row["connected"], row["process"]))
+
+    def test_the_fleet_listing_carries_the_newest_tasks_only(self):
+        self.connect(self.b)
+        for number in range(4):
+            self.b.task_status("agent-1", {
+                "task_id": "t%d" % number, "state": "complete",
+                "method": "decom.qc", "result": {"n": number}})
+        self.b.task_status("agent-1", {"task_id": "t9", "state": "running",
+                                       "method": "decom.disk_erase",
+                                       "percent": 40.0})
+        self.b.flush(10)
+        row = self.dir_a.agent_rows(["agent-1"], 3)["agent-1"]
+        self.assertEqual(["t2", "t3", "t9"],
+                         [task["task_id"] for task in row["tasks"]])
+        full = directory_mod.describe_stored(row)["tasks"]
+        self.assertEqual({"n": 3}, full[1]["result"])
+        self.assertEqual({"task_id": "t9", "state": "running",
+                          "method": "decom.disk_erase", "percent": 40.0,
+                          "eta": None}, full[2])
+        summaries = directory_mod.describe_stored(row, full=False)["tasks"]
+        self.assertNotIn("result", summaries[1])
+        self.assertEqual("t2", summaries[0]["task_id"])
+
     def test_a_token_issued_by_one_process_binds_the_other(self):
         tokens_b = persistence.DbTokenStore(self.b, {})
         token = tokens_b.issue("agent-1")

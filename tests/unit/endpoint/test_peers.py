@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from teeth_agent.conf import tls as conf_tls
+from teeth_agent.db import schema
 from teeth_agent.endpoint import control
 from teeth_agent.endpoint import peer_link
 from teeth_agent.endpoint import peers
@@ -53,6 +54,16 @@ class FakeDirectory:
 
     def task_final(self, agent_id, task_id):
         return self.shared["finals"].get((agent_id, task_id))
+
+    def agent_ids(self):
+        if self.shared.get("unreadable"):
+            raise schema.DatabaseError("cannot read the agents: gone")
+        return sorted(self.shared["rows"])
+
+    def agent_rows(self, agent_ids, task_history):
+        self.shared["rows_read"].append(list(agent_ids))
+        return {agent_id: self.shared["rows"][agent_id]
+                for agent_id in agent_ids if agent_id in self.shared["rows"]}
 
 
 class SimAgent:
@@ -146,7 +157,7 @@ class TwoProcessesTestCase(base.TestCase):
         self.tempdir = tempfile.mkdtemp(prefix="teeth-peers-")
         self.addCleanup(shutil.rmtree, self.tempdir, True)
         self.shared = {"holders": {}, "processes": {}, "known": set(),
-                       "finals": {}}
+                       "finals": {}, "rows": {}, "rows_read": []}
         self.a = self.process("A")
         self.b = self.process("B")
 
@@ -361,6 +372,95 @@ class TLSProcess(Process):
         if self.link is not None:
             self.link.stop()
         super().stop()
+
+
+def stored_row(agent_id, process=None, last_seen=500.0):
+    """An agent row as :meth:`ProcessDirectory.agent_rows` gives it."""
+    return {"agent_id": agent_id, "first_seen_at": 100.0,
+            "last_seen_at": last_seen, "connected": process is not None,
+            "peer": "agent at 10.0.0.9:1" if process else None,
+            "tls": True, "identity": "token", "agent_version": "9",
+            "handshake": {"agent_version": "9"}, "process": process,
+            "holder_heartbeat_at": 600.0 if process else None,
+            "tasks": [{"task_id": "t1", "method": "decom.qc",
+                       "state": "complete", "result": {"x": 1},
+                       "msg": None, "details": None, "percent": None,
+                       "eta": None}]}
+
+
+class FleetListingTest(TwoProcessesTestCase):
+    """``agents`` on one process lists the fleet the database records."""
+
+    def listing(self, process, **params):
+        return self.client(process).call("agents", params)
+
+    def test_agents_held_elsewhere_and_gone_are_listed_from_the_database(
+            self):
+        self.agent_on(self.a, "agent-a")
+        self.agent_on(self.b, "agent-b")
+        self.shared["rows"].update({
+            "agent-a": stored_row("agent-a", "host:A"),
+            "agent-b": stored_row("agent-b", "host:B"),
+            "agent-old": stored_row("agent-old")})
+        answer = self.listing(self.a)
+        self.assertNotIn("partial", answer)
+        self.assertEqual(3, answer["total"])
+        entries = {entry["agent_id"]: entry for entry in answer["agents"]}
+        self.assertEqual(["agent-a", "agent-b", "agent-old"],
+                         [entry["agent_id"] for entry in answer["agents"]])
+        # Held here: seen live, not read from the database.
+        self.assertEqual("process", entries["agent-a"]["source"])
+        self.assertTrue(entries["agent-a"]["connected"])
+        self.assertEqual([["agent-b", "agent-old"]],
+                         self.shared["rows_read"])
+        self.assertEqual(("database", True, "host:B", 600.0), (
+            entries["agent-b"]["source"], entries["agent-b"]["connected"],
+            entries["agent-b"]["process"], entries["agent-b"]["last_seen"]))
+        self.assertEqual(("database", False, None, 500.0), (
+            entries["agent-old"]["source"],
+            entries["agent-old"]["connected"],
+            entries["agent-old"]["process"],
+            entries["agent-old"]["last_seen"]))
+        self.assertEqual([{"task_id": "t1", "state": "complete",
+                           "method": "decom.qc", "result": {"x": 1}}],
+                         entries["agent-old"]["tasks"])
+
+    def test_pages_run_over_the_union_of_both(self):
+        self.agent_on(self.a, "agent-2")
+        for agent_id in ("agent-1", "agent-3", "agent-4"):
+            self.shared["rows"][agent_id] = stored_row(agent_id)
+        first = self.listing(self.a, limit=2)
+        self.assertEqual((["agent-1", "agent-2"], "agent-2", 4), (
+            [entry["agent_id"] for entry in first["agents"]],
+            first["next"], first["total"]))
+        second = self.listing(self.a, limit=2, after="agent-2")
+        self.assertEqual((["agent-3", "agent-4"], None), (
+            [entry["agent_id"] for entry in second["agents"]],
+            second["next"]))
+
+    def test_a_row_forgotten_meanwhile_is_skipped(self):
+        self.shared["rows"]["agent-1"] = stored_row("agent-1")
+        self.shared["rows"]["agent-2"] = stored_row("agent-2")
+        real = self.a.directory.agent_rows
+
+        def forgotten(agent_ids, task_history):
+            rows = real(agent_ids, task_history)
+            rows.pop("agent-1", None)
+            return rows
+        self.a.directory.agent_rows = forgotten
+        answer = self.listing(self.a)
+        self.assertEqual(["agent-2"],
+                         [entry["agent_id"] for entry in answer["agents"]])
+
+    def test_an_unreadable_database_lists_this_process_and_says_why(self):
+        self.agent_on(self.a, "agent-a")
+        self.shared["rows"]["agent-b"] = stored_row("agent-b", "host:B")
+        self.shared["unreadable"] = True
+        answer = self.listing(self.a)
+        self.assertEqual(["agent-a"],
+                         [entry["agent_id"] for entry in answer["agents"]])
+        self.assertIn("the database could not be read", answer["partial"])
+        self.assertIn("cannot read the agents: gone", answer["partial"])
 
 
 class PeerLinkTest(TwoProcessesTestCase):
