@@ -308,11 +308,16 @@ class TestWrites(StoreTestCase):
             stores.append(store)
         return stores
 
-    def test_a_task_another_process_ended_is_not_reopened(self):
+    def running_in_two_writers(self):
+        """Two writers on one file; the first wrote task a/t running."""
         first, second = self.two_writers()
         first.task_status("a", {"task_id": "t", "state": "running",
                                 "percent": 10.0})
         first.flush(WAIT)
+        return first, second
+
+    def test_a_task_another_process_ended_is_not_reopened(self):
+        first, second = self.running_in_two_writers()
         # The agent failed over: the other process records the end.
         self.assertIsNone(self.final(second, "a", {
             "task_id": "t", "state": "complete", "result": {"ok": 1}}))
@@ -328,11 +333,8 @@ class TestWrites(StoreTestCase):
         self.assertNotIn(("a", "t"), first._running)
 
     def test_a_task_row_deleted_elsewhere_is_made_again(self):
-        first, second = self.two_writers()
+        first, second = self.running_in_two_writers()
         self.assertIn("tasks", sa.inspect(second.engine).get_table_names())
-        first.task_status("a", {"task_id": "t", "state": "running",
-                                "percent": 10.0})
-        first.flush(WAIT)
         # (No endpoint deletes a running task; an operator's clean-up
         # of the database may.)
         with second.engine.begin() as connection:
