@@ -175,6 +175,10 @@ class Store:
         self.process_id = None
         self.process_name = None
         self._queue = queue.SimpleQueue()
+        #: Set when an urgent change is queued or a batch's worth is: the
+        #: only thing that wakes the writer while it gathers a batch (see
+        #: :meth:`_gather`).
+        self._urgent = threading.Event()
         self._thread = None
         self._closed = False
         self._lock = threading.Lock()
@@ -260,8 +264,8 @@ class Store:
             self._closed = True
         if self._thread is not None:
             done = threading.Event()
-            self._queue.put(_Change(_STOP, None, None, self.clock(),
-                                    lambda error: done.set()))
+            self._enqueue(_Change(_STOP, None, None, self.clock(),
+                                  lambda error: done.set()))
             done.wait(timeout)
             self._thread.join(timeout)
             self._thread = None
@@ -276,9 +280,17 @@ class Store:
     def _put(self, kind, agent_id, payload, callback=None, at=None):
         if self._closed:
             raise StoreClosed("the store is closed")
-        self._queue.put(_Change(kind, agent_id, payload,
-                                self.clock() if at is None else at,
-                                callback))
+        self._enqueue(_Change(kind, agent_id, payload,
+                              self.clock() if at is None else at, callback))
+
+    def _enqueue(self, change):
+        queued = self._queue
+        queued.put(change)
+        if change.urgent or (queued.qsize() >= self.batch_limit
+                             and not self._urgent.is_set()):
+            # A full batch is written at once too, as it was when every
+            # change woke the writer.
+            self._urgent.set()
 
     def agent_connected(self, agent_id, handshake, peer=None, tls=False,
                         identity=None):
@@ -357,7 +369,17 @@ class Store:
     def _gather(self, timeout=HEARTBEAT_INTERVAL):
         """The next batch: at least one change (none after ``timeout``
         seconds), more for up to ``flush_interval`` unless an urgent one
-        is among them."""
+        is among them.
+
+        Once the first change is in, the writer sleeps until the interval
+        ends, an urgent change is queued or ``batch_limit`` changes are,
+        then takes what is queued in one go: an ordinary change (a running
+        update, a log record) wakes nobody. Waking the writer for each of
+        them, thousands a second on a busy fleet, made it take the GIL
+        from the event loop as often, and each hand-over could hold the
+        loop for the interpreter's switch interval
+        (``benchmarks/scale.py --database sqlite``).
+        """
         try:
             if timeout > 0:
                 first = self._queue.get(timeout=timeout)
@@ -368,20 +390,23 @@ class Store:
         batch = [first]
         deadline = time.monotonic() + self.flush_interval
         urgent = first.urgent
-        while len(batch) < self.batch_limit:
-            try:
-                if urgent:
+        while True:
+            # Cleared before the queue is read: an urgent change queued
+            # from here on sets it again, and is read below or next time.
+            self._urgent.clear()
+            while len(batch) < self.batch_limit:
+                try:
                     change = self._queue.get_nowait()
-                else:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    change = self._queue.get(timeout=remaining)
-            except queue.Empty:
-                break
-            batch.append(change)
-            urgent = urgent or change.urgent
-        return batch
+                except queue.Empty:
+                    break
+                batch.append(change)
+                urgent = urgent or change.urgent
+            if urgent or len(batch) >= self.batch_limit:
+                return batch
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return batch
+            self._urgent.wait(remaining)
 
     # -- retention ----------------------------------------------------------
 

@@ -48,6 +48,77 @@ class StoreTestCase(base.TestCase):
         return errors[0]
 
 
+class GatherTest(base.TestCase):
+    """The writer's batches (:meth:`Store._gather`), on a store whose
+    writer is not started: the test thread plays it."""
+
+    def store(self, **kwargs):
+        kwargs.setdefault("flush_interval", 3600.0)
+        store = store_mod.Store.from_url("sqlite://", **kwargs)
+        self.addCleanup(store.engine.dispose)
+        return store
+
+    def running(self, store, number):
+        store.task_status("a", {"task_id": "t%d" % number,
+                                "state": "running", "percent": 1.0})
+
+    def gather_in_thread(self, store):
+        batches = []
+        writer = threading.Thread(
+            target=lambda: batches.append(store._gather(timeout=WAIT)))
+        writer.start()
+        return writer, batches
+
+    def test_ordinary_changes_wake_nobody_urgent_ones_do(self):
+        store = self.store(batch_limit=100)
+        for number in range(20):
+            self.running(store, number)
+        store.log_record("a", {"message": "x"})
+        self.assertFalse(store._urgent.is_set())
+        store.flush_async(lambda error: None)
+        self.assertTrue(store._urgent.is_set())
+
+    def test_a_full_batch_wakes_the_writer(self):
+        store = self.store(batch_limit=5)
+        for number in range(4):
+            self.running(store, number)
+        self.assertFalse(store._urgent.is_set())
+        self.running(store, 4)
+        self.assertTrue(store._urgent.is_set())
+        batch = store._gather(timeout=WAIT)
+        self.assertEqual(5, len(batch))
+
+    def test_an_urgent_change_queued_during_the_wait_ends_it(self):
+        store = self.store()
+        self.running(store, 0)
+        writer, batches = self.gather_in_thread(store)
+        for number in range(1, 4):
+            self.running(store, number)
+        store.task_status("a", {"task_id": "t9", "state": "complete",
+                                "result": {}}, lambda error: None)
+        # With an hour's flush_interval, only the urgent change ends it.
+        writer.join(WAIT)
+        self.assertFalse(writer.is_alive())
+        [batch] = batches
+        self.assertEqual(["t0", "t1", "t2", "t3", "t9"],
+                         [change.payload["task_id"] for change in batch])
+
+    def test_what_is_left_past_the_limit_is_the_next_batch(self):
+        store = self.store(batch_limit=3)
+        for number in range(7):
+            self.running(store, number)
+        sizes = [len(store._gather(timeout=WAIT)) for _ in range(2)]
+        self.assertEqual([3, 3], sizes)
+        # One left: the next batch waits for more until the interval ends
+        # or an urgent change comes.
+        writer, batches = self.gather_in_thread(store)
+        store.flush_async(lambda error: None)
+        writer.join(WAIT)
+        self.assertFalse(writer.is_alive())
+        self.assertEqual(["status", "flush"],
+                         [change.kind for change in batches[0]])
+
+
 class TestWrites(StoreTestCase):
     def test_running_updates_coalesce_latest_wins(self):
         store = self.make_store(flush_interval=5.0)
