@@ -251,8 +251,9 @@ class UefiRunImageTestBase(unittest.TestCase):
         self.assertTrue(task.terminal, "task %s never ended" % method)
         return task
 
-    def prepare_and_run(self, key, device, **run_params):
-        extension = standbye.StandbyeExtension(self.make_context([device]))
+    def prepare_and_run(self, key, device, include=(), **run_params):
+        extension = standbye.StandbyeExtension(
+            self.make_context([device] + list(include)))
         extension.name = "standbye"
         extension.start()
         image = self.images[key]
@@ -275,6 +276,22 @@ class UefiRunImageTestBase(unittest.TestCase):
 
     def entries(self):
         return {e["entry"]: e for e in FirmwareManager.config["entries"]}
+
+    def mbr_disk(self, label_id, size=16 * MIB):
+        """A loop device with an MBR table of disk identifier
+        ``label_id`` and one EFI system partition."""
+        device = self.loops.create(size)
+        run("sfdisk", "-q", device, check=True,
+            input="label: dos\nlabel-id: %s\nstart=2048, size=8192, "
+            "type=ef\n" % label_id)
+        return device
+
+    def add_entries(self, text):
+        """Entries parsed from ``efibootmgr -v`` lines, added to the
+        simulated NVRAM."""
+        added = efi.parse_efibootmgr(text)["entries"]
+        FirmwareManager.config["entries"].extend(added)
+        FirmwareManager.config["boot_order"].extend(e["entry"] for e in added)
 
 
 class UefiRunImageTest(UefiRunImageTestBase):
@@ -395,6 +412,35 @@ class UefiRunImageTest(UefiRunImageTestBase):
         self.assertEqual({"0000", "0001", "0002", "0003", "0004"},
                          set(self.entries()))
 
+    def test_mbr_and_san_entries(self):
+        # A writable MBR disk (signature 0x0001abcd, printed without its
+        # leading zeros), a protected MBR disk, a signature on no disk and
+        # an iSCSI SAN entry whose LUN partition no disk has.
+        writable = self.mbr_disk("0x0001abcd")
+        protected = self.mbr_disk("0x4e1f2a3b")
+        FirmwareManager.visible = [FirmwareManager.visible[0], protected]
+        self.add_entries(
+            "Boot0005* old MBR tenant\tHD(1,MBR,0x1abcd,0x800,0x2000)/File("
+            "\\EFI\\t\\shimx64.efi)\n"
+            "Boot0006* protected MBR OS\tHD(1,MBR,0x4e1f2a3b,0x800,0x2000)/"
+            "File(\\EFI\\o\\o.efi)\n"
+            "Boot0007* gone MBR disk\tHD(1,MBR,0xdeadbeef,0x800,0x2000)/File("
+            "\\EFI\\g\\shimx64.efi)\n"
+            "Boot0008* iSCSI SAN boot\tPciRoot(0x0)/Pci(0x2,0x0)/MAC("
+            "525400123456,1)/IPv4(192.168.0.10,6,Static,192.168.0.2,"
+            "192.168.0.1,255.255.255.0)/iSCSI(iqn.2020-01.test:lun0,1,0x0,"
+            "None,None,None,TCP)/HD(1,GPT,11111111-2222-4333-8444-"
+            "555555555555,0x800,0x100000)/File(\\EFI\\redhat\\"
+            "shimx64.efi)\n")
+        device = self.loops.create(96 * MIB)
+        task = self.prepare_and_run("with_loader", device,
+                                    include=[writable])
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        self.assertEqual(["0004", "0005", "0007"], sorted(
+            r["entry"] for r in task.result["boot_entries"]["removed"]))
+        self.assertEqual({"0000", "0001", "0002", "0003", "0006", "0008",
+                          "0010"}, set(self.entries()))
+
     def test_uefi_requested_on_a_bios_ramdisk_sets_up_the_disk_only(self):
         # No NVRAM to write: the agent's loaders go to the ESP and the
         # removable path, and no entry is touched.
@@ -464,6 +510,22 @@ class DecomBootEntriesTest(UefiRunImageTestBase):
         self.assertEqual({"0000", "0001", "0002", "0003", "0004"},
                          set(self.entries()))
         self.assertNotIn("0009", FirmwareManager.config["boot_order"])
+
+    def test_entries_of_an_erased_mbr_disk_are_removed(self):
+        device = self.mbr_disk("0x0001abcd")
+        self.add_entries(
+            "Boot0009* MBR tenant\tHD(1,MBR,0x1abcd,0x800,0x2000)/File("
+            "\\EFI\\t\\shimx64.efi)\n"
+            "Boot000A* other MBR disk\tHD(1,MBR,0x1abce,0x800,0x2000)/File("
+            "\\EFI\\o\\shimx64.efi)\n")
+        task = self.erase(device)
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        self.assertEqual([{"entry": "0009", "label": "MBR tenant",
+                           "partition_uuid": None,
+                           "mbr_signature": "0x1abcd"}],
+                         task.result["boot_entries_removed"])
+        self.assertEqual({"0000", "0001", "0002", "0003", "0004", "000A"},
+                         set(self.entries()))
 
     def test_the_option_turns_it_off(self):
         device = self.tenant_disk()
