@@ -251,7 +251,8 @@ class UefiRunImageTestBase(unittest.TestCase):
         self.assertTrue(task.terminal, "task %s never ended" % method)
         return task
 
-    def prepare_and_run(self, key, device, include=(), **run_params):
+    def prepare_and_run(self, key, device, include=(), before_run=None,
+                        **run_params):
         extension = standbye.StandbyeExtension(
             self.make_context([device] + list(include)))
         extension.name = "standbye"
@@ -262,6 +263,8 @@ class UefiRunImageTestBase(unittest.TestCase):
             "hashes": {"sha256": image["sha256"]}, "size": image["size"]},
             root_device_hints={"name": device})
         self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        if before_run is not None:
+            before_run()
         return self.call(extension, "standbye", "run_image",
                          image_id=image["id"],
                          config_drive={"meta_data": {"uuid": "u"}},
@@ -369,16 +372,38 @@ class UefiRunImageTest(UefiRunImageTestBase):
         self.assertEqual("\\EFI\\debian\\shimx64.efi", entry["loader"])
         self.assertEqual(loader["partition"], entry["partition"])
 
-    def test_no_room_for_an_esp_is_refused_clearly(self):
-        # 96 MiB: the image and its config drive leave no 128 MiB range.
-        device = self.loops.create(96 * MIB)
-        task = self.prepare_and_run("no_esp", device)
-        self.assertEqual(tasks.ERROR, task.state)
-        self.assertIn("no free range of 128 MiB for an EFI system "
-                      "partition", task.msg)
-        self.assertEqual([], self.power.actions)
-        self.assertEqual({"0000", "0001", "0002", "0003", "0004"},
-                         set(self.entries()))
+    def digest(self, device):
+        """sha256 of the sparse file behind ``device``, after flushing
+        what the loop device still buffers."""
+        fd = os.open(device, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return standbye_images.sha256_of(self.loops.backing_file(device))
+
+    def test_no_room_for_an_esp_is_refused_before_the_disk_changes(self):
+        # 96 MiB: no 128 MiB range even with the backup GPT header moved
+        # to the end. 149 MiB: the ESP would fit after the image, but not
+        # next to the config drive at the end of the disk. Either way
+        # nothing is written: not the backup header, not the config drive.
+        for size in (96, 149):
+            with self.subTest(size_mib=size):
+                device = self.loops.create(size * MIB)
+                before = []
+                task = self.prepare_and_run(
+                    "no_esp", device,
+                    before_run=lambda: before.append(self.digest(device)))
+                self.assertEqual(tasks.ERROR, task.state)
+                self.assertIn("no free range of 128 MiB for an EFI system "
+                              "partition", task.msg)
+                self.assertEqual(before, [self.digest(device)])
+                self.assertEqual([], self.power.actions)
+                self.assertEqual({"0000", "0001", "0002", "0003", "0004"},
+                                 set(self.entries()))
+                table = partitions.read_table(device)
+                # The backup header stayed where the image put it.
+                self.assertEqual(20 * 2048 - 34, table["last_lba"])
 
     def test_unsigned_kernel_under_secure_boot_reboots_into_the_entry(self):
         if "unsigned" not in self.images:
