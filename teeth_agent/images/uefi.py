@@ -107,15 +107,17 @@ def _not_installed(returncode, err):
     return returncode == _PRLIMIT_ENOENT and "failed to execute" in (err or "")
 
 
-def _listing(image, path, offset):
-    """``(returncode, stdout, stderr)`` of ``mdir -a -b`` on ``path``,
-    read through a pipe: at most :data:`MAX_LISTING` bytes are ever held
-    (a directory whose cluster chain loops would print without end), and
-    mdir runs under ``prlimit`` (:func:`_limited`)."""
+def _listing(image, path, offset, recursive=False):
+    """``(returncode, stdout, stderr)`` of ``mdir -a -b`` on ``path``
+    (``-/``: with every subdirectory), read through a pipe: at most
+    :data:`MAX_LISTING` bytes are ever held (a directory whose cluster
+    chain loops would print without end), and mdir runs under ``prlimit``
+    (:func:`_limited`)."""
     # open_pipe passes no environment: env(1) sets mtools' own.
+    flags = ("-/", "-a", "-b") if recursive else ("-a", "-b")
     pipe = processes.open_pipe(*_limited(
-        "env", "MTOOLS_SKIP_CHECK=1", "MTOOLSRC=/dev/null", "mdir", "-a",
-        "-b", "-i", _target(image, offset), "::" + path), stdin=False)
+        "env", "MTOOLS_SKIP_CHECK=1", "MTOOLSRC=/dev/null", "mdir", *flags,
+        "-i", _target(image, offset), "::" + path), stdin=False)
     try:
         out = pipe.stdout.read(MAX_LISTING + 1)
         if len(out) > MAX_LISTING:
@@ -127,6 +129,17 @@ def _listing(image, path, offset):
     pipe.stdout.close()
     returncode, err = pipe.finish(timeout=MDIR_CPU_SECONDS * 4, check=False)
     return returncode, out.decode("utf-8", "replace"), err
+
+
+def holds_efi_file(image, offset=0):
+    """Whether the FAT file system ``image`` holds a file named ``*.efi``
+    anywhere (the BIOS path's "the image brought a UEFI loader"). One
+    recursive listing, bounded like every other (:func:`_listing`):
+    :class:`EspError` past :data:`MAX_LISTING` bytes; False when mdir
+    cannot read it."""
+    returncode, out, _ = _listing(image, "/", offset, recursive=True)
+    return returncode == 0 and any(
+        line.rstrip().lower().endswith(".efi") for line in out.splitlines())
 
 
 def list_directory(image, path, offset=0):
