@@ -155,9 +155,25 @@ def before_erase(dispatcher, paths):
     return found
 
 
+def _survivor_ids(dispatcher, erased):
+    """The identifiers of the disks the managers report that are not in
+    ``erased`` (unreadable ones add nothing)."""
+    try:
+        devices = dispatcher.dispatch("list_block_devices") or []
+    except hardware.HardwareManagerError as exc:
+        LOG.warning("cannot list the disks that were not erased: %s", exc)
+        return set()
+    found = set()
+    for device in devices:
+        if device["path"] not in erased:
+            found |= disk_ids(device["path"]) or set()
+    return found
+
+
 def after_erase(dispatcher, ids_by_disk, erased):
     """Remove the boot entries booting the disks in ``erased`` (paths),
-    with their identifiers from :func:`before_erase`.
+    with their identifiers from :func:`before_erase`, except identifiers
+    a disk that was not erased has too.
 
     Returns ``(removed, error)``: the removed entries, and None or the
     sentence saying why entries could not be removed. Outside UEFI
@@ -166,6 +182,11 @@ def after_erase(dispatcher, ids_by_disk, erased):
     ids = set()
     for path in erased:
         ids |= ids_by_disk.get(path, set())
+    if not ids:
+        return [], None
+    # An identifier a disk that was not erased shares (a cloned image,
+    # MBR signatures left at 0) may be that disk's entry: it stays.
+    ids -= _survivor_ids(dispatcher, erased)
     if not ids:
         return [], None
     try:

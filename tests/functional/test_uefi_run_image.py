@@ -552,6 +552,20 @@ class DecomBootEntriesTest(UefiRunImageTestBase):
         self.assertEqual({"0000", "0001", "0002", "0003", "0004", "000A"},
                          set(self.entries()))
 
+    def test_an_identifier_a_surviving_disk_shares_stays(self):
+        # Both MBR disks kept signature 0: the entry may boot the one that
+        # is not erased.
+        device = self.mbr_disk("0x00000000")
+        survivor = self.mbr_disk("0x00000000")
+        FirmwareManager.visible = FirmwareManager.visible + [survivor]
+        self.add_entries(
+            "Boot0009* zero\tHD(1,MBR,0x0,0x800,0x2000)/File("
+            "\\EFI\\z\\shimx64.efi)\n")
+        task = self.erase(device)
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        self.assertEqual([], task.result["boot_entries_removed"])
+        self.assertIn("0009", self.entries())
+
     def test_the_option_turns_it_off(self):
         device = self.tenant_disk()
         task = self.erase(device, remove_boot_entries=False)

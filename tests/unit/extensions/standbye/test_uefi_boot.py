@@ -318,13 +318,31 @@ class BootEntryPolicyTest(test_extension.ExtensionTestCase):
 
     def test_after_erase_removes_an_erased_mbr_disk_entries(self):
         self.nvram.config = efi.parse_efibootmgr(samples.MBR_V17)
-        removed, error = boot_entries.after_erase(
-            self.dispatcher, {"/dev/sda": {"mbr:4e1f2a3b"},
-                              "/dev/sdb": {"mbr:0001abcd"}}, ["/dev/sda"])
+        by_disk = {"/dev/sda": ["mbr:4e1f2a3b"], "/dev/sdb": ["mbr:0001abcd"]}
+        with self.uuids(by_disk):
+            removed, error = boot_entries.after_erase(
+                self.dispatcher, {"/dev/sda": {"mbr:4e1f2a3b"},
+                                  "/dev/sdb": {"mbr:0001abcd"}},
+                ["/dev/sda"])
         self.assertIsNone(error)
         self.assertEqual(["0001"], [r["entry"] for r in removed])
         self.assertEqual({"0002", "0003"},
                          {e["entry"] for e in self.nvram.config["entries"]})
+
+    def test_after_erase_keeps_what_a_surviving_disk_shares(self):
+        # sda was erased; sdb (not erased) holds a clone with the same
+        # partition GUID: entry 0004 may boot sdb and stays. 0005 booted
+        # only sda's other partition and goes.
+        by_disk = {"/dev/sda": [], "/dev/sdb": [samples.DISK_GUID]}
+        with self.uuids(by_disk):
+            removed, error = boot_entries.after_erase(
+                self.dispatcher,
+                {"/dev/sda": {samples.DISK_GUID, samples.OLD_GUID}},
+                ["/dev/sda"])
+        self.assertIsNone(error)
+        self.assertEqual(["0005"], [r["entry"] for r in removed])
+        self.assertIn("0004", {e["entry"]
+                               for e in self.nvram.config["entries"]})
 
     def test_current_state_without_a_manager(self):
         dispatcher = hardware.build_dispatcher(
