@@ -42,9 +42,11 @@ def _number(device, node):
 def read_table(path):
     """The partition table of ``path``, or None when it has none.
 
-    Returns ``{"type": "gpt"|"dos", "sector_size", "last_lba" (GPT),
-    "partitions": [{"number", "start", "sectors", "type", "name",
-    "uuid"}]}``, start and sectors in logical sectors.
+    Returns ``{"type": "gpt"|"dos", "id" (the disk GUID of GPT, the
+    32-bit disk identifier of MBR as ``0x`` and 8 hex digits; None when
+    sfdisk gives none), "sector_size", "last_lba" (GPT), "partitions":
+    [{"number", "start", "sectors", "type", "name", "uuid"}]}``, start
+    and sectors in logical sectors.
     """
     returncode, out, err = processes.run("sfdisk", "--json", path)
     if returncode != 0:
@@ -73,7 +75,10 @@ def read_table(path):
             sector_size = blockdev.logical_block_size(fd, default=4096)
         finally:
             os.close(fd)
-    return {"type": table.get("label"), "sector_size": int(sector_size),
+    disk_id = table.get("id")
+    return {"type": table.get("label"),
+            "id": disk_id if isinstance(disk_id, str) else None,
+            "sector_size": int(sector_size),
             "last_lba": table.get("lastlba"), "partitions": partitions}
 
 

@@ -44,8 +44,22 @@ MAX_ENTRIES = 512
 #: Longest label kept (UEFI does not bound it; firmware menus show ~40).
 MAX_LABEL = 128
 
-# Device path nodes that say where an entry boots from.
-_NETWORK_NODES = ("MAC(", "IPv4(", "IPv6(", "Uri(", "iSCSI(")
+# Device path nodes that say where an entry boots from. An entry whose
+# path goes through a network or SAN node (PXE, HTTP boot, iSCSI, Fibre
+# Channel, NVMe over Fabrics, InfiniBand, ...) boots something the
+# firmware or the operator set up, even when a disk node (the LUN's
+# partition) follows: it is never counted as a disk of this machine.
+# efivar prints Fibre Channel Ex as "Fibre(" too, and a messaging node it
+# does not know (NVMe over Fabrics among them) as "Msg(subtype,hex)": such
+# an entry cannot be told from a SAN boot, so it is not touched either.
+_NETWORK_NODES = ("MAC", "IPv4", "IPv6", "Uri", "Dns", "iSCSI", "Fibre",
+                  "FibreEx", "NVMeoF", "Infiniband", "WiFi", "Wi-Fi",
+                  "Bluetooth", "BluetoothLE", "Vlan", "Msg")
+# A node name (any case) starts the path or follows "/" (efibootmgr >=
+# 14), the ")" of the node before (0.x prints no separator) or a space.
+_NETWORK = re.compile(r"(?:^|[/)\s])(?:%s)\("
+                      % "|".join(re.escape(n) for n in _NETWORK_NODES),
+                      re.IGNORECASE)
 _FIRMWARE_NODES = ("FvVol(", "FvFile(", "Fv(", "VenHw(", "MemoryMapped(",
                    "BBS(")
 _ENTRY = re.compile(r"^Boot([0-9A-Fa-f]{4})(\*|\s)\s?(.*)$")
@@ -149,10 +163,12 @@ def clean_label(text, limit=MAX_LABEL):
 
 
 def _entry_kind(path, hd):
+    # Only the nodes before the disk node count: a loader's file name
+    # ("File(\\EFI\\x\\MAC(.efi)") cannot make a disk entry a network one.
+    if _NETWORK.search(path if hd is None else path[:hd.start()]):
+        return "network"
     if hd is not None:
         return "disk"
-    if any(node in path for node in _NETWORK_NODES):
-        return "network"
     if any(path.startswith(node) or "/" + node in path
            for node in _FIRMWARE_NODES):
         return "firmware"
@@ -237,33 +253,84 @@ def _number(text):
     return text.upper() if re.match(r"^[0-9A-Fa-f]{4}$", text) else None
 
 
-def stale_entries(config, writable_uuids, known_uuids, keep=()):
+def mbr_key(signature):
+    """The disk identifier of an MBR disk as the boot entry policy
+    compares it: ``"mbr:"`` and 8 lower-case hex digits, from ``0x1abcd``
+    (efibootmgr prints no leading zeros), ``0x0001ABCD`` (sfdisk) or an
+    int; None for anything else."""
+    if isinstance(signature, int) and not isinstance(signature, bool):
+        value = signature
+    elif isinstance(signature, str) and \
+            re.match(r"^(0x)?[0-9a-fA-F]{1,8}$", signature.strip()):
+        value = int(signature.strip(), 16)
+    else:
+        return None
+    if not 0 <= value <= 0xFFFFFFFF:
+        return None
+    return "mbr:%08x" % value
+
+
+def disk_id(value):
+    """``value`` (a GPT partition UUID or an :func:`mbr_key`) as the
+    policy compares it, or None."""
+    if not isinstance(value, str):
+        return None
+    value = value.strip().lower()
+    if value.startswith("mbr:"):
+        return mbr_key(value[4:])
+    return value if _GUID.match(value) else None
+
+
+def entry_key(entry):
+    """What a disk entry boots, as compared with the disks' identifiers:
+    its GPT partition UUID, or the :func:`mbr_key` of the MBR disk
+    identifier (an MBR partition is found by the disk's signature and
+    the partition's number). None for network, firmware and other
+    entries, and for a disk node the parser could not read."""
+    if entry.get("kind") != "disk":
+        return None
+    if entry.get("partition_uuid"):
+        return disk_id(entry["partition_uuid"])
+    if entry.get("mbr_signature"):
+        return mbr_key(entry["mbr_signature"])
+    return None
+
+
+def _ids(values):
+    return {key for key in (disk_id(value) for value in values or ())
+            if key}
+
+
+def stale_entries(config, writable_ids, known_ids, keep=()):
     """The disk entries of ``config`` that an earlier image or tenant
-    left: those booting a partition of a disk the agent may write
-    (``writable_uuids``), and those booting a GPT partition no disk of
-    this machine has (``known_uuids``: every partition the agent sees,
+    left: those booting a disk the agent may write (``writable_ids``),
+    and those booting a disk no disk of this machine matches
+    (``known_ids``: the identifiers of every disk the agent sees,
     writable or not; None when a disk could not be read, and then no
-    entry counts as dangling). Entries numbered in ``keep``, network,
-    firmware (setup, shell, boot manager) and other entries are never
-    listed, nor an entry for a disk the agent must not write."""
-    writable = {guid.lower() for guid in writable_uuids if guid}
-    known = None if known_uuids is None else \
-        {guid.lower() for guid in known_uuids if guid} | writable
+    entry counts as dangling). Identifiers are GPT partition UUIDs and,
+    for MBR disks, the :func:`mbr_key` of the disk identifier. Entries
+    numbered in ``keep``, network (whatever disk node follows: an iSCSI
+    or other SAN boot), firmware (setup, shell, boot manager) and other
+    entries are never listed, nor an entry for a disk the agent must not
+    write."""
+    writable = _ids(writable_ids)
+    known = None if known_ids is None else _ids(known_ids) | writable
     stale = []
     for entry in config["entries"]:
-        guid = entry["partition_uuid"]
-        if entry["kind"] != "disk" or entry["entry"] in keep or not guid:
+        key = entry_key(entry)
+        if key is None or entry["entry"] in keep:
             continue
-        if guid in writable or (known is not None and guid not in known):
+        if key in writable or (known is not None and key not in known):
             stale.append(entry)
     return stale
 
 
-def entries_for(config, partition_uuids):
-    """The disk entries of ``config`` booting one of ``partition_uuids``."""
-    wanted = {guid.lower() for guid in partition_uuids if guid}
+def entries_for(config, ids):
+    """The disk entries of ``config`` booting one of ``ids`` (GPT
+    partition UUIDs and :func:`mbr_key` identifiers)."""
+    wanted = _ids(ids)
     return [entry for entry in config["entries"]
-            if entry["kind"] == "disk" and entry["partition_uuid"] in wanted]
+            if entry_key(entry) in wanted and entry_key(entry) is not None]
 
 
 def order_first(order, first):

@@ -406,9 +406,12 @@ def has_boot_loader(path, table, node_of):
 
     Looks for boot code in the MBR, a GPT BIOS boot partition with
     content, and an EFI system partition holding an ``.efi`` loader
-    (listed with mtools, which reads FAT in user space). ``node_of(n)``
+    (listed with mtools, which reads FAT in user space, under the bounds
+    of :func:`teeth_agent.images.uefi.holds_efi_file`). ``node_of(n)``
     gives partition ``n``'s device node.
     """
+    # uefi imports this module: imported here, when first needed.
+    from teeth_agent.images import uefi
     with open(path, "rb") as stream:
         head = stream.read(512)
         if any(head[:440]):
@@ -421,11 +424,7 @@ def has_boot_loader(path, table, node_of):
     for partition in table["partitions"]:
         if partition["type"] not in ESP_TYPES:
             continue
-        returncode, out, _ = processes.run(
-            "mdir", "-/", "-b", "-i", node_of(partition["number"]), "::/",
-            env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
-        if returncode == 0 and any(line.lower().endswith(".efi")
-                                   for line in out.splitlines()):
+        if uefi.holds_efi_file(node_of(partition["number"])):
             return "an EFI system partition with a loader"
     return None
 

@@ -13,9 +13,14 @@ image file) with ``MTOOLS_SKIP_CHECK`` and no user configuration
   so no path the agent builds can leave ``\\EFI``;
 - size and depth: only ``\\EFI`` and its direct subdirectories are listed
   (never a recursive walk), at most :data:`MAX_VENDORS` of them; each
-  ``mdir`` runs under ``prlimit`` and is read through a pipe, cut (and
-  refused) past :data:`MAX_LISTING` bytes, so a directory whose cluster
-  chain loops cannot fill the ramdisk's memory;
+  ``mdir`` is read through a pipe, cut (and refused) past
+  :data:`MAX_LISTING` bytes, so a directory whose cluster chain loops
+  cannot fill the ramdisk's memory;
+- every tool that parses tenant data (``mdir``, ``mmd`` and ``mcopy`` on
+  the ESP, ``sbverify`` on the image's kernel) runs under the same
+  ``prlimit`` bounds (:func:`_limited`: CPU seconds and address space)
+  besides its timeout, so a crafted FAT or PE file can neither spin nor
+  take the ramdisk's memory;
 - the loader is never read or run, only pointed at by a boot entry; the
   agent's own signed shim and grub come from the ramdisk
   (:data:`SHIM_PATH`, :data:`GRUB_PATH`), never from the image;
@@ -52,10 +57,13 @@ AGENT_VENDOR = "debian"
 MAX_VENDORS = 64
 #: Largest ``mdir`` output read for one directory.
 MAX_LISTING = 1024 * 1024
-#: Limits of one ``mdir`` run (``prlimit``): a FAT directory of any size
-#: lists in well under a second.
+#: Limits of one ``mdir``, ``mmd``, ``mcopy`` or ``sbverify`` run
+#: (``prlimit``): a FAT directory of any size lists, a loader copies and a
+#: kernel of up to 128 MiB is checked in well under a second.
 MDIR_CPU_SECONDS = 20
 MDIR_ADDRESS_SPACE = 512 * 1024 * 1024
+#: prlimit's exit status when it cannot run the program (not installed).
+_PRLIMIT_ENOENT = 127
 #: Largest os-release read.
 MAX_OS_RELEASE = 64 * 1024
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
@@ -86,17 +94,30 @@ def find_esps(table):
     return [p for p in table["partitions"] if is_esp(p) and p["number"]]
 
 
-def _listing(image, path, offset):
-    """``(returncode, stdout, stderr)`` of ``mdir -a -b`` on ``path``,
-    read through a pipe: at most :data:`MAX_LISTING` bytes are ever held
-    (a directory whose cluster chain loops would print without end), and
-    mdir runs under ``prlimit`` (CPU seconds and address space)."""
+def _limited(*argv):
+    """``argv`` run under ``prlimit``: at most :data:`MDIR_CPU_SECONDS`
+    of CPU and :data:`MDIR_ADDRESS_SPACE` bytes of address space (the
+    bounds of every tool run on tenant data here)."""
+    return ("prlimit", "--cpu=%d" % MDIR_CPU_SECONDS,
+            "--as=%d" % MDIR_ADDRESS_SPACE) + tuple(argv)
+
+
+def _not_installed(returncode, err):
+    """Whether prlimit said it could not find the program it runs."""
+    return returncode == _PRLIMIT_ENOENT and "failed to execute" in (err or "")
+
+
+def _listing(image, path, offset, recursive=False):
+    """``(returncode, stdout, stderr)`` of ``mdir -a -b`` on ``path``
+    (``-/``: with every subdirectory), read through a pipe: at most
+    :data:`MAX_LISTING` bytes are ever held (a directory whose cluster
+    chain loops would print without end), and mdir runs under ``prlimit``
+    (:func:`_limited`)."""
     # open_pipe passes no environment: env(1) sets mtools' own.
-    pipe = processes.open_pipe(
-        "prlimit", "--cpu=%d" % MDIR_CPU_SECONDS,
-        "--as=%d" % MDIR_ADDRESS_SPACE, "env", "MTOOLS_SKIP_CHECK=1",
-        "MTOOLSRC=/dev/null", "mdir", "-a", "-b", "-i",
-        _target(image, offset), "::" + path, stdin=False)
+    flags = ("-/", "-a", "-b") if recursive else ("-a", "-b")
+    pipe = processes.open_pipe(*_limited(
+        "env", "MTOOLS_SKIP_CHECK=1", "MTOOLSRC=/dev/null", "mdir", *flags,
+        "-i", _target(image, offset), "::" + path), stdin=False)
     try:
         out = pipe.stdout.read(MAX_LISTING + 1)
         if len(out) > MAX_LISTING:
@@ -108,6 +129,17 @@ def _listing(image, path, offset):
     pipe.stdout.close()
     returncode, err = pipe.finish(timeout=MDIR_CPU_SECONDS * 4, check=False)
     return returncode, out.decode("utf-8", "replace"), err
+
+
+def holds_efi_file(image, offset=0):
+    """Whether the FAT file system ``image`` holds a file named ``*.efi``
+    anywhere (the BIOS path's "the image brought a UEFI loader"). One
+    recursive listing, bounded like every other (:func:`_listing`):
+    :class:`EspError` past :data:`MAX_LISTING` bytes; False when mdir
+    cannot read it."""
+    returncode, out, _ = _listing(image, "/", offset, recursive=True)
+    return returncode == 0 and any(
+        line.rstrip().lower().endswith(".efi") for line in out.splitlines())
 
 
 def list_directory(image, path, offset=0):
@@ -231,12 +263,16 @@ def kernel_signed(path):
     (``sbverify --list``): True, False, or None when it cannot tell
     (sbverify missing, not a PE image). Says nothing about whether the
     signer is trusted: only the running kernel's ``kexec -s`` can."""
+    # The kernel is the tenant's: sbverify parses it under prlimit.
     try:
-        returncode, out, err = processes.run("sbverify", "--list", path,
-                                             timeout=60)
+        returncode, out, err = processes.run(
+            *_limited("sbverify", "--list", path), timeout=60)
     except processes.ToolNotFound:
         return None
     if returncode != 0:
+        if not _not_installed(returncode, err):
+            LOG.info("sbverify --list %s exited %d: %s", path, returncode,
+                     (err or "").strip()[-200:])
         return None
     if re.search(r"^signature \d+", out or "", re.MULTILINE):
         return True
@@ -246,13 +282,21 @@ def kernel_signed(path):
 
 
 def _mtools(*argv):
+    """``mmd``/``mcopy`` on the tenant's ESP, under :func:`_limited`."""
     try:
-        processes.execute(*argv, env=_env(), timeout=300)
+        returncode, out, err = processes.run(*_limited(*argv), env=_env(),
+                                             timeout=300)
     except processes.ToolNotFound:
         raise
     except processes.ProcessError as exc:
         raise EspError("%s failed on the EFI system partition: %s"
                        % (argv[0], exc)) from exc
+    if _not_installed(returncode, err):
+        raise processes.ToolNotFound([argv[0]])
+    if returncode != 0:
+        raise EspError("%s failed on the EFI system partition: %s"
+                       % (argv[0], processes.ProcessError(
+                           _limited(*argv), returncode, out, err)))
 
 
 def _ensure_directory(image, offset, path):

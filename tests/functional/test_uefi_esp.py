@@ -192,6 +192,47 @@ class HostileEspTest(EspTestBase):
             uefi.find_loader(junk)
 
 
+class HoldsEfiFileTest(EspTestBase):
+    """The BIOS path's "the image brought a UEFI loader": one recursive
+    listing, under prlimit and cut like the others."""
+
+    def test_anywhere_in_the_tree(self):
+        esp = self.esp()
+        self.assertFalse(uefi.holds_efi_file(esp))
+        self.mkdirs(esp, "/EFI", "/EFI/a", "/EFI/a/b")
+        self.put(esp, "/EFI/a/b/readme.txt")
+        self.assertFalse(uefi.holds_efi_file(esp))
+        self.put(esp, "/EFI/a/b/Loader.EFI")
+        with mock.patch.object(processes, "open_pipe",
+                               wraps=processes.open_pipe) as pipes:
+            self.assertTrue(uefi.holds_efi_file(esp))
+        [call] = pipes.call_args_list
+        self.assertEqual(("prlimit", "--cpu=%d" % uefi.MDIR_CPU_SECONDS,
+                          "--as=%d" % uefi.MDIR_ADDRESS_SPACE),
+                         call.args[:3])
+        self.assertIn("-/", call.args)
+        self.assertIn("MTOOLSRC=/dev/null", call.args)
+
+    def test_a_directory_named_like_a_loader_counts_not(self):
+        esp = self.esp()
+        self.mkdirs(esp, "/EFI", "/EFI/x.efi")
+        self.assertFalse(uefi.holds_efi_file(esp))
+
+    def test_an_endless_tree_is_cut(self):
+        esp = self.esp()
+        self.mkdirs(esp, "/EFI", *["/EFI/v%03d" % n for n in range(10)])
+        with mock.patch.object(uefi, "MAX_LISTING", 64):
+            with self.assertRaises(uefi.EspError) as caught:
+                uefi.holds_efi_file(esp)
+        self.assertIn("lists more than 64 bytes", str(caught.exception))
+
+    def test_not_a_fat_file_system(self):
+        junk = os.path.join(self.work, "junk.img")
+        with open(junk, "wb") as stream:
+            stream.write(os.urandom(MIB))
+        self.assertFalse(uefi.holds_efi_file(junk))
+
+
 class InstallSignedLoaderTest(EspTestBase):
 
     def setUp(self):

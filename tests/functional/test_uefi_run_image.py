@@ -251,8 +251,10 @@ class UefiRunImageTestBase(unittest.TestCase):
         self.assertTrue(task.terminal, "task %s never ended" % method)
         return task
 
-    def prepare_and_run(self, key, device, **run_params):
-        extension = standbye.StandbyeExtension(self.make_context([device]))
+    def prepare_and_run(self, key, device, include=(), before_run=None,
+                        **run_params):
+        extension = standbye.StandbyeExtension(
+            self.make_context([device] + list(include)))
         extension.name = "standbye"
         extension.start()
         image = self.images[key]
@@ -261,6 +263,8 @@ class UefiRunImageTestBase(unittest.TestCase):
             "hashes": {"sha256": image["sha256"]}, "size": image["size"]},
             root_device_hints={"name": device})
         self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        if before_run is not None:
+            before_run()
         return self.call(extension, "standbye", "run_image",
                          image_id=image["id"],
                          config_drive={"meta_data": {"uuid": "u"}},
@@ -275,6 +279,22 @@ class UefiRunImageTestBase(unittest.TestCase):
 
     def entries(self):
         return {e["entry"]: e for e in FirmwareManager.config["entries"]}
+
+    def mbr_disk(self, label_id, size=16 * MIB):
+        """A loop device with an MBR table of disk identifier
+        ``label_id`` and one EFI system partition."""
+        device = self.loops.create(size)
+        run("sfdisk", "-q", device, check=True,
+            input="label: dos\nlabel-id: %s\nstart=2048, size=8192, "
+            "type=ef\n" % label_id)
+        return device
+
+    def add_entries(self, text):
+        """Entries parsed from ``efibootmgr -v`` lines, added to the
+        simulated NVRAM."""
+        added = efi.parse_efibootmgr(text)["entries"]
+        FirmwareManager.config["entries"].extend(added)
+        FirmwareManager.config["boot_order"].extend(e["entry"] for e in added)
 
 
 class UefiRunImageTest(UefiRunImageTestBase):
@@ -352,16 +372,38 @@ class UefiRunImageTest(UefiRunImageTestBase):
         self.assertEqual("\\EFI\\debian\\shimx64.efi", entry["loader"])
         self.assertEqual(loader["partition"], entry["partition"])
 
-    def test_no_room_for_an_esp_is_refused_clearly(self):
-        # 96 MiB: the image and its config drive leave no 128 MiB range.
-        device = self.loops.create(96 * MIB)
-        task = self.prepare_and_run("no_esp", device)
-        self.assertEqual(tasks.ERROR, task.state)
-        self.assertIn("no free range of 128 MiB for an EFI system "
-                      "partition", task.msg)
-        self.assertEqual([], self.power.actions)
-        self.assertEqual({"0000", "0001", "0002", "0003", "0004"},
-                         set(self.entries()))
+    def digest(self, device):
+        """sha256 of the sparse file behind ``device``, after flushing
+        what the loop device still buffers."""
+        fd = os.open(device, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return standbye_images.sha256_of(self.loops.backing_file(device))
+
+    def test_no_room_for_an_esp_is_refused_before_the_disk_changes(self):
+        # 96 MiB: no 128 MiB range even with the backup GPT header moved
+        # to the end. 149 MiB: the ESP would fit after the image, but not
+        # next to the config drive at the end of the disk. Either way
+        # nothing is written: not the backup header, not the config drive.
+        for size in (96, 149):
+            with self.subTest(size_mib=size):
+                device = self.loops.create(size * MIB)
+                before = []
+                task = self.prepare_and_run(
+                    "no_esp", device,
+                    before_run=lambda: before.append(self.digest(device)))
+                self.assertEqual(tasks.ERROR, task.state)
+                self.assertIn("no free range of 128 MiB for an EFI system "
+                              "partition", task.msg)
+                self.assertEqual(before, [self.digest(device)])
+                self.assertEqual([], self.power.actions)
+                self.assertEqual({"0000", "0001", "0002", "0003", "0004"},
+                                 set(self.entries()))
+                table = partitions.read_table(device)
+                # The backup header stayed where the image put it.
+                self.assertEqual(20 * 2048 - 34, table["last_lba"])
 
     def test_unsigned_kernel_under_secure_boot_reboots_into_the_entry(self):
         if "unsigned" not in self.images:
@@ -394,6 +436,35 @@ class UefiRunImageTest(UefiRunImageTestBase):
         self.assertEqual("kexec_load", task.result["boot"]["kexec_syscall"])
         self.assertEqual({"0000", "0001", "0002", "0003", "0004"},
                          set(self.entries()))
+
+    def test_mbr_and_san_entries(self):
+        # A writable MBR disk (signature 0x0001abcd, printed without its
+        # leading zeros), a protected MBR disk, a signature on no disk and
+        # an iSCSI SAN entry whose LUN partition no disk has.
+        writable = self.mbr_disk("0x0001abcd")
+        protected = self.mbr_disk("0x4e1f2a3b")
+        FirmwareManager.visible = [FirmwareManager.visible[0], protected]
+        self.add_entries(
+            "Boot0005* old MBR tenant\tHD(1,MBR,0x1abcd,0x800,0x2000)/File("
+            "\\EFI\\t\\shimx64.efi)\n"
+            "Boot0006* protected MBR OS\tHD(1,MBR,0x4e1f2a3b,0x800,0x2000)/"
+            "File(\\EFI\\o\\o.efi)\n"
+            "Boot0007* gone MBR disk\tHD(1,MBR,0xdeadbeef,0x800,0x2000)/File("
+            "\\EFI\\g\\shimx64.efi)\n"
+            "Boot0008* iSCSI SAN boot\tPciRoot(0x0)/Pci(0x2,0x0)/MAC("
+            "525400123456,1)/IPv4(192.168.0.10,6,Static,192.168.0.2,"
+            "192.168.0.1,255.255.255.0)/iSCSI(iqn.2020-01.test:lun0,1,0x0,"
+            "None,None,None,TCP)/HD(1,GPT,11111111-2222-4333-8444-"
+            "555555555555,0x800,0x100000)/File(\\EFI\\redhat\\"
+            "shimx64.efi)\n")
+        device = self.loops.create(96 * MIB)
+        task = self.prepare_and_run("with_loader", device,
+                                    include=[writable])
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        self.assertEqual(["0004", "0005", "0007"], sorted(
+            r["entry"] for r in task.result["boot_entries"]["removed"]))
+        self.assertEqual({"0000", "0001", "0002", "0003", "0006", "0008",
+                          "0010"}, set(self.entries()))
 
     def test_uefi_requested_on_a_bios_ramdisk_sets_up_the_disk_only(self):
         # No NVRAM to write: the agent's loaders go to the ESP and the
@@ -464,6 +535,36 @@ class DecomBootEntriesTest(UefiRunImageTestBase):
         self.assertEqual({"0000", "0001", "0002", "0003", "0004"},
                          set(self.entries()))
         self.assertNotIn("0009", FirmwareManager.config["boot_order"])
+
+    def test_entries_of_an_erased_mbr_disk_are_removed(self):
+        device = self.mbr_disk("0x0001abcd")
+        self.add_entries(
+            "Boot0009* MBR tenant\tHD(1,MBR,0x1abcd,0x800,0x2000)/File("
+            "\\EFI\\t\\shimx64.efi)\n"
+            "Boot000A* other MBR disk\tHD(1,MBR,0x1abce,0x800,0x2000)/File("
+            "\\EFI\\o\\shimx64.efi)\n")
+        task = self.erase(device)
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        self.assertEqual([{"entry": "0009", "label": "MBR tenant",
+                           "partition_uuid": None,
+                           "mbr_signature": "0x1abcd"}],
+                         task.result["boot_entries_removed"])
+        self.assertEqual({"0000", "0001", "0002", "0003", "0004", "000A"},
+                         set(self.entries()))
+
+    def test_an_identifier_a_surviving_disk_shares_stays(self):
+        # Both MBR disks kept signature 0: the entry may boot the one that
+        # is not erased.
+        device = self.mbr_disk("0x00000000")
+        survivor = self.mbr_disk("0x00000000")
+        FirmwareManager.visible = FirmwareManager.visible + [survivor]
+        self.add_entries(
+            "Boot0009* zero\tHD(1,MBR,0x0,0x800,0x2000)/File("
+            "\\EFI\\z\\shimx64.efi)\n")
+        task = self.erase(device)
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        self.assertEqual([], task.result["boot_entries_removed"])
+        self.assertIn("0009", self.entries())
 
     def test_the_option_turns_it_off(self):
         device = self.tenant_disk()

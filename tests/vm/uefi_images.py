@@ -23,8 +23,9 @@ command line, then: booted by grub (``BOOT_IMAGE=`` on the command line)
 it powers off; otherwise (``kexec``) it prints :data:`KEXEC_REBOOT` and
 reboots, so the firmware boots the disk next.
 
-Images are cached in ``<cache>/uefi-images-<hash>/`` keyed by this file
-and the bytes of every input (kernel, shim, grub, busybox).
+Images are cached in ``<cache>/uefi-images-<hash>/`` keyed by this file,
+:mod:`tests.vm.images` (whose marker and helpers they use) and the bytes
+of every input (kernel, shim, grub, busybox).
 """
 
 import hashlib
@@ -70,7 +71,10 @@ def _run(*argv, **kwargs):
 
 def _digest(paths, extra):
     digest = hashlib.sha256(extra.encode())
-    for path in [os.path.abspath(__file__)] + list(paths):
+    # This module and tests.vm.images (BOOTED_MARKER, the library
+    # lookup) shape the images as much as their inputs do.
+    sources = [os.path.abspath(__file__), os.path.abspath(images.__file__)]
+    for path in sources + list(paths):
         with open(path, "rb") as stream:
             for chunk in iter(lambda: stream.read(4 * MIB), b""):
                 digest.update(chunk)

@@ -23,6 +23,7 @@ partition table is edited (see :meth:`StandbyeExtension._pin`).
 # teeth_agent.disk.
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ import shutil
 import time
 
 from teeth_agent.disk import blockdev
+from teeth_agent.disk import esp
 from teeth_agent.disk import partitions
 from teeth_agent.disk import writer
 from teeth_agent.extensions import base
@@ -628,8 +630,14 @@ class StandbyeExtension(base.Extension):
             loader = boot.has_boot_loader(path, table, node_of)
             if loader is None and not processes.which("grub-install"):
                 raise processes.ToolNotFound(["grub-install"])
+        check = None
+        if mode == efi.UEFI and loader is None and not uefi.find_esps(table):
+            # The ESP the agent will create must fit next to the config
+            # drive: refused now, before the disk changes at all.
+            check = functools.partial(esp.check_room, path, table)
         task.progress(percent=10.0)
-        drive = self._write_config_drive(path, config_drive)
+        drive = self._write_config_drive(path, config_drive,
+                                         before_change=check)
         task.progress(percent=40.0)
         found = self._find_boot(path, table, node_of,
                                 exclude=drive["partition"])
@@ -692,7 +700,11 @@ class StandbyeExtension(base.Extension):
                 return found
         return None
 
-    def _write_config_drive(self, path, config_drive):
+    def _write_config_drive(self, path, config_drive, before_change=None):
+        """Build and write the config drive; ``before_change(size,
+        replaced)``, when given, is called once its size and the old
+        drives it replaces are known, before the table is changed (it
+        raises to refuse)."""
         max_size = self.conf.standbye.max_config_drive_size
         # ISO 9660 cannot be mounted on sectors over 2048 bytes: such
         # disks get a VFAT drive (cloud-init reads both by label).
@@ -711,11 +723,13 @@ class StandbyeExtension(base.Extension):
             finally:
                 if os.path.exists(image):
                     os.unlink(image)
+        old = self._old_config_drives(path)
+        if before_change is not None:
+            before_change(len(data), old)
         pin = self._pin(path, safety.ensure_writable(
             path, self.conf, self.hardware).get("devnum"))
         added = self.hardware.call("add_config_drive_partition", path,
-                                   len(data),
-                                   self._old_config_drives(path))
+                                   len(data), old)
         # sgdisk/sfdisk opened the device by its name: it must still be
         # the one checked, and still be eligible.
         pin["recheck"]()

@@ -231,8 +231,9 @@ class StaleEntriesTest(fixtures.FakeMachineTestCase):
         self.assertEqual([], self.stale(
             samples.V17, set(),
             {samples.DISK_GUID, samples.OLD_GUID, samples.WINDOWS_GUID}))
-        self.assertEqual([], self.stale(samples.V18, set(),
-                                        {samples.DISK_GUID}))
+        self.assertEqual([], self.stale(
+            samples.V18, set(),
+            {samples.DISK_GUID, efi.mbr_key(samples.MBR_SIGNATURE)}))
 
     def test_keep(self):
         self.assertEqual(["0005"], self.stale(
@@ -272,3 +273,150 @@ class SimulatedNvramTest(fixtures.FakeMachineTestCase):
         self.assertEqual(7, len(dispatcher.call("list_boot_entries")[
             "entries"]))
         self.assertEqual([["efibootmgr", "-v"]], self.tools.calls)
+
+
+class NetworkEntriesTest(fixtures.FakeMachineTestCase):
+    """PXE, HTTP boot and SAN boot entries are the firmware's or the
+    operator's: never stale, even when the disk node after iSCSI(),
+    Fibre() or an unknown fabric node names a partition no disk of this
+    machine has, or one of a disk the agent writes."""
+
+    def entries(self, text):
+        return {e["entry"]: e for e in efi.parse_efibootmgr(text)["entries"]}
+
+    def test_kinds_in_version_17(self):
+        entries = self.entries(samples.NETWORK_V17)
+        self.assertEqual(
+            {"0000": "firmware", "0001": "firmware", "0002": "network",
+             "0003": "network", "0004": "network", "0005": "network",
+             "0006": "network", "0007": "network", "0008": "network"},
+            {number: e["kind"] for number, e in entries.items()})
+        # The disk node is still read: only the kind keeps it safe.
+        self.assertEqual(samples.SAN_GUID, entries["0005"]["partition_uuid"])
+        self.assertEqual("\\EFI\\redhat\\shimx64.efi",
+                         entries["0005"]["loader"])
+        self.assertEqual(samples.FC_GUID, entries["0006"]["partition_uuid"])
+
+    def test_kinds_in_version_18(self):
+        entries = self.entries(samples.NETWORK_V18)
+        self.assertEqual(
+            {"0000": "firmware", "0001": "firmware", "0002": "network",
+             "0004": "network", "0005": "network"},
+            {number: e["kind"] for number, e in entries.items()})
+        self.assertEqual(samples.SAN_GUID, entries["0005"]["partition_uuid"])
+        self.assertEqual("\\EFI\\redhat\\shimx64.efi",
+                         entries["0005"]["loader"])
+
+    def test_never_stale_nor_removed_with_an_erased_disk(self):
+        every = {samples.SAN_GUID, samples.FC_GUID, samples.OLD_GUID,
+                 efi.mbr_key(samples.MBR_SIGNATURE)}
+        for text in (samples.NETWORK_V17, samples.NETWORK_V18):
+            config = efi.parse_efibootmgr(text)
+            # Dangling: no disk of this machine has the LUN's partition.
+            self.assertEqual([], efi.stale_entries(config, set(), set()))
+            # Even a writable disk with the same identifiers (the LUN
+            # seen as a local disk) does not make them disk entries.
+            self.assertEqual([], efi.stale_entries(config, every, every))
+            self.assertEqual([], efi.entries_for(config, every))
+
+    def test_the_iscsi_entry_of_the_audit(self):
+        # An iSCSI SAN entry next to a tenant's MBR entry: the tenant's
+        # (signature on no disk) is dangling, the SAN one is kept.
+        config = efi.parse_efibootmgr(
+            "BootOrder: 0001,0002\n"
+            "Boot0001* iSCSI SAN boot\tPciRoot(0x0)/Pci(0x2,0x0)/MAC("
+            "525400123456,1)/IPv4(192.168.0.2,6,DHCP,192.168.0.10,"
+            "192.168.0.1,255.255.255.0)/iSCSI(iqn.2020-01.test:lun,1,0,None,"
+            "None,None,TCP)/HD(1,GPT,%s,0x800,0x100000)/File(\\EFI\\"
+            "redhat\\shimx64.efi)\n"
+            "Boot0002* MBR tenant\tHD(1,MBR,0x4e1f2a3b,0x800,0x100000)/File("
+            "\\EFI\\debian\\shimx64.efi)\n" % samples.SAN_GUID)
+        self.assertEqual(["0002"], [e["entry"] for e in efi.stale_entries(
+            config, set(), {"deadbeef-0000-4000-8000-000000000000"})])
+
+    def test_a_loader_name_does_not_make_a_disk_entry_a_network_one(self):
+        # Only the nodes before the disk node count, so a tenant cannot
+        # make its entry unremovable by naming its loader "MAC(.efi".
+        for text in (
+                "Boot0001* t\tHD(1,GPT,%s,0x800,0x800)/File(\\EFI\\MAC("
+                "1)\\iSCSI(x).efi)\n",
+                "Boot0001* t\tHD(1,GPT,%s,0x800,0x800)/\\EFI\\x/Uri(a)\n"):
+            config = efi.parse_efibootmgr(text % samples.DISK_GUID)
+            self.assertEqual("disk", config["entries"][0]["kind"], text)
+            self.assertEqual(["0001"], [e["entry"] for e in efi.stale_entries(
+                config, {samples.DISK_GUID}, None)])
+
+    def test_a_label_naming_a_network_node_changes_nothing(self):
+        config = efi.parse_efibootmgr(
+            "Boot0001* PXE MAC(x) iSCSI(y)\tHD(1,GPT,%s,0x800,0x800)/File("
+            "\\EFI\\x.efi)\n" % samples.DISK_GUID)
+        self.assertEqual("disk", config["entries"][0]["kind"])
+
+    def test_version_0_5_network_node_before_the_disk(self):
+        config = efi.parse_efibootmgr(
+            "Boot0003* SAN ACPI(a0341d0,0)PCI(2,0)MAC(00155d010203,0)"
+            "IPv4(0.0.0.0:0<->0.0.0.0:0,0, 0iSCSI(iqn.x,1,0,None,None,None,"
+            "TCP)HD(1,800,64000,%s)File(\\EFI\\centos\\grubx64.efi)\n"
+            % samples.SAN_GUID)
+        self.assertEqual("network", config["entries"][0]["kind"])
+        self.assertEqual([], efi.stale_entries(config, set(), set()))
+
+
+class MbrEntriesTest(fixtures.FakeMachineTestCase):
+    """HD(n,MBR,0xSIG,...) entries are matched against the disks' MBR
+    identifiers: removed when the disk is written or erased, or when no
+    disk has the signature; kept for a disk the agent must not write."""
+
+    def stale(self, text, writable, known):
+        return [e["entry"] for e in efi.stale_entries(
+            efi.parse_efibootmgr(text), writable, known)]
+
+    def test_mbr_key(self):
+        self.assertEqual("mbr:0001abcd", efi.mbr_key("0x1abcd"))
+        self.assertEqual("mbr:0001abcd", efi.mbr_key("0x0001ABCD"))
+        self.assertEqual("mbr:0001abcd", efi.mbr_key(0x1abcd))
+        self.assertEqual("mbr:00000000", efi.mbr_key("0x0"))
+        for bad in (None, "", "0x", "0x123456789", "zz", "-1", -1,
+                    2 ** 32, True, "0x1 2", 1.5):
+            self.assertIsNone(efi.mbr_key(bad), bad)
+        self.assertEqual("mbr:0001abcd", efi.disk_id("MBR:0x0001abcd"))
+        self.assertIsNone(efi.disk_id("mbr:nope"))
+        self.assertIsNone(efi.disk_id("not-a-guid"))
+        self.assertEqual(samples.DISK_GUID,
+                         efi.disk_id(samples.DISK_GUID.upper()))
+
+    def test_entry_key(self):
+        entries = {e["entry"]: e for e in
+                   efi.parse_efibootmgr(samples.MBR_V17)["entries"]}
+        self.assertEqual("mbr:4e1f2a3b", efi.entry_key(entries["0001"]))
+        self.assertEqual("mbr:0001abcd", efi.entry_key(entries["0002"]))
+        self.assertEqual(samples.DISK_GUID, efi.entry_key(
+            efi.parse_efibootmgr(samples.V17)["entries"][4]))
+        self.assertIsNone(efi.entry_key(
+            efi.parse_efibootmgr(samples.V17)["entries"][2]))
+
+    def test_written_and_dangling_mbr_disks(self):
+        # 0001's disk is written, 0002's is one the agent must not write,
+        # 0003's signature is on no disk.
+        self.assertEqual(["0001", "0003"], self.stale(
+            samples.MBR_V17, {"mbr:4e1f2a3b"},
+            {"mbr:4e1f2a3b", "mbr:0001abcd"}))
+
+    def test_signature_without_leading_zeros_matches(self):
+        self.assertEqual(["0002"], self.stale(
+            samples.MBR_V17, {efi.mbr_key("0x0001abcd")},
+            {efi.mbr_key("0x0001abcd"), "mbr:4e1f2a3b", "mbr:deadbeef"}))
+
+    def test_no_dangling_rule_when_a_disk_could_not_be_read(self):
+        self.assertEqual([], self.stale(samples.MBR_V17, set(), None))
+
+    def test_a_gpt_guid_never_matches_an_mbr_entry(self):
+        self.assertEqual([], self.stale(
+            samples.MBR_V17, {samples.DISK_GUID},
+            {"mbr:4e1f2a3b", "mbr:0001abcd", "mbr:deadbeef"}))
+
+    def test_entries_for_an_erased_mbr_disk(self):
+        config = efi.parse_efibootmgr(samples.MBR_V17 + samples.V17)
+        self.assertEqual(["0002", "0004"], [
+            e["entry"] for e in efi.entries_for(
+                config, {"mbr:0001abcd", samples.DISK_GUID, "garbage"})])

@@ -203,7 +203,7 @@ class BootEntryPolicyTest(test_extension.ExtensionTestCase):
         self.nvram = self.dispatcher.managers[0][1]
 
     def uuids(self, by_disk):
-        return mock.patch.object(boot_entries, "partition_uuids",
+        return mock.patch.object(boot_entries, "disk_ids",
                                  side_effect=lambda path: set(by_disk[path]))
 
     def eligible(self, writable):
@@ -239,6 +239,110 @@ class BootEntryPolicyTest(test_extension.ExtensionTestCase):
         self.assertEqual(["0004", "0005"], [r["entry"] for r in removed])
         self.assertEqual(["0001", "0000", "0002", "0003", "0006"],
                          self.nvram.config["boot_order"])
+
+    def test_mbr_disks_written_protected_and_dangling(self):
+        # sda (being written) and sdb (protected) have MBR tables; the
+        # 0xdeadbeef disk of 0003 is gone.
+        self.nvram.config = efi.parse_efibootmgr(samples.MBR_V17)
+        by_disk = {"/dev/sda": ["mbr:4e1f2a3b"],
+                   "/dev/sdb": [efi.mbr_key("0x0001abcd")]}
+        with self.uuids(by_disk), self.eligible({"/dev/sda"}):
+            result = boot_entries.set_up_entry(
+                self.dispatcher, self.conf, "/dev/sda", 1,
+                "\\EFI\\debian\\shimx64.efi", "Debian 12")
+        self.assertEqual(
+            [{"entry": "0001", "label": "debian", "partition_uuid": None,
+              "mbr_signature": "0x4e1f2a3b"},
+             {"entry": "0003", "label": "gone", "partition_uuid": None,
+              "mbr_signature": "0xdeadbeef"}], result["removed"])
+        self.assertEqual({"0002", "0010"},
+                         {e["entry"] for e in self.nvram.config["entries"]})
+
+    def test_an_identifier_a_protected_disk_shares_is_kept(self):
+        # The image was cloned onto sdb too (same partition GUIDs), and
+        # both disks carry MBR signature 0: entries naming them may boot
+        # the protected disk, so neither goes.
+        self.nvram.config = efi.parse_efibootmgr(
+            samples.V17 + "Boot0007* zero\tHD(1,MBR,0x0,0x800,0x800)/File("
+            "\\EFI\\z\\shimx64.efi)\n")
+        by_disk = {"/dev/sda": [samples.DISK_GUID, "mbr:00000000"],
+                   "/dev/sdb": [samples.DISK_GUID, "mbr:00000000",
+                                samples.WINDOWS_GUID]}
+        with self.uuids(by_disk), self.eligible({"/dev/sda"}):
+            result = boot_entries.set_up_entry(
+                self.dispatcher, self.conf, "/dev/sda", 1,
+                "\\EFI\\debian\\shimx64.efi", "Debian 12")
+        # Only the dangling OLD_GUID entry.
+        self.assertEqual(["0005"], [r["entry"] for r in result["removed"]])
+        kept = {e["entry"] for e in self.nvram.config["entries"]}
+        self.assertTrue({"0004", "0006", "0007"} <= kept, kept)
+
+    def test_an_unreadable_mbr_identifier_stops_the_dangling_rule(self):
+        self.nvram.config = efi.parse_efibootmgr(samples.MBR_V17)
+        tables = {"/dev/sda": {"type": "dos", "id": "0x4e1f2a3b",
+                               "partitions": []},
+                  "/dev/sdb": {"type": "dos", "id": None, "partitions": []}}
+        with mock.patch.object(boot_entries.partitions, "read_table",
+                               side_effect=lambda path: tables[path]), \
+                self.eligible({"/dev/sda"}):
+            result = boot_entries.set_up_entry(
+                self.dispatcher, self.conf, "/dev/sda", 1,
+                "\\EFI\\debian\\shimx64.efi", "Debian 12")
+        # sdb's identifier is unknown: 0003 may boot it, so only the
+        # written disk's entry goes.
+        self.assertEqual(["0001"], [r["entry"] for r in result["removed"]])
+
+    def test_disk_ids(self):
+        tables = {
+            "gpt": {"type": "gpt",
+                    "id": "C0FFEE00-0000-4000-8000-000000000000",
+                    "partitions": [{"uuid": samples.DISK_GUID.upper()},
+                                   {"uuid": None}]},
+            "dos": {"type": "dos", "id": "0x0001ABCD",
+                    "partitions": [{"uuid": None}]},
+            "bad": {"type": "dos", "id": "0xnothex", "partitions": []},
+            "none": None}
+
+        def read_table(path):
+            if path == "broken":
+                raise boot_entries.partitions.PartitionError("unreadable")
+            return tables[path]
+        with mock.patch.object(boot_entries.partitions, "read_table",
+                               side_effect=read_table):
+            self.assertEqual({samples.DISK_GUID},
+                             boot_entries.disk_ids("gpt"))
+            self.assertEqual({"mbr:0001abcd"}, boot_entries.disk_ids("dos"))
+            self.assertIsNone(boot_entries.disk_ids("bad"))
+            self.assertEqual(set(), boot_entries.disk_ids("none"))
+            self.assertIsNone(boot_entries.disk_ids("broken"))
+
+    def test_after_erase_removes_an_erased_mbr_disk_entries(self):
+        self.nvram.config = efi.parse_efibootmgr(samples.MBR_V17)
+        by_disk = {"/dev/sda": ["mbr:4e1f2a3b"], "/dev/sdb": ["mbr:0001abcd"]}
+        with self.uuids(by_disk):
+            removed, error = boot_entries.after_erase(
+                self.dispatcher, {"/dev/sda": {"mbr:4e1f2a3b"},
+                                  "/dev/sdb": {"mbr:0001abcd"}},
+                ["/dev/sda"])
+        self.assertIsNone(error)
+        self.assertEqual(["0001"], [r["entry"] for r in removed])
+        self.assertEqual({"0002", "0003"},
+                         {e["entry"] for e in self.nvram.config["entries"]})
+
+    def test_after_erase_keeps_what_a_surviving_disk_shares(self):
+        # sda was erased; sdb (not erased) holds a clone with the same
+        # partition GUID: entry 0004 may boot sdb and stays. 0005 booted
+        # only sda's other partition and goes.
+        by_disk = {"/dev/sda": [], "/dev/sdb": [samples.DISK_GUID]}
+        with self.uuids(by_disk):
+            removed, error = boot_entries.after_erase(
+                self.dispatcher,
+                {"/dev/sda": {samples.DISK_GUID, samples.OLD_GUID}},
+                ["/dev/sda"])
+        self.assertIsNone(error)
+        self.assertEqual(["0005"], [r["entry"] for r in removed])
+        self.assertIn("0004", {e["entry"]
+                               for e in self.nvram.config["entries"]})
 
     def test_current_state_without_a_manager(self):
         dispatcher = hardware.build_dispatcher(
