@@ -33,6 +33,9 @@ CRYPT = "crypt"
 MULTIPATH = "multipath"
 DM = "dm"
 BCACHE = "bcache"
+#: A holder that is none of the above (DRBD, a vendor driver's device):
+#: the generic manager does not dismantle it.
+OTHER = "other"
 
 #: How long a bcache device may take to go away after ``stop``.
 BCACHE_STOP_TIMEOUT = 30.0
@@ -116,6 +119,9 @@ def layer_kind(name, conf):
         return MD
     if re.fullmatch(r"bcache\d+", name):
         return BCACHE
+    if not (re.fullmatch(r"dm-\d+", name) or
+            os.path.isdir(_block(conf, name, "dm"))):
+        return OTHER
     uuid = sysfs.read_text(_block(conf, name, "dm", "uuid")) or ""
     if uuid.startswith("CRYPT-"):
         return CRYPT
@@ -311,6 +317,12 @@ def dismantle(manager, stack, sleep=time.sleep, clock=time.monotonic):
                                          dm_name or name])
             elif kind == BCACHE:
                 _stop_bcache(steps, conf, layer, sleep, clock)
+            elif kind == OTHER:
+                # dmsetup would only fail on it, saying less.
+                raise TeardownError(
+                    "%s is not an md, device-mapper or bcache device; the "
+                    "generic manager cannot dismantle it (stop it first)"
+                    % name)
             else:
                 _run(steps, name, kind, ["dmsetup", "remove",
                                          dm_name or name])

@@ -189,6 +189,27 @@ class TestBlockDevices(GenericTestCase):
         self.machine.add_holder("sda1", "md127")
         self.assertEqual(["sda"], sorted(self.devices()))
 
+    def test_virtual_and_remote_block_devices_are_left_out(self):
+        # What a ramdisk may see besides disks; each has a size, so only
+        # its name (or sysfs "hidden") tells it is not a disk to erase.
+        self.machine.add_disk("sdb", 2 ** 30)
+        self.machine.add_disk("nvme0n1", 2 ** 30, transport="nvme")
+        virtual = ["bcache0", "drbd1", "nbd0", "rbd0", "etherd!e0.0",
+                   "nullb0", "ublkb0", "zd0", "zram1", "ram3", "md0p1"]
+        for name in virtual:
+            self.machine.add_disk(name, 2 ** 20, transport=None)
+        self.machine.add_holder("sdb", "bcache0")
+        self.machine.add_holder("sdb", "drbd1")
+        # Native NVMe multipath: the per-path disk is hidden.
+        self.machine.add_disk("nvme0c0n1", 2 ** 30, transport="nvme")
+        with open(self.machine.sys("class", "block", "nvme0c0n1", "hidden"),
+                  "w") as stream:
+            stream.write("1\n")
+        with open(self.machine.sys("class", "block", "nvme0n1", "hidden"),
+                  "w") as stream:
+            stream.write("0\n")
+        self.assertEqual(["nvme0n1", "sdb"], sorted(self.devices()))
+
     def test_missing_attributes_degrade_to_none(self):
         self.machine.add_disk("sda", 2 ** 30, model="M")
         directory = self.machine.sys("class", "block", "sda")

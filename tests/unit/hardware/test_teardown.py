@@ -140,9 +140,10 @@ class PlanTest(testing.HardwareManagerTestCase, base.TestCase):
         self.machine.add_holder("sda", "dm-4", dm_name="mpatha")
         set_dm(self.machine, "dm-4", "mpatha", "mpath-3600a0b80")
         self.machine.add_holder("sda", "dm-5", dm_name="plain")
-        self.assertEqual(("bcache", "multipath", "dm"), tuple(
+        self.machine.add_holder("sda", "drbd1")
+        self.assertEqual(("bcache", "multipath", "dm", "other"), tuple(
             teardown.layer_kind(name, self.conf)
-            for name in ("bcache0", "dm-4", "dm-5")))
+            for name in ("bcache0", "dm-4", "dm-5", "drbd1")))
 
     def test_lvm_names(self):
         self.assertEqual(("vg0", "root"), teardown.lvm_names("vg0-root"))
