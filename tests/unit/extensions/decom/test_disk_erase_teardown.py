@@ -5,6 +5,7 @@ import functools
 import os
 from unittest import mock
 
+from teeth_agent.hardware import base as hardware_base
 from teeth_agent.hardware import erase
 from teeth_agent.hardware import generic
 from teeth_agent.hardware import teardown
@@ -40,9 +41,9 @@ class StackedDisksCase(testing.HardwareManagerTestCase, base.TestCase):
                           "O_DIRECT")
         return path
 
-    def use_tools(self, leave=(), by_dm_name=None):
+    def use_tools(self, leave=(), by_dm_name=None, fail=()):
         tools = test_teardown.StackingTools(
-            self.machine, by_dm_name or {"vg0-data": "dm-0"}, leave)
+            self.machine, by_dm_name or {"vg0-data": "dm-0"}, leave, fail)
         original = processes._spawn
         processes._spawn = tools.spawn
         self.addCleanup(setattr, processes, "_spawn", original)
@@ -80,7 +81,7 @@ class DiskEraseTeardownTest(StackedDisksCase):
                          (first["outcome"], second["outcome"]))
         commands = [step["command"] for step in first["teardown"]]
         self.assertEqual(
-            ["lvchange --activate n vg0/data", "mdadm --stop /dev/md0",
+            ["vgchange --activate n vg0", "mdadm --stop /dev/md0",
              "mdadm --zero-superblock %s" % self.paths[0],
              "mdadm --zero-superblock %s" % self.paths[1]], commands)
         self.assertEqual(first["teardown"], second["teardown"])
@@ -123,7 +124,7 @@ class DiskEraseTeardownTest(StackedDisksCase):
                       entry["detail"])
         self.assertEqual("excluded", entries[self.paths[1]]["outcome"])
         self.assertEqual("erased", entries[self.paths[2]]["outcome"])
-        self.assertFalse(any(call[0] in ("mdadm", "lvchange")
+        self.assertFalse(any(call[0] in ("mdadm", "vgchange")
                              for call in tools.calls))
         with open(self.paths[0], "rb") as stream:
             self.assertEqual(before, stream.read())
@@ -152,6 +153,50 @@ class DiskEraseTeardownTest(StackedDisksCase):
         self.assertEqual([], entries[self.paths[2]]["teardown"])
         self.assertEqual(sorted(self.paths[:2]),
                          sorted(task.details["not_erased"]))
+
+    def test_a_failed_step_fails_the_stack_s_disks_with_the_steps(self):
+        tools = self.use_tools(fail={"vgchange"})
+        with open(self.paths[0], "rb") as stream:
+            before = stream.read()
+        task = self.erase(["/dev/vda", "/dev/vdb", "/dev/vdc"])
+        self.assertEqual(tasks.ERROR, task.state)
+        entries = {e["path"]: e for e in task.details["devices"]}
+        for path in self.paths[:2]:
+            entry = entries[path]
+            self.assertEqual(("failed", None),
+                             (entry["outcome"], entry["method"]))
+            self.assertEqual(
+                "teardown failed: tearing down vg0 failed: vgchange "
+                "--activate n vg0 failed (exit status 5): Logical volume "
+                "vg0/data in use.", entry["error"])
+            self.assertEqual(
+                [{"layer": "vg0", "kind": "lvm", "layers": ["dm-0"],
+                  "command": "vgchange --activate n vg0",
+                  "result": "failed", "error": "vgchange --activate n vg0 "
+                  "failed (exit status 5): Logical volume vg0/data in "
+                  "use."}], entry["teardown"])
+            self.assertEqual(path.rsplit("/", 1)[1].upper(), entry["serial"])
+        self.assertEqual("erased", entries[self.paths[2]]["outcome"])
+        # Nothing below the failed step ran, nothing of the disks written.
+        self.assertFalse(any(call[0] == "mdadm" for call in tools.calls))
+        with open(self.paths[0], "rb") as stream:
+            self.assertEqual(before, stream.read())
+
+    def test_a_stack_no_manager_can_dismantle_fails_its_disks(self):
+        class Declining(generic.GenericHardwareManager):
+            def dismantle_stack(self, stack):
+                raise hardware_base.IncompatibleHardwareMethodError()
+
+        self.dispatcher = self.build_dispatcher([("declining", Declining)])
+        tools = self.use_tools()
+        task = self.erase(["/dev/vda", "/dev/vdb"])
+        self.assertEqual(tasks.ERROR, task.state)
+        for entry in task.details["devices"]:
+            self.assertEqual(("failed", [], "teardown failed: no hardware "
+                              "manager can dismantle dm-0, md0"),
+                             (entry["outcome"], entry["teardown"],
+                              entry["error"]))
+        self.assertEqual([], tools.calls)
 
 
 class DefaultScopeStacksTest(StackedDisksCase):
