@@ -751,10 +751,20 @@ class GenericHardwareManager(base.HardwareManager):
                                    progress=progress)
 
     def _available_memory(self):
-        with open(self._proc("meminfo")) as stream:
-            for line in stream:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+        """``MemAvailable`` of /proc/meminfo, in bytes; a file that cannot
+        be read or holds no such number is a HardwareManagerError (the
+        check fails saying why, it never tests a guessed size)."""
+        try:
+            with open(self._proc("meminfo"), encoding="ascii",
+                      errors="replace") as stream:
+                lines = stream.read(1 << 20).splitlines()
+        except OSError as exc:
+            raise base.HardwareManagerError(
+                "cannot read /proc/meminfo: %s" % (exc.strerror or exc))
+        for line in lines:
+            match = re.fullmatch(r"MemAvailable:\s*(\d+) kB\s*", line)
+            if match:
+                return int(match.group(1)) * 1024
         raise base.HardwareManagerError("/proc/meminfo has no MemAvailable")
 
     def run_memory_test(self, size_bytes, free_fraction, loops, progress):

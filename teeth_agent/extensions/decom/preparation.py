@@ -52,9 +52,19 @@ def prepare_namespaces(conf, dispatcher, targets, prepared):
         else:
             _reset_namespaces(conf, dispatcher, controller, present, report,
                               covered, prepared)
+        if not report["reset"] and "left_with" not in report:
+            report["note"] = OUTSIDE_NAMESPACES_NOTE
         for path in paths:
             reports[path] = report
     return reports, covered
+
+
+#: What an erase namespace by namespace does not reach, said in each such
+#: result (``namespaces.note``).
+OUTSIDE_NAMESPACES_NOTE = (
+    "each namespace is erased on its own: capacity of the drive outside its "
+    "namespaces (unallocated NVM capacity) is left untouched; a sanitize "
+    "(the whole drive) or [decom] nvme_reset_namespaces reaches it")
 
 
 def namespaces_in_use(conf, dispatcher, controller, expected):

@@ -141,7 +141,14 @@ class NamespacesTest(NamespacesCase):
                               "reset": False,
                               "detail": "erased namespace by namespace "
                                         "([decom] nvme_reset_namespaces is "
-                                        "off)"}, entry["namespaces"])
+                                        "off)",
+                              "note": "each namespace is erased on its own: "
+                                      "capacity of the drive outside its "
+                                      "namespaces (unallocated NVM "
+                                      "capacity) is left untouched; a "
+                                      "sanitize (the whole drive) or [decom] "
+                                      "nvme_reset_namespaces reaches it"},
+                             entry["namespaces"])
             self.assertIn("the controller has 2 namespaces", {
                 skipped["method"]: skipped["reason"]
                 for skipped in entry["skipped_methods"]}[
@@ -172,6 +179,7 @@ class NamespacesTest(NamespacesCase):
              "nvme ns-rescan %s" % controller],
             [step["command"] for step in report["steps"]])
         self.assertEqual(os.path.join(dev, "nvme0n1"), report["namespace"])
+        self.assertNotIn("note", report)
         self.assertEqual(os.path.join(dev, "nvme0n2"), second["path"])
         self.assertEqual(first["path"], second["covered_by"])
         self.assertEqual("erased", second["outcome"])
@@ -186,6 +194,8 @@ class NamespacesTest(NamespacesCase):
         self.assertFalse(entry["namespaces"]["reset"])
         self.assertIn("would delete %s" % self.machine.dev_path("nvme0n2"),
                       entry["namespaces"]["detail"])
+        self.assertIn("outside its namespaces (unallocated NVM capacity) is "
+                      "left untouched", entry["namespaces"]["note"])
         self.assertEqual([], drive.commands("delete-ns"))
 
     def test_a_drive_without_namespace_management_is_erased_alone(self):
@@ -234,6 +244,7 @@ class ResetRecheckTest(NamespacesCase):
             report = entry.get("namespaces")
             if report is not None:
                 self.assertFalse(report["reset"])
+                self.assertIn("left untouched", report["note"])
                 self.assertIn("nothing was deleted", report["detail"])
                 self.assertIn(why, report["detail"])
         entries = {entry["path"]: entry for entry in devices}
@@ -406,6 +417,7 @@ class ResetFailureTest(NamespacesCase):
             self.assertEqual("failed", entry["outcome"])
             report = entry["namespaces"]
             self.assertEqual(shown, report["left_with"])
+            self.assertNotIn("note", report)
             self.assertIn("steps done: none; the kernel now shows %s; "
                           "nothing was erased" % ", ".join(shown),
                           report["detail"])
