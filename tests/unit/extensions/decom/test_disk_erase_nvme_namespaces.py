@@ -352,6 +352,44 @@ class ResetRecheckTest(NamespacesCase):
                          [devices[path]["serial"] for path in (first,
                                                                second)])
 
+    def test_without_the_option_a_late_mount_skips_that_namespace(self):
+        self.set_config(**{"decom.nvme_reset_namespaces": False})
+        drive = self.drive()
+        self.after_teardown(
+            lambda: self.machine.add_mount("nvme0n2", "/srv/tenant"))
+        task = self.erase(["nvme0n1", "nvme0n2"])
+        self.assertEqual(tasks.ERROR, task.state)
+        first, second = task.details["devices"]
+        self.assertEqual(("erased", "nvme_format_crypto"),
+                         (first["outcome"], first["method"]))
+        self.assertEqual(("skipped", "mounted"),
+                         (second["outcome"], second["reason"]))
+        self.assertEqual([], drive.commands("delete-ns"))
+        self.assertEqual([self.machine.dev_path("nvme0n1")],
+                         [call[2] for call in drive.commands("format")])
+
+    def test_a_failed_teardown_of_a_namespace_prevents_the_reset(self):
+        drive = self.drive()
+        original = preparation.tear_down
+
+        def failed(conf, dispatcher, targets):
+            prepared = original(conf, dispatcher, targets)
+            prepared[targets[1]]["error"] = "teardown failed: md9 stayed"
+            return prepared
+
+        patcher = mock.patch.object(preparation, "tear_down", failed)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+        task = self.erase(["nvme0n1", "nvme0n2"])
+        self.assertEqual(tasks.ERROR, task.state)
+        first, second = task.details["devices"]
+        self.assertEqual("not reset: the teardown of a namespace failed",
+                         first["namespaces"]["detail"])
+        self.assertEqual(("erased", "failed"),
+                         (first["outcome"], second["outcome"]))
+        self.assertEqual("teardown failed: md9 stayed", second["error"])
+        self.assertEqual([], drive.commands("delete-ns"))
+
     def test_nothing_busy_still_resets(self):
         # The checks do not refuse a drive nobody uses.
         drive = self.drive()
