@@ -3,10 +3,13 @@ records.
 
 FILE is one record, a list of records, a ``decom.disk_erase`` result (or
 the task state holding it) or JSON lines, ``-`` for standard input. One
-line is printed per record, ``valid`` or ``INVALID`` with the reason;
-entries of a result for which nothing was erased (skipped, excluded) are
-listed and do not count. Exit status: 0 when every record is valid, 1 when
-any is invalid, 2 when the file or the key cannot be used. Needs no agent
+line is printed per record, ``valid`` or ``INVALID`` with the reason.
+Every signed record is verified whatever its outcome; an unsigned entry
+for which no erase was attempted (skipped, excluded, with only the fields
+such an entry has) is listed and checks nothing
+(:func:`evidence.check_record`). Exit status: 0 when every record is
+valid and at least one was verified, 1 when any is invalid or none was
+verified, 2 when the file or the key cannot be used. Needs no agent
 configuration: an auditor runs it anywhere the package is installed.
 """
 
@@ -60,18 +63,25 @@ def main(argv, out=None, err=None):
         print("teeth-agent verify-evidence: cannot read %s: %s."
               % (args.file, getattr(exc, "strerror", None) or exc), file=err)
         return 2
-    invalid = 0
+    invalid = verified = 0
     for label, record in records:
-        if isinstance(record, dict) and \
-                record.get("outcome") in evidence.NOT_ERASE_RECORDS:
-            print("%s: %s: not an erase record (outcome %s)"
-                  % (label, evidence.describe(record), record["outcome"]),
-                  file=out)
+        verdict = evidence.check_record(record, key)
+        if verdict is None:
+            print("%s: %s: not an erase record (outcome %s, unsigned): "
+                  "nothing to check" % (label, evidence.describe(record),
+                                        record["outcome"]), file=out)
             continue
-        verdict = evidence.verify_record(record, key)
-        if not verdict.valid:
+        if verdict.valid:
+            verified += 1
+        else:
             invalid += 1
         print("%s: %s: %s: %s" % (label, evidence.describe(record),
                                   "valid" if verdict.valid else "INVALID",
                                   verdict.reason), file=out)
+    if not verified and not invalid:
+        print("teeth-agent verify-evidence: nothing was verified: the file "
+              "holds no signed erase record, only %d entr%s for which no "
+              "erase was attempted." % (len(records), "y" if len(records) ==
+                                        1 else "ies"), file=err)
+        return 1
     return 1 if invalid else 0

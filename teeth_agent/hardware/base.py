@@ -234,15 +234,17 @@ class HardwareManager:
         """Take apart what is stacked on disks that are about to be erased.
 
         ``stack`` is ``{"disks": [paths], "layers": [{"name" (kernel
-        name), "kind" ("md", "lvm", "crypt", "multipath", "dm" or
-        "bcache"), "dm_name", "lower" (kernel names)}] (top first, the
-        order to stop them in), "members": [{"path", "name", "kind"}]
-        (the disks and partitions the bottom layers sit on, whose labels
-        to wipe)}``. The agent has already refused a stack that is in use
-        or reaches beyond the disks being erased, and re-reads sysfs
-        afterwards. Return the steps, each ``{"layer", "kind", "command",
-        "result" ("done" or "failed"), "error"?}``; raise
-        :class:`HardwareManagerError` when a step fails.
+        name), "kind" ("md", "lvm", "crypt", "multipath", "dm", "bcache"
+        or "other"), "dm_name", "lower" (kernel names)}] (top first, the
+        order to stop them in; the volumes of one LVM volume group, hidden
+        ones included, are next to each other), "members": [{"path",
+        "name", "kind"}] (the disks and partitions the bottom layers sit
+        on, whose labels to wipe)}``. The agent has already refused a
+        stack that is in use or reaches beyond the disks being erased
+        (every volume of a volume group counts as part of the stack), and
+        re-reads sysfs afterwards. Return the steps, each ``{"layer",
+        "kind", "command", "result" ("done" or "failed"), "error"?}``;
+        raise :class:`HardwareManagerError` when a step fails.
         """
         raise IncompatibleHardwareMethodError()
 

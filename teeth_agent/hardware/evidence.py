@@ -236,8 +236,39 @@ def verify_record(record, public_key):
 
 
 #: Outcomes of a result entry for which no erase was attempted: such an
-#: entry carries no evidence.
+#: entry carries no evidence and the agent does not sign it.
 NOT_ERASE_RECORDS = ("skipped", "excluded")
+
+#: The only fields of such an entry (``covered_by`` and ``namespaces`` when
+#: it stands for an NVMe namespace a reset replaced).
+NOT_ERASE_FIELDS = frozenset(("path", "outcome", "reason", "detail",
+                              "covered_by", "namespaces"))
+
+
+def check_record(record, public_key):
+    """Check one record of an evidence file: a :class:`Verdict`, or None
+    when there is nothing to check.
+
+    Every record that carries a signature (or names a signing key) is
+    verified, whatever its ``outcome``: a signed erase record edited to
+    ``skipped`` fails. Nothing is checked only for an unsigned entry for
+    which no erase was attempted (``outcome`` skipped or excluded) that
+    holds nothing but the fields such an entry has; an unsigned one with
+    anything more (a serial, a method, timestamps) is invalid: the agent
+    would have signed it, so it is an erase record with its signature
+    removed, or made up. Other unsigned records are invalid too.
+    """
+    if isinstance(record, dict) and SIGNATURE not in record and \
+            FINGERPRINT not in record and \
+            record.get("outcome") in NOT_ERASE_RECORDS:
+        extra = sorted(set(record) - NOT_ERASE_FIELDS)
+        if not extra:
+            return None
+        return Verdict(False, "the record has no signature, and its outcome "
+                       "%s comes with fields only an erase record has (%s): "
+                       "a signed record whose signature was removed, or one "
+                       "made up" % (record["outcome"], ", ".join(extra)))
+    return verify_record(record, public_key)
 
 
 def parse_records(text):

@@ -13,7 +13,7 @@ the raw sysfs attributes; without udevd (the agent's ramdisk may run none)
 the same fields come from sysfs alone.
 """
 
-# Size: 755 lines, over the ~500 guideline: GenericHardwareManager is one
+# Size: 821 lines, over the ~500 guideline: GenericHardwareManager is one
 # manager class (566 lines): its dispatched methods are the interface of
 # hardware/base.py, one by one.
 
@@ -50,9 +50,17 @@ MIN_INSTALL_DEVICE_BYTES = 4 * GIB
 EFI_GLOBAL_GUID = efi.EFI_GLOBAL_GUID
 
 # Kernel name prefixes of block devices that are never disks in their own
-# right: RAM disks, compressed swap, stacked devices (reported as holders
-# of the disks they sit on), optical and floppy drives.
-_NOT_DISK_PREFIXES = ("ram", "zram", "dm-", "md", "sr", "fd", "nbd")
+# right: RAM disks and compressed swap (ram, zram, brd's ram too), stacked
+# devices, reported as holders of the disks they sit on (dm-, md, bcache,
+# drbd: a DRBD device also replicates every write to its peer), devices
+# whose blocks are on another machine (nbd, rbd: Ceph, etherd: ATA over
+# Ethernet), devices with no blocks of their own (nullb: null_blk, ublkb:
+# a user-space server, zd: a ZFS volume, its pool's disks are the disks),
+# optical and floppy drives. Hidden disks (sysfs ``hidden``: the per-path
+# nvmeXcYnZ of native NVMe multipath) have no device node and are left out
+# too.
+_NOT_DISK_PREFIXES = ("ram", "zram", "dm-", "md", "bcache", "drbd", "nbd",
+                      "rbd", "etherd", "nullb", "ublkb", "zd", "sr", "fd")
 
 _PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 _PCI_ID = re.compile(r"^0x[0-9a-fA-F]+$")
@@ -312,6 +320,8 @@ class GenericHardwareManager(base.HardwareManager):
         for name in sorted(names):
             directory = os.path.join(block, name)
             if name.startswith(_NOT_DISK_PREFIXES):
+                continue
+            if sysfs.read_text(os.path.join(directory, "hidden")) == "1":
                 continue
             if os.path.exists(os.path.join(directory, "partition")):
                 continue
@@ -741,10 +751,20 @@ class GenericHardwareManager(base.HardwareManager):
                                    progress=progress)
 
     def _available_memory(self):
-        with open(self._proc("meminfo")) as stream:
-            for line in stream:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+        """``MemAvailable`` of /proc/meminfo, in bytes; a file that cannot
+        be read or holds no such number is a HardwareManagerError (the
+        check fails saying why, it never tests a guessed size)."""
+        try:
+            with open(self._proc("meminfo"), encoding="ascii",
+                      errors="replace") as stream:
+                lines = stream.read(1 << 20).splitlines()
+        except OSError as exc:
+            raise base.HardwareManagerError(
+                "cannot read /proc/meminfo: %s" % (exc.strerror or exc))
+        for line in lines:
+            match = re.fullmatch(r"MemAvailable:\s*(\d+) kB\s*", line)
+            if match:
+                return int(match.group(1)) * 1024
         raise base.HardwareManagerError("/proc/meminfo has no MemAvailable")
 
     def run_memory_test(self, size_bytes, free_fraction, loops, progress):

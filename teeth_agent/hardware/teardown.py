@@ -33,6 +33,9 @@ CRYPT = "crypt"
 MULTIPATH = "multipath"
 DM = "dm"
 BCACHE = "bcache"
+#: A holder that is none of the above (DRBD, a vendor driver's device):
+#: the generic manager does not dismantle it.
+OTHER = "other"
 
 #: How long a bcache device may take to go away after ``stop``.
 BCACHE_STOP_TIMEOUT = 30.0
@@ -116,6 +119,9 @@ def layer_kind(name, conf):
         return MD
     if re.fullmatch(r"bcache\d+", name):
         return BCACHE
+    if not (re.fullmatch(r"dm-\d+", name) or
+            os.path.isdir(_block(conf, name, "dm"))):
+        return OTHER
     uuid = sysfs.read_text(_block(conf, name, "dm", "uuid")) or ""
     if uuid.startswith("CRYPT-"):
         return CRYPT
@@ -149,6 +155,9 @@ def plan(names, conf):
     for holder, below in lower.items():
         for device in below:
             holders.setdefault(device, set()).add(holder)
+    # The volumes of a volume group are dismantled together (vgchange), so
+    # they belong to one stack even on disks that share nothing else.
+    groups = _group_map(conf)
     seen = set()
     stacks, refused = [], {}
     for start in names:
@@ -167,6 +176,8 @@ def plan(names, conf):
             for device in [node] + partitions:
                 pending.extend(holders.get(device, ()))
             pending.extend(lower.get(node, ()))
+            if node in lower:
+                pending.extend(groups.get(_volume_group(node, conf), ()))
         layers = {node for node in nodes if node in lower}
         disks = sorted({_whole_disk(node, conf) for node in nodes
                         if _whole_disk(node, conf) not in lower})
@@ -174,13 +185,43 @@ def plan(names, conf):
         if not layers:
             continue
         reason = _refusal(disks, names, layers, conf)
+        if not reason:
+            try:
+                stack = _stack(disks, layers, lower, conf)
+            except _Cycle as exc:
+                reason = str(exc)
         if reason:
             for disk in disks:
                 if disk in names:
                     refused[disk] = reason
             continue
-        stacks.append(_stack(disks, layers, lower, conf))
+        stacks.append(stack)
     return Plan(tuple(stacks), refused)
+
+
+class _Cycle(Exception):
+    """The layers cannot be put in an order (a volume group stacked on
+    itself through another layer)."""
+
+
+def _volume_group(name, conf):
+    """The volume group of the LVM layer ``name``, or None when ``name``
+    is no LVM layer (or its device-mapper name says no group)."""
+    if layer_kind(name, conf) != LVM:
+        return None
+    return lvm_volume_group(sysfs.read_text(_block(conf, name, "dm",
+                                                   "name")))
+
+
+def _group_map(conf):
+    """``{volume group: [kernel names of its dm devices]}`` over sysfs."""
+    groups = {}
+    for name in sysfs.listdir(_block(conf)):
+        if re.fullmatch(r"dm-\d+", name):
+            group = _volume_group(name, conf)
+            if group:
+                groups.setdefault(group, []).append(name)
+    return groups
 
 
 def _refusal(disks, names, layers, conf):
@@ -210,14 +251,35 @@ def _stack(disks, layers, lower, conf):
         # A partition of a layer (md0p1) counts as that layer.
         return _whole_disk(name, conf)
 
-    def level(name):
-        if name not in height:
-            height[name] = 1 + max([level(owner(below))
-                                    for below in lower[name]
-                                    if owner(below) in lower] or [0])
-        return height[name]
+    # The volumes of one volume group are one node: vgchange deactivates
+    # them together, so every layer above any of them goes first and
+    # every layer below any of them (the PVs' md, bcache...) after.
+    groups = {name: ("lvm", _volume_group(name, conf))
+              if _volume_group(name, conf) else ("layer", name)
+              for name in layers}
+    members = {}
+    for name in layers:
+        members.setdefault(groups[name], []).append(name)
 
-    ordered = sorted(layers, key=lambda name: (-level(name), name))
+    def level(group, visiting=()):
+        if group in visiting:
+            cycle = visiting[visiting.index(group):]
+            raise _Cycle("the layers %s cannot be dismantled in any order "
+                         "(volume group %s is stacked on itself through %s)"
+                         % (", ".join(sorted(layers)), ", ".join(
+                             g[1] for g in cycle if g[0] == "lvm"),
+                            ", ".join(g[1] for g in cycle
+                                      if g[0] != "lvm")))
+        if group not in height:
+            below = {groups[owner(device)] for name in members[group]
+                     for device in lower[name] if owner(device) in lower}
+            below.discard(group)
+            height[group] = 1 + max([level(other, visiting + (group,))
+                                     for other in below] or [0])
+        return height[group]
+
+    ordered = sorted(layers, key=lambda name: (-level(groups[name]),
+                                               groups[name], name))
     built = tuple(Layer(name, layer_kind(name, conf),
                         sysfs.read_text(_block(conf, name, "dm", "name")),
                         tuple(sorted(lower[name]))) for name in ordered)
@@ -247,24 +309,53 @@ def remaining(disks, conf):
 
 def lvm_names(dm_name):
     """``(volume group, logical volume)`` from an LVM device-mapper name
-    (``vg-lv``, a ``-`` inside a name doubled), or None."""
+    (``vg-lv``, a ``-`` inside a name doubled), or None. A hidden layer's
+    name (``vg-pool-tpool``, ``vg-origin-real``, ``vg-snap-cow``) gives
+    None: it is no volume of its own (see :func:`lvm_volume_group`)."""
     match = re.fullmatch(r"((?:[^-]|--)+)-((?:[^-]|--)+)", dm_name or "")
     if not match:
         return None
     return match.group(1).replace("--", "-"), match.group(2).replace("--", "-")
 
 
-def _run(steps, layer, kind, argv):
+def lvm_volume_group(dm_name):
+    """The volume group in an LVM device-mapper name, or None: what comes
+    before the first single ``-`` (a ``-`` in a group's name is doubled),
+    for volumes and for the hidden layers LVM builds under them
+    (``vg-pool_tmeta``, ``vg-pool-tpool``, ``vg-lv_rimage_0``,
+    ``vg-origin-real``, ``vg-snap-cow``, ...) alike."""
+    match = re.match(r"((?:[^-]|--)+)-(?!-)", dm_name or "")
+    if not match or match.end() == len(dm_name):
+        return None
+    return match.group(1).replace("--", "-")
+
+
+def _run(steps, layer, kind, argv, covers=None):
     command = " ".join(argv)
+    step = {"layer": layer, "kind": kind, "command": command}
+    if covers is not None:
+        step["layers"] = list(covers)
     try:
         processes.execute(*argv)
     except processes.ProcessError as exc:
-        steps.append({"layer": layer, "kind": kind, "command": command,
-                      "result": "failed", "error": str(exc)})
+        steps.append(dict(step, result="failed", error=str(exc)))
         raise TeardownError("tearing down %s failed: %s" % (layer, exc)) \
             from exc
-    steps.append({"layer": layer, "kind": kind, "command": command,
-                  "result": "done"})
+    steps.append(dict(step, result="done"))
+
+
+def _remove_multipath(steps, name, map_name):
+    """``multipath -f MAP`` where multipath-tools are installed: it turns
+    queueing off first (a map with ``queue_if_no_path`` and no path left
+    would hang a bare remove) and keeps multipathd's view right. Without
+    them (the agent's ramdisk; then no multipathd runs either), the same
+    by hand: ``fail_if_no_path``, then ``dmsetup remove --retry``."""
+    if processes.which("multipath"):
+        _run(steps, name, MULTIPATH, ["multipath", "-f", map_name])
+        return
+    _run(steps, name, MULTIPATH, ["dmsetup", "message", map_name, "0",
+                                  "fail_if_no_path"])
+    _run(steps, name, MULTIPATH, ["dmsetup", "remove", "--retry", map_name])
 
 
 def _write_sysfs(steps, layer, path):
@@ -291,26 +382,42 @@ def dismantle(manager, stack, sleep=time.sleep, clock=time.monotonic):
     """
     conf = manager.conf
     steps = []
+    groups = {}
+    for layer in stack["layers"]:
+        group = lvm_volume_group(layer["dm_name"]) \
+            if layer["kind"] == LVM else None
+        if group:
+            groups.setdefault(group, []).append(layer["name"])
+    deactivated = set()
     try:
         for layer in stack["layers"]:
             name, kind, dm_name = layer["name"], layer["kind"], \
                 layer["dm_name"]
+            group = lvm_volume_group(dm_name) if kind == LVM else None
             if kind == MD:
                 _run(steps, name, kind, ["mdadm", "--stop", "/dev/%s" % name])
             elif kind == CRYPT:
                 _run(steps, name, kind, ["cryptsetup", "close", dm_name])
-            elif kind == LVM and lvm_names(dm_name):
-                volume_group, volume = lvm_names(dm_name)
-                _run(steps, name, kind, ["lvchange", "--activate", "n",
-                                         "%s/%s" % (volume_group, volume)])
+            elif group:
+                # Once per volume group, for its volumes and the hidden
+                # layers under them (thin pool _tmeta/_tdata/-tpool, raid
+                # _rimage_N/_rmeta_N, snapshot -real/-cow, cache pools),
+                # which lvchange or dmsetup could not take down one by one.
+                if group not in deactivated:
+                    deactivated.add(group)
+                    _run(steps, group, kind,
+                         ["vgchange", "--activate", "n", group],
+                         covers=groups[group])
             elif kind == MULTIPATH:
-                # dmsetup rather than multipath -f: the ramdisk carries no
-                # multipath-tools (and no multipathd), and a map no one
-                # uses is removed the same way.
-                _run(steps, name, kind, ["dmsetup", "remove", "--retry",
-                                         dm_name or name])
+                _remove_multipath(steps, name, dm_name or name)
             elif kind == BCACHE:
                 _stop_bcache(steps, conf, layer, sleep, clock)
+            elif kind == OTHER:
+                # dmsetup would only fail on it, saying less.
+                raise TeardownError(
+                    "%s is not an md, device-mapper or bcache device; the "
+                    "generic manager cannot dismantle it (stop it first)"
+                    % name)
             else:
                 _run(steps, name, kind, ["dmsetup", "remove",
                                          dm_name or name])

@@ -111,7 +111,7 @@ def test_md_lvm_crypt_are_torn_down_and_the_disks_erased(
     first, second = final["result"]["devices"]
     commands = [step["command"] for step in first["teardown"]]
     assert commands == [
-        "cryptsetup close secret", "lvchange --activate n tenant/data",
+        "cryptsetup close secret", "vgchange --activate n tenant",
         "mdadm --stop /dev/md0", "mdadm --zero-superblock /dev/vda",
         "mdadm --zero-superblock /dev/vdb"], first["teardown"]
     assert all(step["result"] == "done" for step in first["teardown"])

@@ -483,14 +483,19 @@ class DecomExtension(base.Extension):
         refused before anything was written to it).
         """
         started = time.monotonic()
+        prepared = prepared or {"teardown": []}
         try:
             # Re-checked right before the first write: a device mounted
             # since the command was accepted is refused now.
             device = safety.ensure_writable(path, self.conf, self.hardware)
         except safety.DeviceNotEligible as exc:
-            LOG.error("not erasing %s: %s", path, exc.reason)
-            return _skipped_entry(path, exc)
-        prepared = prepared or {"teardown": []}
+            if not (prepared.get("error") and prepared.get("device")):
+                LOG.error("not erasing %s: %s", path, exc.reason)
+                return _skipped_entry(path, exc)
+            # What was done before the erase failed it and removed it (a
+            # namespace reset that stopped after delete-ns): nothing is
+            # written, and its record says what happened to the drive.
+            device = prepared["device"]
         if prepared.get("refused"):
             LOG.error("not erasing %s: %s", path, prepared["refused"])
             return _skipped_entry(path, safety.DeviceNotEligible(

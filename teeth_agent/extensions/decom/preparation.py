@@ -8,6 +8,7 @@ import os
 
 from teeth_agent import hardware
 from teeth_agent.hardware import erase
+from teeth_agent.hardware import safety
 from teeth_agent.hardware import teardown
 
 
@@ -51,14 +52,84 @@ def prepare_namespaces(conf, dispatcher, targets, prepared):
         else:
             _reset_namespaces(conf, dispatcher, controller, present, report,
                               covered, prepared)
+        if not report["reset"] and "left_with" not in report:
+            report["note"] = OUTSIDE_NAMESPACES_NOTE
         for path in paths:
             reports[path] = report
     return reports, covered
 
 
+#: What an erase namespace by namespace does not reach, said in each such
+#: result (``namespaces.note``).
+OUTSIDE_NAMESPACES_NOTE = (
+    "each namespace is erased on its own: capacity of the drive outside its "
+    "namespaces (unallocated NVM capacity) is left untouched; a sanitize "
+    "(the whole drive) or [decom] nvme_reset_namespaces reaches it")
+
+
+def namespaces_in_use(conf, dispatcher, controller, expected):
+    """Why the namespaces of ``controller`` may not be deleted now (None
+    when they may), and ``{path: BlockDevice}`` of those that passed.
+
+    Read live, right before the reset: the controller's namespaces in
+    sysfs must still be ``expected`` (paths; one that appeared since
+    would be deleted unasked) and each must pass
+    :func:`safety.ensure_writable` (not mounted, not swap, not the
+    agent's root, not read-only, still listed) and have nothing stacked
+    on it (``holders/``: an array or mapping assembled since the
+    teardown).
+    """
+    dev_root = conf.hardware.dev_root
+    now = [os.path.join(dev_root, name) for name in
+           erase.nvme_controller_namespaces(conf.hardware.sysfs_root,
+                                            controller)]
+    if sorted(now) != sorted(expected):
+        return ("the namespaces of %s changed since the erase began (now "
+                "%s)" % (controller, ", ".join(now) or "none")), {}
+    problems, devices = [], {}
+    for path in now:
+        try:
+            devices[path] = safety.ensure_writable(path, conf, dispatcher)
+        except safety.DeviceNotEligible as exc:
+            problems.append("%s is in use (%s): %s"
+                            % (path, exc.kind, exc.reason))
+    held = teardown.remaining([os.path.basename(path) for path in now], conf)
+    for name, layers in sorted(held.items()):
+        problems.append("%s is in use (%s): %s is stacked on it"
+                        % (os.path.join(dev_root, name), safety.HOLDER,
+                           ", ".join(layers)))
+    return "; ".join(problems) or None, devices
+
+
+def _left_with(conf, controller, steps):
+    """What a reset that failed once it began left on the drive,
+    as a sentence, from the steps and the namespaces sysfs shows now."""
+    now = [os.path.join(conf.hardware.dev_root, name) for name in
+           erase.nvme_controller_namespaces(conf.hardware.sysfs_root,
+                                            controller)]
+    done = [" ".join(str(step.get("command", "")).split()[:2])
+            for step in steps if step.get("result") == "done"]
+    state = "steps done: %s; the kernel now shows %s; nothing was erased" % (
+        ", ".join(done) or "none", ", ".join(now) or "no namespace")
+    if any(command.endswith("delete-ns") for command in done):
+        state += ("; the old namespaces are deleted: the drive needs a "
+                  "namespace created and attached (nvme create-ns, "
+                  "attach-ns) before it can be erased")
+    return state
+
+
 def _reset_namespaces(conf, dispatcher, controller, present, report,
                       covered, prepared):
     dev_root = conf.hardware.dev_root
+    busy, devices = namespaces_in_use(conf, dispatcher, controller,
+                                      present)
+    if busy:
+        # Nothing is deleted; each namespace goes through its own live
+        # check again before it is erased (a mounted one is skipped).
+        report["detail"] = ("not reset, nothing was deleted: %s; erased "
+                            "namespace by namespace" % busy)
+        report["refused"] = busy
+        return
     try:
         answer = dispatcher.call("reset_nvme_namespaces", {
             "path": os.path.join(dev_root, controller),
@@ -72,9 +143,17 @@ def _reset_namespaces(conf, dispatcher, controller, present, report,
             report["detail"] = ("erased namespace by namespace: %s"
                                 % exc)
             return
-        report["detail"] = "the namespace reset failed: %s" % exc
+        left = _left_with(conf, controller, report["steps"])
+        report["detail"] = "the namespace reset failed: %s; %s" % (exc, left)
+        report["left_with"] = [
+            os.path.join(dev_root, name) for name in
+            erase.nvme_controller_namespaces(conf.hardware.sysfs_root,
+                                             controller)]
         for path in present:
             prepared[path]["error"] = report["detail"]
+            # The namespace may be gone: its entry is still a failed
+            # record naming the drive it was on.
+            prepared[path]["device"] = devices[path]
         return
     new = os.path.join(dev_root, answer["namespace"])
     report.update(reset=True, steps=answer.get("steps", []),

@@ -8,6 +8,8 @@ import time
 
 from teeth_agent.hardware.erase import catalogue
 from teeth_agent.hardware.erase import polling
+from teeth_agent.hardware import safety
+from teeth_agent.hardware import sysfs as sysfs_files
 from teeth_agent import processes
 
 
@@ -188,6 +190,44 @@ def _lba_bytes(namespace):
     return 1 << int(formats[index].get("ds", 9)), index
 
 
+def namespaces_busy(conf, controller):
+    """Why the namespaces of ``controller`` (a ``reset_namespaces``
+    argument) may not be deleted now, or None.
+
+    Read live from sysfs and mountinfo (:func:`safety.check_live`, the
+    rules every write obeys), at the last moment before ``delete-ns``: the
+    controller must show exactly the namespaces it was given, and none may
+    be mounted, swap, the agent's root, read-only or have anything stacked
+    on it.
+    """
+    dev_root = conf.hardware.dev_root
+    sysfs = conf.hardware.sysfs_root
+    names = controller_namespaces(sysfs, controller["name"])
+    expected = sorted(catalogue._device_name({"path": path})
+                      for path in controller["namespaces"])
+    if names != expected:
+        return ("the controller shows namespaces %s, not the %s it was "
+                "asked to reset" % (", ".join(names) or "none",
+                                    ", ".join(expected) or "none"))
+    problems = []
+    for name in names:
+        block = os.path.join(sysfs, "class", "block", name)
+        ro = sysfs_files.read_text(os.path.join(block, "ro"))
+        device = {"path": os.path.join(dev_root, name), "name": name,
+                  "read_only": None if ro is None else ro == "1",
+                  "is_agent_root": False, "mounted": False}
+        try:
+            safety.check_live(device, conf)
+        except safety.DeviceNotEligible as exc:
+            problems.append("%s: %s" % (name, exc.reason))
+            continue
+        holders = sysfs_files.listdir(os.path.join(block, "holders"))
+        if holders:
+            problems.append("%s: %s is stacked on it"
+                            % (name, ", ".join(holders)))
+    return "; ".join(problems) or None
+
+
 def reset_namespaces(manager, controller, sleep=time.sleep,
                      clock=time.monotonic):
     """Delete every namespace of ``controller`` and create one that covers
@@ -232,6 +272,10 @@ def reset_namespaces(manager, controller, sleep=time.sleep,
             "namespace reset of %s is impossible: the controller reports no "
             "total capacity (tnvmcap)" % path, steps)
     blocks = capacity // lba
+    busy = namespaces_busy(manager.conf, controller)
+    if busy:
+        raise NamespaceResetError("namespace reset of %s refused, nothing "
+                                  "was deleted: %s" % (path, busy), steps)
     run("delete-ns", path, "--namespace-id=0x%x" % ALL_NAMESPACES)
     out = run("create-ns", path, "--nsze=%d" % blocks, "--ncap=%d" % blocks,
               "--flbas=%d" % flbas)

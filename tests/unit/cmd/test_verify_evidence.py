@@ -49,9 +49,71 @@ class VerifyEvidenceTest(base.TestCase):
         self.assertEqual(
             ["devices[0]: /dev/sda serial A1: valid: signature valid",
              "devices[1]: /dev/sdb serial B2: valid: signature valid",
-             "devices[2]: /dev/sdz: not an erase record (outcome excluded)"],
+             "devices[2]: /dev/sdz: not an erase record (outcome excluded, "
+             "unsigned): nothing to check"],
             lines)
         self.assertEqual("", err)
+
+    def test_a_signed_erase_record_edited_to_skipped_is_invalid(self):
+        # Reported "not an erase record" and exit 0 before: the signature
+        # of a record is checked whatever its outcome says.
+        edited = dict(self.record("/dev/sda", "A1"), outcome="skipped")
+        status, lines, _ = self.run_cli(self.write(json.dumps(
+            {"devices": [self.record("/dev/sdb", "B2"), edited]})))
+        self.assertEqual(1, status)
+        self.assertEqual("devices[1]: /dev/sda serial A1: INVALID: the "
+                         "signature does not match the record (it was "
+                         "changed after signing)", lines[1])
+
+    def test_a_signed_record_skipped_on_its_own_is_verified(self):
+        signed = self.signer.sign({"path": "/dev/sdc", "outcome": "skipped",
+                                   "reason": "mounted",
+                                   "detail": "mounted at /srv"})
+        status, lines, _ = self.run_cli(self.write(json.dumps(signed)))
+        self.assertEqual((0, ["record: /dev/sdc: valid: signature valid"]),
+                         (status, lines))
+
+    def test_an_erase_record_edited_to_skipped_and_unsigned_is_invalid(self):
+        edited = dict(self.record("/dev/sda", "A1"), outcome="skipped")
+        del edited[evidence.SIGNATURE], edited[evidence.FINGERPRINT]
+        status, lines, _ = self.run_cli(self.write(json.dumps(
+            [self.record("/dev/sdb", "B2"), edited])))
+        self.assertEqual(1, status)
+        self.assertTrue(lines[1].startswith(
+            "[1]: /dev/sda serial A1: INVALID: the record has no signature, "
+            "and its outcome skipped comes with fields only an erase record "
+            "has (agent_version, duration_s, ended_at, firmware, "), lines)
+
+    def test_a_signature_removed_from_an_excluded_entry_is_invalid(self):
+        # The fingerprint left behind says a signature is expected.
+        entry = self.signer.sign({"path": "/dev/sdz", "outcome": "excluded",
+                                  "reason": "excluded", "detail": "x"})
+        del entry[evidence.SIGNATURE]
+        status, lines, _ = self.run_cli(self.write(json.dumps(entry)))
+        self.assertEqual((1, ["record: /dev/sdz: INVALID: the record has "
+                              "no signature"]), (status, lines))
+
+    def test_a_file_with_nothing_signed_verifies_nothing_and_exits_1(self):
+        entries = [{"path": "/dev/sdz", "outcome": "excluded",
+                    "reason": "excluded", "detail": "not matched"},
+                   {"path": "/dev/sdy", "outcome": "skipped",
+                    "reason": "mounted", "detail": "mounted at /mnt"},
+                   {"path": "/dev/nvme0n2", "outcome": "skipped",
+                    "reason": "mounted", "detail": "mounted at /srv",
+                    "covered_by": "/dev/nvme0n1",
+                    "namespaces": {"controller": "nvme0", "reset": True}}]
+        status, lines, err = self.run_cli(self.write(json.dumps(
+            {"result": {"devices": entries}})))
+        self.assertEqual(1, status)
+        self.assertEqual(3, len(lines))
+        self.assertTrue(all(line.endswith(": nothing to check")
+                            for line in lines), lines)
+        self.assertIn("nothing was verified: the file holds no signed erase "
+                      "record, only 3 entries for which no erase was "
+                      "attempted", err)
+        status, _, err = self.run_cli(self.write(json.dumps(entries[0])))
+        self.assertEqual(1, status)
+        self.assertIn("only 1 entry for which", err)
 
     def test_json_lines_with_a_tampered_and_an_unsigned_record_exit_1(self):
         good = self.record("/dev/sda", "A1")

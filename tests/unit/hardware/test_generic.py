@@ -6,7 +6,9 @@ from unittest import mock
 
 from teeth_agent.hardware import base as hw_base
 from teeth_agent.hardware import generic
+from teeth_agent import processes
 from tests.unit.hardware import fixtures
+from tests.unit.hardware import test_health
 
 DMIDECODE_MEMORY = """\
 # dmidecode 3.4
@@ -188,6 +190,27 @@ class TestBlockDevices(GenericTestCase):
         self.machine.add_holder("sda1", "dm-0")
         self.machine.add_holder("sda1", "md127")
         self.assertEqual(["sda"], sorted(self.devices()))
+
+    def test_virtual_and_remote_block_devices_are_left_out(self):
+        # What a ramdisk may see besides disks; each has a size, so only
+        # its name (or sysfs "hidden") tells it is not a disk to erase.
+        self.machine.add_disk("sdb", 2 ** 30)
+        self.machine.add_disk("nvme0n1", 2 ** 30, transport="nvme")
+        virtual = ["bcache0", "drbd1", "nbd0", "rbd0", "etherd!e0.0",
+                   "nullb0", "ublkb0", "zd0", "zram1", "ram3", "md0p1"]
+        for name in virtual:
+            self.machine.add_disk(name, 2 ** 20, transport=None)
+        self.machine.add_holder("sdb", "bcache0")
+        self.machine.add_holder("sdb", "drbd1")
+        # Native NVMe multipath: the per-path disk is hidden.
+        self.machine.add_disk("nvme0c0n1", 2 ** 30, transport="nvme")
+        with open(self.machine.sys("class", "block", "nvme0c0n1", "hidden"),
+                  "w") as stream:
+            stream.write("1\n")
+        with open(self.machine.sys("class", "block", "nvme0n1", "hidden"),
+                  "w") as stream:
+            stream.write("0\n")
+        self.assertEqual(["nvme0n1", "sdb"], sorted(self.devices()))
 
     def test_missing_attributes_degrade_to_none(self):
         self.machine.add_disk("sda", 2 ** 30, model="M")
@@ -496,3 +519,60 @@ class TestInstallDevice(GenericTestCase):
 class TestDmidecodeParser(fixtures.FakeMachineTestCase):
     def test_empty_output(self):
         self.assertEqual([], generic.parse_dmidecode_memory(""))
+
+
+class TestMemoryTest(GenericTestCase):
+    """run_memory_test sizes memtester from a share of MemAvailable when
+    no size is given."""
+
+    def setUp(self):
+        super().setUp()
+        patcher = mock.patch.object(
+            processes, "which",
+            lambda program: "/usr/bin/%s" % program
+            if program == "memtester" else None)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+        self.tools.answer(["memtester"], stdout=test_health.MEMTESTER_OK)
+
+    def meminfo(self, text):
+        with open(os.path.join(self.machine.procfs_root, "meminfo"),
+                  "w") as stream:
+            stream.write(text)
+
+    def memtester_calls(self):
+        return [call for call in self.tools.calls if call[0] == "memtester"]
+
+    def test_free_fraction_of_memavailable(self):
+        self.meminfo("MemTotal:       16384000 kB\n"
+                     "MemFree:         1000000 kB\n"
+                     "MemAvailable:    2097152 kB\n"
+                     "Buffers:           1024 kB\n")
+        readings = self.manager.run_memory_test(None, 0.25, 2, None)
+        # 0.25 of 2 GiB available (not of MemFree, not of MemTotal).
+        self.assertEqual([["memtester", "512M", "2"]], self.memtester_calls())
+        self.assertEqual((512 * 1024 ** 2, 2, "memtester 4.6.0"),
+                         (readings["size_bytes"], readings["loops"],
+                          readings["tool"]))
+
+    def test_a_given_size_does_not_read_meminfo(self):
+        self.meminfo("MemTotal:       16384000 kB\n")
+        self.manager.run_memory_test(64 * 1024 ** 2, None, 1, None)
+        self.assertEqual([["memtester", "64M", "1"]], self.memtester_calls())
+
+    def test_meminfo_without_a_usable_memavailable_runs_nothing(self):
+        for text in ("MemTotal:       16384000 kB\n",
+                     "MemAvailable:\n", "MemAvailable:   lots kB\n",
+                     "MemAvailable:   -5 kB\n", "XMemAvailable: 5 kB\n",
+                     "MemAvailable:   2097152 MB\n", ""):
+            with self.subTest(text=text):
+                self.meminfo(text)
+                with self.assertRaises(hw_base.HardwareManagerError) as caught:
+                    self.manager.run_memory_test(None, 0.5, 1, None)
+                self.assertIn("/proc/meminfo has no MemAvailable",
+                              str(caught.exception))
+        os.remove(os.path.join(self.machine.procfs_root, "meminfo"))
+        with self.assertRaises(hw_base.HardwareManagerError) as caught:
+            self.manager.run_memory_test(None, 0.5, 1, None)
+        self.assertIn("cannot read /proc/meminfo", str(caught.exception))
+        self.assertEqual([], self.memtester_calls())

@@ -12,6 +12,8 @@ from teeth_agent.hardware import testing
 from teeth_agent import tasks
 from tests import base
 from tests.unit.extensions.decom import runner
+from tests.unit.hardware.erase import samples
+from tests.unit.hardware.erase import test_identity
 from tests.unit.hardware import test_evidence
 
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -52,6 +54,42 @@ class DiskEraseEvidenceTest(testing.HardwareManagerTestCase, base.TestCase):
                                                        self.dispatcher)
         return runner.run_command(extension, registry, "disk_erase",
                                   {"devices": ["/dev/vda"]})
+
+    def test_a_sata_disk_s_record_has_its_wwn_and_full_firmware(self):
+        path = self.machine.add_disk(
+            "sda", size_bytes=self.SIZE, transport="sata",
+            model="Samsung SSD 860 EVO 500GB", serial="S3Z9NB0K123456",
+            wwid="naa.5002538E40A1B2C3")
+        with open(self.machine.sys("class", "block", "sda", "device", "rev"),
+                  "w") as stream:
+            stream.write("4B6Q\n")
+        test_identity.add_ata_identify(
+            self.machine, "sda",
+            test_identity.ata_identify("S3Z9NB0K123456", "RVT04B6Q"))
+        with open(path, "wb") as stream:
+            stream.write(os.urandom(self.SIZE))
+        self.tools.answer(["hdparm", "-I"], stdout=samples.HDPARM_QEMU)
+        extension, registry, _ = runner.make_extension(self.conf,
+                                                       self.dispatcher)
+        task = runner.run_command(extension, registry, "disk_erase",
+                                  {"devices": ["/dev/sda"]})
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        entry = task.result["devices"][0]
+        self.assertEqual(("S3Z9NB0K123456", "0x5002538e40a1b2c3",
+                          "RVT04B6Q", "overwrite"),
+                         (entry["serial"], entry["wwn"], entry["firmware"],
+                          entry["method"]))
+
+    def test_a_wwn_in_the_block_device_s_sysfs_is_carried_through(self):
+        # NVMe and virtio keep it beside the block device (wwid), not in
+        # the parent device.
+        with open(self.machine.sys("class", "block", "vda", "wwid"),
+                  "w") as stream:
+            stream.write("eui.0025385B71B07E2F\n")
+        task = self.erase()
+        self.assertEqual(tasks.COMPLETE, task.state, task.msg)
+        self.assertEqual("0x0025385b71b07e2f",
+                         task.result["devices"][0]["wwn"])
 
     def test_every_erased_device_carries_its_evidence(self):
         task = self.erase()
