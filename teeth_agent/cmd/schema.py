@@ -20,6 +20,7 @@ import sys
 
 from teeth_agent import commands
 from teeth_agent.endpoint import control
+from teeth_agent.endpoint import identity as endpoint_identity
 from teeth_agent.endpoint import server as endpoint_server
 from teeth_agent import params as params_mod
 from teeth_agent import protocol
@@ -199,6 +200,28 @@ _EXTENSIONS = {"type": "object", "additionalProperties": {
     "type": "array", "items": _STRING}}
 _EMPTY = {"type": "object", "maxProperties": 0}
 
+_NUMBER_OR_NULL = {"type": ["number", "null"]}
+
+#: One agent of the control socket's ``agents`` page
+#: (``Agent.describe`` of :mod:`teeth_agent.endpoint.server`): the full
+#: entry, the one whose tasks are summaries (``task_summaries``) or, when
+#: even that is too large, its identity and link only (``truncated``).
+AGENT_ENTRY = _object(
+    ["agent_id", "connected", "peer", "tls"],
+    {"agent_id": _STRING, "connected": {"type": "boolean"},
+     "peer": {"type": ["string", "null"]},
+     "tls": {"type": "boolean"},
+     "identity": {"enum": list(endpoint_identity.IDENTITIES)},
+     "connected_at": _NUMBER_OR_NULL, "last_seen": _NUMBER_OR_NULL,
+     "process": {"type": ["string", "null"]},
+     # As the agent sent them in its handshake (any JSON value).
+     "agent_version": {}, "hardware": {}, "extensions": {},
+     "tasks": {"type": "array", "items": _OBJECT},
+     "log_records": {"type": "integer", "minimum": 0},
+     "violations": {"type": "array", "items": _STRING},
+     "task_summaries": {"const": True},
+     "truncated": {"const": True}}, extra=False)
+
 #: The result of every method, by server and wire name. A task command's
 #: result is its status object (``running`` when it starts, the current
 #: state for a repeated ``task_id``); what a ``complete`` status holds in
@@ -240,24 +263,24 @@ RESULTS = {
                  "description": "The params of the command, unchanged."},
         "agents": _object(
             ["agents", "total", "next", "port"],
-            {"agents": {"type": "array", "items": _object(
-                ["agent_id", "connected", "peer", "tls"],
-                {"agent_id": _STRING, "connected": {"type": "boolean"},
-                 "peer": {"type": ["string", "null"]},
-                 "tls": {"type": "boolean"},
-                 "tasks": {"type": "array", "items": _OBJECT},
-                 "task_summaries": {"const": True},
-                 "truncated": {"const": True}})},
+            {"agents": {"type": "array", "items": AGENT_ENTRY},
              "total": {"type": "integer", "minimum": 0},
              "next": {"type": ["string", "null"]},
-             "port": {"type": "integer"}}),
+             "port": {"type": "integer"}}, extra=False),
         "forget": _object(["forgotten"], {"forgotten": _STRING}, extra=False),
         "call": _object(["result"], {"result": {}}, extra=False),
-        "watch_task": _object(
+        "watch_task": dict(_object(
             ["status", "terminal"],
             {"status": {"anyOf": [_ref("task-status.json"),
                                   {"type": "null"}]},
-             "terminal": {"type": "boolean"}}, extra=False),
+             "terminal": {"type": "boolean"},
+             "gone": {"const": True}}, extra=False),
+            description="The final status (terminal true), or the current "
+                        "one when the wait ended first (terminal false; "
+                        "null when the endpoint has none). A forwarded "
+                        "watch_task whose agent left the process it reached "
+                        "answers {\"status\": null, \"gone\": true, "
+                        "\"terminal\": false}."),
     },
 }
 
