@@ -189,3 +189,36 @@ class RoutedResultsTest(test_peers.TwoProcessesTestCase):
                            "forwarded": True}))
         self.assertEqual({"status": None, "gone": True, "terminal": False},
                          answer)
+
+
+class EndpointResultsTest(base.TestCase):
+    """What the endpoint answers an agent fits
+    docs/schema/endpoint/*.result.json."""
+
+    def test_handshake_log_task_status_and_ping(self):
+        endpoint = endpoint_mod.Endpoint(port=0, keepalive_interval=60)
+        endpoint.start()
+        self.addCleanup(endpoint.stop)
+        link = transport.Connection(
+            transport.connect("127.0.0.1", endpoint.port),
+            lambda connection, command: command.params,
+            name="agent").start()
+        self.addCleanup(link.close)
+        answers = [
+            ("handshake", link.call("handshake", {
+                "agent_id": "agent-1", "protocol_versions": ["v1"],
+                "agent_version": "1.0.0"}, timeout=WAIT)),
+            ("log", link.call("log", {
+                "level": "INFO", "message": "hello", "time": 1.5,
+                "logger": "teeth"}, timeout=WAIT)),
+            ("task_status", link.call("task_status", {
+                "task_id": "t1", "state": "complete",
+                "method": "decom.qc", "result": {}}, timeout=WAIT)),
+            ("ping", link.call("ping", {"n": 1}, timeout=WAIT)),
+        ]
+        for method, answer in answers:
+            with self.subTest(method=method):
+                test_schema.validator(
+                    "endpoint/%s.result.json" % method).validate(answer)
+        self.assertEqual("agent-1", answers[0][1]["agent_id"])
+        self.assertIn("session_token", answers[0][1])
