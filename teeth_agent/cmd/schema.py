@@ -239,8 +239,8 @@ AGENT_ENTRY = _object(
 
 #: The result of every method, by server and wire name. A task command's
 #: result is its status object (``running`` when it starts, the current
-#: state for a repeated ``task_id``); what a ``complete`` status holds in
-#: ``result`` is described in docs/protocol.md for each command.
+#: state for a repeated ``task_id``); what its task holds in ``result`` is
+#: the command's own declaration (:func:`task_result_schema`).
 RESULTS = {
     "agent": {
         "ping": {"type": "object",
