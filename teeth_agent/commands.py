@@ -51,6 +51,10 @@ class CommandSpec:
 
     ``is_task``, ``exclusive`` and ``validator`` describe an extension's
     task command (see :func:`teeth_agent.extensions.base.task_command`).
+    ``result`` is the JSON Schema of what a task command's task holds in
+    ``result`` when it completes (and in ``details`` when it fails with a
+    partial result), or None when the command does not declare it (see
+    :mod:`teeth_agent.extensions.results`).
     ``session`` is for servers that track a session on each connection:
     what the connection must have done before the command may run (the
     endpoint's values are in :mod:`teeth_agent.endpoint`); None means at
@@ -65,6 +69,7 @@ class CommandSpec:
     validator: typing.Optional[str] = None
     extra: typing.Any = False
     session: typing.Optional[str] = None
+    result: typing.Optional[dict] = None
 
     def describe(self):
         return {"task": self.is_task, "exclusive": self.exclusive,

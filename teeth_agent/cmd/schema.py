@@ -7,8 +7,13 @@ one for its parameters and one for its result. The parameter schemas are
 derived here from the :class:`teeth_agent.commands.CommandSpec` of each
 method (the same declarations that check the params at run time); the
 message schemas from :mod:`teeth_agent.protocol` (its version and error
-types); the result schemas are declared in :data:`RESULTS`, next to the
-code, and the unit tests check real results against them. ``python -m
+types); the result schemas of the servers' own methods are declared in
+:data:`RESULTS`, and what a task of an extension's command holds in its
+``result`` (``agent/METHOD.task-result.json``) is the command's own
+declaration (``@base.task_command(result=...)``, next to its params). The
+unit tests check real results against them: the control socket's and the
+endpoint's answers (tests/unit/endpoint/test_control_schema.py), and every
+task result any test produces in-process (tests/conftest.py). ``python -m
 teeth_agent.cmd.schema DIRECTORY`` writes the files;
 ``tests/unit/test_schema.py`` fails when the files and the code differ.
 """
@@ -20,6 +25,7 @@ import sys
 
 from teeth_agent import commands
 from teeth_agent.endpoint import control
+from teeth_agent.endpoint import identity as endpoint_identity
 from teeth_agent.endpoint import server as endpoint_server
 from teeth_agent import params as params_mod
 from teeth_agent import protocol
@@ -188,6 +194,16 @@ TASK_STATUS = {
         {"if": {"properties": {"state": {"const": "complete"}}},
          "then": {"required": ["result"]}},
     ],
+    "$defs": {
+        # What a result or details too large for the line limit is sent
+        # as (teeth_agent.tasks.shrink_status).
+        "truncated": _object(
+            ["truncated", "size", "limit", "msg"],
+            {"truncated": {"const": True},
+             "size": {"type": "integer", "minimum": 0},
+             "limit": {"type": "integer", "minimum": 0}, "msg": _STRING},
+            extra=False),
+    },
 }
 
 _SUMMARIES = {"type": "array", "items": _object(
@@ -199,10 +215,32 @@ _EXTENSIONS = {"type": "object", "additionalProperties": {
     "type": "array", "items": _STRING}}
 _EMPTY = {"type": "object", "maxProperties": 0}
 
+_NUMBER_OR_NULL = {"type": ["number", "null"]}
+
+#: One agent of the control socket's ``agents`` page
+#: (``Agent.describe`` of :mod:`teeth_agent.endpoint.server`): the full
+#: entry, the one whose tasks are summaries (``task_summaries``) or, when
+#: even that is too large, its identity and link only (``truncated``).
+AGENT_ENTRY = _object(
+    ["agent_id", "connected", "peer", "tls"],
+    {"agent_id": _STRING, "connected": {"type": "boolean"},
+     "peer": {"type": ["string", "null"]},
+     "tls": {"type": "boolean"},
+     "identity": {"enum": list(endpoint_identity.IDENTITIES)},
+     "connected_at": _NUMBER_OR_NULL, "last_seen": _NUMBER_OR_NULL,
+     "process": {"type": ["string", "null"]},
+     # As the agent sent them in its handshake (any JSON value).
+     "agent_version": {}, "hardware": {}, "extensions": {},
+     "tasks": {"type": "array", "items": _OBJECT},
+     "log_records": {"type": "integer", "minimum": 0},
+     "violations": {"type": "array", "items": _STRING},
+     "task_summaries": {"const": True},
+     "truncated": {"const": True}}, extra=False)
+
 #: The result of every method, by server and wire name. A task command's
 #: result is its status object (``running`` when it starts, the current
-#: state for a repeated ``task_id``); what a ``complete`` status holds in
-#: ``result`` is described in docs/protocol.md for each command.
+#: state for a repeated ``task_id``); what its task holds in ``result`` is
+#: the command's own declaration (:func:`task_result_schema`).
 RESULTS = {
     "agent": {
         "ping": {"type": "object",
@@ -240,33 +278,61 @@ RESULTS = {
                  "description": "The params of the command, unchanged."},
         "agents": _object(
             ["agents", "total", "next", "port"],
-            {"agents": {"type": "array", "items": _object(
-                ["agent_id", "connected", "peer", "tls"],
-                {"agent_id": _STRING, "connected": {"type": "boolean"},
-                 "peer": {"type": ["string", "null"]},
-                 "tls": {"type": "boolean"},
-                 "tasks": {"type": "array", "items": _OBJECT},
-                 "task_summaries": {"const": True},
-                 "truncated": {"const": True}})},
+            {"agents": {"type": "array", "items": AGENT_ENTRY},
              "total": {"type": "integer", "minimum": 0},
              "next": {"type": ["string", "null"]},
-             "port": {"type": "integer"}}),
+             "port": {"type": "integer"}}, extra=False),
         "forget": _object(["forgotten"], {"forgotten": _STRING}, extra=False),
         "call": _object(["result"], {"result": {}}, extra=False),
-        "watch_task": _object(
+        "watch_task": dict(_object(
             ["status", "terminal"],
             {"status": {"anyOf": [_ref("task-status.json"),
                                   {"type": "null"}]},
-             "terminal": {"type": "boolean"}}, extra=False),
+             "terminal": {"type": "boolean"},
+             "gone": {"const": True}}, extra=False),
+            description="The final status (terminal true), or the current "
+                        "one when the wait ended first (terminal false; "
+                        "null when the endpoint has none). A forwarded "
+                        "watch_task whose agent left the process it reached "
+                        "answers {\"status\": null, \"gone\": true, "
+                        "\"terminal\": false}."),
     },
 }
+
+
+def task_result_name(name):
+    """The file of what task command ``name``'s task holds in
+    ``result``."""
+    return "agent/%s.task-result.json" % name
+
+
+def task_result_schema(name, spec):
+    """What the task of command ``name`` holds in ``result`` when it
+    completes (and in ``details`` when it fails with a partial result):
+    the command's own declaration (``@base.task_command(result=...)``)."""
+    if spec.result is None:
+        raise SchemaError("no result schema declared for the task command "
+                          "%s (@base.task_command(result=...))" % name)
+    return spec.result
+
+
+def _task_status_of(name):
+    """The status object of a task of command ``name``: its ``result``
+    and ``details`` are the declared result (or, when too large for the
+    line limit, the stand-in that replaces them)."""
+    either = {"anyOf": [_ref(task_result_name(name)),
+                        _ref("task-status.json#/$defs/truncated")]}
+    return {"allOf": [_ref("task-status.json"),
+                      {"properties": {"method": {"const": name},
+                                      "result": either,
+                                      "details": either}}]}
 
 
 def result_schema(server, name, spec):
     """The result schema of one method (a task command's is its status
     object)."""
     if spec.is_task:
-        return _ref("task-status.json")
+        return _task_status_of(name)
     try:
         return RESULTS[server][name]
     except KeyError:
@@ -337,6 +403,12 @@ def documents():
             files[stem + ".result.json"] = _finish(
                 stem + ".result.json", result_schema(server, name, spec),
                 "result of %s (served by the %s)" % (name, server))
+            if spec.is_task:
+                path = task_result_name(name)
+                files[path] = _finish(
+                    path, task_result_schema(name, spec),
+                    "what a task of %s holds in result (served by the %s)"
+                    % (name, server))
     return dict(sorted(files.items()))
 
 

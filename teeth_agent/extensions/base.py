@@ -66,7 +66,8 @@ class UndeclaredValidator(ValidatorError):
 CommandSpec = commands.CommandSpec
 
 
-def _decorate(func, name, params, is_task, exclusive, validator=None):
+def _decorate(func, name, params, is_task, exclusive, validator=None,
+              result=None):
     params = dict(params or {})
     if is_task:
         params = {"task_id": params_mod.Identifier(required=True), **params}
@@ -84,8 +85,12 @@ def _decorate(func, name, params, is_task, exclusive, validator=None):
     elif validator is not None and not isinstance(validator, str):
         raise TypeError("%s: validator must be a method or a method name, "
                         "not %r" % (func.__qualname__, validator))
+    if result is not None and not isinstance(result, dict):
+        raise TypeError("%s: result must be a JSON Schema (a dict), not %r"
+                        % (func.__qualname__, result))
     spec = commands.CommandSpec(name or func.__name__, params, is_task,
-                                exclusive, inspect.getdoc(func), validator)
+                                exclusive, inspect.getdoc(func), validator,
+                                result=result)
     setattr(func, _SPEC_ATTRIBUTE, spec)
     return func
 
@@ -98,7 +103,8 @@ def command(params=None, name=None):
     return wrap
 
 
-def task_command(params=None, name=None, exclusive=False, validator=None):
+def task_command(params=None, name=None, exclusive=False, validator=None,
+                 result=None):
     """Expose a method that runs as a task: ``method(self, task, **params)``
     runs in its own OS thread, reports with ``task.progress()``, returns the
     result object (or raises :class:`teeth_agent.tasks.TaskFailed`).
@@ -114,9 +120,16 @@ def task_command(params=None, name=None, exclusive=False, validator=None):
     Use it for checks against the machine, such as whether a device is
     eligible. It must accept every declared parameter and no other (or
     take ``**params``); this is checked when the class is created.
+
+    ``result`` is the JSON Schema of the task's ``result`` (and of the
+    ``details`` of a :class:`teeth_agent.tasks.TaskFailed` carrying a
+    partial result); see :mod:`teeth_agent.extensions.results`. The
+    project's own commands must declare it: ``docs/schema/`` is made from
+    it and the tests check every result against it.
     """
     def wrap(func):
-        return _decorate(func, name, params, True, exclusive, validator)
+        return _decorate(func, name, params, True, exclusive, validator,
+                         result)
     return wrap
 
 

@@ -49,6 +49,7 @@ import tempfile
 import time
 
 from teeth_agent import pki
+from tests import result_schemas
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -428,6 +429,9 @@ class JsonLinePeer:
             message = {"_raw": line}
         self.received.append(message)
         self._inbox.append(message)
+        if is_task_status(message):
+            # A real agent's final result fits its command's schema.
+            result_schemas.check_status(message["params"])
         if is_command(message) and isinstance(message.get("id"), str):
             result = self.answer(message)
             if result is not None and not self.closed:

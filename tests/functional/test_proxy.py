@@ -22,6 +22,7 @@ import threading
 import unittest
 from unittest import mock
 import urllib.parse
+import uuid
 
 from teeth_agent.cmd import agent as agent_cmd
 from teeth_agent.fetch import download
@@ -295,3 +296,85 @@ class KernelCommandLineTest(unittest.TestCase):
                          (proxies.https.host, proxies.https.port))
         self.assertIsNone(proxies.for_url("http://images.local/i"))
         self.assertIsNone(proxies.for_url("https://10.9.8.7/i"))
+
+
+class AgentThroughProxyTest(unittest.TestCase):
+    """A real agent process with ``[standbye] proxy`` caches an image the
+    image store serves under a name only the proxy can resolve: the
+    command's download goes through the proxy (its log shows the request,
+    with the configured credentials). Fails when the extension stops
+    passing the option on (the agent then cannot reach the store).
+    ``no_proxy`` is checked by tests/unit/extensions/test_proxy_wiring.py
+    (a host that must go direct would need a name resolvable here, and
+    every name but localhost, which is never proxied, is resolved by
+    DNS)."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="teeth-proxy-agent-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.payload = os.urandom(256 * 1024)
+        image = os.path.join(self.dir, "image.raw")
+        with open(image, "wb") as handle:
+            handle.write(self.payload)
+        self.digest = hashlib.sha256(self.payload).hexdigest()
+        self.store = standbye_http.ImageServer().__enter__()
+        self.addCleanup(self.store.__exit__)
+        self.store.add("/image.raw", image)
+        self.proxy = ForwardProxy("%s:%s" % (USER, PASSWORD)).__enter__()
+        self.addCleanup(self.proxy.__exit__)
+        self.proxy.hosts[(STORE, 80)] = ("127.0.0.1",
+                                         self.store.server_address[1])
+        server = harness.start_server(self)
+        work = harness.make_workdir(self)
+        self.cache_dir = os.path.join(work, "cache")
+        configured = self.proxy.url.replace(
+            "http://", "http://%s:%s@" % (USER, PASSWORD))
+        self.agent = harness.start_agent(self, [server.address], {
+            "DEFAULT": {"enabled_extensions": ["standbye"]},
+            "standbye": {"image_cache_dir": self.cache_dir,
+                         "work_dir": os.path.join(work, "standbye"),
+                         "download_retries": 0,
+                         "proxy": configured}}, workdir=work)
+        try:
+            self.peer, _ = harness.accept_handshake(server, timeout=60)
+        except AssertionError as exc:
+            raise AssertionError("%s\nagent output:\n%s"
+                                 % (exc, self.agent.output()[-4000:]))
+        self.addCleanup(self.peer.close)
+
+    def cache(self, task_id, url):
+        """Run ``standbye.cache_images`` of one image; its final status."""
+        response = self.peer.call("standbye.cache_images", {
+            "task_id": task_id,
+            "images": [{"id": str(uuid.uuid4()), "urls": [url],
+                        "hashes": {"sha256": self.digest},
+                        "size": len(self.payload)}]})
+        self.assertIn("result", response, response)
+        final = self.peer.take(
+            lambda message: harness.is_task_status(message, task_id) and
+            message["params"].get("state") in ("complete", "error"),
+            timeout=120, what="the final status of %s" % task_id)
+        return final["params"]
+
+    def test_cache_images_goes_through_the_configured_proxy(self):
+        status = self.cache("c1", "http://%s/image.raw" % STORE)
+        self.assertEqual("complete", status["state"],
+                         "%s\nagent output:\n%s"
+                         % (status, self.agent.output()[-4000:]))
+        (entry,) = status["result"]["images"]
+        self.assertEqual(("cached", len(self.payload)),
+                         (entry["status"], entry["size"]))
+        with open(os.path.join(self.cache_dir, entry["id"] + ".image"),
+                  "rb") as f:
+            self.assertEqual(self.payload, f.read())
+        method, uri, auth = self.proxy.seen[-1]
+        self.assertEqual(("GET", "http://%s/image.raw" % STORE),
+                         (method, uri))
+        self.assertTrue(auth and auth.startswith("Basic "))
+        # The store saw the request through the proxy, without its
+        # credentials; the agent's log does not show the password.
+        self.assertTrue(self.store.headers)
+        self.assertFalse(any(name.lower().startswith("proxy-")
+                             for headers in self.store.headers
+                             for name in headers))
+        self.assertNotIn(PASSWORD, self.agent.output())

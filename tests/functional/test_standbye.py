@@ -150,8 +150,11 @@ class StandbyeTestBase(unittest.TestCase):
         if validator is not None:
             checked = validator(**checked)
         task_id = checked.pop("task_id")
+        # The wire name, as the agent starts it (its result is checked
+        # against that command's schema: tests/result_schemas.py).
         task, _ = self.registry.start(
-            task_id, method, lambda task: bound(task, **checked),
+            task_id, "standbye.%s" % method,
+            lambda task: bound(task, **checked),
             spec.exclusive)
         deadline = time.monotonic() + TASK_WAIT
         while not task.terminal and time.monotonic() < deadline:

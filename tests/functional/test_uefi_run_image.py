@@ -242,8 +242,11 @@ class UefiRunImageTestBase(unittest.TestCase):
                 checked.pop("task_id")
             else:
                 checked = validator(**checked)
+        # The wire name, as the agent starts it (its result is checked
+        # against that command's schema: tests/result_schemas.py).
         task, _ = self.registry.start(
-            task_id, method, lambda task: bound(task, **checked),
+            task_id, "%s.%s" % (group, method),
+            lambda task: bound(task, **checked),
             spec.exclusive)
         deadline = time.monotonic() + TASK_WAIT
         while not task.terminal and time.monotonic() < deadline:

@@ -7,6 +7,7 @@ when a schema accepts what the code refuses (or the other way round), and
 when an example line of docs/protocol.md does not fit its schema.
 """
 
+import functools
 import json
 import os
 import re
@@ -19,7 +20,9 @@ import referencing
 from teeth_agent.cmd import schema
 from teeth_agent import commands
 from teeth_agent import protocol
+from teeth_agent import tasks
 from tests import base
+from tests import result_schemas
 from tests.unit.runtime import test_agent
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -296,3 +299,116 @@ class ContractLinksTest(base.TestCase):
                 path = os.path.join(directory, name)
                 with open(path, encoding="utf-8", errors="replace") as f:
                     self.assertNotIn(stale, f.read(), path)
+
+
+class TaskResultDeclarationsTest(base.TestCase):
+    """What a task holds in ``result`` is declared next to its command and
+    every result a test produces is checked against it
+    (tests/result_schemas.py); these show the check bites."""
+
+    def test_every_project_task_command_declares_its_result(self):
+        for name, spec in schema.method_specs()["agent"].items():
+            if spec.is_task:
+                document = schema.documents()[schema.task_result_name(name)]
+                self.assertIsInstance(spec.result, dict, name)
+                self.assertEqual("object", document["type"])
+                self.assertTrue(document["description"])
+                self.assertEqual(
+                    {"$ref": schema.BASE_ID + schema.task_result_name(name)},
+                    schema.documents()["agent/%s.result.json" % name][
+                        "allOf"][1]["properties"]["result"]["anyOf"][0])
+
+    def test_a_task_command_without_a_declaration_is_an_error(self):
+        spec = commands.CommandSpec("x", {}, is_task=True)
+        self.assertRaises(schema.SchemaError, schema.task_result_schema,
+                          "decom.x", spec)
+
+    def test_a_result_that_is_not_a_schema_is_refused(self):
+        from teeth_agent.extensions import base as ext_base
+        with self.assertRaises(TypeError):
+            ext_base.task_command(result=["devices"])(
+                lambda self, task: None)
+
+    def run_in_registry(self, method, body):
+        registry = tasks.TaskRegistry()
+        with result_schemas.watching():
+            task, _ = registry.start("t-1", method, body)
+            for _ in range(1000):
+                if task.terminal:
+                    break
+                time.sleep(0.01)
+        self.assertTrue(task.terminal)
+        return result_schemas.take_problems()
+
+    def test_a_registry_result_that_drifted_is_caught(self):
+        # An undeclared key, a wrong type, a missing required key.
+        found = self.run_in_registry("decom.qc", lambda task: {
+            "inventory": {"system": {}, "cpu": {}, "memory": {},
+                          "disks": [], "nics": []},
+            "checks": [{"name": 3}], "surprise": 1})
+        self.assertEqual(2, len(found), found)
+        self.assertIn("'surprise' was unexpected", " ".join(found))
+        self.assertIn("at checks/0/name", " ".join(found))
+        found = self.run_in_registry("standbye.cache_images", lambda task: {
+            "images": [{"id": "i", "status": "cached"}]})
+        self.assertIn("'size' is a required property", found[0])
+
+    def test_error_details_are_checked_too(self):
+        def fail(task):
+            raise tasks.TaskFailed("no", {"images": [{"id": "i",
+                                                      "status": "lost"}]})
+        found = self.run_in_registry("standbye.cache_images", fail)
+        self.assertEqual(1, len(found), found)
+        self.assertIn("the details of a standbye.cache_images task", found[0])
+
+    def test_results_that_fit_and_other_methods_pass(self):
+        self.assertEqual([], self.run_in_registry(
+            "standbye.cache_images", lambda task: {"images": [
+                {"id": "i", "status": "cached", "size": 1,
+                 "format": "raw"},
+                {"id": "j", "status": "skipped", "reason": "too big"}]}))
+        self.assertEqual([], self.run_in_registry(
+            "work.grind", lambda task: {"anything": object.__name__}))
+
+    def test_a_final_status_from_a_real_agent_is_checked(self):
+        result_schemas.take_problems()
+        result_schemas.check_status({
+            "task_id": "t", "method": "decom.disk_erase",
+            "state": "complete", "result": {"devices": [
+                {"path": "/dev/sdb", "outcome": "skipped"}]}})
+        result_schemas.check_status({
+            "task_id": "t", "method": "decom.disk_erase",
+            "state": "running", "result": {"devices": 1}})
+        result_schemas.check_status({
+            "task_id": "t", "method": "decom.disk_erase",
+            "state": "complete", "result": {
+                "truncated": True, "size": 9, "limit": 1, "msg": "big"}})
+        found = result_schemas.take_problems()
+        self.assertEqual(1, len(found), found)
+
+    def test_an_evidence_record_is_strict(self):
+        record = {
+            "path": "/dev/sda", "outcome": "erased",
+            "method": "overwrite", "nist_category": "Clear",
+            "required_nist_category": "Clear", "purge_offered": False,
+            "duration_s": 1.5, "bytes": 10, "verified": True,
+            "blocks_checked": 4, "skipped_methods": [], "serial": None,
+            "model": None, "wwn": None, "firmware": None,
+            "size_bytes": 10, "logical_sector_size": 512,
+            "verification": {"read_back": "4 blocks", "samples": 4,
+                             "result": "passed"},
+            "started_at": "2026-12-01T23:50:00.125Z",
+            "ended_at": "2026-12-01T23:50:01.625Z", "tool": "teeth-agent",
+            "tool_version": None, "agent_version": "1.0.0",
+            "agent_id": "a", "teardown": []}
+        check = functools.partial(result_schemas.problems_of,
+                                  "decom.disk_erase", "the result")
+        self.assertEqual([], check({"devices": [record]}))
+        self.assertTrue(check({"devices": [dict(record, vendor_key=1)]}))
+        self.assertTrue(check({"devices": [dict(record, outcome="failed")]}),
+                        "a failed record needs its error")
+        self.assertTrue(check({"devices": [dict(record, signature="c2ln")]}),
+                        "a signature needs its key's fingerprint")
+        broken = dict(record)
+        del broken["teardown"]
+        self.assertTrue(check({"devices": [broken]}))

@@ -94,17 +94,19 @@ class RegistryTest(base.TestCase):
         self.assertEqual([1], runs)
 
     def test_exclusive_tasks_are_busy(self):
+        # Made-up methods: the bodies are stand-ins, not the commands
+        # whose results docs/schema/ describes (tests/result_schemas.py).
         gate = threading.Event()
-        first, _ = self.registry.start("t1", "decom.disk_erase",
+        first, _ = self.registry.start("t1", "fake.erase",
                                        lambda task: gate.wait(5) and {},
                                        exclusive=True)
         with self.assertRaises(protocol.Busy) as caught:
-            self.registry.start("t2", "standbye.prepare_image",
+            self.registry.start("t2", "fake.write",
                                 lambda task: {}, exclusive=True)
         self.assertIn("t1", caught.exception.msg)
         self.assertEqual("t1", caught.exception.details["task_id"])
         # A non-exclusive task may run beside it.
-        other, _ = self.registry.start("t3", "decom.qc", lambda task: {})
+        other, _ = self.registry.start("t3", "fake.read", lambda task: {})
         wait_terminal(other)
         gate.set()
         wait_terminal(first)
@@ -262,11 +264,12 @@ class PersistenceTest(base.TestCase):
         self.addCleanup(shutil.rmtree, self.state_dir)
 
     def test_running_task_is_reported_lost_after_restart(self):
+        # Made-up methods (stand-in bodies), as above.
         gate = threading.Event()
         first = tasks.TaskRegistry(state_dir=self.state_dir)
-        task, _ = first.start("t1", "decom.disk_erase",
+        task, _ = first.start("t1", "fake.erase",
                               lambda task: gate.wait(5) and {})
-        done, _ = first.start("t2", "decom.qc", lambda task: {"ok": True})
+        done, _ = first.start("t2", "fake.read", lambda task: {"ok": True})
         wait_terminal(done)
         first.acknowledge("t2", done.version)
         # The "restart": a new registry over the same state directory.

@@ -35,6 +35,7 @@ from teeth_agent.extensions.decom import firmware as firmware_images
 from teeth_agent.extensions.decom import health_checks
 from teeth_agent.extensions.decom import preparation
 from teeth_agent.extensions.decom import qc
+from teeth_agent.extensions.decom import results as result_schemas
 from teeth_agent.fetch import errors
 from teeth_agent.fetch import http_source
 from teeth_agent.fetch import proxy
@@ -282,7 +283,7 @@ class DecomExtension(base.Extension):
                                unique=True),
         "method": params.String(choices=erase.KNOWN_METHODS),
         "allow_fallback": params.Boolean(default=False),
-    }, validator="validate_disk_erase")
+    }, validator="validate_disk_erase", result=result_schemas.DISK_ERASE)
     def disk_erase(self, task, devices, method, allow_fallback):
         """Erase ``devices`` (default: every disk of the machine in scope).
 
@@ -622,7 +623,8 @@ class DecomExtension(base.Extension):
                                  required=True),
         }), required=True),
         "bios_settings": params.Map(params.Any()),
-    }, validator="validate_firmware_secure")
+    }, validator="validate_firmware_secure",
+        result=result_schemas.FIRMWARE_SECURE)
     def firmware_secure(self, task, firmware, bios_settings):
         """Bring firmware and BIOS settings to the given values.
 
@@ -814,7 +816,8 @@ class DecomExtension(base.Extension):
 
     # -- qc ------------------------------------------------------------------
 
-    @base.task_command(params={"spec": qc.SPEC}, validator="validate_qc")
+    @base.task_command(params={"spec": qc.SPEC}, validator="validate_qc",
+                       result=result_schemas.QC)
     def qc(self, task, spec):
         """Compare the live inventory with ``spec`` and run the spec's
         health checks (SMART, memory, stress, disk read); fail on a

@@ -35,6 +35,7 @@ from teeth_agent.disk import esp
 from teeth_agent.disk import partitions
 from teeth_agent.disk import writer
 from teeth_agent.extensions import base
+from teeth_agent.extensions.standbye import results as result_schemas
 from teeth_agent.extensions.standbye import uefi_boot
 from teeth_agent.fetch import download
 from teeth_agent.fetch import errors
@@ -313,7 +314,7 @@ class StandbyeExtension(base.Extension):
     @base.task_command(exclusive=True, params={
         "images": params.List(_image_param(True), required=True,
                               max_items=256),
-    }, validator=validate_cache_images)
+    }, validator=validate_cache_images, result=result_schemas.CACHE_IMAGES)
     def cache_images(self, task, images):
         """Cache as many of ``images`` as fit, in priority order.
 
@@ -365,7 +366,7 @@ class StandbyeExtension(base.Extension):
     @base.task_command(exclusive=True, params={
         "image": params.Any(required=True),
         "root_device_hints": params.Map(params.Any()),
-    }, validator=validate_prepare_image)
+    }, validator=validate_prepare_image, result=result_schemas.PREPARE_IMAGE)
     def prepare_image(self, task, image, root_device_hints):
         """Write ``image`` (from the cache, else its URLs) to the install
         device; the result names the device and what was written.
@@ -576,7 +577,7 @@ class StandbyeExtension(base.Extension):
         "image_id": params.UUID(required=True),
         "config_drive": params.Any(required=True),
         "boot_mode": params.String(choices=efi.BOOT_MODES, nullable=True),
-    }, validator=validate_run_image)
+    }, validator=validate_run_image, result=result_schemas.RUN_IMAGE)
     def run_image(self, task, image_id, config_drive, boot_mode=None):
         """Write the config drive, make the disk bootable, then kexec.
 

@@ -221,6 +221,8 @@ class ConflictTest(TempDirMixin, base.TestCase):
         self.assertNotEqual(tasks.params_digest("m", {"a": 1}),
                             tasks.params_digest("n", {"a": 1}))
 
+    # The methods are made up: the bodies are stand-ins, not the commands
+    # whose results docs/schema/ describes (tests/result_schemas.py).
     def start(self, registry, task_id, method, params):
         task, created = registry.start(
             task_id, method, lambda task: {"done": True},
@@ -230,18 +232,18 @@ class ConflictTest(TempDirMixin, base.TestCase):
 
     def test_other_method_or_params_is_a_conflict(self):
         registry = tasks.TaskRegistry()
-        erase, _ = self.start(registry, "t1", "decom.disk_erase",
+        erase, _ = self.start(registry, "t1", "fake.erase",
                               {"task_id": "t1", "devices": []})
         with self.assertRaises(protocol.Conflict) as caught:
-            self.start(registry, "t1", "decom.qc",
+            self.start(registry, "t1", "fake.read",
                        {"task_id": "t1", "spec": {}})
-        self.assertEqual({"task_id": "t1", "method": "decom.disk_erase"},
+        self.assertEqual({"task_id": "t1", "method": "fake.erase"},
                          caught.exception.details)
         self.assertEqual(-32005, caught.exception.code)
         with self.assertRaises(protocol.Conflict):
-            self.start(registry, "t1", "decom.disk_erase",
+            self.start(registry, "t1", "fake.erase",
                        {"task_id": "t1", "devices": ["/dev/sdz"]})
-        again, created = self.start(registry, "t1", "decom.disk_erase",
+        again, created = self.start(registry, "t1", "fake.erase",
                                     {"devices": [], "task_id": "t1"})
         self.assertIs(erase, again)
         self.assertFalse(created)
@@ -249,27 +251,27 @@ class ConflictTest(TempDirMixin, base.TestCase):
     def test_digest_survives_a_restart(self):
         state_dir = self.make_dir()
         registry = tasks.TaskRegistry(state_dir=state_dir)
-        self.start(registry, "t1", "decom.disk_erase", {"task_id": "t1"})
+        self.start(registry, "t1", "fake.erase", {"task_id": "t1"})
         restarted = tasks.TaskRegistry(state_dir=state_dir)
         with self.assertRaises(protocol.Conflict):
-            restarted.existing("t1", "decom.disk_erase",
-                               tasks.params_digest("decom.disk_erase",
+            restarted.existing("t1", "fake.erase",
+                               tasks.params_digest("fake.erase",
                                                    {"task_id": "t1",
                                                     "devices": ["/x"]}))
         self.assertIsNotNone(restarted.existing(
-            "t1", "decom.disk_erase",
-            tasks.params_digest("decom.disk_erase", {"task_id": "t1"})))
+            "t1", "fake.erase",
+            tasks.params_digest("fake.erase", {"task_id": "t1"})))
 
     def test_older_record_without_digest_compares_the_method(self):
         state_dir = self.make_dir()
-        write_records(state_dir, [record("old-1", "decom.disk_erase",
+        write_records(state_dir, [record("old-1", "fake.erase",
                                          result={"devices": []})])
         registry = tasks.TaskRegistry(state_dir=state_dir)
         self.assertIsNotNone(registry.existing(
-            "old-1", "decom.disk_erase", tasks.params_digest("x", {})))
+            "old-1", "fake.erase", tasks.params_digest("x", {})))
         with self.assertRaises(protocol.Conflict) as caught:
-            registry.existing("old-1", "decom.qc", None)
-        self.assertEqual("decom.disk_erase",
+            registry.existing("old-1", "fake.read", None)
+        self.assertEqual("fake.erase",
                          caught.exception.details["method"])
 
     def test_records_that_are_not_objects_do_not_stop_loading(self):
