@@ -218,7 +218,9 @@ _EMPTY = {"type": "object", "maxProperties": 0}
 _NUMBER_OR_NULL = {"type": ["number", "null"]}
 
 #: One agent of the control socket's ``agents`` page
-#: (``Agent.describe`` of :mod:`teeth_agent.endpoint.server`): the full
+#: (``Agent.describe`` of :mod:`teeth_agent.endpoint.server`, or, for an
+#: agent this process does not hold, ``describe_stored`` of
+#: :mod:`teeth_agent.endpoint.directory` from its database row): the full
 #: entry, the one whose tasks are summaries (``task_summaries``) or, when
 #: even that is too large, its identity and link only (``truncated``).
 AGENT_ENTRY = _object(
@@ -226,13 +228,16 @@ AGENT_ENTRY = _object(
     {"agent_id": _STRING, "connected": {"type": "boolean"},
      "peer": {"type": ["string", "null"]},
      "tls": {"type": "boolean"},
-     "identity": {"enum": list(endpoint_identity.IDENTITIES)},
+     # Null: recorded by an older endpoint that kept no identity kind.
+     "identity": {"enum": list(endpoint_identity.IDENTITIES) + [None]},
      "connected_at": _NUMBER_OR_NULL, "last_seen": _NUMBER_OR_NULL,
+     "first_seen": {"type": "number"},
+     "source": {"enum": ["process", "database"]},
      "process": {"type": ["string", "null"]},
      # As the agent sent them in its handshake (any JSON value).
      "agent_version": {}, "hardware": {}, "extensions": {},
      "tasks": {"type": "array", "items": _OBJECT},
-     "log_records": {"type": "integer", "minimum": 0},
+     "log_records": {"type": ["integer", "null"], "minimum": 0},
      "violations": {"type": "array", "items": _STRING},
      "task_summaries": {"const": True},
      "truncated": {"const": True}}, extra=False)
@@ -281,7 +286,9 @@ RESULTS = {
             {"agents": {"type": "array", "items": AGENT_ENTRY},
              "total": {"type": "integer", "minimum": 0},
              "next": {"type": ["string", "null"]},
-             "port": {"type": "integer"}}, extra=False),
+             "port": {"type": "integer"},
+             # Why the page lists only this process's agents.
+             "partial": _STRING}, extra=False),
         "forget": _object(["forgotten"], {"forgotten": _STRING}, extra=False),
         "call": _object(["result"], {"result": {}}, extra=False),
         "watch_task": dict(_object(

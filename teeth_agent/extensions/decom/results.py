@@ -34,6 +34,12 @@ _NAMESPACES = r.strict({
         "A step of the hardware manager's namespace reset (open: the "
         "manager's own report)."))),
     "namespace": r.STRING, "size_bytes": _INTEGER_OR_NULL,
+    # Not reset: why nothing was deleted (a namespace in use).
+    "refused": r.STRING,
+    # Erased namespace by namespace: the capacity outside them stays.
+    "note": r.STRING,
+    # A reset that failed after it started: the namespaces left.
+    "left_with": r.array(r.STRING),
 }, required=["controller", "namespaces", "reset"],
     description="An NVMe drive with several namespaces: whether they were "
                 "reset to one covering the drive, and how.")
