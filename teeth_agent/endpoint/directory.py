@@ -15,6 +15,8 @@ Every method blocks on the database: call them from an OS thread
 (``transport.run_in_thread``), never on the hub.
 """
 
+import os
+import socket
 import time
 
 import sqlalchemy as sa
@@ -33,8 +35,11 @@ class ProcessDirectory:
     :class:`~teeth_agent.db.store.Store` (its engine and process id)."""
 
     def __init__(self, store, address, stale_after=30.0, clock=time.time,
-                 peer_address=None):
+                 peer_address=None, host=None):
         self.store = store
+        #: This machine's name, as the store records it: a process of this
+        #: host whose pid is gone is dead at once (see :meth:`_reap_local`).
+        self.host = host or socket.gethostname()
         self.address = address
         #: The peer port (``tls:host:port``) published with the control
         #: socket, or None.
@@ -70,8 +75,32 @@ class ProcessDirectory:
                     models.EndpointProcess.id == self.process_id).values(
                         control=self.address[:models.NAME_LENGTH],
                         peer_address=peer))
+                reaped = self._reap_local(session, self.clock())
         except sa_exc.SQLAlchemyError as exc:
             raise self._fail("register in", exc) from None
+        return reaped
+
+    def _reap_local(self, session, now):
+        """Mark stopped the processes of this host that are gone (their
+        pid exists no more: killed, or the machine restarted) and their
+        agents disconnected, without waiting ``stale_after``; returns
+        them as :class:`~teeth_agent.endpoint.peers.Peer` values. A pid
+        that exists is taken as alive (it may be reused:
+        the heartbeat's expiry still catches that process)."""
+        me = models.EndpointProcess
+        gone = [row for row in session.execute(sa.select(me).where(
+            me.stopped_at.is_(None), me.host == self.host,
+            me.id != self.process_id)).scalars()
+            if not _pid_exists(row.pid)]
+        peers_gone = [_peer(row) for row in gone]
+        if gone:
+            ids = [row.id for row in gone]
+            session.execute(sa.update(me).where(me.id.in_(ids)).values(
+                stopped_at=now))
+            session.execute(sa.update(models.Agent).where(
+                models.Agent.process_id.in_(ids)).values(
+                    connected=False, process_id=None))
+        return peers_gone
 
     def unregister(self):
         """Nothing to do: the store marks the row stopped when it closes
@@ -112,6 +141,7 @@ class ProcessDirectory:
                                 ids[start:start + 500])).values(
                                     connected=True,
                                     process_id=self.process_id))
+                reaped = self._reap_local(session, now)
                 dead = session.execute(sa.select(me).where(
                     me.stopped_at.is_(None),
                     me.heartbeat_at < now - self.stale_after,
@@ -123,7 +153,7 @@ class ProcessDirectory:
                     session.execute(sa.update(models.Agent).where(
                         models.Agent.process_id.in_(ids)).values(
                             connected=False, process_id=None))
-                expired = [_peer(row) for row in dead]
+                expired = reaped + [_peer(row) for row in dead]
         except sa_exc.SQLAlchemyError as exc:
             raise self._fail("expire", exc) from None
         self.revived = revived
@@ -233,6 +263,16 @@ class ProcessDirectory:
                 return store_mod.task_status_of(store_mod._task_dict(row))
         except sa_exc.SQLAlchemyError as exc:
             raise self._fail("read", exc) from None
+
+
+def _pid_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError, TypeError):
+        return True  # not ours to signal, or not a pid: not known dead
+    return True
 
 
 def describe_stored(row, full=True):

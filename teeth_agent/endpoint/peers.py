@@ -113,7 +113,10 @@ class PeerRouter:
         heartbeat."""
         if self.peer_link is not None:
             self.directory.peer_address = self.peer_link.address
-        transport.run_in_thread(self.directory.register)
+        for peer in transport.run_in_thread(self.directory.register) or ():
+            LOG.warning("endpoint process %s (pid %s) of this host is gone: "
+                        "counted dead, its agents are held by nobody until "
+                        "they reconnect", peer.process_id, peer.pid)
         self._beater = transport.spawn(self._heartbeat_loop)
         LOG.info("endpoint process %s registered (host %s)",
                  self.process_id, self.host)

@@ -107,6 +107,8 @@ DISK_ERASE = r.strict({
     "boot_entries_removed": r.array(r.strict({
         "entry": r.STRING, "label": _TEXT_OR_NULL,
         "partition_uuid": _TEXT_OR_NULL,
+        # An entry of an MBR partition: the disk's identifier (hex).
+        "mbr_signature": _TEXT_OR_NULL,
     }, required=["entry", "label", "partition_uuid"])),
     "boot_entries_error": r.STRING,
     "not_erased": r.array(r.STRING),

@@ -49,7 +49,9 @@ PREPARE_IMAGE = r.open_object({
     "image)."))
 
 _ENTRY = r.strict({"entry": r.STRING, "label": _TEXT_OR_NULL,
-                   "partition_uuid": _TEXT_OR_NULL},
+                   "partition_uuid": _TEXT_OR_NULL,
+                   # An MBR partition's entry: the disk identifier (hex).
+                   "mbr_signature": _TEXT_OR_NULL},
                   required=["entry", "label", "partition_uuid"])
 
 _BOOT_LOADER = r.strict({

@@ -132,6 +132,38 @@ class TwoProcessesTest(base.TestCase):
         self.assertEqual("complete", final["state"])
         self.assertEqual({"ok": 1}, final["result"])
 
+    def test_a_process_of_this_host_whose_pid_is_gone_is_reaped_at_once(
+            self):
+        self.connect(self.b)
+        # B's pid on this host is gone (above the kernel's PID_MAX_LIMIT:
+        # no process ever has it); its heartbeat is still fresh.
+        with self.a.engine.begin() as connection:
+            connection.execute(sa.update(models.EndpointProcess).where(
+                models.EndpointProcess.id == self.b.process_id).values(
+                    pid=2 ** 22 + 7))
+        self.assertEqual(self.b.process_id,
+                         self.dir_a.holder("agent-1").process_id)
+        reaped = self.dir_a.register()
+        self.assertEqual([self.b.process_id],
+                         [peer.process_id for peer in reaped])
+        self.assertIsNone(self.dir_a.holder("agent-1"))
+        row = self.dir_a.agent_rows(["agent-1"], 5)["agent-1"]
+        self.assertEqual((False, None), (row["connected"], row["process"]))
+        self.assertEqual([self.a.process_id],
+                         [peer.process_id for peer in self.dir_a.live()])
+
+    def test_a_live_pid_or_another_hosts_process_is_not_reaped(self):
+        self.connect(self.b)
+        with self.a.engine.begin() as connection:
+            connection.execute(sa.update(models.EndpointProcess).where(
+                models.EndpointProcess.id == self.b.process_id).values(
+                    host="elsewhere", pid=2 ** 22 + 7))
+        # (This test process's own pid is B's in the other tests: alive.)
+        self.assertEqual([], self.dir_a.heartbeat())
+        self.assertEqual([], self.dir_a.register())
+        self.assertEqual(self.b.process_id,
+                         self.dir_a.holder("agent-1").process_id)
+
     def test_the_fleet_listing_names_each_agents_holder(self):
         self.assertEqual([], self.dir_a.agent_ids())
         self.assertEqual({}, self.dir_a.agent_rows([], 5))
