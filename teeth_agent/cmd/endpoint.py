@@ -22,6 +22,7 @@ from teeth_agent.cmd import follow
 from teeth_agent.cmd import lifecycle
 from teeth_agent.cmd import logsetup
 from teeth_agent.cmd import records
+from teeth_agent.cmd import usage
 from teeth_agent import conf as teeth_conf
 from teeth_agent.conf import strict
 from teeth_agent.conf import tls as conf_tls
@@ -385,8 +386,7 @@ def list_agents(conf):
     args = conf.command
     if args.forget is not None:
         return _forget_agent(conf, args.forget)
-    if args.limit is not None and args.limit < 1:
-        raise SystemExit("teeth-endpoint: --limit must be a positive number")
+    usage.check_positive(args.limit, "--limit")
     show = books.printable
     connection = _connect(conf)
     table = None if args.json else display.AgentTable(sys.stdout)
@@ -420,15 +420,13 @@ def call(conf):
     try:
         params = json.loads(args.params)
     except ValueError as exc:
-        raise SystemExit("teeth-endpoint: PARAMS is not JSON (%s); give "
-                         "one JSON object, e.g. '{\"task_id\": \"t-1\"}'"
-                         % exc)
+        raise usage.UsageError(
+            "PARAMS is not JSON (%s); give one JSON object, e.g. "
+            "'{\"task_id\": \"t-1\"}'" % exc) from None
     if not isinstance(params, dict):
-        raise SystemExit("teeth-endpoint: PARAMS must be a JSON object, "
-                         "e.g. '{\"task_id\": \"t-1\"}'")
-    if args.timeout is not None and args.timeout <= 0:
-        raise SystemExit("teeth-endpoint: --timeout must be a positive "
-                         "number of seconds")
+        raise usage.UsageError("PARAMS must be a JSON object, e.g. "
+                               "'{\"task_id\": \"t-1\"}'")
+    usage.check_seconds(args.timeout)
     updates = follow.Updates(sys.stderr, as_json=args.json,
                              agent_id=args.agent_id)
     connection = _connect(conf, updates)
@@ -473,13 +471,10 @@ def call(conf):
 
 def watch(conf):
     args = conf.command
-    if args.timeout is not None and args.timeout <= 0:
-        raise SystemExit("teeth-endpoint: --timeout must be a positive "
-                         "number of seconds")
+    usage.check_seconds(args.timeout)
     if args.all_tasks:
         if args.agent_id or args.task_id:
-            raise SystemExit("teeth-endpoint: watch --all takes no AGENT "
-                             "or TASK_ID")
+            raise usage.UsageError("watch --all takes no AGENT or TASK_ID")
         updates = follow.Updates(sys.stderr, as_json=args.json)
         connection = _connect(conf)
         try:
@@ -494,8 +489,7 @@ def watch(conf):
         finally:
             connection.close()
     if not (args.agent_id and args.task_id):
-        raise SystemExit("teeth-endpoint: watch needs AGENT and TASK_ID, "
-                         "or --all")
+        raise usage.UsageError("watch needs AGENT and TASK_ID, or --all")
     updates = follow.Updates(sys.stderr, as_json=args.json,
                              agent_id=args.agent_id)
 
@@ -526,6 +520,13 @@ def main(argv=None):
         conf = prepare(argv)
     except strict.ConfigError as exc:
         return strict.exit_status(exc, "teeth-endpoint", sys.stderr)
+    try:
+        return _run(conf)
+    except usage.UsageError as exc:
+        return usage.report("teeth-endpoint", exc)
+
+
+def _run(conf):
     command = conf.command.name
     if command == "serve":
         return serve(conf)

@@ -20,6 +20,7 @@ import json
 import sys
 
 from teeth_agent.cmd import display
+from teeth_agent.cmd import usage
 from teeth_agent.endpoint import books
 from teeth_agent import protocol
 from teeth_agent import transport
@@ -28,8 +29,8 @@ from teeth_agent import transport
 EXIT_OK = 0
 #: The task ended in ``error``, or the server refused the command.
 EXIT_TASK_ERROR = 1
-#: A usage or start-up error.
-EXIT_USAGE = 2
+#: A usage or start-up error (:mod:`teeth_agent.cmd.usage`).
+EXIT_USAGE = usage.EXIT_USAGE
 #: Following stopped (Ctrl-C or ``--timeout``) while the task still runs.
 EXIT_STILL_RUNNING = 3
 

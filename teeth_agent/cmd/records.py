@@ -24,6 +24,7 @@ import datetime
 import json
 import sys
 
+from teeth_agent.cmd import usage
 from teeth_agent.db import schema
 from teeth_agent.db import store as store_mod
 from teeth_agent.endpoint import books
@@ -113,7 +114,7 @@ def db_command(conf, out=sys.stdout):
     if args.action == "prune":
         return prune(conf, out)
     if args.older_than is not None or args.dry_run:
-        raise ReportError("--older-than and --dry-run go with db prune")
+        raise usage.UsageError("--older-than and --dry-run go with db prune")
     url = schema.url_from_conf(conf)
     if url is None:
         raise ReportError("no database is configured: [database] connection "
@@ -155,7 +156,8 @@ def prune(conf, out=sys.stdout):
                               "history is kept forever): give --older-than "
                               "DAYS")
     elif not days > 0 or days == float("inf"):
-        raise ReportError("--older-than must be a positive number of days")
+        raise usage.UsageError("--older-than must be a positive number of "
+                               "days, not %s" % days)
     store = open_store(conf)
     try:
         pruned = store.prune_tasks(days, dry_run=args.dry_run)
@@ -178,8 +180,7 @@ def _printable_row(values):
 
 def list_tasks(conf, out=sys.stdout):
     args = conf.command
-    if args.limit is not None and args.limit < 1:
-        raise ReportError("--limit must be a positive number")
+    usage.check_positive(args.limit, "--limit")
     store = open_store(conf)
     try:
         rows = store.tasks(agent_id=args.agent_id, state=args.state,

@@ -143,11 +143,21 @@ class TestFollow(unittest.TestCase):
         self.assertRegex(plain.stderr, r"(?m)^%s all-1 \[" % AGENT_ID)
 
     def test_watch_usage_errors_are_one_line(self):
-        for args in (("watch", AGENT_ID), ("call", AGENT_ID, "ping", "[1]"),
-                     ("call", AGENT_ID, "testing.sleep", "{", )):
-            done = self.cli(*args)
-            self.assertNotEqual(0, done.returncode, args)
-            assert_one_clean_line(self, done.stderr)
+        for args in (("watch", AGENT_ID), ("watch",),
+                     ("watch", "--all", AGENT_ID),
+                     ("watch", AGENT_ID, "t", "--timeout", "0"),
+                     ("call", AGENT_ID, "ping", "[1]"),
+                     ("call", AGENT_ID, "testing.sleep", "{"),
+                     ("call", AGENT_ID, "ping", "{}", "--timeout", "0"),
+                     ("call", AGENT_ID, "ping", "{}", "--timeout", "nan"),
+                     ("agents", "--limit", "0")):
+            with self.subTest(args=args):
+                done = self.cli(*args)
+                self.assertEqual(2, done.returncode, args)
+                self.assertEqual("", done.stdout)
+                assert_one_clean_line(self, done.stderr)
+                self.assertTrue(done.stderr.startswith("teeth-endpoint: "),
+                                done.stderr)
 
     def test_invalid_device_path_does_not_quote_a_regex(self):
         params = json.dumps({"task_id": "dev-1", "devices": ["sda"]})

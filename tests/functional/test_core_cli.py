@@ -115,23 +115,23 @@ class TestEndpointCli(unittest.TestCase):
 
     def test_agent_error_is_reported_with_its_type(self):
         done = self.call(AGENT_ID, "no.such_method", "{}")
-        self.assertNotEqual(0, done.returncode)
+        self.assertEqual(1, done.returncode)
         self.assertIn("UnknownMethod", done.stderr)
         done = self.call(AGENT_ID, "testing.sleep", '{"task_id":"../x"}')
-        self.assertNotEqual(0, done.returncode)
+        self.assertEqual(1, done.returncode)
         self.assertIn("InvalidParams", done.stderr)
         self.assertIn("task_id", done.stderr)
 
     def test_unknown_agent_exits_nonzero(self):
         done = self.call("no-such-agent", "ping", "{}")
-        self.assertNotEqual(0, done.returncode)
+        self.assertEqual(1, done.returncode)
         self.assertIn("no-such-agent", done.stderr)
 
     def test_params_that_are_not_a_json_object_are_refused(self):
         for text in ("{not json", "[1, 2]"):
             with self.subTest(text=text):
                 done = self.call(AGENT_ID, "ping", text)
-                self.assertNotEqual(0, done.returncode)
+                self.assertEqual(2, done.returncode, done.stderr)
                 self.assertEqual("", done.stdout)
 
     def test_control_socket_is_private(self):

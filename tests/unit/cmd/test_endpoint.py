@@ -13,6 +13,7 @@ from unittest import mock
 from cryptography import x509
 
 from teeth_agent.cmd import endpoint as endpoint_cmd
+from teeth_agent.cmd import usage
 from teeth_agent import pki
 from teeth_agent import transport
 from tests import base
@@ -143,3 +144,77 @@ class TestIssueCommands(base.TestCase):
         self.assertEqual(2, code)
         self.assertEqual(1, len(err.strip().splitlines()), err)
         self.assertIn("cannot load", err)
+
+
+class TestUsageErrors(base.TestCase):
+    """A command line that parses but cannot be run: one line on stderr,
+    nothing on stdout, exit status 2 (as EXIT_STATUSES says), before any
+    server or database is reached."""
+
+    def setUp(self):
+        super().setUp()
+        self.dir = tempfile.mkdtemp(prefix="teeth-usage-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.conf_dir = os.path.join(self.dir, "conf.d")
+        os.mkdir(self.conf_dir)
+
+    def run_main(self, *argv):
+        stdout, stderr = io.StringIO(), io.StringIO()
+        connect = mock.Mock(side_effect=AssertionError("connected"))
+        with mock.patch.object(endpoint_cmd.log, "setup"), \
+                mock.patch.object(endpoint_cmd, "_connect", connect), \
+                mock.patch("sys.stdout", stdout), \
+                mock.patch("sys.stderr", stderr):
+            code = endpoint_cmd.main(["--config-dir", self.conf_dir]
+                                     + list(argv))
+        self.assertFalse(connect.called)
+        return code, stdout.getvalue(), stderr.getvalue()
+
+    def test_each_is_one_line_and_exit_2(self):
+        state = os.path.join(self.dir, "state")
+        cases = (
+            (("call", "a", "ping", "{"), "PARAMS is not JSON"),
+            (("call", "a", "ping", "[1, 2]"), "PARAMS must be a JSON object"),
+            (("call", "a", "ping", '"{}"'), "PARAMS must be a JSON object"),
+            (("call", "a", "ping", "{}", "--timeout", "0"),
+             "--timeout must be a positive number of seconds, not 0"),
+            (("call", "a", "ping", "{}", "--timeout", "-1"), "--timeout"),
+            (("call", "a", "ping", "{}", "--timeout", "nan"), "not nan"),
+            (("call", "a", "ping", "{}", "--timeout", "inf"), "not inf"),
+            (("watch",), "watch needs AGENT and TASK_ID, or --all"),
+            (("watch", "a"), "watch needs AGENT and TASK_ID, or --all"),
+            (("watch", "a", "t", "--timeout", "0"), "--timeout"),
+            (("watch", "--all", "a"), "watch --all takes no AGENT"),
+            (("agents", "--limit", "0"),
+             "--limit must be a positive number, not 0"),
+            (("agents", "--limit", "-5"), "--limit"),
+            (("--config-file", self.write_conf(state), "tasks", "--limit",
+              "0"), "--limit must be a positive number"),
+            (("--config-file", self.write_conf(state), "db", "current",
+              "--dry-run"), "go with db prune"),
+            (("--config-file", self.write_conf(state), "db", "prune",
+              "--older-than", "0"), "--older-than must be a positive"),
+        )
+        for argv, needle in cases:
+            with self.subTest(argv=argv):
+                code, out, err = self.run_main(*argv)
+                self.assertEqual(2, code, err)
+                self.assertEqual("", out)
+                self.assertEqual(1, len(err.splitlines()), err)
+                self.assertTrue(err.startswith("teeth-endpoint: "), err)
+                self.assertIn(needle, err)
+                self.assertNotIn("Traceback", err)
+        # Nothing made a database for the refused db and tasks commands.
+        self.assertFalse(os.path.exists(state))
+
+    def write_conf(self, state):
+        path = os.path.join(self.dir, "e.conf")
+        with open(path, "w") as stream:
+            stream.write("[endpoint]\nstate_dir = %s\n" % state)
+        return path
+
+    def test_a_message_with_a_newline_stays_one_line(self):
+        err = io.StringIO()
+        code = usage.report("prog", usage.UsageError("one\ntwo\r\nthree"),
+                            err)
+        self.assertEqual((2, "prog: one two three\n"), (code, err.getvalue()))

@@ -13,6 +13,7 @@ from unittest import mock
 
 from teeth_agent.cmd import endpoint as endpoint_cmd
 from teeth_agent.cmd import records
+from teeth_agent.cmd import usage
 from teeth_agent.db import schema
 from teeth_agent.db import store as store_mod
 from tests import base
@@ -116,10 +117,9 @@ class TestDbCommand(RecordsTestCase):
                 ({"older_than": -3.0}, "--older-than must be a positive"),
                 ({"older_than": float("nan")},
                  "--older-than must be a positive")):
-            with self.assertRaisesRegex(records.ReportError, message):
+            with self.assertRaisesRegex(usage.UsageError, message):
                 self.run_command("db", action="prune", **args)
-        with self.assertRaisesRegex(records.ReportError,
-                                    "go with db prune"):
+        with self.assertRaisesRegex(usage.UsageError, "go with db prune"):
             self.run_command("db", action="upgrade", dry_run=True)
         self.conf.set_override("task_retention", 0, group="database")
         with self.assertRaisesRegex(records.ReportError,
