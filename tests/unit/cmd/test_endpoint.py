@@ -14,6 +14,7 @@ from cryptography import x509
 
 from teeth_agent.cmd import endpoint as endpoint_cmd
 from teeth_agent.cmd import usage
+from teeth_agent.endpoint.web import auth
 from teeth_agent import pki
 from teeth_agent import transport
 from tests import base
@@ -135,6 +136,50 @@ class TestIssueCommands(base.TestCase):
                          .get_extension_for_class(
                              x509.SubjectAlternativeName)
                          .value.get_values_for_type(x509.DNSName))
+
+    def test_issue_json_is_one_object_naming_the_files(self):
+        ca_dir = os.path.join(self.dir, "ca")
+        code, out, _ = self.run_main("issue-ca", ca_dir, "--json")
+        self.assertEqual(0, code)
+        self.assertEqual(1, len(out.splitlines()), out)
+        self.assertEqual({"cert": os.path.join(ca_dir, pki.CA_CERT),
+                          "key": os.path.join(ca_dir, pki.CA_KEY)},
+                         json.loads(out))
+        ca_args = ["--ca-cert", os.path.join(ca_dir, pki.CA_CERT),
+                   "--ca-key", os.path.join(ca_dir, pki.CA_KEY)]
+        for which, names in ((["--agent-id", "n1"],
+                              (pki.AGENT_CERT, pki.AGENT_KEY)),
+                             (["--server", "127.0.0.1"],
+                              (pki.SERVER_CERT, pki.SERVER_KEY))):
+            out_dir = os.path.join(self.dir, names[0])
+            code, out, _ = self.run_main("issue-cert", *ca_args, *which,
+                                         "--out", out_dir, "--json")
+            self.assertEqual(0, code)
+            shown = json.loads(out)
+            self.assertEqual({"cert": os.path.join(out_dir, names[0]),
+                              "key": os.path.join(out_dir, names[1])},
+                             shown)
+            self.assertTrue(os.path.exists(shown["cert"]))
+
+    def test_dashboard_token_json(self):
+        state = os.path.join(self.dir, "state")
+        conf_dir = os.path.join(self.dir, "conf.d")
+        os.mkdir(conf_dir)
+        with open(os.path.join(conf_dir, "e.conf"), "w") as stream:
+            stream.write("[endpoint]\nstate_dir = %s\n" % state)
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with mock.patch.object(endpoint_cmd.log, "setup"), \
+                mock.patch("sys.stdout", stdout), \
+                mock.patch("sys.stderr", stderr):
+            code = endpoint_cmd.main(["--config-dir", conf_dir,
+                                      "dashboard-token", "--json"])
+        self.assertEqual(0, code, stderr.getvalue())
+        self.assertEqual(1, len(stdout.getvalue().splitlines()))
+        shown = json.loads(stdout.getvalue())
+        self.assertEqual(auth.token_path(state), shown["hash_file"])
+        self.assertEqual(auth.load_hash(state), auth.digest(shown["token"]))
+        self.assertIn("shown only now", stderr.getvalue())
+        self.assertNotIn(shown["token"], stderr.getvalue())
 
     def test_issue_cert_with_a_missing_ca_exits_2_with_one_line(self):
         code, _, err = self.run_main(
