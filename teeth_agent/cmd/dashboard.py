@@ -32,12 +32,13 @@ def build(conf, endpoint):
 
 def start(dashboard):
     """Start ``dashboard`` (None: nothing to do) right after the endpoint,
-    before ``serve`` says it is listening. Raises ValueError (a one-line
-    reason) when it cannot listen; the caller stops the endpoint."""
+    before ``serve`` says it is listening (and where the dashboard is,
+    :attr:`~teeth_agent.endpoint.web.http.DashboardServer.url`). Raises
+    ValueError (a one-line reason) when it cannot listen; the caller stops
+    the endpoint."""
     if dashboard is None:
         return
     dashboard.start()
-    print("teeth-endpoint dashboard at %s" % dashboard.url, flush=True)
 
 
 def stop(dashboard):

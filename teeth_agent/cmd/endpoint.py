@@ -21,6 +21,7 @@ from teeth_agent.cmd import display
 from teeth_agent.cmd import follow
 from teeth_agent.cmd import lifecycle
 from teeth_agent.cmd import logsetup
+from teeth_agent.cmd import output
 from teeth_agent.cmd import records
 from teeth_agent.cmd import usage
 from teeth_agent import conf as teeth_conf
@@ -67,7 +68,8 @@ def add_parsers(subparsers):
         "serve", help="listen for agents",
         description="Listen for agents and open the control socket the "
                     "other commands use; runs until Ctrl-C or SIGTERM.")
-    _json_flag(serve, "print the listening address as one JSON object")
+    _json_flag(serve, "print the listening address (and the dashboard's "
+                      "URL) as one JSON object")
     cmd_dashboard.add_parser(subparsers)
     agents = subparsers.add_parser(
         "agents", help="list the agents the endpoint knows")
@@ -229,6 +231,28 @@ def issue(conf):
     return 0
 
 
+def _say_listening(as_json, endpoint, path, peer_link, dashboard):
+    """What ``serve`` prints on stdout once it listens everywhere: one JSON
+    object with ``--json`` (``peer_address`` and ``dashboard`` when they
+    are on), else a line each. Its logs go to stderr
+    (:mod:`teeth_agent.cmd.logsetup`)."""
+    if as_json:
+        shown = {"host": endpoint.host, "port": endpoint.port,
+                 "control_socket": path}
+        if peer_link is not None:
+            shown["peer_address"] = peer_link.address
+        if dashboard is not None:
+            shown["dashboard"] = dashboard.url
+        follow.json_line(shown, sys.stdout)
+        return
+    if dashboard is not None:
+        print("teeth-endpoint dashboard at %s" % dashboard.url, flush=True)
+    print("teeth-endpoint listening on %s:%d, control socket %s"
+          % (endpoint.host, endpoint.port, path), flush=True)
+    if peer_link is not None:
+        print("teeth-endpoint peer port %s" % peer_link.address, flush=True)
+
+
 def serve(conf):
     limit = raise_file_limit()
     LOG.info("open-file limit %d (each agent needs one)", limit)
@@ -283,18 +307,7 @@ def serve(conf):
         return lifecycle.cannot_start("teeth-endpoint", failure)
     if router is not None:
         router.start()
-    if conf.command.json:
-        shown = {"host": endpoint.host, "port": endpoint.port,
-                 "control_socket": path}
-        if peer_link is not None:
-            shown["peer_address"] = peer_link.address
-        follow.json_line(shown, sys.stdout)
-    else:
-        print("teeth-endpoint listening on %s:%d, control socket %s"
-              % (endpoint.host, endpoint.port, path), flush=True)
-        if peer_link is not None:
-            print("teeth-endpoint peer port %s" % peer_link.address,
-                  flush=True)
+    _say_listening(conf.command.json, endpoint, path, peer_link, dashboard)
     LOG.info("teeth-endpoint started (pid %d): agents on %s:%d, control "
              "socket %s", os.getpid(), endpoint.host, endpoint.port, path)
 
@@ -516,6 +529,12 @@ def watch(conf):
 
 
 def main(argv=None):
+    """Run ``teeth-endpoint``; returns the exit status (a closed stdout
+    ends it quietly: :mod:`teeth_agent.cmd.output`)."""
+    return output.run(_main, argv)
+
+
+def _main(argv):
     try:
         conf = prepare(argv)
     except strict.ConfigError as exc:
