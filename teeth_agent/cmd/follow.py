@@ -71,7 +71,12 @@ class Updates:
     ``stream`` or, with ``as_json``, JSON lines on ``out``.
 
     It is also the control connection's dispatcher: it answers the
-    server's ``ping`` and draws its ``task_status`` pushes.
+    server's ``ping`` and draws its ``task_status`` pushes. When the
+    reader of the output went away (BrokenPipeError while drawing a push)
+    it keeps the error in :attr:`broken` and closes the connection, so the
+    follow ends at once and raises it in the main thread
+    (:func:`follow_task`), where :mod:`teeth_agent.cmd.output` ends the
+    command quietly.
     """
 
     def __init__(self, stream=None, as_json=False, out=None, agent_id=None):
@@ -80,6 +85,8 @@ class Updates:
         self.agent_id = agent_id
         self.progress = None if as_json else display.TaskProgress(
             stream or sys.stderr)
+        #: The BrokenPipeError a push met, or None.
+        self.broken = None
 
     def __call__(self, connection, command):
         if command.method == "ping":
@@ -87,8 +94,13 @@ class Updates:
         if command.method != "task_status":
             raise protocol.UnknownMethod("unknown method %s"
                                          % command.method)
-        if isinstance(command.params, dict):
-            self.update(command.params)
+        if isinstance(command.params, dict) and self.broken is None:
+            try:
+                self.update(command.params)
+            except BrokenPipeError as exc:
+                self.broken = exc
+        if self.broken is not None:
+            connection.close("the output was closed")
         return {}
 
     def update(self, status, label=None):
@@ -144,6 +156,9 @@ def follow_task(connection, agent_id, task_id, timeout, updates):
                           % (books.printable(task_id),
                              books.printable(exc.msg))) from None
     except transport.ConnectionLost:
+        if getattr(updates, "broken", None) is not None:
+            # Not the server: the reader of the output went away.
+            raise updates.broken from None
         raise FollowError("lost the server while following task %s; it "
                           "may still be running"
                           % books.printable(task_id)) from None

@@ -6,6 +6,7 @@ processes logging their start-up and shutdown."""
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -119,6 +120,28 @@ class TestFollow(unittest.TestCase):
         self.assertTrue(all(line["state"] == "running"
                             for line in lines[:-1]), lines)
         self.assertEqual("", done.stderr)
+
+    def test_call_json_into_a_closed_pipe_ends_quietly(self):
+        # A thousand updates, more than a pipe holds: the reader (head)
+        # is gone long before the task ends, and so is the call, exit 141
+        # with nothing on stderr (the task goes on).
+        argv = " ".join(shlex.quote(word) for word in
+                        harness.endpoint_cli_argv(
+                            self.endpoint.config_path, "call", AGENT_ID,
+                            "testing.sleep",
+                            self.sleep_params("pipe-1", 20, steps=1000),
+                            "--json"))
+        started = time.monotonic()
+        done = subprocess.run(
+            ["bash", "-c", '%s 2>"$0" | head -c 10; '
+             'echo " ${PIPESTATUS[0]}"' % argv,
+             os.path.join(self.workdir, "pipe-1.err")],
+            capture_output=True, text=True, timeout=120,
+            env=harness.plugin_env(), stdin=subprocess.DEVNULL)
+        self.assertEqual('{"agent_id 141\n', done.stdout, done.stderr)
+        self.assertLess(time.monotonic() - started, 20)
+        with open(os.path.join(self.workdir, "pipe-1.err")) as stream:
+            self.assertEqual("", stream.read())
 
     def test_watch_all_shows_every_running_task(self):
         # Long tasks and --timeout: the view is checked while both run,
