@@ -15,6 +15,7 @@ from oslo_log import log
 
 from teeth_agent.cmd import lifecycle
 from teeth_agent.cmd import logsetup
+from teeth_agent.cmd import output
 from teeth_agent import conf as teeth_conf
 from teeth_agent.conf import strict
 from teeth_agent.conf import tls as conf_tls
@@ -109,6 +110,12 @@ def build_agent(conf):
 
 
 def main(argv=None):
+    """Run ``teeth-agent``; returns the exit status (a closed stdout ends
+    it quietly: :mod:`teeth_agent.cmd.output`)."""
+    return output.run(_main, argv)
+
+
+def _main(argv):
     words = sys.argv[1:] if argv is None else list(argv)
     if words[:1] == ["verify-evidence"]:
         # An auditor's command: no agent configuration is read.

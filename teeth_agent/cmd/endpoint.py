@@ -21,7 +21,9 @@ from teeth_agent.cmd import display
 from teeth_agent.cmd import follow
 from teeth_agent.cmd import lifecycle
 from teeth_agent.cmd import logsetup
+from teeth_agent.cmd import output
 from teeth_agent.cmd import records
+from teeth_agent.cmd import usage
 from teeth_agent import conf as teeth_conf
 from teeth_agent.conf import strict
 from teeth_agent.conf import tls as conf_tls
@@ -66,7 +68,8 @@ def add_parsers(subparsers):
         "serve", help="listen for agents",
         description="Listen for agents and open the control socket the "
                     "other commands use; runs until Ctrl-C or SIGTERM.")
-    _json_flag(serve, "print the listening address as one JSON object")
+    _json_flag(serve, "print the listening address (and the dashboard's "
+                      "URL) as one JSON object")
     cmd_dashboard.add_parser(subparsers)
     agents = subparsers.add_parser(
         "agents", help="list the agents the endpoint knows")
@@ -228,6 +231,28 @@ def issue(conf):
     return 0
 
 
+def _say_listening(as_json, endpoint, path, peer_link, dashboard):
+    """What ``serve`` prints on stdout once it listens everywhere: one JSON
+    object with ``--json`` (``peer_address`` and ``dashboard`` when they
+    are on), else a line each. Its logs go to stderr
+    (:mod:`teeth_agent.cmd.logsetup`)."""
+    if as_json:
+        shown = {"host": endpoint.host, "port": endpoint.port,
+                 "control_socket": path}
+        if peer_link is not None:
+            shown["peer_address"] = peer_link.address
+        if dashboard is not None:
+            shown["dashboard"] = dashboard.url
+        follow.json_line(shown, sys.stdout)
+        return
+    if dashboard is not None:
+        print("teeth-endpoint dashboard at %s" % dashboard.url, flush=True)
+    print("teeth-endpoint listening on %s:%d, control socket %s"
+          % (endpoint.host, endpoint.port, path), flush=True)
+    if peer_link is not None:
+        print("teeth-endpoint peer port %s" % peer_link.address, flush=True)
+
+
 def serve(conf):
     limit = raise_file_limit()
     LOG.info("open-file limit %d (each agent needs one)", limit)
@@ -282,18 +307,7 @@ def serve(conf):
         return lifecycle.cannot_start("teeth-endpoint", failure)
     if router is not None:
         router.start()
-    if conf.command.json:
-        shown = {"host": endpoint.host, "port": endpoint.port,
-                 "control_socket": path}
-        if peer_link is not None:
-            shown["peer_address"] = peer_link.address
-        follow.json_line(shown, sys.stdout)
-    else:
-        print("teeth-endpoint listening on %s:%d, control socket %s"
-              % (endpoint.host, endpoint.port, path), flush=True)
-        if peer_link is not None:
-            print("teeth-endpoint peer port %s" % peer_link.address,
-                  flush=True)
+    _say_listening(conf.command.json, endpoint, path, peer_link, dashboard)
     LOG.info("teeth-endpoint started (pid %d): agents on %s:%d, control "
              "socket %s", os.getpid(), endpoint.host, endpoint.port, path)
 
@@ -389,8 +403,7 @@ def list_agents(conf):
     args = conf.command
     if args.forget is not None:
         return _forget_agent(conf, args.forget)
-    if args.limit is not None and args.limit < 1:
-        raise SystemExit("teeth-endpoint: --limit must be a positive number")
+    usage.check_positive(args.limit, "--limit")
     show = books.printable
     connection = _connect(conf)
     table = None if args.json else display.AgentTable(sys.stdout)
@@ -424,15 +437,13 @@ def call(conf):
     try:
         params = json.loads(args.params)
     except ValueError as exc:
-        raise SystemExit("teeth-endpoint: PARAMS is not JSON (%s); give "
-                         "one JSON object, e.g. '{\"task_id\": \"t-1\"}'"
-                         % exc)
+        raise usage.UsageError(
+            "PARAMS is not JSON (%s); give one JSON object, e.g. "
+            "'{\"task_id\": \"t-1\"}'" % exc) from None
     if not isinstance(params, dict):
-        raise SystemExit("teeth-endpoint: PARAMS must be a JSON object, "
-                         "e.g. '{\"task_id\": \"t-1\"}'")
-    if args.timeout is not None and args.timeout <= 0:
-        raise SystemExit("teeth-endpoint: --timeout must be a positive "
-                         "number of seconds")
+        raise usage.UsageError("PARAMS must be a JSON object, e.g. "
+                               "'{\"task_id\": \"t-1\"}'")
+    usage.check_seconds(args.timeout)
     updates = follow.Updates(sys.stderr, as_json=args.json,
                              agent_id=args.agent_id)
     connection = _connect(conf, updates)
@@ -477,13 +488,10 @@ def call(conf):
 
 def watch(conf):
     args = conf.command
-    if args.timeout is not None and args.timeout <= 0:
-        raise SystemExit("teeth-endpoint: --timeout must be a positive "
-                         "number of seconds")
+    usage.check_seconds(args.timeout)
     if args.all_tasks:
         if args.agent_id or args.task_id:
-            raise SystemExit("teeth-endpoint: watch --all takes no AGENT "
-                             "or TASK_ID")
+            raise usage.UsageError("watch --all takes no AGENT or TASK_ID")
         updates = follow.Updates(sys.stderr, as_json=args.json)
         connection = _connect(conf)
         try:
@@ -498,8 +506,7 @@ def watch(conf):
         finally:
             connection.close()
     if not (args.agent_id and args.task_id):
-        raise SystemExit("teeth-endpoint: watch needs AGENT and TASK_ID, "
-                         "or --all")
+        raise usage.UsageError("watch needs AGENT and TASK_ID, or --all")
     updates = follow.Updates(sys.stderr, as_json=args.json,
                              agent_id=args.agent_id)
 
@@ -526,10 +533,23 @@ def watch(conf):
 
 
 def main(argv=None):
+    """Run ``teeth-endpoint``; returns the exit status (a closed stdout
+    ends it quietly: :mod:`teeth_agent.cmd.output`)."""
+    return output.run(_main, argv)
+
+
+def _main(argv):
     try:
         conf = prepare(argv)
     except strict.ConfigError as exc:
         return strict.exit_status(exc, "teeth-endpoint", sys.stderr)
+    try:
+        return _run(conf)
+    except usage.UsageError as exc:
+        return usage.report("teeth-endpoint", exc)
+
+
+def _run(conf):
     command = conf.command.name
     if command == "serve":
         return serve(conf)

@@ -20,6 +20,7 @@ import json
 import sys
 
 from teeth_agent.cmd import display
+from teeth_agent.cmd import usage
 from teeth_agent.endpoint import books
 from teeth_agent import protocol
 from teeth_agent import transport
@@ -28,8 +29,8 @@ from teeth_agent import transport
 EXIT_OK = 0
 #: The task ended in ``error``, or the server refused the command.
 EXIT_TASK_ERROR = 1
-#: A usage or start-up error.
-EXIT_USAGE = 2
+#: A usage or start-up error (:mod:`teeth_agent.cmd.usage`).
+EXIT_USAGE = usage.EXIT_USAGE
 #: Following stopped (Ctrl-C or ``--timeout``) while the task still runs.
 EXIT_STILL_RUNNING = 3
 
@@ -70,7 +71,12 @@ class Updates:
     ``stream`` or, with ``as_json``, JSON lines on ``out``.
 
     It is also the control connection's dispatcher: it answers the
-    server's ``ping`` and draws its ``task_status`` pushes.
+    server's ``ping`` and draws its ``task_status`` pushes. When the
+    reader of the output went away (BrokenPipeError while drawing a push)
+    it keeps the error in :attr:`broken` and closes the connection, so the
+    follow ends at once and raises it in the main thread
+    (:func:`follow_task`), where :mod:`teeth_agent.cmd.output` ends the
+    command quietly.
     """
 
     def __init__(self, stream=None, as_json=False, out=None, agent_id=None):
@@ -79,6 +85,8 @@ class Updates:
         self.agent_id = agent_id
         self.progress = None if as_json else display.TaskProgress(
             stream or sys.stderr)
+        #: The BrokenPipeError a push met, or None.
+        self.broken = None
 
     def __call__(self, connection, command):
         if command.method == "ping":
@@ -86,8 +94,13 @@ class Updates:
         if command.method != "task_status":
             raise protocol.UnknownMethod("unknown method %s"
                                          % command.method)
-        if isinstance(command.params, dict):
-            self.update(command.params)
+        if isinstance(command.params, dict) and self.broken is None:
+            try:
+                self.update(command.params)
+            except BrokenPipeError as exc:
+                self.broken = exc
+        if self.broken is not None:
+            connection.close("the output was closed")
         return {}
 
     def update(self, status, label=None):
@@ -143,6 +156,9 @@ def follow_task(connection, agent_id, task_id, timeout, updates):
                           % (books.printable(task_id),
                              books.printable(exc.msg))) from None
     except transport.ConnectionLost:
+        if getattr(updates, "broken", None) is not None:
+            # Not the server: the reader of the output went away.
+            raise updates.broken from None
         raise FollowError("lost the server while following task %s; it "
                           "may still be running"
                           % books.printable(task_id)) from None

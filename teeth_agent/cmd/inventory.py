@@ -14,20 +14,11 @@ import json
 import logging
 import sys
 
+from teeth_agent.cmd import logsetup
 from teeth_agent import hardware
 from teeth_agent.hardware import inventory
 
 LOG = logging.getLogger(__name__)
-
-
-def _keep_logs_off_stdout():
-    # oslo.log's console handler writes to stdout by default; the report
-    # must be the only thing there, so a caller can pipe it to a JSON
-    # parser.
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler) and \
-                getattr(handler, "stream", None) is sys.stdout:
-            handler.setStream(sys.stderr)
 
 
 def main(conf):
@@ -37,7 +28,10 @@ def main(conf):
     success, 2 when the hardware managers cannot be loaded or one fails
     while reading the machine (the reason goes to stderr).
     """
-    _keep_logs_off_stdout()
+    # The report must be the only thing on stdout, so a caller can pipe
+    # it to a JSON parser (setup_logging did this already, unless a
+    # log_config_append file pointed a handler there).
+    logsetup.logs_off_stdout()
     try:
         dispatcher = hardware.load_managers(conf)
         report = {

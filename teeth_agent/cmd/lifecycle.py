@@ -40,12 +40,11 @@ class Stop(SystemExit):
         self.reason = reason
 
 
-def os_error_text(exc):
-    """An OSError as one short phrase: ``connection refused``, not
-    ``[Errno 111] ECONNREFUSED: ConnectionRefusedError: ...``."""
-    if getattr(exc, "errno", None):
-        return os.strerror(exc.errno).lower()
-    return str(exc) or type(exc).__name__
+#: An OSError as one short phrase: ``connection refused``, not
+#: ``[Errno 111] ECONNREFUSED: ConnectionRefusedError: ...``
+#: (:func:`teeth_agent.transport.sockets.error_text`, which the agent's
+#: connect warning uses too).
+os_error_text = transport.error_text
 
 
 def claim_control_socket(path, connect=None):

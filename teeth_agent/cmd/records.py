@@ -24,6 +24,7 @@ import datetime
 import json
 import sys
 
+from teeth_agent.cmd import usage
 from teeth_agent.db import schema
 from teeth_agent.db import store as store_mod
 from teeth_agent.endpoint import books
@@ -61,6 +62,8 @@ def add_parsers(subparsers):
                          "task_retention)")
     db.add_argument("--dry-run", action="store_true",
                     help="prune: only count what would be deleted")
+    db.add_argument("--json", action="store_true",
+                    help="print the outcome as one JSON object")
     tasks = subparsers.add_parser(
         "tasks", help="the task history, read from the database")
     tasks.add_argument("agent_id", nargs="?", default=None,
@@ -113,7 +116,7 @@ def db_command(conf, out=sys.stdout):
     if args.action == "prune":
         return prune(conf, out)
     if args.older_than is not None or args.dry_run:
-        raise ReportError("--older-than and --dry-run go with db prune")
+        raise usage.UsageError("--older-than and --dry-run go with db prune")
     url = schema.url_from_conf(conf)
     if url is None:
         raise ReportError("no database is configured: [database] connection "
@@ -123,24 +126,44 @@ def db_command(conf, out=sys.stdout):
                                     create=conf.command.action == "upgrade")
     except schema.DatabaseError as exc:
         # db current of an SQLite file not made yet: behind, not broken.
-        print("%s; this teeth-agent needs %s" % (exc, schema.head()),
-              file=out)
+        if args.json:
+            _json_line({"database": schema.shown_url(url), "revision": None,
+                        "needs": schema.head(), "current": False,
+                        "problem": str(exc)}, out)
+        else:
+            print("%s; this teeth-agent needs %s" % (exc, schema.head()),
+                  file=out)
         return 1
     try:
         before = schema.revision_of(engine)
         wanted = schema.head()
+        shown = schema.shown_url(url)
         if conf.command.action == "upgrade":
             after = schema.upgrade(engine)
-            print("database %s: revision %s (was %s)"
-                  % (schema.shown_url(url), after, before or "empty"),
-                  file=out)
+            if args.json:
+                _json_line({"database": shown, "revision": after,
+                            "was": before}, out)
+            else:
+                print("database %s: revision %s (was %s)"
+                      % (shown, after, before or "empty"), file=out)
             return 0
-        print("database %s: revision %s, this teeth-agent needs %s"
-              % (schema.shown_url(url), before or "none (empty)", wanted),
-              file=out)
+        if args.json:
+            _json_line({"database": shown, "revision": before,
+                        "needs": wanted, "current": before == wanted}, out)
+        else:
+            print("database %s: revision %s, this teeth-agent needs %s"
+                  % (shown, before or "none (empty)", wanted), file=out)
         return 0 if before == wanted else 1
     finally:
         engine.dispose()
+
+
+def _json_line(value, out):
+    # ensure_ascii: whatever a database or an agent put in a text field
+    # arrives as \u escapes, one object on one line.
+    out.write(json.dumps(value, sort_keys=True, ensure_ascii=True,
+                         default=str) + "\n")
+    out.flush()
 
 
 def prune(conf, out=sys.stdout):
@@ -155,12 +178,20 @@ def prune(conf, out=sys.stdout):
                               "history is kept forever): give --older-than "
                               "DAYS")
     elif not days > 0 or days == float("inf"):
-        raise ReportError("--older-than must be a positive number of days")
+        raise usage.UsageError("--older-than must be a positive number of "
+                               "days, not %s" % days)
     store = open_store(conf)
     try:
         pruned = store.prune_tasks(days, dry_run=args.dry_run)
     finally:
         store.engine.dispose()
+    if args.json:
+        _json_line({"database": schema.shown_url(schema.url_from_conf(conf)),
+                    "dry_run": bool(args.dry_run), "tasks": pruned.tasks,
+                    "states": dict(pruned.states), "events": pruned.events,
+                    "cutoff": iso(pruned.cutoff), "older_than_days": days},
+                   out)
+        return 0
     states = ", ".join("%s %d" % (state, pruned.states[state])
                        for state in sorted(pruned.states)) or "none"
     print("database %s: %s %d finished tasks (%s) and their %d events that "
@@ -178,8 +209,7 @@ def _printable_row(values):
 
 def list_tasks(conf, out=sys.stdout):
     args = conf.command
-    if args.limit is not None and args.limit < 1:
-        raise ReportError("--limit must be a positive number")
+    usage.check_positive(args.limit, "--limit")
     store = open_store(conf)
     try:
         rows = store.tasks(agent_id=args.agent_id, state=args.state,
@@ -188,8 +218,7 @@ def list_tasks(conf, out=sys.stdout):
             for row in rows:
                 row = dict(row, events=store.task_events(row["agent_id"],
                                                          row["task_id"]))
-                print(json.dumps(row, sort_keys=True, ensure_ascii=True,
-                                 default=str), file=out)
+                _json_line(row, out)
             return 0
     finally:
         store.engine.dispose()
@@ -216,8 +245,7 @@ def list_erasures(conf, out=sys.stdout):
         store.engine.dispose()
     if args.json:
         for row in rows:
-            print(json.dumps(row, sort_keys=True, ensure_ascii=True,
-                             default=str), file=out)
+            _json_line(row, out)
         return 0
     if args.csv:
         writer = csv.writer(out)

@@ -350,7 +350,7 @@ class Agent:
             # Outside the except block: there oslo.log would append the
             # exception a second time ("...: ConnectionRefusedError: ...").
             LOG.warning("cannot connect to endpoint %s:%d: %s", host, port,
-                        failure)
+                        transport.error_text(failure))
             return False
         connection = transport.Connection(
             sock, self.dispatch, name="endpoint %s:%d" % (host, port),

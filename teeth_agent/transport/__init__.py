@@ -32,6 +32,7 @@ accept_loop = sockets.accept_loop
 client_tls_context = sockets.client_tls_context
 connect = sockets.connect
 connect_unix = sockets.connect_unix
+error_text = sockets.error_text
 listen = sockets.listen
 listen_unix = sockets.listen_unix
 peer_uid = sockets.peer_uid

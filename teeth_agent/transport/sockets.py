@@ -99,6 +99,35 @@ def server_tls_context(cert_file, key_file=None, ca_file=None,
     return context
 
 
+def error_text(exc):
+    """A connection failure as one short phrase for an operator:
+    ``connection refused``, not ``[Errno 111] ECONNREFUSED`` (eventlet's
+    text, the errno's name) nor ``...: ConnectionRefusedError: ...``.
+
+    ``exc`` is what :func:`connect` or a listen raised: an OSError (a
+    TLS failure, a name that does not resolve, a timeout among them) or
+    a :class:`~teeth_agent.transport.hub.Timeout`."""
+    if isinstance(exc, _std_ssl.SSLCertVerificationError):
+        # OpenSSL's words, which operators search for.
+        return "TLS certificate verify failed: %s" % (
+            exc.verify_message or exc.reason or "unknown reason")
+    if isinstance(exc, _std_ssl.SSLError):
+        # errno here is OpenSSL's code (1: "Operation not permitted" as an
+        # errno), so the reason (WRONG_VERSION_NUMBER) is what is told.
+        reason = exc.reason or exc.strerror or str(exc)
+        return "TLS error: %s" % reason.replace("_", " ").lower()
+    if isinstance(exc, _std_socket.gaierror):
+        # Negative codes (EAI_*) are no errno: their own text is.
+        return "cannot resolve the host name: %s" % (
+            exc.strerror or exc).lower()
+    if isinstance(exc, (eventlet.Timeout, TimeoutError)):
+        return "timed out"
+    code = getattr(exc, "errno", None)
+    if isinstance(code, int) and code > 0:
+        return os.strerror(code).lower()
+    return str(exc) or type(exc).__name__
+
+
 def connect(host, port, tls_context=None, timeout=10.0):
     """Open a TCP (and TLS, when a context is given) connection.
 

@@ -11,11 +11,17 @@ import json
 import os
 import pwd
 import re
+import shlex
 import shutil
+import signal
 import stat
+import subprocess
 import tempfile
 import unittest
+import urllib.request
 
+from teeth_agent.db import schema
+from teeth_agent.db import store as store_mod
 from tests.functional import harness
 
 AGENT_ID = "cli-test-agent"
@@ -115,23 +121,23 @@ class TestEndpointCli(unittest.TestCase):
 
     def test_agent_error_is_reported_with_its_type(self):
         done = self.call(AGENT_ID, "no.such_method", "{}")
-        self.assertNotEqual(0, done.returncode)
+        self.assertEqual(1, done.returncode)
         self.assertIn("UnknownMethod", done.stderr)
         done = self.call(AGENT_ID, "testing.sleep", '{"task_id":"../x"}')
-        self.assertNotEqual(0, done.returncode)
+        self.assertEqual(1, done.returncode)
         self.assertIn("InvalidParams", done.stderr)
         self.assertIn("task_id", done.stderr)
 
     def test_unknown_agent_exits_nonzero(self):
         done = self.call("no-such-agent", "ping", "{}")
-        self.assertNotEqual(0, done.returncode)
+        self.assertEqual(1, done.returncode)
         self.assertIn("no-such-agent", done.stderr)
 
     def test_params_that_are_not_a_json_object_are_refused(self):
         for text in ("{not json", "[1, 2]"):
             with self.subTest(text=text):
                 done = self.call(AGENT_ID, "ping", text)
-                self.assertNotEqual(0, done.returncode)
+                self.assertEqual(2, done.returncode, done.stderr)
                 self.assertEqual("", done.stdout)
 
     def test_control_socket_is_private(self):
@@ -176,6 +182,92 @@ class TestEndpointCli(unittest.TestCase):
             prefix + harness.endpoint_cli_argv(config, "agents", "--json"))
         self.assertNotEqual(0, done.returncode, done.stdout)
         self.assertNotIn(AGENT_ID, done.stdout)
+
+
+class TestCleanStdout(unittest.TestCase):
+    """stdout carries what a command prints and nothing else: ``serve
+    --json`` is one JSON object (logs go to stderr), and a reader that
+    goes away ends a command quietly with exit status 141."""
+
+    def test_serve_json_is_one_object_and_logs_go_to_stderr(self):
+        workdir = harness.make_workdir(self)
+        socket_path = os.path.join(workdir, "control", "control.sock")
+        config = harness.write_config(
+            os.path.join(workdir, "serve.conf"), harness.endpoint_sections(
+                socket_path, {"dashboard": {"enabled": True,
+                                            "listen": "127.0.0.1:0"}}))
+        err_path = os.path.join(workdir, "serve.err")
+        with open(err_path, "wb") as err:
+            process = subprocess.Popen(
+                harness.endpoint_cli_argv(config, "serve", "--json"),
+                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
+                env=harness.plugin_env(), cwd=workdir)
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        first = process.stdout.readline()
+        self.assertTrue(first, "serve --json printed nothing")
+        shown = json.loads(first)
+        self.assertEqual({"host", "port", "control_socket", "dashboard"},
+                         set(shown))
+        self.assertEqual(("127.0.0.1", socket_path),
+                         (shown["host"], shown["control_socket"]))
+        self.assertRegex(shown["dashboard"], r"^http://127\.0\.0\.1:\d+/$")
+        with urllib.request.urlopen(shown["dashboard"] + "api/state",
+                                    timeout=10) as response:
+            self.assertEqual(200, response.status)
+        listed = harness.run_command(harness.endpoint_cli_argv(
+            config, "agents", "--json"), cwd=workdir)
+        self.assertEqual((0, ""), (listed.returncode, listed.stdout),
+                         listed.stderr)
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=60)
+        self.assertEqual(0, process.returncode)
+        # Nothing after the object: the shutdown was logged to stderr.
+        self.assertEqual(b"", rest)
+        with open(err_path, encoding="utf-8") as stream:
+            logs = stream.read()
+        self.assertIn("teeth-endpoint started (pid %d)" % process.pid, logs)
+        self.assertIn("teeth-endpoint stopped", logs)
+
+    def test_a_closed_stdout_ends_quietly_with_141(self):
+        workdir = harness.make_workdir(self)
+        url = "sqlite:///" + os.path.join(workdir, "tasks.sqlite")
+        config = harness.write_config(
+            os.path.join(workdir, "report.conf"), harness.endpoint_sections(
+                os.path.join(workdir, "none", "control.sock"),
+                {"database": {"connection": url}}))
+        upgraded = harness.run_command(harness.endpoint_cli_argv(
+            config, "db", "upgrade", "--json"))
+        self.assertEqual(0, upgraded.returncode, upgraded.stderr)
+        self.assertEqual(schema.head(),
+                         json.loads(upgraded.stdout)["revision"])
+        current = harness.run_command(harness.endpoint_cli_argv(
+            config, "db", "current", "--json"))
+        self.assertEqual(0, current.returncode, current.stderr)
+        self.assertTrue(json.loads(current.stdout)["current"])
+        # Far more than a pipe holds (64 KiB), so writes meet the closed
+        # pipe while the command still lists.
+        store = store_mod.Store.from_url(url, flush_interval=0.01)
+        store.open()
+        for number in range(2000):
+            store.task_sent("agent-%d" % (number % 7), "task-%05d" % number,
+                            "decom.qc", {"spec": {"note": "x" * 100}})
+        store.flush(60)
+        store.close()
+        listed = harness.run_command(harness.endpoint_cli_argv(
+            config, "tasks", "--json"), timeout=120)
+        self.assertEqual(0, listed.returncode, listed.stderr)
+        self.assertGreater(len(listed.stdout), 256 * 1024)
+        argv = " ".join(shlex.quote(word) for word in
+                        harness.endpoint_cli_argv(config, "tasks", "--json"))
+        done = subprocess.run(
+            ["bash", "-c", '%s 2>"$0" | head -c 10; '
+             'echo " ${PIPESTATUS[0]}"' % argv,
+             os.path.join(workdir, "tasks.err")],
+            capture_output=True, text=True, timeout=120,
+            env=harness.plugin_env(), stdin=subprocess.DEVNULL)
+        self.assertEqual('{"agent_id 141\n', done.stdout, done.stderr)
+        with open(os.path.join(workdir, "tasks.err")) as stream:
+            self.assertEqual("", stream.read())
 
 
 class TestControlSocketPermissions(unittest.TestCase):

@@ -5,21 +5,28 @@ A real ``teeth-endpoint serve`` with ``[dashboard] enabled`` and a real
 headless Chromium (:mod:`tests.functional.browser`) loads the page. The
 tests check that it loads without console errors, that a task started
 with ``teeth-endpoint call`` appears and its bar reaches 100 % while the
-page is never reloaded (a screenshot is saved as an artifact), and that
+page is never reloaded, its ETA cell showing an estimate meanwhile (a
+screenshot is saved as an artifact), and that
 HTML and script an agent sends in a log record are shown as text and never
 run.
 """
 
+import base64
 import csv
 import io
 import json
 import os
+import re
 import socket
+import sys
+import textwrap
 import unittest
 import urllib.request
 
+from teeth_agent import pki
 from tests.functional import browser
 from tests.functional import harness
+from tests.functional import multi
 
 AGENT_ID = "web-test-agent"
 HOSTILE = ('<img src=x onerror="window.__pwned=1">'
@@ -73,13 +80,17 @@ class TestDashboardInBrowser(unittest.TestCase):
         return cells[1] if len(cells) > 1 else None
 
     def task(self, task_id):
-        """``(state, progress value, percent text)`` of a task row."""
+        """``(state, progress value, percent text, ETA text)`` of a task
+        row (the ETA cell is the one under the ``ETA`` heading)."""
         return self.driver.execute_script(
             "const row = Array.from(document.querySelectorAll("
             "'#tasks tbody tr')).find(r => r.dataset.task === arguments[0]);"
             "if (!row) { return null; }"
+            "const heads = Array.from(document.querySelectorAll("
+            "'#tasks thead th'), h => h.textContent.trim());"
             "return [row.dataset.state, row.querySelector('progress').value,"
-            " row.querySelector('.percent').textContent.trim()];",
+            " row.querySelector('.percent').textContent.trim(),"
+            " row.children[heads.indexOf('ETA')].textContent.trim()];",
             "%s/%s" % (AGENT_ID, task_id))
 
     def test_page_loads_without_console_errors(self):
@@ -102,20 +113,36 @@ class TestDashboardInBrowser(unittest.TestCase):
             "--no-follow")
         self.assertEqual(0, done.returncode, done.stderr)
         seen = []
+        etas = []
 
         def finished():
             row = self.task("web-bar")
             if row is not None:
                 seen.append(row[1])
+                if row[0] == "running" and 0 < row[1] < 100:
+                    etas.append(row[3])
             return row is not None and row[0] == "complete"
         harness.wait_until(finished, 60, interval=0.1,
                            what="the task's bar at 100 %")
-        state, value, text = self.task("web-bar")
+        state, value, text, eta = self.task("web-bar")
         self.assertEqual(100, value)
         self.assertEqual("100.0 %", text)
         self.assertTrue(any(0 < v < 100 for v in seen),
                         "the bar never showed a value between 0 and 100: "
                         "%s" % sorted(set(seen)))
+        # While it ran, the ETA cell showed M:SS (or --:-- before the
+        # agent had an estimate), and at least once a real estimate that
+        # fits a six-second task; once complete, nothing.
+        self.assertTrue(etas, "no running row was seen")
+        for shown in etas:
+            self.assertRegex(shown, r"^(\d+:\d\d|--:--)$")
+        estimates = [int(shown.split(":")[0]) * 60 + int(shown.split(":")[1])
+                     for shown in etas if shown != "--:--"]
+        self.assertTrue(estimates, "the ETA never showed an estimate: %s"
+                        % sorted(set(etas)))
+        self.assertTrue(all(0 <= value <= 30 for value in estimates),
+                        sorted(set(etas)))
+        self.assertEqual("", eta)
         self.assertEqual("yes", self.driver.execute_script(
             "return window.__notReloaded;"))
         path = os.path.join(browser.artifacts_dir(),
@@ -232,7 +259,9 @@ class TestDashboardFromTheDatabase(unittest.TestCase):
 
 class TestDashboardRefusesToStartExposed(unittest.TestCase):
     """A dashboard off loopback without TLS or its token: ``serve`` stops
-    with one line and exit status 2 before it listens."""
+    with one line and exit status 2 before it listens; with both it serves
+    HTTPS and answers only requests that present the token (Bearer or
+    Basic), 401 to the others."""
 
     def serve(self, dashboard, endpoint=None):
         workdir = harness.make_workdir(self)
@@ -281,8 +310,87 @@ class TestDashboardRefusesToStartExposed(unittest.TestCase):
                       done.stderr)
         self.assertNotIn("Traceback", done.stderr)
         made = harness.run_command(harness.endpoint_cli_argv(
-            config, "dashboard-token"))
+            config, "dashboard-token", "--json"))
         self.assertEqual(0, made.returncode, made.stderr)
-        token = made.stdout.strip()
+        token = json.loads(made.stdout)["token"]
         self.assertGreaterEqual(len(token), 43)
         self.assertIn("shown only now", made.stderr)
+        state_dir = os.path.join(os.path.dirname(config), "endpoint-state")
+        self.assertEqual(os.path.join(state_dir, "dashboard-token.sha256"),
+                         json.loads(made.stdout)["hash_file"])
+        # Now served with it, off loopback: on the veth address of a
+        # network namespace (only this machine reaches it; every address
+        # of 127.0.0.0/8 counts as loopback), asked for from the other
+        # namespace, as from another host, over HTTPS with the test CA.
+        hosts = multi.Hosts(self)
+        address = hosts.address(0)
+        workdir = harness.make_workdir(self)
+        certificate = pki.make_server_certificate(
+            harness.tls_material().ca, [address],
+            os.path.join(workdir, "pki"))
+        served = multi.start_serve(self, workdir, {
+            "endpoint": {"state_dir": state_dir,
+                         "tls_cert_file": certificate.cert_path,
+                         "tls_key_file": certificate.key_path},
+            "dashboard": {"enabled": True, "listen": "%s:0" % address}},
+            hosts.run(0, "teeth-dashboard-host"))
+        url = served.wait_for_output(
+            r"teeth-endpoint dashboard at (https://\S+/)").group(1)
+        self.assertRegex(url, r"^https://%s:\d+/$" % re.escape(address))
+        basic = base64.b64encode(("operator:" + token).encode()).decode()
+        wrong = base64.b64encode(b"operator:" + b"x" * 43).decode()
+        asked = {
+            "none": None,
+            "bearer": "Bearer " + token,
+            "basic": "Basic " + basic,
+            "wrong bearer": "Bearer " + "x" * 43,
+            "wrong basic": "Basic " + wrong,
+        }
+        answers = self.ask(hosts.run(1, "teeth-dashboard-client"), url,
+                           asked)
+        self.assertEqual({"none": 401, "bearer": 200, "basic": 200,
+                          "wrong bearer": 401, "wrong basic": 401},
+                         {name: answer["status"]
+                          for name, answer in answers.items()})
+        self.assertEqual('Basic realm="teeth-endpoint", charset="UTF-8"',
+                         answers["none"]["authenticate"])
+        for name in ("bearer", "basic"):
+            self.assertIn("<title>teeth-endpoint dashboard</title>",
+                          answers[name]["body"])
+            self.assertEqual("max-age=31536000", answers[name]["hsts"])
+        for name in ("none", "wrong bearer", "wrong basic"):
+            self.assertNotIn("<title>", answers[name]["body"])
+
+    def ask(self, prefix, url, asked):
+        """GET ``url`` through the argv ``prefix`` (another namespace) once
+        per ``{name: Authorization header or None}``, trusting only the
+        test CA; ``{name: {status, authenticate, hsts, body}}``."""
+        script = textwrap.dedent("""
+            import json, ssl, sys, urllib.error, urllib.request
+            url, cafile, asked = sys.argv[1], sys.argv[2], json.loads(
+                sys.argv[3])
+            context = ssl.create_default_context(cafile=cafile)
+            answers = {}
+            for name, header in asked.items():
+                request = urllib.request.Request(url)
+                if header:
+                    request.add_header("Authorization", header)
+                try:
+                    response = urllib.request.urlopen(
+                        request, context=context, timeout=20)
+                except urllib.error.HTTPError as error:
+                    response = error
+                answers[name] = {
+                    "status": response.status,
+                    "authenticate": response.headers.get("WWW-Authenticate"),
+                    "hsts": response.headers.get(
+                        "Strict-Transport-Security"),
+                    "body": response.read().decode("utf-8", "replace")}
+            print(json.dumps(answers))
+            """)
+        done = harness.run_command(
+            list(prefix) + [sys.executable, "-c", script, url,
+                            harness.tls_material().ca_file,
+                            json.dumps(asked)], timeout=120)
+        self.assertEqual(0, done.returncode, done.stderr)
+        return json.loads(done.stdout)

@@ -13,6 +13,8 @@ from unittest import mock
 from cryptography import x509
 
 from teeth_agent.cmd import endpoint as endpoint_cmd
+from teeth_agent.cmd import usage
+from teeth_agent.endpoint.web import auth
 from teeth_agent import pki
 from teeth_agent import transport
 from tests import base
@@ -149,6 +151,50 @@ class TestIssueCommands(base.TestCase):
                              x509.SubjectAlternativeName)
                          .value.get_values_for_type(x509.DNSName))
 
+    def test_issue_json_is_one_object_naming_the_files(self):
+        ca_dir = os.path.join(self.dir, "ca")
+        code, out, _ = self.run_main("issue-ca", ca_dir, "--json")
+        self.assertEqual(0, code)
+        self.assertEqual(1, len(out.splitlines()), out)
+        self.assertEqual({"cert": os.path.join(ca_dir, pki.CA_CERT),
+                          "key": os.path.join(ca_dir, pki.CA_KEY)},
+                         json.loads(out))
+        ca_args = ["--ca-cert", os.path.join(ca_dir, pki.CA_CERT),
+                   "--ca-key", os.path.join(ca_dir, pki.CA_KEY)]
+        for which, names in ((["--agent-id", "n1"],
+                              (pki.AGENT_CERT, pki.AGENT_KEY)),
+                             (["--server", "127.0.0.1"],
+                              (pki.SERVER_CERT, pki.SERVER_KEY))):
+            out_dir = os.path.join(self.dir, names[0])
+            code, out, _ = self.run_main("issue-cert", *ca_args, *which,
+                                         "--out", out_dir, "--json")
+            self.assertEqual(0, code)
+            shown = json.loads(out)
+            self.assertEqual({"cert": os.path.join(out_dir, names[0]),
+                              "key": os.path.join(out_dir, names[1])},
+                             shown)
+            self.assertTrue(os.path.exists(shown["cert"]))
+
+    def test_dashboard_token_json(self):
+        state = os.path.join(self.dir, "state")
+        conf_dir = os.path.join(self.dir, "conf.d")
+        os.mkdir(conf_dir)
+        with open(os.path.join(conf_dir, "e.conf"), "w") as stream:
+            stream.write("[endpoint]\nstate_dir = %s\n" % state)
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with mock.patch.object(endpoint_cmd.log, "setup"), \
+                mock.patch("sys.stdout", stdout), \
+                mock.patch("sys.stderr", stderr):
+            code = endpoint_cmd.main(["--config-dir", conf_dir,
+                                      "dashboard-token", "--json"])
+        self.assertEqual(0, code, stderr.getvalue())
+        self.assertEqual(1, len(stdout.getvalue().splitlines()))
+        shown = json.loads(stdout.getvalue())
+        self.assertEqual(auth.token_path(state), shown["hash_file"])
+        self.assertEqual(auth.load_hash(state), auth.digest(shown["token"]))
+        self.assertIn("shown only now", stderr.getvalue())
+        self.assertNotIn(shown["token"], stderr.getvalue())
+
     def test_issue_cert_with_a_missing_ca_exits_2_with_one_line(self):
         code, _, err = self.run_main(
             "issue-cert", "--ca-cert", os.path.join(self.dir, "no.pem"),
@@ -157,3 +203,77 @@ class TestIssueCommands(base.TestCase):
         self.assertEqual(2, code)
         self.assertEqual(1, len(err.strip().splitlines()), err)
         self.assertIn("cannot load", err)
+
+
+class TestUsageErrors(base.TestCase):
+    """A command line that parses but cannot be run: one line on stderr,
+    nothing on stdout, exit status 2 (as EXIT_STATUSES says), before any
+    server or database is reached."""
+
+    def setUp(self):
+        super().setUp()
+        self.dir = tempfile.mkdtemp(prefix="teeth-usage-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.conf_dir = os.path.join(self.dir, "conf.d")
+        os.mkdir(self.conf_dir)
+
+    def run_main(self, *argv):
+        stdout, stderr = io.StringIO(), io.StringIO()
+        connect = mock.Mock(side_effect=AssertionError("connected"))
+        with mock.patch.object(endpoint_cmd.log, "setup"), \
+                mock.patch.object(endpoint_cmd, "_connect", connect), \
+                mock.patch("sys.stdout", stdout), \
+                mock.patch("sys.stderr", stderr):
+            code = endpoint_cmd.main(["--config-dir", self.conf_dir]
+                                     + list(argv))
+        self.assertFalse(connect.called)
+        return code, stdout.getvalue(), stderr.getvalue()
+
+    def test_each_is_one_line_and_exit_2(self):
+        state = os.path.join(self.dir, "state")
+        cases = (
+            (("call", "a", "ping", "{"), "PARAMS is not JSON"),
+            (("call", "a", "ping", "[1, 2]"), "PARAMS must be a JSON object"),
+            (("call", "a", "ping", '"{}"'), "PARAMS must be a JSON object"),
+            (("call", "a", "ping", "{}", "--timeout", "0"),
+             "--timeout must be a positive number of seconds, not 0"),
+            (("call", "a", "ping", "{}", "--timeout", "-1"), "--timeout"),
+            (("call", "a", "ping", "{}", "--timeout", "nan"), "not nan"),
+            (("call", "a", "ping", "{}", "--timeout", "inf"), "not inf"),
+            (("watch",), "watch needs AGENT and TASK_ID, or --all"),
+            (("watch", "a"), "watch needs AGENT and TASK_ID, or --all"),
+            (("watch", "a", "t", "--timeout", "0"), "--timeout"),
+            (("watch", "--all", "a"), "watch --all takes no AGENT"),
+            (("agents", "--limit", "0"),
+             "--limit must be a positive number, not 0"),
+            (("agents", "--limit", "-5"), "--limit"),
+            (("--config-file", self.write_conf(state), "tasks", "--limit",
+              "0"), "--limit must be a positive number"),
+            (("--config-file", self.write_conf(state), "db", "current",
+              "--dry-run"), "go with db prune"),
+            (("--config-file", self.write_conf(state), "db", "prune",
+              "--older-than", "0"), "--older-than must be a positive"),
+        )
+        for argv, needle in cases:
+            with self.subTest(argv=argv):
+                code, out, err = self.run_main(*argv)
+                self.assertEqual(2, code, err)
+                self.assertEqual("", out)
+                self.assertEqual(1, len(err.splitlines()), err)
+                self.assertTrue(err.startswith("teeth-endpoint: "), err)
+                self.assertIn(needle, err)
+                self.assertNotIn("Traceback", err)
+        # Nothing made a database for the refused db and tasks commands.
+        self.assertFalse(os.path.exists(state))
+
+    def write_conf(self, state):
+        path = os.path.join(self.dir, "e.conf")
+        with open(path, "w") as stream:
+            stream.write("[endpoint]\nstate_dir = %s\n" % state)
+        return path
+
+    def test_a_message_with_a_newline_stays_one_line(self):
+        err = io.StringIO()
+        code = usage.report("prog", usage.UsageError("one\ntwo\r\nthree"),
+                            err)
+        self.assertEqual((2, "prog: one two three\n"), (code, err.getvalue()))

@@ -65,6 +65,47 @@ class UpdatesTest(base.TestCase):
         self.assertEqual({"a1"}, {line["agent_id"] for line in lines})
 
 
+class ClosedOutput(io.StringIO):
+    """An output whose reader went away."""
+
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+class ClosingConnection:
+    def __init__(self):
+        self.closed = []
+
+    def close(self, reason="closed"):
+        self.closed.append(reason)
+
+
+class ClosedOutputTest(base.TestCase):
+    def test_a_push_to_a_closed_output_ends_the_follow(self):
+        updates = follow.Updates(as_json=True, out=ClosedOutput(),
+                                 agent_id="a1")
+        connection = ClosingConnection()
+        command = protocol.Command(id="1", method="task_status",
+                                   params=samples.running(percent=10.0))
+        # Answered (the server is not told of the local failure), the
+        # error kept and the connection closed, once per push.
+        self.assertEqual({}, updates(connection, command))
+        self.assertIsInstance(updates.broken, BrokenPipeError)
+        self.assertEqual({}, updates(connection, command))
+        self.assertEqual(["the output was closed"] * 2, connection.closed)
+        # The follow then raises it (not "lost the server"), for
+        # cmd.output to end the command quietly.
+        lost = FakeConnection(transport.ConnectionLost("closed"))
+        with self.assertRaises(BrokenPipeError):
+            follow.follow_task(lost, "a1", "t1", None, updates)
+
+    def test_a_lost_server_is_still_a_follow_error(self):
+        lost = FakeConnection(transport.ConnectionLost("closed"))
+        with self.assertRaises(follow.FollowError):
+            follow.follow_task(lost, "a1", "t1", None,
+                               follow.Updates(io.StringIO()))
+
+
 class FollowTaskTest(base.TestCase):
     def test_final_status_is_returned(self):
         connection = FakeConnection({"status": complete(),

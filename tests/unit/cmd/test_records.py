@@ -13,6 +13,7 @@ from unittest import mock
 
 from teeth_agent.cmd import endpoint as endpoint_cmd
 from teeth_agent.cmd import records
+from teeth_agent.cmd import usage
 from teeth_agent.db import schema
 from teeth_agent.db import store as store_mod
 from tests import base
@@ -31,7 +32,8 @@ class RecordsTestCase(base.TestCase):
 
     def run_command(self, name, **args):
         if name == "db":
-            args = dict({"older_than": None, "dry_run": False}, **args)
+            args = dict({"older_than": None, "dry_run": False,
+                         "json": False}, **args)
         conf = types.SimpleNamespace(
             command=types.SimpleNamespace(name=name, **args),
             database=self.conf.database, endpoint=self.conf.endpoint)
@@ -109,6 +111,44 @@ class TestDbCommand(RecordsTestCase):
         self.assertEqual([], self.reader().tasks())
         self.assertEqual(1, len(self.reader().erasures()))
 
+    def test_json_is_one_object(self):
+        def one(**args):
+            code, out, _ = self.run_command("db", json=True, **args)
+            lines = out.splitlines()
+            self.assertEqual(1, len(lines), out)
+            return code, json.loads(lines[0])
+        head = schema.head()
+        code, shown = one(action="current")
+        self.assertEqual(1, code)
+        self.assertEqual((None, head, False),
+                         (shown["revision"], shown["needs"],
+                          shown["current"]))
+        self.assertIn("there is no database", shown["problem"])
+        code, shown = one(action="upgrade")
+        self.assertEqual((0, head, None),
+                         (code, shown["revision"], shown["was"]))
+        self.assertTrue(shown["database"].startswith("sqlite:///"), shown)
+        code, shown = one(action="upgrade")
+        self.assertEqual((0, head, head),
+                         (code, shown["revision"], shown["was"]))
+        code, shown = one(action="current")
+        self.assertEqual((0, {"database": shown["database"],
+                              "revision": head, "needs": head,
+                              "current": True}), (code, shown))
+        self.fill().close()
+        time.sleep(0.05)
+        code, shown = one(action="prune", older_than=0.01 / 86400,
+                          dry_run=True)
+        self.assertEqual(0, code)
+        self.assertEqual((True, 2, {"complete": 1, "error": 1}, 3),
+                         (shown["dry_run"], shown["tasks"], shown["states"],
+                          shown["events"]))
+        self.assertRegex(shown["cutoff"], r"^\d{4}-\d\d-\d\dT")
+        code, shown = one(action="prune", older_than=0.01 / 86400)
+        self.assertEqual((0, False, 2), (code, shown["dry_run"],
+                                         shown["tasks"]))
+        self.assertEqual([], self.reader().tasks())
+
     def test_prune_refusals(self):
         self.fill().close()
         for args, message in (
@@ -116,10 +156,9 @@ class TestDbCommand(RecordsTestCase):
                 ({"older_than": -3.0}, "--older-than must be a positive"),
                 ({"older_than": float("nan")},
                  "--older-than must be a positive")):
-            with self.assertRaisesRegex(records.ReportError, message):
+            with self.assertRaisesRegex(usage.UsageError, message):
                 self.run_command("db", action="prune", **args)
-        with self.assertRaisesRegex(records.ReportError,
-                                    "go with db prune"):
+        with self.assertRaisesRegex(usage.UsageError, "go with db prune"):
             self.run_command("db", action="upgrade", dry_run=True)
         self.conf.set_override("task_retention", 0, group="database")
         with self.assertRaisesRegex(records.ReportError,
