@@ -5,9 +5,10 @@ Debian's ``ovmf`` package: the 4M build with Secure Boot support
 ``smm=on`` and the flash marked secure) and the variable store with the
 Microsoft KEK and db enrolled and Secure Boot on
 (``OVMF_VARS_4M.ms.fd``), which is what a server from the shop has: it
-trusts Microsoft's UEFI CA, hence Debian's shim. Every machine gets a
-fresh copy of the variable store; a second qemu given the same copy is the
-same machine after a power cycle (its boot entries kept).
+trusts Microsoft's UEFI CA, hence Debian's shim. A machine starts from
+a fresh copy of the variable store (:func:`fresh_variables`) or from the
+one an earlier machine left: a second qemu given the same file is the same
+machine after a power cycle (its boot entries kept).
 
 By default no ``bootindex`` is given to any device: OVMF would then
 rewrite ``BootOrder`` from qemu's list at every boot, and the test is
