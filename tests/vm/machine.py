@@ -33,8 +33,10 @@ class VirtualMachine:
     """One qemu process; :meth:`stop` always ends it.
 
     Subclasses (``tests.vm.uefi``) add firmware with :meth:`firmware_argv`
-    and may let the guest reboot (``no_reboot`` False) or leave the boot
-    order to the firmware (``bootindex`` False).
+    and may let the guest reboot (``no_reboot`` False), leave the boot
+    order to the firmware (``bootindex`` False) or give their own
+    ``bootindex`` per device (:meth:`bootindex_of`), and add monitor
+    arguments (:meth:`monitor_argv`).
 
     ``disks`` is a list of ``(kind, path, serial)`` with kind ``virtio``,
     ``virtio-ro`` (read-only), ``nvme``, ``nvme-ns`` (one namespace of a
@@ -68,6 +70,18 @@ class VirtualMachine:
         """Extra qemu arguments for the firmware (none: SeaBIOS)."""
         return []
 
+    def monitor_argv(self):
+        """The monitor arguments: none (nothing talks to qemu)."""
+        return ["-monitor", "none"]
+
+    def bootindex_of(self, index, serial):
+        """The ``bootindex`` of disk ``index`` (serial ``serial``), or None;
+        ``serial`` ``"net"`` asks for the NIC's. Without a kernel the
+        first disk comes first (unless ``bootindex`` is False)."""
+        if self.kernel is None and index == 0 and self.bootindex:
+            return 0
+        return None
+
     def _relay(self, host_port):
         # guestfwd's cmd: takes no spaces, so the relay is a script.
         path = os.path.join(self.directory, "relay-%d.sh" % host_port)
@@ -86,14 +100,17 @@ class VirtualMachine:
                 # No default CD-ROM, VGA or NIC: only the devices below.
                 "-nodefaults", "-nographic"] + \
             (["-no-reboot"] if self.no_reboot else []) + \
-            ["-monitor", "none", "-serial", "file:%s" % self.console_path]
+            self.monitor_argv() + \
+            ["-serial", "file:%s" % self.console_path]
         argv += self.firmware_argv()
         if self.kernel is not None:
             argv += ["-kernel", self.kernel, "-initrd", self.initrd,
                      "-append", self.cmdline]
         # romfile= (empty): no iPXE option ROM to load and run.
-        argv += ["-netdev", ",".join(netdev),
-                 "-device", "virtio-net-pci,netdev=n0,romfile="]
+        nic = "virtio-net-pci,netdev=n0,romfile="
+        if self.bootindex_of(None, "net") is not None:
+            nic += ",bootindex=%d" % self.bootindex_of(None, "net")
+        argv += ["-netdev", ",".join(netdev), "-device", nic]
         ahci = False
         namespaces = []
         for index, (kind, path, serial) in enumerate(self.disks):
@@ -103,9 +120,10 @@ class VirtualMachine:
                         ",media=cdrom,readonly=on" if kind == "cdrom"
                         else ",readonly=on" if kind == "virtio-ro"
                         else "")]
-            if self.kernel is None and index == 0 and self.bootindex:
-                # The firmware's boot order: this disk first.
-                drive += ",bootindex=0"
+            bootindex = self.bootindex_of(index, serial)
+            if bootindex is not None:
+                # The firmware's boot order (qemu's fw_cfg "bootorder").
+                drive += ",bootindex=%d" % bootindex
             if kind in ("virtio", "virtio-ro"):
                 argv += ["-device", "virtio-blk-pci,drive=%s,serial=%s"
                          % (drive, serial)]
