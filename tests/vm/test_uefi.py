@@ -379,7 +379,8 @@ def test_agent_loader(ramdisk, uefi_test_images, image_server, endpoints,
     # image replaced the table): removed with efibootmgr -B, nothing else.
     assert result["boot_entries"]["removed"] == [{
         "entry": earlier["entry"], "label": uefi_images.LABEL,
-        "partition_uuid": earlier["partition_uuid"]}], result
+        "partition_uuid": earlier["partition_uuid"],
+        "mbr_signature": None}], result
     after = uefi.boot_variables(vm.variables)
     check_store_change(before, after, removed=[earlier["entry"]],
                        added=[entry])
@@ -444,7 +445,8 @@ def test_unsigned_kernel_reboots(ramdisk, uefi_test_images, image_server,
     assert erased["devices"][0]["verified"] is True, erased
     assert erased["boot_entries_removed"] == [{
         "entry": earlier["entry"], "label": uefi_images.LABEL,
-        "partition_uuid": earlier["partition_uuid"]}], erased
+        "partition_uuid": earlier["partition_uuid"],
+        "mbr_signature": None}], erased
     assert "boot_entries_error" not in erased, erased
     erased_store = uefi.boot_variables(vm.variables)
     check_store_change(before, erased_store, removed=[earlier["entry"]])
