@@ -60,6 +60,13 @@ class MessageStats:
         self.sent = 0
 
 
+#: How long, and how many bytes, a connection that sent a fatal_error
+#: reads and drops what its peer still sends before it closes
+#: (:meth:`Connection._linger`).
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 8 * 1024 * 1024
+
+
 class Connection:
     """One protocol connection over a green socket.
 
@@ -106,6 +113,9 @@ class Connection:
         self.close_reason = None
         # The text of a fatal_error the peer sent (its reason for closing).
         self.fatal_error_received = None
+        # Whether this end sent a fatal_error: the close then lingers (see
+        # _linger).
+        self._fatal_sent = False
         self.last_received = hub.monotonic()
         self.last_sent = hub.monotonic()
         self.created = hub.monotonic()
@@ -176,6 +186,7 @@ class Connection:
         try:
             data = self.session.send_fatal(reason)
             self._write(data, closing=True)
+            self._fatal_sent = True
         except Exception:
             pass
         self.close("fatal error sent: %s" % reason)
@@ -185,6 +196,12 @@ class Connection:
             return
         self.close_reason = reason
         self._closed.set()
+        if self._fatal_sent:
+            if self._reader is not None and \
+                    self._reader is not eventlet.getcurrent():
+                # One reader at a time: the linger reads in its place.
+                self._reader.kill()
+            self._linger()
         try:
             self.sock.shutdown(_std_socket.SHUT_RDWR)
         except OSError:
@@ -207,6 +224,33 @@ class Connection:
                 self._on_close(self, reason)
             except Exception:
                 LOG.exception("close handler of %s failed", self.name)
+
+    def _linger(self):
+        """After a fatal_error: end the sending side (the peer reads the
+        error, then end of stream) and read and drop what the peer still
+        sends, until it closes, for at most :data:`LINGER_SECONDS` and
+        :data:`LINGER_BYTES`. Closed with unread bytes in its receive
+        queue (the rest of an oversize line, say), the socket would send
+        a reset instead, and a reset makes the peer's kernel drop the
+        fatal_error before the peer has read it."""
+        try:
+            self.sock.shutdown(_std_socket.SHUT_WR)
+        except OSError:
+            return
+        left = LINGER_BYTES
+        deadline = hub.monotonic() + LINGER_SECONDS
+        try:
+            while left > 0:
+                remaining = deadline - hub.monotonic()
+                if remaining <= 0:
+                    return
+                with hub.Timeout(remaining):
+                    data = self.sock.recv(min(65536, left))
+                if not data:
+                    return
+                left -= len(data)
+        except (hub.Timeout, OSError, _std_ssl.SSLError):
+            return
 
     # -- internals -----------------------------------------------------------
 
@@ -296,6 +340,7 @@ class Connection:
             try:
                 self._write(self.session.send_fatal(event.reason),
                             closing=True)
+                self._fatal_sent = True
             except Exception:
                 pass
         elif isinstance(event, protocol.FatalErrorReceived):

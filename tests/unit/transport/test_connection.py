@@ -88,6 +88,55 @@ class ConnectionTest(base.TestCase):
                           "status", {}, timeout=0.05)
 
 
+class FatalOverTCPTest(base.TestCase):
+    """A fatal_error sent while the peer is still sending reaches it: the
+    connection ends its sending side and reads what is left before it
+    closes, so its kernel sends no reset (which would drop the error from
+    the peer's receive queue before it is read). Over TCP on 127.0.0.1,
+    where a reset is what closing with unread bytes does."""
+
+    def setUp(self):
+        super().setUp()
+        listener = transport.listen("127.0.0.1", 0)
+        self.addCleanup(listener.close)
+        theirs = transport.connect("127.0.0.1",
+                                   listener.getsockname()[1])
+        self.addCleanup(theirs.close)
+        ours, _ = listener.accept()
+        self.connection = transport.Connection(
+            ours, echo, name="test", max_line_length=64 * 1024)
+        self.connection.start()
+        self.addCleanup(self.connection.close)
+        self.peer = RawPeer(theirs)
+
+    def test_an_oversize_line_still_being_sent_gets_its_fatal_error(self):
+        # 4 MiB without a newline: the limit is met after the first
+        # 64 KiB, while most of the line is still on its way.
+        self.peer.send(b'{"version":"v1","id":"x","method":"ping",'
+                       b'"params":{"pad":"' + b"x" * (4 * 1024 * 1024))
+        lines = self.peer.lines(timeout=10)
+        self.assertEqual(1, len(lines), lines)
+        self.assertIn("fatal_error", lines[0])
+        self.assertTrue(self.connection.wait_closed(5))
+
+    def test_a_peer_that_never_stops_is_cut_off(self):
+        stop = []
+
+        def flood():
+            chunk = b"y" * 65536
+            try:
+                while not stop:
+                    self.peer.sock.sendall(chunk)
+            except OSError:
+                pass
+        flooder = transport.spawn(flood)
+        self.addCleanup(stop.append, True)
+        # Bounded by LINGER_SECONDS / LINGER_BYTES, whichever first.
+        self.assertTrue(self.connection.wait_closed(30))
+        stop.append(True)
+        flooder.wait()
+
+
 class ThreadBridgeTest(base.TestCase):
     def test_call_from_a_thread_runs_on_the_hub(self):
         bridge = transport.ThreadBridge()
