@@ -180,6 +180,12 @@ class ControlServer:
                     self.router.directory.agent_ids)
             except schema.DatabaseError as exc:  # a partial listing
                 problem = str(exc)
+        if stored:
+            # Forgotten here, its row not deleted yet: not listed.
+            forgetting = getattr(self.endpoint.persistence, "forgetting",
+                                 ())
+            stored = [agent_id for agent_id in stored
+                      if agent_id not in forgetting or agent_id in local]
         ids = sorted(set(local).union(stored)) if stored else sorted(local)
         start = 0 if after is None else bisect.bisect_right(ids, after)
         rows = {}

@@ -119,6 +119,9 @@ class Persistence:
         # (agent_id, task_id) of final states whose commit failed: their
         # next send is stored even though the task book holds them.
         self.unsaved = set()
+        #: Agents forgotten here whose row the writer has not deleted yet:
+        #: the fleet listing leaves them out meanwhile.
+        self.forgetting = set()
 
     @property
     def process_name(self):
@@ -212,7 +215,13 @@ class Persistence:
         elif event == "disconnect":
             self.store.agent_disconnected(agent.agent_id)
         elif event == "forgotten":
-            self.store.agent_forgotten(agent.agent_id)
+            agent_id = agent.agent_id
+            self.forgetting.add(agent_id)
+            self.store.agent_forgotten(agent_id)
+            # At once, not within flush_interval: an operator who forgot
+            # an agent lists the agents next.
+            self.store.flush_async(
+                lambda error: self.forgetting.discard(agent_id))
         elif event == "log":
             self.store.log_record(agent.agent_id, data)
 

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from unittest import mock
 
 from teeth_agent.db import store as store_mod
@@ -25,8 +26,9 @@ class TestEndpointWithStore(base.TestCase):
         self.url = "sqlite:///" + os.path.join(self.directory,
                                                "endpoint.sqlite")
 
-    def start_endpoint(self):
-        store = store_mod.Store.from_url(self.url, flush_interval=0.05)
+    def start_endpoint(self, flush_interval=0.05):
+        store = store_mod.Store.from_url(self.url,
+                                         flush_interval=flush_interval)
         endpoint = endpoint_mod.Endpoint(port=0, state_dir=self.directory,
                                          store=store).load_state()
         endpoint.persistence.start(endpoint)
@@ -120,6 +122,35 @@ class TestEndpointWithStore(base.TestCase):
         # A newcomer without the token is refused.
         intruder, _ = self.connect(restarted, token="forged")
         self.assertTrue(intruder.closed)
+
+    def test_a_forgotten_agents_row_goes_at_once_and_is_hidden_meanwhile(
+            self):
+        # An hour's flush_interval: only an urgent write is done before it.
+        endpoint = self.start_endpoint(flush_interval=3600.0)
+        connection, _ = self.connect(endpoint)
+        connection.close()
+        endpoint._on_close(connection, "closed")
+        endpoint.persistence.store.flush(WAIT)
+        self.assertEqual(["a"], [row["agent_id"]
+                                 for row in self.reader().agents()])
+        hidden = []
+        real_put = endpoint.persistence.store.agent_forgotten
+
+        def forgotten(agent_id):
+            # Queued, not written yet: the fleet listing must skip it.
+            hidden.append(agent_id in endpoint.persistence.forgetting)
+            real_put(agent_id)
+        with mock.patch.object(endpoint.persistence.store,
+                               "agent_forgotten", forgotten):
+            endpoint.forget("a")
+        self.assertEqual([True], hidden)
+        reader = self.reader()
+        deadline = time.monotonic() + WAIT
+        while (reader.agents() or endpoint.persistence.forgetting) and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual([], reader.agents())
+        self.assertEqual(set(), endpoint.persistence.forgetting)
 
     def test_the_old_token_file_is_imported_once(self):
         hashes = {"old": identity.hash_token("secret-token")}

@@ -10,6 +10,7 @@ import ipaddress
 import os
 import shutil
 import tempfile
+from unittest import mock
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography import x509
@@ -451,6 +452,17 @@ class FleetListingTest(TwoProcessesTestCase):
         answer = self.listing(self.a)
         self.assertEqual(["agent-2"],
                          [entry["agent_id"] for entry in answer["agents"]])
+
+    def test_an_agent_forgotten_here_is_not_listed_from_its_old_row(self):
+        self.shared["rows"]["agent-1"] = stored_row("agent-1")
+        self.shared["rows"]["agent-2"] = stored_row("agent-2")
+        # The deletion of agent-1's row is queued, not committed yet.
+        self.a.endpoint.persistence = mock.Mock(forgetting={"agent-1"})
+        self.addCleanup(setattr, self.a.endpoint, "persistence", None)
+        answer = self.listing(self.a)
+        self.assertEqual((["agent-2"], 1), (
+            [entry["agent_id"] for entry in answer["agents"]],
+            answer["total"]))
 
     def test_an_unreadable_database_lists_this_process_and_says_why(self):
         self.agent_on(self.a, "agent-a")
