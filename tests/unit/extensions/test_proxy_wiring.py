@@ -24,12 +24,9 @@ from teeth_agent.extensions import standbye
 from teeth_agent.fetch import download
 from teeth_agent.fetch import errors
 from teeth_agent.fetch import http_source
-from teeth_agent import hardware
-from teeth_agent.hardware import base as hw_base
 from teeth_agent import tasks
 from tests import base
 from tests.functional import standbye_http
-from tests.unit.extensions.decom import runner
 from tests.unit.extensions.decom import test_firmware_secure
 from tests.unit.extensions.standbye import test_extension
 
@@ -97,17 +94,8 @@ class ProxyWiringTestCase(base.TestCase):
 
 class FirmwareSecureProxyTest(ProxyWiringTestCase):
     def run_secure(self, conf):
-        vendor = test_firmware_secure.FlashableManager(
-            conf, versions={"bios": "1.0"})
-        vendor.name = "vendor"
-        dispatcher = hardware.Dispatcher([
-            (hw_base.HardwareSupport.SERVICE_PROVIDER, vendor)])
-        extension, registry, _ = runner.make_extension(conf, dispatcher)
-        task = runner.run_command(extension, registry, "firmware_secure", {
-            "firmware": [{"component": "bios", "version": "1.1",
-                          "url": self.server.url("/payload.bin"),
-                          "hashes": {"sha256": self.digest}}]})
-        return task, vendor
+        return test_firmware_secure.secure_bios(
+            conf, self.server.url("/payload.bin"), self.digest)
 
     def test_the_firmware_download_gets_the_configured_proxy(self):
         self.observe(firmware_images, "download")

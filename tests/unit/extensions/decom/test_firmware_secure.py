@@ -239,6 +239,20 @@ class FirmwareSecureTest(base.TestCase):
         self.assertEqual("firmware", caught.exception.details["param"])
 
 
+def secure_bios(conf, url, digest):
+    """``decom.firmware_secure`` of BIOS 1.1 from ``url`` on a vendor
+    manager whose BIOS is at 1.0; returns the task and the manager."""
+    vendor = FlashableManager(conf, versions={"bios": "1.0"})
+    vendor.name = "vendor"
+    dispatcher = hardware.Dispatcher([
+        (hw_base.HardwareSupport.SERVICE_PROVIDER, vendor)])
+    extension, registry, _ = runner.make_extension(conf, dispatcher)
+    task = runner.run_command(extension, registry, "firmware_secure", {
+        "firmware": [{"component": "bios", "version": "1.1", "url": url,
+                      "hashes": {"sha256": digest}}]})
+    return task, vendor
+
+
 class FirmwareSecureFetchPolicyTest(base.TestCase):
     """decom.firmware_secure applies [standbye]'s download policy."""
 
@@ -255,17 +269,8 @@ class FirmwareSecureFetchPolicyTest(base.TestCase):
         self.server.redirects["/r"] = self.server.url("/bios.bin")
 
     def run_secure(self, **overrides):
-        conf = base.make_conf(**overrides)
-        vendor = FlashableManager(conf, versions={"bios": "1.0"})
-        vendor.name = "vendor"
-        dispatcher = hardware.Dispatcher([
-            (hw_base.HardwareSupport.SERVICE_PROVIDER, vendor)])
-        extension, registry, _ = runner.make_extension(conf, dispatcher)
-        task = runner.run_command(extension, registry, "firmware_secure", {
-            "firmware": [{"component": "bios", "version": "1.1",
-                          "url": self.server.url("/r"),
-                          "hashes": {"sha256": sha256(b"FW1.1")}}]})
-        return task, vendor
+        return secure_bios(base.make_conf(**overrides), self.server.url("/r"),
+                           sha256(b"FW1.1"))
 
     def test_redirect_to_loopback_fails_the_component(self):
         task, vendor = self.run_secure()
