@@ -48,6 +48,13 @@ class EspTestBase(unittest.TestCase):
                        capture_output=True)
         return path
 
+    def junk(self):
+        """A 1 MiB file of random bytes: no FAT file system."""
+        junk = os.path.join(self.work, "junk.img")
+        with open(junk, "wb") as stream:
+            stream.write(os.urandom(MIB))
+        return junk
+
     def mkdirs(self, esp, *paths):
         for path in paths:
             mtools("mmd", "-i", esp, "::" + path)
@@ -185,9 +192,7 @@ class HostileEspTest(EspTestBase):
         self.assertIn("lists more than 64 bytes", str(caught.exception))
 
     def test_not_a_fat_file_system(self):
-        junk = os.path.join(self.work, "junk.img")
-        with open(junk, "wb") as stream:
-            stream.write(os.urandom(MIB))
+        junk = self.junk()
         with self.assertRaises(uefi.EspError):
             uefi.find_loader(junk)
 
@@ -227,9 +232,7 @@ class HoldsEfiFileTest(EspTestBase):
         self.assertIn("lists more than 64 bytes", str(caught.exception))
 
     def test_not_a_fat_file_system(self):
-        junk = os.path.join(self.work, "junk.img")
-        with open(junk, "wb") as stream:
-            stream.write(os.urandom(MIB))
+        junk = self.junk()
         self.assertFalse(uefi.holds_efi_file(junk))
 
 
