@@ -47,7 +47,9 @@ opts = [
         default=5000,
         min=1,
         help="The most queued changes written in one transaction; more "
-             "are written in the next one."),
+             "are written in the next one. Running task updates are not "
+             "counted: only the latest of each task is kept, and all of "
+             "them go with the next transaction."),
     cfg.IntOpt(
         "task_retention",
         default=90,

@@ -6,10 +6,13 @@ event loop never waits for the database. The writer thread (a real OS
 thread: nothing in this package imports eventlet) takes what is queued and
 writes it in one transaction:
 
-* a task's ``running`` updates coalesce: within one transaction only the
-  latest update of each task is written (the writer gathers changes for
-  up to ``flush_interval`` seconds), so a busy fleet does not make one
-  write per update;
+* a task's ``running`` updates coalesce as they are queued: the latest
+  update of each task replaces the one before it (keeping when the first
+  of them came), and the writer takes them all once per
+  ``flush_interval`` seconds (or with the next urgent change), so a busy
+  fleet writes at most one row per running task and interval, however
+  often its agents report, and ``batch_limit`` counts the other changes
+  only;
 * a final state (``error``/``complete``), its erasure records and a
   :meth:`flush` do not wait for the interval: they are committed at once,
   and the ``on_committed`` callback given with them is called from the
@@ -137,7 +140,7 @@ def _version(handshake):
 
 
 class _Change:
-    __slots__ = ("kind", "agent_id", "payload", "at", "callback")
+    __slots__ = ("kind", "agent_id", "payload", "at", "callback", "first_at")
 
     def __init__(self, kind, agent_id, payload, at, callback=None):
         self.kind = kind
@@ -145,6 +148,9 @@ class _Change:
         self.payload = payload
         self.at = at
         self.callback = callback
+        #: A running update: when the first of the updates it replaced
+        #: came (its task's start, when it is the first written).
+        self.first_at = at
 
     @property
     def urgent(self):
@@ -179,6 +185,10 @@ class Store:
         #: only thing that wakes the writer while it gathers a batch (see
         #: :meth:`_gather`).
         self._urgent = threading.Event()
+        #: ``{(agent_id, task_id): change}``: the latest running update of
+        #: each task not written yet (see :meth:`task_status`), under
+        #: ``_lock``; the writer takes the whole of it with each batch.
+        self._latest_running = {}
         self._thread = None
         self._closed = False
         self._lock = threading.Lock()
@@ -329,7 +339,37 @@ class Store:
         the state (and its erasure records) is committed (``error`` None)
         or the write failed (the exception)."""
         self.stats["task_updates"] += 1
+        if on_committed is None and status.get("state") == RUNNING:
+            self._put_running(agent_id, dict(status))
+            return
         self._put("status", agent_id, dict(status), on_committed)
+
+    def _put_running(self, agent_id, status):
+        """Keep only the latest running update of the task; the first of
+        them since the last batch wakes the writer's gathering (a marker
+        on the queue), the others cost no queue entry at all."""
+        if self._closed:
+            raise StoreClosed("the store is closed")
+        change = _Change("status", agent_id, status, self.clock())
+        key = (agent_id, status.get("task_id"))
+        with self._lock:
+            latest = self._latest_running
+            previous = latest.get(key)
+            if previous is not None:
+                change.first_at = previous.first_at
+                self.stats["running_coalesced"] += 1
+            latest[key] = change
+            first = len(latest) == 1 and previous is None
+        if first:
+            self._enqueue(_Change("running", None, None, change.at))
+
+    def _take_running(self, batch):
+        """Append to ``batch`` the running updates kept since the last
+        one (they come after what was queued before them)."""
+        with self._lock:
+            latest, self._latest_running = self._latest_running, {}
+        batch.extend(latest.values())
+        return batch
 
     def log_record(self, agent_id, record):
         self._put("log", agent_id, record)
@@ -386,7 +426,7 @@ class Store:
             else:
                 first = self._queue.get_nowait()
         except queue.Empty:
-            return []
+            return self._take_running([])
         batch = [first]
         deadline = time.monotonic() + self.flush_interval
         urgent = first.urgent
@@ -402,10 +442,10 @@ class Store:
                 batch.append(change)
                 urgent = urgent or change.urgent
             if urgent or len(batch) >= self.batch_limit:
-                return batch
+                return self._take_running(batch)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return batch
+                return self._take_running(batch)
             self._urgent.wait(remaining)
 
     # -- retention ----------------------------------------------------------
@@ -611,7 +651,7 @@ class Store:
                 key = (change.agent_id, change.payload["task_id"])
                 last[key] = index
                 if change.payload.get("state") == RUNNING:
-                    first_running.setdefault(key, change.at)
+                    first_running.setdefault(key, change.first_at)
         self._prefetch(session, batch)
         logs = collections.defaultdict(list)
         running = []
@@ -812,7 +852,7 @@ class Store:
                     table.c.state == RUNNING).values(
                         started_at=sa.func.coalesce(
                             table.c.started_at, sa.bindparam("b_at"))),
-                [{"b_id": row_id, "b_at": change.at,
+                [{"b_id": row_id, "b_at": change.first_at,
                   "percent": _number(change.payload.get("percent")),
                   "eta": _number(change.payload.get("eta")),
                   "updated_at": change.at}
@@ -854,19 +894,19 @@ class Store:
                     task_id=status["task_id"], state=RUNNING,
                     method=method[:models.ID_LENGTH]
                     if isinstance(method, str) else None,
-                    created_at=change.at, started_at=change.at))
+                    created_at=change.first_at, started_at=change.first_at))
             elif row.state in FINAL_STATES:
                 continue
             else:
                 updates.append(dict(
                     values, b_id=row.id,
-                    started_at=row.started_at or change.at))
+                    started_at=row.started_at or change.first_at))
                 self._running_new[key] = row.id
             if row is None or row.state != RUNNING:
                 new_events.append({
                     "agent_id": change.agent_id,
                     "task_id": status["task_id"], "state": RUNNING,
-                    "at": change.at, "percent": values["percent"],
+                    "at": change.first_at, "percent": values["percent"],
                     "msg": None})
         if updates:
             session.execute(table.update().where(

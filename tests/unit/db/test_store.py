@@ -58,9 +58,17 @@ class GatherTest(base.TestCase):
         self.addCleanup(store.engine.dispose)
         return store
 
-    def running(self, store, number):
+    def running(self, store, number, percent=1.0):
         store.task_status("a", {"task_id": "t%d" % number,
-                                "state": "running", "percent": 1.0})
+                                "state": "running", "percent": percent})
+
+    def log(self, store, number):
+        store.log_record("a", {"message": "m%d" % number})
+
+    @staticmethod
+    def statuses(batch):
+        return [(change.payload["task_id"], change.payload.get("percent"))
+                for change in batch if change.kind == "status"]
 
     def gather_in_thread(self, store):
         batches = []
@@ -81,12 +89,45 @@ class GatherTest(base.TestCase):
     def test_a_full_batch_wakes_the_writer(self):
         store = self.store(batch_limit=5)
         for number in range(4):
-            self.running(store, number)
+            self.log(store, number)
         self.assertFalse(store._urgent.is_set())
-        self.running(store, 4)
+        self.log(store, 4)
         self.assertTrue(store._urgent.is_set())
         batch = store._gather(timeout=WAIT)
         self.assertEqual(5, len(batch))
+
+    def test_running_updates_are_kept_one_per_task_not_queued(self):
+        # Thousands of running updates of a few tasks: one queue entry
+        # (the marker that starts the gathering), no wake-up, and the
+        # batch holds the latest update of each task, whatever
+        # batch_limit says.
+        store = self.store(batch_limit=5)
+        for percent in range(1000):
+            for number in range(3):
+                self.running(store, number, float(percent))
+        self.assertFalse(store._urgent.is_set())
+        self.assertEqual(1, store._queue.qsize())
+        self.assertEqual(2997, store.stats["running_coalesced"])
+        store.flush_async(lambda error: None)
+        batch = store._gather(timeout=WAIT)
+        self.assertEqual([("t0", 999.0), ("t1", 999.0), ("t2", 999.0)],
+                         self.statuses(batch))
+        # Taken: the next update starts a new gathering.
+        self.assertEqual({}, store._latest_running)
+        self.running(store, 0, 5.0)
+        self.assertEqual(1, store._queue.qsize())
+
+    def test_coalesced_updates_keep_when_the_first_came(self):
+        now = [100.0]
+        store = self.store(clock=lambda: now[0])
+        for percent in range(5):
+            self.running(store, 0, float(percent))
+            now[0] += 1.0
+        store.flush_async(lambda error: None)
+        [change] = [change for change in store._gather(timeout=WAIT)
+                    if change.kind == "status"]
+        self.assertEqual((100.0, 104.0, 4.0), (
+            change.first_at, change.at, change.payload["percent"]))
 
     def test_an_urgent_change_queued_during_the_wait_ends_it(self):
         store = self.store()
@@ -100,13 +141,14 @@ class GatherTest(base.TestCase):
         writer.join(WAIT)
         self.assertFalse(writer.is_alive())
         [batch] = batches
-        self.assertEqual(["t0", "t1", "t2", "t3", "t9"],
-                         [change.payload["task_id"] for change in batch])
+        # What was queued first, then the running updates kept meanwhile.
+        self.assertEqual(["t9", "t0", "t1", "t2", "t3"],
+                         [task for task, _ in self.statuses(batch)])
 
     def test_what_is_left_past_the_limit_is_the_next_batch(self):
         store = self.store(batch_limit=3)
         for number in range(7):
-            self.running(store, number)
+            self.log(store, number)
         sizes = [len(store._gather(timeout=WAIT)) for _ in range(2)]
         self.assertEqual([3, 3], sizes)
         # One left: the next batch waits for more until the interval ends
@@ -115,7 +157,7 @@ class GatherTest(base.TestCase):
         store.flush_async(lambda error: None)
         writer.join(WAIT)
         self.assertFalse(writer.is_alive())
-        self.assertEqual(["status", "flush"],
+        self.assertEqual(["log", "flush"],
                          [change.kind for change in batches[0]])
 
 
@@ -342,6 +384,32 @@ class TestWrites(StoreTestCase):
         self.assertLessEqual(len(selects), 8,
                              [select[:60] for select in selects])
         self.assertFalse(any(row["connected"] for row in store.agents()))
+
+    def test_a_final_state_after_kept_running_updates(self):
+        # Running updates still kept (not written) when the final state
+        # comes: the final state wins, the start is the first update's.
+        now = [1000.0]
+        store = self.make_store(flush_interval=3600.0, clock=lambda: now[0])
+        for percent in (10.0, 20.0, 30.0):
+            store.task_status("a", {"task_id": "t", "state": "running",
+                                    "percent": percent})
+            now[0] += 10.0
+        self.assertIsNone(self.final(store, "a", {
+            "task_id": "t", "state": "complete", "result": {"ok": 1}}))
+        [task] = store.tasks()
+        self.assertEqual(("complete", 100.0, 1000.0, 1030.0), (
+            task["state"], task["percent"], task["started_at"],
+            task["ended_at"]))
+        self.assertEqual([("running", 1000.0), ("complete", 1030.0)],
+                         [(e["state"], e["at"])
+                          for e in store.task_events("a", "t")])
+        # A late running update does not reopen it.
+        store.task_status("a", {"task_id": "t", "state": "running",
+                                "percent": 40.0})
+        store.flush(WAIT)
+        [task] = store.tasks()
+        self.assertEqual(("complete", 100.0), (task["state"],
+                                               task["percent"]))
 
     def test_known_running_tasks_are_updated_without_a_lookup(self):
         store = self.make_store(flush_interval=5.0)
