@@ -83,6 +83,13 @@ def _as_sent(doc):
     return params_mod.Any(nullable=True, default=params_mod.OMIT, doc=doc)
 
 
+def _is_running_status(command):
+    """Whether ``command`` is an agent's ``running`` task update."""
+    params = command.params
+    return command.method == "task_status" and isinstance(params, dict) \
+        and params.get("state") == "running"
+
+
 def handshake_summary(status):
     """What is kept of a task a handshake lists: its summary only (the
     protocol's summary fields, of their types, ``msg`` cut), so a handshake
@@ -453,6 +460,7 @@ class Endpoint:
             max_line_length=self.max_line_length,
             write_timeout=self.keepalive_interval + self.keepalive_timeout,
             on_close=self._on_close, inline_methods=self._inline_methods(),
+            inline_if=self._inline_if(),
             line_idle_timeout=self.line_idle_timeout,
             stats=self.message_stats)
         connection.user_data["address"] = host
@@ -474,6 +482,18 @@ class Endpoint:
             return self.INLINE_METHODS
         return tuple(method for method in self.INLINE_METHODS
                      if method != "task_status")
+
+    def _inline_if(self):
+        """With a database, a ``running`` ``task_status`` still runs in
+        the reader: only a final state waits for a commit, and a busy
+        fleet's running updates are most of what it sends, and a green
+        thread each is work the endpoint in memory does not do. Should one
+        wait after
+        all (a state the book holds as final), it holds only its own
+        link's reader, as the handshake's token commit does."""
+        if self.persistence is None:
+            return None
+        return _is_running_status
 
     def _on_close(self, connection, reason):
         self.connections.discard(connection)

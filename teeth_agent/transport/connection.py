@@ -84,7 +84,8 @@ class Connection:
     def __init__(self, sock, dispatch, name="peer",
                  max_line_length=protocol.DEFAULT_MAX_LINE_LENGTH,
                  max_inflight=64, write_timeout=30.0, on_close=None,
-                 inline_methods=(), line_idle_timeout=None, stats=None):
+                 inline_methods=(), line_idle_timeout=None, stats=None,
+                 inline_if=None):
         self.sock = sock
         self.stats = stats if stats is not None else MessageStats()
         # A peer that sent part of a line and then nothing for this long
@@ -94,6 +95,9 @@ class Connection:
         # green thread per message, which matters to an endpoint holding
         # thousands of agents that ping and report all the time.
         self._inline = frozenset(inline_methods)
+        # And commands ``inline_if(command)`` says never block, of other
+        # methods (a method that blocks only for some of its messages).
+        self._inline_if = inline_if
         # The plain non-blocking socket under a green TCP socket, for
         # writes that fit in the send buffer (almost all): they need no
         # timer. TLS sockets always take the green path.
@@ -318,10 +322,13 @@ class Connection:
                               protocol.ResponseReceived)):
             self.stats.received += 1
         if isinstance(event, protocol.CommandReceived):
-            if event.command.method in self._inline:
-                self._run_command(event.command)
+            command = event.command
+            if command.method in self._inline or (
+                    self._inline_if is not None
+                    and self._inline_if(command)):
+                self._run_command(command)
             else:
-                self._pool.spawn_n(self._run_command, event.command)
+                self._pool.spawn_n(self._run_command, command)
         elif isinstance(event, protocol.ResponseReceived):
             waiter = self._waiters.get(event.response.id)
             if waiter is not None and not waiter.ready():

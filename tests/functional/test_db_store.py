@@ -11,6 +11,7 @@ import json
 import os
 import re
 import sqlite3
+import threading
 import time
 import unittest
 
@@ -170,6 +171,55 @@ class DatabaseCase:
             # About 80 running updates were sent (every 0.05 s for 4 s);
             # gathered for 2 s, a handful of writes carry them.
             self.assertLess(writes, 20)
+
+    def test_running_rows_through_the_dbapi_executemany(self):
+        # The running updates of tasks the writer already wrote go to the
+        # database's own driver in one executemany (sqlite3's qmark,
+        # psycopg's named parameters); a row another process ended is
+        # counted as not updated and left alone.
+        self.upgrade_here()
+        writers = []
+        for _ in range(2):
+            writer = store_mod.Store.from_url(self.url, flush_interval=60.0)
+            writer.open()
+            self.addCleanup(writer.close)
+            writers.append(writer)
+        first, second = writers
+        agents = ["agent-%03d" % index for index in range(30)]
+        for percent in (1.0, 2.0, 3.0):
+            for agent in agents:
+                first.task_status(agent, {"task_id": "t", "state": "running",
+                                          "percent": percent,
+                                          "eta": 100 - percent})
+            self.assertTrue(first.flush(30))
+        ended = self.final_in(second, agents[0], {
+            "task_id": "t", "state": "complete", "result": {}})
+        self.assertIsNone(ended)
+        for agent in agents:
+            first.task_status(agent, {"task_id": "t", "state": "running",
+                                      "percent": 4.0, "eta": 96.0})
+        self.assertTrue(first.flush(30))
+        rows = {task["agent_id"]: (task["state"], task["percent"],
+                                   task["eta"])
+                for task in self.reader().tasks()}
+        self.assertEqual(("complete", 100.0, None), rows.pop(agents[0]))
+        self.assertEqual({("running", 4.0, 96.0)}, set(rows.values()))
+        self.assertEqual(29, len(rows))
+        # Updated by row id (the writer's cache), but for the ended one:
+        # its update counted no row, so it was looked up and dropped.
+        self.assertEqual({(agent, "t") for agent in agents[1:]},
+                         set(first._running))
+
+    def final_in(self, store, agent_id, status):
+        outcome = []
+        done = threading.Event()
+
+        def committed(error):
+            outcome.append(error)
+            done.set()
+        store.task_status(agent_id, status, committed)
+        self.assertTrue(done.wait(30))
+        return outcome[0]
 
     # -- retention ----------------------------------------------------------
 

@@ -171,6 +171,21 @@ class TestEndpointTable(base.TestCase):
         self.assertEqual(sorted(endpoint_mod.Endpoint.INLINE_METHODS),
                          self.endpoint.commands.names())
 
+    def test_with_a_database_only_final_states_leave_the_reader(self):
+        # Without a database every inbound method runs in the reader.
+        self.assertIsNone(self.endpoint._inline_if())
+        self.endpoint.persistence = object()
+        self.assertNotIn("task_status", self.endpoint._inline_methods())
+        runs_inline = self.endpoint._inline_if()
+        for state, inline in (("running", True), ("complete", False),
+                              ("error", False)):
+            with self.subTest(state=state):
+                self.assertIs(inline, runs_inline(command("task_status", {
+                    "task_id": "t", "state": state})))
+        self.assertFalse(runs_inline(command("task_status", None)))
+        self.assertFalse(runs_inline(protocol.Command(
+            "1", "task_status", ["running"])))
+
     def test_sessions_are_declared(self):
         spec = self.endpoint.commands.spec
         self.assertIsNone(spec("ping").session)

@@ -3,6 +3,7 @@ erasure records, redaction, bounds, reads."""
 
 import os
 import shutil
+import sqlite3
 import tempfile
 import threading
 import time
@@ -497,12 +498,21 @@ class TestWrites(StoreTestCase):
         store.task_status("b", {"task_id": "u", "state": "running",
                                 "percent": 2.0})
 
+        # Every UPDATE fails: SQLAlchemy's, and the running rows' own
+        # executemany on the DBAPI cursor.
         def refuse(conn, cursor, statement, *args):
             if statement.lstrip().upper().startswith("UPDATE"):
-                raise RuntimeError("disk I/O error")
+                raise sqlite3.OperationalError("disk I/O error")
+
+        def refused_update(session):
+            def update(rows):
+                raise sqlite3.OperationalError("disk I/O error")
+            return update
         sa.event.listen(store.engine, "before_cursor_execute", refuse)
         try:
-            store.flush(WAIT)
+            with mock.patch.object(store, "_running_update",
+                                   refused_update):
+                store.flush(WAIT)
         finally:
             sa.event.remove(store.engine, "before_cursor_execute", refuse)
         # The batch was retried change by change: the new task's insert
