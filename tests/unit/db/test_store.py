@@ -435,6 +435,23 @@ class TestWrites(StoreTestCase):
         self.assertEqual(["running"],
                          [e["state"] for e in store.task_events("a007", "t")])
 
+    def test_running_rows_by_executemany_where_update_from_is_missing(
+            self):
+        # (SQLite before 3.33 has no UPDATE ... FROM.)
+        with mock.patch.object(store_mod, "_updates_from_values",
+                               return_value=False):
+            store = self.make_store(flush_interval=5.0)
+            for percent in (1.0, 2.0):
+                for index in range(5):
+                    store.task_status("a%d" % index, {
+                        "task_id": "t", "state": "running",
+                        "percent": percent, "eta": 9})
+                store.flush(WAIT)
+            self.assertEqual({(2.0, 9.0)}, {(task["percent"], task["eta"])
+                                            for task in store.tasks()})
+            self.assertEqual(5, len(store._running))
+            self.assertIn("sqlite", store._running_sql)
+
     def two_writers(self):
         """Two stores on one SQLite file: two endpoint processes."""
         directory = tempfile.mkdtemp()
