@@ -80,6 +80,8 @@ _EVENT_KEYS = 250
 #: Seconds the writer yields to the event loop between two chunks of
 #: running updates (see ``Store.writer_pause``).
 WRITER_PAUSE = 0.001
+#: Running rows per statement of the writer.
+RUNNING_CHUNK = 400
 #: Running tasks whose row id the writer keeps (see ``Store._running``).
 RUNNING_CACHE = 200000
 
@@ -234,7 +236,9 @@ class Store:
         self._running = {}
         #: Entries of the open transaction, kept once it commits.
         self._running_new = {}
-        #: ``{dialect name: compiled statement}`` of the running update.
+        #: The running update's statements: ``{dialect name: compiled}``
+        #: and ``{(marker, RUNNING_CHUNK): SQL}`` (the full chunk's; a
+        #: shorter last chunk's is built each time, not kept).
         self._running_sql = {}
         #: Seconds the writer sleeps between two chunks of running
         #: updates (None: no pause), so a batch of thousands is not one
@@ -862,7 +866,7 @@ class Store:
                         "sent", change.at)
         self.stats["task_writes"] += 1
 
-    def _write_running(self, session, changes, chunk=400):
+    def _write_running(self, session, changes, chunk=RUNNING_CHUNK):
         """The running updates of a batch (one per task), in a few
         statements: the hot path of a busy fleet, so Core executemany
         rather than one ORM object per task. A task this writer already
@@ -978,7 +982,8 @@ class Store:
                    "WHERE {t}.id = v.column1 AND {t}.state = '{running}'"
                    ).format(t=table, rows=", ".join([row] * count),
                             running=RUNNING)
-            self._running_sql[key] = sql
+            if count == RUNNING_CHUNK:
+                self._running_sql[key] = sql
         return sql
 
     def _look_up_running(self, session, part):

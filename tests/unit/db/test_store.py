@@ -431,6 +431,11 @@ class TestWrites(StoreTestCase):
         self.assertEqual({(3.0, 7.0)},
                          {(task["percent"], task["eta"]) for task in tasks})
         self.assertEqual(1500, store.stats["task_writes"])
+        # 500 rows: a chunk of 400 and one of 100; only the full chunk's
+        # statement is kept (a last chunk of any length would pile up).
+        self.assertEqual([("?", store_mod.RUNNING_CHUNK)],
+                         [key for key in store._running_sql
+                          if isinstance(key, tuple)])
         # One running event per task: an update is no state change.
         self.assertEqual(["running"],
                          [e["state"] for e in store.task_events("a007", "t")])
