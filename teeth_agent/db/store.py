@@ -12,7 +12,9 @@ writes it in one transaction:
   ``flush_interval`` seconds (or with the next urgent change), so a busy
   fleet writes at most one row per running task and interval, however
   often its agents report, and ``batch_limit`` counts the other changes
-  only;
+  only; in a batch nobody waits for, the running rows beyond the first
+  chunk are written a chunk per transaction over the first half of the
+  next interval (``running_spread``), not in one burst;
 * a final state (``error``/``complete``), its erasure records and a
   :meth:`flush` do not wait for the interval: they are committed at once,
   and the ``on_committed`` callback given with them is called from the
@@ -82,6 +84,9 @@ _EVENT_KEYS = 250
 WRITER_PAUSE = 0.001
 #: Running rows per statement of the writer.
 RUNNING_CHUNK = 400
+#: The share of ``flush_interval`` over which the writer spreads the
+#: running rows of a batch beyond its first chunk (see ``Store._pace``).
+RUNNING_SPREAD = 0.5
 #: Running tasks whose row id the writer keeps (see ``Store._running``).
 RUNNING_CACHE = 200000
 
@@ -244,6 +249,12 @@ class Store:
         #: updates (None: no pause), so a batch of thousands is not one
         #: long hold of the GIL.
         self.writer_pause = WRITER_PAUSE
+        #: The share of ``flush_interval`` over which the running rows of
+        #: a batch beyond its first chunk are written, a chunk per
+        #: transaction (0: all in the batch's transaction).
+        self.running_spread = RUNNING_SPREAD
+        #: The writer's clock for its intervals (tests replace it).
+        self.monotonic = time.monotonic
         #: Counters: transactions, task_updates (received), task_writes
         #: (rows written), running_coalesced, erasures, log_records,
         #: failures.
@@ -439,18 +450,25 @@ class Store:
     # -- the writer thread ------------------------------------------------
 
     def _run(self):
-        stop = False
+        stop, carried, since = False, [], None
         while not stop:
-            batch = self._gather(self._idle_timeout())
+            batch = self._gather(self._idle_timeout(), carried, since)
             stop = any(change.kind == _STOP for change in batch)
             if not stop:
                 self._prune_if_due()
+            paced = self._paced_part(batch)
             self._write(batch)
+            since = self.monotonic()
+            carried = self._pace(paced) if paced else []
 
-    def _gather(self, timeout=HEARTBEAT_INTERVAL):
+    def _gather(self, timeout=HEARTBEAT_INTERVAL, carried=(), since=None):
         """The next batch: at least one change (none after ``timeout``
         seconds), more for up to ``flush_interval`` unless an urgent one
         is among them.
+
+        ``carried`` are changes :meth:`_pace` took off the queue while it
+        wrote (the batch starts with them and its interval at ``since``,
+        a :attr:`monotonic` time).
 
         Once the first change is in, the writer sleeps until the interval
         ends, an urgent change is queued or ``batch_limit`` changes are,
@@ -461,16 +479,29 @@ class Store:
         loop for the interpreter's switch interval
         (``benchmarks/scale.py --database sqlite``).
         """
-        try:
-            if timeout > 0:
-                first = self._queue.get(timeout=timeout)
-            else:
-                first = self._queue.get_nowait()
-        except queue.Empty:
-            return self._take_running([])
-        batch = [first]
-        deadline = time.monotonic() + self.flush_interval
-        urgent = first.urgent
+        if carried:
+            batch = list(carried)
+            deadline = (self.monotonic() if since is None else since) \
+                + self.flush_interval
+            urgent = any(change.urgent for change in batch)
+        else:
+            try:
+                if timeout > 0:
+                    first = self._queue.get(timeout=timeout)
+                else:
+                    first = self._queue.get_nowait()
+            except queue.Empty:
+                return self._take_running([])
+            batch = [first]
+            deadline = self.monotonic() + self.flush_interval
+            urgent = first.urgent
+        self._fill(batch, deadline, urgent)
+        return self._take_running(batch)
+
+    def _fill(self, batch, deadline, urgent=False):
+        """Append what is queued to ``batch`` until the ``monotonic``
+        time ``deadline``, an urgent change or ``batch_limit`` changes;
+        True for the last two."""
         while True:
             # Cleared before the queue is read: an urgent change queued
             # from here on sets it again, and is read below or next time.
@@ -483,11 +514,82 @@ class Store:
                 batch.append(change)
                 urgent = urgent or change.urgent
             if urgent or len(batch) >= self.batch_limit:
-                return self._take_running(batch)
-            remaining = deadline - time.monotonic()
+                return True
+            remaining = deadline - self.monotonic()
             if remaining <= 0:
-                return self._take_running(batch)
+                return False
             self._urgent.wait(remaining)
+
+    def _paced_part(self, batch, chunk=RUNNING_CHUNK):
+        """Take out of ``batch`` the running updates :meth:`_pace` writes
+        after it: those beyond the first ``chunk``, in a batch nobody
+        waits for (no urgent change: a flush, a final state, the stop is
+        committed with everything before it) and of tasks with no other
+        state in the batch."""
+        if self.running_spread <= 0 or any(change.urgent
+                                           for change in batch):
+            return []
+        others = {(change.agent_id, change.payload["task_id"])
+                  for change in batch if change.kind == "status"
+                  and change.payload.get("state") != RUNNING}
+        kept, paced, running = [], [], 0
+        for change in batch:
+            if (change.kind == "status"
+                    and change.payload.get("state") == RUNNING
+                    and (change.agent_id, change.payload["task_id"])
+                    not in others):
+                running += 1
+                if running > chunk:
+                    paced.append(change)
+                    continue
+            kept.append(change)
+        if paced:
+            batch[:] = kept
+        return paced
+
+    def _pace(self, paced, chunk=RUNNING_CHUNK):
+        """Write ``paced`` (running updates, one per task) a chunk per
+        transaction, spread evenly over ``running_spread`` of
+        ``flush_interval``.
+
+        A batch of 5,000 running rows written in one go was 55-60 ms of
+        this thread in a burst every interval; the event loop shares the
+        GIL with it, and its ping answers waited (p99 36-40 ms on SQLite
+        at 5,000 agents, ``benchmarks/scale.py``). Spread out, each chunk
+        is a few milliseconds. What is queued meanwhile is taken off the
+        queue and returned (the next batch starts with it); as soon as an
+        urgent change or ``batch_limit`` changes are among it, the rows
+        not written yet go back to the kept running updates (behind any
+        newer update of their task, which keeps the older's start) and
+        the next batch, written at once, has them."""
+        parts = [paced[start:start + chunk]
+                 for start in range(0, len(paced), chunk)]
+        spread = self.flush_interval * self.running_spread
+        start = self.monotonic()
+        carried = []
+        for index, part in enumerate(parts):
+            if self._fill(carried, start + spread * (index + 1) / len(parts)):
+                self._put_back(parts[index:])
+                return carried
+            self._write(part)
+            self.stats["paced_transactions"] += 1
+        return carried
+
+    def _put_back(self, parts):
+        """Running updates :meth:`_pace` did not write: kept again, unless
+        a newer update of the task came meanwhile."""
+        with self._lock:
+            latest = self._latest_running
+            for part in parts:
+                for change in part:
+                    key = (change.agent_id, change.payload["task_id"])
+                    newer = latest.get(key)
+                    if newer is None:
+                        latest[key] = change
+                    else:
+                        newer.first_at = min(newer.first_at,
+                                             change.first_at)
+                        self.stats["running_coalesced"] += 1
 
     # -- retention ----------------------------------------------------------
 
@@ -685,14 +787,20 @@ class Store:
     def _apply(self, session, batch):
         now = self.clock()
         # Coalescing: a running update is written only when it is the last
-        # change of its task in this batch.
-        last, first_running = {}, {}
+        # change of its task in this batch, and not at all beside a final
+        # state (a running update _pace put back comes after the final
+        # state that interrupted it, but is older).
+        last, first_running, ended = {}, {}, set()
         for index, change in enumerate(batch):
             if change.kind == "status":
                 key = (change.agent_id, change.payload["task_id"])
                 last[key] = index
                 if change.payload.get("state") == RUNNING:
-                    first_running.setdefault(key, change.first_at)
+                    first = first_running.get(key)
+                    first_running[key] = change.first_at if first is None \
+                        else min(first, change.first_at)
+                else:
+                    ended.add(key)
         self._prefetch(session, batch)
         logs = collections.defaultdict(list)
         running = []
@@ -701,7 +809,7 @@ class Store:
             if kind == "status":
                 key = (change.agent_id, change.payload["task_id"])
                 if change.payload.get("state") == RUNNING:
-                    if last[key] != index:
+                    if last[key] != index or key in ended:
                         self.stats["running_coalesced"] += 1
                     else:
                         # The last change of its task: written in bulk

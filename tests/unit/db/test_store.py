@@ -617,6 +617,268 @@ class TestWrites(StoreTestCase):
                           "method": None, "result": {}}, status)
 
 
+class FakeWaits:
+    """The writer's interval clock and wake-up event for :meth:`_pace`:
+    each wait the writer makes moves the clock by its timeout (after the
+    test's hook for that wait, if any, ran); a wait an urgent change ends
+    does not move it."""
+
+    def __init__(self, store):
+        self.now = 0.0
+        self.waits = []
+        self.hooks = {}
+        self.event = store._urgent
+        store._urgent = self
+        store.monotonic = lambda: self.now
+
+    def set(self):
+        self.event.set()
+
+    def clear(self):
+        self.event.clear()
+
+    def is_set(self):
+        return self.event.is_set()
+
+    def wait(self, timeout):
+        self.waits.append(round(timeout, 6))
+        hook = self.hooks.pop(len(self.waits), None)
+        if hook is not None:
+            hook()
+        if self.event.is_set():
+            return True
+        self.now += timeout
+        return False
+
+
+class PaceTest(base.TestCase):
+    """The running rows of a batch beyond its first chunk, spread over
+    half the interval (:meth:`Store._pace`), on a store whose writer is
+    not started: the test thread plays it."""
+
+    TASKS = 2000
+
+    def setUp(self):
+        super().setUp()
+        self.wall = FakeClock(100.0)
+        self.store = store_mod.Store.from_url(
+            "sqlite://", flush_interval=10.0, clock=self.wall)
+        self.addCleanup(self.store.engine.dispose)
+        schema.upgrade(self.store.engine)
+        self.waits = FakeWaits(self.store)
+        self.writes = []
+        write = self.store._write
+
+        def recorded(batch):
+            self.writes.append((self.waits.now, sorted(
+                change.agent_id for change in batch
+                if change.kind == "status")))
+            write(batch)
+        self.store._write = recorded
+
+    def running(self, percent=1.0, agents=None):
+        for index in range(self.TASKS) if agents is None else agents:
+            self.store.task_status("a%04d" % index, {
+                "task_id": "t", "state": "running", "percent": percent})
+
+    def batch(self):
+        """Gather a batch (its interval passes on the fake clock), write
+        it and return what is to be paced."""
+        batch = self.store._gather(timeout=0)
+        paced = self.store._paced_part(batch)
+        self.store._write(batch)
+        # The hooks count the pacing's waits only.
+        del self.waits.waits[:]
+        return paced
+
+    def rows(self):
+        with self.store.engine.connect() as connection:
+            return {row.agent_id: row for row in connection.execute(
+                sa.text("SELECT agent_id, state, percent, started_at "
+                        "FROM tasks"))}
+
+    def test_rows_beyond_the_first_chunk_are_spread_over_half_the_interval(
+            self):
+        self.running()
+        paced = self.batch()
+        chunk = store_mod.RUNNING_CHUNK
+        self.assertEqual(self.TASKS - chunk, len(paced))
+        # The batch's transaction had the first chunk.
+        [(_, first)] = self.writes
+        self.assertEqual(chunk, len(first))
+        # Meanwhile: a log record and an update of a task not in the
+        # batch are queued; neither is urgent, neither stops the pacing.
+        self.waits.hooks[2] = lambda: (
+            self.store.log_record("a0000", {"message": "m"}),
+            self.store.task_status("b", {"task_id": "t",
+                                         "state": "running"}))
+        start = self.waits.now
+        carried = self.store._pace(paced)
+        # Four chunks of 400, one every 1.25 s: the last at 5 s, half of
+        # flush_interval.
+        self.assertEqual([1.25, 2.5, 3.75, 5.0],
+                         [at - start for at, _ in self.writes[1:]])
+        self.assertEqual([chunk] * 4,
+                         [len(agents) for _, agents in self.writes[1:]])
+        self.assertEqual(4, self.store.stats["paced_transactions"])
+        # What was queued is the start of the next batch.
+        self.assertEqual(["log", "running"],
+                         sorted(change.kind for change in carried))
+        rows = self.rows()
+        self.assertEqual(self.TASKS, len(rows))
+        self.assertEqual({("running", 1.0)},
+                         {(row.state, row.percent) for row in rows.values()})
+        # The update of "b" is kept for the next batch.
+        self.assertEqual([("b", "t")], list(self.store._latest_running))
+
+    def test_an_urgent_change_ends_the_pacing_and_nothing_is_lost(self):
+        self.running()
+        paced = self.batch()
+        store = self.store
+        committed = []
+
+        def meanwhile():
+            # a1700's newer update (its chunk is not written yet), then
+            # a1300's final state: urgent.
+            self.wall.advance(100.0)
+            store.task_status("a1700", {"task_id": "t", "state": "running",
+                                        "percent": 9.0})
+            store.task_status("a1300", {"task_id": "t", "state": "complete",
+                                        "result": {}}, committed.append)
+        self.waits.hooks[2] = meanwhile
+        carried = store._pace(paced)
+        # The batch's chunk and the first paced one went in, then it
+        # stopped: the rest is kept again, a1700's newer update keeping
+        # when its first came.
+        self.assertEqual(2, len(self.writes))
+        self.assertEqual(self.TASKS - 2 * store_mod.RUNNING_CHUNK,
+                         len(store._latest_running))
+        newer = store._latest_running[("a1700", "t")]
+        self.assertEqual((9.0, 200.0, 100.0), (
+            newer.payload["percent"], newer.at, newer.first_at))
+        self.assertTrue(any(change.urgent for change in carried))
+        # The next batch is written at once, with all of it.
+        batch = store._gather(0, carried, self.waits.now)
+        self.assertEqual([], store._paced_part(batch))
+        store._write(batch)
+        self.assertEqual([None], committed)
+        rows = self.rows()
+        self.assertEqual(self.TASKS, len(rows))
+        self.assertEqual(("complete", 100.0, 100.0), (
+            rows["a1300"].state, rows["a1300"].percent,
+            rows["a1300"].started_at))
+        self.assertEqual((9.0, 100.0), (rows["a1700"].percent,
+                                        rows["a1700"].started_at))
+        self.assertEqual({"running"}, {
+            row.state for agent, row in rows.items() if agent != "a1300"})
+        self.assertEqual([("running", 100.0), ("complete", 200.0)],
+                         [(event["state"], event["at"])
+                          for event in store.task_events("a1300", "t")])
+
+    def test_a_task_ended_elsewhere_meanwhile_is_not_reopened(self):
+        # Every row exists and is known (a batch written whole), then the
+        # next batch is paced; another process ends a1000 meanwhile.
+        store = self.store
+        store.running_spread = 0
+        self.running()
+        self.assertEqual([], self.batch())
+        store.running_spread = store_mod.RUNNING_SPREAD
+        self.running(percent=2.0)
+        paced = self.batch()
+
+        def elsewhere():
+            with store.engine.begin() as connection:
+                connection.execute(sa.text(
+                    "UPDATE tasks SET state = 'complete', percent = 100 "
+                    "WHERE agent_id = 'a1000'"))
+        self.waits.hooks[2] = elsewhere
+        self.assertEqual([], store._pace(paced))
+        rows = self.rows()
+        self.assertEqual(("complete", 100.0), (rows["a1000"].state,
+                                               rows["a1000"].percent))
+        self.assertEqual({("running", 2.0)}, {
+            (row.state, row.percent) for agent, row in rows.items()
+            if agent != "a1000"})
+        self.assertNotIn(("a1000", "t"), store._running)
+
+    def test_urgent_batches_and_a_task_s_final_state_are_not_paced(self):
+        store = self.store
+        self.running()
+        store.task_status("a1999", {"task_id": "t", "state": "error",
+                                    "msg": "x"})
+        batch = store._gather(timeout=0)
+        # a1999's running update stays beside its final state.
+        paced = store._paced_part(list(batch))
+        self.assertEqual(self.TASKS - 1 - store_mod.RUNNING_CHUNK,
+                         len(paced))
+        self.assertNotIn("a1999", {change.agent_id for change in paced})
+        store.running_spread = 0
+        self.assertEqual([], store._paced_part(list(batch)))
+        store.running_spread = store_mod.RUNNING_SPREAD
+        batch.append(store_mod._Change("flush", None, None, 0.0,
+                                       lambda error: None))
+        self.assertEqual([], store._paced_part(batch))
+
+    def test_a_running_update_behind_its_final_state_is_dropped(self):
+        # As the next batch has it when a final state ended the pacing:
+        # the older running update comes after the final state.
+        store = self.store
+        running = store_mod._Change("status", "a", {
+            "task_id": "t", "state": "running", "percent": 50.0}, 100.0)
+        final = store_mod._Change("status", "a", {
+            "task_id": "t", "state": "complete", "result": {}}, 200.0,
+            lambda error: None)
+        store._write([final, running])
+        # Dropped as coalesced (no lookup of its row, nothing written).
+        self.assertEqual(1, store.stats["running_coalesced"])
+        self.assertEqual(1, store.stats["task_writes"])
+        [task] = store.tasks()
+        self.assertEqual(("complete", 100.0, 100.0, 200.0), (
+            task["state"], task["percent"], task["started_at"],
+            task["ended_at"]))
+        self.assertEqual(["running", "complete"],
+                         [e["state"] for e in store.task_events("a", "t")])
+
+
+class PacingWriterTest(StoreTestCase):
+    def test_flush_and_close_while_the_writer_paces(self):
+        path = os.path.join(tempfile.mkdtemp(), "store.sqlite")
+        self.addCleanup(shutil.rmtree, os.path.dirname(path))
+        store = store_mod.Store.from_url(
+            "sqlite:///" + path, flush_interval=3600.0, batch_limit=10)
+        schema.upgrade(store.engine)
+        store.open()
+        for index in range(1000):
+            store.task_status("a%04d" % index, {
+                "task_id": "t", "state": "running", "percent": 1.0})
+        # A full batch (batch_limit) ends the gathering: its first chunk
+        # is written, the rest paced over half an hour.
+        for index in range(10):
+            store.log_record("a0000", {"message": "m%d" % index})
+        deadline = time.monotonic() + WAIT
+        while store.stats["transactions"] < 1:
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.01)
+        self.assertEqual(0, store.stats["paced_transactions"])
+        store.task_status("a0001", {"task_id": "t", "state": "running",
+                                    "percent": 5.0})
+        self.assertTrue(store.flush(WAIT))
+        self.assertEqual(1000, len(store.tasks()))
+        for index in range(1000, 1500):
+            store.task_status("a%04d" % index, {
+                "task_id": "t", "state": "running", "percent": 1.0})
+        store.close()
+        engine = sa.create_engine("sqlite:///" + path)
+        self.addCleanup(engine.dispose)
+        with engine.connect() as connection:
+            self.assertEqual(1500, connection.execute(sa.text(
+                "SELECT count(*) FROM tasks WHERE state = 'running'"
+            )).scalar_one())
+            self.assertEqual(5.0, connection.execute(sa.text(
+                "SELECT percent FROM tasks WHERE agent_id = 'a0001'"
+            )).scalar_one())
+
+
 class FakeClock:
     """Epoch seconds that move only when a test says so."""
 
