@@ -256,8 +256,8 @@ class Store:
         #: The writer's clock for its intervals (tests replace it).
         self.monotonic = time.monotonic
         #: Counters: transactions, task_updates (received), task_writes
-        #: (rows written), running_coalesced, erasures, log_records,
-        #: failures.
+        #: (rows written), running_coalesced, paced_transactions (chunks
+        #: :meth:`_pace` wrote), erasures, log_records, failures.
         self.stats = collections.Counter()
 
     @classmethod
